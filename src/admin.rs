@@ -1,0 +1,224 @@
+//! The admin HTTP port: `/healthz`, `/readyz`, `/metrics` and `/`.
+//!
+//! It runs on its own single-threaded runtime on its own thread, so probes and
+//! scrapes answer even when the gRPC runtime is saturated.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+
+use crate::grpc::RouteCounters;
+use crate::money::format_usd;
+use crate::rules::reload::Rules;
+
+/// What the admin port reads.
+pub struct AdminState {
+    pub rules: Arc<Rules>,
+    pub counters: Arc<RouteCounters>,
+    /// Released once the rules are loaded, the tokenizers warm and the gRPC
+    /// port bound; set back to false when shutdown begins.
+    pub ready: AtomicBool,
+}
+
+pub fn router(state: Arc<AdminState>) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/", get(index))
+        .with_state(state)
+}
+
+async fn healthz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    let st = s.rules.status();
+    let body = serde_json::json!({
+        "status": "ok",
+        "rules": {
+            "path": s.rules.path().display().to_string(),
+            "reload_failing": st.failing,
+            "last_error": st.last_error,
+            "loaded_at_unix": st.loaded_at.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+}
+
+async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    if s.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    let st = s.rules.status();
+    let table = s.rules.current();
+    let mut out = String::with_capacity(1024);
+    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    metric(
+        "switchyard_route_decisions_total",
+        "counter",
+        "Route calls answered with a model.",
+        s.counters.routed.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "switchyard_route_rejections_total",
+        "counter",
+        "Route calls refused with an error status.",
+        s.counters.rejected.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "switchyard_rules_reload_failing",
+        "gauge",
+        "1 while the rules files are broken and the last good rules are in use.",
+        u8::from(st.failing).to_string(),
+    );
+    metric(
+        "switchyard_rules_reloads_total",
+        "counter",
+        "Successful rules reloads since start.",
+        s.rules.reloads_ok.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "switchyard_rules_reload_failures_total",
+        "counter",
+        "Failed rules reloads since start (one per distinct broken content).",
+        s.rules.reloads_failed.load(Ordering::Relaxed).to_string(),
+    );
+    let loaded = st
+        .loaded_at
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    metric(
+        "switchyard_rules_loaded_timestamp_seconds",
+        "gauge",
+        "When the rules in use were loaded.",
+        loaded.to_string(),
+    );
+    metric(
+        "switchyard_rules_models",
+        "gauge",
+        "Models in the rules in use.",
+        table.models.len().to_string(),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+async fn index(State(s): State<Arc<AdminState>>) -> Html<String> {
+    let table = s.rules.current();
+    let st = s.rules.status();
+    let mut rows = String::new();
+    for m in &table.models {
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&m.name),
+            escape(&m.provider),
+            format_usd(m.input_nanos_per_mtok),
+            format_usd(m.cached_input_nanos_per_mtok),
+            format_usd(m.output_nanos_per_mtok),
+            m.tiers[0]
+        );
+    }
+    let workflows: Vec<String> = table.workflows.iter().map(|w| escape(&w.name)).collect();
+    let banner = match &st.last_error {
+        Some(e) if st.failing => format!(
+            "<p style=\"color:#b00\"><b>Rules reload failing</b>; serving the last good rules.<pre>{}</pre></p>",
+            escape(e)
+        ),
+        _ => String::new(),
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Html(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Switchyard</title></head>\
+         <body style=\"font-family:sans-serif\"><h1>Switchyard</h1>{banner}\
+         <p>Rules: <code>{}</code> ({})</p><p>Workflows: {}</p>\
+         <p>Route calls answered: {}, refused: {}</p>\
+         <table border=\"1\" cellpadding=\"4\"><tr><th>model</th><th>provider</th><th>input /Mtok</th>\
+         <th>cached /Mtok</th><th>output /Mtok</th><th>general tier</th></tr>{rows}</table>\
+         <p><a href=\"/metrics\">/metrics</a> · <a href=\"/healthz\">/healthz</a> · <a href=\"/readyz\">/readyz</a></p>\
+         <p><small>rendered at unix {now}</small></p></body></html>",
+        escape(&s.rules.path().display().to_string()),
+        escape(&crate::rules::summary(&table)),
+        workflows.join(", "),
+        s.counters.routed.load(Ordering::Relaxed),
+        s.counters.rejected.load(Ordering::Relaxed),
+    ))
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Serves the admin port on a dedicated thread and runtime until `shutdown`
+/// flips to true. Binding happens before this returns, so a taken port fails
+/// startup rather than a background thread.
+pub fn spawn(
+    listener: std::net::TcpListener,
+    state: Arc<AdminState>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    listener.set_nonblocking(true)?;
+    std::thread::Builder::new()
+        .name("switchyard-admin".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "admin runtime failed to start");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "admin listener failed");
+                        return;
+                    }
+                };
+                let stop = async move {
+                    let _ = shutdown.wait_for(|s| *s).await;
+                };
+                if let Err(e) = axum::serve(listener, router(state))
+                    .with_graceful_shutdown(stop)
+                    .await
+                {
+                    tracing::error!(error = %e, "admin server failed");
+                }
+            });
+        })
+}
+
+/// Binds the admin address, naming it in the error.
+pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(addr).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot bind the admin port {addr}: {e}; pass --admin-listen with a free address"
+        )
+    })
+}

@@ -1,0 +1,199 @@
+//! Wiring for `serve`: load and check everything, bind, serve, and shut down in
+//! order.
+//!
+//! Bad configuration fails before any port is bound. On SIGTERM (what
+//! Kubernetes sends) or Ctrl-C: readiness drops, health turns NOT_SERVING, the
+//! gRPC server stops accepting and drains calls in flight within the grace
+//! period, then the admin port stops.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tonic::transport::server::TcpIncoming;
+
+use crate::admin::{self, AdminState};
+use crate::estimate::tokens;
+use crate::grpc::pb::router_server::RouterServer;
+use crate::grpc::{self, RouteCounters, RouterService};
+use crate::rules::reload::Rules;
+
+/// Everything `serve` needs, already parsed from flags and environment.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub rules: PathBuf,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub state_dir: PathBuf,
+    pub max_request_bytes: usize,
+    pub shutdown_grace: Duration,
+}
+
+/// A configuration problem found before binding: `main` exits 64 for these.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Runs the sidecar until SIGTERM or Ctrl-C.
+pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
+    // 1. Everything that can be wrong with the configuration, before binding.
+    let rules = Rules::load(&cfg.rules).map_err(|e| {
+        ConfigError(format!(
+            "the rules at {} are not valid; nothing was started:\n{e}",
+            cfg.rules.display()
+        ))
+    })?;
+    let rules = Arc::new(rules);
+    std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
+        ConfigError(format!(
+            "cannot create the state folder {}: {e}; pass --state-dir with a writable folder",
+            cfg.state_dir.display()
+        ))
+    })?;
+    if cfg.max_request_bytes < 1024 {
+        return Err(ConfigError(format!(
+            "--max-request-bytes {} is too small to hold a request; use at least 1024",
+            cfg.max_request_bytes
+        ))
+        .into());
+    }
+    tokens::warm_up();
+
+    // 2. Bind both ports; a taken port fails here, with its name.
+    let grpc_listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot bind the gRPC port {}; pass --listen with a free address",
+                cfg.listen
+            )
+        })?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let admin_listener = admin::bind(cfg.admin_listen)?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let counters = Arc::new(RouteCounters::default());
+    let admin_state = Arc::new(AdminState {
+        rules: rules.clone(),
+        counters: counters.clone(),
+        ready: Default::default(),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin_thread = admin::spawn(admin_listener, admin_state.clone(), stop_rx.clone())?;
+
+    let watcher = {
+        let mut rx = stop_rx.clone();
+        tokio::spawn(rules.clone().watch(async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }))
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<RouterServer<RouterService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(grpc::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the gRPC reflection service")?;
+
+    let limit = cfg.max_request_bytes;
+    let router = RouterServer::new(RouterService::new(rules.clone(), counters))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+
+    tracing::info!(
+        rules = %cfg.rules.display(),
+        summary = %crate::rules::summary(&rules.current()),
+        grpc = %grpc_addr,
+        admin = %admin_addr,
+        state_dir = %cfg.state_dir.display(),
+        "switchyard serving"
+    );
+    // One plain line on stdout, for people and for scripts that start the
+    // server on port 0 and need to know where it is.
+    println!("switchyard listening: grpc={grpc_addr} admin=http://{admin_addr}");
+    admin_state.ready.store(true, Ordering::Release);
+
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .layer(tower::util::MapResponseLayer::new(move |resp| {
+            grpc::size_limit::rewrite(resp, limit)
+        }))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(router)
+        .serve_with_incoming_shutdown(TcpIncoming::from(grpc_listener), async move {
+            let _ = drain_rx.await;
+        });
+    let mut server = tokio::spawn(server);
+
+    tokio::select! {
+        res = &mut server => {
+            // The server stopped by itself: that is an error worth exiting on.
+            let _ = stop_tx.send(true);
+            res.context("gRPC server task")?.context("gRPC server")?;
+            return Ok(());
+        }
+        sig = shutdown_signal() => {
+            tracing::info!(signal = sig, grace_s = cfg.shutdown_grace.as_secs_f64(), "shutting down: draining calls in flight");
+        }
+    }
+
+    admin_state.ready.store(false, Ordering::Release);
+    health
+        .set_not_serving::<RouterServer<RouterService>>()
+        .await;
+    let _ = drain_tx.send(());
+    match tokio::time::timeout(cfg.shutdown_grace, &mut server).await {
+        Ok(res) => res.context("gRPC server task")?.context("gRPC server")?,
+        Err(_) => {
+            tracing::warn!(
+                grace_s = cfg.shutdown_grace.as_secs_f64(),
+                "grace period overrun; abandoning calls still in flight"
+            );
+            server.abort();
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = watcher.await;
+    let _ = tokio::task::spawn_blocking(move || admin_thread.join()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C, naming which.
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+                return "SIGINT";
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
+}

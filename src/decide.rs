@@ -1,0 +1,307 @@
+//! The decision: from the rule table and a request's estimate to a model.
+//!
+//! `decide` is pure and synchronous: no I/O, no clock, no randomness. `serve`,
+//! `explain` and `replay` all call it, so what `explain` shows is what the
+//! server does. It allocates only the one-line reason (and, when asked, the
+//! list of candidates for `explain`).
+//!
+//! 1. Find the first rule, in file order, that matches the workflow, task kind
+//!    or class, complexity band and attempt. It requires a tier for the
+//!    request's task class, or pins a model. No match requires the workflow's
+//!    quality floor; a tier is never below the floor.
+//! 2. Candidates are the workflow's allowed models that have the request's
+//!    capabilities, a context window for input plus predicted output, a max
+//!    output at least the predicted output, and the required tier.
+//! 3. The cheapest estimate wins; a tie goes to the higher tier, then to the
+//!    model listed first. A pinned model that cannot serve the request is
+//!    skipped in favour of the next matching rule.
+
+use serde::Serialize;
+
+use crate::estimate::Estimate;
+use crate::money::format_usd;
+use crate::rules::{Capabilities, Model, Requirement, RuleTable, Workflow};
+
+/// The request as the decision sees it (everything but the text).
+#[derive(Debug, Clone, Copy)]
+pub struct RouteInput {
+    pub attempt: u32,
+    pub deferrable: bool,
+    pub capabilities: Capabilities,
+}
+
+/// Why a model was not a candidate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Rejection {
+    NotAllowed,
+    MissingCapabilities { missing: Vec<&'static str> },
+    ContextTooSmall { needed: u64, window: u64 },
+    OutputTooLong { needed: u64, max_output_tokens: u64 },
+    BelowTier { tier: u8, required: u8 },
+    NotPinned,
+}
+
+/// One model as `explain` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Candidate {
+    pub model: String,
+    pub provider: String,
+    pub tier: u8,
+    pub input_tokens: u64,
+    pub estimated_cost_nanousd: i64,
+    /// `None` for an adequate candidate.
+    pub rejected: Option<Rejection>,
+}
+
+/// What the decision chose.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// Index into `RuleTable::models`.
+    pub model: usize,
+    /// The name of the matched rule, or `default` (the workflow's floor).
+    pub rule: String,
+    pub required_tier: u8,
+    /// Input tokens in the chosen model's encoding, as billed.
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_nanos: i64,
+    /// How many adequate candidates there were.
+    pub adequate: usize,
+    pub reason: String,
+}
+
+/// No model can serve the request; the message says what to change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoAdequateModel {
+    pub message: String,
+}
+
+impl std::fmt::Display for NoAdequateModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The name a decision reports when no rule matched.
+pub const DEFAULT_RULE: &str = "default";
+
+/// Decides. `trace`, when given, receives every model with its cost or the
+/// reason it was rejected (for `explain`); the hot path passes `None`.
+pub fn decide(
+    table: &RuleTable,
+    workflow: &Workflow,
+    input: &RouteInput,
+    est: &Estimate,
+    mut trace: Option<&mut Vec<Candidate>>,
+) -> Result<Decision, NoAdequateModel> {
+    let mut skipped_pins: Vec<&str> = Vec::new();
+    for rule in &table.rules {
+        if !rule.matches(
+            &workflow.name,
+            &est.task_kind,
+            est.class,
+            est.complexity,
+            input.attempt,
+        ) {
+            continue;
+        }
+        match rule.requirement {
+            Requirement::Tier(t) => {
+                let required = t.max(workflow.quality_floor);
+                return pick(
+                    table,
+                    workflow,
+                    input,
+                    est,
+                    required,
+                    None,
+                    &rule.name,
+                    &skipped_pins,
+                    trace,
+                );
+            }
+            Requirement::Pin(i) => {
+                let model = &table.models[i];
+                let required = workflow.quality_floor;
+                let ok =
+                    workflow.allowed.contains(&i) && eligible(model, input, est, required).is_ok();
+                if ok {
+                    return pick(
+                        table,
+                        workflow,
+                        input,
+                        est,
+                        required,
+                        Some(i),
+                        &rule.name,
+                        &skipped_pins,
+                        trace,
+                    );
+                }
+                skipped_pins.push(&rule.name);
+                if let Some(t) = trace.as_deref_mut() {
+                    t.clear();
+                }
+            }
+        }
+    }
+    pick(
+        table,
+        workflow,
+        input,
+        est,
+        workflow.quality_floor,
+        None,
+        DEFAULT_RULE,
+        &skipped_pins,
+        trace,
+    )
+}
+
+/// Billed input tokens and estimated cost of `model` for this request, or why
+/// it cannot serve it.
+fn eligible(
+    model: &Model,
+    input: &RouteInput,
+    est: &Estimate,
+    required: u8,
+) -> Result<(u64, i64), Rejection> {
+    let missing = input.capabilities.missing_from(model.capabilities);
+    if !missing.is_empty() {
+        return Err(Rejection::MissingCapabilities { missing });
+    }
+    let tokens = model.billed_tokens(est.input_tokens(model.encoding));
+    if est.output_tokens > model.max_output_tokens {
+        return Err(Rejection::OutputTooLong {
+            needed: est.output_tokens,
+            max_output_tokens: model.max_output_tokens,
+        });
+    }
+    let needed = tokens.saturating_add(est.output_tokens);
+    if needed > model.context_window {
+        return Err(Rejection::ContextTooSmall {
+            needed,
+            window: model.context_window,
+        });
+    }
+    let tier = model.tiers[est.class];
+    if tier < required {
+        return Err(Rejection::BelowTier { tier, required });
+    }
+    Ok((
+        tokens,
+        model.cost(tokens, 0, est.output_tokens, input.deferrable),
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pick(
+    table: &RuleTable,
+    workflow: &Workflow,
+    input: &RouteInput,
+    est: &Estimate,
+    required: u8,
+    pinned: Option<usize>,
+    rule: &str,
+    skipped_pins: &[&str],
+    mut trace: Option<&mut Vec<Candidate>>,
+) -> Result<Decision, NoAdequateModel> {
+    // (cost, -tier, index) orders candidates: cheapest, then higher tier, then first listed.
+    let mut best: Option<(i64, i16, usize, u64)> = None;
+    let mut adequate = 0usize;
+    let mut rejections: [usize; 5] = [0; 5];
+    for (i, model) in table.models.iter().enumerate() {
+        let allowed = workflow.allowed.contains(&i);
+        if !allowed && trace.is_none() {
+            continue;
+        }
+        let result = if !allowed {
+            Err(Rejection::NotAllowed)
+        } else if pinned.is_some_and(|p| p != i) {
+            Err(Rejection::NotPinned)
+        } else {
+            eligible(model, input, est, required)
+        };
+        if let Some(t) = trace.as_deref_mut() {
+            let tokens = model.billed_tokens(est.input_tokens(model.encoding));
+            t.push(Candidate {
+                model: model.name.clone(),
+                provider: model.provider.clone(),
+                tier: model.tiers[est.class],
+                input_tokens: tokens,
+                estimated_cost_nanousd: model.cost(tokens, 0, est.output_tokens, input.deferrable),
+                rejected: result.as_ref().err().cloned(),
+            });
+        }
+        match result {
+            Ok((tokens, cost)) => {
+                adequate += 1;
+                let key = (cost, -(model.tiers[est.class] as i16), i, tokens);
+                if best.is_none_or(|b| (key.0, key.1, key.2) < (b.0, b.1, b.2)) {
+                    best = Some(key);
+                }
+            }
+            Err(r) => {
+                let slot = match r {
+                    Rejection::MissingCapabilities { .. } => 0,
+                    Rejection::ContextTooSmall { .. } => 1,
+                    Rejection::OutputTooLong { .. } => 2,
+                    Rejection::BelowTier { .. } => 3,
+                    Rejection::NotAllowed | Rejection::NotPinned => 4,
+                };
+                rejections[slot] += 1;
+            }
+        }
+    }
+    let class = &table.classes[est.class];
+    let Some((cost, _, model, tokens)) = best else {
+        let [caps, ctx, out, tier, _] = rejections;
+        return Err(NoAdequateModel {
+            message: format!(
+                "no model allowed in workflow `{}` can serve this request at tier >= {required} for {class} \
+                 (rule `{rule}`): {tier} below the tier, {caps} missing a required capability, {ctx} with too small a \
+                 context window for {} input + {} output tokens, {out} with too small a max output; \
+                 send less context, lower max_output_tokens, drop a capability, or add a model to the rules",
+                workflow.name,
+                est.input_tokens.iter().max().copied().unwrap_or(0),
+                est.output_tokens,
+            ),
+        });
+    };
+    let m = &table.models[model];
+    let mut reason = if pinned.is_some() {
+        format!(
+            "pinned to {} by rule `{rule}` for {class}: est. {}",
+            m.name,
+            format_usd(cost)
+        )
+    } else {
+        format!(
+            "cheapest of {adequate} models at tier >= {required} for {class}: est. {}",
+            format_usd(cost)
+        )
+    };
+    if input.deferrable && m.batch_discount_bp > 0 {
+        reason.push_str(" at batch price");
+    }
+    if !skipped_pins.is_empty() {
+        reason.push_str(&format!(
+            " (pin rule(s) {} skipped: model cannot serve this request)",
+            skipped_pins.join(", ")
+        ));
+    }
+    Ok(Decision {
+        model,
+        rule: rule.to_string(),
+        required_tier: required,
+        input_tokens: tokens,
+        output_tokens: est.output_tokens,
+        cost_nanos: cost,
+        adequate,
+        reason,
+    })
+}
+
+#[cfg(test)]
+mod tests;

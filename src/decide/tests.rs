@@ -1,0 +1,281 @@
+use super::*;
+use crate::estimate::{compute_work, estimate, MessageRef, Role};
+use crate::rules::RuleTable;
+
+const RULES: &str = r#"
+[[models]]
+name = "cheap"
+provider = "a"
+input_per_mtok = 0.10
+cached_input_per_mtok = 0.01
+output_per_mtok = 0.40
+context_window = 2000
+max_output_tokens = 1000
+capabilities = ["json"]
+tiers = { general = 2, code = 2 }
+
+[[models]]
+name = "mid"
+provider = "b"
+input_per_mtok = 0.50
+cached_input_per_mtok = 0.05
+output_per_mtok = 1.50
+context_window = 100000
+max_output_tokens = 8000
+capabilities = ["json", "tools"]
+tiers = { general = 3, code = 4 }
+
+[[models]]
+name = "mid-twin"
+provider = "c"
+input_per_mtok = 0.50
+cached_input_per_mtok = 0.05
+output_per_mtok = 1.50
+context_window = 100000
+max_output_tokens = 8000
+capabilities = ["json", "tools"]
+tiers = { general = 4, code = 3 }
+
+[[models]]
+name = "strong"
+provider = "a"
+input_per_mtok = 3.0
+cached_input_per_mtok = 0.3
+output_per_mtok = 15.0
+batch_discount = 0.9
+context_window = 200000
+max_output_tokens = 64000
+capabilities = ["json", "tools", "vision"]
+tiers = { general = 5, code = 5 }
+
+[[workflows]]
+name = "w"
+quality_floor = 2
+
+[[workflows]]
+name = "floor4"
+quality_floor = 4
+
+[[workflows]]
+name = "pinned"
+
+[[rules]]
+name = "pin-cheap"
+workflow = "pinned"
+model = "cheap"
+
+[[rules]]
+name = "retry"
+min_attempt = 2
+tier = 5
+
+[[rules]]
+name = "hard"
+min_complexity = 0.4
+tier = 4
+
+[[rules]]
+name = "easy"
+tier = 2
+"#;
+
+fn table() -> RuleTable {
+    RuleTable::from_str("t.toml", RULES).expect("valid test rules")
+}
+
+fn route(
+    t: &RuleTable,
+    workflow: &str,
+    text: &str,
+    kind: &str,
+    input: RouteInput,
+    max_out: u32,
+) -> Result<(Decision, Vec<Candidate>), NoAdequateModel> {
+    let wf = t.workflow(workflow).expect("workflow");
+    let msgs = [MessageRef {
+        role: Role::User,
+        content: text,
+    }];
+    let work = compute_work(&msgs, &wf.encodings);
+    let est = estimate(t, wf, kind, &msgs, &work, max_out);
+    let mut trace = Vec::new();
+    decide(t, wf, &input, &est, Some(&mut trace)).map(|d| (d, trace))
+}
+
+const FIRST: RouteInput = RouteInput {
+    attempt: 1,
+    deferrable: false,
+    capabilities: crate::rules::Capabilities(0),
+};
+
+const HARD: &str = "Design a lock-free queue and explain why it is linearizable. First derive the invariants, then \
+    prove each step; finally compare it with a locked queue. You must handle ABA exactly, never allocate, and \
+    return JSON in this schema. Why is 3*x^2 = 12 solved by x = 2? Analyze the tradeoffs.\n1. push\n2. pop\n3. len";
+
+#[test]
+fn easy_prompt_goes_cheap_and_hard_prompt_goes_strong() {
+    let t = table();
+    let (easy, _) =
+        route(&t, "w", "What is the capital of France?", "", FIRST, 0).expect("easy routes");
+    assert_eq!(t.models[easy.model].name, "cheap");
+    assert_eq!(easy.rule, "easy");
+    let (hard, _) = route(&t, "w", HARD, "", FIRST, 0).expect("hard routes");
+    assert_eq!(hard.rule, "hard");
+    assert_eq!(hard.required_tier, 4);
+    // mid-twin is the only tier-4 general model at the mid price.
+    assert_eq!(t.models[hard.model].name, "mid-twin");
+    assert!(
+        hard.reason
+            .starts_with("cheapest of 2 models at tier >= 4 for general: est. $"),
+        "{}",
+        hard.reason
+    );
+}
+
+#[test]
+fn task_class_selects_the_tiers_that_apply() {
+    let t = table();
+    let (d, _) = route(&t, "w", HARD, "code", FIRST, 0).expect("routes");
+    // For code, `mid` is tier 4 and `mid-twin` only 3.
+    assert_eq!(t.models[d.model].name, "mid");
+}
+
+#[test]
+fn tie_on_cost_goes_to_the_higher_tier() {
+    let t = table();
+    // Tier 3 for general: mid (3) and mid-twin (4) cost the same; mid-twin wins.
+    let input = RouteInput {
+        capabilities: crate::rules::Capabilities::TOOLS,
+        ..FIRST
+    };
+    let (d, trace) = route(&t, "w", "hi", "", input, 0).expect("routes");
+    assert_eq!(t.models[d.model].name, "mid-twin");
+    let costs: Vec<i64> = trace
+        .iter()
+        .filter(|c| c.model.starts_with("mid"))
+        .map(|c| c.estimated_cost_nanousd)
+        .collect();
+    assert_eq!(costs[0], costs[1]);
+}
+
+#[test]
+fn capabilities_context_and_output_limits_filter_candidates() {
+    let t = table();
+    let vision = RouteInput {
+        capabilities: crate::rules::Capabilities::VISION,
+        ..FIRST
+    };
+    let (d, trace) = route(&t, "w", "describe this", "", vision, 0).expect("routes");
+    assert_eq!(t.models[d.model].name, "strong");
+    assert!(matches!(
+        trace[0].rejected,
+        Some(Rejection::MissingCapabilities { .. })
+    ));
+
+    let long = "lorem ipsum dolor ".repeat(600);
+    let (d, trace) = route(&t, "w", &long, "", FIRST, 0).expect("routes");
+    assert_ne!(t.models[d.model].name, "cheap");
+    assert!(
+        matches!(trace[0].rejected, Some(Rejection::ContextTooSmall { .. })),
+        "{:?}",
+        trace[0]
+    );
+
+    let (d, trace) = route(&t, "w", "hi", "", FIRST, 5000).expect("routes");
+    assert_ne!(t.models[d.model].name, "cheap");
+    assert!(matches!(
+        trace[0].rejected,
+        Some(Rejection::OutputTooLong { .. })
+    ));
+}
+
+#[test]
+fn no_adequate_model_says_what_to_change() {
+    let t = table();
+    let err = route(&t, "w", "hi", "", FIRST, 100_000).expect_err("nothing has 100k output");
+    assert!(
+        err.message.contains("no model allowed in workflow `w`"),
+        "{}",
+        err.message
+    );
+    assert!(
+        err.message.contains("lower max_output_tokens"),
+        "{}",
+        err.message
+    );
+}
+
+#[test]
+fn deferrable_is_priced_at_the_batch_discount() {
+    let t = table();
+    let retry = RouteInput {
+        attempt: 2,
+        ..FIRST
+    };
+    let (full, _) = route(&t, "w", "hi", "", retry, 100).expect("routes");
+    let (batch, _) = route(
+        &t,
+        "w",
+        "hi",
+        "",
+        RouteInput {
+            deferrable: true,
+            ..retry
+        },
+        100,
+    )
+    .expect("routes");
+    assert_eq!(t.models[full.model].name, "strong");
+    assert_eq!(batch.cost_nanos, (full.cost_nanos + 9) / 10);
+    assert!(batch.reason.ends_with("at batch price"), "{}", batch.reason);
+}
+
+#[test]
+fn attempts_floor_and_pins_apply() {
+    let t = table();
+    let (d, _) = route(
+        &t,
+        "w",
+        "hi",
+        "",
+        RouteInput {
+            attempt: 2,
+            ..FIRST
+        },
+        0,
+    )
+    .expect("routes");
+    assert_eq!((d.rule.as_str(), d.required_tier), ("retry", 5));
+
+    let (d, _) = route(&t, "floor4", "hi", "", FIRST, 0).expect("routes");
+    assert_eq!(d.required_tier, 4, "the floor lifts the easy rule's tier 2");
+
+    let (d, _) = route(&t, "pinned", "hi", "", FIRST, 0).expect("routes");
+    assert_eq!(
+        (t.models[d.model].name.as_str(), d.rule.as_str()),
+        ("cheap", "pin-cheap")
+    );
+    // The pinned model cannot take vision: the next matching rule decides.
+    let vision = RouteInput {
+        capabilities: crate::rules::Capabilities::VISION,
+        ..FIRST
+    };
+    let (d, _) = route(&t, "pinned", "hi", "", vision, 0).expect("routes");
+    assert_eq!(t.models[d.model].name, "strong");
+    assert!(
+        d.reason.contains("pin rule(s) pin-cheap skipped"),
+        "{}",
+        d.reason
+    );
+}
+
+#[test]
+fn decision_is_deterministic() {
+    let t = table();
+    let a = route(&t, "w", HARD, "", FIRST, 0).expect("routes").0;
+    let b = route(&t, "w", HARD, "", FIRST, 0).expect("routes").0;
+    assert_eq!(
+        (a.model, a.cost_nanos, a.reason),
+        (b.model, b.cost_nanos, b.reason)
+    );
+}

@@ -1,0 +1,272 @@
+//! The complexity score: how demanding a request looks, from 0 to 1, computed
+//! from cheap textual features in one pass over the text.
+//!
+//! It is deterministic and takes a few microseconds for a 1k-token prompt.
+//! Each feature is scaled to 0..1 and the score is their weighted sum. The
+//! weights sum to 1, so the score is 1 only when every signal is saturated.
+//!
+//! | feature | measures | saturates at | weight |
+//! |---|---|---|---|
+//! | `length` | log of the prompt's tokens | 8,192 tokens | 0.20 |
+//! | `code` | code fences, code keywords, `{};` density | 12 signals | 0.12 |
+//! | `math` | math words, operators between digits, LaTeX | 10 signals | 0.12 |
+//! | `multi_step` | numbered or bulleted lines, sequencing words | 6 signals | 0.12 |
+//! | `constraints` | must, exactly, at least, only, never... | 6 signals | 0.08 |
+//! | `reasoning` | why, explain, prove, compare, design, debug... | 4 signals | 0.16 |
+//! | `questions` | question marks | 4 | 0.05 |
+//! | `structured` | asks for JSON, YAML, a table, a schema... | 2 signals | 0.05 |
+//! | `task_prior` | the task kind's `complexity_prior` | 1.0 | 0.10 |
+
+use serde::Serialize;
+
+/// Feature values, each in 0..1.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Features {
+    pub length: f64,
+    pub code: f64,
+    pub math: f64,
+    pub multi_step: f64,
+    pub constraints: f64,
+    pub reasoning: f64,
+    pub questions: f64,
+    pub structured: f64,
+    pub task_prior: f64,
+}
+
+/// Weights of each feature; they sum to 1.
+pub const WEIGHTS: Features = Features {
+    length: 0.20,
+    code: 0.12,
+    math: 0.12,
+    multi_step: 0.12,
+    constraints: 0.08,
+    reasoning: 0.16,
+    questions: 0.05,
+    structured: 0.05,
+    task_prior: 0.10,
+};
+
+impl Features {
+    /// The weighted score, clamped to 0..1.
+    pub fn score(&self) -> f64 {
+        let w = WEIGHTS;
+        let s = self.length * w.length
+            + self.code * w.code
+            + self.math * w.math
+            + self.multi_step * w.multi_step
+            + self.constraints * w.constraints
+            + self.reasoning * w.reasoning
+            + self.questions * w.questions
+            + self.structured * w.structured
+            + self.task_prior * w.task_prior;
+        s.clamp(0.0, 1.0)
+    }
+}
+
+/// Raw counts from one pass over the text. Counts from several messages add.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub code: u32,
+    pub math: u32,
+    pub multi_step: u32,
+    pub constraints: u32,
+    pub reasoning: u32,
+    pub questions: u32,
+    pub structured: u32,
+}
+
+impl Counts {
+    pub fn add(&mut self, o: &Counts) {
+        self.code += o.code;
+        self.math += o.math;
+        self.multi_step += o.multi_step;
+        self.constraints += o.constraints;
+        self.reasoning += o.reasoning;
+        self.questions += o.questions;
+        self.structured += o.structured;
+    }
+
+    /// Scales the counts into features, given the prompt's token count and the
+    /// task kind's prior.
+    pub fn features(&self, tokens: u64, task_prior: f64) -> Features {
+        let sat = |n: u32, at: f64| (n as f64 / at).min(1.0);
+        Features {
+            length: ((1.0 + tokens as f64).ln() / (1.0f64 + 8192.0).ln()).min(1.0),
+            code: sat(self.code, 12.0),
+            math: sat(self.math, 10.0),
+            multi_step: sat(self.multi_step, 6.0),
+            constraints: sat(self.constraints, 6.0),
+            reasoning: sat(self.reasoning, 4.0),
+            questions: sat(self.questions, 4.0),
+            structured: sat(self.structured, 2.0),
+            task_prior: task_prior.clamp(0.0, 1.0),
+        }
+    }
+}
+
+/// Scans `text` once and counts the signals.
+pub fn scan(text: &str) -> Counts {
+    let mut c = Counts::default();
+    let bytes = text.as_bytes();
+    let mut word = [0u8; 16];
+    let mut wlen = 0usize;
+    let mut word_overflow = false;
+    let mut at_line_start = true;
+    let mut line_indent = 0u32;
+    let mut code_punct = 0u32;
+    let mut prev_digit = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b.is_ascii_alphabetic() {
+            if wlen < word.len() {
+                word[wlen] = b.to_ascii_lowercase();
+                wlen += 1;
+            } else {
+                word_overflow = true;
+            }
+        } else {
+            if wlen > 0 && !word_overflow {
+                classify_word(&word[..wlen], &mut c);
+            }
+            wlen = 0;
+            word_overflow = false;
+        }
+        match b {
+            b'\n' => {
+                at_line_start = true;
+                line_indent = 0;
+            }
+            b' ' | b'\t' if at_line_start => {
+                line_indent += if b == b'\t' { 4 } else { 1 };
+                if line_indent == 4 {
+                    // An indented line reads as code.
+                    code_punct += 2;
+                }
+            }
+            _ if at_line_start => {
+                at_line_start = false;
+                // "1." / "2)" / "- " / "* " at the start of a line is a step.
+                if b.is_ascii_digit() {
+                    let mut j = i;
+                    while j < bytes.len() && bytes[j].is_ascii_digit() {
+                        j += 1;
+                    }
+                    if j < bytes.len()
+                        && (bytes[j] == b'.' || bytes[j] == b')')
+                        && j + 1 < bytes.len()
+                        && bytes[j + 1] == b' '
+                    {
+                        c.multi_step += 1;
+                    }
+                } else if (b == b'-' || b == b'*') && bytes.get(i + 1) == Some(&b' ') {
+                    c.multi_step += 1;
+                }
+            }
+            _ => {}
+        }
+        match b {
+            b'?' => c.questions += 1,
+            b'`' if bytes[i..].starts_with(b"```") => {
+                c.code += 3;
+                i += 2;
+            }
+            b'{' | b'}' | b';' => code_punct += 1,
+            b'\\' if bytes.get(i + 1).is_some_and(|n| n.is_ascii_alphabetic()) => c.math += 1,
+            b'+' | b'*' | b'/' | b'^' | b'=' | b'<' | b'>'
+                if prev_digit || bytes.get(i + 1).is_some_and(u8::is_ascii_digit) =>
+            {
+                c.math += 1
+            }
+            _ => {}
+        }
+        prev_digit = b.is_ascii_digit() || (b == b' ' && prev_digit);
+        i += 1;
+    }
+    if wlen > 0 && !word_overflow {
+        classify_word(&word[..wlen], &mut c);
+    }
+    c.code += code_punct / 4;
+    c
+}
+
+fn classify_word(w: &[u8], c: &mut Counts) {
+    match w {
+        b"why" | b"explain" | b"analyze" | b"analyse" | b"compare" | b"evaluate" | b"derive"
+        | b"prove" | b"justify" | b"design" | b"debug" | b"optimize" | b"optimise" | b"reason"
+        | b"infer" | b"critique" | b"tradeoffs" | b"architect" | b"diagnose" | b"refactor"
+        | b"assess" => c.reasoning += 1,
+        b"must" | b"exactly" | b"least" | b"most" | b"without" | b"only" | b"never" | b"always"
+        | b"ensure" | b"require" | b"requires" | b"limit" | b"strictly" | b"constraint"
+        | b"constraints" => c.constraints += 1,
+        b"then" | b"next" | b"finally" | b"afterwards" | b"steps" | b"first" | b"second"
+        | b"third" | b"subsequently" => c.multi_step += 1,
+        b"json" | b"yaml" | b"xml" | b"csv" | b"table" | b"schema" | b"markdown" | b"format" => {
+            c.structured += 1
+        }
+        b"integral" | b"derivative" | b"equation" | b"theorem" | b"matrix" | b"probability"
+        | b"polynomial" | b"lemma" | b"eigenvalue" | b"sqrt" | b"modulo" | b"logarithm"
+        | b"calculate" | b"compute" => c.math += 1,
+        b"fn" | b"def" | b"class" | b"import" | b"return" | b"const" | b"struct" | b"impl"
+        | b"function" | b"async" | b"await" | b"lambda" | b"include" | b"println" | b"printf"
+        | b"select" | b"traceback" | b"stacktrace" | b"compile" | b"segfault" => c.code += 1,
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn score(text: &str) -> f64 {
+        let tokens = (text.len() / 4) as u64;
+        scan(text).features(tokens, 0.0).score()
+    }
+
+    #[test]
+    fn weights_sum_to_one() {
+        let w = WEIGHTS;
+        let sum = w.length
+            + w.code
+            + w.math
+            + w.multi_step
+            + w.constraints
+            + w.reasoning
+            + w.questions
+            + w.structured
+            + w.task_prior;
+        assert!((sum - 1.0).abs() < 1e-12, "weights sum to {sum}");
+    }
+
+    #[test]
+    fn easy_prompt_scores_low_and_hard_prompt_high() {
+        let easy = score("What is the capital of France?");
+        let hard = score(
+            "Design a lock-free queue in Rust and explain why it is linearizable. First, derive the invariants; \
+             then prove each step. You must handle ABA exactly, never allocate on the hot path, and return JSON with \
+             the schema {\"proof\": string}.\n1. fn push(&self, v: T) { ... }\n2. fn pop(&self) -> Option<T> { ... }\n\
+             ```rust\nimpl<T> Queue<T> { fn new() -> Self { todo!() } }\n```\nWhy does x^2 = 4 have two roots? Compare both.",
+        );
+        assert!(easy < 0.15, "easy scored {easy}");
+        assert!(hard > 0.5, "hard scored {hard}");
+    }
+
+    #[test]
+    fn counts_each_signal() {
+        let c = scan("Explain why.\n1. first step\n- second\nReturn JSON. 3+4=7? \\frac{1}{2}");
+        assert_eq!(c.reasoning, 2);
+        assert!(c.multi_step >= 3, "{c:?}");
+        assert_eq!(c.structured, 1);
+        assert!(c.math >= 3, "{c:?}");
+        assert_eq!(c.questions, 1);
+    }
+
+    #[test]
+    fn deterministic_and_bounded() {
+        let text = "x".repeat(100_000) + &"why? ".repeat(10_000);
+        let a = scan(&text).features(1_000_000, 1.0);
+        let b = scan(&text).features(1_000_000, 1.0);
+        assert_eq!(a, b);
+        assert!((0.0..=1.0).contains(&a.score()));
+    }
+}

@@ -1,0 +1,194 @@
+//! The `switchyard` binary: parses the command line and hands over to the
+//! library. Configuration errors exit 64 before any port is bound.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use switchyard::app::{self, ConfigError, ServeConfig};
+use switchyard::cli;
+
+/// Exit code for bad configuration (BSD's EX_USAGE), as linkerd and others use.
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Routes each model call to the cheapest adequate model."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the sidecar: gRPC on --listen, health/metrics on --admin-listen.
+    Serve {
+        /// A rules TOML file, or a folder whose *.toml files are loaded.
+        #[arg(long, env = "SWITCHYARD_RULES", default_value = "routing-rules")]
+        rules: PathBuf,
+        /// The gRPC address. Loopback by default: the agent is in the same pod.
+        #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "127.0.0.1:50051")]
+        listen: SocketAddr,
+        /// The admin HTTP address (/healthz, /readyz, /metrics, /).
+        #[arg(
+            long,
+            env = "SWITCHYARD_ADMIN_LISTEN",
+            default_value = "127.0.0.1:9464"
+        )]
+        admin_listen: SocketAddr,
+        /// The folder for the embedded store and the audit log.
+        #[arg(long, env = "SWITCHYARD_STATE_DIR", default_value = "state")]
+        state_dir: PathBuf,
+        /// Share budgets across a fleet through this Redis (not in this build yet).
+        #[arg(long, env = "SWITCHYARD_REDIS_URL")]
+        redis_url: Option<String>,
+        /// The API keys file (not in this build yet).
+        #[arg(long, env = "SWITCHYARD_API_KEYS")]
+        api_keys: Option<PathBuf>,
+        /// The largest request accepted, in bytes.
+        #[arg(long, env = "SWITCHYARD_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]
+        max_request_bytes: usize,
+        /// Seconds to drain calls in flight after SIGTERM.
+        #[arg(long, env = "SWITCHYARD_SHUTDOWN_GRACE_S", default_value_t = 10.0)]
+        shutdown_grace_s: f64,
+        /// Log format: text or json.
+        #[arg(long, env = "SWITCHYARD_LOG_FORMAT", default_value = "text")]
+        log_format: String,
+    },
+    /// Validate rules: exit 0 if valid, else print file:line:col and the key for each problem.
+    Check {
+        #[arg(long, default_value = "routing-rules")]
+        rules: PathBuf,
+    },
+    /// Print the routing decision for a prompt as JSON, without a server.
+    Explain {
+        #[arg(long, default_value = "routing-rules")]
+        rules: PathBuf,
+        #[arg(long, default_value = "general")]
+        workflow: String,
+        #[arg(long, default_value = "")]
+        task_kind: String,
+        /// A system prompt to send before the text.
+        #[arg(long)]
+        system: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        max_output_tokens: u32,
+        #[arg(long, default_value_t = 1)]
+        attempt: u32,
+        #[arg(long)]
+        deferrable: bool,
+        /// A capability the call needs (tools, vision, json); repeatable.
+        #[arg(long = "capability")]
+        capabilities: Vec<String>,
+        /// The prompt, or - to read it from stdin.
+        text: Option<String>,
+    },
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { rules } => ExitCode::from(cli::check(&rules) as u8),
+        Command::Explain {
+            rules,
+            workflow,
+            task_kind,
+            system,
+            max_output_tokens,
+            attempt,
+            deferrable,
+            capabilities,
+            text,
+        } => ExitCode::from(cli::explain(cli::ExplainArgs {
+            rules: &rules,
+            workflow: &workflow,
+            task_kind: &task_kind,
+            text: text.as_deref(),
+            system: system.as_deref(),
+            max_output_tokens,
+            attempt,
+            deferrable,
+            capabilities: &capabilities,
+        }) as u8),
+        Command::Serve {
+            rules,
+            listen,
+            admin_listen,
+            state_dir,
+            redis_url,
+            api_keys,
+            max_request_bytes,
+            shutdown_grace_s,
+            log_format,
+        } => {
+            let json = match log_format.as_str() {
+                "json" => true,
+                "text" => false,
+                other => {
+                    eprintln!("--log-format `{other}` is not text or json");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            init_logging(json);
+            if redis_url.is_some() || api_keys.is_some() {
+                eprintln!(
+                    "--redis-url and --api-keys are not supported by this build yet (fleet budgets and API keys are \
+                     on the roadmap); start without them"
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            if !(shutdown_grace_s.is_finite() && (0.0..=3600.0).contains(&shutdown_grace_s)) {
+                eprintln!("--shutdown-grace-s {shutdown_grace_s} must be between 0 and 3600");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            let cfg = ServeConfig {
+                rules,
+                listen,
+                admin_listen,
+                state_dir,
+                max_request_bytes,
+                shutdown_grace: Duration::from_secs_f64(shutdown_grace_s),
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(app::serve(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.downcast_ref::<ConfigError>().is_some() => {
+                    eprintln!("{e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+                Err(e) => {
+                    eprintln!("switchyard: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Hot reload of the rule table.
+//!
+//! Kubernetes mounts a ConfigMap as a folder of symlinks into a `..data`
+//! symlink that it swaps atomically; editors and `mv` replace a file by rename.
+//! Both are caught by watching the *folder* (not the file) with `notify`, and a
+//! once-a-second poll of the files' bytes backs the watcher up, for file
+//! systems that send no events. A change takes effect within about a second.
+//!
+//! A new table is validated whole, then swapped in with `arc-swap`: requests in
+//! flight keep the table they started with, and none is dropped. A broken file
+//! keeps the last good table; the error is logged at ERROR once per distinct
+//! content and shown on the admin port (`/healthz`, `/metrics`).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher};
+
+use super::{rule_files, RuleTable, RulesError};
+
+/// How often the files are re-read even without an event.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Events come in bursts (a ConfigMap swap is several renames): wait this long
+/// for the burst to end before reading.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// The outcome of the most recent reload attempt, for operators.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadStatus {
+    /// The last attempt failed and the table in use is older than the files.
+    pub failing: bool,
+    /// The failure, with `file:line:col` for each problem.
+    pub last_error: Option<String>,
+    /// When the table in use was loaded.
+    pub loaded_at: Option<SystemTime>,
+}
+
+/// The live rule table and its reload state. Shared by every request.
+pub struct Rules {
+    path: PathBuf,
+    current: ArcSwap<RuleTable>,
+    status: Mutex<ReloadStatus>,
+    /// Successful reloads since start (the initial load is not counted).
+    pub reloads_ok: AtomicU64,
+    /// Failed reload attempts since start, one per distinct broken content.
+    pub reloads_failed: AtomicU64,
+    /// Content hash of the last broken files, so a broken file is reported once.
+    last_failed_hash: AtomicU64,
+}
+
+impl Rules {
+    /// Loads the table for the first time. A failure here is fatal to `serve`.
+    pub fn load(path: &Path) -> Result<Rules, RulesError> {
+        let table = RuleTable::load(path)?;
+        Ok(Rules {
+            path: path.to_path_buf(),
+            current: ArcSwap::from_pointee(table),
+            status: Mutex::new(ReloadStatus {
+                loaded_at: Some(SystemTime::now()),
+                ..ReloadStatus::default()
+            }),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            last_failed_hash: AtomicU64::new(0),
+        })
+    }
+
+    /// The table in use. Cheap: one atomic load and a reference count.
+    pub fn current(&self) -> Arc<RuleTable> {
+        self.current.load_full()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn status(&self) -> ReloadStatus {
+        // A poisoned lock only means a panic elsewhere mid-update; the status
+        // is plain data and still worth showing.
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Re-reads the files and swaps in the new table if they changed and are
+    /// valid. Returns `true` when a new table was swapped in.
+    pub fn reload_if_changed(&self) -> bool {
+        let hash = match files_hash(&self.path) {
+            Some(h) => h,
+            // The folder is mid-swap or unreadable: try again at the next tick.
+            None => return false,
+        };
+        if hash == self.current.load().content_hash
+            || hash == self.last_failed_hash.load(Ordering::Relaxed)
+        {
+            return false;
+        }
+        match RuleTable::load(&self.path) {
+            Ok(table) => {
+                tracing::info!(
+                    rules = %self.path.display(),
+                    summary = %super::summary(&table),
+                    "rules reloaded"
+                );
+                self.current.store(Arc::new(table));
+                self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                self.last_failed_hash.store(0, Ordering::Relaxed);
+                let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+                *s = ReloadStatus {
+                    failing: false,
+                    last_error: None,
+                    loaded_at: Some(SystemTime::now()),
+                };
+                true
+            }
+            Err(e) => {
+                tracing::error!(
+                    rules = %self.path.display(),
+                    error = %e,
+                    "rules reload FAILED; still serving the last good rules until the files are fixed"
+                );
+                self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                self.last_failed_hash.store(hash, Ordering::Relaxed);
+                let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+                s.failing = true;
+                s.last_error = Some(e.to_string());
+                false
+            }
+        }
+    }
+
+    /// Watches the rules path until `shutdown` resolves.
+    pub async fn watch(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let _watcher = {
+            let wake = wake.clone();
+            let dir = if self.path.is_dir() {
+                self.path.clone()
+            } else {
+                self.path
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or_else(|| PathBuf::from("."))
+            };
+            match notify::recommended_watcher(move |_event| wake.notify_one()) {
+                Ok(mut w) => match w.watch(&dir, RecursiveMode::NonRecursive) {
+                    Ok(()) => Some(w),
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the rules folder; falling back to polling every second");
+                        None
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "no file watcher available; falling back to polling every second");
+                    None
+                }
+            }
+        };
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = wake.notified() => tokio::time::sleep(DEBOUNCE).await,
+                _ = tokio::time::sleep(POLL_INTERVAL) => {}
+            }
+            // Reading a few small files is cheap, but it is blocking I/O.
+            let this = self.clone();
+            let _ = tokio::task::spawn_blocking(move || this.reload_if_changed()).await;
+        }
+    }
+}
+
+/// A hash of every rules file's path and bytes, or `None` if any cannot be read.
+fn files_hash(path: &Path) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let files = rule_files(path).ok()?;
+    let mut hasher = std::hash::DefaultHasher::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).ok()?;
+        text.hash(&mut hasher);
+        f.hash(&mut hasher);
+    }
+    Some(hasher.finish())
+}

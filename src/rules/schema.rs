@@ -1,0 +1,107 @@
+//! The rules file as written: serde structs with `deny_unknown_fields`, so that
+//! a misspelt key is an error rather than a silently ignored setting.
+//! Cross-field checks happen afterwards, in `validate`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// One TOML file. Every section is optional so that a folder can split the
+/// catalogue, the workflows and the rules across files.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFile {
+    pub settings: Option<RawSettings>,
+    #[serde(default)]
+    pub models: Vec<RawModel>,
+    #[serde(default)]
+    pub workflows: Vec<RawWorkflow>,
+    #[serde(default)]
+    pub task_kinds: Vec<RawTaskKind>,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSettings {
+    /// Output tokens predicted when neither the request nor its task kind says.
+    pub default_output_tokens: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub name: String,
+    pub provider: String,
+    pub description: Option<String>,
+    pub input_per_mtok: f64,
+    pub cached_input_per_mtok: f64,
+    pub output_per_mtok: f64,
+    /// Fraction off list price through the provider's batch API (0.5 = half price).
+    #[serde(default)]
+    pub batch_discount: f64,
+    pub context_window: u64,
+    pub max_output_tokens: u64,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// `o200k` or `cl100k`.
+    pub tokenizer: Option<String>,
+    /// Multiplier from the tokenizer's count to the provider's, for providers
+    /// whose own tokenizer is not public.
+    pub token_scale: Option<f64>,
+    /// Quality tier per task class; `general` is required and is the fallback.
+    pub tiers: BTreeMap<String, i64>,
+    /// How long the provider keeps a repeated prefix cached; 0 = no discount.
+    #[serde(default)]
+    pub prefix_cache_ttl_s: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorkflow {
+    pub name: String,
+    pub description: Option<String>,
+    pub owner: Option<String>,
+    pub default_task_kind: Option<String>,
+    /// The lowest tier this workflow may ever be routed to.
+    pub quality_floor: Option<i64>,
+    #[serde(default)]
+    pub allowed_models: Vec<String>,
+    #[serde(default)]
+    pub allowed_providers: Vec<String>,
+    /// What one outcome is, for people: "resolved ticket", "merged PR".
+    pub outcome_unit: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTaskKind {
+    pub name: String,
+    /// The task class whose model tiers apply (general, code, reasoning, ...).
+    pub class: String,
+    /// Predicted output tokens for this kind of task.
+    pub output_tokens: Option<u64>,
+    /// How hard this kind of task is before reading the prompt, 0 to 1.
+    pub complexity_prior: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: String,
+    /// Workflow name, or omitted / `*` for every workflow.
+    pub workflow: Option<String>,
+    #[serde(default)]
+    pub task_kinds: Vec<String>,
+    #[serde(default)]
+    pub task_classes: Vec<String>,
+    pub min_complexity: Option<f64>,
+    pub max_complexity: Option<f64>,
+    pub min_attempt: Option<u32>,
+    pub max_attempt: Option<u32>,
+    /// The tier the request's task class needs.
+    pub tier: Option<i64>,
+    /// Or a model to pin.
+    pub model: Option<String>,
+}
