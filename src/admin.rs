@@ -47,10 +47,7 @@ async fn healthz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
             "loaded_at_unix": st.loaded_at.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
         }
     });
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
+    ([(header::CONTENT_TYPE, "application/json")], body.to_string())
 }
 
 async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
@@ -66,10 +63,7 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     let table = s.rules.current();
     let mut out = String::with_capacity(1024);
     let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
     };
     metric(
         "switchyard_route_decisions_total",
@@ -144,9 +138,7 @@ async fn index(State(s): State<Arc<AdminState>>) -> Html<String> {
         ),
         _ => String::new(),
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     Html(format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Switchyard</title></head>\
          <body style=\"font-family:sans-serif\"><h1>Switchyard</h1>{banner}\
@@ -183,10 +175,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("switchyard-admin".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     tracing::error!(error = %e, "admin runtime failed to start");
@@ -204,10 +193,7 @@ pub fn spawn(
                 let stop = async move {
                     let _ = shutdown.wait_for(|s| *s).await;
                 };
-                if let Err(e) = axum::serve(listener, router(state))
-                    .with_graceful_shutdown(stop)
-                    .await
-                {
+                if let Err(e) = axum::serve(listener, router(state)).with_graceful_shutdown(stop).await {
                     tracing::error!(error = %e, "admin server failed");
                 }
             });
@@ -216,9 +202,6 @@ pub fn spawn(
 
 /// Binds the admin address, naming it in the error.
 pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
-    std::net::TcpListener::bind(addr).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot bind the admin port {addr}: {e}; pass --admin-listen with a free address"
-        )
-    })
+    std::net::TcpListener::bind(addr)
+        .map_err(|e| anyhow::anyhow!("cannot bind the admin port {addr}: {e}; pass --admin-listen with a free address"))
 }

@@ -70,14 +70,12 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     tokens::warm_up();
 
     // 2. Bind both ports; a taken port fails here, with its name.
-    let grpc_listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot bind the gRPC port {}; pass --listen with a free address",
-                cfg.listen
-            )
-        })?;
+    let grpc_listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| {
+        format!(
+            "cannot bind the gRPC port {}; pass --listen with a free address",
+            cfg.listen
+        )
+    })?;
     let grpc_addr = grpc_listener.local_addr()?;
     let admin_listener = admin::bind(cfg.admin_listen)?;
     let admin_addr = admin_listener.local_addr()?;
@@ -100,10 +98,18 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RouterServer<RouterService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(grpc::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both reflection versions: grpcurl asks for v1 and falls back to
+    // v1alpha, which older tools and grpcio-reflection still use.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(grpc::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
+        .context("building the gRPC reflection service")?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .context("building the gRPC reflection service")?;
 
     let limit = cfg.max_request_bytes;
@@ -131,7 +137,8 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             grpc::size_limit::rewrite(resp, limit)
         }))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(router)
         .serve_with_incoming_shutdown(TcpIncoming::from(grpc_listener), async move {
             let _ = drain_rx.await;
@@ -151,9 +158,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     }
 
     admin_state.ready.store(false, Ordering::Release);
-    health
-        .set_not_serving::<RouterServer<RouterService>>()
-        .await;
+    health.set_not_serving::<RouterServer<RouterService>>().await;
     let _ = drain_tx.send(());
     match tokio::time::timeout(cfg.shutdown_grace, &mut server).await {
         Ok(res) => res.context("gRPC server task")?.context("gRPC server")?,
@@ -176,9 +181,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
 async fn shutdown_signal() -> &'static str {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");

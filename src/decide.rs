@@ -97,13 +97,7 @@ pub fn decide(
 ) -> Result<Decision, NoAdequateModel> {
     let mut skipped_pins: Vec<&str> = Vec::new();
     for rule in &table.rules {
-        if !rule.matches(
-            &workflow.name,
-            &est.task_kind,
-            est.class,
-            est.complexity,
-            input.attempt,
-        ) {
+        if !rule.matches(&workflow.name, &est.task_kind, est.class, est.complexity, input.attempt) {
             continue;
         }
         match rule.requirement {
@@ -124,8 +118,7 @@ pub fn decide(
             Requirement::Pin(i) => {
                 let model = &table.models[i];
                 let required = workflow.quality_floor;
-                let ok =
-                    workflow.allowed.contains(&i) && eligible(model, input, est, required).is_ok();
+                let ok = workflow.allowed.contains(&i) && eligible(model, input, est, required).is_ok();
                 if ok {
                     return pick(
                         table,
@@ -161,12 +154,7 @@ pub fn decide(
 
 /// Billed input tokens and estimated cost of `model` for this request, or why
 /// it cannot serve it.
-fn eligible(
-    model: &Model,
-    input: &RouteInput,
-    est: &Estimate,
-    required: u8,
-) -> Result<(u64, i64), Rejection> {
+fn eligible(model: &Model, input: &RouteInput, est: &Estimate, required: u8) -> Result<(u64, i64), Rejection> {
     let missing = input.capabilities.missing_from(model.capabilities);
     if !missing.is_empty() {
         return Err(Rejection::MissingCapabilities { missing });
@@ -189,10 +177,7 @@ fn eligible(
     if tier < required {
         return Err(Rejection::BelowTier { tier, required });
     }
-    Ok((
-        tokens,
-        model.cost(tokens, 0, est.output_tokens, input.deferrable),
-    ))
+    Ok((tokens, model.cost(tokens, 0, est.output_tokens, input.deferrable)))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -21,9 +21,7 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::InvalidArgument(m) | Error::NoAdequateModel(m) | Error::TooLarge(m) => {
-                f.write_str(m)
-            }
+            Error::InvalidArgument(m) | Error::NoAdequateModel(m) | Error::TooLarge(m) => f.write_str(m),
             Error::UnknownWorkflow { name, known } => {
                 let shown: Vec<&str> = known.iter().take(20).map(String::as_str).collect();
                 write!(

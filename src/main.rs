@@ -36,11 +36,7 @@ enum Command {
         #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "127.0.0.1:50051")]
         listen: SocketAddr,
         /// The admin HTTP address (/healthz, /readyz, /metrics, /).
-        #[arg(
-            long,
-            env = "SWITCHYARD_ADMIN_LISTEN",
-            default_value = "127.0.0.1:9464"
-        )]
+        #[arg(long, env = "SWITCHYARD_ADMIN_LISTEN", default_value = "127.0.0.1:9464")]
         admin_listen: SocketAddr,
         /// The folder for the embedded store and the audit log.
         #[arg(long, env = "SWITCHYARD_STATE_DIR", default_value = "state")]
@@ -168,10 +164,7 @@ fn main() -> ExitCode {
                 max_request_bytes,
                 shutdown_grace: Duration::from_secs_f64(shutdown_grace_s),
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the async runtime: {e}");

@@ -54,7 +54,9 @@ impl<'a> RouteCall<'a> {
         use limits::*;
         let bad = |m: String| Err(Error::InvalidArgument(m));
         if raw.workflow.is_empty() {
-            return bad("workflow is empty: set RouteRequest.workflow to a workflow from the rules, e.g. \"general\"".into());
+            return bad(
+                "workflow is empty: set RouteRequest.workflow to a workflow from the rules, e.g. \"general\"".into(),
+            );
         }
         if raw.workflow.len() > MAX_NAME_BYTES {
             return bad(format!(
@@ -166,7 +168,6 @@ pub fn plan(
         &work,
         call.max_output_tokens,
     );
-    let decision = decide(table, workflow, &call.input, &est, trace)
-        .map_err(|e| Error::NoAdequateModel(e.message))?;
+    let decision = decide(table, workflow, &call.input, &est, trace).map_err(|e| Error::NoAdequateModel(e.message))?;
     Ok((est, decision))
 }

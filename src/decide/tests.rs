@@ -115,8 +115,7 @@ const HARD: &str = "Design a lock-free queue and explain why it is linearizable.
 #[test]
 fn easy_prompt_goes_cheap_and_hard_prompt_goes_strong() {
     let t = table();
-    let (easy, _) =
-        route(&t, "w", "What is the capital of France?", "", FIRST, 0).expect("easy routes");
+    let (easy, _) = route(&t, "w", "What is the capital of France?", "", FIRST, 0).expect("easy routes");
     assert_eq!(t.models[easy.model].name, "cheap");
     assert_eq!(easy.rule, "easy");
     let (hard, _) = route(&t, "w", HARD, "", FIRST, 0).expect("hard routes");
@@ -167,10 +166,7 @@ fn capabilities_context_and_output_limits_filter_candidates() {
     };
     let (d, trace) = route(&t, "w", "describe this", "", vision, 0).expect("routes");
     assert_eq!(t.models[d.model].name, "strong");
-    assert!(matches!(
-        trace[0].rejected,
-        Some(Rejection::MissingCapabilities { .. })
-    ));
+    assert!(matches!(trace[0].rejected, Some(Rejection::MissingCapabilities { .. })));
 
     let long = "lorem ipsum dolor ".repeat(600);
     let (d, trace) = route(&t, "w", &long, "", FIRST, 0).expect("routes");
@@ -183,10 +179,7 @@ fn capabilities_context_and_output_limits_filter_candidates() {
 
     let (d, trace) = route(&t, "w", "hi", "", FIRST, 5000).expect("routes");
     assert_ne!(t.models[d.model].name, "cheap");
-    assert!(matches!(
-        trace[0].rejected,
-        Some(Rejection::OutputTooLong { .. })
-    ));
+    assert!(matches!(trace[0].rejected, Some(Rejection::OutputTooLong { .. })));
 }
 
 #[test]
@@ -198,20 +191,13 @@ fn no_adequate_model_says_what_to_change() {
         "{}",
         err.message
     );
-    assert!(
-        err.message.contains("lower max_output_tokens"),
-        "{}",
-        err.message
-    );
+    assert!(err.message.contains("lower max_output_tokens"), "{}", err.message);
 }
 
 #[test]
 fn deferrable_is_priced_at_the_batch_discount() {
     let t = table();
-    let retry = RouteInput {
-        attempt: 2,
-        ..FIRST
-    };
+    let retry = RouteInput { attempt: 2, ..FIRST };
     let (full, _) = route(&t, "w", "hi", "", retry, 100).expect("routes");
     let (batch, _) = route(
         &t,
@@ -233,18 +219,7 @@ fn deferrable_is_priced_at_the_batch_discount() {
 #[test]
 fn attempts_floor_and_pins_apply() {
     let t = table();
-    let (d, _) = route(
-        &t,
-        "w",
-        "hi",
-        "",
-        RouteInput {
-            attempt: 2,
-            ..FIRST
-        },
-        0,
-    )
-    .expect("routes");
+    let (d, _) = route(&t, "w", "hi", "", RouteInput { attempt: 2, ..FIRST }, 0).expect("routes");
     assert_eq!((d.rule.as_str(), d.required_tier), ("retry", 5));
 
     let (d, _) = route(&t, "floor4", "hi", "", FIRST, 0).expect("routes");
@@ -262,11 +237,7 @@ fn attempts_floor_and_pins_apply() {
     };
     let (d, _) = route(&t, "pinned", "hi", "", vision, 0).expect("routes");
     assert_eq!(t.models[d.model].name, "strong");
-    assert!(
-        d.reason.contains("pin rule(s) pin-cheap skipped"),
-        "{}",
-        d.reason
-    );
+    assert!(d.reason.contains("pin rule(s) pin-cheap skipped"), "{}", d.reason);
 }
 
 #[test]
@@ -274,8 +245,5 @@ fn decision_is_deterministic() {
     let t = table();
     let a = route(&t, "w", HARD, "", FIRST, 0).expect("routes").0;
     let b = route(&t, "w", HARD, "", FIRST, 0).expect("routes").0;
-    assert_eq!(
-        (a.model, a.cost_nanos, a.reason),
-        (b.model, b.cost_nanos, b.reason)
-    );
+    assert_eq!((a.model, a.cost_nanos, a.reason), (b.model, b.cost_nanos, b.reason));
 }

@@ -105,32 +105,29 @@ impl Counts {
 }
 
 /// Scans `text` once and counts the signals.
+///
+/// Letters are consumed a word at a time in a tight loop (most bytes are
+/// letters); only the bytes between words are examined one by one.
 pub fn scan(text: &str) -> Counts {
     let mut c = Counts::default();
     let bytes = text.as_bytes();
-    let mut word = [0u8; 16];
-    let mut wlen = 0usize;
-    let mut word_overflow = false;
+    let n = bytes.len();
     let mut at_line_start = true;
     let mut line_indent = 0u32;
     let mut code_punct = 0u32;
     let mut prev_digit = false;
     let mut i = 0;
-    while i < bytes.len() {
+    while i < n {
         let b = bytes[i];
         if b.is_ascii_alphabetic() {
-            if wlen < word.len() {
-                word[wlen] = b.to_ascii_lowercase();
-                wlen += 1;
-            } else {
-                word_overflow = true;
+            let start = i;
+            while i < n && bytes[i].is_ascii_alphabetic() {
+                i += 1;
             }
-        } else {
-            if wlen > 0 && !word_overflow {
-                classify_word(&word[..wlen], &mut c);
-            }
-            wlen = 0;
-            word_overflow = false;
+            classify_word(&bytes[start..i], &mut c);
+            at_line_start = false;
+            prev_digit = false;
+            continue;
         }
         match b {
             b'\n' => {
@@ -149,14 +146,10 @@ pub fn scan(text: &str) -> Counts {
                 // "1." / "2)" / "- " / "* " at the start of a line is a step.
                 if b.is_ascii_digit() {
                     let mut j = i;
-                    while j < bytes.len() && bytes[j].is_ascii_digit() {
+                    while j < n && bytes[j].is_ascii_digit() {
                         j += 1;
                     }
-                    if j < bytes.len()
-                        && (bytes[j] == b'.' || bytes[j] == b')')
-                        && j + 1 < bytes.len()
-                        && bytes[j + 1] == b' '
-                    {
+                    if j + 1 < n && (bytes[j] == b'.' || bytes[j] == b')') && bytes[j + 1] == b' ' {
                         c.multi_step += 1;
                     }
                 } else if (b == b'-' || b == b'*') && bytes.get(i + 1) == Some(&b' ') {
@@ -183,34 +176,142 @@ pub fn scan(text: &str) -> Counts {
         prev_digit = b.is_ascii_digit() || (b == b' ' && prev_digit);
         i += 1;
     }
-    if wlen > 0 && !word_overflow {
-        classify_word(&word[..wlen], &mut c);
-    }
     c.code += code_punct / 4;
     c
 }
 
+/// Which count a keyword adds to.
+#[derive(Clone, Copy)]
+enum Signal {
+    Reasoning,
+    Constraint,
+    Step,
+    Structured,
+    Math,
+    Code,
+}
+
+const KEYWORDS: &[(&str, Signal)] = &[
+    ("why", Signal::Reasoning),
+    ("explain", Signal::Reasoning),
+    ("analyze", Signal::Reasoning),
+    ("analyse", Signal::Reasoning),
+    ("compare", Signal::Reasoning),
+    ("evaluate", Signal::Reasoning),
+    ("derive", Signal::Reasoning),
+    ("prove", Signal::Reasoning),
+    ("justify", Signal::Reasoning),
+    ("design", Signal::Reasoning),
+    ("debug", Signal::Reasoning),
+    ("optimize", Signal::Reasoning),
+    ("optimise", Signal::Reasoning),
+    ("reason", Signal::Reasoning),
+    ("infer", Signal::Reasoning),
+    ("critique", Signal::Reasoning),
+    ("tradeoffs", Signal::Reasoning),
+    ("architect", Signal::Reasoning),
+    ("diagnose", Signal::Reasoning),
+    ("refactor", Signal::Reasoning),
+    ("assess", Signal::Reasoning),
+    ("must", Signal::Constraint),
+    ("exactly", Signal::Constraint),
+    ("least", Signal::Constraint),
+    ("most", Signal::Constraint),
+    ("without", Signal::Constraint),
+    ("only", Signal::Constraint),
+    ("never", Signal::Constraint),
+    ("always", Signal::Constraint),
+    ("ensure", Signal::Constraint),
+    ("require", Signal::Constraint),
+    ("requires", Signal::Constraint),
+    ("limit", Signal::Constraint),
+    ("strictly", Signal::Constraint),
+    ("constraint", Signal::Constraint),
+    ("constraints", Signal::Constraint),
+    ("then", Signal::Step),
+    ("next", Signal::Step),
+    ("finally", Signal::Step),
+    ("afterwards", Signal::Step),
+    ("steps", Signal::Step),
+    ("first", Signal::Step),
+    ("second", Signal::Step),
+    ("third", Signal::Step),
+    ("subsequently", Signal::Step),
+    ("json", Signal::Structured),
+    ("yaml", Signal::Structured),
+    ("xml", Signal::Structured),
+    ("csv", Signal::Structured),
+    ("table", Signal::Structured),
+    ("schema", Signal::Structured),
+    ("markdown", Signal::Structured),
+    ("format", Signal::Structured),
+    ("integral", Signal::Math),
+    ("derivative", Signal::Math),
+    ("equation", Signal::Math),
+    ("theorem", Signal::Math),
+    ("matrix", Signal::Math),
+    ("probability", Signal::Math),
+    ("polynomial", Signal::Math),
+    ("lemma", Signal::Math),
+    ("eigenvalue", Signal::Math),
+    ("sqrt", Signal::Math),
+    ("modulo", Signal::Math),
+    ("logarithm", Signal::Math),
+    ("calculate", Signal::Math),
+    ("compute", Signal::Math),
+    ("fn", Signal::Code),
+    ("def", Signal::Code),
+    ("class", Signal::Code),
+    ("import", Signal::Code),
+    ("return", Signal::Code),
+    ("const", Signal::Code),
+    ("struct", Signal::Code),
+    ("impl", Signal::Code),
+    ("function", Signal::Code),
+    ("async", Signal::Code),
+    ("await", Signal::Code),
+    ("lambda", Signal::Code),
+    ("include", Signal::Code),
+    ("println", Signal::Code),
+    ("printf", Signal::Code),
+    ("select", Signal::Code),
+    ("traceback", Signal::Code),
+    ("stacktrace", Signal::Code),
+    ("compile", Signal::Code),
+    ("segfault", Signal::Code),
+];
+
+/// An ASCII word of at most 16 bytes packed into an integer, first byte
+/// highest, so that a keyword lookup is a binary search over integers.
+fn pack(word: &[u8]) -> u128 {
+    let mut k = [0u8; 16];
+    k[..word.len()].copy_from_slice(word);
+    u128::from_be_bytes(k)
+}
+
+/// The keywords, packed and sorted.
+static KEYWORD_INDEX: std::sync::LazyLock<Vec<(u128, Signal)>> = std::sync::LazyLock::new(|| {
+    let mut v: Vec<(u128, Signal)> = KEYWORDS.iter().map(|(w, s)| (pack(w.as_bytes()), *s)).collect();
+    v.sort_by_key(|(k, _)| *k);
+    v
+});
+
 fn classify_word(w: &[u8], c: &mut Counts) {
-    match w {
-        b"why" | b"explain" | b"analyze" | b"analyse" | b"compare" | b"evaluate" | b"derive"
-        | b"prove" | b"justify" | b"design" | b"debug" | b"optimize" | b"optimise" | b"reason"
-        | b"infer" | b"critique" | b"tradeoffs" | b"architect" | b"diagnose" | b"refactor"
-        | b"assess" => c.reasoning += 1,
-        b"must" | b"exactly" | b"least" | b"most" | b"without" | b"only" | b"never" | b"always"
-        | b"ensure" | b"require" | b"requires" | b"limit" | b"strictly" | b"constraint"
-        | b"constraints" => c.constraints += 1,
-        b"then" | b"next" | b"finally" | b"afterwards" | b"steps" | b"first" | b"second"
-        | b"third" | b"subsequently" => c.multi_step += 1,
-        b"json" | b"yaml" | b"xml" | b"csv" | b"table" | b"schema" | b"markdown" | b"format" => {
-            c.structured += 1
+    if !(2..=12).contains(&w.len()) {
+        return;
+    }
+    let index = &*KEYWORD_INDEX;
+    // Every byte is an ASCII letter: setting bit 5 lowercases it.
+    let key = pack(w) | 0x2020_2020_2020_2020_2020_2020_2020_2020 & !(u128::MAX >> (8 * w.len()));
+    if let Ok(i) = index.binary_search_by_key(&key, |(k, _)| *k) {
+        match index[i].1 {
+            Signal::Reasoning => c.reasoning += 1,
+            Signal::Constraint => c.constraints += 1,
+            Signal::Step => c.multi_step += 1,
+            Signal::Structured => c.structured += 1,
+            Signal::Math => c.math += 1,
+            Signal::Code => c.code += 1,
         }
-        b"integral" | b"derivative" | b"equation" | b"theorem" | b"matrix" | b"probability"
-        | b"polynomial" | b"lemma" | b"eigenvalue" | b"sqrt" | b"modulo" | b"logarithm"
-        | b"calculate" | b"compute" => c.math += 1,
-        b"fn" | b"def" | b"class" | b"import" | b"return" | b"const" | b"struct" | b"impl"
-        | b"function" | b"async" | b"await" | b"lambda" | b"include" | b"println" | b"printf"
-        | b"select" | b"traceback" | b"stacktrace" | b"compile" | b"segfault" => c.code += 1,
-        _ => {}
     }
 }
 
@@ -259,6 +360,17 @@ mod tests {
         assert_eq!(c.structured, 1);
         assert!(c.math >= 3, "{c:?}");
         assert_eq!(c.questions, 1);
+    }
+
+    #[test]
+    fn every_keyword_is_found_and_no_other_word() {
+        for (w, _) in KEYWORDS {
+            assert!(w.len() <= 12 && *w == w.to_lowercase(), "{w}");
+            let c = scan(w);
+            assert_ne!(c, Counts::default(), "{w} not counted");
+        }
+        assert_eq!(scan("the cat sat on a mat"), Counts::default());
+        assert_eq!(scan("Explainer whys"), Counts::default(), "whole words only");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! cache can keep, because agents resend the same system prompt every call.
 
 pub mod complexity;
+mod pretokenize;
 pub mod tokens;
 
 use serde::Serialize;
@@ -109,17 +110,12 @@ pub fn estimate(
     };
     let kind = table.task_kind(task_kind);
     let class = table.class_of(task_kind);
-    let primary = workflow
-        .encodings
-        .first()
-        .copied()
-        .unwrap_or(Encoding::O200k);
+    let primary = workflow.encodings.first().copied().unwrap_or(Encoding::O200k);
 
     let mut input_tokens = [0u64; 2];
     for &e in &workflow.encodings {
         let content: u64 = work.iter().map(|w| w.tokens[e as usize].unwrap_or(0)).sum();
-        input_tokens[e as usize] =
-            content + tokens::PER_MESSAGE_OVERHEAD * work.len() as u64 + tokens::REPLY_PRIMING;
+        input_tokens[e as usize] = content + tokens::PER_MESSAGE_OVERHEAD * work.len() as u64 + tokens::REPLY_PRIMING;
     }
 
     let has_user = messages.iter().any(|m| m.role == Role::User);

@@ -19,8 +19,7 @@ pub mod pb {
     tonic::include_proto!("switchyard.v1");
 
     /// The encoded descriptors, served by gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("switchyard_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("switchyard_descriptor");
 }
 
 use pb::router_server::Router;
@@ -68,10 +67,7 @@ pub fn route_one(rules: &Rules, req: &pb::RouteRequest) -> Result<pb::RouteRespo
         workflow: &req.workflow,
         outcome_id: &req.outcome_id,
         task_kind: &req.task_kind,
-        messages: req
-            .messages
-            .iter()
-            .map(|m| (m.role.as_str(), m.content.as_str())),
+        messages: req.messages.iter().map(|m| (m.role.as_str(), m.content.as_str())),
         attempt: req.attempt,
         max_output_tokens: req.max_output_tokens,
         deferrable: req.deferrable,
@@ -102,10 +98,7 @@ pub fn route_one(rules: &Rules, req: &pb::RouteRequest) -> Result<pb::RouteRespo
 
 #[tonic::async_trait]
 impl Router for RouterService {
-    async fn route(
-        &self,
-        request: Request<pb::RouteRequest>,
-    ) -> Result<Response<pb::RouteResponse>, Status> {
+    async fn route(&self, request: Request<pb::RouteRequest>) -> Result<Response<pb::RouteResponse>, Status> {
         let req = request.into_inner();
         let content: usize = req.messages.iter().map(|m| m.content.len()).sum();
         let result = if content > INLINE_CONTENT_BYTES {
@@ -129,63 +122,48 @@ impl Router for RouterService {
         }
     }
 
-    async fn report_usage(
-        &self,
-        _: Request<pb::UsageReport>,
-    ) -> Result<Response<pb::UsageAck>, Status> {
+    async fn report_usage(&self, _: Request<pb::UsageReport>) -> Result<Response<pb::UsageAck>, Status> {
         Err(Error::Unimplemented(
             "ReportUsage is not available in this build: usage settlement arrives with budgets; Route works now",
         )
         .into())
     }
 
-    async fn record_outcome(
-        &self,
-        _: Request<pb::OutcomeReport>,
-    ) -> Result<Response<pb::OutcomeAck>, Status> {
+    async fn record_outcome(&self, _: Request<pb::OutcomeReport>) -> Result<Response<pb::OutcomeAck>, Status> {
         Err(Error::Unimplemented(
             "RecordOutcome is not available in this build: outcomes arrive with the outcome ledger; Route works now",
         )
         .into())
     }
 
-    async fn record_feedback(
-        &self,
-        _: Request<pb::FeedbackReport>,
-    ) -> Result<Response<pb::FeedbackAck>, Status> {
+    async fn record_feedback(&self, _: Request<pb::FeedbackReport>) -> Result<Response<pb::FeedbackAck>, Status> {
         Err(Error::Unimplemented(
             "RecordFeedback is not available in this build: feedback arrives with the outcome ledger; Route works now",
         )
         .into())
     }
 
-    async fn get_budget(
-        &self,
-        _: Request<pb::GetBudgetRequest>,
-    ) -> Result<Response<pb::BudgetStatus>, Status> {
-        Err(Error::Unimplemented(
-            "GetBudget is not available in this build: budgets are not enforced yet",
-        )
-        .into())
+    async fn get_budget(&self, _: Request<pb::GetBudgetRequest>) -> Result<Response<pb::BudgetStatus>, Status> {
+        Err(Error::Unimplemented("GetBudget is not available in this build: budgets are not enforced yet").into())
     }
 
     async fn list_escalations(
         &self,
         _: Request<pb::ListEscalationsRequest>,
     ) -> Result<Response<pb::ListEscalationsResponse>, Status> {
-        Err(Error::Unimplemented(
-            "ListEscalations is not available in this build: escalations arrive with budgets",
+        Err(
+            Error::Unimplemented("ListEscalations is not available in this build: escalations arrive with budgets")
+                .into(),
         )
-        .into())
     }
 
     async fn resolve_escalation(
         &self,
         _: Request<pb::ResolveEscalationRequest>,
     ) -> Result<Response<pb::Escalation>, Status> {
-        Err(Error::Unimplemented(
-            "ResolveEscalation is not available in this build: escalations arrive with budgets",
+        Err(
+            Error::Unimplemented("ResolveEscalation is not available in this build: escalations arrive with budgets")
+                .into(),
         )
-        .into())
     }
 }

@@ -16,15 +16,11 @@ const TONIC_TOO_LARGE: &str = "decoded message length too large";
 /// Rewrites tonic's oversized-message status on one response.
 pub fn rewrite<B>(mut resp: Response<B>, limit: usize) -> Response<B> {
     let headers = resp.headers_mut();
-    let is_out_of_range = headers
-        .get(GRPC_STATUS)
-        .is_some_and(|v| v.as_bytes() == b"11");
+    let is_out_of_range = headers.get(GRPC_STATUS).is_some_and(|v| v.as_bytes() == b"11");
     let too_large = headers
         .get(GRPC_MESSAGE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|m| {
-            m.contains(TONIC_TOO_LARGE) || m.contains("decoded%20message%20length%20too%20large")
-        });
+        .is_some_and(|m| m.contains(TONIC_TOO_LARGE) || m.contains("decoded%20message%20length%20too%20large"));
     if is_out_of_range && too_large {
         headers.insert(GRPC_STATUS, HeaderValue::from_static("8"));
         // grpc-message is percent-encoded; this text needs no escaping.

@@ -80,7 +80,7 @@ impl Source {
     }
 
     /// A diagnostic for a serde/parse error from the toml crate.
-    pub fn from_toml_error(&self, err: &toml::de::Error) -> Diagnostic {
+    pub fn toml_error(&self, err: &toml::de::Error) -> Diagnostic {
         let offset = err.span().map_or(0, |s| s.start);
         let (line, column) = self.line_col(offset);
         let key = DeTable::parse(&self.text)

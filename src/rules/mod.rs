@@ -75,10 +75,7 @@ impl Capabilities {
     ];
 
     pub fn parse(name: &str) -> Option<Capabilities> {
-        Self::NAMES
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, c)| *c)
+        Self::NAMES.iter().find(|(n, _)| *n == name).map(|(_, c)| *c)
     }
 
     pub fn insert(&mut self, other: Capabilities) {
@@ -201,20 +198,12 @@ pub struct Rule {
 impl Rule {
     /// Whether the rule applies. The complexity band is `[min, max)`, except
     /// that a band ending at 1.0 includes 1.0.
-    pub fn matches(
-        &self,
-        workflow: &str,
-        task_kind: &str,
-        class: usize,
-        complexity: f64,
-        attempt: u32,
-    ) -> bool {
+    pub fn matches(&self, workflow: &str, task_kind: &str, class: usize, complexity: f64, attempt: u32) -> bool {
         self.workflow.as_deref().is_none_or(|w| w == workflow)
             && (self.task_kinds.is_empty() || self.task_kinds.iter().any(|k| k == task_kind))
             && (self.task_classes.is_empty() || self.task_classes.contains(&class))
             && complexity >= self.min_complexity
-            && (complexity < self.max_complexity
-                || (self.max_complexity >= 1.0 && complexity <= 1.0))
+            && (complexity < self.max_complexity || (self.max_complexity >= 1.0 && complexity <= 1.0))
             && (self.min_attempt..=self.max_attempt).contains(&attempt)
     }
 }
@@ -278,8 +267,7 @@ pub fn rule_files(path: &Path) -> Result<Vec<PathBuf>, RulesError> {
     if meta.is_file() {
         return Ok(vec![path.to_path_buf()]);
     }
-    let entries =
-        std::fs::read_dir(path).map_err(|e| err(format!("cannot list the rules folder: {e}")))?;
+    let entries = std::fs::read_dir(path).map_err(|e| err(format!("cannot list the rules folder: {e}")))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok())
         .map(|e| e.path())
@@ -290,9 +278,7 @@ pub fn rule_files(path: &Path) -> Result<Vec<PathBuf>, RulesError> {
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(err(
-            "the rules folder has no *.toml file directly inside it".to_string(),
-        ));
+        return Err(err("the rules folder has no *.toml file directly inside it".to_string()));
     }
     Ok(files)
 }
@@ -329,7 +315,7 @@ impl RuleTable {
         for (i, src) in sources.iter().enumerate() {
             match toml::from_str::<RawFile>(&src.text) {
                 Ok(raw) => parsed.push((i, raw)),
-                Err(e) => diagnostics.push(src.from_toml_error(&e)),
+                Err(e) => diagnostics.push(src.toml_error(&e)),
             }
         }
         if !diagnostics.is_empty() {
@@ -368,10 +354,7 @@ impl RuleTable {
         if let Some(k) = self.task_kinds.get(task_kind) {
             return k.class;
         }
-        self.classes
-            .iter()
-            .position(|c| c == task_kind)
-            .unwrap_or(0)
+        self.classes.iter().position(|c| c == task_kind).unwrap_or(0)
     }
 }
 
@@ -390,13 +373,7 @@ struct Origin {
 }
 
 impl Validator<'_> {
-    fn error(
-        &mut self,
-        origin: Origin,
-        section: &'static str,
-        key: &[&str],
-        message: impl Into<String>,
-    ) {
+    fn error(&mut self, origin: Origin, section: &'static str, key: &[&str], message: impl Into<String>) {
         let mut path = vec![Seg::Key(section), Seg::Index(origin.index)];
         path.extend(key.iter().map(|k| Seg::Key(k)));
         let d = self.sources[origin.file].locate(&path, message);
@@ -436,18 +413,8 @@ impl Validator<'_> {
             }
             let at = |index| Origin { file, index };
             raw_models.extend(raw.models.into_iter().enumerate().map(|(i, m)| (at(i), m)));
-            raw_workflows.extend(
-                raw.workflows
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, w)| (at(i), w)),
-            );
-            raw_kinds.extend(
-                raw.task_kinds
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, k)| (at(i), k)),
-            );
+            raw_workflows.extend(raw.workflows.into_iter().enumerate().map(|(i, w)| (at(i), w)));
+            raw_kinds.extend(raw.task_kinds.into_iter().enumerate().map(|(i, k)| (at(i), k)));
             raw_rules.extend(raw.rules.into_iter().enumerate().map(|(i, r)| (at(i), r)));
         }
 
@@ -486,11 +453,7 @@ impl Validator<'_> {
             std::hash::Hash::hash(&s.text, &mut hasher);
             std::hash::Hash::hash(&s.path, &mut hasher);
         }
-        let workflow_index = workflows
-            .iter()
-            .enumerate()
-            .map(|(i, w)| (w.name.clone(), i))
-            .collect();
+        let workflow_index = workflows.iter().enumerate().map(|(i, w)| (w.name.clone(), i)).collect();
         RuleTable {
             models,
             workflows,
@@ -514,14 +477,17 @@ impl Validator<'_> {
             }
             if let Some(prev) = seen.insert(&m.name, o) {
                 let prev_file = self.sources[prev.file].path.display().to_string();
-                e(self, &["name"], format!("model `{}` is defined twice (also in {prev_file}); model names must be unique", m.name));
-            }
-            if m.provider.trim().is_empty() {
                 e(
                     self,
-                    &["provider"],
-                    "a model needs a provider, e.g. \"openai\"".into(),
+                    &["name"],
+                    format!(
+                        "model `{}` is defined twice (also in {prev_file}); model names must be unique",
+                        m.name
+                    ),
                 );
+            }
+            if m.provider.trim().is_empty() {
+                e(self, &["provider"], "a model needs a provider, e.g. \"openai\"".into());
             }
             let price = |v: &mut Self, key: &'static str, usd: f64| {
                 usd_to_nanos(usd).unwrap_or_else(|| {
@@ -543,7 +509,14 @@ impl Validator<'_> {
                 && usd_to_nanos(m.cached_input_per_mtok).is_some()
                 && cached > input
             {
-                e(self, &["cached_input_per_mtok"], format!("the cached input price ({}) is above the input price ({}); providers discount cached tokens", m.cached_input_per_mtok, m.input_per_mtok));
+                e(
+                    self,
+                    &["cached_input_per_mtok"],
+                    format!(
+                        "the cached input price ({}) is above the input price ({}); providers discount cached tokens",
+                        m.cached_input_per_mtok, m.input_per_mtok
+                    ),
+                );
             }
             if !(0.0..1.0).contains(&m.batch_discount) || !m.batch_discount.is_finite() {
                 e(self, &["batch_discount"], format!("{} is not a discount: give the fraction off list price, from 0 (none) to below 1 (0.5 = half price)", m.batch_discount));
@@ -559,10 +532,7 @@ impl Validator<'_> {
                 e(
                     self,
                     &["max_output_tokens"],
-                    format!(
-                        "must be between 1 and the context window ({})",
-                        m.context_window
-                    ),
+                    format!("must be between 1 and the context window ({})", m.context_window),
                 );
             }
             let mut caps = Capabilities::default();
@@ -592,13 +562,12 @@ impl Validator<'_> {
                 e(self, &["token_scale"], format!("{scale} is outside 0.1 to 10; it multiplies the tokenizer's count to approximate the provider's"));
             }
             let mut tiers = vec![0u8; classes.len()];
-            match m.tiers.get(GENERAL_CLASS) {
-                None => e(
+            if !m.tiers.contains_key(GENERAL_CLASS) {
+                e(
                     self,
                     &["tiers"],
-                    format!("tiers must rate the `general` class, e.g. tiers = {{ general = 3 }}"),
-                ),
-                Some(_) => {}
+                    "tiers must rate the `general` class, e.g. tiers = { general = 3 }".into(),
+                );
             }
             for (class, &tier) in &m.tiers {
                 if !(1..=MAX_TIER as i64).contains(&tier) {
@@ -633,18 +602,13 @@ impl Validator<'_> {
                 encoding,
                 token_scale_permille: (scale.clamp(0.1, 10.0) * 1000.0).round() as u32,
                 tiers,
-                prefix_cache_ttl: (m.prefix_cache_ttl_s > 0)
-                    .then(|| Duration::from_secs(m.prefix_cache_ttl_s)),
+                prefix_cache_ttl: (m.prefix_cache_ttl_s > 0).then(|| Duration::from_secs(m.prefix_cache_ttl_s)),
             });
         }
         out
     }
 
-    fn task_kinds(
-        &mut self,
-        raw: &[(Origin, RawTaskKind)],
-        classes: &[String],
-    ) -> HashMap<String, TaskKind> {
+    fn task_kinds(&mut self, raw: &[(Origin, RawTaskKind)], classes: &[String]) -> HashMap<String, TaskKind> {
         let mut out = HashMap::new();
         for &(o, ref k) in raw {
             let class = classes.iter().position(|c| *c == k.class);
@@ -704,22 +668,14 @@ impl Validator<'_> {
         let mut out: Vec<Workflow> = Vec::with_capacity(raw.len());
         for &(o, ref w) in raw {
             if w.name.trim().is_empty() {
-                self.error(
-                    o,
-                    "workflows",
-                    &["name"],
-                    "a workflow needs a non-empty name",
-                );
+                self.error(o, "workflows", &["name"], "a workflow needs a non-empty name");
             }
             if out.iter().any(|x| x.name == w.name) {
                 self.error(
                     o,
                     "workflows",
                     &["name"],
-                    format!(
-                        "workflow `{}` is defined twice; names must be unique",
-                        w.name
-                    ),
+                    format!("workflow `{}` is defined twice; names must be unique", w.name),
                 );
             }
             let floor = w.quality_floor.unwrap_or(1);
@@ -755,32 +711,28 @@ impl Validator<'_> {
                 .iter()
                 .enumerate()
                 .filter(|(_, m)| w.allowed_models.is_empty() || w.allowed_models.contains(&m.name))
-                .filter(|(_, m)| {
-                    w.allowed_providers.is_empty() || w.allowed_providers.contains(&m.provider)
-                })
+                .filter(|(_, m)| w.allowed_providers.is_empty() || w.allowed_providers.contains(&m.provider))
                 .map(|(i, _)| i)
                 .collect();
             if allowed.is_empty() && !models.is_empty() {
-                self.error(o, "workflows", &["allowed_models"], "no model is allowed by both allowed_models and allowed_providers; the workflow could never route");
+                self.error(
+                    o,
+                    "workflows",
+                    &["allowed_models"],
+                    "no model is allowed by both allowed_models and allowed_providers; the workflow could never route",
+                );
             }
-            let mut encodings: Vec<Encoding> =
-                allowed.iter().map(|&i| models[i].encoding).collect();
+            let mut encodings: Vec<Encoding> = allowed.iter().map(|&i| models[i].encoding).collect();
             encodings.sort();
             encodings.dedup();
             out.push(Workflow {
                 name: w.name.clone(),
                 description: w.description.clone().unwrap_or_default(),
                 owner: w.owner.clone().unwrap_or_default(),
-                default_task_kind: w
-                    .default_task_kind
-                    .clone()
-                    .unwrap_or_else(|| GENERAL_CLASS.to_string()),
+                default_task_kind: w.default_task_kind.clone().unwrap_or_else(|| GENERAL_CLASS.to_string()),
                 quality_floor: floor.clamp(1, MAX_TIER as i64) as u8,
                 allowed,
-                outcome_unit: w
-                    .outcome_unit
-                    .clone()
-                    .unwrap_or_else(|| "outcome".to_string()),
+                outcome_unit: w.outcome_unit.clone().unwrap_or_else(|| "outcome".to_string()),
                 encodings,
             });
         }
@@ -816,7 +768,12 @@ impl Validator<'_> {
             let workflow = r.workflow.clone().filter(|w| w != "*");
             if let Some(w) = &workflow {
                 if !workflows.iter().any(|x| &x.name == w) {
-                    self.error(o, "rules", &["workflow"], format!("workflow `{w}` is not in [[workflows]]; use \"*\" or omit it for every workflow"));
+                    self.error(
+                        o,
+                        "rules",
+                        &["workflow"],
+                        format!("workflow `{w}` is not in [[workflows]]; use \"*\" or omit it for every workflow"),
+                    );
                 }
             }
             let mut task_classes = Vec::new();
@@ -838,7 +795,12 @@ impl Validator<'_> {
             let min_c = r.min_complexity.unwrap_or(0.0);
             let max_c = r.max_complexity.unwrap_or(1.0);
             if !(0.0..=1.0).contains(&min_c) || !(0.0..=1.0).contains(&max_c) || min_c > max_c {
-                self.error(o, "rules", &["min_complexity"], format!("the complexity band [{min_c}, {max_c}] must lie within 0 to 1 with min <= max"));
+                self.error(
+                    o,
+                    "rules",
+                    &["min_complexity"],
+                    format!("the complexity band [{min_c}, {max_c}] must lie within 0 to 1 with min <= max"),
+                );
             }
             let min_a = r.min_attempt.unwrap_or(1);
             let max_a = r.max_attempt.unwrap_or(u32::MAX);
@@ -853,34 +815,19 @@ impl Validator<'_> {
             let requirement = match (r.tier, &r.model) {
                 (Some(t), None) => {
                     if !(1..=MAX_TIER as i64).contains(&t) {
-                        self.error(
-                            o,
-                            "rules",
-                            &["tier"],
-                            format!("tier {t} is outside 1 to {MAX_TIER}"),
-                        );
+                        self.error(o, "rules", &["tier"], format!("tier {t} is outside 1 to {MAX_TIER}"));
                     }
                     Requirement::Tier(t.clamp(1, MAX_TIER as i64) as u8)
                 }
                 (None, Some(name)) => match models.iter().position(|m| &m.name == name) {
                     Some(i) => Requirement::Pin(i),
                     None => {
-                        self.error(
-                            o,
-                            "rules",
-                            &["model"],
-                            format!("model `{name}` is not in [[models]]"),
-                        );
+                        self.error(o, "rules", &["model"], format!("model `{name}` is not in [[models]]"));
                         Requirement::Tier(1)
                     }
                 },
                 (Some(_), Some(_)) => {
-                    self.error(
-                        o,
-                        "rules",
-                        &["model"],
-                        "give either `tier` or `model`, not both",
-                    );
+                    self.error(o, "rules", &["model"], "give either `tier` or `model`, not both");
                     Requirement::Tier(1)
                 }
                 (None, None) => {
@@ -895,19 +842,14 @@ impl Validator<'_> {
             };
             if let (Requirement::Pin(i), Some(w)) = (
                 requirement,
-                workflow
-                    .as_ref()
-                    .and_then(|w| workflows.iter().find(|x| &x.name == w)),
+                workflow.as_ref().and_then(|w| workflows.iter().find(|x| &x.name == w)),
             ) {
                 if !w.allowed.contains(&i) {
                     self.error(
                         o,
                         "rules",
                         &["model"],
-                        format!(
-                            "model `{}` is not allowed in workflow `{}`",
-                            models[i].name, w.name
-                        ),
+                        format!("model `{}` is not allowed in workflow `{}`", models[i].name, w.name),
                     );
                 }
             }
@@ -929,8 +871,7 @@ impl Validator<'_> {
 
 /// Summary counts for `check` and the startup log.
 pub fn summary(t: &RuleTable) -> String {
-    let providers: BTreeMap<&str, ()> =
-        t.models.iter().map(|m| (m.provider.as_str(), ())).collect();
+    let providers: BTreeMap<&str, ()> = t.models.iter().map(|m| (m.provider.as_str(), ())).collect();
     format!(
         "{} models from {} providers, {} workflows, {} task kinds, {} rules, from {} file(s)",
         t.models.len(),

@@ -80,10 +80,7 @@ impl Rules {
     pub fn status(&self) -> ReloadStatus {
         // A poisoned lock only means a panic elsewhere mid-update; the status
         // is plain data and still worth showing.
-        self.status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Re-reads the files and swaps in the new table if they changed and are
@@ -94,9 +91,7 @@ impl Rules {
             // The folder is mid-swap or unreadable: try again at the next tick.
             None => return false,
         };
-        if hash == self.current.load().content_hash
-            || hash == self.last_failed_hash.load(Ordering::Relaxed)
-        {
+        if hash == self.current.load().content_hash || hash == self.last_failed_hash.load(Ordering::Relaxed) {
             return false;
         }
         match RuleTable::load(&self.path) {

@@ -51,23 +51,15 @@ fn minimal_table_loads_with_integer_prices() {
 
 #[test]
 fn unknown_key_is_located_by_line_column_and_key() {
-    let text = MINIMAL.replace(
-        "max_output_tokens = 500",
-        "max_output_tokens = 500\ncolour = \"red\"",
-    );
+    let text = MINIMAL.replace("max_output_tokens = 500", "max_output_tokens = 500\ncolour = \"red\"");
     let d = diags(&text);
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].file, PathBuf::from("rules.toml"));
     assert_eq!((d[0].line, d[0].column), (10, 1));
     assert_eq!(d[0].key, "models[0].colour");
+    assert!(d[0].message.contains("unknown field `colour`"), "{}", d[0].message);
     assert!(
-        d[0].message.contains("unknown field `colour`"),
-        "{}",
-        d[0].message
-    );
-    assert!(
-        d[0].to_string()
-            .starts_with("rules.toml:10:1: `models[0].colour`"),
+        d[0].to_string().starts_with("rules.toml:10:1: `models[0].colour`"),
         "{}",
         d[0]
     );
@@ -115,14 +107,10 @@ fn duplicates_and_bad_bands_are_refused() {
     let d = diags(&text);
     let msgs: Vec<String> = d.iter().map(|d| d.to_string()).collect();
     assert!(
-        msgs.iter()
-            .any(|m| m.contains("workflow `w` is defined twice")),
+        msgs.iter().any(|m| m.contains("workflow `w` is defined twice")),
         "{msgs:#?}"
     );
-    assert!(
-        msgs.iter().any(|m| m.contains("complexity band")),
-        "{msgs:#?}"
-    );
+    assert!(msgs.iter().any(|m| m.contains("complexity band")), "{msgs:#?}");
     assert!(
         msgs.iter().any(|m| m.contains("rule `r` is defined twice")),
         "{msgs:#?}"
@@ -150,11 +138,7 @@ fn a_folder_loads_every_toml_directly_inside_and_nothing_else() {
     std::fs::write(dir.path().join("b-workflows.toml"), rest).expect("write");
     std::fs::write(dir.path().join("notes.txt"), "not toml").expect("write");
     std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
-    std::fs::write(
-        dir.path().join("sub/ignored.toml"),
-        "this = is not valid toml [",
-    )
-    .expect("write");
+    std::fs::write(dir.path().join("sub/ignored.toml"), "this = is not valid toml [").expect("write");
     std::fs::write(dir.path().join(".hidden.toml"), "garbage [").expect("write");
     let t = RuleTable::load(dir.path()).expect("folder loads");
     assert_eq!(t.files.len(), 2);
@@ -187,10 +171,7 @@ fn cost_is_integer_nanos_with_cache_and_batch() {
     // 1000 input at $2/M = 2000 nano... ×1000 = $0.002 = 2_000_000 nanos; 500 out at $8/M = 4_000_000.
     assert_eq!(big.cost(1000, 0, 500, false), 6_000_000);
     // 800 of the input cached at $0.5/M: 200×2000 + 800×500 + 4_000_000.
-    assert_eq!(
-        big.cost(1000, 800, 500, false),
-        400_000 + 400_000 + 4_000_000
-    );
+    assert_eq!(big.cost(1000, 800, 500, false), 400_000 + 400_000 + 4_000_000);
     // Batch: half price.
     assert_eq!(big.cost(1000, 0, 500, true), 3_000_000);
     // cached can never exceed input.
@@ -201,8 +182,7 @@ fn cost_is_integer_nanos_with_cache_and_batch() {
 fn shipped_rules_are_valid() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("routing-rules");
     let t = RuleTable::load(&root).expect("default rules load");
-    let providers: std::collections::BTreeSet<&str> =
-        t.models.iter().map(|m| m.provider.as_str()).collect();
+    let providers: std::collections::BTreeSet<&str> = t.models.iter().map(|m| m.provider.as_str()).collect();
     assert!(t.models.len() >= 10, "at least 10 models");
     assert!(providers.len() >= 3, "at least 3 providers");
     assert!(t.workflow("general").is_some());
@@ -212,9 +192,7 @@ fn shipped_rules_are_valid() {
         (gpt4.input_nanos_per_mtok, gpt4.output_nanos_per_mtok),
         (10_000_000_000, 30_000_000_000)
     );
-    let mix = &r.models[r
-        .model_index("mixtral-8x7b-instruct-v0.1")
-        .expect("mixtral")];
+    let mix = &r.models[r.model_index("mixtral-8x7b-instruct-v0.1").expect("mixtral")];
     assert_eq!(
         (mix.input_nanos_per_mtok, mix.output_nanos_per_mtok),
         (600_000_000, 600_000_000)

@@ -1,0 +1,398 @@
+//! An exact fast path for the o200k and cl100k pre-tokenizers on ASCII text.
+//!
+//! BPE tokenizers first split text with a regular expression, then encode each
+//! piece. With `bpe-openai`, the Unicode-aware regex is about 80% of the time
+//! of a count. Agent prompts are mostly ASCII, where every class in those
+//! regexes is a simple byte test, so this module reimplements the two
+//! patterns' leftmost-first semantics by hand for ASCII and feeds the pieces
+//! to the same BPE. The counts are identical; the differential tests in
+//! `tests` compare it with the regex on real prompts and on random text.
+//!
+//! Text with non-ASCII characters is cut into segments at boundaries no regex
+//! match can cross (after a newline that is followed by an ASCII character
+//! that is neither white space nor `/`); ASCII segments take the fast path and
+//! the others the regex, so one emoji does not slow down a whole document.
+//!
+//! The o200k pattern, alternatives in priority order:
+//!
+//! 1. `[^\r\n\p{L}\p{N}]?[\p{Lu}…]*[\p{Ll}…]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?`
+//! 2. `[^\r\n\p{L}\p{N}]?[\p{Lu}…]+[\p{Ll}…]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?`
+//! 3. `\p{N}{1,3}`
+//! 4. ` ?[^\s\p{L}\p{N}]+[\r\n/]*`
+//! 5. `\s*[\r\n]+`
+//! 6. `\s+(?!\S)`
+//! 7. `\s+`
+//!
+//! cl100k differs in three places: contractions come first and stand alone,
+//! letters are one class (`[^\r\n\p{L}\p{N}]?\p{L}+`), and alternative 4 ends
+//! in `[\r\n]*` (no `/`).
+
+use crate::rules::Encoding;
+
+const UPPER: u8 = 1;
+const LOWER: u8 = 2;
+const DIGIT: u8 = 4;
+const SPACE: u8 = 8;
+const NEWLINE: u8 = 16;
+
+/// Byte classes for ASCII. `\s` in ASCII is 0x09..=0x0D and 0x20.
+static CLASS: [u8; 128] = {
+    let mut t = [0u8; 128];
+    let mut i = 0;
+    while i < 128 {
+        let c = i as u8;
+        t[i] = if c.is_ascii_uppercase() {
+            UPPER
+        } else if c.is_ascii_lowercase() {
+            LOWER
+        } else if c.is_ascii_digit() {
+            DIGIT
+        } else if c == b'\n' || c == b'\r' {
+            SPACE | NEWLINE
+        } else if (c >= 0x09 && c <= 0x0d) || c == b' ' {
+            SPACE
+        } else {
+            0
+        };
+        i += 1;
+    }
+    t
+};
+
+#[inline]
+fn class(b: u8) -> u8 {
+    CLASS[(b & 0x7f) as usize]
+}
+
+#[inline]
+fn is_letter(b: u8) -> bool {
+    class(b) & (UPPER | LOWER) != 0
+}
+
+/// `[^\s\p{L}\p{N}]`: punctuation, symbols and control characters.
+#[inline]
+fn is_punct(b: u8) -> bool {
+    class(b) == 0
+}
+
+/// `[^\r\n\p{L}\p{N}]`: what may stand before a word.
+#[inline]
+fn is_prefix(b: u8) -> bool {
+    class(b) & (UPPER | LOWER | DIGIT | NEWLINE) == 0
+}
+
+/// The length of a contraction (`'s`, `'t`, `'re`, `'ve`, `'m`, `'ll`, `'d`,
+/// any case) at `p`, or 0.
+#[inline]
+fn contraction(b: &[u8], p: usize) -> usize {
+    if b.get(p) != Some(&b'\'') {
+        return 0;
+    }
+    let lower = |i: usize| b.get(i).map(u8::to_ascii_lowercase);
+    match lower(p + 1) {
+        Some(b's' | b't' | b'm' | b'd') => 2,
+        Some(b'r') if lower(p + 2) == Some(b'e') => 3,
+        Some(b'v') if lower(p + 2) == Some(b'e') => 3,
+        Some(b'l') if lower(p + 2) == Some(b'l') => 3,
+        _ => 0,
+    }
+}
+
+/// The end of the pre-token that starts at `p` in ASCII text `b`.
+fn next_piece(b: &[u8], p: usize, o200k: bool) -> usize {
+    let n = b.len();
+    if !o200k {
+        let c = contraction(b, p);
+        if c > 0 {
+            return p + c;
+        }
+    }
+    // Words, with an optional leading non-letter (alternatives 1 and 2).
+    let start = if is_prefix(b[p]) && p + 1 < n && is_letter(b[p + 1]) {
+        p + 1
+    } else {
+        p
+    };
+    if is_letter(b[start]) {
+        let mut e = start;
+        if o200k {
+            // [A-Z]*[a-z]+ or, failing that, [A-Z]+[a-z]*: both end after the
+            // run of capitals and the run of small letters that follows it.
+            while e < n && class(b[e]) == UPPER {
+                e += 1;
+            }
+            while e < n && class(b[e]) == LOWER {
+                e += 1;
+            }
+            return e + contraction(b, e);
+        }
+        while e < n && is_letter(b[e]) {
+            e += 1;
+        }
+        return e;
+    }
+    // Numbers, up to three digits.
+    if class(b[p]) == DIGIT {
+        let mut e = p + 1;
+        while e < n && e < p + 3 && class(b[e]) == DIGIT {
+            e += 1;
+        }
+        return e;
+    }
+    // Punctuation, with an optional leading space and trailing newlines.
+    let q = if b[p] == b' ' && p + 1 < n && is_punct(b[p + 1]) {
+        p + 1
+    } else {
+        p
+    };
+    if is_punct(b[q]) {
+        let mut e = q;
+        while e < n && is_punct(b[e]) {
+            e += 1;
+        }
+        while e < n && (class(b[e]) & NEWLINE != 0 || (o200k && b[e] == b'/')) {
+            e += 1;
+        }
+        return e;
+    }
+    // White space: here b[p] is white space.
+    let mut run_end = p;
+    let mut last_newline = None;
+    while run_end < n && class(b[run_end]) & SPACE != 0 {
+        if class(b[run_end]) & NEWLINE != 0 {
+            last_newline = Some(run_end);
+        }
+        run_end += 1;
+    }
+    if let Some(nl) = last_newline {
+        // \s*[\r\n]+ : up to and including the run's last newline.
+        return nl + 1;
+    }
+    if run_end == n || run_end - p == 1 {
+        // \s+(?!\S) at the end of text, or a lone space before a word.
+        return run_end;
+    }
+    // \s+(?!\S) backs off one so the last space can lead the next word.
+    run_end - 1
+}
+
+/// Pieces up to this many bytes have their BPE count memoised per thread.
+const MEMO_PIECE_BYTES: usize = 15;
+/// Entries per thread before the memo is cleared (about 1.5 MiB).
+const MEMO_ENTRIES: usize = 65_536;
+
+/// A hasher for the memo's packed `u128` keys: one multiply-fold.
+#[derive(Default)]
+struct PackedHasher(u64);
+
+impl std::hash::Hasher for PackedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        let folded = (v as u64) ^ ((v >> 64) as u64).rotate_left(29);
+        let m = (folded as u128).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = (m as u64) ^ ((m >> 64) as u64);
+    }
+}
+
+type Memo = std::collections::HashMap<u128, u32, std::hash::BuildHasherDefault<PackedHasher>>;
+
+thread_local! {
+    /// BPE counts of short pieces, keyed by (bytes, length, encoding) packed in
+    /// a u128. Words repeat: " the", " of", "Answer" cost one lookup after
+    /// their first BPE run. The keys are word fragments of at most 15 bytes,
+    /// held in this thread's memory only: never logged or written anywhere,
+    /// and dropped when the memo is cleared.
+    static MEMO: std::cell::RefCell<Memo> = std::cell::RefCell::new(Memo::default());
+}
+
+fn pack(piece: &[u8], o200k: bool) -> u128 {
+    let mut k = [0u8; 16];
+    k[..piece.len()].copy_from_slice(piece);
+    // The last byte holds the length and the encoding; ASCII pieces never use it.
+    k[15] = piece.len() as u8 | if o200k { 0x80 } else { 0 };
+    u128::from_le_bytes(k)
+}
+
+fn count_ascii(bpe: &bpe_openai::byte_pair_encoding::BytePairEncoding, b: &[u8], o200k: bool) -> u64 {
+    MEMO.with(|memo| {
+        let mut memo = memo.borrow_mut();
+        if memo.len() > MEMO_ENTRIES {
+            memo.clear();
+        }
+        let mut total = 0u64;
+        let mut p = 0;
+        while p < b.len() {
+            let e = next_piece(b, p, o200k);
+            let piece = &b[p..e];
+            total += if piece.len() <= MEMO_PIECE_BYTES {
+                *memo
+                    .entry(pack(piece, o200k))
+                    .or_insert_with(|| bpe.count(piece) as u32) as u64
+            } else {
+                bpe.count(piece) as u64
+            };
+            p = e;
+        }
+        total
+    })
+}
+
+/// Counts `text` in `encoding`: the fast path for ASCII segments, the regex
+/// for the rest. Always equal to `bpe_openai`'s (and so tiktoken's) count.
+pub fn count(encoding: Encoding, text: &str) -> u64 {
+    let (tok, o200k) = match encoding {
+        Encoding::O200k => (bpe_openai::o200k_base(), true),
+        Encoding::Cl100k => (bpe_openai::cl100k_base(), false),
+    };
+    let b = text.as_bytes();
+    if b.is_ascii() {
+        return count_ascii(&tok.bpe, b, o200k);
+    }
+    let mut total = 0u64;
+    let mut start = 0;
+    let mut i = 0;
+    while i + 1 < b.len() {
+        // A boundary no match crosses: after '\n', before an ASCII byte that
+        // is neither white space nor '/'.
+        if b[i] == b'\n' && b[i + 1] < 0x80 && class(b[i + 1]) & SPACE == 0 && b[i + 1] != b'/' {
+            total += segment(tok, &text[start..=i], o200k);
+            start = i + 1;
+        }
+        i += 1;
+    }
+    total + segment(tok, &text[start..], o200k)
+}
+
+fn segment(tok: &bpe_openai::Tokenizer, s: &str, o200k: bool) -> u64 {
+    if s.is_ascii() {
+        count_ascii(&tok.bpe, s.as_bytes(), o200k)
+    } else {
+        tok.count(s) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(e: Encoding, s: &str) -> u64 {
+        match e {
+            Encoding::O200k => bpe_openai::o200k_base().count(s) as u64,
+            Encoding::Cl100k => bpe_openai::cl100k_base().count(s) as u64,
+        }
+    }
+
+    fn pieces(e: Encoding, s: &str) -> Vec<String> {
+        let b = s.as_bytes();
+        let mut out = Vec::new();
+        let mut p = 0;
+        while p < b.len() {
+            let end = next_piece(b, p, e == Encoding::O200k);
+            out.push(s[p..end].to_string());
+            p = end;
+        }
+        out
+    }
+
+    fn regex_pieces(e: Encoding, s: &str) -> Vec<String> {
+        let tok = match e {
+            Encoding::O200k => bpe_openai::o200k_base(),
+            Encoding::Cl100k => bpe_openai::cl100k_base(),
+        };
+        tok.split(s).map(str::to_string).collect()
+    }
+
+    #[test]
+    fn splits_like_the_regex_on_tricky_ascii() {
+        let cases = [
+            "Hello World",
+            "HELLO world",
+            "HelloWorld",
+            "don't I'M we'll they'VE",
+            "'sfoo",
+            "  leading",
+            "x   y",
+            "trailing   ",
+            "a\n\n  b",
+            "a \n\t\n c",
+            "...hello",
+            "$hello",
+            "a//b\n/c",
+            " {}\n\n",
+            "12345 6",
+            " 123",
+            "\t{",
+            "x\x0by",
+            "\x00\x01ab",
+            "a  \r\n",
+            "ABCdef ABC's",
+            "Q: What?\nA. 4\nB. 5\nAnswer:",
+            "",
+        ];
+        for e in Encoding::ALL {
+            for c in cases {
+                assert_eq!(pieces(e, c), regex_pieces(e, c), "{e:?} on {c:?}");
+                assert_eq!(count(e, c), reference(e, c), "{e:?} on {c:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn matches_the_regex_on_random_text() {
+        // A deterministic xorshift over an alphabet dense in the characters
+        // the patterns treat specially, including non-ASCII ones.
+        let alphabet: Vec<char> = "aAzZsStTrReEvVmMlLdD09 \t\n\r\x0b\x0c'/.,{}-_$\x00é€\u{a0}\u{2028}ßΣ漢😀"
+            .chars()
+            .collect();
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        // SWITCHYARD_PRETOKENIZE_CASES raises the count for a longer run by hand.
+        let cases = std::env::var("SWITCHYARD_PRETOKENIZE_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000);
+        for _ in 0..cases {
+            let len = (next() % 40) as usize;
+            let s: String = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            for e in Encoding::ALL {
+                assert_eq!(count(e, &s), reference(e, &s), "{e:?} on {s:?}");
+                if s.is_ascii() {
+                    assert_eq!(pieces(e, &s), regex_pieces(e, &s), "{e:?} on {s:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matches_the_regex_on_real_prompts() {
+        let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bench-data/replay/mmlu.jsonl");
+        let Ok(text) = std::fs::read_to_string(&data) else {
+            eprintln!("skipping: {} not present", data.display());
+            return;
+        };
+        let mut checked = 0;
+        for line in text.lines().step_by(7) {
+            let v: serde_json::Value = serde_json::from_str(line).expect("jsonl");
+            let prompt = v["prompt"].as_str().expect("prompt");
+            for e in Encoding::ALL {
+                assert_eq!(count(e, prompt), reference(e, prompt), "{e:?} on {prompt:?}");
+            }
+            checked += 1;
+        }
+        assert!(checked > 1000);
+    }
+}

@@ -1,0 +1,190 @@
+//! Starts the real `switchyard` binary on free ports and connects real tonic
+//! clients to it. The server is killed when the handle drops.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use switchyard::grpc::pb;
+use switchyard::grpc::pb::router_client::RouterClient;
+use tonic::transport::Channel;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+pub struct Server {
+    child: Child,
+    pub grpc: String,
+    pub admin: String,
+    pub state: tempfile::TempDir,
+    stderr_log: PathBuf,
+}
+
+impl Server {
+    /// Starts `switchyard serve` on port 0 with `rules` and extra flags, and
+    /// waits for its "listening" line.
+    pub fn start(rules: &Path, extra: &[&str]) -> Server {
+        let state = tempfile::tempdir().expect("state dir");
+        let stderr_log = state.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_log).expect("stderr log");
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .arg("--rules")
+            .arg(rules)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--state-dir",
+            ])
+            .arg(state.path())
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("start switchyard");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the child never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
+            let log = std::fs::read_to_string(&stderr_log).unwrap_or_default();
+            let _ = child.kill();
+            panic!("switchyard did not report its ports within 30 s; stderr:\n{log}")
+        });
+        let grpc = field(&line, "grpc=").to_string();
+        let admin = field(&line, "admin=").to_string();
+        Server {
+            child,
+            grpc,
+            admin,
+            state,
+            stderr_log,
+        }
+    }
+
+    pub async fn client(&self) -> RouterClient<Channel> {
+        let ch = Channel::from_shared(format!("http://{}", self.grpc))
+            .expect("uri")
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .connect()
+            .await
+            .expect("connect to switchyard");
+        RouterClient::new(ch).max_encoding_message_size(64 * 1024 * 1024)
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// GET a path on the admin port; returns (status, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(&self.admin, path)
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "switchyard did not stop within 20 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    let start = line.find(key).unwrap_or_else(|| panic!("`{key}` in `{line}`")) + key.len();
+    line[start..].split_whitespace().next().expect("value")
+}
+
+/// A minimal HTTP/1.1 GET, enough for the admin port.
+pub fn http_get(base: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let host = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host).expect("connect admin");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").expect("write");
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).expect("read");
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+pub fn message(role: &str, content: &str) -> pb::Message {
+    pb::Message {
+        role: role.into(),
+        content: content.into(),
+    }
+}
+
+pub fn request(workflow: &str, text: &str) -> pb::RouteRequest {
+    pb::RouteRequest {
+        workflow: workflow.into(),
+        outcome_id: "ticket-1".into(),
+        messages: vec![message("user", text)],
+        attempt: 1,
+        ..Default::default()
+    }
+}
+
+/// Polls `f` until it returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+pub const HARD_PROMPT: &str = "Design a lock-free multi-producer queue in Rust and explain why it is linearizable. \
+First, derive the invariants; then prove each step, and finally compare it with a mutex-based queue. You must \
+handle the ABA problem exactly, never allocate on the hot path, and only use std atomics. Return JSON with the \
+schema {\"design\": string, \"proof\": [string]}. Why does a compare-and-swap loop terminate? Analyze the tradeoffs.\n\
+1. fn push(&self, v: T)\n2. fn pop(&self) -> Option<T>\n3. fn len(&self) -> usize\n\
+```rust\nimpl<T> Queue<T> { pub fn new() -> Self { todo!() } }\n```";

@@ -1,0 +1,274 @@
+//! Route over real gRPC: the binary on free ports, a tonic client.
+
+mod common;
+
+use common::*;
+use switchyard::grpc::pb;
+use tonic::Code;
+
+#[tokio::test]
+async fn easy_and_hard_prompts_route_to_different_models() {
+    let server = Server::start(&repo_path("routing-rules"), &[]);
+    let mut client = server.client().await;
+
+    let easy = client
+        .route(request("general", "What is the capital of France?"))
+        .await
+        .expect("easy routes")
+        .into_inner();
+    let hard = client
+        .route(request("general", HARD_PROMPT))
+        .await
+        .expect("hard routes")
+        .into_inner();
+
+    assert_eq!(easy.status, pb::RouteStatus::Routed as i32);
+    assert_ne!(easy.model, hard.model, "easy {easy:?}\nhard {hard:?}");
+    assert!(easy.complexity < hard.complexity);
+    assert!(hard.required_tier > easy.required_tier);
+    assert!(easy.estimated_cost_nanousd < hard.estimated_cost_nanousd);
+    assert!(easy.input_tokens > 4 && hard.input_tokens > easy.input_tokens);
+    assert!(!easy.decision_id.is_empty() && easy.decision_id != hard.decision_id);
+    assert!(easy.reason.contains("cheapest of"), "{}", easy.reason);
+    assert_eq!(easy.estimated_output_tokens, 512, "general task kind default");
+    assert!(!easy.provider.is_empty() && !easy.rule.is_empty());
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_status_and_the_server_keeps_serving() {
+    let server = Server::start(&repo_path("routing-rules"), &["--max-request-bytes", "65536"]);
+    let mut client = server.client().await;
+
+    let cases: Vec<(&str, pb::RouteRequest, Code, &str)> = vec![
+        (
+            "empty workflow",
+            request("", "hi"),
+            Code::InvalidArgument,
+            "workflow is empty",
+        ),
+        (
+            "no messages",
+            pb::RouteRequest {
+                messages: vec![],
+                ..request("general", "hi")
+            },
+            Code::InvalidArgument,
+            "messages is empty",
+        ),
+        (
+            "unknown workflow",
+            request("payroll", "hi"),
+            Code::NotFound,
+            "unknown workflow `payroll`",
+        ),
+        (
+            "over the size limit",
+            request("general", &"word ".repeat(40_000)),
+            Code::ResourceExhausted,
+            "--max-request-bytes",
+        ),
+        (
+            "unknown role",
+            pb::RouteRequest {
+                messages: vec![message("wizard", "hi")],
+                ..request("general", "hi")
+            },
+            Code::InvalidArgument,
+            "messages[0].role",
+        ),
+        (
+            "absurd attempt",
+            pb::RouteRequest {
+                attempt: 4_000_000,
+                ..request("general", "hi")
+            },
+            Code::InvalidArgument,
+            "attempt",
+        ),
+        (
+            "absurd max_output_tokens",
+            pb::RouteRequest {
+                max_output_tokens: u32::MAX,
+                ..request("general", "hi")
+            },
+            Code::FailedPrecondition,
+            "lower max_output_tokens",
+        ),
+        (
+            "unknown capability",
+            pb::RouteRequest {
+                required_capabilities: vec!["telepathy".into()],
+                ..request("general", "hi")
+            },
+            Code::InvalidArgument,
+            "telepathy",
+        ),
+        (
+            "too many labels",
+            pb::RouteRequest {
+                labels: (0..100).map(|i| (format!("k{i}"), "v".to_string())).collect(),
+                ..request("general", "hi")
+            },
+            Code::InvalidArgument,
+            "labels",
+        ),
+    ];
+    for (name, req, code, needle) in cases {
+        let err = client.route(req).await.expect_err(name);
+        assert_eq!(err.code(), code, "{name}: {err:?}");
+        assert!(
+            err.message().contains(needle),
+            "{name}: message `{}` lacks `{needle}`",
+            err.message()
+        );
+    }
+
+    // Still healthy and still routing.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Channel::from_shared(format!("http://{}", server.grpc))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect"),
+    );
+    let h = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "switchyard.v1.Router".into(),
+        })
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(
+        h.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    client
+        .route(request("general", "still there?"))
+        .await
+        .expect("routes after bad input");
+    let (code, metrics) = server.admin_get("/metrics");
+    assert_eq!(code, 200);
+    assert!(metrics.contains("switchyard_route_rejections_total 8"), "{metrics}");
+}
+
+#[tokio::test]
+async fn other_rpcs_say_they_are_not_available_yet() {
+    let server = Server::start(&repo_path("routing-rules"), &[]);
+    let mut client = server.client().await;
+    let err = client
+        .report_usage(pb::UsageReport::default())
+        .await
+        .expect_err("unimplemented");
+    assert_eq!(err.code(), Code::Unimplemented);
+    assert!(err.message().contains("ReportUsage"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn large_request_routes_off_the_runtime_threads() {
+    let server = Server::start(&repo_path("routing-rules"), &[]);
+    let mut client = server.client().await;
+    // ~400 KB of content takes the blocking-pool path; a short request still answers meanwhile.
+    let big = request(
+        "general",
+        &"The quick brown fox jumps over the lazy dog. ".repeat(9_000),
+    );
+    let mut c2 = client.clone();
+    let (a, b) = tokio::join!(client.route(big), c2.route(request("general", "hi")));
+    let a = a.expect("big routes").into_inner();
+    b.expect("small routes");
+    assert!(a.input_tokens > 80_000, "{}", a.input_tokens);
+}
+
+#[tokio::test]
+async fn admin_port_reports_health_readiness_and_metrics() {
+    let server = Server::start(&repo_path("routing-rules"), &[]);
+    assert_eq!(server.admin_get("/readyz").0, 200);
+    let (code, body) = server.admin_get("/healthz");
+    assert_eq!(code, 200);
+    assert!(body.contains("\"reload_failing\":false"), "{body}");
+    let (code, body) = server.admin_get("/");
+    assert_eq!(code, 200);
+    assert!(body.contains("gpt-5-mini"), "{body}");
+    let status = server.terminate();
+    assert!(status.success(), "SIGTERM exits cleanly: {status:?}");
+}
+
+#[tokio::test]
+async fn serve_refuses_bad_rules_before_binding() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[models]]\nname = \"x\"\nprovider = \"p\"\ncolour = 1\n").expect("write");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("probe")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let out = std::process::Command::new(BIN)
+        .arg("serve")
+        .arg("--rules")
+        .arg(&bad)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--state-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.toml:4:1: `models[0].colour`"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "nothing listened");
+    // The port it was given is still free.
+    std::net::TcpListener::bind(("127.0.0.1", port)).expect("the gRPC port was never bound");
+}
+
+#[tokio::test]
+async fn reflection_lists_and_describes_the_router_as_grpcurl_does() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let server = Server::start(&repo_path("routing-rules"), &[]);
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = ServerReflectionClient::new(channel);
+    let ask = |m: MessageRequest| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    };
+
+    // `grpcurl list`
+    let mut stream = client
+        .server_reflection_info(tokio_stream::once(ask(MessageRequest::ListServices(String::new()))))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let resp = stream.message().await.expect("answer").expect("one message");
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("{resp:?}")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"switchyard.v1.Router".to_string()), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+
+    // `grpcurl describe switchyard.v1.RouteRequest`
+    let mut stream = client
+        .server_reflection_info(tokio_stream::once(ask(MessageRequest::FileContainingSymbol(
+            "switchyard.v1.RouteRequest".into(),
+        ))))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let resp = stream.message().await.expect("answer").expect("one message");
+    let Some(MessageResponse::FileDescriptorResponse(fds)) = resp.message_response else {
+        panic!("{resp:?}")
+    };
+    assert!(!fds.file_descriptor_proto.is_empty());
+}
