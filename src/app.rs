@@ -125,10 +125,6 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         state_dir = %cfg.state_dir.display(),
         "switchyard serving"
     );
-    // One plain line on stdout, for people and for scripts that start the
-    // server on port 0 and need to know where it is.
-    println!("switchyard listening: grpc={grpc_addr} admin=http://{admin_addr}");
-    admin_state.ready.store(true, Ordering::Release);
 
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
@@ -144,6 +140,13 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             let _ = drain_rx.await;
         });
     let mut server = tokio::spawn(server);
+    // Ready only now: the port is bound (connections queue in its backlog)
+    // and the server task is running.
+    admin_state.ready.store(true, Ordering::Release);
+    // One plain line on stdout, for people and for scripts that start the
+    // server on port 0 and need to know where it is. It comes after the
+    // readiness latch, so whoever reads it finds /readyz answering 200.
+    println!("switchyard listening: grpc={grpc_addr} admin=http://{admin_addr}");
 
     tokio::select! {
         res = &mut server => {
