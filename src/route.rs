@@ -137,11 +137,6 @@ impl<'a> RouteCall<'a> {
             },
         })
     }
-
-    /// The total bytes of message content: a proxy for how long counting takes.
-    pub fn content_bytes(&self) -> usize {
-        self.messages.iter().map(|m| m.content.len()).sum()
-    }
 }
 
 /// The workflow the call names, or `NOT_FOUND` with the known names.

@@ -446,7 +446,7 @@ impl Validator<'_> {
         let models = self.models(&raw_models, &classes);
         let task_kinds = self.task_kinds(&raw_kinds, &classes);
         let workflows = self.workflows(&raw_workflows, &models);
-        let rules = self.rules(&raw_rules, &models, &workflows, &task_kinds, &classes);
+        let rules = self.rules(&raw_rules, &models, &workflows, &classes);
 
         let mut hasher = std::hash::DefaultHasher::new();
         for s in self.sources {
@@ -744,7 +744,6 @@ impl Validator<'_> {
         raw: &[(Origin, RawRule)],
         models: &[Model],
         workflows: &[Workflow],
-        kinds: &HashMap<String, TaskKind>,
         classes: &[String],
     ) -> Vec<Rule> {
         let mut out: Vec<Rule> = Vec::with_capacity(raw.len());
@@ -791,7 +790,6 @@ impl Validator<'_> {
                     ),
                 }
             }
-            let _ = kinds; // task kinds may be free-form: a rule can name one no table declares.
             let min_c = r.min_complexity.unwrap_or(0.0);
             let max_c = r.max_complexity.unwrap_or(1.0);
             if !(0.0..=1.0).contains(&min_c) || !(0.0..=1.0).contains(&max_c) || min_c > max_c {
