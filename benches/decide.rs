@@ -82,7 +82,7 @@ fn bench(c: &mut Criterion) {
         let work = compute_work(&msgs, &wf.encodings);
         let est = estimate(&rules, wf, "", &msgs, &work, 0);
         c.bench_function("decide", |b| {
-            b.iter(|| decide(black_box(&rules), wf, &input, black_box(&est), None))
+            b.iter(|| decide(black_box(&rules), wf, &input, black_box(&est), &[], None))
         });
     }
 
@@ -105,7 +105,7 @@ fn bench(c: &mut Criterion) {
                 ];
                 let work = compute_work(&msgs, &wf.encodings);
                 let est = estimate(&rules, wf, "", &msgs, &work, 0);
-                decide(&rules, wf, &input, &est, None)
+                decide(&rules, wf, &input, &est, &[], None)
             })
         });
     }

@@ -14,6 +14,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 
+use crate::estimate::cache::ContextCache;
 use crate::grpc::RouteCounters;
 use crate::money::format_usd;
 use crate::rules::reload::Rules;
@@ -21,6 +22,7 @@ use crate::rules::reload::Rules;
 /// What the admin port reads.
 pub struct AdminState {
     pub rules: Arc<Rules>,
+    pub cache: Arc<ContextCache>,
     pub counters: Arc<RouteCounters>,
     /// Released once the rules are loaded, the tokenizers warm and the gRPC
     /// port bound; set back to false when shutdown begins.
@@ -104,6 +106,38 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
         "gauge",
         "When the rules in use were loaded.",
         loaded.to_string(),
+    );
+    s.cache.sync();
+    let cache = s.cache.stats();
+    metric(
+        "switchyard_context_cache_hits_total",
+        "counter",
+        "Messages whose token counts and features came from the context cache.",
+        cache.hits.to_string(),
+    );
+    metric(
+        "switchyard_context_cache_misses_total",
+        "counter",
+        "Messages counted and scanned afresh.",
+        cache.misses.to_string(),
+    );
+    metric(
+        "switchyard_context_cache_entries",
+        "gauge",
+        "Entries in the context caches (message work and warm prefixes).",
+        cache.entries.to_string(),
+    );
+    metric(
+        "switchyard_context_cache_weight_bytes",
+        "gauge",
+        "Bytes the context caches are charged against --context-cache-mib.",
+        cache.weight_bytes.to_string(),
+    );
+    metric(
+        "switchyard_prefix_cache_hits_total",
+        "counter",
+        "Routes priced with a prefix warm on the chosen model.",
+        cache.prefix_hits.to_string(),
     );
     metric(
         "switchyard_rules_models",

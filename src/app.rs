@@ -16,6 +16,7 @@ use anyhow::Context;
 use tonic::transport::server::TcpIncoming;
 
 use crate::admin::{self, AdminState};
+use crate::estimate::cache::{CacheConfig, ContextCache};
 use crate::estimate::tokens;
 use crate::grpc::pb::router_server::RouterServer;
 use crate::grpc::{self, RouteCounters, RouterService};
@@ -30,6 +31,8 @@ pub struct ServeConfig {
     pub state_dir: PathBuf,
     pub max_request_bytes: usize,
     pub shutdown_grace: Duration,
+    /// The repeated-context caches' bound and TTL.
+    pub context_cache: CacheConfig,
 }
 
 /// A configuration problem found before binding: `main` exits 64 for these.
@@ -60,6 +63,13 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             cfg.state_dir.display()
         ))
     })?;
+    if cfg.context_cache.max_bytes < 1024 * 1024 {
+        return Err(ConfigError(format!(
+            "--context-cache-mib must be at least 1 (got {} bytes)",
+            cfg.context_cache.max_bytes
+        ))
+        .into());
+    }
     if cfg.max_request_bytes < 1024 {
         return Err(ConfigError(format!(
             "--max-request-bytes {} is too small to hold a request; use at least 1024",
@@ -81,8 +91,10 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let admin_addr = admin_listener.local_addr()?;
 
     let counters = Arc::new(RouteCounters::default());
+    let cache = Arc::new(ContextCache::new(cfg.context_cache));
     let admin_state = Arc::new(AdminState {
         rules: rules.clone(),
+        cache: cache.clone(),
         counters: counters.clone(),
         ready: Default::default(),
     });
@@ -113,7 +125,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         .context("building the gRPC reflection service")?;
 
     let limit = cfg.max_request_bytes;
-    let router = RouterServer::new(RouterService::new(rules.clone(), counters))
+    let router = RouterServer::new(RouterService::new(rules.clone(), cache, counters))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
 

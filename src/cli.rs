@@ -92,7 +92,7 @@ pub fn explain(args: ExplainArgs<'_>) -> i32 {
         }
     };
     let mut candidates: Vec<Candidate> = Vec::new();
-    let (est, decision) = match plan(&table, &call, Some(&mut candidates)) {
+    let (est, decision) = match plan(&table, &call, None, Some(&mut candidates)) {
         Ok(x) => x,
         Err(e @ Error::NoAdequateModel(_)) => {
             let out = json!({ "workflow": args.workflow, "error": e.to_string(), "candidates": candidates });
@@ -129,6 +129,7 @@ pub fn explain(args: ExplainArgs<'_>) -> i32 {
             "rule": decision.rule,
             "required_tier": decision.required_tier,
             "input_tokens": decision.input_tokens,
+            "cached_input_tokens": decision.cached_tokens,
             "estimated_cost_nanousd": decision.cost_nanos,
             "estimated_cost_usd": nanos_to_usd(decision.cost_nanos),
             "estimated_cost": format_usd(decision.cost_nanos),

@@ -49,6 +49,8 @@ pub struct Candidate {
     pub provider: String,
     pub tier: u8,
     pub input_tokens: u64,
+    /// Leading input tokens the provider would serve from its prompt cache.
+    pub cached_input_tokens: u64,
     pub estimated_cost_nanousd: i64,
     /// `None` for an adequate candidate.
     pub rejected: Option<Rejection>,
@@ -64,6 +66,8 @@ pub struct Decision {
     pub required_tier: u8,
     /// Input tokens in the chosen model's encoding, as billed.
     pub input_tokens: u64,
+    /// The part of `input_tokens` priced at the cached-input rate.
+    pub cached_tokens: u64,
     pub output_tokens: u64,
     pub cost_nanos: i64,
     /// How many adequate candidates there were.
@@ -86,15 +90,26 @@ impl std::fmt::Display for NoAdequateModel {
 /// The name a decision reports when no rule matched.
 pub const DEFAULT_RULE: &str = "default";
 
-/// Decides. `trace`, when given, receives every model with its cost or the
-/// reason it was rejected (for `explain`); the hot path passes `None`.
+/// Decides. `cached[i]` is how many leading input tokens model `i` would
+/// serve from its prompt cache (empty: none); a warm model is priced at its
+/// cached-input rate for those, so affinity to it can only lower the cost.
+/// `trace`, when given, receives every model with its cost or the reason it
+/// was rejected (for `explain`); the hot path passes `None`.
 pub fn decide(
     table: &RuleTable,
     workflow: &Workflow,
     input: &RouteInput,
     est: &Estimate,
+    cached: &[u64],
     mut trace: Option<&mut Vec<Candidate>>,
 ) -> Result<Decision, NoAdequateModel> {
+    let ctx = Ctx {
+        table,
+        workflow,
+        input,
+        est,
+        cached,
+    };
     let mut skipped_pins: Vec<&str> = Vec::new();
     for rule in &table.rules {
         if !rule.matches(&workflow.name, &est.task_kind, est.class, est.complexity, input.attempt) {
@@ -103,34 +118,14 @@ pub fn decide(
         match rule.requirement {
             Requirement::Tier(t) => {
                 let required = t.max(workflow.quality_floor);
-                return pick(
-                    table,
-                    workflow,
-                    input,
-                    est,
-                    required,
-                    None,
-                    &rule.name,
-                    &skipped_pins,
-                    trace,
-                );
+                return pick(&ctx, required, None, &rule.name, &skipped_pins, trace);
             }
             Requirement::Pin(i) => {
                 let model = &table.models[i];
                 let required = workflow.quality_floor;
-                let ok = workflow.allowed.contains(&i) && eligible(model, input, est, required).is_ok();
+                let ok = workflow.allowed.contains(&i) && ctx.eligible(i, model, required).is_ok();
                 if ok {
-                    return pick(
-                        table,
-                        workflow,
-                        input,
-                        est,
-                        required,
-                        Some(i),
-                        &rule.name,
-                        &skipped_pins,
-                        trace,
-                    );
+                    return pick(&ctx, required, Some(i), &rule.name, &skipped_pins, trace);
                 }
                 skipped_pins.push(&rule.name);
                 if let Some(t) = trace.as_deref_mut() {
@@ -139,61 +134,71 @@ pub fn decide(
             }
         }
     }
-    pick(
-        table,
-        workflow,
-        input,
-        est,
-        workflow.quality_floor,
-        None,
-        DEFAULT_RULE,
-        &skipped_pins,
-        trace,
-    )
+    pick(&ctx, workflow.quality_floor, None, DEFAULT_RULE, &skipped_pins, trace)
 }
 
-/// Billed input tokens and estimated cost of `model` for this request, or why
-/// it cannot serve it.
-fn eligible(model: &Model, input: &RouteInput, est: &Estimate, required: u8) -> Result<(u64, i64), Rejection> {
-    let missing = input.capabilities.missing_from(model.capabilities);
-    if !missing.is_empty() {
-        return Err(Rejection::MissingCapabilities { missing });
-    }
-    let tokens = model.billed_tokens(est.input_tokens(model.encoding));
-    if est.output_tokens > model.max_output_tokens {
-        return Err(Rejection::OutputTooLong {
-            needed: est.output_tokens,
-            max_output_tokens: model.max_output_tokens,
-        });
-    }
-    let needed = tokens.saturating_add(est.output_tokens);
-    if needed > model.context_window {
-        return Err(Rejection::ContextTooSmall {
-            needed,
-            window: model.context_window,
-        });
-    }
-    let tier = model.tiers[est.class];
-    if tier < required {
-        return Err(Rejection::BelowTier { tier, required });
-    }
-    Ok((tokens, model.cost(tokens, 0, est.output_tokens, input.deferrable)))
+/// What every step of a decision reads.
+struct Ctx<'a> {
+    table: &'a RuleTable,
+    workflow: &'a Workflow,
+    input: &'a RouteInput,
+    est: &'a Estimate,
+    cached: &'a [u64],
 }
 
-#[allow(clippy::too_many_arguments)]
+impl Ctx<'_> {
+    /// Billed input tokens, cached tokens and cost of model `i` for this
+    /// request, whether or not it is adequate.
+    fn price(&self, i: usize, model: &Model) -> (u64, u64, i64) {
+        let tokens = model.billed_tokens(self.est.input_tokens(model.encoding));
+        let cached = self.cached.get(i).copied().unwrap_or(0).min(tokens);
+        (
+            tokens,
+            cached,
+            model.cost(tokens, cached, self.est.output_tokens, self.input.deferrable),
+        )
+    }
+
+    /// The price of model `i`, or why it cannot serve the request.
+    fn eligible(&self, i: usize, model: &Model, required: u8) -> Result<(u64, u64, i64), Rejection> {
+        let (input, est) = (self.input, self.est);
+        let missing = input.capabilities.missing_from(model.capabilities);
+        if !missing.is_empty() {
+            return Err(Rejection::MissingCapabilities { missing });
+        }
+        if est.output_tokens > model.max_output_tokens {
+            return Err(Rejection::OutputTooLong {
+                needed: est.output_tokens,
+                max_output_tokens: model.max_output_tokens,
+            });
+        }
+        let priced = self.price(i, model);
+        let needed = priced.0.saturating_add(est.output_tokens);
+        if needed > model.context_window {
+            return Err(Rejection::ContextTooSmall {
+                needed,
+                window: model.context_window,
+            });
+        }
+        let tier = model.tiers[est.class];
+        if tier < required {
+            return Err(Rejection::BelowTier { tier, required });
+        }
+        Ok(priced)
+    }
+}
+
 fn pick(
-    table: &RuleTable,
-    workflow: &Workflow,
-    input: &RouteInput,
-    est: &Estimate,
+    ctx: &Ctx<'_>,
     required: u8,
     pinned: Option<usize>,
     rule: &str,
     skipped_pins: &[&str],
     mut trace: Option<&mut Vec<Candidate>>,
 ) -> Result<Decision, NoAdequateModel> {
+    let (table, workflow, input, est) = (ctx.table, ctx.workflow, ctx.input, ctx.est);
     // (cost, -tier, index) orders candidates: cheapest, then higher tier, then first listed.
-    let mut best: Option<(i64, i16, usize, u64)> = None;
+    let mut best: Option<(i64, i16, usize, (u64, u64))> = None;
     let mut adequate = 0usize;
     let mut rejections: [usize; 5] = [0; 5];
     for (i, model) in table.models.iter().enumerate() {
@@ -206,23 +211,24 @@ fn pick(
         } else if pinned.is_some_and(|p| p != i) {
             Err(Rejection::NotPinned)
         } else {
-            eligible(model, input, est, required)
+            ctx.eligible(i, model, required)
         };
         if let Some(t) = trace.as_deref_mut() {
-            let tokens = model.billed_tokens(est.input_tokens(model.encoding));
+            let (tokens, cached, cost) = ctx.price(i, model);
             t.push(Candidate {
                 model: model.name.clone(),
                 provider: model.provider.clone(),
                 tier: model.tiers[est.class],
                 input_tokens: tokens,
-                estimated_cost_nanousd: model.cost(tokens, 0, est.output_tokens, input.deferrable),
+                cached_input_tokens: cached,
+                estimated_cost_nanousd: cost,
                 rejected: result.as_ref().err().cloned(),
             });
         }
         match result {
-            Ok((tokens, cost)) => {
+            Ok((tokens, cached, cost)) => {
                 adequate += 1;
-                let key = (cost, -(model.tiers[est.class] as i16), i, tokens);
+                let key = (cost, -(model.tiers[est.class] as i16), i, (tokens, cached));
                 if best.is_none_or(|b| (key.0, key.1, key.2) < (b.0, b.1, b.2)) {
                     best = Some(key);
                 }
@@ -240,7 +246,7 @@ fn pick(
         }
     }
     let class = &table.classes[est.class];
-    let Some((cost, _, model, tokens)) = best else {
+    let Some((cost, _, model, (tokens, cached))) = best else {
         let [caps, ctx, out, tier, _] = rejections;
         return Err(NoAdequateModel {
             message: format!(
@@ -270,6 +276,12 @@ fn pick(
     if input.deferrable && m.batch_discount_bp > 0 {
         reason.push_str(" at batch price");
     }
+    if cached > 0 {
+        reason.push_str(&format!(
+            "; {cached} prefix tokens warm on {} at the cached price",
+            m.name
+        ));
+    }
     if !skipped_pins.is_empty() {
         reason.push_str(&format!(
             " (pin rule(s) {} skipped: model cannot serve this request)",
@@ -281,6 +293,7 @@ fn pick(
         rule: rule.to_string(),
         required_tier: required,
         input_tokens: tokens,
+        cached_tokens: cached,
         output_tokens: est.output_tokens,
         cost_nanos: cost,
         adequate,

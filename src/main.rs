@@ -50,6 +50,12 @@ enum Command {
         /// The largest request accepted, in bytes.
         #[arg(long, env = "SWITCHYARD_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]
         max_request_bytes: usize,
+        /// The bound on the repeated-context caches, in MiB.
+        #[arg(long, env = "SWITCHYARD_CONTEXT_CACHE_MIB", default_value_t = 64)]
+        context_cache_mib: u64,
+        /// How long a message's token count is kept, in seconds.
+        #[arg(long, env = "SWITCHYARD_CONTEXT_CACHE_TTL_S", default_value_t = 3600)]
+        context_cache_ttl_s: u64,
         /// Seconds to drain calls in flight after SIGTERM.
         #[arg(long, env = "SWITCHYARD_SHUTDOWN_GRACE_S", default_value_t = 10.0)]
         shutdown_grace_s: f64,
@@ -133,6 +139,8 @@ fn main() -> ExitCode {
             redis_url,
             api_keys,
             max_request_bytes,
+            context_cache_mib,
+            context_cache_ttl_s,
             shutdown_grace_s,
             log_format,
         } => {
@@ -163,6 +171,10 @@ fn main() -> ExitCode {
                 state_dir,
                 max_request_bytes,
                 shutdown_grace: Duration::from_secs_f64(shutdown_grace_s),
+                context_cache: switchyard::estimate::cache::CacheConfig {
+                    max_bytes: context_cache_mib.saturating_mul(1024 * 1024),
+                    ttl: Duration::from_secs(context_cache_ttl_s.max(1)),
+                },
             };
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,

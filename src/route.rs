@@ -3,6 +3,7 @@
 
 use crate::decide::{decide, Candidate, Decision, RouteInput};
 use crate::error::{truncate, Error};
+use crate::estimate::cache::ContextCache;
 use crate::estimate::{compute_work, estimate, Estimate, MessageRef, Role};
 use crate::rules::{Capabilities, RuleTable, Workflow};
 
@@ -148,13 +149,25 @@ pub fn find_workflow<'t>(table: &'t RuleTable, name: &str) -> Result<&'t Workflo
 }
 
 /// Estimates and decides one call.
+///
+/// With a `cache`, message work is reused across calls, warm prefixes are
+/// priced at each model's cached rate, and the chosen model is recorded as
+/// warm for this request's prefixes (the agent is about to send them to it).
+/// Without one (`explain`), everything is computed afresh and nothing is kept.
 pub fn plan(
     table: &RuleTable,
     call: &RouteCall<'_>,
+    cache: Option<&ContextCache>,
     trace: Option<&mut Vec<Candidate>>,
 ) -> Result<(Estimate, Decision), Error> {
     let workflow = find_workflow(table, call.workflow)?;
-    let work = compute_work(&call.messages, &workflow.encodings);
+    let (work, fingerprints) = match cache {
+        Some(c) => {
+            let (work, fps) = c.work(&call.messages, &workflow.encodings);
+            (work, Some(fps))
+        }
+        None => (compute_work(&call.messages, &workflow.encodings), None),
+    };
     let est = estimate(
         table,
         workflow,
@@ -163,6 +176,19 @@ pub fn plan(
         &work,
         call.max_output_tokens,
     );
-    let decision = decide(table, workflow, &call.input, &est, trace).map_err(|e| Error::NoAdequateModel(e.message))?;
+    let cached = match (cache, &fingerprints) {
+        (Some(c), Some(fps)) => c.cached_tokens(table, workflow, fps, &work),
+        _ => Vec::new(),
+    };
+    let decision =
+        decide(table, workflow, &call.input, &est, &cached, trace).map_err(|e| Error::NoAdequateModel(e.message))?;
+    if let (Some(c), Some(fps)) = (cache, &fingerprints) {
+        if decision.cached_tokens > 0 {
+            c.counters
+                .prefix_hits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        c.record(&table.models[decision.model].name, fps);
+    }
     Ok((est, decision))
 }

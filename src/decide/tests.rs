@@ -99,7 +99,7 @@ fn route(
     let work = compute_work(&msgs, &wf.encodings);
     let est = estimate(t, wf, kind, &msgs, &work, max_out);
     let mut trace = Vec::new();
-    decide(t, wf, &input, &est, Some(&mut trace)).map(|d| (d, trace))
+    decide(t, wf, &input, &est, &[], Some(&mut trace)).map(|d| (d, trace))
 }
 
 const FIRST: RouteInput = RouteInput {

@@ -5,6 +5,7 @@
 //! score and the predicted output length. The per-message work is the unit a
 //! cache can keep, because agents resend the same system prompt every call.
 
+pub mod cache;
 pub mod complexity;
 mod pretokenize;
 pub mod tokens;

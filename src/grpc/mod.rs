@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::error::Error;
+use crate::estimate::cache::ContextCache;
 use crate::route::{plan, RawRoute, RouteCall};
 use crate::rules::reload::Rules;
 
@@ -52,17 +53,18 @@ pub struct RouteCounters {
 #[derive(Clone)]
 pub struct RouterService {
     rules: Arc<Rules>,
+    cache: Arc<ContextCache>,
     counters: Arc<RouteCounters>,
 }
 
 impl RouterService {
-    pub fn new(rules: Arc<Rules>, counters: Arc<RouteCounters>) -> Self {
-        RouterService { rules, counters }
+    pub fn new(rules: Arc<Rules>, cache: Arc<ContextCache>, counters: Arc<RouteCounters>) -> Self {
+        RouterService { rules, cache, counters }
     }
 }
 
 /// Decides one decoded request. Pure CPU; safe to run on any thread.
-pub fn route_one(rules: &Rules, req: &pb::RouteRequest) -> Result<pb::RouteResponse, Error> {
+pub fn route_one(rules: &Rules, cache: &ContextCache, req: &pb::RouteRequest) -> Result<pb::RouteResponse, Error> {
     let call = RouteCall::parse(RawRoute {
         workflow: &req.workflow,
         outcome_id: &req.outcome_id,
@@ -75,7 +77,7 @@ pub fn route_one(rules: &Rules, req: &pb::RouteRequest) -> Result<pb::RouteRespo
         labels: req.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
     })?;
     let table = rules.current();
-    let (est, decision) = plan(&table, &call, None)?;
+    let (est, decision) = plan(&table, &call, Some(cache), None)?;
     let model = &table.models[decision.model];
     Ok(pb::RouteResponse {
         decision_id: uuid::Uuid::now_v7().to_string(),
@@ -85,7 +87,7 @@ pub fn route_one(rules: &Rules, req: &pb::RouteRequest) -> Result<pb::RouteRespo
         escalation_id: String::new(),
         complexity: est.complexity,
         input_tokens: decision.input_tokens,
-        cached_input_tokens: 0,
+        cached_input_tokens: decision.cached_tokens,
         estimated_output_tokens: decision.output_tokens,
         estimated_cost_nanousd: decision.cost_nanos,
         rule: decision.rule,
@@ -102,12 +104,12 @@ impl Router for RouterService {
         let req = request.into_inner();
         let content: usize = req.messages.iter().map(|m| m.content.len()).sum();
         let result = if content > INLINE_CONTENT_BYTES {
-            let rules = self.rules.clone();
-            tokio::task::spawn_blocking(move || route_one(&rules, &req))
+            let (rules, cache) = (self.rules.clone(), self.cache.clone());
+            tokio::task::spawn_blocking(move || route_one(&rules, &cache, &req))
                 .await
                 .map_err(|e| Status::internal(format!("route task failed: {e}")))?
         } else {
-            route_one(&self.rules, &req)
+            route_one(&self.rules, &self.cache, &req)
         };
         match result {
             Ok(resp) => {

@@ -29,6 +29,9 @@ pub const MAX_TIER: u8 = 10;
 pub const GENERAL_CLASS: &str = "general";
 /// Output tokens predicted when nothing else says.
 const DEFAULT_OUTPUT_TOKENS: u64 = 512;
+/// The shortest prefix providers cache when the rules do not say (OpenAI's and
+/// Anthropic's documented minimum for most models).
+const DEFAULT_PREFIX_CACHE_MIN_TOKENS: u64 = 1024;
 /// Upper bound on any token figure in a rules file: 100M is far past every
 /// context window and keeps cost arithmetic far from overflow.
 const MAX_TOKENS_SETTING: u64 = 100_000_000;
@@ -120,6 +123,8 @@ pub struct Model {
     pub tiers: Vec<u8>,
     /// How long the provider keeps a repeated prefix; `None` = no discount.
     pub prefix_cache_ttl: Option<Duration>,
+    /// The shortest prefix, in billed tokens, the provider serves from cache.
+    pub prefix_cache_min_tokens: u64,
 }
 
 impl Model {
@@ -558,6 +563,20 @@ impl Validator<'_> {
                 }),
             };
             let scale = m.token_scale.unwrap_or(1.0);
+            if m.prefix_cache_ttl_s > 7 * 24 * 3600 {
+                e(
+                    self,
+                    &["prefix_cache_ttl_s"],
+                    "at most 604800 (a week); providers keep prefixes minutes to hours".into(),
+                );
+            }
+            if m.prefix_cache_min_tokens.is_some_and(|n| n > MAX_TOKENS_SETTING) {
+                e(
+                    self,
+                    &["prefix_cache_min_tokens"],
+                    format!("at most {MAX_TOKENS_SETTING}"),
+                );
+            }
             if !(0.1..=10.0).contains(&scale) {
                 e(self, &["token_scale"], format!("{scale} is outside 0.1 to 10; it multiplies the tokenizer's count to approximate the provider's"));
             }
@@ -603,6 +622,7 @@ impl Validator<'_> {
                 token_scale_permille: (scale.clamp(0.1, 10.0) * 1000.0).round() as u32,
                 tiers,
                 prefix_cache_ttl: (m.prefix_cache_ttl_s > 0).then(|| Duration::from_secs(m.prefix_cache_ttl_s)),
+                prefix_cache_min_tokens: m.prefix_cache_min_tokens.unwrap_or(DEFAULT_PREFIX_CACHE_MIN_TOKENS),
             });
         }
         out

@@ -55,6 +55,8 @@ pub struct RawModel {
     /// How long the provider keeps a repeated prefix cached; 0 = no discount.
     #[serde(default)]
     pub prefix_cache_ttl_s: u64,
+    /// The shortest prefix the provider caches (OpenAI and Anthropic: 1024).
+    pub prefix_cache_min_tokens: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

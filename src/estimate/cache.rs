@@ -1,0 +1,282 @@
+//! Repeated context: count it once, and know which prefixes a provider has
+//! cached.
+//!
+//! Agents resend the same system prompt, tool schemas and documents on every
+//! call. Two caches make that cheap and priced right:
+//!
+//! - **Message work**, keyed by a fingerprint of a message's content and the
+//!   set of encodings counted: its token counts and complexity signals. A
+//!   request whose 6k-token system prompt was seen before costs a hash and a
+//!   lookup instead of a count. Bounded by weight, with a TTL.
+//! - **Warm prefixes**, keyed by the fingerprint of a chain of messages
+//!   (message 1, then 1+2, and so on, with their roles): which models were
+//!   routed that exact prefix, and when. A provider serves a repeated prefix
+//!   from its prompt cache, at the cached-input price, when the same model saw
+//!   it within its cache lifetime (`prefix_cache_ttl_s`) and it is at least
+//!   `prefix_cache_min_tokens` long.
+//!
+//! Fingerprints are xxh3-128 with a per-process random seed, so collisions
+//! cannot be precomputed. Only fingerprints, counts and times are kept: never
+//! prompt text.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::sync::Cache;
+use xxhash_rust::xxh3::xxh3_128_with_seed;
+
+use super::{MessageRef, MessageWork, Role};
+use crate::estimate::tokens::PER_MESSAGE_OVERHEAD;
+use crate::rules::{Encoding, RuleTable, Workflow};
+
+/// Bytes one message-work entry is charged against the bound: an estimate of
+/// the key (17 bytes), the value (60) and moka's per-entry bookkeeping.
+const WORK_ENTRY_BYTES: u32 = 160;
+/// Bytes one warm-prefix entry is charged, plus this much per model in it.
+const PREFIX_ENTRY_BYTES: u32 = 128;
+const PREFIX_MODEL_BYTES: u32 = 16;
+/// The warm-prefix store's share of the configured bound.
+const PREFIX_SHARE: u64 = 4;
+/// Warm prefixes are forgotten after this long whatever the model's TTL.
+const PREFIX_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Settings for the caches.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheConfig {
+    /// The bound on both caches together, in bytes.
+    pub max_bytes: u64,
+    /// How long a message's work is kept after it was computed.
+    pub ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_bytes: 64 * 1024 * 1024,
+            ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Counters for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct CacheCounters {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    /// Routes priced with a warm prefix.
+    pub prefix_hits: AtomicU64,
+}
+
+/// A snapshot of the caches' size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub prefix_hits: u64,
+    pub entries: u64,
+    pub weight_bytes: u64,
+    pub prefix_entries: u64,
+}
+
+/// One model that saw a prefix: a hash of its name and when, in ms since the
+/// cache was created.
+type Seen = (u64, u64);
+
+/// The per-message work cache and the warm-prefix store.
+pub struct ContextCache {
+    work: Cache<(u128, u8), MessageWork>,
+    prefixes: Cache<u128, Arc<[Seen]>>,
+    seed: u64,
+    epoch: Instant,
+    pub counters: CacheCounters,
+}
+
+/// Fingerprints of one request's messages and of its prefix chain.
+#[derive(Debug, Clone, Default)]
+pub struct Fingerprints {
+    /// `chain[k]` identifies messages `0..=k`, roles included.
+    pub chain: Vec<u128>,
+}
+
+impl ContextCache {
+    pub fn new(cfg: CacheConfig) -> ContextCache {
+        let prefix_bytes = cfg.max_bytes / PREFIX_SHARE;
+        let work = Cache::builder()
+            .max_capacity(cfg.max_bytes - prefix_bytes)
+            .weigher(|_, _| WORK_ENTRY_BYTES)
+            .time_to_live(cfg.ttl)
+            .build();
+        let prefixes = Cache::builder()
+            .max_capacity(prefix_bytes)
+            .weigher(|_, v: &Arc<[Seen]>| PREFIX_ENTRY_BYTES + PREFIX_MODEL_BYTES * v.len() as u32)
+            .time_to_live(PREFIX_MAX_TTL)
+            .build();
+        let seed = {
+            use std::hash::{BuildHasher, Hasher};
+            // std's RandomState is seeded from the OS once per process.
+            let mut h = std::hash::RandomState::new().build_hasher();
+            h.write_u64(0x5157_4954_4348_5944);
+            h.finish()
+        };
+        ContextCache {
+            work,
+            prefixes,
+            seed,
+            epoch: Instant::now(),
+            counters: CacheCounters::default(),
+        }
+    }
+
+    fn fingerprint(&self, content: &str) -> u128 {
+        xxh3_128_with_seed(content.as_bytes(), self.seed)
+    }
+
+    /// The work for each message, from the cache where it has been seen with
+    /// the same encodings, and the fingerprints of the prefix chain.
+    pub fn work(&self, messages: &[MessageRef<'_>], encodings: &[Encoding]) -> (Vec<MessageWork>, Fingerprints) {
+        let mask = encodings.iter().fold(0u8, |m, e| m | 1 << (*e as u8));
+        let mut work = Vec::with_capacity(messages.len());
+        let mut chain = Vec::with_capacity(messages.len());
+        let mut prev = 0u128;
+        for m in messages {
+            let fp = self.fingerprint(m.content);
+            let w = match self.work.get(&(fp, mask)) {
+                Some(w) => {
+                    self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                    w
+                }
+                None => {
+                    self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                    let w = MessageWork::compute(m.content, encodings);
+                    self.work.insert((fp, mask), w);
+                    w
+                }
+            };
+            work.push(w);
+            let mut link = [0u8; 33];
+            link[..16].copy_from_slice(&prev.to_le_bytes());
+            link[16..32].copy_from_slice(&fp.to_le_bytes());
+            link[32] = role_byte(m.role);
+            prev = xxh3_128_with_seed(&link, self.seed);
+            chain.push(prev);
+        }
+        (work, Fingerprints { chain })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// For each model of `table`, the input tokens the provider would serve
+    /// from its prompt cache for this request (0 for cold ones), as billed.
+    ///
+    /// Looks up prefixes from the longest down, so each model gets its
+    /// longest warm prefix.
+    pub fn cached_tokens(
+        &self,
+        table: &RuleTable,
+        workflow: &Workflow,
+        fps: &Fingerprints,
+        work: &[MessageWork],
+    ) -> Vec<u64> {
+        let mut out = vec![0u64; table.models.len()];
+        let warmable: Vec<usize> = workflow
+            .allowed
+            .iter()
+            .copied()
+            .filter(|&i| table.models[i].prefix_cache_ttl.is_some())
+            .collect();
+        if warmable.is_empty() || fps.chain.is_empty() {
+            return out;
+        }
+        let now = self.now_ms();
+        let mut done = 0usize;
+        for k in (0..fps.chain.len()).rev() {
+            let Some(seen) = self.prefixes.get(&fps.chain[k]) else {
+                continue;
+            };
+            for &i in &warmable {
+                if out[i] > 0 {
+                    continue;
+                }
+                let m = &table.models[i];
+                let ttl = m.prefix_cache_ttl.map_or(0, |t| t.as_millis() as u64);
+                let key = model_key(&m.name);
+                if seen.iter().any(|&(mk, at)| mk == key && now.saturating_sub(at) < ttl) {
+                    let counted: u64 = work[..=k]
+                        .iter()
+                        .map(|w| w.tokens[m.encoding as usize].unwrap_or(0) + PER_MESSAGE_OVERHEAD)
+                        .sum();
+                    let billed = m.billed_tokens(counted);
+                    if billed >= m.prefix_cache_min_tokens {
+                        out[i] = billed;
+                        done += 1;
+                    }
+                }
+            }
+            if done == warmable.len() {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Records that `model` is about to be sent this request: every prefix of
+    /// it is now warm on that model.
+    pub fn record(&self, model: &str, fps: &Fingerprints) {
+        let key = model_key(model);
+        let now = self.now_ms();
+        for &h in &fps.chain {
+            self.prefixes.entry(h).and_upsert_with(|prev| {
+                let mut v: Vec<Seen> = prev.map(|e| e.into_value().to_vec()).unwrap_or_default();
+                match v.iter_mut().find(|(k, _)| *k == key) {
+                    Some(slot) => slot.1 = now,
+                    None => v.push((key, now)),
+                }
+                // A prefix shared by many models keeps only the most recent few.
+                if v.len() > 8 {
+                    v.sort_by_key(|s| std::cmp::Reverse(s.1));
+                    v.truncate(8);
+                }
+                v.into()
+            });
+        }
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.counters.hits.load(Ordering::Relaxed),
+            misses: self.counters.misses.load(Ordering::Relaxed),
+            prefix_hits: self.counters.prefix_hits.load(Ordering::Relaxed),
+            entries: self.work.entry_count() + self.prefixes.entry_count(),
+            weight_bytes: self.work.weighted_size() + self.prefixes.weighted_size(),
+            prefix_entries: self.prefixes.entry_count(),
+        }
+    }
+
+    /// Applies pending evictions now (moka does it lazily); for tests and
+    /// for exact figures on the metrics endpoint.
+    pub fn sync(&self) {
+        self.work.run_pending_tasks();
+        self.prefixes.run_pending_tasks();
+    }
+}
+
+fn role_byte(r: Role) -> u8 {
+    match r {
+        Role::System => 1,
+        Role::Developer => 2,
+        Role::User => 3,
+        Role::Assistant => 4,
+        Role::Tool => 5,
+    }
+}
+
+/// A stable key for a model name (names survive reloads; indexes do not).
+fn model_key(name: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(name.as_bytes())
+}
+
+#[cfg(test)]
+mod tests;
