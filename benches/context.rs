@@ -11,20 +11,29 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use switchyard::estimate::cache::{CacheConfig, ContextCache};
-use switchyard::estimate::{estimate, tokens, MessageRef, Role};
-use switchyard::rules::{Encoding, RuleTable};
+use switchyard::estimate::{estimate, MessageRef, Role};
+use switchyard::rules::{RuleTable, Workflow};
 
-/// A system context of about 6,000 o200k tokens.
-pub fn context_6k() -> String {
-    let mut s = String::new();
-    let mut i = 0;
-    while tokens::count(Encoding::O200k, &s) < 6_000 {
-        s.push_str(&format!(
-            "Policy {i}: when a customer asks about order {i}, check the ledger, cite the clause, and never promise a refund before the review. "
-        ));
-        i += 1;
-    }
-    s
+mod shared;
+use shared::context_6k;
+
+/// Estimates one request of a system context and a short, new user message,
+/// through the cache, with the warm-prefix lookup that Route does.
+fn estimate_with_context(rules: &RuleTable, wf: &Workflow, cache: &ContextCache, system: &str, i: u64) {
+    let user = format!("question {i}");
+    let msgs = [
+        MessageRef {
+            role: Role::System,
+            content: system,
+        },
+        MessageRef {
+            role: Role::User,
+            content: &user,
+        },
+    ];
+    let (work, fps) = cache.work(black_box(&msgs), &wf.encodings);
+    let est = estimate(rules, wf, "", &msgs, &work, 0);
+    black_box((est, cache.cached_tokens(rules, wf, &fps, &work)));
 }
 
 fn bench(c: &mut Criterion) {
@@ -36,42 +45,12 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("context-6k-estimate");
     group.bench_function("repeated", |b| {
-        b.iter(|| {
-            let i = n.fetch_add(1, Ordering::Relaxed);
-            let user = format!("question {i}");
-            let msgs = [
-                MessageRef {
-                    role: Role::System,
-                    content: &context,
-                },
-                MessageRef {
-                    role: Role::User,
-                    content: &user,
-                },
-            ];
-            let (work, fps) = cache.work(black_box(&msgs), &wf.encodings);
-            let est = estimate(&rules, wf, "", &msgs, &work, 0);
-            black_box((est, cache.cached_tokens(&rules, wf, &fps, &work)))
-        })
+        b.iter(|| estimate_with_context(&rules, wf, &cache, &context, n.fetch_add(1, Ordering::Relaxed)))
     });
     group.bench_function("unique", |b| {
         b.iter(|| {
             let i = n.fetch_add(1, Ordering::Relaxed);
-            let unique = format!("Session {i}. {context}");
-            let user = format!("question {i}");
-            let msgs = [
-                MessageRef {
-                    role: Role::System,
-                    content: &unique,
-                },
-                MessageRef {
-                    role: Role::User,
-                    content: &user,
-                },
-            ];
-            let (work, fps) = cache.work(black_box(&msgs), &wf.encodings);
-            let est = estimate(&rules, wf, "", &msgs, &work, 0);
-            black_box((est, cache.cached_tokens(&rules, wf, &fps, &work)))
+            estimate_with_context(&rules, wf, &cache, &format!("Session {i}. {context}"), i)
         })
     });
     group.finish();

@@ -9,30 +9,18 @@
 //! Prints p50, p99 and mean latency per scenario, and the ratio of repeated
 //! to unique. Run: `cargo bench --bench grpc_context` (bounded: about 10 s).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use switchyard::estimate::tokens;
 use switchyard::grpc::pb;
-use switchyard::grpc::pb::router_client::RouterClient;
-use switchyard::rules::Encoding;
 use tonic_health::pb::health_client::HealthClient;
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod shared;
+use shared::context_6k;
 
 const WARMUP: usize = 200;
 const REQUESTS: usize = 2_000;
-
-fn context_6k() -> String {
-    let mut s = String::new();
-    let mut i = 0;
-    while tokens::count(Encoding::O200k, &s) < 6_000 {
-        s.push_str(&format!(
-            "Policy {i}: when a customer asks about order {i}, check the ledger, cite the clause, and never promise a refund before the review. "
-        ));
-        i += 1;
-    }
-    s
-}
 
 struct Summary {
     p50: Duration,
@@ -71,40 +59,15 @@ fn request(system: String, i: usize) -> pb::RouteRequest {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("routing-rules");
-    let state = std::env::temp_dir().join(format!("switchyard-bench-{}", std::process::id()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .arg("serve")
-        .arg("--rules")
-        .arg(&rules)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--state-dir",
-        ])
-        .arg(&state)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start switchyard");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("listening line");
-    let addr = line
-        .split("grpc=")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .expect("grpc address");
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let mut router = RouterClient::new(channel.clone());
-    let mut health = HealthClient::new(channel);
+    let server = common::Server::start(&common::repo_path("routing-rules"), &[]);
+    let mut router = server.client().await;
+    let mut health = HealthClient::new(
+        tonic::transport::Channel::from_shared(format!("http://{}", server.grpc))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect"),
+    );
     let context = context_6k();
 
     let mut results = Vec::new();
@@ -144,7 +107,4 @@ async fn main() {
     }
     let ratio = results[1].mean.as_secs_f64() / results[2].mean.as_secs_f64();
     println!("repeated / unique (mean latency): {ratio:.2}");
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&state);
 }

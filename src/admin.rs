@@ -63,88 +63,90 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
 async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     let st = s.rules.status();
     let table = s.rules.current();
-    let mut out = String::with_capacity(1024);
-    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
-    };
-    metric(
-        "switchyard_route_decisions_total",
-        "counter",
-        "Route calls answered with a model.",
-        s.counters.routed.load(Ordering::Relaxed).to_string(),
-    );
-    metric(
-        "switchyard_route_rejections_total",
-        "counter",
-        "Route calls refused with an error status.",
-        s.counters.rejected.load(Ordering::Relaxed).to_string(),
-    );
-    metric(
-        "switchyard_rules_reload_failing",
-        "gauge",
-        "1 while the rules files are broken and the last good rules are in use.",
-        u8::from(st.failing).to_string(),
-    );
-    metric(
-        "switchyard_rules_reloads_total",
-        "counter",
-        "Successful rules reloads since start.",
-        s.rules.reloads_ok.load(Ordering::Relaxed).to_string(),
-    );
-    metric(
-        "switchyard_rules_reload_failures_total",
-        "counter",
-        "Failed rules reloads since start (one per distinct broken content).",
-        s.rules.reloads_failed.load(Ordering::Relaxed).to_string(),
-    );
+    s.cache.sync();
+    let cache = s.cache.stats();
     let loaded = st
         .loaded_at
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs());
-    metric(
-        "switchyard_rules_loaded_timestamp_seconds",
-        "gauge",
-        "When the rules in use were loaded.",
-        loaded.to_string(),
-    );
-    s.cache.sync();
-    let cache = s.cache.stats();
-    metric(
-        "switchyard_context_cache_hits_total",
-        "counter",
-        "Messages whose token counts and features came from the context cache.",
-        cache.hits.to_string(),
-    );
-    metric(
-        "switchyard_context_cache_misses_total",
-        "counter",
-        "Messages counted and scanned afresh.",
-        cache.misses.to_string(),
-    );
-    metric(
-        "switchyard_context_cache_entries",
-        "gauge",
-        "Entries in the context caches (message work and warm prefixes).",
-        cache.entries.to_string(),
-    );
-    metric(
-        "switchyard_context_cache_weight_bytes",
-        "gauge",
-        "Bytes the context caches are charged against --context-cache-mib.",
-        cache.weight_bytes.to_string(),
-    );
-    metric(
-        "switchyard_prefix_cache_hits_total",
-        "counter",
-        "Routes priced with a prefix warm on the chosen model.",
-        cache.prefix_hits.to_string(),
-    );
-    metric(
-        "switchyard_rules_models",
-        "gauge",
-        "Models in the rules in use.",
-        table.models.len().to_string(),
-    );
+    let series: [(&str, &str, &str, u64); 12] = [
+        (
+            "switchyard_route_decisions_total",
+            "counter",
+            "Route calls answered with a model.",
+            s.counters.routed.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_route_rejections_total",
+            "counter",
+            "Route calls refused with an error status.",
+            s.counters.rejected.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_rules_reload_failing",
+            "gauge",
+            "1 while the rules files are broken and the last good rules are in use.",
+            u64::from(st.failing),
+        ),
+        (
+            "switchyard_rules_reloads_total",
+            "counter",
+            "Successful rules reloads since start.",
+            s.rules.reloads_ok.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_rules_reload_failures_total",
+            "counter",
+            "Failed rules reloads since start (one per distinct broken content).",
+            s.rules.reloads_failed.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_rules_loaded_timestamp_seconds",
+            "gauge",
+            "When the rules in use were loaded.",
+            loaded,
+        ),
+        (
+            "switchyard_rules_models",
+            "gauge",
+            "Models in the rules in use.",
+            table.models.len() as u64,
+        ),
+        (
+            "switchyard_context_cache_hits_total",
+            "counter",
+            "Messages whose token counts and features came from the context cache.",
+            cache.hits,
+        ),
+        (
+            "switchyard_context_cache_misses_total",
+            "counter",
+            "Messages counted and scanned afresh.",
+            cache.misses,
+        ),
+        (
+            "switchyard_context_cache_entries",
+            "gauge",
+            "Entries in the context caches (message work and warm prefixes).",
+            cache.entries,
+        ),
+        (
+            "switchyard_context_cache_weight_bytes",
+            "gauge",
+            "Bytes the context caches are charged against --context-cache-mib.",
+            cache.weight_bytes,
+        ),
+        (
+            "switchyard_prefix_cache_hits_total",
+            "counter",
+            "Routes priced with a prefix warm on the chosen model.",
+            cache.prefix_hits,
+        ),
+    ];
+    let mut out = String::with_capacity(2048);
+    for (name, kind, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
