@@ -23,6 +23,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod budget;
 pub mod cli;
 pub mod decide;
 pub mod error;

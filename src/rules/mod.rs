@@ -166,6 +166,49 @@ pub struct Workflow {
     pub outcome_unit: String,
     /// Encodings used by the allowed models: only these are counted.
     pub encodings: Vec<Encoding>,
+    /// Spending limits, if any.
+    pub budget: Option<Budget>,
+}
+
+/// How long a budget period lasts; periods align to the calendar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Day,
+    /// ISO week, from Monday 00:00.
+    Week,
+    Month,
+}
+
+/// What happens when a call would cross a hard limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnLimit {
+    /// A person must approve more (ESCALATION_REQUIRED).
+    Escalate,
+    /// The call is refused (DENIED).
+    Deny,
+}
+
+/// A workflow's budget, in nano-dollars.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    pub limit_nanos: i64,
+    pub period: Period,
+    pub timezone: jiff::tz::TimeZone,
+    /// The time zone's name, for keys and people.
+    pub timezone_name: String,
+    pub per_outcome_nanos: Option<i64>,
+    /// Basis points of the limit past which routing steps down a tier.
+    pub soft_threshold_bp: Option<u32>,
+    pub on_limit: OnLimit,
+    pub labels: Vec<LabelBudget>,
+}
+
+/// A budget for the requests of a workflow that carry `label = value`.
+#[derive(Debug, Clone)]
+pub struct LabelBudget {
+    pub label: String,
+    pub value: String,
+    pub limit_nanos: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -745,7 +788,9 @@ impl Validator<'_> {
             let mut encodings: Vec<Encoding> = allowed.iter().map(|&i| models[i].encoding).collect();
             encodings.sort();
             encodings.dedup();
+            let budget = w.budget.as_ref().and_then(|b| self.budget(o, b));
             out.push(Workflow {
+                budget,
                 name: w.name.clone(),
                 description: w.description.clone().unwrap_or_default(),
                 owner: w.owner.clone().unwrap_or_default(),
@@ -757,6 +802,119 @@ impl Validator<'_> {
             });
         }
         out
+    }
+
+    fn budget(&mut self, o: Origin, b: &schema::RawBudget) -> Option<Budget> {
+        let before = self.diagnostics.len();
+        let usd = |v: &mut Self, key: &'static str, x: f64| -> i64 {
+            match usd_to_nanos(x) {
+                Some(n) if n > 0 => n,
+                _ => {
+                    v.error(
+                        o,
+                        "workflows",
+                        &["budget", key],
+                        format!(
+                            "{x} is not a budget: give USD above 0, at most {}",
+                            crate::money::MAX_PRICE_PER_MTOK_USD
+                        ),
+                    );
+                    0
+                }
+            }
+        };
+        let limit_nanos = usd(self, "limit_usd", b.limit_usd);
+        let period = match b.period.as_str() {
+            "day" => Period::Day,
+            "week" => Period::Week,
+            "month" => Period::Month,
+            p => {
+                self.error(
+                    o,
+                    "workflows",
+                    &["budget", "period"],
+                    format!("unknown period `{p}`; use \"day\", \"week\" or \"month\""),
+                );
+                Period::Day
+            }
+        };
+        let timezone_name = b.timezone.clone().unwrap_or_else(|| "UTC".to_string());
+        let timezone = match jiff::tz::TimeZone::get(&timezone_name) {
+            Ok(tz) => tz,
+            Err(_) => {
+                self.error(
+                    o,
+                    "workflows",
+                    &["budget", "timezone"],
+                    format!(
+                        "unknown time zone `{timezone_name}`; use an IANA name such as \"UTC\" or \"Europe/Berlin\""
+                    ),
+                );
+                jiff::tz::TimeZone::UTC
+            }
+        };
+        let per_outcome_nanos = b.per_outcome_usd.map(|x| usd(self, "per_outcome_usd", x));
+        let soft_threshold_bp = match b.soft_threshold_pct {
+            None => None,
+            Some(p) if p.is_finite() && p > 0.0 && p < 100.0 => Some((p * 100.0).round() as u32),
+            Some(p) => {
+                self.error(
+                    o,
+                    "workflows",
+                    &["budget", "soft_threshold_pct"],
+                    format!("{p} is not a percentage between 0 and 100 (exclusive)"),
+                );
+                None
+            }
+        };
+        let on_limit = match b.on_limit.as_deref() {
+            None | Some("deny") => OnLimit::Deny,
+            Some("escalate") => OnLimit::Escalate,
+            Some(x) => {
+                self.error(
+                    o,
+                    "workflows",
+                    &["budget", "on_limit"],
+                    format!("unknown action `{x}`; use \"escalate\" or \"deny\""),
+                );
+                OnLimit::Deny
+            }
+        };
+        let mut labels: Vec<LabelBudget> = Vec::new();
+        for l in &b.labels {
+            if l.label.is_empty() || l.value.is_empty() {
+                self.error(
+                    o,
+                    "workflows",
+                    &["budget", "labels"],
+                    "a label budget needs a non-empty `label` and `value`",
+                );
+            }
+            if labels.iter().any(|x| x.label == l.label && x.value == l.value) {
+                self.error(
+                    o,
+                    "workflows",
+                    &["budget", "labels"],
+                    format!("the budget for {} = {} is given twice", l.label, l.value),
+                );
+            }
+            let limit_nanos = usd(self, "labels", l.limit_usd);
+            labels.push(LabelBudget {
+                label: l.label.clone(),
+                value: l.value.clone(),
+                limit_nanos,
+            });
+        }
+        (self.diagnostics.len() == before).then_some(Budget {
+            limit_nanos,
+            period,
+            timezone,
+            timezone_name,
+            per_outcome_nanos,
+            soft_threshold_bp,
+            on_limit,
+            labels,
+        })
     }
 
     fn rules(

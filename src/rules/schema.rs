@@ -74,6 +74,36 @@ pub struct RawWorkflow {
     pub allowed_providers: Vec<String>,
     /// What one outcome is, for people: "resolved ticket", "merged PR".
     pub outcome_unit: Option<String>,
+    /// The workflow's spending limits.
+    pub budget: Option<RawBudget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    /// USD per period.
+    pub limit_usd: f64,
+    /// `day`, `week` (ISO, from Monday) or `month`.
+    pub period: String,
+    /// IANA time zone the period is aligned to; UTC by default.
+    pub timezone: Option<String>,
+    /// USD cap on the calls of one outcome ID.
+    pub per_outcome_usd: Option<f64>,
+    /// Percent of the limit past which routing steps down a tier.
+    pub soft_threshold_pct: Option<f64>,
+    /// `escalate` or `deny` at the limit.
+    pub on_limit: Option<String>,
+    /// Budgets for requests carrying a label value, e.g. per team.
+    #[serde(default)]
+    pub labels: Vec<RawLabelBudget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLabelBudget {
+    pub label: String,
+    pub value: String,
+    pub limit_usd: f64,
 }
 
 #[derive(Debug, Deserialize)]

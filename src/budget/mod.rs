@@ -1,0 +1,231 @@
+//! Budgets: reserve the estimated cost at Route, settle it to the actual cost
+//! at ReportUsage, and step down, escalate or deny at the thresholds.
+//!
+//! Every budget is a set of *scopes*, each a counter of spent and reserved
+//! nano-dollars against a limit:
+//!
+//! - the workflow's period: `budget-demo|day|2026-11-25@UTC`. The period is in
+//!   the key, so a new period is a new counter: rollover is never a reset that
+//!   could overwrite spend, and concurrent "resets" cannot race;
+//! - one outcome ID: `budget-demo|outcome|ticket-4711`, capping a runaway
+//!   agent episode over its whole life;
+//! - a label value in the period: `budget-demo|label|team=search|day|…`.
+//!
+//! A reservation is made on all of a call's scopes atomically, or on none: the
+//! store checks `spent + reserved + amount <= limit` and increments in one
+//! transaction (SQLite) or one script (Redis), so there is no
+//! check-then-increment race. Settling is idempotent by `decision_id`.
+//! Reservations never settled expire and release their amount.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use jiff::civil::Weekday;
+use jiff::Timestamp;
+
+use crate::rules::{Budget, Period, Workflow};
+
+/// One scope a call is charged to, with its limit now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeCharge {
+    pub key: String,
+    pub limit_nanos: i64,
+}
+
+/// A reservation to make.
+#[derive(Debug, Clone)]
+pub struct NewReservation {
+    pub decision_id: String,
+    pub workflow: String,
+    pub outcome_id: String,
+    pub model: String,
+    pub deferrable: bool,
+    pub amount_nanos: i64,
+    pub scopes: Vec<ScopeCharge>,
+    pub now_ms: i64,
+    pub expires_ms: i64,
+}
+
+/// A scope's counters. `limit_nanos` includes amounts added by approvals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScopeState {
+    pub limit_nanos: i64,
+    pub spent_nanos: i64,
+    pub reserved_nanos: i64,
+}
+
+impl ScopeState {
+    pub fn remaining(&self) -> i64 {
+        self.limit_nanos - self.spent_nanos - self.reserved_nanos
+    }
+}
+
+/// The answer to a reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reserved {
+    Ok,
+    /// Reserving would cross this scope's limit; nothing was reserved.
+    OverLimit {
+        scope: String,
+        state: ScopeState,
+    },
+}
+
+/// What a call actually used.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub output_tokens: u64,
+    pub failed: bool,
+}
+
+/// A reservation as stored.
+#[derive(Debug, Clone)]
+pub struct ReservationRecord {
+    pub decision_id: String,
+    pub workflow: String,
+    pub outcome_id: String,
+    pub model: String,
+    pub deferrable: bool,
+    pub amount_nanos: i64,
+    /// `reserved`, `settled` or `expired`.
+    pub state: String,
+    pub actual_nanos: Option<i64>,
+}
+
+/// The answer to a settlement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Charged now.
+    Charged { cost_nanos: i64 },
+    /// Already settled by an earlier report: nothing charged again.
+    AlreadySettled { cost_nanos: i64 },
+}
+
+/// An escalation: a call that hit a hard limit and waits for a person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Escalation {
+    pub id: String,
+    pub workflow: String,
+    pub scope: String,
+    pub outcome_id: String,
+    pub caller: String,
+    pub amount_nanos: i64,
+    pub model: String,
+    /// `pending`, `approved` or `denied`.
+    pub state: String,
+    pub created_ms: i64,
+    pub resolved_by: String,
+    pub resolved_ms: i64,
+    pub added_nanos: i64,
+    pub reason: String,
+}
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the budget store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("no decision `{0}`: quote the decision_id that Route returned")]
+    UnknownDecision(String),
+    #[error("no escalation `{0}`; list them with `switchyard escalations list`")]
+    UnknownEscalation(String),
+    #[error("escalation `{0}` is already {1}")]
+    AlreadyResolved(String, String),
+}
+
+/// The budget store: embedded SQLite for one sidecar, Redis for a fleet. The
+/// conformance tests in `tests` run against every implementation.
+#[async_trait::async_trait]
+pub trait BudgetStore: Send + Sync {
+    /// Reserves on every scope, or on none if any would cross its limit.
+    async fn reserve(&self, r: &NewReservation) -> Result<Reserved, StoreError>;
+    /// Settles a reservation to its actual cost; a repeat is not charged twice.
+    async fn settle(
+        &self,
+        decision_id: &str,
+        cost_nanos: i64,
+        usage: &Usage,
+        now_ms: i64,
+    ) -> Result<Settled, StoreError>;
+    /// Releases reservations that expired by `now_ms`; returns how many.
+    async fn expire(&self, now_ms: i64) -> Result<u64, StoreError>;
+    async fn scope(&self, key: &str) -> Result<ScopeState, StoreError>;
+    async fn reservation(&self, decision_id: &str) -> Result<Option<ReservationRecord>, StoreError>;
+    /// The newest escalation on `scope` that still applies (pending or denied).
+    async fn open_escalation(&self, scope: &str) -> Result<Option<Escalation>, StoreError>;
+    async fn create_escalation(&self, e: &Escalation) -> Result<(), StoreError>;
+    async fn list_escalations(&self, workflow: Option<&str>) -> Result<Vec<Escalation>, StoreError>;
+    /// Approves (adding `add_nanos` to the scope's limit) or denies.
+    async fn resolve_escalation(
+        &self,
+        id: &str,
+        approve: bool,
+        add_nanos: i64,
+        by: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<Escalation, StoreError>;
+}
+
+pub type SharedStore = Arc<dyn BudgetStore>;
+
+/// The calendar period containing `now`, in the budget's time zone, as a key
+/// fragment such as `day|2026-11-25@Europe/Berlin`.
+pub fn period_key(budget: &Budget, now: Timestamp) -> String {
+    let date = budget.timezone.to_datetime(now).date();
+    let (name, start) = match budget.period {
+        Period::Day => ("day", date),
+        Period::Week => {
+            let back = date.weekday().since(Weekday::Monday) as i64;
+            ("week", date.checked_sub(jiff::Span::new().days(back)).unwrap_or(date))
+        }
+        Period::Month => ("month", date.first_of_month()),
+    };
+    format!("{name}|{start}@{}", budget.timezone_name)
+}
+
+/// The key of a workflow's current period scope.
+pub fn period_scope(workflow: &Workflow, budget: &Budget, now: Timestamp) -> String {
+    format!("{}|{}", workflow.name, period_key(budget, now))
+}
+
+/// Every scope a call of `workflow` is charged to now.
+pub fn scopes_for<'a>(
+    workflow: &Workflow,
+    outcome_id: &str,
+    labels: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+    now: Timestamp,
+) -> Vec<ScopeCharge> {
+    let Some(b) = &workflow.budget else { return Vec::new() };
+    let period = period_key(b, now);
+    let mut out = vec![ScopeCharge {
+        key: format!("{}|{period}", workflow.name),
+        limit_nanos: b.limit_nanos,
+    }];
+    if let (Some(limit), false) = (b.per_outcome_nanos, outcome_id.is_empty()) {
+        out.push(ScopeCharge {
+            key: format!("{}|outcome|{outcome_id}", workflow.name),
+            limit_nanos: limit,
+        });
+    }
+    for lb in &b.labels {
+        if labels.clone().any(|(k, v)| k == lb.label && v == lb.value) {
+            out.push(ScopeCharge {
+                key: format!("{}|label|{}={}|{period}", workflow.name, lb.label, lb.value),
+                limit_nanos: lb.limit_nanos,
+            });
+        }
+    }
+    out
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    Timestamp::now().as_millisecond()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,401 @@
+//! The budget store conformance suite: every `BudgetStore` must pass it.
+//! `sqlite_store_conforms` runs it on the embedded store.
+
+use super::*;
+use crate::rules::RuleTable;
+
+const DOLLAR: i64 = 1_000_000_000;
+
+fn reservation(id: &str, amount: i64, scopes: &[(&str, i64)], now_ms: i64) -> NewReservation {
+    NewReservation {
+        decision_id: id.to_string(),
+        workflow: "w".into(),
+        outcome_id: "o".into(),
+        model: "m".into(),
+        deferrable: false,
+        amount_nanos: amount,
+        scopes: scopes
+            .iter()
+            .map(|(k, l)| ScopeCharge {
+                key: k.to_string(),
+                limit_nanos: *l,
+            })
+            .collect(),
+        now_ms,
+        expires_ms: now_ms + 600_000,
+    }
+}
+
+/// Runs every conformance check against `store`. Scope keys are prefixed with
+/// `ns` so the suite can share a store with others.
+pub async fn conformance(store: SharedStore, ns: &str) {
+    reserve_is_all_or_nothing(&store, ns).await;
+    settle_is_idempotent_and_releases(&store, ns).await;
+    expiry_releases_and_late_usage_still_counts(&store, ns).await;
+    concurrent_clients_never_overspend(&store, ns).await;
+    escalations_approve_and_deny(&store, ns).await;
+}
+
+async fn reserve_is_all_or_nothing(store: &SharedStore, ns: &str) {
+    let (a, b) = (format!("{ns}|a"), format!("{ns}|b"));
+    let ok = store
+        .reserve(&reservation(&format!("{ns}-1"), 60, &[(&a, 100), (&b, 1000)], 0))
+        .await
+        .expect("reserve");
+    assert_eq!(ok, Reserved::Ok);
+    // 60 + 60 > 100 on `a`: refused, and `b` must not be touched either.
+    let over = store
+        .reserve(&reservation(&format!("{ns}-2"), 60, &[(&b, 1000), (&a, 100)], 0))
+        .await
+        .expect("reserve");
+    assert!(
+        matches!(over, Reserved::OverLimit { ref scope, .. } if *scope == a),
+        "{over:?}"
+    );
+    assert_eq!(
+        store.scope(&b).await.expect("scope"),
+        ScopeState {
+            limit_nanos: 1000,
+            spent_nanos: 0,
+            reserved_nanos: 60
+        }
+    );
+    assert_eq!(store.scope(&a).await.expect("scope").reserved_nanos, 60);
+    assert!(
+        store.reservation(&format!("{ns}-2")).await.expect("read").is_none(),
+        "no record of a refused reservation"
+    );
+}
+
+async fn settle_is_idempotent_and_releases(store: &SharedStore, ns: &str) {
+    let s = format!("{ns}|settle");
+    let id = format!("{ns}-settle");
+    store
+        .reserve(&reservation(&id, 500, &[(&s, 10_000)], 0))
+        .await
+        .expect("reserve");
+    let usage = Usage {
+        input_tokens: 10,
+        cached_input_tokens: 0,
+        output_tokens: 5,
+        failed: false,
+    };
+    assert_eq!(
+        store.settle(&id, 420, &usage, 1).await.expect("settle"),
+        Settled::Charged { cost_nanos: 420 }
+    );
+    assert_eq!(
+        store.settle(&id, 999, &usage, 2).await.expect("settle"),
+        Settled::AlreadySettled { cost_nanos: 420 }
+    );
+    assert_eq!(
+        store.scope(&s).await.expect("scope"),
+        ScopeState {
+            limit_nanos: 10_000,
+            spent_nanos: 420,
+            reserved_nanos: 0
+        }
+    );
+    assert!(matches!(
+        store.settle("nope", 1, &usage, 3).await,
+        Err(StoreError::UnknownDecision(_))
+    ));
+    // An overrun (actual above the estimate) is recorded in full.
+    let id2 = format!("{ns}-overrun");
+    store
+        .reserve(&reservation(&id2, 100, &[(&s, 10_000)], 0))
+        .await
+        .expect("reserve");
+    store.settle(&id2, 300, &usage, 4).await.expect("settle");
+    assert_eq!(store.scope(&s).await.expect("scope").spent_nanos, 720);
+}
+
+async fn expiry_releases_and_late_usage_still_counts(store: &SharedStore, ns: &str) {
+    let s = format!("{ns}|expiry");
+    let id = format!("{ns}-expiry");
+    let mut r = reservation(&id, 700, &[(&s, 1000)], 0);
+    r.expires_ms = 10;
+    store.reserve(&r).await.expect("reserve");
+    assert!(matches!(
+        store
+            .reserve(&reservation(&format!("{id}b"), 700, &[(&s, 1000)], 0))
+            .await,
+        Ok(Reserved::OverLimit { .. })
+    ));
+    assert!(store.expire(10).await.expect("expire") >= 1);
+    assert_eq!(
+        store.scope(&s).await.expect("scope").reserved_nanos,
+        0,
+        "the leak is gone"
+    );
+    assert_eq!(
+        store.reservation(&id).await.expect("read").map(|r| r.state),
+        Some("expired".to_string())
+    );
+    // Usage that arrives after expiry is still charged, once.
+    store
+        .settle(&id, 650, &Usage::default(), 20)
+        .await
+        .expect("late settle");
+    store.settle(&id, 650, &Usage::default(), 21).await.expect("repeat");
+    assert_eq!(
+        store.scope(&s).await.expect("scope"),
+        ScopeState {
+            limit_nanos: 1000,
+            spent_nanos: 650,
+            reserved_nanos: 0
+        }
+    );
+}
+
+async fn concurrent_clients_never_overspend(store: &SharedStore, ns: &str) {
+    // 32 clients race for a $1 budget with calls estimated at $0.03 that
+    // actually cost $0.025..$0.03: spend must never pass $1.
+    let s = format!("{ns}|race");
+    let tasks: Vec<_> = (0..32)
+        .map(|c| {
+            let (store, s) = (store.clone(), s.clone());
+            let ns = ns.to_string();
+            tokio::spawn(async move {
+                let mut granted = 0;
+                for i in 0..20 {
+                    let id = format!("{ns}-race-{c}-{i}");
+                    match store
+                        .reserve(&reservation(&id, 30_000_000, &[(&s, DOLLAR)], 0))
+                        .await
+                        .expect("reserve")
+                    {
+                        Reserved::Ok => {
+                            granted += 1;
+                            let actual = 25_000_000 + (c * 20 + i) as i64 % 5_000_001;
+                            store.settle(&id, actual, &Usage::default(), 1).await.expect("settle");
+                        }
+                        Reserved::OverLimit { .. } => {}
+                    }
+                }
+                granted
+            })
+        })
+        .collect();
+    let mut granted = 0;
+    for t in tasks {
+        granted += t.await.expect("client");
+    }
+    let st = store.scope(&s).await.expect("scope");
+    assert!(st.spent_nanos <= DOLLAR, "overspent: {st:?}");
+    assert_eq!(st.reserved_nanos, 0);
+    assert!(
+        granted >= 33,
+        "the budget was used, not refused wholesale: {granted} calls"
+    );
+}
+
+async fn escalations_approve_and_deny(store: &SharedStore, ns: &str) {
+    let s = format!("{ns}|esc");
+    store
+        .reserve(&reservation(&format!("{ns}-esc0"), 100, &[(&s, 100)], 0))
+        .await
+        .expect("fill");
+    let e = Escalation {
+        id: format!("{ns}-e1"),
+        workflow: "w".into(),
+        scope: s.clone(),
+        outcome_id: "o".into(),
+        caller: "local".into(),
+        amount_nanos: 50,
+        model: "m".into(),
+        state: "pending".into(),
+        created_ms: 5,
+        resolved_by: String::new(),
+        resolved_ms: 0,
+        added_nanos: 0,
+        reason: String::new(),
+    };
+    store.create_escalation(&e).await.expect("create");
+    assert_eq!(
+        store.open_escalation(&s).await.expect("open").map(|e| e.id),
+        Some(e.id.clone())
+    );
+    let approved = store
+        .resolve_escalation(&e.id, true, 200, "finance", "quarter end", 6)
+        .await
+        .expect("approve");
+    assert_eq!(
+        (
+            approved.state.as_str(),
+            approved.added_nanos,
+            approved.resolved_by.as_str()
+        ),
+        ("approved", 200, "finance")
+    );
+    assert!(
+        store.open_escalation(&s).await.expect("open").is_none(),
+        "approved escalations no longer block"
+    );
+    assert_eq!(store.scope(&s).await.expect("scope").limit_nanos, 300);
+    assert_eq!(
+        store
+            .reserve(&reservation(&format!("{ns}-esc1"), 150, &[(&s, 100)], 7))
+            .await
+            .expect("resume"),
+        Reserved::Ok
+    );
+    assert!(matches!(
+        store.resolve_escalation(&e.id, false, 0, "x", "", 8).await,
+        Err(StoreError::AlreadyResolved(_, _))
+    ));
+    let e2 = Escalation {
+        id: format!("{ns}-e2"),
+        created_ms: 9,
+        ..e
+    };
+    store.create_escalation(&e2).await.expect("create");
+    store
+        .resolve_escalation(&e2.id, false, 0, "finance", "no", 10)
+        .await
+        .expect("deny");
+    assert_eq!(
+        store.open_escalation(&s).await.expect("open").map(|e| e.state),
+        Some("denied".to_string())
+    );
+    let listed = store.list_escalations(Some("w")).await.expect("list");
+    assert!(listed.iter().any(|x| x.id == e2.id && x.state == "denied"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_store_conforms() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store: SharedStore = Arc::new(sqlite::SqliteStore::open(dir.path()).expect("open"));
+    conformance(store, "t").await;
+}
+
+#[tokio::test]
+async fn sqlite_state_survives_reopening() {
+    let dir = tempfile::tempdir().expect("tmp");
+    {
+        let store = sqlite::SqliteStore::open(dir.path()).expect("open");
+        store
+            .reserve(&reservation("d1", 500, &[("w|day", 1000)], 0))
+            .await
+            .expect("reserve");
+        store.settle("d1", 450, &Usage::default(), 1).await.expect("settle");
+    }
+    let store = sqlite::SqliteStore::open(dir.path()).expect("reopen");
+    assert_eq!(store.scope("w|day").await.expect("scope").spent_nanos, 450);
+    assert!(matches!(
+        store.settle("d1", 450, &Usage::default(), 2).await,
+        Ok(Settled::AlreadySettled { .. })
+    ));
+}
+
+const BUDGETED: &str = r#"
+[[models]]
+name = "m"
+provider = "p"
+input_per_mtok = 1.0
+cached_input_per_mtok = 0.1
+output_per_mtok = 2.0
+context_window = 1000
+max_output_tokens = 100
+tiers = { general = 3 }
+
+[[workflows]]
+name = "w"
+[workflows.budget]
+limit_usd = 1.0
+period = "day"
+timezone = "Europe/Berlin"
+per_outcome_usd = 0.10
+soft_threshold_pct = 80
+on_limit = "escalate"
+labels = [{ label = "team", value = "search", limit_usd = 0.5 }]
+
+[[workflows]]
+name = "weekly"
+[workflows.budget]
+limit_usd = 5
+period = "week"
+
+[[workflows]]
+name = "monthly"
+[workflows.budget]
+limit_usd = 5
+period = "month"
+"#;
+
+#[test]
+fn periods_align_to_the_calendar_in_the_time_zone() {
+    let t = RuleTable::from_str("b.toml", BUDGETED).expect("rules");
+    let at = |s: &str| s.parse::<Timestamp>().expect("timestamp");
+    let w = t.workflow("w").expect("w");
+    let b = w.budget.as_ref().expect("budget");
+    assert_eq!(
+        (b.limit_nanos, b.per_outcome_nanos, b.soft_threshold_bp),
+        (DOLLAR, Some(DOLLAR / 10), Some(8000))
+    );
+    // 22:59 UTC on the 24th is 23:59 in Berlin (CET): still the 24th there.
+    assert_eq!(
+        period_scope(w, b, at("2026-11-24T22:59:00Z")),
+        "w|day|2026-11-24@Europe/Berlin"
+    );
+    // A minute later it is midnight in Berlin: a new period, a new counter.
+    assert_eq!(
+        period_scope(w, b, at("2026-11-24T23:00:00Z")),
+        "w|day|2026-11-25@Europe/Berlin"
+    );
+    let wk = t.workflow("weekly").expect("weekly");
+    let wb = wk.budget.as_ref().expect("budget");
+    // Wednesday 2026-11-25 falls in the ISO week starting Monday 2026-11-23.
+    assert_eq!(
+        period_scope(wk, wb, at("2026-11-25T12:00:00Z")),
+        "weekly|week|2026-11-23@UTC"
+    );
+    assert_eq!(
+        period_scope(wk, wb, at("2026-11-30T00:00:00Z")),
+        "weekly|week|2026-11-30@UTC"
+    );
+    let m = t.workflow("monthly").expect("monthly");
+    let mb = m.budget.as_ref().expect("budget");
+    assert_eq!(
+        period_scope(m, mb, at("2026-12-31T23:59:59Z")),
+        "monthly|month|2026-12-01@UTC"
+    );
+    assert_eq!(
+        period_scope(m, mb, at("2027-01-01T00:00:00Z")),
+        "monthly|month|2027-01-01@UTC"
+    );
+
+    let scopes = scopes_for(
+        w,
+        "ticket-1",
+        [("team", "search")].into_iter(),
+        at("2026-11-25T12:00:00Z"),
+    );
+    let keys: Vec<&str> = scopes.iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        vec![
+            "w|day|2026-11-25@Europe/Berlin",
+            "w|outcome|ticket-1",
+            "w|label|team=search|day|2026-11-25@Europe/Berlin"
+        ]
+    );
+    assert!(scopes_for(w, "", [("team", "ads")].into_iter(), at("2026-11-25T12:00:00Z")).len() == 1);
+}
+
+#[test]
+fn bad_budgets_are_located() {
+    let text = BUDGETED
+        .replace("period = \"day\"", "period = \"fortnight\"")
+        .replace("Europe/Berlin", "Mars/Olympus");
+    let e = RuleTable::from_str("b.toml", &text).expect_err("invalid");
+    let s = e.to_string();
+    assert!(
+        s.contains("`workflows[0].budget.period`: unknown period `fortnight`"),
+        "{s}"
+    );
+    assert!(
+        s.contains("`workflows[0].budget.timezone`: unknown time zone `Mars/Olympus`"),
+        "{s}"
+    );
+}
