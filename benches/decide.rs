@@ -69,6 +69,7 @@ fn bench(c: &mut Criterion) {
         attempt: 1,
         deferrable: false,
         capabilities: Capabilities::default(),
+        downgrade: false,
     };
     let corpus = corpus();
     tokens::warm_up();

@@ -16,6 +16,8 @@ use anyhow::Context;
 use tonic::transport::server::TcpIncoming;
 
 use crate::admin::{self, AdminState};
+use crate::budget::sqlite::SqliteStore;
+use crate::budget::Budgets;
 use crate::estimate::cache::{CacheConfig, ContextCache};
 use crate::estimate::tokens;
 use crate::grpc::pb::router_server::RouterServer;
@@ -33,7 +35,12 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// The repeated-context caches' bound and TTL.
     pub context_cache: CacheConfig,
+    /// How long a reservation waits for its ReportUsage before it is released.
+    pub reservation_ttl: Duration,
 }
+
+/// How often expired reservations are looked for.
+const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 
 /// A configuration problem found before binding: `main` exits 64 for these.
 #[derive(Debug)]
@@ -77,6 +84,16 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         ))
         .into());
     }
+    let store = SqliteStore::open(&cfg.state_dir).map_err(|e| {
+        ConfigError(format!(
+            "cannot open the budget store in {}: {e}; pass --state-dir with a writable folder",
+            cfg.state_dir.display()
+        ))
+    })?;
+    let budgets = Arc::new(Budgets {
+        store: Arc::new(store),
+        reservation_ttl_ms: cfg.reservation_ttl.as_millis() as i64,
+    });
     tokens::warm_up();
 
     // 2. Bind both ports; a taken port fails here, with its name.
@@ -108,6 +125,22 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         }))
     };
 
+    let sweeper = {
+        let (budgets, mut rx) = (budgets.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = rx.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(EXPIRY_SWEEP) => {}
+                }
+                match budgets.store.expire(crate::budget::now_ms()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(released = n, "expired reservations released"),
+                    Err(e) => tracing::warn!(error = %e, "expiring reservations failed; will retry"),
+                }
+            }
+        })
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RouterServer<RouterService>>().await;
     // Both reflection versions: grpcurl asks for v1 and falls back to
@@ -125,7 +158,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         .context("building the gRPC reflection service")?;
 
     let limit = cfg.max_request_bytes;
-    let router = RouterServer::new(RouterService::new(rules.clone(), cache, counters))
+    let router = RouterServer::new(RouterService::new(rules.clone(), cache, counters, budgets.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
 
@@ -187,6 +220,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     }
     let _ = stop_tx.send(true);
     let _ = watcher.await;
+    let _ = sweeper.await;
     let _ = tokio::task::spawn_blocking(move || admin_thread.join()).await;
     tracing::info!("stopped");
     Ok(())

@@ -93,7 +93,7 @@ pub fn explain(args: ExplainArgs<'_>) -> i32 {
     };
     let mut candidates: Vec<Candidate> = Vec::new();
     let (est, decision) = match plan(&table, &call, None, Some(&mut candidates)) {
-        Ok(x) => x,
+        Ok(p) => (p.est, p.decision),
         Err(e @ Error::NoAdequateModel(_)) => {
             let out = json!({ "workflow": args.workflow, "error": e.to_string(), "candidates": candidates });
             println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());

@@ -28,6 +28,9 @@ pub struct RouteInput {
     pub attempt: u32,
     pub deferrable: bool,
     pub capabilities: Capabilities,
+    /// The workflow's budget is past its soft threshold: step the required
+    /// tier down one, never below the workflow's floor.
+    pub downgrade: bool,
 }
 
 /// Why a model was not a candidate.
@@ -64,6 +67,8 @@ pub struct Decision {
     /// The name of the matched rule, or `default` (the workflow's floor).
     pub rule: String,
     pub required_tier: u8,
+    /// The tier the rule asked for, when a downgrade lowered it.
+    pub downgraded_from: Option<u8>,
     /// Input tokens in the chosen model's encoding, as billed.
     pub input_tokens: u64,
     /// The part of `input_tokens` priced at the cached-input rate.
@@ -117,8 +122,21 @@ pub fn decide(
         }
         match rule.requirement {
             Requirement::Tier(t) => {
-                let required = t.max(workflow.quality_floor);
-                return pick(&ctx, required, None, &rule.name, &skipped_pins, trace);
+                let asked = t.max(workflow.quality_floor);
+                let required = if input.downgrade {
+                    t.saturating_sub(1).max(workflow.quality_floor)
+                } else {
+                    asked
+                };
+                let mut d = pick(&ctx, required, None, &rule.name, &skipped_pins, trace)?;
+                if required < asked {
+                    d.downgraded_from = Some(asked);
+                    d.reason = format!(
+                        "budget past its soft threshold: tier {asked} stepped down to {required}; {}",
+                        d.reason
+                    );
+                }
+                return Ok(d);
             }
             Requirement::Pin(i) => {
                 let model = &table.models[i];
@@ -292,6 +310,7 @@ fn pick(
         model,
         rule: rule.to_string(),
         required_tier: required,
+        downgraded_from: None,
         input_tokens: tokens,
         cached_tokens: cached,
         output_tokens: est.output_tokens,

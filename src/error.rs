@@ -16,12 +16,23 @@ pub enum Error {
     TooLarge(String),
     /// The capability exists in the contract but not in this build yet.
     Unimplemented(&'static str),
+    /// A decision or escalation that does not exist.
+    NotFound(String),
+    /// The request is well formed but the state does not allow it.
+    FailedPrecondition(String),
+    /// The budget store cannot be reached: money fails closed.
+    Unavailable(String),
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::InvalidArgument(m) | Error::NoAdequateModel(m) | Error::TooLarge(m) => f.write_str(m),
+            Error::InvalidArgument(m)
+            | Error::NoAdequateModel(m)
+            | Error::TooLarge(m)
+            | Error::NotFound(m)
+            | Error::FailedPrecondition(m)
+            | Error::Unavailable(m) => f.write_str(m),
             Error::UnknownWorkflow { name, known } => {
                 let shown: Vec<&str> = known.iter().take(20).map(String::as_str).collect();
                 write!(

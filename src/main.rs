@@ -56,6 +56,9 @@ enum Command {
         /// How long a message's token count is kept, in seconds.
         #[arg(long, env = "SWITCHYARD_CONTEXT_CACHE_TTL_S", default_value_t = 3600)]
         context_cache_ttl_s: u64,
+        /// Seconds a budget reservation waits for its ReportUsage before it is released.
+        #[arg(long, env = "SWITCHYARD_RESERVATION_TTL_S", default_value_t = 600)]
+        reservation_ttl_s: u64,
         /// Seconds to drain calls in flight after SIGTERM.
         #[arg(long, env = "SWITCHYARD_SHUTDOWN_GRACE_S", default_value_t = 10.0)]
         shutdown_grace_s: f64,
@@ -141,6 +144,7 @@ fn main() -> ExitCode {
             max_request_bytes,
             context_cache_mib,
             context_cache_ttl_s,
+            reservation_ttl_s,
             shutdown_grace_s,
             log_format,
         } => {
@@ -171,6 +175,7 @@ fn main() -> ExitCode {
                 state_dir,
                 max_request_bytes,
                 shutdown_grace: Duration::from_secs_f64(shutdown_grace_s),
+                reservation_ttl: Duration::from_secs(reservation_ttl_s.max(1)),
                 context_cache: switchyard::estimate::cache::CacheConfig {
                     max_bytes: context_cache_mib.saturating_mul(1024 * 1024),
                     ttl: Duration::from_secs(context_cache_ttl_s.max(1)),

@@ -3,7 +3,7 @@
 
 use crate::decide::{decide, Candidate, Decision, RouteInput};
 use crate::error::{truncate, Error};
-use crate::estimate::cache::ContextCache;
+use crate::estimate::cache::{ContextCache, Fingerprints};
 use crate::estimate::{compute_work, estimate, Estimate, MessageRef, Role};
 use crate::rules::{Capabilities, RuleTable, Workflow};
 
@@ -135,6 +135,7 @@ impl<'a> RouteCall<'a> {
                 attempt: raw.attempt.max(1),
                 deferrable: raw.deferrable,
                 capabilities,
+                downgrade: false,
             },
         })
     }
@@ -159,7 +160,7 @@ pub fn plan(
     call: &RouteCall<'_>,
     cache: Option<&ContextCache>,
     trace: Option<&mut Vec<Candidate>>,
-) -> Result<(Estimate, Decision), Error> {
+) -> Result<Planned, Error> {
     let workflow = find_workflow(table, call.workflow)?;
     let (work, fingerprints) = match cache {
         Some(c) => {
@@ -182,13 +183,32 @@ pub fn plan(
     };
     let decision =
         decide(table, workflow, &call.input, &est, &cached, trace).map_err(|e| Error::NoAdequateModel(e.message))?;
-    if let (Some(c), Some(fps)) = (cache, &fingerprints) {
-        if decision.cached_tokens > 0 {
-            c.counters
+    Ok(Planned {
+        est,
+        decision,
+        fingerprints,
+    })
+}
+
+/// What `plan` worked out for one call.
+pub struct Planned {
+    pub est: Estimate,
+    pub decision: Decision,
+    /// The request's prefix chain, when planned with a cache: pass it to
+    /// [`record_routed`] once the call is admitted.
+    pub fingerprints: Option<Fingerprints>,
+}
+
+/// Records that the call was routed to its model: its prefixes are now warm
+/// there. Calls that were denied or escalated are not sent, so not recorded.
+pub fn record_routed(cache: &ContextCache, table: &RuleTable, planned: &Planned) {
+    if let Some(fps) = &planned.fingerprints {
+        if planned.decision.cached_tokens > 0 {
+            cache
+                .counters
                 .prefix_hits
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        c.record(&table.models[decision.model].name, fps);
+        cache.record(&table.models[planned.decision.model].name, fps);
     }
-    Ok((est, decision))
 }

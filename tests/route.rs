@@ -156,11 +156,11 @@ async fn other_rpcs_say_they_are_not_available_yet() {
     let server = Server::start(&repo_path("routing-rules"), &[]);
     let mut client = server.client().await;
     let err = client
-        .report_usage(pb::UsageReport::default())
+        .record_outcome(pb::OutcomeReport::default())
         .await
         .expect_err("unimplemented");
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("ReportUsage"), "{}", err.message());
+    assert!(err.message().contains("RecordOutcome"), "{}", err.message());
 }
 
 #[tokio::test]

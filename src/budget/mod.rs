@@ -24,7 +24,8 @@ use std::sync::Arc;
 use jiff::civil::Weekday;
 use jiff::Timestamp;
 
-use crate::rules::{Budget, Period, Workflow};
+use crate::money::format_usd;
+use crate::rules::{Budget, OnLimit, Period, Workflow};
 
 /// One scope a call is charged to, with its limit now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,6 +221,128 @@ pub fn scopes_for<'a>(
         }
     }
     out
+}
+
+/// Budget enforcement for Route, over any store.
+pub struct Budgets {
+    pub store: SharedStore,
+    /// How long a reservation waits for its ReportUsage before it is released.
+    pub reservation_ttl_ms: i64,
+}
+
+/// What Route may do with a decision, budget-wise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Reserved on every scope: route it.
+    Routed,
+    /// At a hard limit and the workflow escalates: a person must approve.
+    Escalate(Box<Escalation>),
+    /// At a hard limit and the workflow denies (or a person denied).
+    Denied(String),
+}
+
+/// The call Route is about to admit.
+pub struct Call<'a> {
+    pub decision_id: &'a str,
+    pub workflow: &'a Workflow,
+    pub outcome_id: &'a str,
+    pub labels: Vec<(&'a str, &'a str)>,
+    pub model: &'a str,
+    pub deferrable: bool,
+    pub cost_nanos: i64,
+    pub caller: &'a str,
+}
+
+impl Budgets {
+    /// Whether the workflow's period budget is past its soft threshold, so
+    /// that routing should step down a tier. A read, not a reservation: it is
+    /// advisory and may lag concurrent calls by a few cents.
+    pub async fn past_soft_threshold(&self, workflow: &Workflow, now: Timestamp) -> Result<bool, StoreError> {
+        let Some(b) = &workflow.budget else { return Ok(false) };
+        let Some(bp) = b.soft_threshold_bp else {
+            return Ok(false);
+        };
+        let st = self.store.scope(&period_scope(workflow, b, now)).await?;
+        let limit = if st.limit_nanos > 0 {
+            st.limit_nanos
+        } else {
+            b.limit_nanos
+        };
+        let used = (st.spent_nanos + st.reserved_nanos) as i128;
+        Ok(used * 10_000 >= limit as i128 * bp as i128)
+    }
+
+    /// Reserves the call's estimated cost on every scope that applies, or
+    /// decides what happens at the limit.
+    pub async fn admit(&self, call: &Call<'_>, now: Timestamp) -> Result<Admission, StoreError> {
+        let now_ms = now.as_millisecond();
+        let scopes = scopes_for(call.workflow, call.outcome_id, call.labels.iter().copied(), now);
+        let r = NewReservation {
+            decision_id: call.decision_id.to_string(),
+            workflow: call.workflow.name.clone(),
+            outcome_id: call.outcome_id.to_string(),
+            model: call.model.to_string(),
+            deferrable: call.deferrable,
+            amount_nanos: call.cost_nanos,
+            scopes,
+            now_ms,
+            expires_ms: now_ms + self.reservation_ttl_ms,
+        };
+        let (scope, state) = match self.store.reserve(&r).await? {
+            Reserved::Ok => return Ok(Admission::Routed),
+            Reserved::OverLimit { scope, state } => (scope, state),
+        };
+        let at_limit = format!(
+            "budget `{scope}` has {} spent and {} reserved of {}; this call (est. {}) would exceed it",
+            format_usd(state.spent_nanos),
+            format_usd(state.reserved_nanos),
+            format_usd(state.limit_nanos),
+            format_usd(call.cost_nanos)
+        );
+        let escalate = call
+            .workflow
+            .budget
+            .as_ref()
+            .is_some_and(|b| b.on_limit == OnLimit::Escalate);
+        if !escalate {
+            return Ok(Admission::Denied(format!(
+                "{at_limit}; the workflow denies at its limit"
+            )));
+        }
+        match self.store.open_escalation(&scope).await? {
+            Some(e) if e.state == "pending" => Ok(Admission::Escalate(Box::new(e))),
+            Some(e) => Ok(Admission::Denied(format!(
+                "{at_limit}; escalation {} was denied by {}{}",
+                e.id,
+                e.resolved_by,
+                if e.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", e.reason)
+                }
+            ))),
+            None => {
+                let e = Escalation {
+                    id: format!("esc-{}", uuid::Uuid::now_v7()),
+                    workflow: call.workflow.name.clone(),
+                    scope,
+                    outcome_id: call.outcome_id.to_string(),
+                    caller: call.caller.to_string(),
+                    amount_nanos: call.cost_nanos,
+                    model: call.model.to_string(),
+                    state: "pending".into(),
+                    created_ms: now_ms,
+                    resolved_by: String::new(),
+                    resolved_ms: 0,
+                    added_nanos: 0,
+                    reason: at_limit,
+                };
+                self.store.create_escalation(&e).await?;
+                tracing::warn!(escalation = %e.id, workflow = %e.workflow, scope = %e.scope, "budget limit reached: escalation created");
+                Ok(Admission::Escalate(Box::new(e)))
+            }
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch.

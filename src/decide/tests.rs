@@ -106,6 +106,7 @@ const FIRST: RouteInput = RouteInput {
     attempt: 1,
     deferrable: false,
     capabilities: crate::rules::Capabilities(0),
+    downgrade: false,
 };
 
 const HARD: &str = "Design a lock-free queue and explain why it is linearizable. First derive the invariants, then \
@@ -238,6 +239,44 @@ fn attempts_floor_and_pins_apply() {
     let (d, _) = route(&t, "pinned", "hi", "", vision, 0).expect("routes");
     assert_eq!(t.models[d.model].name, "strong");
     assert!(d.reason.contains("pin rule(s) pin-cheap skipped"), "{}", d.reason);
+}
+
+#[test]
+fn a_downgrade_steps_one_tier_down_but_never_below_the_floor() {
+    let t = table();
+    let (d, _) = route(
+        &t,
+        "w",
+        HARD,
+        "",
+        RouteInput {
+            downgrade: true,
+            ..FIRST
+        },
+        0,
+    )
+    .expect("routes");
+    assert_eq!((d.required_tier, d.downgraded_from), (3, Some(4)));
+    assert!(
+        d.reason
+            .starts_with("budget past its soft threshold: tier 4 stepped down to 3;"),
+        "{}",
+        d.reason
+    );
+    // floor4's floor is 4: the hard rule's tier 4 cannot step down.
+    let (d, _) = route(
+        &t,
+        "floor4",
+        HARD,
+        "",
+        RouteInput {
+            downgrade: true,
+            ..FIRST
+        },
+        0,
+    )
+    .expect("routes");
+    assert_eq!((d.required_tier, d.downgraded_from), (4, None));
 }
 
 #[test]

@@ -9,10 +9,12 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::error::Error;
+use crate::budget::{period_scope, Admission, Budgets, Call, Escalation, Settled, StoreError, Usage};
+use crate::error::{truncate, Error};
 use crate::estimate::cache::ContextCache;
-use crate::route::{plan, RawRoute, RouteCall};
+use crate::route::{find_workflow, plan, record_routed, Planned, RawRoute, RouteCall};
 use crate::rules::reload::Rules;
+use crate::rules::RuleTable;
 
 /// The generated protobuf and gRPC code for `switchyard.v1`.
 pub mod pb {
@@ -38,6 +40,9 @@ impl From<Error> for Status {
             Error::NoAdequateModel(_) => Status::failed_precondition(msg),
             Error::TooLarge(_) => Status::resource_exhausted(msg),
             Error::Unimplemented(_) => Status::unimplemented(msg),
+            Error::NotFound(_) => Status::not_found(msg),
+            Error::FailedPrecondition(_) => Status::failed_precondition(msg),
+            Error::Unavailable(_) => Status::unavailable(msg),
         }
     }
 }
@@ -55,17 +60,42 @@ pub struct RouterService {
     rules: Arc<Rules>,
     cache: Arc<ContextCache>,
     counters: Arc<RouteCounters>,
+    budgets: Arc<Budgets>,
 }
 
 impl RouterService {
-    pub fn new(rules: Arc<Rules>, cache: Arc<ContextCache>, counters: Arc<RouteCounters>) -> Self {
-        RouterService { rules, cache, counters }
+    pub fn new(
+        rules: Arc<Rules>,
+        cache: Arc<ContextCache>,
+        counters: Arc<RouteCounters>,
+        budgets: Arc<Budgets>,
+    ) -> Self {
+        RouterService {
+            rules,
+            cache,
+            counters,
+            budgets,
+        }
     }
 }
 
-/// Decides one decoded request. Pure CPU; safe to run on any thread.
-pub fn route_one(rules: &Rules, cache: &ContextCache, req: &pb::RouteRequest) -> Result<pb::RouteResponse, Error> {
-    let call = RouteCall::parse(RawRoute {
+/// The caller's identity. Until API keys land, every caller of the pod-local
+/// sidecar is `local`.
+const LOCAL_CALLER: &str = "local";
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Error {
+        match e {
+            StoreError::Unavailable(_) => Error::Unavailable(e.to_string()),
+            StoreError::UnknownDecision(_) | StoreError::UnknownEscalation(_) => Error::NotFound(e.to_string()),
+            StoreError::AlreadyResolved(_, _) => Error::FailedPrecondition(e.to_string()),
+        }
+    }
+}
+
+/// Validates a decoded request's fields.
+fn parse_call(req: &pb::RouteRequest) -> Result<RouteCall<'_>, Error> {
+    RouteCall::parse(RawRoute {
         workflow: &req.workflow,
         outcome_id: &req.outcome_id,
         task_kind: &req.task_kind,
@@ -75,60 +105,239 @@ pub fn route_one(rules: &Rules, cache: &ContextCache, req: &pb::RouteRequest) ->
         deferrable: req.deferrable,
         capabilities: &req.required_capabilities,
         labels: req.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-    })?;
-    let table = rules.current();
-    let (est, decision) = plan(&table, &call, Some(cache), None)?;
-    let model = &table.models[decision.model];
-    Ok(pb::RouteResponse {
-        decision_id: uuid::Uuid::now_v7().to_string(),
-        model: model.name.clone(),
-        provider: model.provider.clone(),
-        status: pb::RouteStatus::Routed as i32,
-        escalation_id: String::new(),
-        complexity: est.complexity,
-        input_tokens: decision.input_tokens,
-        cached_input_tokens: decision.cached_tokens,
-        estimated_output_tokens: decision.output_tokens,
-        estimated_cost_nanousd: decision.cost_nanos,
-        rule: decision.rule,
-        reason: decision.reason,
-        traceparent: String::new(),
-        required_tier: decision.required_tier as u32,
-        task_class: table.classes[est.class].clone(),
     })
+}
+
+/// Validates and plans one decoded request. Pure CPU; safe on any thread.
+fn plan_one(
+    table: &RuleTable,
+    cache: &ContextCache,
+    req: &pb::RouteRequest,
+    downgrade: bool,
+) -> Result<Planned, Error> {
+    let mut call = parse_call(req)?;
+    call.input.downgrade = downgrade;
+    plan(table, &call, Some(cache), None)
+}
+
+impl RouterService {
+    async fn route_inner(&self, req: pb::RouteRequest) -> Result<pb::RouteResponse, Error> {
+        let table = self.rules.current();
+        let now = jiff::Timestamp::now();
+        // Validate first, so that a bad request costs no store round trip.
+        parse_call(&req)?;
+        let workflow = find_workflow(&table, &req.workflow)?;
+        let downgrade = self.budgets.past_soft_threshold(workflow, now).await?;
+        let content: usize = req.messages.iter().map(|m| m.content.len()).sum();
+        let (req, planned) = if content > INLINE_CONTENT_BYTES {
+            let (t, cache) = (table.clone(), self.cache.clone());
+            tokio::task::spawn_blocking(move || {
+                let p = plan_one(&t, &cache, &req, downgrade);
+                (req, p)
+            })
+            .await
+            .map_err(|e| Error::Unavailable(format!("route task failed: {e}")))?
+        } else {
+            let p = plan_one(&table, &self.cache, &req, downgrade);
+            (req, p)
+        };
+        let planned = planned?;
+        let d = &planned.decision;
+        let model = &table.models[d.model];
+        let decision_id = uuid::Uuid::now_v7().to_string();
+        let admission = self
+            .budgets
+            .admit(
+                &Call {
+                    decision_id: &decision_id,
+                    workflow,
+                    outcome_id: &req.outcome_id,
+                    labels: req.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+                    model: &model.name,
+                    deferrable: req.deferrable,
+                    cost_nanos: d.cost_nanos,
+                    caller: LOCAL_CALLER,
+                },
+                now,
+            )
+            .await?;
+        let (status, escalation_id, reason) = match admission {
+            Admission::Routed => {
+                record_routed(&self.cache, &table, &planned);
+                let status = if d.downgraded_from.is_some() {
+                    pb::RouteStatus::Downgraded
+                } else {
+                    pb::RouteStatus::Routed
+                };
+                (status, String::new(), d.reason.clone())
+            }
+            Admission::Escalate(e) => (
+                pb::RouteStatus::EscalationRequired,
+                e.id.clone(),
+                format!(
+                    "{}; escalation {} waits for approval (switchyard escalations approve {} --add-usd N)",
+                    e.reason, e.id, e.id
+                ),
+            ),
+            Admission::Denied(why) => (pb::RouteStatus::Denied, String::new(), why),
+        };
+        Ok(pb::RouteResponse {
+            decision_id,
+            model: model.name.clone(),
+            provider: model.provider.clone(),
+            status: status as i32,
+            escalation_id,
+            complexity: planned.est.complexity,
+            input_tokens: d.input_tokens,
+            cached_input_tokens: d.cached_tokens,
+            estimated_output_tokens: d.output_tokens,
+            estimated_cost_nanousd: d.cost_nanos,
+            rule: d.rule.clone(),
+            reason,
+            traceparent: String::new(),
+            required_tier: d.required_tier as u32,
+            task_class: table.classes[planned.est.class].clone(),
+        })
+    }
+
+    async fn report_usage_inner(&self, u: pb::UsageReport) -> Result<pb::UsageAck, Error> {
+        if u.decision_id.is_empty() {
+            return Err(Error::InvalidArgument(
+                "decision_id is empty: quote the decision_id that Route returned".into(),
+            ));
+        }
+        let record = self.budgets.store.reservation(&u.decision_id).await?.ok_or_else(|| {
+            Error::NotFound(StoreError::UnknownDecision(truncate(&u.decision_id, 64).to_string()).to_string())
+        })?;
+        let table = self.rules.current();
+        let model_name = if u.model.is_empty() {
+            record.model.as_str()
+        } else {
+            u.model.as_str()
+        };
+        let Some(model) = table.model_index(model_name).map(|i| &table.models[i]) else {
+            return Err(Error::InvalidArgument(format!(
+                "model `{}` is not in the rules, so its usage cannot be priced; report the model Route chose ({}) or add it to [[models]]",
+                truncate(model_name, 128),
+                record.model
+            )));
+        };
+        if u.cached_input_tokens > u.input_tokens {
+            return Err(Error::InvalidArgument(format!(
+                "cached_input_tokens ({}) is more than input_tokens ({}); cached tokens are part of the input",
+                u.cached_input_tokens, u.input_tokens
+            )));
+        }
+        const ABSURD_TOKENS: u64 = 100_000_000;
+        if u.input_tokens > ABSURD_TOKENS || u.output_tokens > ABSURD_TOKENS {
+            return Err(Error::InvalidArgument(format!(
+                "token counts above {ABSURD_TOKENS} are not plausible usage"
+            )));
+        }
+        // A failed call is charged for what the provider still bills: the
+        // tokens reported (report zeros if the provider billed nothing).
+        let cost = model.cost(
+            u.input_tokens,
+            u.cached_input_tokens,
+            u.output_tokens,
+            record.deferrable,
+        );
+        let usage = Usage {
+            input_tokens: u.input_tokens,
+            cached_input_tokens: u.cached_input_tokens,
+            output_tokens: u.output_tokens,
+            failed: u.failed,
+        };
+        let settled = self
+            .budgets
+            .store
+            .settle(&u.decision_id, cost, &usage, crate::budget::now_ms())
+            .await?;
+        let cost_nanousd = match settled {
+            Settled::Charged { cost_nanos } | Settled::AlreadySettled { cost_nanos } => cost_nanos,
+        };
+        Ok(pb::UsageAck { cost_nanousd })
+    }
+
+    async fn get_budget_inner(&self, r: pb::GetBudgetRequest) -> Result<pb::BudgetStatus, Error> {
+        let table = self.rules.current();
+        let workflow = find_workflow(&table, &r.workflow)?;
+        let Some(b) = &workflow.budget else {
+            return Err(Error::FailedPrecondition(format!(
+                "workflow `{}` has no budget; add a [workflows.budget] table to enforce and report one",
+                workflow.name
+            )));
+        };
+        let st = self
+            .budgets
+            .store
+            .scope(&period_scope(workflow, b, jiff::Timestamp::now()))
+            .await?;
+        let limit = if st.limit_nanos > 0 {
+            st.limit_nanos
+        } else {
+            b.limit_nanos
+        };
+        Ok(pb::BudgetStatus {
+            workflow: workflow.name.clone(),
+            limit_nanousd: limit,
+            spent_nanousd: st.spent_nanos,
+            reserved_nanousd: st.reserved_nanos,
+            remaining_nanousd: limit - st.spent_nanos - st.reserved_nanos,
+        })
+    }
+}
+
+fn escalation_pb(e: Escalation) -> pb::Escalation {
+    let iso = |ms: i64| {
+        if ms == 0 {
+            String::new()
+        } else {
+            jiff::Timestamp::from_millisecond(ms)
+                .map(|t| t.to_string())
+                .unwrap_or_default()
+        }
+    };
+    pb::Escalation {
+        escalation_id: e.id,
+        workflow: e.workflow,
+        outcome_id: e.outcome_id,
+        caller: e.caller,
+        amount_nanousd: e.amount_nanos,
+        state: e.state,
+        resolved_by: e.resolved_by,
+        created_at: iso(e.created_ms),
+        resolved_at: iso(e.resolved_ms),
+        model: e.model,
+    }
+}
+
+fn respond<T>(counters: Option<&RouteCounters>, r: Result<T, Error>) -> Result<Response<T>, Status> {
+    match r {
+        Ok(v) => {
+            if let Some(c) = counters {
+                c.routed.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Response::new(v))
+        }
+        Err(e) => {
+            if let Some(c) = counters {
+                c.rejected.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::debug!(error = %e, "request refused");
+            Err(e.into())
+        }
+    }
 }
 
 #[tonic::async_trait]
 impl Router for RouterService {
     async fn route(&self, request: Request<pb::RouteRequest>) -> Result<Response<pb::RouteResponse>, Status> {
-        let req = request.into_inner();
-        let content: usize = req.messages.iter().map(|m| m.content.len()).sum();
-        let result = if content > INLINE_CONTENT_BYTES {
-            let (rules, cache) = (self.rules.clone(), self.cache.clone());
-            tokio::task::spawn_blocking(move || route_one(&rules, &cache, &req))
-                .await
-                .map_err(|e| Status::internal(format!("route task failed: {e}")))?
-        } else {
-            route_one(&self.rules, &self.cache, &req)
-        };
-        match result {
-            Ok(resp) => {
-                self.counters.routed.fetch_add(1, Ordering::Relaxed);
-                Ok(Response::new(resp))
-            }
-            Err(e) => {
-                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(error = %e, "route refused");
-                Err(e.into())
-            }
-        }
+        respond(Some(&self.counters), self.route_inner(request.into_inner()).await)
     }
 
-    async fn report_usage(&self, _: Request<pb::UsageReport>) -> Result<Response<pb::UsageAck>, Status> {
-        Err(Error::Unimplemented(
-            "ReportUsage is not available in this build: usage settlement arrives with budgets; Route works now",
-        )
-        .into())
+    async fn report_usage(&self, request: Request<pb::UsageReport>) -> Result<Response<pb::UsageAck>, Status> {
+        respond(None, self.report_usage_inner(request.into_inner()).await)
     }
 
     async fn record_outcome(&self, _: Request<pb::OutcomeReport>) -> Result<Response<pb::OutcomeAck>, Status> {
@@ -145,27 +354,62 @@ impl Router for RouterService {
         .into())
     }
 
-    async fn get_budget(&self, _: Request<pb::GetBudgetRequest>) -> Result<Response<pb::BudgetStatus>, Status> {
-        Err(Error::Unimplemented("GetBudget is not available in this build: budgets are not enforced yet").into())
+    async fn get_budget(&self, request: Request<pb::GetBudgetRequest>) -> Result<Response<pb::BudgetStatus>, Status> {
+        respond(None, self.get_budget_inner(request.into_inner()).await)
     }
 
     async fn list_escalations(
         &self,
-        _: Request<pb::ListEscalationsRequest>,
+        request: Request<pb::ListEscalationsRequest>,
     ) -> Result<Response<pb::ListEscalationsResponse>, Status> {
-        Err(
-            Error::Unimplemented("ListEscalations is not available in this build: escalations arrive with budgets")
-                .into(),
-        )
+        let r = request.into_inner();
+        let workflow = (!r.workflow.is_empty()).then_some(r.workflow.as_str());
+        let result = self
+            .budgets
+            .store
+            .list_escalations(workflow)
+            .await
+            .map_err(Error::from)
+            .map(|v| pb::ListEscalationsResponse {
+                escalations: v.into_iter().map(escalation_pb).collect(),
+            });
+        respond(None, result)
     }
 
     async fn resolve_escalation(
         &self,
-        _: Request<pb::ResolveEscalationRequest>,
+        request: Request<pb::ResolveEscalationRequest>,
     ) -> Result<Response<pb::Escalation>, Status> {
-        Err(
-            Error::Unimplemented("ResolveEscalation is not available in this build: escalations arrive with budgets")
-                .into(),
-        )
+        let r = request.into_inner();
+        if r.escalation_id.is_empty() {
+            return Err(Error::InvalidArgument(
+                "escalation_id is empty; list them with `switchyard escalations list`".into(),
+            )
+            .into());
+        }
+        if r.approve && r.add_nanousd <= 0 {
+            return Err(Error::InvalidArgument(
+                "an approval must add an amount: set add_nanousd above 0 (`--add-usd` on the command line)".into(),
+            )
+            .into());
+        }
+        let result = self
+            .budgets
+            .store
+            .resolve_escalation(
+                &r.escalation_id,
+                r.approve,
+                r.add_nanousd,
+                "admin",
+                &r.reason,
+                crate::budget::now_ms(),
+            )
+            .await
+            .map_err(Error::from)
+            .map(|e| {
+                tracing::info!(escalation = %e.id, state = %e.state, added = e.added_nanos, "escalation resolved");
+                escalation_pb(e)
+            });
+        respond(None, result)
     }
 }

@@ -37,14 +37,8 @@ impl Server {
             .arg("serve")
             .arg("--rules")
             .arg(rules)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--state-dir",
-            ])
-            .arg(state.path())
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(own_state_dir(extra, state.path()))
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -96,6 +90,15 @@ impl Server {
         http_get(&self.admin, path)
     }
 
+    /// Kills the process with SIGKILL, as a crash or an OOM kill would.
+    pub fn kill9(mut self) {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM and waits for the process to exit; returns its status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
@@ -120,6 +123,15 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `--state-dir` for a fresh temporary folder, unless the test passes its own.
+fn own_state_dir(extra: &[&str], dir: &Path) -> Vec<std::ffi::OsString> {
+    if extra.contains(&"--state-dir") {
+        Vec::new()
+    } else {
+        vec!["--state-dir".into(), dir.as_os_str().to_owned()]
     }
 }
 

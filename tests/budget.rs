@@ -1,0 +1,296 @@
+//! Budgets over real gRPC on the embedded store: no overspend under a race,
+//! the soft threshold, escalation and approval, durability across kill -9,
+//! idempotent settlement and expiry.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use switchyard::grpc::pb;
+use switchyard::grpc::pb::router_client::RouterClient;
+use tonic::transport::Channel;
+
+const DOLLAR: i64 = 1_000_000_000;
+
+/// One model at $10 / $30 per million tokens, a $1/day budget that denies.
+const RACE_RULES: &str = r#"
+[[models]]
+name = "m"
+provider = "p"
+input_per_mtok = 10.0
+cached_input_per_mtok = 10.0
+output_per_mtok = 30.0
+context_window = 100000
+max_output_tokens = 4000
+tiers = { general = 3 }
+
+[[workflows]]
+name = "race"
+[workflows.budget]
+limit_usd = 1.0
+period = "day"
+on_limit = "deny"
+"#;
+
+fn rules_file(text: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("rules.toml"), text).expect("write");
+    dir
+}
+
+fn call(workflow: &str, outcome: &str) -> pb::RouteRequest {
+    pb::RouteRequest {
+        outcome_id: outcome.into(),
+        max_output_tokens: 500,
+        ..request(workflow, "Summarise the incident report in three bullet points.")
+    }
+}
+
+async fn budget(c: &mut RouterClient<Channel>, workflow: &str) -> pb::BudgetStatus {
+    c.get_budget(pb::GetBudgetRequest {
+        workflow: workflow.into(),
+    })
+    .await
+    .expect("get budget")
+    .into_inner()
+}
+
+async fn report(c: &mut RouterClient<Channel>, r: &pb::RouteResponse, output: u64) -> i64 {
+    c.report_usage(pb::UsageReport {
+        decision_id: r.decision_id.clone(),
+        model: r.model.clone(),
+        input_tokens: r.input_tokens,
+        cached_input_tokens: 0,
+        output_tokens: output,
+        failed: false,
+    })
+    .await
+    .expect("report usage")
+    .into_inner()
+    .cost_nanousd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_clients_never_overspend_a_dollar() {
+    let dir = rules_file(RACE_RULES);
+    let server = Server::start(&dir.path().join("rules.toml"), &[]);
+    let client = server.client().await;
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let mut c = client.clone();
+            tokio::spawn(async move {
+                let mut acked = 0i64;
+                for j in 0..20 {
+                    let r = c
+                        .route(call("race", &format!("t-{i}-{j}")))
+                        .await
+                        .expect("route")
+                        .into_inner();
+                    if r.status == pb::RouteStatus::Denied as i32 {
+                        assert!(r.reason.contains("would exceed"), "{}", r.reason);
+                        break;
+                    }
+                    assert_eq!(r.status, pb::RouteStatus::Routed as i32);
+                    // Actual output is below the 500-token estimate.
+                    acked += report(&mut c, &r, 300 + (i * 7 + j) as u64 % 200).await;
+                }
+                acked
+            })
+        })
+        .collect();
+    let mut acked = 0;
+    for t in tasks {
+        acked += t.await.expect("client");
+    }
+    let mut c = client.clone();
+    let b = budget(&mut c, "race").await;
+    assert_eq!(b.limit_nanousd, DOLLAR);
+    assert!(b.spent_nanousd <= DOLLAR, "overspent: {b:?}");
+    assert_eq!(b.spent_nanousd, acked, "spend is exactly the sum of acknowledged costs");
+    assert_eq!(b.reserved_nanousd, 0);
+    assert!(b.spent_nanousd > DOLLAR * 8 / 10, "the budget was used: {b:?}");
+}
+
+#[tokio::test]
+async fn soft_threshold_downgrades_then_the_limit_escalates_and_approval_resumes() {
+    let server = Server::start(&repo_path("routing-rules/examples/budgets.toml"), &[]);
+    let mut c = server.client().await;
+    let mut statuses = Vec::new();
+    // Each call reserves ~$0.05 on gpt-5-mini (tier 4) and settles at the estimate.
+    let escalation = loop {
+        let mut req = call("budget-demo", "ticket-9");
+        req.max_output_tokens = 25_000;
+        let r = c.route(req).await.expect("route").into_inner();
+        statuses.push((r.status, r.model.clone()));
+        if r.status == pb::RouteStatus::EscalationRequired as i32 {
+            assert!(!r.escalation_id.is_empty());
+            assert!(!r.model.is_empty(), "the model it would have chosen");
+            break r;
+        }
+        assert!(statuses.len() < 200, "never reached the limit");
+        report(&mut c, &r, r.estimated_output_tokens).await;
+    };
+    let first_downgrade = statuses
+        .iter()
+        .position(|s| s.0 == pb::RouteStatus::Downgraded as i32)
+        .expect("a downgrade");
+    assert!(statuses[..first_downgrade]
+        .iter()
+        .all(|s| s.0 == pb::RouteStatus::Routed as i32 && s.1 == "gpt-5-mini"));
+    assert_eq!(statuses[first_downgrade].1, "gpt-5-nano", "stepped down a tier");
+
+    // The same call again finds the same pending escalation.
+    let again = c
+        .route(call("budget-demo", "ticket-9"))
+        .await
+        .expect("route")
+        .into_inner();
+    if again.status == pb::RouteStatus::EscalationRequired as i32 {
+        assert_eq!(again.escalation_id, escalation.escalation_id);
+    }
+
+    let listed = c
+        .list_escalations(pb::ListEscalationsRequest {
+            workflow: "budget-demo".into(),
+        })
+        .await
+        .expect("list");
+    let e = listed
+        .into_inner()
+        .escalations
+        .into_iter()
+        .find(|e| e.escalation_id == escalation.escalation_id)
+        .expect("listed");
+    assert_eq!(
+        (
+            e.state.as_str(),
+            e.workflow.as_str(),
+            e.outcome_id.as_str(),
+            e.caller.as_str()
+        ),
+        ("pending", "budget-demo", "ticket-9", "local")
+    );
+    assert!(e.amount_nanousd > 0);
+
+    // An approval without an amount is refused; with one, routing resumes.
+    let err = c
+        .resolve_escalation(pb::ResolveEscalationRequest {
+            escalation_id: e.escalation_id.clone(),
+            approve: true,
+            add_nanousd: 0,
+            reason: String::new(),
+        })
+        .await
+        .expect_err("needs an amount");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let resolved = c
+        .resolve_escalation(pb::ResolveEscalationRequest {
+            escalation_id: e.escalation_id.clone(),
+            approve: true,
+            add_nanousd: DOLLAR / 2,
+            reason: "end of quarter".into(),
+        })
+        .await
+        .expect("approve")
+        .into_inner();
+    assert_eq!(
+        (resolved.state.as_str(), resolved.resolved_by.as_str()),
+        ("approved", "admin")
+    );
+    assert!(!resolved.resolved_at.is_empty());
+    let b = budget(&mut c, "budget-demo").await;
+    assert_eq!(b.limit_nanousd, DOLLAR + DOLLAR / 2);
+    let resumed = c
+        .route(call("budget-demo", "ticket-9"))
+        .await
+        .expect("route")
+        .into_inner();
+    assert_ne!(
+        resumed.status,
+        pb::RouteStatus::EscalationRequired as i32,
+        "{resumed:?}"
+    );
+    assert_ne!(resumed.status, pb::RouteStatus::Denied as i32, "{resumed:?}");
+}
+
+#[tokio::test]
+async fn kill_9_and_restart_keep_every_acknowledged_cent() {
+    let dir = rules_file(RACE_RULES);
+    let rules = dir.path().join("rules.toml");
+    let state = tempfile::tempdir().expect("state");
+    let state_arg = state.path().to_str().expect("utf-8 path").to_string();
+    let mut acked = 0i64;
+    let decision;
+    {
+        let server = Server::start(&rules, &["--state-dir", &state_arg]);
+        let mut c = server.client().await;
+        let mut last = None;
+        for i in 0..10 {
+            let r = c
+                .route(call("race", &format!("k-{i}")))
+                .await
+                .expect("route")
+                .into_inner();
+            acked += report(&mut c, &r, 250).await;
+            last = Some(r);
+        }
+        decision = last.expect("routed");
+        server.kill9();
+    }
+    let server = Server::start(&rules, &["--state-dir", &state_arg]);
+    let mut c = server.client().await;
+    let b = budget(&mut c, "race").await;
+    assert_eq!(
+        b.spent_nanousd, acked,
+        "every acknowledged nano-dollar survived kill -9"
+    );
+    // A retried report after the restart is not charged again.
+    assert_eq!(report(&mut c, &decision, 250).await, acked / 10);
+    assert_eq!(budget(&mut c, "race").await.spent_nanousd, acked);
+}
+
+#[tokio::test]
+async fn repeated_reports_are_charged_once_and_unknown_decisions_are_not_found() {
+    let dir = rules_file(RACE_RULES);
+    let server = Server::start(&dir.path().join("rules.toml"), &[]);
+    let mut c = server.client().await;
+    let r = c.route(call("race", "o")).await.expect("route").into_inner();
+    let first = report(&mut c, &r, 400).await;
+    let second = report(&mut c, &r, 400).await;
+    assert_eq!(first, second);
+    assert_eq!(budget(&mut c, "race").await.spent_nanousd, first);
+    let err = c
+        .report_usage(pb::UsageReport {
+            decision_id: "no-such-decision".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let err = c
+        .get_budget(pb::GetBudgetRequest {
+            workflow: "nope".into(),
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn unreported_reservations_expire_and_release_the_budget() {
+    let dir = rules_file(RACE_RULES);
+    let server = Server::start(&dir.path().join("rules.toml"), &["--reservation-ttl-s", "1"]);
+    let mut c = server.client().await;
+    let r = c.route(call("race", "o")).await.expect("route").into_inner();
+    assert_eq!(budget(&mut c, "race").await.reserved_nanousd, r.estimated_cost_nanousd);
+    let released = eventually(Duration::from_secs(5), || {
+        let mut c = c.clone();
+        async move { budget(&mut c, "race").await.reserved_nanousd == 0 }
+    })
+    .await;
+    assert!(released, "the reservation leaked");
+    // Usage that arrives late is still charged.
+    let cost = report(&mut c, &r, 400).await;
+    assert_eq!(budget(&mut c, "race").await.spent_nanousd, cost);
+}
