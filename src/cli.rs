@@ -148,3 +148,110 @@ pub fn explain(args: ExplainArgs<'_>) -> i32 {
         }
     }
 }
+
+/// What `switchyard escalations` does.
+pub enum EscalationCommand {
+    List { workflow: Option<String>, json: bool },
+    Approve { id: String, add_usd: f64, reason: String },
+    Deny { id: String, reason: String },
+}
+
+/// `switchyard escalations …` against a running server. Returns the exit code.
+pub async fn escalations(server: &str, api_key: Option<&str>, cmd: EscalationCommand) -> i32 {
+    use crate::grpc::pb;
+    let uri = if server.contains("://") {
+        server.to_string()
+    } else {
+        format!("http://{server}")
+    };
+    let channel = match tonic::transport::Channel::from_shared(uri.clone()) {
+        Ok(c) => match c.connect_timeout(std::time::Duration::from_secs(5)).connect().await {
+            Ok(ch) => ch,
+            Err(e) => {
+                eprintln!("cannot reach switchyard at {uri}: {e}; is `switchyard serve` running there? (--server)");
+                return 1;
+            }
+        },
+        Err(e) => {
+            eprintln!("--server {server} is not an address: {e}");
+            return 1;
+        }
+    };
+    let key = api_key.map(|k| format!("Bearer {k}"));
+    let mut client = pb::router_client::RouterClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+        if let Some(k) = &key {
+            let v = k
+                .parse()
+                .map_err(|_| tonic::Status::invalid_argument("the API key is not valid header text"))?;
+            req.metadata_mut().insert("authorization", v);
+        }
+        Ok(req)
+    });
+    let shown = |e: &pb::Escalation| {
+        format!(
+            "{}  {:<9} {:<20} outcome={} caller={} amount={} model={} created={}{}",
+            e.escalation_id,
+            e.state,
+            e.workflow,
+            e.outcome_id,
+            e.caller,
+            format_usd(e.amount_nanousd),
+            e.model,
+            e.created_at,
+            if e.resolved_by.is_empty() {
+                String::new()
+            } else {
+                format!(" resolved_by={} at={}", e.resolved_by, e.resolved_at)
+            }
+        )
+    };
+    let result = match cmd {
+        EscalationCommand::List { workflow, json: as_json } => client
+            .list_escalations(pb::ListEscalationsRequest { workflow: workflow.unwrap_or_default() })
+            .await
+            .map(|r| {
+                let list = r.into_inner().escalations;
+                if as_json {
+                    let rows: Vec<_> = list
+                        .iter()
+                        .map(|e| {
+                            json!({
+                                "escalation_id": e.escalation_id, "workflow": e.workflow, "outcome_id": e.outcome_id,
+                                "caller": e.caller, "amount_nanousd": e.amount_nanousd, "amount_usd": nanos_to_usd(e.amount_nanousd),
+                                "model": e.model, "state": e.state, "created_at": e.created_at,
+                                "resolved_by": e.resolved_by, "resolved_at": e.resolved_at,
+                            })
+                        })
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+                } else if list.is_empty() {
+                    println!("no escalations");
+                } else {
+                    for e in &list {
+                        println!("{}", shown(e));
+                    }
+                }
+            }),
+        EscalationCommand::Approve { id, add_usd, reason } => {
+            let Some(add) = crate::money::usd_to_nanos(add_usd).filter(|n| *n > 0) else {
+                eprintln!("--add-usd {add_usd} must be a positive amount of USD");
+                return 1;
+            };
+            client
+                .resolve_escalation(pb::ResolveEscalationRequest { escalation_id: id, approve: true, add_nanousd: add, reason })
+                .await
+                .map(|r| println!("approved: {}", shown(&r.into_inner())))
+        }
+        EscalationCommand::Deny { id, reason } => client
+            .resolve_escalation(pb::ResolveEscalationRequest { escalation_id: id, approve: false, add_nanousd: 0, reason })
+            .await
+            .map(|r| println!("denied: {}", shown(&r.into_inner()))),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(s) => {
+            eprintln!("{:?}: {}", s.code(), s.message());
+            1
+        }
+    }
+}

@@ -66,6 +66,17 @@ enum Command {
         #[arg(long, env = "SWITCHYARD_LOG_FORMAT", default_value = "text")]
         log_format: String,
     },
+    /// List, approve or deny budget escalations on a running server.
+    Escalations {
+        /// The server's gRPC address.
+        #[arg(long, env = "SWITCHYARD_SERVER", default_value = "127.0.0.1:50051", global = true)]
+        server: String,
+        /// An API key, sent as `authorization: Bearer <key>`.
+        #[arg(long, env = "SWITCHYARD_API_KEY", global = true)]
+        api_key: Option<String>,
+        #[command(subcommand)]
+        action: EscalationAction,
+    },
     /// Validate rules: exit 0 if valid, else print file:line:col and the key for each problem.
     Check {
         #[arg(long, default_value = "routing-rules")]
@@ -96,6 +107,32 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum EscalationAction {
+    /// List escalations (pending, approved and denied).
+    List {
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Print JSON instead of a line per escalation.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve an escalation, adding USD to the budget that ran out.
+    Approve {
+        id: String,
+        #[arg(long)]
+        add_usd: f64,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Deny an escalation: calls against that budget are denied until it is raised.
+    Deny {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -113,6 +150,26 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { rules } => ExitCode::from(cli::check(&rules) as u8),
+        Command::Escalations {
+            server,
+            api_key,
+            action,
+        } => {
+            let cmd = match action {
+                EscalationAction::List { workflow, json } => cli::EscalationCommand::List { workflow, json },
+                EscalationAction::Approve { id, add_usd, reason } => {
+                    cli::EscalationCommand::Approve { id, add_usd, reason }
+                }
+                EscalationAction::Deny { id, reason } => cli::EscalationCommand::Deny { id, reason },
+            };
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => ExitCode::from(rt.block_on(cli::escalations(&server, api_key.as_deref(), cmd)) as u8),
+                Err(e) => {
+                    eprintln!("cannot start the async runtime: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Explain {
             rules,
             workflow,

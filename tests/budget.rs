@@ -294,3 +294,55 @@ async fn unreported_reservations_expire_and_release_the_budget() {
     let cost = report(&mut c, &r, 400).await;
     assert_eq!(budget(&mut c, "race").await.spent_nanousd, cost);
 }
+
+#[tokio::test]
+async fn the_escalations_cli_lists_approves_and_denies() {
+    let rules = RACE_RULES
+        .replace("limit_usd = 1.0", "limit_usd = 0.03")
+        .replace("on_limit = \"deny\"", "on_limit = \"escalate\"");
+    let dir = rules_file(&rules);
+    let server = Server::start(&dir.path().join("rules.toml"), &[]);
+    let mut c = server.client().await;
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .arg("escalations")
+            .args(args)
+            .args(["--server", &server.grpc])
+            .output()
+            .expect("run");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    assert_eq!(cli(&["list"]).1.trim(), "no escalations");
+    // The first call fits; the second escalates.
+    let r = c.route(call("race", "case-1")).await.expect("route").into_inner();
+    report(&mut c, &r, 500).await;
+    let esc = c.route(call("race", "case-1")).await.expect("route").into_inner();
+    assert_eq!(esc.status, pb::RouteStatus::EscalationRequired as i32, "{esc:?}");
+
+    let (ok, out, _) = cli(&["list", "--json"]);
+    assert!(ok);
+    let rows: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(rows[0]["escalation_id"], esc.escalation_id.as_str());
+    assert_eq!(rows[0]["state"], "pending");
+
+    let (ok, out, err) = cli(&["deny", &esc.escalation_id, "--reason", "not this month"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("denied: "), "{out}");
+    let denied = c.route(call("race", "case-1")).await.expect("route").into_inner();
+    assert_eq!(denied.status, pb::RouteStatus::Denied as i32);
+    assert!(
+        denied.reason.contains("was denied by admin: not this month"),
+        "{}",
+        denied.reason
+    );
+
+    let (ok, _, err) = cli(&["approve", &esc.escalation_id, "--add-usd", "1"]);
+    assert!(!ok, "an escalation is resolved once");
+    assert!(err.contains("already denied"), "{err}");
+    let (ok, _, err) = cli(&["approve", "esc-nope", "--add-usd", "1"]);
+    assert!(!ok && err.contains("NotFound"), "{err}");
+}
