@@ -1,17 +1,18 @@
 //! The embedded budget store: SQLite in WAL mode in `--state-dir`.
 //!
-//! One connection serves the sidecar; each operation is one `IMMEDIATE`
-//! transaction, so a reservation's check and increments are atomic with
-//! respect to every other operation. With WAL and `synchronous = NORMAL`, a
+//! One connection, owned by one thread, serves the sidecar. Operations run one
+//! after another, each in its own savepoint, so a reservation's check and
+//! increments are atomic with respect to every other operation. Operations
+//! queued together are committed together (group commit) and answered only
+//! after the COMMIT. With WAL and `synchronous = NORMAL`, a
 //! committed transaction is in the WAL file before the call returns, so a
 //! `kill -9` of the process loses nothing acknowledged (a power cut may lose
 //! the last transactions; `synchronous = FULL` closes that at the cost of an
-//! fsync per commit). Calls run on tokio's blocking pool.
+//! fsync per commit).
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
     BudgetStore, Escalation, NewReservation, ReservationRecord, Reserved, ScopeState, Settled, StoreError, Usage,
@@ -65,8 +66,22 @@ CREATE INDEX IF NOT EXISTS escalations_scope ON escalations (scope, created_ms);
 /// Scope keys are joined with a byte that cannot appear in a key we build.
 const SCOPE_SEP: char = '\u{1f}';
 
+/// Sends a job's answer once its batch is committed (`None`) or failed.
+type Reply = Box<dyn FnOnce(Option<String>) + Send>;
+/// A unit of work for the store thread: runs inside the batch's transaction,
+/// in its own savepoint, and returns how to answer.
+/// It is handed the connection, or why the batch could not start (then it
+/// must not touch the store, and answers with that error).
+type Job = Box<dyn FnOnce(Result<&mut Connection, String>) -> Reply + Send>;
+
+/// The most jobs committed together.
+const MAX_BATCH: usize = 128;
+
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    /// Jobs for the one thread that owns the connection. One owner, no lock:
+    /// operations run back to back, without the thread hops and lock convoys
+    /// of a shared connection on a thread pool.
+    jobs: std::sync::mpsc::Sender<Job>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -77,47 +92,93 @@ impl SqliteStore {
     /// Opens (creating if needed) `budget.sqlite3` in `state_dir`.
     pub fn open(state_dir: &Path) -> Result<SqliteStore, StoreError> {
         let path = state_dir.join("budget.sqlite3");
-        let conn = Connection::open(&path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+        let mut conn = Connection::open(&path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
         )
         .map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
-        Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        conn.set_prepared_statement_cache_capacity(64);
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("switchyard-sqlite".into())
+            .spawn(move || {
+                // Group commit: every job queued while the last batch was
+                // committing goes into the next transaction, each in its own
+                // savepoint, and none is answered before the COMMIT. Ends
+                // when every sender (every SqliteStore handle) is dropped.
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+                        for job in batch {
+                            job(Err(e.to_string()))(None);
+                        }
+                        continue;
+                    }
+                    let replies: Vec<Reply> = batch.into_iter().map(|job| job(Ok(&mut conn))).collect();
+                    let failed = conn.execute_batch("COMMIT").err().map(|e| e.to_string());
+                    if failed.is_some() {
+                        let _ = conn.execute_batch("ROLLBACK");
+                    }
+                    for reply in replies {
+                        reply(failed.clone());
+                    }
+                }
+            })
+            .map_err(|e| unavailable(format!("cannot start the store thread: {e}")))?;
+        Ok(SqliteStore { jobs })
     }
 
-    /// Runs `f` with the connection on the blocking pool.
+    /// Runs `f` on the store thread and waits for its answer.
     async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            // A panic while holding the lock leaves SQLite consistent (the
-            // transaction rolls back on drop), so a poisoned lock is usable.
-            let mut guard = conn.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut guard)
-        })
-        .await
-        .map_err(|e| unavailable(format!("store task failed: {e}")))?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move |conn: Result<&mut Connection, String>| {
+                let result = match conn {
+                    Ok(conn) => f(conn),
+                    Err(e) => Err(unavailable(format!("cannot begin a transaction: {e}"))),
+                };
+                Box::new(move |failed: Option<String>| {
+                    let _ = tx.send(match failed {
+                        None => result,
+                        Some(e) => Err(unavailable(format!("commit failed: {e}"))),
+                    });
+                })
+            }))
+            .map_err(|_| unavailable("the store thread has stopped"))?;
+        rx.await
+            .map_err(|_| unavailable("the store thread dropped a request"))?
     }
 }
 
-fn scope_state(tx: &rusqlite::Transaction<'_>, key: &str) -> Result<ScopeState, StoreError> {
-    tx.query_row(
-        "SELECT limit_nanos + extra_nanos, spent_nanos, reserved_nanos FROM scopes WHERE key = ?1",
-        [key],
-        |r| {
-            Ok(ScopeState {
-                limit_nanos: r.get(0)?,
-                spent_nanos: r.get(1)?,
-                reserved_nanos: r.get(2)?,
-            })
-        },
-    )
+/// Executes one statement through the connection's statement cache.
+fn exec(tx: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<usize, StoreError> {
+    tx.prepare_cached(sql)
+        .and_then(|mut st| st.execute(params))
+        .map_err(unavailable)
+}
+
+fn scope_state(tx: &Connection, key: &str) -> Result<ScopeState, StoreError> {
+    let mut st = tx
+        .prepare_cached("SELECT limit_nanos + extra_nanos, spent_nanos, reserved_nanos FROM scopes WHERE key = ?1")
+        .map_err(unavailable)?;
+    st.query_row([key], |r| {
+        Ok(ScopeState {
+            limit_nanos: r.get(0)?,
+            spent_nanos: r.get(1)?,
+            reserved_nanos: r.get(2)?,
+        })
+    })
     .optional()
     .map_err(unavailable)
     .map(Option::unwrap_or_default)
@@ -149,33 +210,25 @@ impl BudgetStore for SqliteStore {
     async fn reserve(&self, r: &NewReservation) -> Result<Reserved, StoreError> {
         let r = r.clone();
         self.with(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+            let tx = conn.savepoint().map_err(unavailable)?;
             for s in &r.scopes {
-                tx.execute(
-                    "INSERT INTO scopes (key, limit_nanos) VALUES (?1, ?2)
-                     ON CONFLICT(key) DO UPDATE SET limit_nanos = excluded.limit_nanos",
-                    params![s.key, s.limit_nanos],
-                )
-                .map_err(unavailable)?;
+                exec(&tx, "INSERT INTO scopes (key, limit_nanos) VALUES (?1, ?2)
+                     ON CONFLICT(key) DO UPDATE SET limit_nanos = excluded.limit_nanos", params![s.key, s.limit_nanos],
+                )?;
                 let state = scope_state(&tx, &s.key)?;
                 if state.spent_nanos + state.reserved_nanos + r.amount_nanos > state.limit_nanos {
-                    // Dropping the transaction rolls back the limit upserts too.
+                    // Dropping the savepoint rolls back the limit upserts too.
                     return Ok(Reserved::OverLimit { scope: s.key.clone(), state });
                 }
             }
             for s in &r.scopes {
-                tx.execute(
-                    "UPDATE scopes SET reserved_nanos = reserved_nanos + ?1 WHERE key = ?2",
-                    params![r.amount_nanos, s.key],
-                )
-                .map_err(unavailable)?;
+                exec(&tx, "UPDATE scopes SET reserved_nanos = reserved_nanos + ?1 WHERE key = ?2", params![r.amount_nanos, s.key],
+                )?;
             }
             let keys: Vec<&str> = r.scopes.iter().map(|s| s.key.as_str()).collect();
-            tx.execute(
-                "INSERT INTO reservations (decision_id, workflow, outcome_id, model, is_deferrable, amount_nanos, scopes,
+            exec(&tx, "INSERT INTO reservations (decision_id, workflow, outcome_id, model, is_deferrable, amount_nanos, scopes,
                                            created_ms, expires_ms, state)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'reserved')",
-                params![
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'reserved')", params![
                     r.decision_id,
                     r.workflow,
                     r.outcome_id,
@@ -186,8 +239,7 @@ impl BudgetStore for SqliteStore {
                     r.now_ms,
                     r.expires_ms
                 ],
-            )
-            .map_err(unavailable)?;
+            )?;
             tx.commit().map_err(unavailable)?;
             Ok(Reserved::Ok)
         })
@@ -197,7 +249,7 @@ impl BudgetStore for SqliteStore {
     async fn settle(&self, decision_id: &str, cost: i64, usage: &Usage, now_ms: i64) -> Result<Settled, StoreError> {
         let (id, usage) = (decision_id.to_string(), *usage);
         self.with(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+            let tx = conn.savepoint().map_err(unavailable)?;
             let row: Option<(String, i64, String, Option<i64>)> = tx
                 .query_row(
                     "SELECT state, amount_nanos, scopes, actual_nanos FROM reservations WHERE decision_id = ?1",
@@ -215,16 +267,11 @@ impl BudgetStore for SqliteStore {
             // An expired reservation was already released: charge only the cost.
             let release = if state == "reserved" { amount } else { 0 };
             for key in scopes.split(SCOPE_SEP).filter(|k| !k.is_empty()) {
-                tx.execute(
-                    "UPDATE scopes SET reserved_nanos = reserved_nanos - ?1, spent_nanos = spent_nanos + ?2 WHERE key = ?3",
-                    params![release, cost, key],
-                )
-                .map_err(unavailable)?;
+                exec(&tx, "UPDATE scopes SET reserved_nanos = reserved_nanos - ?1, spent_nanos = spent_nanos + ?2 WHERE key = ?3", params![release, cost, key],
+                )?;
             }
-            tx.execute(
-                "UPDATE reservations SET state = 'settled', actual_nanos = ?1, input_tokens = ?2, cached_input_tokens = ?3,
-                        output_tokens = ?4, failed = ?5, settled_ms = ?6 WHERE decision_id = ?7",
-                params![
+            exec(&tx, "UPDATE reservations SET state = 'settled', actual_nanos = ?1, input_tokens = ?2, cached_input_tokens = ?3,
+                        output_tokens = ?4, failed = ?5, settled_ms = ?6 WHERE decision_id = ?7", params![
                     cost,
                     usage.input_tokens as i64,
                     usage.cached_input_tokens as i64,
@@ -233,8 +280,7 @@ impl BudgetStore for SqliteStore {
                     now_ms,
                     id
                 ],
-            )
-            .map_err(unavailable)?;
+            )?;
             tx.commit().map_err(unavailable)?;
             Ok(Settled::Charged { cost_nanos: cost })
         })
@@ -243,9 +289,7 @@ impl BudgetStore for SqliteStore {
 
     async fn expire(&self, now_ms: i64) -> Result<u64, StoreError> {
         self.with(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(unavailable)?;
+            let tx = conn.savepoint().map_err(unavailable)?;
             let expired: Vec<(String, i64, String)> = {
                 let mut stmt = tx
                     .prepare(
@@ -260,14 +304,17 @@ impl BudgetStore for SqliteStore {
             };
             for (id, amount, scopes) in &expired {
                 for key in scopes.split(SCOPE_SEP).filter(|k| !k.is_empty()) {
-                    tx.execute(
+                    exec(
+                        &tx,
                         "UPDATE scopes SET reserved_nanos = reserved_nanos - ?1 WHERE key = ?2",
                         params![amount, key],
-                    )
-                    .map_err(unavailable)?;
+                    )?;
                 }
-                tx.execute("UPDATE reservations SET state = 'expired' WHERE decision_id = ?1", [id])
-                    .map_err(unavailable)?;
+                exec(
+                    &tx,
+                    "UPDATE reservations SET state = 'expired' WHERE decision_id = ?1",
+                    [id],
+                )?;
             }
             tx.commit().map_err(unavailable)?;
             Ok(expired.len() as u64)
@@ -278,7 +325,7 @@ impl BudgetStore for SqliteStore {
     async fn scope(&self, key: &str) -> Result<ScopeState, StoreError> {
         let key = key.to_string();
         self.with(move |conn| {
-            let tx = conn.transaction().map_err(unavailable)?;
+            let tx = conn.savepoint().map_err(unavailable)?;
             scope_state(&tx, &key)
         })
         .await
@@ -368,7 +415,7 @@ impl BudgetStore for SqliteStore {
     ) -> Result<Escalation, StoreError> {
         let (id, by, reason) = (id.to_string(), by.to_string(), reason.to_string());
         self.with(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+            let tx = conn.savepoint().map_err(unavailable)?;
             let e = tx
                 .query_row(&format!("SELECT {ESCALATION_COLUMNS} FROM escalations WHERE id = ?1"), [&id], escalation_row)
                 .optional()
@@ -379,14 +426,10 @@ impl BudgetStore for SqliteStore {
             }
             let (state, added) = if approve { ("approved", add_nanos) } else { ("denied", 0) };
             if approve {
-                tx.execute("UPDATE scopes SET extra_nanos = extra_nanos + ?1 WHERE key = ?2", params![added, e.scope])
-                    .map_err(unavailable)?;
+                exec(&tx, "UPDATE scopes SET extra_nanos = extra_nanos + ?1 WHERE key = ?2", params![added, e.scope])?;
             }
-            tx.execute(
-                "UPDATE escalations SET state = ?1, resolved_by = ?2, resolved_ms = ?3, added_nanos = ?4, reason = ?5 WHERE id = ?6",
-                params![state, by, now_ms, added, reason, id],
-            )
-            .map_err(unavailable)?;
+            exec(&tx, "UPDATE escalations SET state = ?1, resolved_by = ?2, resolved_ms = ?3, added_nanos = ?4, reason = ?5 WHERE id = ?6", params![state, by, now_ms, added, reason, id],
+            )?;
             tx.commit().map_err(unavailable)?;
             Ok(Escalation {
                 state: state.to_string(),
