@@ -4,10 +4,13 @@
 //! Scenarios, each with the same number of requests after a warm-up:
 //! - `health`: `grpc.health.v1.Health/Check`, the baseline cost of a call;
 //! - `route-repeated-6k`: Route with a 6k-token system context seen before;
-//! - `route-unique-6k`: Route with a 6k-token context new on every call.
+//! - `route-unique-6k`: Route with a 6k-token context new on every call;
+//! - `route-short`: Route with a short prompt, in a workflow without a budget;
+//! - `route-short-budget`: the same in a workflow with a budget (reserve on
+//!   the embedded store at Route; no ReportUsage, the TTL is long).
 //!
-//! Prints p50, p99 and mean latency per scenario, and the ratio of repeated
-//! to unique. Run: `cargo bench --bench grpc_context` (bounded: about 10 s).
+//! Prints p50, p99 and mean latency per scenario, the ratio of repeated to
+//! unique, and the ratio of Route's p99 with a budget to without. Run: `cargo bench --bench grpc_context` (bounded: about 10 s).
 
 use std::time::{Duration, Instant};
 
@@ -59,7 +62,12 @@ fn request(system: String, i: usize) -> pb::RouteRequest {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let server = common::Server::start(&common::repo_path("routing-rules"), &[]);
+    // The shipped rules plus a workflow with a budget too large to run out.
+    let rules = tempfile::tempdir().expect("tmp");
+    let mut text = std::fs::read_to_string(common::repo_path("routing-rules/default.toml")).expect("rules");
+    text.push_str("\n[[workflows]]\nname = \"budgeted\"\n[workflows.budget]\nlimit_usd = 1000000\nperiod = \"day\"\n");
+    std::fs::write(rules.path().join("rules.toml"), text).expect("write");
+    let server = common::Server::start(&rules.path().join("rules.toml"), &[]);
     let mut router = server.client().await;
     let mut health = HealthClient::new(
         tonic::transport::Channel::from_shared(format!("http://{}", server.grpc))
@@ -71,7 +79,13 @@ async fn main() {
     let context = context_6k();
 
     let mut results = Vec::new();
-    for scenario in ["health", "route-repeated-6k", "route-unique-6k"] {
+    for scenario in [
+        "health",
+        "route-repeated-6k",
+        "route-unique-6k",
+        "route-short",
+        "route-short-budget",
+    ] {
         let mut lat = Vec::with_capacity(REQUESTS);
         for i in 0..WARMUP + REQUESTS {
             let t0 = Instant::now();
@@ -84,6 +98,13 @@ async fn main() {
                 }
                 "route-repeated-6k" => {
                     router.route(request(context.clone(), i)).await.expect("route");
+                }
+                "route-short" | "route-short-budget" => {
+                    let mut r = request("You are a helpful assistant.".into(), i);
+                    if scenario == "route-short-budget" {
+                        r.workflow = "budgeted".into();
+                    }
+                    router.route(r).await.expect("route");
                 }
                 _ => {
                     router
@@ -107,4 +128,6 @@ async fn main() {
     }
     let ratio = results[1].mean.as_secs_f64() / results[2].mean.as_secs_f64();
     println!("repeated / unique (mean latency): {ratio:.2}");
+    let budget = results[4].p99.as_secs_f64() / results[3].p99.as_secs_f64();
+    println!("route p99 with a budget / without: {budget:.2}");
 }

@@ -181,7 +181,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(router)
-        .serve_with_incoming_shutdown(TcpIncoming::from(grpc_listener), async move {
+        .serve_with_incoming_shutdown(TcpIncoming::from(grpc_listener).with_nodelay(Some(true)), async move {
             let _ = drain_rx.await;
         });
     let mut server = tokio::spawn(server);

@@ -9,6 +9,19 @@ pub const NANOS_PER_USD: i64 = 1_000_000_000;
 /// Far above any real model; it exists so that a typo cannot overflow a budget.
 pub const MAX_PRICE_PER_MTOK_USD: f64 = 100_000.0;
 
+/// The largest budget amount accepted, in USD: a billion dollars, which keeps
+/// every sum of budgets far inside i64 nano-dollars (about 9.2e9 USD).
+pub const MAX_BUDGET_USD: f64 = 1_000_000_000.0;
+
+/// Converts a budget amount in USD into integer nano-dollars, or `None` for a
+/// non-positive, non-finite or absurd amount.
+pub fn budget_usd_to_nanos(usd: f64) -> Option<i64> {
+    if !usd.is_finite() || usd <= 0.0 || usd > MAX_BUDGET_USD {
+        return None;
+    }
+    Some((usd * NANOS_PER_USD as f64).round() as i64)
+}
+
 /// Converts a USD price per million tokens (as written in TOML) into integer
 /// nano-dollars per million tokens, rounding to the nearest nano-dollar.
 ///
@@ -60,6 +73,14 @@ mod tests {
         assert_eq!(usd_to_nanos(-1.0), None);
         assert_eq!(usd_to_nanos(f64::NAN), None);
         assert_eq!(usd_to_nanos(1e9), None);
+    }
+
+    #[test]
+    fn budgets_convert_up_to_a_billion_dollars() {
+        assert_eq!(budget_usd_to_nanos(1.0), Some(1_000_000_000));
+        assert_eq!(budget_usd_to_nanos(1_000_000.0), Some(1_000_000_000_000_000));
+        assert_eq!(budget_usd_to_nanos(0.0), None);
+        assert_eq!(budget_usd_to_nanos(2e9), None);
     }
 
     #[test]

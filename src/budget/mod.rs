@@ -143,6 +143,10 @@ pub enum StoreError {
 pub trait BudgetStore: Send + Sync {
     /// Reserves on every scope, or on none if any would cross its limit.
     async fn reserve(&self, r: &NewReservation) -> Result<Reserved, StoreError>;
+    /// Records a decision that no limit applies to (no scopes), without
+    /// waiting for it to be durable. It must be ordered before any later
+    /// call on the same store, so that its ReportUsage finds it.
+    fn record_detached(&self, r: &NewReservation);
     /// Settles a reservation to its actual cost; a repeat is not charged twice.
     async fn settle(
         &self,
@@ -288,6 +292,12 @@ impl Budgets {
             now_ms,
             expires_ms: now_ms + self.reservation_ttl_ms,
         };
+        if r.scopes.is_empty() {
+            // Nothing to enforce: keep the decision for its ReportUsage, but
+            // do not make Route wait for the commit.
+            self.store.record_detached(&r);
+            return Ok(Admission::Routed);
+        }
         let (scope, state) = match self.store.reserve(&r).await? {
             Reserved::Ok => return Ok(Admission::Routed),
             Reserved::OverLimit { scope, state } => (scope, state),

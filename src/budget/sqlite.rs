@@ -77,7 +77,12 @@ type Job = Box<dyn FnOnce(Result<&mut Connection, String>) -> Reply + Send>;
 /// The most jobs committed together.
 const MAX_BATCH: usize = 128;
 
+/// How often the WAL is checkpointed into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
 pub struct SqliteStore {
+    /// Tells the checkpoint thread to stop when the store is dropped.
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Jobs for the one thread that owns the connection. One owner, no lock:
     /// operations run back to back, without the thread hops and lock convoys
     /// of a shared connection on a thread pool.
@@ -94,10 +99,33 @@ impl SqliteStore {
         let path = state_dir.join("budget.sqlite3");
         let mut conn = Connection::open(&path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;
+             PRAGMA wal_autocheckpoint = 0;",
         )
         .map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        // Checkpoints (and their fsync) run on their own connection and
+        // thread, never inside a commit that a Route is waiting for. PASSIVE
+        // never blocks the writer; the WAL is reset once readers allow.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let checkpointer = Connection::open(&path).map_err(unavailable)?;
+        checkpointer
+            .busy_timeout(std::time::Duration::from_millis(100))
+            .map_err(unavailable)?;
+        {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("switchyard-checkpoint".into())
+                .spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::thread::sleep(CHECKPOINT_EVERY);
+                        if let Err(e) = checkpointer.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
+                            tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+                        }
+                    }
+                })
+                .map_err(|e| unavailable(format!("cannot start the checkpoint thread: {e}")))?;
+        }
         conn.set_prepared_statement_cache_capacity(64);
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new()
@@ -132,11 +160,25 @@ impl SqliteStore {
                 }
             })
             .map_err(|e| unavailable(format!("cannot start the store thread: {e}")))?;
-        Ok(SqliteStore { jobs })
+        Ok(SqliteStore { stop, jobs })
     }
 
     /// Runs `f` on the store thread and waits for its answer.
+    ///
+    /// (The store thread itself ends when this handle is dropped.)
     async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.enqueue(f)?
+            .await
+            .map_err(|_| unavailable("the store thread dropped a request"))?
+    }
+
+    /// Queues `f` on the store thread now, in order, and returns where its
+    /// answer will arrive once its batch is committed.
+    fn enqueue<T, F>(&self, f: F) -> Result<tokio::sync::oneshot::Receiver<Result<T, StoreError>>, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -156,8 +198,7 @@ impl SqliteStore {
                 })
             }))
             .map_err(|_| unavailable("the store thread has stopped"))?;
-        rx.await
-            .map_err(|_| unavailable("the store thread dropped a request"))?
+        Ok(rx)
     }
 }
 
@@ -166,6 +207,62 @@ fn exec(tx: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<usi
     tx.prepare_cached(sql)
         .and_then(|mut st| st.execute(params))
         .map_err(unavailable)
+}
+
+/// The reservation as a job for the store thread.
+fn reserve_job(r: NewReservation) -> impl FnOnce(&mut Connection) -> Result<Reserved, StoreError> + Send + 'static {
+    move |conn: &mut Connection| {
+        let tx = conn.savepoint().map_err(unavailable)?;
+        for s in &r.scopes {
+            exec(
+                &tx,
+                "INSERT INTO scopes (key, limit_nanos) VALUES (?1, ?2)
+                     ON CONFLICT(key) DO UPDATE SET limit_nanos = excluded.limit_nanos",
+                params![s.key, s.limit_nanos],
+            )?;
+            let state = scope_state(&tx, &s.key)?;
+            if state.spent_nanos + state.reserved_nanos + r.amount_nanos > state.limit_nanos {
+                // Dropping the savepoint rolls back the limit upserts too.
+                return Ok(Reserved::OverLimit {
+                    scope: s.key.clone(),
+                    state,
+                });
+            }
+        }
+        for s in &r.scopes {
+            exec(
+                &tx,
+                "UPDATE scopes SET reserved_nanos = reserved_nanos + ?1 WHERE key = ?2",
+                params![r.amount_nanos, s.key],
+            )?;
+        }
+        let keys: Vec<&str> = r.scopes.iter().map(|s| s.key.as_str()).collect();
+        exec(
+            &tx,
+            "INSERT INTO reservations (decision_id, workflow, outcome_id, model, is_deferrable, amount_nanos, scopes,
+                                           created_ms, expires_ms, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'reserved')",
+            params![
+                r.decision_id,
+                r.workflow,
+                r.outcome_id,
+                r.model,
+                r.deferrable,
+                r.amount_nanos,
+                keys.join(&SCOPE_SEP.to_string()),
+                r.now_ms,
+                r.expires_ms
+            ],
+        )?;
+        tx.commit().map_err(unavailable)?;
+        Ok(Reserved::Ok)
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 fn scope_state(tx: &Connection, key: &str) -> Result<ScopeState, StoreError> {
@@ -208,42 +305,23 @@ const ESCALATION_COLUMNS: &str =
 #[async_trait::async_trait]
 impl BudgetStore for SqliteStore {
     async fn reserve(&self, r: &NewReservation) -> Result<Reserved, StoreError> {
-        let r = r.clone();
-        self.with(move |conn| {
-            let tx = conn.savepoint().map_err(unavailable)?;
-            for s in &r.scopes {
-                exec(&tx, "INSERT INTO scopes (key, limit_nanos) VALUES (?1, ?2)
-                     ON CONFLICT(key) DO UPDATE SET limit_nanos = excluded.limit_nanos", params![s.key, s.limit_nanos],
-                )?;
-                let state = scope_state(&tx, &s.key)?;
-                if state.spent_nanos + state.reserved_nanos + r.amount_nanos > state.limit_nanos {
-                    // Dropping the savepoint rolls back the limit upserts too.
-                    return Ok(Reserved::OverLimit { scope: s.key.clone(), state });
-                }
+        self.with(reserve_job(r.clone())).await
+    }
+
+    fn record_detached(&self, r: &NewReservation) {
+        // Queued now, in order, on the store thread; nobody awaits the answer,
+        // so a failure is logged here.
+        let job = reserve_job(r.clone());
+        let queued = self.enqueue(move |conn| {
+            let result = job(conn);
+            if let Err(e) = &result {
+                tracing::warn!(error = %e, "recording a decision without a budget failed");
             }
-            for s in &r.scopes {
-                exec(&tx, "UPDATE scopes SET reserved_nanos = reserved_nanos + ?1 WHERE key = ?2", params![r.amount_nanos, s.key],
-                )?;
-            }
-            let keys: Vec<&str> = r.scopes.iter().map(|s| s.key.as_str()).collect();
-            exec(&tx, "INSERT INTO reservations (decision_id, workflow, outcome_id, model, is_deferrable, amount_nanos, scopes,
-                                           created_ms, expires_ms, state)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'reserved')", params![
-                    r.decision_id,
-                    r.workflow,
-                    r.outcome_id,
-                    r.model,
-                    r.deferrable,
-                    r.amount_nanos,
-                    keys.join(&SCOPE_SEP.to_string()),
-                    r.now_ms,
-                    r.expires_ms
-                ],
-            )?;
-            tx.commit().map_err(unavailable)?;
-            Ok(Reserved::Ok)
-        })
-        .await
+            result
+        });
+        if let Err(e) = queued {
+            tracing::warn!(error = %e, "recording a decision without a budget failed");
+        }
     }
 
     async fn settle(&self, decision_id: &str, cost: i64, usage: &Usage, now_ms: i64) -> Result<Settled, StoreError> {

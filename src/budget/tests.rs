@@ -34,6 +34,19 @@ pub async fn conformance(store: SharedStore, ns: &str) {
     expiry_releases_and_late_usage_still_counts(&store, ns).await;
     concurrent_clients_never_overspend(&store, ns).await;
     escalations_approve_and_deny(&store, ns).await;
+    detached_records_are_ordered_before_later_calls(&store, ns).await;
+}
+
+async fn detached_records_are_ordered_before_later_calls(store: &SharedStore, ns: &str) {
+    for i in 0..50 {
+        let id = format!("{ns}-detached-{i}");
+        store.record_detached(&reservation(&id, 100, &[], 0));
+        // No await in between: the settle must still find the decision.
+        assert_eq!(
+            store.settle(&id, 90, &Usage::default(), 1).await.expect("settle"),
+            Settled::Charged { cost_nanos: 90 }
+        );
+    }
 }
 
 async fn reserve_is_all_or_nothing(store: &SharedStore, ns: &str) {

@@ -807,16 +807,16 @@ impl Validator<'_> {
     fn budget(&mut self, o: Origin, b: &schema::RawBudget) -> Option<Budget> {
         let before = self.diagnostics.len();
         let usd = |v: &mut Self, key: &'static str, x: f64| -> i64 {
-            match usd_to_nanos(x) {
-                Some(n) if n > 0 => n,
-                _ => {
+            match crate::money::budget_usd_to_nanos(x) {
+                Some(n) => n,
+                None => {
                     v.error(
                         o,
                         "workflows",
                         &["budget", key],
                         format!(
                             "{x} is not a budget: give USD above 0, at most {}",
-                            crate::money::MAX_PRICE_PER_MTOK_USD
+                            crate::money::MAX_BUDGET_USD
                         ),
                     );
                     0
