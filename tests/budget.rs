@@ -346,3 +346,58 @@ async fn the_escalations_cli_lists_approves_and_denies() {
     let (ok, _, err) = cli(&["approve", "esc-nope", "--add-usd", "1"]);
     assert!(!ok && err.contains("NotFound"), "{err}");
 }
+
+#[tokio::test]
+async fn per_outcome_and_label_caps_stop_their_own_calls_only() {
+    let rules = RACE_RULES.replace(
+        "on_limit = \"deny\"",
+        "on_limit = \"deny\"\nper_outcome_usd = 0.05\nlabels = [{ label = \"team\", value = \"search\", limit_usd = 0.08 }]",
+    );
+    let dir = rules_file(&rules);
+    let server = Server::start(&dir.path().join("rules.toml"), &[]);
+    let mut c = server.client().await;
+    // Each call reserves about $0.015 and settles at its estimate.
+    let mut route = |outcome: &str, team: &str| {
+        let mut req = call("race", outcome);
+        req.labels.insert("team".into(), team.into());
+        let mut c = c.clone();
+        async move {
+            let r = c.route(req).await.expect("route").into_inner();
+            if r.status == pb::RouteStatus::Routed as i32 {
+                report(&mut c, &r, r.estimated_output_tokens).await;
+            }
+            r
+        }
+    };
+    // One runaway outcome stops at its $0.05 cap...
+    let mut n = 0;
+    let stopped = loop {
+        let r = route("runaway", "ads").await;
+        if r.status == pb::RouteStatus::Denied as i32 {
+            break r;
+        }
+        n += 1;
+        assert!(n < 10, "the outcome cap never applied");
+    };
+    assert!(stopped.reason.contains("race|outcome|runaway"), "{}", stopped.reason);
+    // ...while another outcome of the same workflow still routes.
+    assert_eq!(route("fresh", "ads").await.status, pb::RouteStatus::Routed as i32);
+
+    // The search team's $0.08 runs out across different outcomes; ads goes on.
+    let mut i = 0;
+    let stopped = loop {
+        let r = route(&format!("search-{i}"), "search").await;
+        if r.status == pb::RouteStatus::Denied as i32 {
+            break r;
+        }
+        i += 1;
+        assert!(i < 10, "the label budget never applied");
+    };
+    assert!(stopped.reason.contains("race|label|team=search"), "{}", stopped.reason);
+    assert_eq!(route("ads-1", "ads").await.status, pb::RouteStatus::Routed as i32);
+    let b = budget(&mut c, "race").await;
+    assert!(
+        b.spent_nanousd < DOLLAR,
+        "the workflow's own budget was not what stopped them: {b:?}"
+    );
+}
