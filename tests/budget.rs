@@ -357,7 +357,7 @@ async fn per_outcome_and_label_caps_stop_their_own_calls_only() {
     let server = Server::start(&dir.path().join("rules.toml"), &[]);
     let mut c = server.client().await;
     // Each call reserves about $0.015 and settles at its estimate.
-    let mut route = |outcome: &str, team: &str| {
+    let route = |outcome: &str, team: &str| {
         let mut req = call("race", outcome);
         req.labels.insert("team".into(), team.into());
         let mut c = c.clone();
