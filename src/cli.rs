@@ -36,6 +36,8 @@ pub fn check(rules: &Path) -> i32 {
 /// Options of `switchyard explain`.
 pub struct ExplainArgs<'a> {
     pub rules: &'a Path,
+    /// Where `serve` keeps its store, to show the budget as it stands.
+    pub state_dir: &'a Path,
     pub workflow: &'a str,
     pub task_kind: &'a str,
     pub text: Option<&'a str>,
@@ -74,7 +76,7 @@ pub fn explain(args: ExplainArgs<'_>) -> i32 {
         messages.push(("system", s));
     }
     messages.push(("user", text));
-    let call = match RouteCall::parse(RawRoute {
+    let mut call = match RouteCall::parse(RawRoute {
         workflow: args.workflow,
         outcome_id: "",
         task_kind: args.task_kind,
@@ -91,6 +93,15 @@ pub fn explain(args: ExplainArgs<'_>) -> i32 {
             return 1;
         }
     };
+    let budget = match budget_view(&table, args.workflow, args.state_dir) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    // The same step-down serve would make past the soft threshold.
+    call.input.downgrade = budget.as_ref().is_some_and(|b| b.past_soft_threshold);
     let mut candidates: Vec<Candidate> = Vec::new();
     let (est, decision) = match plan(&table, &call, None, Some(&mut candidates)) {
         Ok(p) => (p.est, p.decision),
@@ -135,6 +146,17 @@ pub fn explain(args: ExplainArgs<'_>) -> i32 {
             "estimated_cost": format_usd(decision.cost_nanos),
             "reason": decision.reason,
         },
+        "budget": budget.map(|b| json!({
+            "period_scope": b.scope,
+            "limit_nanousd": b.state.limit_nanos,
+            "spent_nanousd": b.state.spent_nanos,
+            "reserved_nanousd": b.state.reserved_nanos,
+            "remaining_nanousd": b.state.remaining(),
+            "past_soft_threshold": b.past_soft_threshold,
+            "this_call_fits": decision.cost_nanos <= b.state.remaining(),
+            "on_limit": b.on_limit,
+            "store": b.store,
+        })),
         "candidates": candidates,
     });
     match serde_json::to_string_pretty(&out) {
@@ -147,6 +169,48 @@ pub fn explain(args: ExplainArgs<'_>) -> i32 {
             1
         }
     }
+}
+
+/// A workflow's budget as `explain` shows it.
+struct BudgetView {
+    scope: String,
+    state: crate::budget::ScopeState,
+    past_soft_threshold: bool,
+    on_limit: &'static str,
+    /// Where the figures came from.
+    store: String,
+}
+
+/// The workflow's current period budget, read from the embedded store in
+/// `state_dir` if there is one (otherwise nothing is spent yet).
+fn budget_view(table: &RuleTable, workflow: &str, state_dir: &Path) -> Result<Option<BudgetView>, String> {
+    let Some(w) = table.workflow(workflow) else {
+        return Ok(None);
+    };
+    let Some(b) = &w.budget else { return Ok(None) };
+    let scope = crate::budget::period_scope(w, b, jiff::Timestamp::now());
+    let stored = crate::budget::sqlite::read_scope(state_dir, &scope).map_err(|e| e.to_string())?;
+    let mut state = stored.unwrap_or_default();
+    if state.limit_nanos == 0 {
+        state.limit_nanos = b.limit_nanos;
+    }
+    let used = (state.spent_nanos + state.reserved_nanos) as i128;
+    Ok(Some(BudgetView {
+        past_soft_threshold: b
+            .soft_threshold_bp
+            .is_some_and(|bp| used * 10_000 >= state.limit_nanos as i128 * bp as i128),
+        on_limit: match b.on_limit {
+            crate::rules::OnLimit::Escalate => "escalate",
+            crate::rules::OnLimit::Deny => "deny",
+        },
+        store: if stored.is_some() {
+            state_dir.join("budget.sqlite3").display().to_string()
+        } else {
+            format!("none in {} (nothing spent yet)", state_dir.display())
+        },
+        scope,
+        state,
+    }))
 }
 
 /// What `switchyard escalations` does.

@@ -86,6 +86,9 @@ enum Command {
     Explain {
         #[arg(long, default_value = "routing-rules")]
         rules: PathBuf,
+        /// Where `serve` keeps its state, to show budgets as they stand.
+        #[arg(long, env = "SWITCHYARD_STATE_DIR", default_value = "state")]
+        state_dir: PathBuf,
         #[arg(long, default_value = "general")]
         workflow: String,
         #[arg(long, default_value = "")]
@@ -172,6 +175,7 @@ fn main() -> ExitCode {
         }
         Command::Explain {
             rules,
+            state_dir,
             workflow,
             task_kind,
             system,
@@ -182,6 +186,7 @@ fn main() -> ExitCode {
             text,
         } => ExitCode::from(cli::explain(cli::ExplainArgs {
             rules: &rules,
+            state_dir: &state_dir,
             workflow: &workflow,
             task_kind: &task_kind,
             text: text.as_deref(),

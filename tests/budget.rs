@@ -401,3 +401,49 @@ async fn per_outcome_and_label_caps_stop_their_own_calls_only() {
         "the workflow's own budget was not what stopped them: {b:?}"
     );
 }
+
+#[tokio::test]
+async fn explain_shows_the_budget_as_it_stands() {
+    let dir = rules_file(RACE_RULES);
+    let rules = dir.path().join("rules.toml");
+    let state = tempfile::tempdir().expect("state");
+    let state_arg = state.path().to_str().expect("utf-8 path").to_string();
+    let explain = || {
+        let out = std::process::Command::new(BIN)
+            .args(["explain", "--workflow", "race", "--max-output-tokens", "500", "--rules"])
+            .arg(&rules)
+            .args(["--state-dir", &state_arg, "Summarise the incident report."])
+            .output()
+            .expect("explain");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
+    };
+    // Before any server ran: nothing spent, and it says so.
+    let before = explain();
+    assert_eq!(before["budget"]["spent_nanousd"], 0);
+    assert_eq!(before["budget"]["limit_nanousd"], DOLLAR);
+    assert!(before["budget"]["store"]
+        .as_str()
+        .expect("store")
+        .starts_with("none in"));
+
+    let server = Server::start(&rules, &["--state-dir", &state_arg]);
+    let mut c = server.client().await;
+    for i in 0..3 {
+        let r = c
+            .route(call("race", &format!("e-{i}")))
+            .await
+            .expect("route")
+            .into_inner();
+        report(&mut c, &r, 400).await;
+    }
+    let b = budget(&mut c, "race").await;
+    let now = explain();
+    assert_eq!(now["budget"]["spent_nanousd"].as_i64(), Some(b.spent_nanousd));
+    assert_eq!(now["budget"]["remaining_nanousd"].as_i64(), Some(b.remaining_nanousd));
+    assert_eq!(now["budget"]["this_call_fits"], true);
+    assert!(now["budget"]["period_scope"]
+        .as_str()
+        .expect("scope")
+        .starts_with("race|day|"));
+}

@@ -521,3 +521,18 @@ impl BudgetStore for SqliteStore {
         .await
     }
 }
+
+/// Reads one scope from the store in `state_dir` without opening it for
+/// writing (for `explain`, beside a running server). `None` when there is no
+/// store there yet.
+pub fn read_scope(state_dir: &Path, key: &str) -> Result<Option<ScopeState>, StoreError> {
+    let path = state_dir.join("budget.sqlite3");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(2))
+        .map_err(unavailable)?;
+    scope_state(&conn, key).map(Some)
+}
