@@ -99,8 +99,18 @@ impl Server {
         let _ = self.child.wait();
     }
 
+    /// Sends SIGTERM, waits, and returns the exit status and what it logged.
+    pub fn terminate_keeping_log(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.stop();
+        (status, self.stderr())
+    }
+
     /// Sends SIGTERM and waits for the process to exit; returns its status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
