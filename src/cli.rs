@@ -190,15 +190,9 @@ fn budget_view(table: &RuleTable, workflow: &str, state_dir: &Path) -> Result<Op
     let Some(b) = &w.budget else { return Ok(None) };
     let scope = crate::budget::period_scope(w, b, jiff::Timestamp::now());
     let stored = crate::budget::sqlite::read_scope(state_dir, &scope).map_err(|e| e.to_string())?;
-    let mut state = stored.unwrap_or_default();
-    if state.limit_nanos == 0 {
-        state.limit_nanos = b.limit_nanos;
-    }
-    let used = (state.spent_nanos + state.reserved_nanos) as i128;
+    let state = crate::budget::ScopeState::of_period(b, stored.unwrap_or_default());
     Ok(Some(BudgetView {
-        past_soft_threshold: b
-            .soft_threshold_bp
-            .is_some_and(|bp| used * 10_000 >= state.limit_nanos as i128 * bp as i128),
+        past_soft_threshold: state.past_soft_threshold(b),
         on_limit: match b.on_limit {
             crate::rules::OnLimit::Escalate => "escalate",
             crate::rules::OnLimit::Deny => "deny",

@@ -60,6 +60,27 @@ impl ScopeState {
     pub fn remaining(&self) -> i64 {
         self.limit_nanos - self.spent_nanos - self.reserved_nanos
     }
+
+    /// A period scope as the budget sees it: a store that has no row yet
+    /// (nothing reserved this period) reads as zero with the rules' limit.
+    pub fn of_period(budget: &Budget, stored: ScopeState) -> ScopeState {
+        if stored.limit_nanos > 0 {
+            stored
+        } else {
+            ScopeState {
+                limit_nanos: budget.limit_nanos,
+                ..stored
+            }
+        }
+    }
+
+    /// Whether spent plus reserved has reached the budget's soft threshold.
+    pub fn past_soft_threshold(&self, budget: &Budget) -> bool {
+        let used = (self.spent_nanos + self.reserved_nanos) as i128;
+        budget
+            .soft_threshold_bp
+            .is_some_and(|bp| used * 10_000 >= self.limit_nanos as i128 * bp as i128)
+    }
 }
 
 /// The answer to a reservation.
@@ -262,18 +283,11 @@ impl Budgets {
     /// that routing should step down a tier. A read, not a reservation: it is
     /// advisory and may lag concurrent calls by a few cents.
     pub async fn past_soft_threshold(&self, workflow: &Workflow, now: Timestamp) -> Result<bool, StoreError> {
-        let Some(b) = &workflow.budget else { return Ok(false) };
-        let Some(bp) = b.soft_threshold_bp else {
+        let Some(b) = workflow.budget.as_ref().filter(|b| b.soft_threshold_bp.is_some()) else {
             return Ok(false);
         };
-        let st = self.store.scope(&period_scope(workflow, b, now)).await?;
-        let limit = if st.limit_nanos > 0 {
-            st.limit_nanos
-        } else {
-            b.limit_nanos
-        };
-        let used = (st.spent_nanos + st.reserved_nanos) as i128;
-        Ok(used * 10_000 >= limit as i128 * bp as i128)
+        let stored = self.store.scope(&period_scope(workflow, b, now)).await?;
+        Ok(ScopeState::of_period(b, stored).past_soft_threshold(b))
     }
 
     /// Reserves the call's estimated cost on every scope that applies, or

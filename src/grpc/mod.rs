@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::budget::{period_scope, Admission, Budgets, Call, Escalation, Settled, StoreError, Usage};
+use crate::budget::{period_scope, Admission, Budgets, Call, Escalation, ScopeState, Settled, StoreError, Usage};
 use crate::error::{truncate, Error};
 use crate::estimate::cache::ContextCache;
 use crate::route::{find_workflow, plan, record_routed, Planned, RawRoute, RouteCall};
@@ -268,22 +268,18 @@ impl RouterService {
                 workflow.name
             )));
         };
-        let st = self
+        let stored = self
             .budgets
             .store
             .scope(&period_scope(workflow, b, jiff::Timestamp::now()))
             .await?;
-        let limit = if st.limit_nanos > 0 {
-            st.limit_nanos
-        } else {
-            b.limit_nanos
-        };
+        let st = ScopeState::of_period(b, stored);
         Ok(pb::BudgetStatus {
             workflow: workflow.name.clone(),
-            limit_nanousd: limit,
+            limit_nanousd: st.limit_nanos,
             spent_nanousd: st.spent_nanos,
             reserved_nanousd: st.reserved_nanos,
-            remaining_nanousd: limit - st.spent_nanos - st.reserved_nanos,
+            remaining_nanousd: st.remaining(),
         })
     }
 }
