@@ -125,11 +125,13 @@ impl RouterService {
         let table = self.rules.current();
         let now = jiff::Timestamp::now();
         // Validate first, so that a bad request costs no store round trip.
-        parse_call(&req)?;
-        let workflow = find_workflow(&table, &req.workflow)?;
+        let mut call = parse_call(&req)?;
+        let workflow = find_workflow(&table, call.workflow)?;
         let downgrade = self.budgets.past_soft_threshold(workflow, now).await?;
-        let content: usize = req.messages.iter().map(|m| m.content.len()).sum();
+        let content: usize = call.messages.iter().map(|m| m.content.len()).sum();
         let (req, planned) = if content > INLINE_CONTENT_BYTES {
+            // The request moves to the blocking pool and is parsed again there;
+            // at this size the count dwarfs the parse.
             let (t, cache) = (table.clone(), self.cache.clone());
             tokio::task::spawn_blocking(move || {
                 let p = plan_one(&t, &cache, &req, downgrade);
@@ -138,7 +140,8 @@ impl RouterService {
             .await
             .map_err(|e| Error::Unavailable(format!("route task failed: {e}")))?
         } else {
-            let p = plan_one(&table, &self.cache, &req, downgrade);
+            call.input.downgrade = downgrade;
+            let p = plan(&table, &call, Some(&self.cache), None);
             (req, p)
         };
         let planned = planned?;
