@@ -185,6 +185,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             let _ = drain_rx.await;
         });
     let mut server = tokio::spawn(server);
+    let mut shutdown = ShutdownSignal::register();
     // Ready only now: the port is bound (connections queue in its backlog)
     // and the server task is running.
     admin_state.ready.store(true, Ordering::Release);
@@ -200,7 +201,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             res.context("gRPC server task")?.context("gRPC server")?;
             return Ok(());
         }
-        sig = shutdown_signal() => {
+        sig = shutdown.recv() => {
             tracing::info!(signal = sig, grace_s = cfg.shutdown_grace.as_secs_f64(), "shutting down: draining calls in flight");
         }
     }
@@ -226,26 +227,56 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGTERM or Ctrl-C, naming which.
-async fn shutdown_signal() -> &'static str {
+/// SIGTERM and Ctrl-C, registered with the OS when built. Building it before
+/// the "listening" line is printed means a supervisor that signals as soon as
+/// it reads that line never meets the default action (exit without draining).
+struct ShutdownSignal {
     #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
-                let _ = tokio::signal::ctrl_c().await;
-                return "SIGINT";
-            }
-        };
-        tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = tokio::signal::ctrl_c() => "SIGINT",
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignal {
+    fn register() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let term = signal(SignalKind::terminate())
+                .map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server"))
+                .ok();
+            let int = signal(SignalKind::interrupt())
+                .map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGINT"))
+                .ok();
+            Self { term, int }
+        }
+        #[cfg(not(unix))]
+        {
+            Self {}
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "Ctrl-C"
+
+    /// Resolves on SIGTERM or Ctrl-C, naming which.
+    async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            async fn next(sig: &mut Option<tokio::signal::unix::Signal>) {
+                match sig {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                _ = next(&mut self.term) => "SIGTERM",
+                _ = next(&mut self.int) => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
     }
 }

@@ -277,7 +277,7 @@ async fn reflection_lists_and_describes_the_router_as_grpcurl_does() {
 async fn logs_to_a_file_carry_no_terminal_colour_codes() {
     let server = Server::start(&repo_path("routing-rules"), &[]);
     let status = server.terminate_keeping_log();
-    assert!(status.0.success());
+    assert!(status.0.success(), "{:?}: {}", status.0, status.1);
     assert!(status.1.contains("switchyard serving"), "{}", status.1);
     assert!(
         !status.1.contains('\u{1b}'),
