@@ -2,12 +2,17 @@
 //! concurrent clients, each pair two committed transactions on one scope
 //! shared by every client (the contended case a busy workflow produces).
 //!
+//! Stores: the embedded SQLite store, and Redis (a `redis-server` started
+//! here on a free port, append-only file with `appendfsync everysec`, its
+//! usual production setting).
+//!
 //! Run: `cargo bench --bench store` (bounded: 3 s of load per store).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use switchyard::budget::redis::{RedisConfig, RedisStore};
 use switchyard::budget::sqlite::SqliteStore;
 use switchyard::budget::{NewReservation, Reserved, ScopeCharge, SharedStore, Usage};
 
@@ -57,9 +62,26 @@ async fn load(store: SharedStore, name: &str) {
     );
 }
 
+#[path = "../tests/common/redis.rs"]
+mod redis_server;
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let dir = tempfile::tempdir().expect("tmp");
     let store: SharedStore = Arc::new(SqliteStore::open(dir.path()).expect("open"));
     load(store, "sqlite").await;
+
+    let server = redis_server::RedisServer::start_with(&["--appendfsync", "everysec"]);
+    let store = RedisStore::connect(RedisConfig {
+        url: server.url(),
+        prefix: "bench".into(),
+        timeout: Duration::from_secs(2),
+        reservation_ttl_ms: 600_000,
+        fail_open_cap_nanos: None,
+        journal: dir.path().join("redis-journal.jsonl"),
+    })
+    .await
+    .expect("connect");
+    store.ping().await.expect("redis answers");
+    load(Arc::new(store), "redis").await;
 }

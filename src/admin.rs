@@ -24,6 +24,7 @@ pub struct AdminState {
     pub rules: Arc<Rules>,
     pub cache: Arc<ContextCache>,
     pub counters: Arc<RouteCounters>,
+    pub store: crate::budget::SharedStore,
     /// Released once the rules are loaded, the tokenizers warm and the gRPC
     /// port bound; set back to false when shutdown begins.
     pub ready: AtomicBool,
@@ -69,7 +70,26 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
         .loaded_at
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs());
-    let series: [(&str, &str, &str, u64); 12] = [
+    let store = s.store.health();
+    let series: [(&str, &str, &str, u64); 15] = [
+        (
+            "switchyard_budget_store_unavailable_total",
+            "counter",
+            "Budget store calls that found the store (Redis) unreachable.",
+            store.unavailable_total,
+        ),
+        (
+            "switchyard_budget_fail_open_admitted_total",
+            "counter",
+            "Calls admitted under the local fail-open cap while the budget store was unreachable.",
+            store.fail_open_admitted_total,
+        ),
+        (
+            "switchyard_budget_journal_pending",
+            "gauge",
+            "ReportUsage settlements journaled locally, waiting for the budget store.",
+            store.journal_pending,
+        ),
         (
             "switchyard_route_decisions_total",
             "counter",

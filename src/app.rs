@@ -16,8 +16,9 @@ use anyhow::Context;
 use tonic::transport::server::TcpIncoming;
 
 use crate::admin::{self, AdminState};
+use crate::budget::redis::{redact_url, RedisConfig, RedisStore};
 use crate::budget::sqlite::SqliteStore;
-use crate::budget::Budgets;
+use crate::budget::{Budgets, SharedStore};
 use crate::estimate::cache::{CacheConfig, ContextCache};
 use crate::estimate::tokens;
 use crate::grpc::pb::router_server::RouterServer;
@@ -37,6 +38,18 @@ pub struct ServeConfig {
     pub context_cache: CacheConfig,
     /// How long a reservation waits for its ReportUsage before it is released.
     pub reservation_ttl: Duration,
+    /// Share budgets through Redis instead of the embedded store.
+    pub redis: Option<RedisServe>,
+}
+
+/// The fleet store's settings, from `--redis-*`.
+#[derive(Debug, Clone)]
+pub struct RedisServe {
+    pub url: String,
+    pub key_prefix: String,
+    pub timeout: Duration,
+    /// `None` fails closed while Redis is unreachable.
+    pub fail_open_cap_nanos: Option<i64>,
 }
 
 /// How often expired reservations are looked for.
@@ -84,16 +97,37 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let store = SqliteStore::open(&cfg.state_dir).map_err(|e| {
-        ConfigError(format!(
-            "cannot open the budget store in {}: {e}; pass --state-dir with a writable folder",
-            cfg.state_dir.display()
-        ))
-    })?;
-    let budgets = Arc::new(Budgets {
-        store: Arc::new(store),
-        reservation_ttl_ms: cfg.reservation_ttl.as_millis() as i64,
-    });
+    let store: SharedStore = match &cfg.redis {
+        None => Arc::new(SqliteStore::open(&cfg.state_dir).map_err(|e| {
+            ConfigError(format!(
+                "cannot open the budget store in {}: {e}; pass --state-dir with a writable folder",
+                cfg.state_dir.display()
+            ))
+        })?),
+        Some(r) => {
+            let store = RedisStore::connect(RedisConfig {
+                url: r.url.clone(),
+                prefix: r.key_prefix.clone(),
+                timeout: r.timeout,
+                reservation_ttl_ms: cfg.reservation_ttl.as_millis() as i64,
+                fail_open_cap_nanos: r.fail_open_cap_nanos,
+                journal: cfg.state_dir.join("redis-journal.jsonl"),
+            })
+            .await
+            .map_err(|e| ConfigError(e.to_string()))?;
+            // Not fatal: a sidecar that starts before Redis serves (failing
+            // closed or open, as configured) and recovers when Redis answers.
+            match store.ping().await {
+                Ok(()) => tracing::info!(redis = %redact_url(&r.url), "budgets are shared through Redis"),
+                Err(e) => {
+                    tracing::warn!(redis = %redact_url(&r.url), error = %e, "Redis is not answering yet; budgets fail {} until it does",
+                    if r.fail_open_cap_nanos.is_some() { "open, up to the local cap," } else { "closed" })
+                }
+            }
+            Arc::new(store)
+        }
+    };
+    let budgets = Arc::new(Budgets::new(store.clone(), cfg.reservation_ttl.as_millis() as i64));
     tokens::warm_up();
 
     // 2. Bind both ports; a taken port fails here, with its name.
@@ -113,6 +147,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         rules: rules.clone(),
         cache: cache.clone(),
         counters: counters.clone(),
+        store,
         ready: Default::default(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -168,6 +203,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         grpc = %grpc_addr,
         admin = %admin_addr,
         state_dir = %cfg.state_dir.display(),
+        budget_store = if cfg.redis.is_some() { "redis" } else { "sqlite" },
         "switchyard serving"
     );
 

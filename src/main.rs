@@ -41,9 +41,19 @@ enum Command {
         /// The folder for the embedded store and the audit log.
         #[arg(long, env = "SWITCHYARD_STATE_DIR", default_value = "state")]
         state_dir: PathBuf,
-        /// Share budgets across a fleet through this Redis (not in this build yet).
+        /// Share budgets across a fleet through this Redis (redis://host:port) instead of the embedded store.
         #[arg(long, env = "SWITCHYARD_REDIS_URL")]
         redis_url: Option<String>,
+        /// While Redis is unreachable, admit calls until this sidecar's estimated spend reaches this many USD
+        /// (fail open with a local cap). Unset: fail closed (Route answers UNAVAILABLE).
+        #[arg(long, env = "SWITCHYARD_REDIS_FAIL_OPEN_USD")]
+        redis_fail_open_usd: Option<f64>,
+        /// The longest a budget call waits for Redis before Redis counts as unreachable, in milliseconds.
+        #[arg(long, env = "SWITCHYARD_REDIS_TIMEOUT_MS", default_value_t = 500)]
+        redis_timeout_ms: u64,
+        /// The prefix of every Redis key, so that deployments can share one Redis.
+        #[arg(long, env = "SWITCHYARD_REDIS_KEY_PREFIX", default_value = "sy")]
+        redis_key_prefix: String,
         /// The API keys file (not in this build yet).
         #[arg(long, env = "SWITCHYARD_API_KEYS")]
         api_keys: Option<PathBuf>,
@@ -204,6 +214,9 @@ fn main() -> ExitCode {
             admin_listen,
             state_dir,
             redis_url,
+            redis_fail_open_usd,
+            redis_timeout_ms,
+            redis_key_prefix,
             api_keys,
             max_request_bytes,
             context_cache_mib,
@@ -221,13 +234,19 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(json);
-            if redis_url.is_some() || api_keys.is_some() {
+            if api_keys.is_some() {
                 eprintln!(
-                    "--redis-url and --api-keys are not supported by this build yet (fleet budgets and API keys are \
-                     on the roadmap); start without them"
+                    "--api-keys is not supported by this build yet (API keys are on the roadmap); start without it"
                 );
                 return ExitCode::from(EXIT_CONFIG);
             }
+            let redis = match redis_settings(redis_url, redis_fail_open_usd, redis_timeout_ms, redis_key_prefix) {
+                Ok(r) => r,
+                Err(why) => {
+                    eprintln!("{why}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
             if !(shutdown_grace_s.is_finite() && (0.0..=3600.0).contains(&shutdown_grace_s)) {
                 eprintln!("--shutdown-grace-s {shutdown_grace_s} must be between 0 and 3600");
                 return ExitCode::from(EXIT_CONFIG);
@@ -240,6 +259,7 @@ fn main() -> ExitCode {
                 max_request_bytes,
                 shutdown_grace: Duration::from_secs_f64(shutdown_grace_s),
                 reservation_ttl: Duration::from_secs(reservation_ttl_s.max(1)),
+                redis,
                 context_cache: switchyard::estimate::cache::CacheConfig {
                     max_bytes: context_cache_mib.saturating_mul(1024 * 1024),
                     ttl: Duration::from_secs(context_cache_ttl_s.max(1)),
@@ -265,4 +285,46 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Checks the `--redis-*` flags together.
+fn redis_settings(
+    url: Option<String>,
+    fail_open_usd: Option<f64>,
+    timeout_ms: u64,
+    key_prefix: String,
+) -> Result<Option<app::RedisServe>, String> {
+    let Some(url) = url else {
+        if fail_open_usd.is_some() {
+            return Err("--redis-fail-open-usd applies only with --redis-url".into());
+        }
+        return Ok(None);
+    };
+    if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://")) {
+        return Err(format!(
+            "--redis-url `{}` must start with redis:// (or rediss://, redis+unix://)",
+            switchyard::budget::redis::redact_url(&url)
+        ));
+    }
+    if !(10..=60_000).contains(&timeout_ms) {
+        return Err(format!("--redis-timeout-ms {timeout_ms} must be between 10 and 60000"));
+    }
+    if key_prefix.is_empty() || key_prefix.contains(['{', '}', ' ']) {
+        return Err(format!(
+            "--redis-key-prefix `{key_prefix}` must be non-empty, without braces or spaces"
+        ));
+    }
+    let fail_open_cap_nanos = match fail_open_usd {
+        None => None,
+        Some(usd) => Some(
+            switchyard::money::budget_usd_to_nanos(usd)
+                .ok_or_else(|| format!("--redis-fail-open-usd {usd} must be a positive amount of USD, at most 1e9"))?,
+        ),
+    };
+    Ok(Some(app::RedisServe {
+        url,
+        key_prefix,
+        timeout: Duration::from_millis(timeout_ms),
+        fail_open_cap_nanos,
+    }))
 }

@@ -71,6 +71,11 @@ impl<'a> RouteCall<'a> {
                 raw.outcome_id.len()
             ));
         }
+        if raw.outcome_id.chars().any(char::is_control) {
+            return bad(
+                "outcome_id contains control characters; use printable text (a ticket or PR ID, say)".to_string(),
+            );
+        }
         if raw.task_kind.len() > MAX_NAME_BYTES {
             return bad(format!(
                 "task_kind is {} bytes; at most {MAX_NAME_BYTES}",

@@ -4,9 +4,13 @@
 
 mod common;
 
+#[path = "common/redis.rs"]
+mod redis_server;
+
 use std::time::Duration;
 
 use common::*;
+use redis_server::RedisServer;
 use switchyard::grpc::pb;
 use switchyard::grpc::pb::router_client::RouterClient;
 use tonic::transport::Channel;
@@ -71,14 +75,13 @@ async fn report(c: &mut RouterClient<Channel>, r: &pb::RouteResponse, output: u6
     .cost_nanousd
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thirty_two_clients_never_overspend_a_dollar() {
-    let dir = rules_file(RACE_RULES);
-    let server = Server::start(&dir.path().join("rules.toml"), &[]);
-    let client = server.client().await;
+/// 32 clients spread over `clients` race for the "race" workflow's $1 until
+/// it denies; the spend must stay within the dollar and equal the sum of the
+/// acknowledged costs.
+async fn race_for_a_dollar(clients: &[RouterClient<Channel>]) {
     let tasks: Vec<_> = (0..32)
         .map(|i| {
-            let mut c = client.clone();
+            let mut c = clients[i % clients.len()].clone();
             tokio::spawn(async move {
                 let mut acked = 0i64;
                 for j in 0..20 {
@@ -103,18 +106,152 @@ async fn thirty_two_clients_never_overspend_a_dollar() {
     for t in tasks {
         acked += t.await.expect("client");
     }
-    let mut c = client.clone();
+    for c in clients {
+        let b = budget(&mut c.clone(), "race").await;
+        assert_eq!(b.limit_nanousd, DOLLAR);
+        assert!(b.spent_nanousd <= DOLLAR, "overspent: {b:?}");
+        assert_eq!(b.spent_nanousd, acked, "spend is exactly the sum of acknowledged costs");
+        assert_eq!(b.reserved_nanousd, 0);
+        assert!(b.spent_nanousd > DOLLAR * 8 / 10, "the budget was used: {b:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_clients_never_overspend_a_dollar() {
+    let dir = rules_file(RACE_RULES);
+    let server = Server::start(&dir.path().join("rules.toml"), &[]);
+    race_for_a_dollar(&[server.client().await]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_sharing_one_redis_never_overspend_a_dollar() {
+    let redis = RedisServer::start();
+    let dir = rules_file(RACE_RULES);
+    let url = redis.url();
+    let a = Server::start(&dir.path().join("rules.toml"), &["--redis-url", &url]);
+    let b = Server::start(&dir.path().join("rules.toml"), &["--redis-url", &url]);
+    race_for_a_dollar(&[a.client().await, b.client().await]).await;
+}
+
+/// Reports one routed call's usage, expecting it to be acknowledged.
+async fn route_and_report(c: &mut RouterClient<Channel>, outcome: &str) -> (pb::RouteResponse, i64) {
+    let r = c.route(call("race", outcome)).await.expect("route").into_inner();
+    assert_eq!(r.status, pb::RouteStatus::Routed as i32, "{r:?}");
+    let cost = report(c, &r, 250).await;
+    (r, cost)
+}
+
+/// Waits (up to 10 s) for the "race" budget's spend to reach `acked` once
+/// Redis is back and the journal replayed.
+async fn assert_spend_becomes(c: &RouterClient<Channel>, acked: i64) {
+    let replayed = eventually(Duration::from_secs(10), || {
+        let mut c = c.clone();
+        async move {
+            c.get_budget(pb::GetBudgetRequest {
+                workflow: "race".into(),
+            })
+            .await
+            .is_ok_and(|b| b.into_inner().spent_nanousd == acked)
+        }
+    })
+    .await;
+    assert!(
+        replayed,
+        "spend after recovery: {:?}",
+        budget(&mut c.clone(), "race").await
+    );
+}
+
+fn metric(server: &Server, name: &str) -> u64 {
+    let (_, body) = server.admin_get("/metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_run_fails_closed_and_counts_nothing_twice_after_it_returns() {
+    let mut redis = RedisServer::start();
+    let dir = rules_file(RACE_RULES);
+    let server = Server::start(&dir.path().join("rules.toml"), &["--redis-url", &redis.url()]);
+    let mut c = server.client().await;
+    let mut acked = 0;
+    for i in 0..5 {
+        acked += route_and_report(&mut c, &format!("before-{i}")).await.1;
+    }
+    // Routed before the outage, reported during it.
+    let in_flight = c.route(call("race", "in-flight")).await.expect("route").into_inner();
+
+    redis.kill9();
+    let err = c.route(call("race", "during")).await.expect_err("fails closed");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("fails closed"), "{}", err.message());
+    // The usage is acknowledged (journaled), twice, as a client retry would.
+    let cost = report(&mut c, &in_flight, 250).await;
+    assert_eq!(report(&mut c, &in_flight, 250).await, cost);
+    acked += cost;
+    assert_eq!(metric(&server, "switchyard_budget_journal_pending"), 2);
+    assert!(metric(&server, "switchyard_budget_store_unavailable_total") > 0);
+
+    redis.restart();
+    assert_spend_becomes(&c, acked).await;
+    assert_eq!(metric(&server, "switchyard_budget_journal_pending"), 0);
     let b = budget(&mut c, "race").await;
-    assert_eq!(b.limit_nanousd, DOLLAR);
-    assert!(b.spent_nanousd <= DOLLAR, "overspent: {b:?}");
-    assert_eq!(b.spent_nanousd, acked, "spend is exactly the sum of acknowledged costs");
-    assert_eq!(b.reserved_nanousd, 0);
-    assert!(b.spent_nanousd > DOLLAR * 8 / 10, "the budget was used: {b:?}");
+    assert_eq!(
+        (b.spent_nanousd, b.reserved_nanousd),
+        (acked, 0),
+        "each call counted once"
+    );
+    // Routing resumes.
+    route_and_report(&mut c, "after").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_run_fails_open_up_to_the_local_cap_when_configured() {
+    let mut redis = RedisServer::start();
+    let dir = rules_file(RACE_RULES);
+    // Each call is estimated at about 1.5 cents: the 4-cent cap admits two.
+    let server = Server::start(
+        &dir.path().join("rules.toml"),
+        &["--redis-url", &redis.url(), "--redis-fail-open-usd", "0.04"],
+    );
+    let mut c = server.client().await;
+    let mut acked = route_and_report(&mut c, "before").await.1;
+    redis.kill9();
+    let mut admitted = 0;
+    loop {
+        match c.route(call("race", &format!("open-{admitted}"))).await {
+            Ok(r) => {
+                acked += report(&mut c, &r.into_inner(), 250).await;
+                admitted += 1;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::Unavailable);
+                assert!(e.message().contains("fail-open cap"), "{}", e.message());
+                break;
+            }
+        }
+        assert!(admitted < 10, "the fail-open cap did not hold");
+    }
+    assert!(admitted >= 1, "fail-open admitted nothing");
+    assert_eq!(metric(&server, "switchyard_budget_fail_open_admitted_total"), admitted);
+    redis.restart();
+    assert_spend_becomes(&c, acked).await;
 }
 
 #[tokio::test]
 async fn soft_threshold_downgrades_then_the_limit_escalates_and_approval_resumes() {
-    let server = Server::start(&repo_path("routing-rules/examples/budgets.toml"), &[]);
+    soft_threshold_then_escalation(&[]).await;
+}
+
+#[tokio::test]
+async fn soft_threshold_and_escalation_work_the_same_on_redis() {
+    let redis = RedisServer::start();
+    soft_threshold_then_escalation(&["--redis-url", &redis.url()]).await;
+}
+
+async fn soft_threshold_then_escalation(args: &[&str]) {
+    let server = Server::start(&repo_path("routing-rules/examples/budgets.toml"), args);
     let mut c = server.client().await;
     let mut statuses = Vec::new();
     // Each call reserves ~$0.05 on gpt-5-mini (tier 4) and settles at the estimate.

@@ -56,6 +56,15 @@ async fn bad_input_gets_a_clear_status_and_the_server_keeps_serving() {
             "messages is empty",
         ),
         (
+            "control characters in the outcome",
+            pb::RouteRequest {
+                outcome_id: "ticket\u{1f}9".into(),
+                ..request("general", "hi")
+            },
+            Code::InvalidArgument,
+            "outcome_id contains control characters",
+        ),
+        (
             "unknown workflow",
             request("payroll", "hi"),
             Code::NotFound,
@@ -148,7 +157,7 @@ async fn bad_input_gets_a_clear_status_and_the_server_keeps_serving() {
         .expect("routes after bad input");
     let (code, metrics) = server.admin_get("/metrics");
     assert_eq!(code, 200);
-    assert!(metrics.contains("switchyard_route_rejections_total 8"), "{metrics}");
+    assert!(metrics.contains("switchyard_route_rejections_total 9"), "{metrics}");
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@
 //! check-then-increment race. Settling is idempotent by `decision_id`.
 //! Reservations never settled expire and release their amount.
 
+pub mod redis;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -28,14 +29,14 @@ use crate::money::format_usd;
 use crate::rules::{Budget, OnLimit, Period, Workflow};
 
 /// One scope a call is charged to, with its limit now.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ScopeCharge {
     pub key: String,
     pub limit_nanos: i64,
 }
 
 /// A reservation to make.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NewReservation {
     pub decision_id: String,
     pub workflow: String,
@@ -95,7 +96,7 @@ pub enum Reserved {
 }
 
 /// What a call actually used.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     pub input_tokens: u64,
     pub cached_input_tokens: u64,
@@ -194,9 +195,23 @@ pub trait BudgetStore: Send + Sync {
         reason: &str,
         now_ms: i64,
     ) -> Result<Escalation, StoreError>;
+    fn health(&self) -> StoreHealth {
+        StoreHealth::default()
+    }
 }
 
 pub type SharedStore = Arc<dyn BudgetStore>;
+
+/// How a store has fared, for /metrics. Stores with nothing to say report zeros.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreHealth {
+    /// Store calls that found the store unreachable.
+    pub unavailable_total: u64,
+    /// Calls admitted under the fail-open cap while the store was unreachable.
+    pub fail_open_admitted_total: u64,
+    /// Settlements journaled locally, waiting for the store.
+    pub journal_pending: u64,
+}
 
 /// The calendar period containing `now`, in the budget's time zone, as a key
 /// fragment such as `day|2026-11-25@Europe/Berlin`.
@@ -253,7 +268,16 @@ pub struct Budgets {
     pub store: SharedStore,
     /// How long a reservation waits for its ReportUsage before it is released.
     pub reservation_ttl_ms: i64,
+    /// The period scopes as last read, plus what this sidecar reserved since:
+    /// the soft-threshold check reads this instead of making a store round
+    /// trip on every Route.
+    view: std::sync::Mutex<std::collections::HashMap<String, (ScopeState, std::time::Instant)>>,
 }
+
+/// How long a period scope's state is trusted before it is read again. Other
+/// sidecars' spend shows in the soft-threshold check within this time; this
+/// sidecar's own reservations show at once.
+const VIEW_FRESH: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// What Route may do with a decision, budget-wise.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,15 +303,68 @@ pub struct Call<'a> {
 }
 
 impl Budgets {
+    pub fn new(store: SharedStore, reservation_ttl_ms: i64) -> Budgets {
+        Budgets {
+            store,
+            reservation_ttl_ms,
+            view: Default::default(),
+        }
+    }
+
+    fn view(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (ScopeState, std::time::Instant)>> {
+        // The map holds plain numbers: a panic elsewhere cannot leave it torn.
+        self.view.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Forgets every cached scope state (after an approval raises a limit).
+    pub fn refresh_view(&self) {
+        self.view().clear();
+    }
+
     /// Whether the workflow's period budget is past its soft threshold, so
-    /// that routing should step down a tier. A read, not a reservation: it is
-    /// advisory and may lag concurrent calls by a few cents.
+    /// that routing should step down a tier. Advisory, not a reservation: it
+    /// reads the period scope at most every 250 ms and counts this sidecar's
+    /// own reservations in between, so another sidecar's spend may show up to
+    /// 250 ms late. A store that cannot be read does not step down: the
+    /// reservation that follows fails closed (or open) as configured.
     pub async fn past_soft_threshold(&self, workflow: &Workflow, now: Timestamp) -> Result<bool, StoreError> {
         let Some(b) = workflow.budget.as_ref().filter(|b| b.soft_threshold_bp.is_some()) else {
             return Ok(false);
         };
-        let stored = self.store.scope(&period_scope(workflow, b, now)).await?;
-        Ok(ScopeState::of_period(b, stored).past_soft_threshold(b))
+        let key = period_scope(workflow, b, now);
+        let cached = self
+            .view()
+            .get(&key)
+            .filter(|(_, at)| at.elapsed() < VIEW_FRESH)
+            .map(|(st, _)| *st);
+        let state = match cached {
+            Some(st) => st,
+            None => {
+                let stored = match self.store.scope(&key).await {
+                    Ok(st) => st,
+                    Err(StoreError::Unavailable(_)) => return Ok(false),
+                    Err(e) => return Err(e),
+                };
+                let st = ScopeState::of_period(b, stored);
+                let mut view = self.view();
+                if view.len() >= 4096 {
+                    view.retain(|_, (_, at)| at.elapsed() < VIEW_FRESH);
+                }
+                view.insert(key, (st, std::time::Instant::now()));
+                st
+            }
+        };
+        Ok(state.past_soft_threshold(b))
+    }
+
+    /// Counts a reservation this sidecar just made in the cached view.
+    fn note_reserved(&self, scopes: &[ScopeCharge], amount: i64) {
+        let mut view = self.view();
+        for s in scopes {
+            if let Some((st, _)) = view.get_mut(&s.key) {
+                st.reserved_nanos += amount;
+            }
+        }
     }
 
     /// Reserves the call's estimated cost on every scope that applies, or
@@ -313,7 +390,10 @@ impl Budgets {
             return Ok(Admission::Routed);
         }
         let (scope, state) = match self.store.reserve(&r).await? {
-            Reserved::Ok => return Ok(Admission::Routed),
+            Reserved::Ok => {
+                self.note_reserved(&r.scopes, r.amount_nanos);
+                return Ok(Admission::Routed);
+            }
             Reserved::OverLimit { scope, state } => (scope, state),
         };
         let at_limit = format!(

@@ -9,7 +9,11 @@ const DOLLAR: i64 = 1_000_000_000;
 fn reservation(id: &str, amount: i64, scopes: &[(&str, i64)], now_ms: i64) -> NewReservation {
     NewReservation {
         decision_id: id.to_string(),
-        workflow: "w".into(),
+        // Scope keys start with their workflow's name, as `scopes_for` makes them.
+        workflow: scopes
+            .first()
+            .map_or("w", |(k, _)| k.split('|').next().unwrap_or("w"))
+            .into(),
         outcome_id: "o".into(),
         model: "m".into(),
         deferrable: false,
@@ -211,7 +215,7 @@ async fn escalations_approve_and_deny(store: &SharedStore, ns: &str) {
         .expect("fill");
     let e = Escalation {
         id: format!("{ns}-e1"),
-        workflow: "w".into(),
+        workflow: ns.into(),
         scope: s.clone(),
         outcome_id: "o".into(),
         caller: "local".into(),
@@ -271,7 +275,7 @@ async fn escalations_approve_and_deny(store: &SharedStore, ns: &str) {
         store.open_escalation(&s).await.expect("open").map(|e| e.state),
         Some("denied".to_string())
     );
-    let listed = store.list_escalations(Some("w")).await.expect("list");
+    let listed = store.list_escalations(Some(ns)).await.expect("list");
     assert!(listed.iter().any(|x| x.id == e2.id && x.state == "denied"));
 }
 
@@ -280,6 +284,125 @@ async fn sqlite_store_conforms() {
     let dir = tempfile::tempdir().expect("tmp");
     let store: SharedStore = Arc::new(sqlite::SqliteStore::open(dir.path()).expect("open"));
     conformance(store, "t").await;
+}
+
+#[path = "../../tests/common/redis.rs"]
+mod redis_server;
+
+pub fn redis_config(url: String, dir: &std::path::Path, fail_open_nanos: Option<i64>) -> redis::RedisConfig {
+    redis::RedisConfig {
+        url,
+        prefix: "sy".into(),
+        timeout: std::time::Duration::from_millis(500),
+        reservation_ttl_ms: 600_000,
+        fail_open_cap_nanos: fail_open_nanos,
+        journal: dir.join("redis-journal.jsonl"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_store_conforms() {
+    let server = redis_server::RedisServer::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = redis::RedisStore::connect(redis_config(server.url(), dir.path(), None))
+        .await
+        .expect("connect");
+    store.ping().await.expect("ping");
+    conformance(Arc::new(store), "t").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_fails_closed_journals_reports_and_replays_them_once() {
+    let mut server = redis_server::RedisServer::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = redis_config(server.url(), dir.path(), None);
+    let store = redis::RedisStore::connect(cfg.clone()).await.expect("connect");
+    let day = [("w|day", DOLLAR)];
+    assert_eq!(
+        store.reserve(&reservation("d1", 100, &day, 0)).await.expect("reserve"),
+        Reserved::Ok
+    );
+
+    server.kill9();
+    let refused = store.reserve(&reservation("d2", 100, &day, 0)).await;
+    assert!(
+        matches!(&refused, Err(StoreError::Unavailable(m)) if m.contains("fails closed")),
+        "{refused:?}"
+    );
+    // The usage of a call made before the outage is acknowledged (journaled),
+    // and so is a retry of it.
+    for _ in 0..2 {
+        assert_eq!(
+            store.settle("d1", 90, &Usage::default(), 1).await.expect("journaled"),
+            Settled::Charged { cost_nanos: 90 }
+        );
+    }
+    assert_eq!(store.pending_settlements().await, 2);
+    assert!(store.expire(2).await.is_err(), "maintenance fails while Redis is down");
+    // A restart of the sidecar keeps the journal.
+    drop(store);
+    let store = redis::RedisStore::connect(cfg).await.expect("reconnect");
+    assert_eq!(store.pending_settlements().await, 2);
+
+    server.restart();
+    store.expire(3).await.expect("replay");
+    assert_eq!(store.pending_settlements().await, 0);
+    assert_eq!(
+        store.scope("w|day").await.expect("scope"),
+        ScopeState {
+            limit_nanos: DOLLAR,
+            spent_nanos: 90,
+            reserved_nanos: 0
+        },
+        "charged once, reservation released"
+    );
+    assert_eq!(
+        store.settle("d1", 90, &Usage::default(), 4).await.expect("settle"),
+        Settled::AlreadySettled { cost_nanos: 90 }
+    );
+    assert!(!dir.path().join("redis-journal.jsonl").exists(), "journal emptied");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_fails_open_up_to_the_local_cap() {
+    let mut server = redis_server::RedisServer::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = redis::RedisStore::connect(redis_config(server.url(), dir.path(), Some(1000)))
+        .await
+        .expect("connect");
+    let day = [("w|day", DOLLAR)];
+    store.reserve(&reservation("warm", 0, &day, 0)).await.expect("reserve");
+    server.kill9();
+    assert_eq!(
+        store
+            .reserve(&reservation("o1", 600, &day, 0))
+            .await
+            .expect("fail open"),
+        Reserved::Ok
+    );
+    let capped = store.reserve(&reservation("o2", 600, &day, 0)).await;
+    assert!(
+        matches!(&capped, Err(StoreError::Unavailable(m)) if m.contains("fail-open cap")),
+        "{capped:?}"
+    );
+    // Priced from this sidecar's own record while Redis is down.
+    let rec = store.reservation("o1").await.expect("local record").expect("known");
+    assert_eq!((rec.model.as_str(), rec.amount_nanos), ("m", 600));
+    store.settle("o1", 500, &Usage::default(), 1).await.expect("journaled");
+
+    server.restart();
+    store.expire(2).await.expect("replay");
+    let st = store.scope("w|day").await.expect("scope");
+    assert_eq!((st.spent_nanos, st.reserved_nanos), (500, 0), "{st:?}");
+    assert_eq!(
+        store.settle("o1", 500, &Usage::default(), 3).await.expect("settle"),
+        Settled::AlreadySettled { cost_nanos: 500 }
+    );
+    // Back to normal: the cap is for outages only.
+    assert_eq!(
+        store.reserve(&reservation("o3", 5000, &day, 0)).await.expect("reserve"),
+        Reserved::Ok
+    );
 }
 
 #[tokio::test]

@@ -406,6 +406,7 @@ impl Router for RouterService {
             .await
             .map_err(Error::from)
             .map(|e| {
+                self.budgets.refresh_view();
                 tracing::info!(escalation = %e.id, state = %e.state, added = e.added_nanos, "escalation resolved");
                 escalation_pb(e)
             });

@@ -732,6 +732,16 @@ impl Validator<'_> {
         for &(o, ref w) in raw {
             if w.name.trim().is_empty() {
                 self.error(o, "workflows", &["name"], "a workflow needs a non-empty name");
+            } else if !valid_workflow_name(&w.name) {
+                self.error(
+                    o,
+                    "workflows",
+                    &["name"],
+                    format!(
+                        "workflow name `{}` may use only letters, digits, `.`, `_` and `-` (at most 64): it becomes part of budget store keys, metric labels and span attributes",
+                        w.name.chars().take(80).collect::<String>()
+                    ),
+                );
             }
             if out.iter().any(|x| x.name == w.name) {
                 self.error(
@@ -1061,3 +1071,13 @@ pub fn summary(t: &RuleTable) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// Workflow names go into store keys (the Redis hash tag among them), metric
+/// labels and span attributes, so they keep to a safe alphabet.
+pub fn valid_workflow_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}

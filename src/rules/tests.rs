@@ -199,3 +199,14 @@ fn shipped_rules_are_valid() {
     );
     assert!(r.workflow("replay").is_some());
 }
+
+#[test]
+fn workflow_names_keep_to_a_store_safe_alphabet() {
+    let d = diags(&MINIMAL.replace("name = \"w\"", "name = \"team{a}\""));
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].key, "workflows[0].name");
+    assert!(d[0].message.contains("only letters, digits"), "{}", d[0].message);
+    assert!(valid_workflow_name("budget-demo.v2_x"));
+    assert!(!valid_workflow_name("a|b"));
+    assert!(!valid_workflow_name(&"a".repeat(65)));
+}

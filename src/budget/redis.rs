@@ -1,0 +1,1011 @@
+//! The fleet budget store: Redis, shared by every sidecar of a fleet.
+//!
+//! Every check-and-change is one Lua script, loaded once and called with
+//! EVALSHA, so Redis runs it atomically: a reservation checks and increments
+//! all of a call's scopes in one step, and a settlement releases and charges in
+//! one step, whatever the number of sidecars.
+//!
+//! All of a workflow's keys carry the workflow's hash tag (`sy:{name}:…`), so a
+//! call's scopes and its reservation live in one slot and the scripts work on
+//! Redis Cluster. Two small index keys (decision → workflow and scopes,
+//! escalation → workflow) are written beside them, outside any script.
+//!
+//! Nothing is ever reseeded from another source: the counters live only in
+//! Redis, so N sidecars never count a budget N times.
+//!
+//! When Redis is unreachable:
+//! - **fail closed** (the default): Route answers UNAVAILABLE and says why;
+//! - **fail open** with a local cap: Route admits calls until this sidecar's
+//!   estimated spend during the outage reaches the cap, then fails closed;
+//! - either way, a ReportUsage that cannot reach Redis is appended to a local
+//!   journal in `--state-dir` before it is acknowledged, and replayed when
+//!   Redis answers again. Settlements are idempotent by `decision_id`, so a
+//!   replay never counts a call twice.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Script, Value};
+
+use super::{
+    BudgetStore, Escalation, NewReservation, ReservationRecord, Reserved, ScopeState, Settled, StoreError, StoreHealth,
+    Usage,
+};
+use crate::money::format_usd;
+
+/// Scope names are joined with a byte that cannot appear in a key we build.
+const SEP: char = '\u{1f}';
+
+/// How long a reservation's record is kept after it is made or settled: long
+/// past any retry of its ReportUsage, so a late retry is still recognised.
+const RETAIN_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// The most expired reservations one script call releases.
+const EXPIRE_BATCH: usize = 1000;
+
+const RESERVE: &str = r#"
+-- KEYS: 1 the reservation, 2 the workflow's open reservations, 3.. the scopes
+-- ARGV: 1 decision id, 2 amount, 3 expires ms, 4 retain ms, 5 scope names,
+--       6 the decision's description (workflow, outcome, model, deferrable, created, expires),
+--       7.. each scope's limit from the rules
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {'dup'}
+end
+local amount = tonumber(ARGV[2])
+for i = 3, #KEYS do
+  local v = redis.call('HMGET', KEYS[i], 'extra', 'spent', 'reserved', 'limit')
+  local limit = tonumber(ARGV[i + 4]) + tonumber(v[1] or '0')
+  if tonumber(v[2] or '0') + tonumber(v[3] or '0') + amount > limit then
+    return {'over', tostring(i - 2), ARGV[i + 4], v[1] or '0', v[2] or '0', v[3] or '0'}
+  end
+  if v[4] ~= ARGV[i + 4] then
+    redis.call('HSET', KEYS[i], 'limit', ARGV[i + 4])
+  end
+end
+for i = 3, #KEYS do
+  redis.call('HINCRBY', KEYS[i], 'reserved', ARGV[2])
+end
+redis.call('HSET', KEYS[1], 'state', 'reserved', 'amount', ARGV[2], 'scopes', ARGV[5], 'meta', ARGV[6])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if #KEYS > 2 then
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+end
+return {'ok'}
+"#;
+
+const SETTLE: &str = r#"
+-- KEYS: 1 the reservation, 2 the workflow's open reservations, 3.. the scopes
+-- ARGV: 1 decision id, 2 cost, 3 retain ms, 4 the usage (tokens, failed, when),
+--       5 '1' when 6.. describe the decision (it may never have reached this store),
+--       6 amount, 7 scope names, 8 the decision's description
+local v = redis.call('HMGET', KEYS[1], 'state', 'amount', 'actual')
+local release = '0'
+if not v[1] then
+  if ARGV[5] ~= '1' then
+    return {'unknown'}
+  end
+  redis.call('HSET', KEYS[1], 'amount', ARGV[6], 'scopes', ARGV[7], 'meta', ARGV[8])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+elseif v[1] == 'settled' then
+  return {'settled', v[3] or '0'}
+elseif v[1] == 'reserved' then
+  release = v[2]
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+for i = 3, #KEYS do
+  if release ~= '0' then
+    redis.call('HINCRBY', KEYS[i], 'reserved', '-' .. release)
+  end
+  redis.call('HINCRBY', KEYS[i], 'spent', ARGV[2])
+end
+redis.call('HSET', KEYS[1], 'state', 'settled', 'actual', ARGV[2], 'usage', ARGV[4])
+return {'charged'}
+"#;
+
+/// Reads each expired reservation's scopes from its record. Those keys are
+/// not declared, but they carry the same hash tag as KEYS[1], so they are in
+/// its slot.
+const EXPIRE: &str = r#"
+-- KEYS: 1 the workflow's open reservations
+-- ARGV: 1 now ms, 2 the workflow's key prefix, 3 the most to release
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local n = 0
+for _, id in ipairs(ids) do
+  local r = ARGV[2] .. 'r:' .. id
+  local v = redis.call('HMGET', r, 'state', 'amount', 'scopes')
+  if v[1] == 'reserved' then
+    if v[2] ~= '0' then
+      for scope in string.gmatch(v[3], '[^\031]+') do
+        redis.call('HINCRBY', ARGV[2] .. 's:' .. scope, 'reserved', '-' .. v[2])
+      end
+    end
+    redis.call('HSET', r, 'state', 'expired')
+    n = n + 1
+  end
+  redis.call('ZREM', KEYS[1], id)
+end
+return n
+"#;
+
+const RESOLVE: &str = r#"
+-- KEYS: 1 the escalation, 2 its scope
+-- ARGV: 1 '1' to approve, 2 nano-USD to add, 3 by, 4 now ms, 5 reason
+local st = redis.call('HGET', KEYS[1], 'state')
+if not st then
+  return {'unknown'}
+end
+if st ~= 'pending' then
+  return {'resolved', st}
+end
+local state, added = 'denied', '0'
+if ARGV[1] == '1' then
+  state, added = 'approved', ARGV[2]
+  redis.call('HINCRBY', KEYS[2], 'extra', added)
+end
+redis.call('HSET', KEYS[1], 'state', state, 'resolved_by', ARGV[3], 'resolved_ms', ARGV[4], 'added', added,
+  'reason', ARGV[5])
+return {'ok'}
+"#;
+
+/// How the Redis store is set up.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+    /// Every key starts with this; several deployments (or test runs) can
+    /// share one Redis under different prefixes.
+    pub prefix: String,
+    /// The longest a store call waits for Redis before it counts as down.
+    pub timeout: Duration,
+    /// How long a reservation waits for its ReportUsage (the local record of
+    /// a decision is kept as long).
+    pub reservation_ttl_ms: i64,
+    /// Fail open with this cap on this sidecar's estimated spend while Redis
+    /// is unreachable; `None` fails closed.
+    pub fail_open_cap_nanos: Option<i64>,
+    /// The journal of settlements waiting for Redis (JSON lines).
+    pub journal: PathBuf,
+}
+
+/// A settlement that could not reach Redis yet.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct PendingSettle {
+    decision_id: String,
+    cost_nanos: i64,
+    usage: Usage,
+    now_ms: i64,
+    /// The decision as this sidecar made it, when it still knew it.
+    record: Option<NewReservation>,
+}
+
+/// Settlements waiting for Redis, mirrored in an append-only file so that a
+/// crash during an outage loses none of them.
+struct Journal {
+    path: PathBuf,
+    pending: Vec<PendingSettle>,
+}
+
+impl Journal {
+    fn load(path: PathBuf) -> Result<Journal, StoreError> {
+        let mut pending = Vec::new();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                    match serde_json::from_str::<PendingSettle>(line) {
+                        Ok(p) => pending.push(p),
+                        // A torn last line from a crash mid-append: that
+                        // report was never acknowledged.
+                        Err(e) => {
+                            tracing::warn!(file = %path.display(), line = i + 1, error = %e, "skipping an unreadable journal line")
+                        }
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(StoreError::Unavailable(format!(
+                    "cannot read the Redis journal {}: {e}",
+                    path.display()
+                )))
+            }
+        }
+        Ok(Journal { path, pending })
+    }
+
+    /// Appends one settlement; it is in the file before this returns.
+    fn append(&mut self, p: PendingSettle) -> Result<(), StoreError> {
+        let fail = |e: std::io::Error| {
+            StoreError::Unavailable(format!(
+                "Redis is unreachable and the journal {} cannot be written: {e}",
+                self.path.display()
+            ))
+        };
+        let mut line = serde_json::to_string(&p).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        line.push('\n');
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(fail)?;
+        f.write_all(line.as_bytes()).map_err(fail)?;
+        self.pending.push(p);
+        Ok(())
+    }
+
+    /// Rewrites the file to hold exactly `pending` (atomically, by rename).
+    fn rewrite(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return match std::fs::remove_file(&self.path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+        }
+        let tmp = self.path.with_extension("jsonl.tmp");
+        let mut text = String::new();
+        for p in &self.pending {
+            text.push_str(&serde_json::to_string(p).map_err(std::io::Error::other)?);
+            text.push('\n');
+        }
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &self.path)
+    }
+}
+
+pub struct RedisStore {
+    conn: ConnectionManager,
+    cfg: RedisConfig,
+    reserve: Script,
+    settle: Script,
+    expire: Script,
+    resolve: Script,
+    /// Decisions this sidecar made recently, so that a ReportUsage can be
+    /// priced and settled even if Redis never saw the decision (fail-open,
+    /// or a record written in the background) or is down right now.
+    recent: moka::sync::Cache<String, Arc<NewReservation>>,
+    journal: tokio::sync::Mutex<Journal>,
+    /// Set when a call found Redis unreachable; cleared by the next
+    /// successful maintenance pass.
+    degraded: AtomicBool,
+    /// Estimated spend admitted while failing open since Redis was last seen.
+    open_admitted: AtomicI64,
+    unavailable_total: AtomicU64,
+    fail_open_total: AtomicU64,
+    journal_pending: AtomicU64,
+    /// Workflows already added to the workflows set by this process.
+    workflows_seen: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+fn unavailable(e: RedisError) -> StoreError {
+    StoreError::Unavailable(format!("redis: {e}"))
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::SimpleString(s) => s.clone(),
+        Value::Int(i) => i.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn int(v: Option<&Value>) -> i64 {
+    v.map(text).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// A script's reply as strings.
+fn strings(v: Value) -> Vec<String> {
+    match v {
+        Value::Array(items) => items.iter().map(text).collect(),
+        other => vec![text(&other)],
+    }
+}
+
+/// The field map of an HGETALL reply.
+fn fields(v: Value) -> std::collections::HashMap<String, String> {
+    match v {
+        Value::Map(pairs) => pairs.iter().map(|(k, v)| (text(k), text(v))).collect(),
+        Value::Array(items) => items
+            .chunks(2)
+            .map(|c| (text(&c[0]), c.get(1).map(text).unwrap_or_default()))
+            .collect(),
+        _ => Default::default(),
+    }
+}
+
+/// The record of a decision this sidecar made that Redis has not confirmed:
+/// enough to price its usage.
+fn unconfirmed(r: &NewReservation) -> ReservationRecord {
+    ReservationRecord {
+        decision_id: r.decision_id.clone(),
+        workflow: r.workflow.clone(),
+        outcome_id: r.outcome_id.clone(),
+        model: r.model.clone(),
+        deferrable: r.deferrable,
+        amount_nanos: r.amount_nanos,
+        state: "reserved".into(),
+        actual_nanos: None,
+    }
+}
+
+/// A decision's description, packed into one field of its record:
+/// workflow, outcome, model, deferrable, created and expiry times.
+fn meta(r: &NewReservation) -> String {
+    format!(
+        "{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}",
+        r.workflow,
+        r.outcome_id,
+        r.model,
+        u8::from(r.deferrable),
+        r.now_ms,
+        r.expires_ms
+    )
+}
+
+/// The workflow a scope key belongs to: keys are `<workflow>|…`.
+fn workflow_of(scope: &str) -> &str {
+    scope.split('|').next().unwrap_or(scope)
+}
+
+impl RedisStore {
+    /// Connects (lazily: a Redis that is down at start is retried on every
+    /// call) and loads the journal left by an earlier run.
+    pub async fn connect(cfg: RedisConfig) -> Result<RedisStore, StoreError> {
+        let client = redis::Client::open(cfg.url.as_str()).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "--redis-url `{}` is not a Redis URL ({e}); use redis://host:port",
+                redact_url(&cfg.url)
+            ))
+        })?;
+        let mc = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(cfg.timeout))
+            .set_response_timeout(Some(cfg.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, mc).map_err(unavailable)?;
+        let journal = Journal::load(cfg.journal.clone())?;
+        let pending = journal.pending.len();
+        if !journal.pending.is_empty() {
+            tracing::warn!(
+                pending = journal.pending.len(),
+                file = %cfg.journal.display(),
+                "settlements from an earlier run are waiting for Redis; they will be replayed"
+            );
+        }
+        let recent = moka::sync::Cache::builder()
+            .max_capacity(200_000)
+            .time_to_live(Duration::from_millis(cfg.reservation_ttl_ms.max(1000) as u64))
+            .build();
+        Ok(RedisStore {
+            conn,
+            reserve: Script::new(RESERVE),
+            settle: Script::new(SETTLE),
+            expire: Script::new(EXPIRE),
+            resolve: Script::new(RESOLVE),
+            recent,
+            journal: tokio::sync::Mutex::new(journal),
+            degraded: AtomicBool::new(false),
+            open_admitted: AtomicI64::new(0),
+            unavailable_total: AtomicU64::new(0),
+            fail_open_total: AtomicU64::new(0),
+            journal_pending: AtomicU64::new(pending as u64),
+            workflows_seen: Default::default(),
+            cfg,
+        })
+    }
+
+    /// Sends one PING; for start-up diagnostics.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        self.bounded(async move { redis::cmd("PING").query_async::<()>(&mut c).await })
+            .await
+    }
+
+    /// Settlements waiting in the journal for Redis.
+    pub async fn pending_settlements(&self) -> usize {
+        self.journal.lock().await.pending.len()
+    }
+
+    fn known_workflows(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.workflows_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn tag(&self, workflow: &str) -> String {
+        format!("{}:{{{workflow}}}:", self.cfg.prefix)
+    }
+
+    fn index_key(&self, decision_id: &str) -> String {
+        format!("{}:d:{decision_id}", self.cfg.prefix)
+    }
+
+    fn escalation_index(&self, id: &str) -> String {
+        format!("{}:ei:{id}", self.cfg.prefix)
+    }
+
+    fn workflows_key(&self) -> String {
+        format!("{}:workflows", self.cfg.prefix)
+    }
+
+    /// Runs one Redis exchange with the store's timeout; marks the store
+    /// degraded when Redis does not answer.
+    async fn bounded<T>(&self, f: impl std::future::Future<Output = Result<T, RedisError>>) -> Result<T, StoreError> {
+        let out = match tokio::time::timeout(self.cfg.timeout, f).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                return Err(StoreError::Unavailable(format!("redis: NOSCRIPT {e}")))
+            }
+            Ok(Err(e))
+                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() =>
+            {
+                unavailable(e)
+            }
+            Ok(Err(e)) => return Err(unavailable(e)),
+            Err(_) => StoreError::Unavailable(format!("redis: no answer within {} ms", self.cfg.timeout.as_millis())),
+        };
+        self.degraded.store(true, Ordering::Relaxed);
+        self.unavailable_total.fetch_add(1, Ordering::Relaxed);
+        Err(out)
+    }
+
+    /// Runs a pipeline that ends in a script call; if Redis lost its scripts
+    /// (a restart), loads them and tries once more.
+    async fn pipeline_with_script(&self, pipe: &redis::Pipeline, script: &Script) -> Result<Value, StoreError> {
+        for attempt in 0..2 {
+            let mut c = self.conn.clone();
+            let res = self
+                .bounded(async {
+                    let v: Vec<Value> = pipe.query_async(&mut c).await?;
+                    Ok(v)
+                })
+                .await;
+            match res {
+                Ok(mut v) => {
+                    return v
+                        .pop()
+                        .ok_or_else(|| StoreError::Unavailable("redis: empty reply".into()))
+                }
+                Err(StoreError::Unavailable(m)) if attempt == 0 && m.contains("NOSCRIPT") => {
+                    let mut c = self.conn.clone();
+                    self.bounded(script.prepare_invoke().load_async(&mut c)).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::Unavailable("redis: script could not be loaded".into()))
+    }
+
+    async fn reserve_remote(&self, r: &NewReservation) -> Result<Reserved, StoreError> {
+        debug_assert!(
+            r.scopes.iter().all(|s| workflow_of(&s.key) == r.workflow),
+            "a call's scopes share its workflow's hash tag"
+        );
+        let tag = self.tag(&r.workflow);
+        let names: Vec<&str> = r.scopes.iter().map(|s| s.key.as_str()).collect();
+        let joined = names.join(&SEP.to_string());
+        let mut inv = self.reserve.prepare_invoke();
+        inv.key(format!("{tag}r:{}", r.decision_id)).key(format!("{tag}open"));
+        for s in &r.scopes {
+            inv.key(format!("{tag}s:{}", s.key));
+        }
+        inv.arg(&r.decision_id)
+            .arg(r.amount_nanos)
+            .arg(r.expires_ms)
+            .arg(RETAIN_MS)
+            .arg(&joined)
+            .arg(meta(r));
+        for s in &r.scopes {
+            inv.arg(s.limit_nanos);
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.index_key(&r.decision_id))
+            .arg(format!("{}{SEP}{joined}", r.workflow))
+            .arg("PX")
+            .arg(RETAIN_MS)
+            .ignore();
+        // The expiry sweep finds workflows through this set; once per
+        // workflow per process is enough (SADD is idempotent anyway).
+        let new_workflow = !self.known_workflows().contains(&r.workflow);
+        if new_workflow {
+            pipe.cmd("SADD").arg(self.workflows_key()).arg(&r.workflow).ignore();
+        }
+        pipe.invoke_script(&inv);
+        let reply = strings(self.pipeline_with_script(&pipe, &self.reserve).await?);
+        if new_workflow {
+            self.known_workflows().insert(r.workflow.clone());
+        }
+        match reply.first().map(String::as_str) {
+            Some("ok") | Some("dup") => Ok(Reserved::Ok),
+            Some("over") => {
+                let i: usize = reply.get(1).and_then(|s| s.parse().ok()).unwrap_or(1);
+                let n = |j: usize| reply.get(j).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+                Ok(Reserved::OverLimit {
+                    scope: r.scopes.get(i - 1).map(|s| s.key.clone()).unwrap_or_default(),
+                    state: ScopeState {
+                        limit_nanos: n(2) + n(3),
+                        spent_nanos: n(4),
+                        reserved_nanos: n(5),
+                    },
+                })
+            }
+            _ => Err(StoreError::Unavailable(format!("redis: unexpected reply {reply:?}"))),
+        }
+    }
+
+    /// The workflow and scope names of a decision: from this sidecar's memory
+    /// when it made the decision, else from the index in Redis.
+    async fn locate(&self, decision_id: &str) -> Result<Option<(String, Vec<String>)>, StoreError> {
+        let mut c = self.conn.clone();
+        let key = self.index_key(decision_id);
+        let v: Option<String> = self
+            .bounded(async move { redis::cmd("GET").arg(key).query_async(&mut c).await })
+            .await?;
+        Ok(v.map(|v| {
+            let mut parts = v.split(SEP);
+            let wf = parts.next().unwrap_or_default().to_string();
+            (wf, parts.filter(|s| !s.is_empty()).map(str::to_string).collect())
+        }))
+    }
+
+    async fn settle_remote(&self, p: &PendingSettle) -> Result<Settled, StoreError> {
+        let (workflow, scopes) = match &p.record {
+            Some(r) => (r.workflow.clone(), r.scopes.iter().map(|s| s.key.clone()).collect()),
+            None => self
+                .locate(&p.decision_id)
+                .await?
+                .ok_or_else(|| StoreError::UnknownDecision(p.decision_id.clone()))?,
+        };
+        let tag = self.tag(&workflow);
+        let mut inv = self.settle.prepare_invoke();
+        inv.key(format!("{tag}r:{}", p.decision_id)).key(format!("{tag}open"));
+        for s in &scopes {
+            inv.key(format!("{tag}s:{s}"));
+        }
+        let u = &p.usage;
+        let usage = format!(
+            "{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}",
+            u.input_tokens,
+            u.cached_input_tokens,
+            u.output_tokens,
+            u8::from(u.failed),
+            p.now_ms
+        );
+        inv.arg(&p.decision_id).arg(p.cost_nanos).arg(RETAIN_MS).arg(usage);
+        match &p.record {
+            Some(r) => {
+                inv.arg("1")
+                    .arg(r.amount_nanos)
+                    .arg(scopes.join(&SEP.to_string()))
+                    .arg(meta(r));
+            }
+            None => {
+                inv.arg("0");
+            }
+        }
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(&inv);
+        let reply = strings(self.pipeline_with_script(&pipe, &self.settle).await?);
+        match reply.first().map(String::as_str) {
+            Some("charged") => Ok(Settled::Charged {
+                cost_nanos: p.cost_nanos,
+            }),
+            Some("settled") => Ok(Settled::AlreadySettled {
+                cost_nanos: reply.get(1).and_then(|s| s.parse().ok()).unwrap_or(0),
+            }),
+            Some("unknown") => Err(StoreError::UnknownDecision(p.decision_id.clone())),
+            _ => Err(StoreError::Unavailable(format!("redis: unexpected reply {reply:?}"))),
+        }
+    }
+
+    /// Replays journaled settlements, oldest first, until Redis fails again.
+    async fn replay(&self) -> Result<u64, StoreError> {
+        let mut j = self.journal.lock().await;
+        if j.pending.is_empty() {
+            return Ok(0);
+        }
+        let mut done = 0;
+        let mut result = Ok(());
+        while let Some(p) = j.pending.first().cloned() {
+            match self.settle_remote(&p).await {
+                Ok(_) => {}
+                Err(StoreError::UnknownDecision(id)) => {
+                    tracing::warn!(decision = %id, "a journaled ReportUsage names a decision Redis does not know; dropped");
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+            j.pending.remove(0);
+            done += 1;
+        }
+        if done > 0 {
+            self.journal_pending.store(j.pending.len() as u64, Ordering::Relaxed);
+            if let Err(e) = j.rewrite() {
+                tracing::warn!(file = %j.path.display(), error = %e, "cannot rewrite the Redis journal; replays are idempotent, so the next pass repeats them harmlessly");
+            }
+            tracing::info!(
+                replayed = done,
+                waiting = j.pending.len(),
+                "replayed settlements to Redis"
+            );
+        }
+        result.map(|_| done)
+    }
+
+    fn fail_open(&self, r: &NewReservation, why: String) -> Result<Reserved, StoreError> {
+        let Some(cap) = self.cfg.fail_open_cap_nanos else {
+            return Err(StoreError::Unavailable(format!(
+                "{why}; budgets are enforced in Redis and Switchyard fails closed while it is unreachable \
+                 (serve --redis-fail-open-usd N admits calls up to a local cap instead)"
+            )));
+        };
+        let admitted = self
+            .open_admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used + r.amount_nanos <= cap).then_some(used + r.amount_nanos)
+            });
+        match admitted {
+            Ok(used) => {
+                self.fail_open_total.fetch_add(1, Ordering::Relaxed);
+                self.recent.insert(r.decision_id.clone(), Arc::new(r.clone()));
+                tracing::warn!(
+                    decision = %r.decision_id,
+                    workflow = %r.workflow,
+                    admitted = %format_usd(used + r.amount_nanos),
+                    cap = %format_usd(cap),
+                    "Redis unreachable: admitted under the local fail-open cap"
+                );
+                Ok(Reserved::Ok)
+            }
+            Err(used) => Err(StoreError::Unavailable(format!(
+                "{why}; this sidecar's fail-open cap ({}) is used up ({} admitted since Redis was last reachable)",
+                format_usd(cap),
+                format_usd(used)
+            ))),
+        }
+    }
+
+    async fn escalation_at(&self, workflow: &str, id: &str) -> Result<Option<Escalation>, StoreError> {
+        let key = format!("{}e:{id}", self.tag(workflow));
+        let mut c = self.conn.clone();
+        let v: Value = self
+            .bounded(async move { redis::cmd("HGETALL").arg(key).query_async(&mut c).await })
+            .await?;
+        let f = fields(v);
+        if f.is_empty() {
+            return Ok(None);
+        }
+        let s = |k: &str| f.get(k).cloned().unwrap_or_default();
+        let n = |k: &str| f.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+        Ok(Some(Escalation {
+            id: id.to_string(),
+            workflow: s("workflow"),
+            scope: s("scope"),
+            outcome_id: s("outcome"),
+            caller: s("caller"),
+            amount_nanos: n("amount"),
+            model: s("model"),
+            state: s("state"),
+            created_ms: n("created"),
+            resolved_by: s("resolved_by"),
+            resolved_ms: n("resolved_ms"),
+            added_nanos: n("added"),
+            reason: s("reason"),
+        }))
+    }
+}
+
+/// A Redis URL without its password, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+#[async_trait::async_trait]
+impl BudgetStore for RedisStore {
+    async fn reserve(&self, r: &NewReservation) -> Result<Reserved, StoreError> {
+        match self.reserve_remote(r).await {
+            Ok(Reserved::Ok) => {
+                self.recent.insert(r.decision_id.clone(), Arc::new(r.clone()));
+                Ok(Reserved::Ok)
+            }
+            Err(StoreError::Unavailable(why)) => self.fail_open(r, why),
+            other => other,
+        }
+    }
+
+    fn record_detached(&self, r: &NewReservation) {
+        // Remembered here first, so a ReportUsage that overtakes the write
+        // still settles (the settle script creates the record if needed).
+        let r = Arc::new(r.clone());
+        self.recent.insert(r.decision_id.clone(), r.clone());
+        let (conn, reserve, tag, index) = (
+            self.conn.clone(),
+            self.reserve.clone(),
+            self.tag(&r.workflow),
+            self.index_key(&r.decision_id),
+        );
+        tokio::spawn(async move {
+            let mut c = conn;
+            let mut inv = reserve.prepare_invoke();
+            inv.key(format!("{tag}r:{}", r.decision_id))
+                .key(format!("{tag}open"))
+                .arg(&r.decision_id)
+                .arg(r.amount_nanos)
+                .arg(r.expires_ms)
+                .arg(RETAIN_MS)
+                .arg("")
+                .arg(meta(&r));
+            let set = redis::cmd("SET")
+                .arg(&index)
+                .arg(&r.workflow)
+                .arg("PX")
+                .arg(RETAIN_MS)
+                .query_async::<()>(&mut c)
+                .await;
+            let run = match set {
+                Ok(()) => inv.invoke_async::<Value>(&mut c).await.map(drop),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = run {
+                tracing::debug!(error = %e, decision = %r.decision_id, "recording a decision without a budget in Redis failed; its ReportUsage will create it");
+            }
+        });
+    }
+
+    async fn settle(&self, decision_id: &str, cost: i64, usage: &Usage, now_ms: i64) -> Result<Settled, StoreError> {
+        let p = PendingSettle {
+            decision_id: decision_id.to_string(),
+            cost_nanos: cost,
+            usage: *usage,
+            now_ms,
+            record: self.recent.get(decision_id).map(|r| (*r).clone()),
+        };
+        // Settlements keep their order behind any that wait in the journal.
+        if self.journal.lock().await.pending.is_empty() {
+            match self.settle_remote(&p).await {
+                Err(StoreError::Unavailable(why)) => {
+                    tracing::warn!(decision = %decision_id, error = %why, "Redis unreachable: ReportUsage journaled for replay");
+                }
+                other => return other,
+            }
+        }
+        let mut j = self.journal.lock().await;
+        j.append(p)?;
+        self.journal_pending.store(j.pending.len() as u64, Ordering::Relaxed);
+        Ok(Settled::Charged { cost_nanos: cost })
+    }
+
+    async fn expire(&self, now_ms: i64) -> Result<u64, StoreError> {
+        // Maintenance: replay what waits in the journal, then release
+        // expired reservations workflow by workflow.
+        self.replay().await?;
+        // Re-add workflows to the set on the next reservation, in case Redis
+        // lost it (a restart without persistence): one SADD per workflow per
+        // sweep.
+        self.known_workflows().clear();
+        let mut c = self.conn.clone();
+        let key = self.workflows_key();
+        let workflows: Vec<String> = self
+            .bounded(async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await })
+            .await?;
+        let mut released = 0u64;
+        for wf in workflows {
+            let tag = self.tag(&wf);
+            let mut inv = self.expire.prepare_invoke();
+            inv.key(format!("{tag}open")).arg(now_ms).arg(&tag).arg(EXPIRE_BATCH);
+            let mut pipe = redis::pipe();
+            pipe.invoke_script(&inv);
+            released += int(Some(&self.pipeline_with_script(&pipe, &self.expire).await?)) as u64;
+        }
+        if self.degraded.swap(false, Ordering::Relaxed) {
+            let admitted = self.open_admitted.swap(0, Ordering::AcqRel);
+            tracing::info!(admitted_while_open = %format_usd(admitted), "Redis is reachable again; budgets are enforced there");
+        }
+        Ok(released)
+    }
+
+    async fn scope(&self, key: &str) -> Result<ScopeState, StoreError> {
+        let k = format!("{}s:{key}", self.tag(workflow_of(key)));
+        let mut c = self.conn.clone();
+        let v: Vec<Option<i64>> = self
+            .bounded(async move {
+                redis::cmd("HMGET")
+                    .arg(k)
+                    .arg("limit")
+                    .arg("extra")
+                    .arg("spent")
+                    .arg("reserved")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let n = |i: usize| v.get(i).copied().flatten().unwrap_or(0);
+        Ok(ScopeState {
+            limit_nanos: n(0) + n(1),
+            spent_nanos: n(2),
+            reserved_nanos: n(3),
+        })
+    }
+
+    async fn reservation(&self, decision_id: &str) -> Result<Option<ReservationRecord>, StoreError> {
+        let local = self.recent.get(decision_id);
+        let workflow = match &local {
+            Some(r) => Some(r.workflow.clone()),
+            None => self.locate(decision_id).await?.map(|(wf, _)| wf),
+        };
+        let Some(workflow) = workflow else { return Ok(None) };
+        let key = format!("{}r:{decision_id}", self.tag(&workflow));
+        let mut c = self.conn.clone();
+        let got = self
+            .bounded(async move { redis::cmd("HGETALL").arg(key).query_async::<Value>(&mut c).await })
+            .await;
+        let f = match (got, &local) {
+            (Ok(v), _) => fields(v),
+            // Down, but this sidecar made the decision: its record is enough
+            // to price the usage (which is then journaled).
+            (Err(StoreError::Unavailable(_)), Some(r)) => return Ok(Some(unconfirmed(r))),
+            (Err(e), _) => return Err(e),
+        };
+        if f.is_empty() {
+            // Not (yet) in Redis, but made here: a detached record in flight
+            // or a fail-open admission.
+            return Ok(local.as_deref().map(unconfirmed));
+        }
+        let n = |k: &str| f.get(k).and_then(|v| v.parse::<i64>().ok());
+        let meta = f.get("meta").map(String::as_str).unwrap_or_default();
+        let mut m = meta.split(SEP);
+        let mut next = || m.next().unwrap_or_default().to_string();
+        Ok(Some(ReservationRecord {
+            decision_id: decision_id.to_string(),
+            workflow: next(),
+            outcome_id: next(),
+            model: next(),
+            deferrable: next() == "1",
+            amount_nanos: n("amount").unwrap_or(0),
+            state: f.get("state").cloned().unwrap_or_default(),
+            actual_nanos: n("actual"),
+        }))
+    }
+
+    async fn open_escalation(&self, scope: &str) -> Result<Option<Escalation>, StoreError> {
+        let wf = workflow_of(scope).to_string();
+        let key = format!("{}el:{scope}", self.tag(&wf));
+        let mut c = self.conn.clone();
+        let id: Option<String> = self
+            .bounded(async move { redis::cmd("GET").arg(key).query_async(&mut c).await })
+            .await?;
+        let Some(id) = id else { return Ok(None) };
+        Ok(self.escalation_at(&wf, &id).await?.filter(|e| e.state != "approved"))
+    }
+
+    async fn create_escalation(&self, e: &Escalation) -> Result<(), StoreError> {
+        let tag = self.tag(&e.workflow);
+        let mut pipe = redis::pipe();
+        let fields: [(&str, String); 13] = [
+            ("workflow", e.workflow.clone()),
+            ("scope", e.scope.clone()),
+            ("outcome", e.outcome_id.clone()),
+            ("caller", e.caller.clone()),
+            ("amount", e.amount_nanos.to_string()),
+            ("model", e.model.clone()),
+            ("state", e.state.clone()),
+            ("created", e.created_ms.to_string()),
+            ("resolved_by", e.resolved_by.clone()),
+            ("resolved_ms", e.resolved_ms.to_string()),
+            ("added", e.added_nanos.to_string()),
+            ("reason", e.reason.clone()),
+            ("id", e.id.clone()),
+        ];
+        pipe.cmd("HSET")
+            .arg(format!("{tag}e:{}", e.id))
+            .arg(&fields[..])
+            .ignore()
+            .cmd("ZADD")
+            .arg(format!("{tag}esc"))
+            .arg(e.created_ms)
+            .arg(&e.id)
+            .ignore()
+            .cmd("SET")
+            .arg(format!("{tag}el:{}", e.scope))
+            .arg(&e.id)
+            .ignore()
+            .cmd("SET")
+            .arg(self.escalation_index(&e.id))
+            .arg(&e.workflow)
+            .ignore()
+            .cmd("SADD")
+            .arg(self.workflows_key())
+            .arg(&e.workflow)
+            .ignore();
+        let mut c = self.conn.clone();
+        self.bounded(async move { pipe.query_async::<()>(&mut c).await }).await
+    }
+
+    async fn list_escalations(&self, workflow: Option<&str>) -> Result<Vec<Escalation>, StoreError> {
+        let workflows: Vec<String> = match workflow {
+            Some(w) => vec![w.to_string()],
+            None => {
+                let mut c = self.conn.clone();
+                let key = self.workflows_key();
+                self.bounded(async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await })
+                    .await?
+            }
+        };
+        let mut out = Vec::new();
+        for wf in workflows {
+            let key = format!("{}esc", self.tag(&wf));
+            let mut c = self.conn.clone();
+            let ids: Vec<String> = self
+                .bounded(async move { redis::cmd("ZRANGE").arg(key).arg(0).arg(-1).query_async(&mut c).await })
+                .await?;
+            for id in ids {
+                out.extend(self.escalation_at(&wf, &id).await?);
+            }
+        }
+        out.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        Ok(out)
+    }
+
+    async fn resolve_escalation(
+        &self,
+        id: &str,
+        approve: bool,
+        add_nanos: i64,
+        by: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<Escalation, StoreError> {
+        let mut c = self.conn.clone();
+        let key = self.escalation_index(id);
+        let wf: Option<String> = self
+            .bounded(async move { redis::cmd("GET").arg(key).query_async(&mut c).await })
+            .await?;
+        let wf = wf.ok_or_else(|| StoreError::UnknownEscalation(id.to_string()))?;
+        let e = self
+            .escalation_at(&wf, id)
+            .await?
+            .ok_or_else(|| StoreError::UnknownEscalation(id.to_string()))?;
+        let tag = self.tag(&wf);
+        let mut inv = self.resolve.prepare_invoke();
+        inv.key(format!("{tag}e:{id}"))
+            .key(format!("{tag}s:{}", e.scope))
+            .arg(if approve { "1" } else { "0" })
+            .arg(add_nanos)
+            .arg(by)
+            .arg(now_ms)
+            .arg(reason);
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(&inv);
+        let reply = strings(self.pipeline_with_script(&pipe, &self.resolve).await?);
+        match reply.first().map(String::as_str) {
+            Some("ok") => {}
+            Some("resolved") => {
+                return Err(StoreError::AlreadyResolved(
+                    id.to_string(),
+                    reply.get(1).cloned().unwrap_or_default(),
+                ))
+            }
+            _ => return Err(StoreError::UnknownEscalation(id.to_string())),
+        }
+        self.escalation_at(&wf, id)
+            .await?
+            .ok_or_else(|| StoreError::UnknownEscalation(id.to_string()))
+    }
+
+    fn health(&self) -> StoreHealth {
+        StoreHealth {
+            unavailable_total: self.unavailable_total.load(Ordering::Relaxed),
+            fail_open_admitted_total: self.fail_open_total.load(Ordering::Relaxed),
+            journal_pending: self.journal_pending.load(Ordering::Relaxed),
+        }
+    }
+}
