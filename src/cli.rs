@@ -38,6 +38,8 @@ pub struct ExplainArgs<'a> {
     pub rules: &'a Path,
     /// Where `serve` keeps its store, to show the budget as it stands.
     pub state_dir: &'a Path,
+    /// Read the budget from this Redis instead (as `serve --redis-url`).
+    pub redis: Option<(&'a str, &'a str)>,
     pub workflow: &'a str,
     pub task_kind: &'a str,
     pub text: Option<&'a str>,
@@ -93,7 +95,7 @@ pub fn explain(args: ExplainArgs<'_>) -> i32 {
             return 1;
         }
     };
-    let budget = match budget_view(&table, args.workflow, args.state_dir) {
+    let budget = match budget_view(&table, args.workflow, args.state_dir, args.redis) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("{e}");
@@ -183,20 +185,33 @@ struct BudgetView {
 
 /// The workflow's current period budget, read from the embedded store in
 /// `state_dir` if there is one (otherwise nothing is spent yet).
-fn budget_view(table: &RuleTable, workflow: &str, state_dir: &Path) -> Result<Option<BudgetView>, String> {
+fn budget_view(
+    table: &RuleTable,
+    workflow: &str,
+    state_dir: &Path,
+    redis: Option<(&str, &str)>,
+) -> Result<Option<BudgetView>, String> {
     let Some(w) = table.workflow(workflow) else {
         return Ok(None);
     };
     let Some(b) = &w.budget else { return Ok(None) };
     let scope = crate::budget::period_scope(w, b, jiff::Timestamp::now());
+    if let Some((url, prefix)) = redis {
+        let stored = read_redis_scope(url, prefix, state_dir, &scope)?;
+        let state = crate::budget::ScopeState::of_period(b, stored);
+        return Ok(Some(BudgetView {
+            past_soft_threshold: state.past_soft_threshold(b),
+            on_limit: on_limit_name(b.on_limit),
+            store: crate::budget::redis::redact_url(url),
+            scope,
+            state,
+        }));
+    }
     let stored = crate::budget::sqlite::read_scope(state_dir, &scope).map_err(|e| e.to_string())?;
     let state = crate::budget::ScopeState::of_period(b, stored.unwrap_or_default());
     Ok(Some(BudgetView {
         past_soft_threshold: state.past_soft_threshold(b),
-        on_limit: match b.on_limit {
-            crate::rules::OnLimit::Escalate => "escalate",
-            crate::rules::OnLimit::Deny => "deny",
-        },
+        on_limit: on_limit_name(b.on_limit),
         store: if stored.is_some() {
             state_dir.join("budget.sqlite3").display().to_string()
         } else {
@@ -205,6 +220,41 @@ fn budget_view(table: &RuleTable, workflow: &str, state_dir: &Path) -> Result<Op
         scope,
         state,
     }))
+}
+
+fn on_limit_name(o: crate::rules::OnLimit) -> &'static str {
+    match o {
+        crate::rules::OnLimit::Escalate => "escalate",
+        crate::rules::OnLimit::Deny => "deny",
+    }
+}
+
+/// Reads one scope from Redis (one HMGET; nothing is written).
+fn read_redis_scope(
+    url: &str,
+    prefix: &str,
+    state_dir: &Path,
+    scope: &str,
+) -> Result<crate::budget::ScopeState, String> {
+    use crate::budget::BudgetStore;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    rt.block_on(async {
+        let store = crate::budget::redis::RedisStore::connect(crate::budget::redis::RedisConfig {
+            url: url.to_string(),
+            prefix: prefix.to_string(),
+            timeout: std::time::Duration::from_secs(2),
+            reservation_ttl_ms: 1000,
+            fail_open_cap_nanos: None,
+            // Read at connect, never written: explain only reads.
+            journal: state_dir.join("redis-journal.jsonl"),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        store.scope(scope).await.map_err(|e| e.to_string())
+    })
 }
 
 /// What `switchyard escalations` does.

@@ -99,6 +99,12 @@ enum Command {
         /// Where `serve` keeps its state, to show budgets as they stand.
         #[arg(long, env = "SWITCHYARD_STATE_DIR", default_value = "state")]
         state_dir: PathBuf,
+        /// Read budgets from this Redis instead, as `serve --redis-url` keeps them.
+        #[arg(long, env = "SWITCHYARD_REDIS_URL")]
+        redis_url: Option<String>,
+        /// The key prefix `serve` uses in Redis.
+        #[arg(long, env = "SWITCHYARD_REDIS_KEY_PREFIX", default_value = "sy")]
+        redis_key_prefix: String,
         #[arg(long, default_value = "general")]
         workflow: String,
         #[arg(long, default_value = "")]
@@ -188,6 +194,8 @@ fn main() -> ExitCode {
         Command::Explain {
             rules,
             state_dir,
+            redis_url,
+            redis_key_prefix,
             workflow,
             task_kind,
             system,
@@ -199,6 +207,7 @@ fn main() -> ExitCode {
         } => ExitCode::from(cli::explain(cli::ExplainArgs {
             rules: &rules,
             state_dir: &state_dir,
+            redis: redis_url.as_deref().map(|u| (u, redis_key_prefix.as_str())),
             workflow: &workflow,
             task_kind: &task_kind,
             text: text.as_deref(),

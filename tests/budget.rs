@@ -131,6 +131,18 @@ async fn two_servers_sharing_one_redis_never_overspend_a_dollar() {
     let a = Server::start(&dir.path().join("rules.toml"), &["--redis-url", &url]);
     let b = Server::start(&dir.path().join("rules.toml"), &["--redis-url", &url]);
     race_for_a_dollar(&[a.client().await, b.client().await]).await;
+    // explain reads the same figures from Redis, without a server.
+    let out = std::process::Command::new(BIN)
+        .args(["explain", "--workflow", "race", "--redis-url", &url, "--rules"])
+        .arg(dir.path().join("rules.toml"))
+        .arg("Summarise the incident report.")
+        .output()
+        .expect("explain");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let spent = budget(&mut a.client().await, "race").await.spent_nanousd;
+    assert_eq!(json["budget"]["spent_nanousd"].as_i64(), Some(spent), "{json}");
+    assert_eq!(json["budget"]["store"], url.as_str());
 }
 
 /// Reports one routed call's usage, expecting it to be acknowledged.
