@@ -535,3 +535,71 @@ fn bad_budgets_are_located() {
         "{s}"
     );
 }
+
+/// A day's budget used up at 23:59 in Berlin is a fresh budget a minute
+/// later; the old day's spend stays as it was (a rollover is a new counter,
+/// never a reset), even with calls on both sides of midnight racing.
+async fn rollover_starts_a_new_counter(store: SharedStore) {
+    let t = RuleTable::from_str("b.toml", BUDGETED).expect("rules");
+    let w = t.workflow("w").expect("w");
+    let budgets = Arc::new(Budgets::new(store.clone(), 600_000));
+    let before: Timestamp = "2026-11-24T22:59:00Z".parse().expect("ts");
+    let after: Timestamp = "2026-11-24T23:00:30Z".parse().expect("ts");
+    let admit = |id: String, at: Timestamp| {
+        let (budgets, t) = (budgets.clone(), t.clone());
+        async move {
+            let w = t.workflow("w").expect("w");
+            let call = Call {
+                decision_id: &id,
+                workflow: w,
+                outcome_id: "",
+                labels: vec![],
+                model: "m",
+                deferrable: false,
+                cost_nanos: DOLLAR / 10,
+                caller: "test",
+            };
+            budgets.admit(&call, at).await.expect("admit")
+        }
+    };
+    // 16 racing calls on each side of midnight: ten fit in each day.
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let at = if i % 2 == 0 { before } else { after };
+            tokio::spawn(admit(format!("roll-{i}"), at))
+        })
+        .collect();
+    let mut routed = [0, 0];
+    for (i, task) in tasks.into_iter().enumerate() {
+        if task.await.expect("task") == Admission::Routed {
+            routed[i % 2] += 1;
+        }
+    }
+    assert_eq!(routed, [10, 10], "each day admits its own dollar");
+    let old = store
+        .scope(&period_scope(w, w.budget.as_ref().expect("b"), before))
+        .await
+        .expect("scope");
+    let new = store
+        .scope(&period_scope(w, w.budget.as_ref().expect("b"), after))
+        .await
+        .expect("scope");
+    assert_eq!((old.reserved_nanos, new.reserved_nanos), (DOLLAR, DOLLAR));
+    assert!(matches!(admit("late".into(), before).await, Admission::Escalate(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollover_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tmp");
+    rollover_starts_a_new_counter(Arc::new(sqlite::SqliteStore::open(dir.path()).expect("open"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollover_on_redis() {
+    let server = redis_server::RedisServer::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = redis::RedisStore::connect(redis_config(server.url(), dir.path(), None))
+        .await
+        .expect("connect");
+    rollover_starts_a_new_counter(Arc::new(store)).await;
+}
