@@ -42,6 +42,8 @@ async fn load(store: SharedStore, name: &str) {
                         }],
                         now_ms: 0,
                         expires_ms: i64::MAX / 4,
+                        downgraded: false,
+                        labels: String::new(),
                     };
                     assert_eq!(store.reserve(&r).await.expect("reserve"), Reserved::Ok);
                     store.settle(&id, 900, &Usage::default(), 1).await.expect("settle");

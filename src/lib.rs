@@ -29,6 +29,8 @@ pub mod decide;
 pub mod error;
 pub mod estimate;
 pub mod grpc;
+pub mod ledger;
 pub mod money;
+pub mod report;
 pub mod route;
 pub mod rules;

@@ -87,6 +87,35 @@ enum Command {
         #[command(subcommand)]
         action: EscalationAction,
     },
+    /// Cost per accepted outcome, its factors and a diagnosis, per workflow.
+    Report {
+        /// Read the embedded store in this folder (read beside a running server is safe).
+        #[arg(long, env = "SWITCHYARD_STATE_DIR", default_value = "state")]
+        state_dir: PathBuf,
+        /// Read the fleet store in this Redis instead.
+        #[arg(long, env = "SWITCHYARD_REDIS_URL", conflicts_with = "server")]
+        redis_url: Option<String>,
+        /// The key prefix `serve` uses in Redis.
+        #[arg(long, env = "SWITCHYARD_REDIS_KEY_PREFIX", default_value = "sy")]
+        redis_key_prefix: String,
+        /// Ask a running server (its gRPC address) instead of reading a store.
+        #[arg(long)]
+        server: Option<String>,
+        /// The rules, for the workflows and their budgets.
+        #[arg(long, default_value = "routing-rules")]
+        rules: PathBuf,
+        #[arg(long)]
+        workflow: Option<String>,
+        /// day, week or month (UTC calendar), compared with the one before.
+        #[arg(long, default_value = "day")]
+        period: String,
+        /// key=value: only calls with this label, and outcomes with such calls.
+        #[arg(long)]
+        label: Option<String>,
+        /// table or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
     /// Validate rules: exit 0 if valid, else print file:line:col and the key for each problem.
     Check {
         #[arg(long, default_value = "routing-rules")]
@@ -185,6 +214,38 @@ fn main() -> ExitCode {
             };
             match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => ExitCode::from(rt.block_on(cli::escalations(&server, api_key.as_deref(), cmd)) as u8),
+                Err(e) => {
+                    eprintln!("cannot start the async runtime: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Report {
+            state_dir,
+            redis_url,
+            redis_key_prefix,
+            server,
+            rules,
+            workflow,
+            period,
+            label,
+            format,
+        } => {
+            let source = match (server, redis_url) {
+                (Some(s), _) => cli::ReportSource::Server(s),
+                (None, Some(url)) => cli::ReportSource::Redis(url, redis_key_prefix),
+                (None, None) => cli::ReportSource::StateDir(state_dir),
+            };
+            let args = cli::ReportArgs {
+                source,
+                rules,
+                workflow,
+                period,
+                label: label.unwrap_or_default(),
+                format,
+            };
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => ExitCode::from(rt.block_on(cli::report(args)) as u8),
                 Err(e) => {
                     eprintln!("cannot start the async runtime: {e}");
                     ExitCode::FAILURE

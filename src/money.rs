@@ -45,14 +45,18 @@ pub fn token_cost(tokens: u64, nanos_per_mtok: i64) -> i64 {
 /// Formats nano-dollars as dollars for people, with enough digits to tell
 /// small calls apart: `$0.00042`, `$1.25`.
 pub fn format_usd(nanos: i64) -> String {
-    let usd = nanos as f64 / NANOS_PER_USD as f64;
+    format_dollars(nanos as f64 / NANOS_PER_USD as f64, 1)
+}
+
+/// A dollar amount for people: cents from $1 up; below that, `extra + 1`
+/// significant digits.
+pub fn format_dollars(usd: f64, extra: usize) -> String {
     if usd == 0.0 {
         "$0".to_string()
     } else if usd.abs() >= 1.0 {
         format!("${usd:.2}")
     } else {
-        // Two significant digits for sub-dollar amounts.
-        let digits = (-usd.abs().log10()).ceil() as usize + 1;
+        let digits = (-usd.abs().log10()).ceil() as usize + extra;
         format!("${usd:.digits$}")
     }
 }

@@ -107,6 +107,12 @@ impl<'a> RouteCall<'a> {
                     truncate(k, 64)
                 ));
             }
+            if k.chars().chain(v.chars()).any(char::is_control) || k.contains('=') {
+                return bad(format!(
+                    "label `{}` contains `=` in its key or control characters; use printable text",
+                    truncate(k, 64).escape_debug()
+                ));
+            }
         }
         let mut capabilities = Capabilities::default();
         for c in raw.capabilities {

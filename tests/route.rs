@@ -161,15 +161,56 @@ async fn bad_input_gets_a_clear_status_and_the_server_keeps_serving() {
 }
 
 #[tokio::test]
-async fn other_rpcs_say_they_are_not_available_yet() {
+async fn bad_outcomes_and_feedback_say_what_to_fix() {
     let server = Server::start(&repo_path("routing-rules"), &[]);
     let mut client = server.client().await;
+    let cases = [
+        (pb::OutcomeReport::default(), Code::InvalidArgument, "outcome_id"),
+        (
+            pb::OutcomeReport {
+                outcome_id: "t-1".into(),
+                workflow: "payroll".into(),
+                status: pb::OutcomeStatus::Accepted as i32,
+                ..Default::default()
+            },
+            Code::NotFound,
+            "payroll",
+        ),
+        (
+            pb::OutcomeReport {
+                outcome_id: "t-1".into(),
+                workflow: "general".into(),
+                status: 0,
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "OUTCOME_STATUS_ACCEPTED",
+        ),
+        (
+            pb::OutcomeReport {
+                outcome_id: "t-1".into(),
+                workflow: "general".into(),
+                status: pb::OutcomeStatus::Accepted as i32,
+                value_usd: Some(f64::NAN),
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "value_usd",
+        ),
+    ];
+    for (report, code, text) in cases {
+        let err = client.record_outcome(report).await.expect_err("refused");
+        assert_eq!(err.code(), code, "{err:?}");
+        assert!(err.message().contains(text), "{}", err.message());
+    }
     let err = client
-        .record_outcome(pb::OutcomeReport::default())
+        .record_feedback(pb::FeedbackReport {
+            decision_id: "nope".into(),
+            accepted: true,
+        })
         .await
-        .expect_err("unimplemented");
-    assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("RecordOutcome"), "{}", err.message());
+        .expect_err("unknown decision");
+    assert_eq!(err.code(), Code::NotFound);
 }
 
 #[tokio::test]

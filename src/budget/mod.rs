@@ -47,6 +47,19 @@ pub struct NewReservation {
     pub scopes: Vec<ScopeCharge>,
     pub now_ms: i64,
     pub expires_ms: i64,
+    /// Route stepped the tier down for the budget's soft threshold.
+    #[serde(default)]
+    pub downgraded: bool,
+    /// The request's labels, canonical: `k=v` pairs sorted, joined by `\u{1e}`.
+    #[serde(default)]
+    pub labels: String,
+}
+
+/// Labels in the canonical form the ledger keeps.
+pub fn canonical_labels<'a>(labels: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let mut pairs: Vec<String> = labels.map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.sort();
+    pairs.join("\u{1e}")
 }
 
 /// A scope's counters. `limit_nanos` includes amounts added by approvals.
@@ -195,6 +208,13 @@ pub trait BudgetStore: Send + Sync {
         reason: &str,
         now_ms: i64,
     ) -> Result<Escalation, StoreError>;
+    /// Appends an outcome event (durable before it returns).
+    async fn record_outcome(&self, o: &crate::ledger::OutcomeEvent) -> Result<(), StoreError>;
+    /// Appends a feedback event (durable before it returns).
+    async fn record_feedback(&self, f: &crate::ledger::FeedbackEvent) -> Result<(), StoreError>;
+    /// Settled calls made at or after `since_ms`, and outcome and feedback
+    /// events recorded at or after it, of one workflow or all.
+    async fn ledger(&self, workflow: Option<&str>, since_ms: i64) -> Result<crate::ledger::Ledger, StoreError>;
     fn health(&self) -> StoreHealth {
         StoreHealth::default()
     }
@@ -213,19 +233,47 @@ pub struct StoreHealth {
     pub journal_pending: u64,
 }
 
+/// The first day of the calendar period containing the date.
+fn period_start_date(period: Period, date: jiff::civil::Date) -> jiff::civil::Date {
+    match period {
+        Period::Day => date,
+        Period::Week => {
+            let back = date.weekday().since(Weekday::Monday) as i64;
+            date.checked_sub(jiff::Span::new().days(back)).unwrap_or(date)
+        }
+        Period::Month => date.first_of_month(),
+    }
+}
+
+fn period_name(period: Period) -> &'static str {
+    match period {
+        Period::Day => "day",
+        Period::Week => "week",
+        Period::Month => "month",
+    }
+}
+
 /// The calendar period containing `now`, in the budget's time zone, as a key
 /// fragment such as `day|2026-11-25@Europe/Berlin`.
 pub fn period_key(budget: &Budget, now: Timestamp) -> String {
-    let date = budget.timezone.to_datetime(now).date();
-    let (name, start) = match budget.period {
-        Period::Day => ("day", date),
-        Period::Week => {
-            let back = date.weekday().since(Weekday::Monday) as i64;
-            ("week", date.checked_sub(jiff::Span::new().days(back)).unwrap_or(date))
-        }
-        Period::Month => ("month", date.first_of_month()),
+    let start = period_start_date(budget.period, budget.timezone.to_datetime(now).date());
+    format!("{}|{start}@{}", period_name(budget.period), budget.timezone_name)
+}
+
+/// The start and end of the calendar period containing `now` in `tz`.
+pub fn period_bounds(period: Period, tz: &jiff::tz::TimeZone, now: Timestamp) -> (Timestamp, Timestamp) {
+    let start = period_start_date(period, tz.to_datetime(now).date());
+    let next = match period {
+        Period::Day => start.checked_add(jiff::Span::new().days(1)),
+        Period::Week => start.checked_add(jiff::Span::new().days(7)),
+        Period::Month => start.checked_add(jiff::Span::new().months(1)),
+    }
+    .unwrap_or(start);
+    let at = |d: jiff::civil::Date| {
+        tz.to_timestamp(d.to_datetime(jiff::civil::Time::midnight()))
+            .unwrap_or(now)
     };
-    format!("{name}|{start}@{}", budget.timezone_name)
+    (at(start), at(next))
 }
 
 /// The key of a workflow's current period scope.
@@ -300,6 +348,7 @@ pub struct Call<'a> {
     pub deferrable: bool,
     pub cost_nanos: i64,
     pub caller: &'a str,
+    pub downgraded: bool,
 }
 
 impl Budgets {
@@ -382,6 +431,8 @@ impl Budgets {
             scopes,
             now_ms,
             expires_ms: now_ms + self.reservation_ttl_ms,
+            downgraded: call.downgraded,
+            labels: canonical_labels(call.labels.iter().copied()),
         };
         if r.scopes.is_empty() {
             // Nothing to enforce: keep the decision for its ReportUsage, but

@@ -35,6 +35,7 @@ use super::{
     BudgetStore, Escalation, NewReservation, ReservationRecord, Reserved, ScopeState, Settled, StoreError, StoreHealth,
     Usage,
 };
+use crate::ledger::{CallRecord, FeedbackEvent, Ledger, OutcomeEvent, OutcomeStatus};
 use crate::money::format_usd;
 
 /// Scope names are joined with a byte that cannot appear in a key we build.
@@ -43,6 +44,12 @@ const SEP: char = '\u{1f}';
 /// How long a reservation's record is kept after it is made or settled: long
 /// past any retry of its ReportUsage, so a late retry is still recognised.
 const RETAIN_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// Each workflow's ledger stream is trimmed to about this many entries.
+const LEDGER_MAXLEN: u64 = 5_000_000;
+
+/// Ledger entries read per XRANGE.
+const LEDGER_PAGE: usize = 10_000;
 
 /// The most expired reservations one script call releases.
 const EXPIRE_BATCH: usize = 1000;
@@ -78,17 +85,19 @@ return {'ok'}
 "#;
 
 const SETTLE: &str = r#"
--- KEYS: 1 the reservation, 2 the workflow's open reservations, 3.. the scopes
+-- KEYS: 1 the reservation, 2 the workflow's open reservations, 3 the workflow's ledger stream, 4.. the scopes
 -- ARGV: 1 decision id, 2 cost, 3 retain ms, 4 the usage (tokens, failed, when),
 --       5 '1' when 6.. describe the decision (it may never have reached this store),
---       6 amount, 7 scope names, 8 the decision's description
-local v = redis.call('HMGET', KEYS[1], 'state', 'amount', 'actual')
+--       6 amount, 7 scope names, 8 the decision's description, 9 the ledger's approximate length cap
+local v = redis.call('HMGET', KEYS[1], 'state', 'amount', 'actual', 'meta')
 local release = '0'
+local meta = v[4]
 if not v[1] then
   if ARGV[5] ~= '1' then
     return {'unknown'}
   end
-  redis.call('HSET', KEYS[1], 'amount', ARGV[6], 'scopes', ARGV[7], 'meta', ARGV[8])
+  meta = ARGV[8]
+  redis.call('HSET', KEYS[1], 'amount', ARGV[6], 'scopes', ARGV[7], 'meta', meta)
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
 elseif v[1] == 'settled' then
   return {'settled', v[3] or '0'}
@@ -96,13 +105,15 @@ elseif v[1] == 'reserved' then
   release = v[2]
   redis.call('ZREM', KEYS[2], ARGV[1])
 end
-for i = 3, #KEYS do
+for i = 4, #KEYS do
   if release ~= '0' then
     redis.call('HINCRBY', KEYS[i], 'reserved', '-' .. release)
   end
   redis.call('HINCRBY', KEYS[i], 'spent', ARGV[2])
 end
 redis.call('HSET', KEYS[1], 'state', 'settled', 'actual', ARGV[2], 'usage', ARGV[4])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', 'k', 'call', 'd', ARGV[1], 'meta', meta or '',
+  'cost', ARGV[2], 'usage', ARGV[4])
 return {'charged'}
 "#;
 
@@ -335,14 +346,50 @@ fn unconfirmed(r: &NewReservation) -> ReservationRecord {
 /// workflow, outcome, model, deferrable, created and expiry times.
 fn meta(r: &NewReservation) -> String {
     format!(
-        "{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}",
+        "{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}",
         r.workflow,
         r.outcome_id,
         r.model,
         u8::from(r.deferrable),
         r.now_ms,
-        r.expires_ms
+        r.expires_ms,
+        u8::from(r.downgraded),
+        r.labels
     )
+}
+
+/// A ledger stream entry's fields.
+fn entry_fields(v: &Value) -> Option<std::collections::HashMap<String, String>> {
+    match v {
+        Value::Array(parts) if parts.len() == 2 => Some(fields(parts[1].clone())),
+        _ => None,
+    }
+}
+
+/// The call a ledger entry records, if it is one.
+fn call_of(f: &std::collections::HashMap<String, String>) -> Option<CallRecord> {
+    if f.get("k").map(String::as_str) != Some("call") {
+        return None;
+    }
+    let meta: Vec<&str> = f.get("meta")?.split(SEP).collect();
+    let usage: Vec<&str> = f.get("usage")?.split(SEP).collect();
+    let m = |i: usize| meta.get(i).copied().unwrap_or_default();
+    let u = |i: usize| usage.get(i).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+    Some(CallRecord {
+        decision_id: f.get("d")?.clone(),
+        workflow: m(0).to_string(),
+        outcome_id: m(1).to_string(),
+        model: m(2).to_string(),
+        created_ms: m(4).parse().ok()?,
+        settled_ms: u(4),
+        cost_nanos: f.get("cost")?.parse().ok()?,
+        input_tokens: u(0) as u64,
+        cached_input_tokens: u(1) as u64,
+        output_tokens: u(2) as u64,
+        failed: u(3) == 1,
+        downgraded: m(6) == "1",
+        labels: m(7).to_string(),
+    })
 }
 
 /// The workflow a scope key belongs to: keys are `<workflow>|…`.
@@ -407,6 +454,43 @@ impl RedisStore {
     /// Settlements waiting in the journal for Redis.
     pub async fn pending_settlements(&self) -> usize {
         self.journal.lock().await.pending.len()
+    }
+
+    /// Runs `cmd` and adds `workflow` to the set the sweep and reports
+    /// iterate, in one round trip.
+    async fn sadd_workflow(&self, workflow: &str, cmd: redis::Cmd) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd)
+            .ignore()
+            .cmd("SADD")
+            .arg(self.workflows_key())
+            .arg(workflow)
+            .ignore();
+        let mut c = self.conn.clone();
+        self.bounded(async move { pipe.query_async::<()>(&mut c).await }).await
+    }
+
+    /// `workflow`, or every workflow this store has seen.
+    async fn workflows(&self, workflow: Option<&str>) -> Result<Vec<String>, StoreError> {
+        if let Some(w) = workflow {
+            return Ok(vec![w.to_string()]);
+        }
+        let mut c = self.conn.clone();
+        let key = self.workflows_key();
+        self.bounded(async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await })
+            .await
+    }
+
+    /// Appends an entry to the workflow's ledger stream.
+    async fn append(&self, workflow: &str, entry: &[(&str, String)]) -> Result<(), StoreError> {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(format!("{}events", self.tag(workflow)))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(LEDGER_MAXLEN)
+            .arg("*")
+            .arg(entry);
+        self.sadd_workflow(workflow, cmd).await
     }
 
     fn known_workflows(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
@@ -562,7 +646,9 @@ impl RedisStore {
         };
         let tag = self.tag(&workflow);
         let mut inv = self.settle.prepare_invoke();
-        inv.key(format!("{tag}r:{}", p.decision_id)).key(format!("{tag}open"));
+        inv.key(format!("{tag}r:{}", p.decision_id))
+            .key(format!("{tag}open"))
+            .key(format!("{tag}events"));
         for s in &scopes {
             inv.key(format!("{tag}s:{s}"));
         }
@@ -584,9 +670,10 @@ impl RedisStore {
                     .arg(meta(r));
             }
             None => {
-                inv.arg("0");
+                inv.arg("0").arg("0").arg("").arg("");
             }
         }
+        inv.arg(LEDGER_MAXLEN);
         let mut pipe = redis::pipe();
         pipe.invoke_script(&inv);
         let reply = strings(self.pipeline_with_script(&pipe, &self.settle).await?);
@@ -930,16 +1017,108 @@ impl BudgetStore for RedisStore {
         self.bounded(async move { pipe.query_async::<()>(&mut c).await }).await
     }
 
-    async fn list_escalations(&self, workflow: Option<&str>) -> Result<Vec<Escalation>, StoreError> {
-        let workflows: Vec<String> = match workflow {
-            Some(w) => vec![w.to_string()],
-            None => {
-                let mut c = self.conn.clone();
-                let key = self.workflows_key();
-                self.bounded(async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await })
-                    .await?
+    async fn record_outcome(&self, o: &OutcomeEvent) -> Result<(), StoreError> {
+        let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
+        self.append(
+            &o.workflow,
+            &[
+                ("k", "outcome".to_string()),
+                ("o", o.outcome_id.clone()),
+                ("s", o.status.name().to_string()),
+                ("v", opt(o.value_usd)),
+                ("h", opt(o.human_minutes)),
+                ("at", o.at_ms.to_string()),
+            ],
+        )
+        .await
+    }
+
+    async fn record_feedback(&self, f: &FeedbackEvent) -> Result<(), StoreError> {
+        self.append(
+            &f.workflow,
+            &[
+                ("k", "feedback".to_string()),
+                ("d", f.decision_id.clone()),
+                ("m", f.model.clone()),
+                ("a", u8::from(f.accepted).to_string()),
+                ("at", f.at_ms.to_string()),
+            ],
+        )
+        .await
+    }
+
+    async fn ledger(&self, workflow: Option<&str>, since_ms: i64) -> Result<Ledger, StoreError> {
+        let workflows = self.workflows(workflow).await?;
+        let mut ledger = Ledger::default();
+        for wf in workflows {
+            let key = format!("{}events", self.tag(&wf));
+            // Entry IDs start with the append time in ms: a call made since
+            // `since_ms` was settled since then too.
+            let mut start = format!("{}", since_ms.max(0));
+            loop {
+                let (mut c, k, from) = (self.conn.clone(), key.clone(), start.clone());
+                let page: Vec<Value> = self
+                    .bounded(async move {
+                        redis::cmd("XRANGE")
+                            .arg(k)
+                            .arg(from)
+                            .arg("+")
+                            .arg("COUNT")
+                            .arg(LEDGER_PAGE)
+                            .query_async(&mut c)
+                            .await
+                    })
+                    .await?;
+                for entry in &page {
+                    let Some(f) = entry_fields(entry) else { continue };
+                    let at = |k: &str| f.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+                    match f.get("k").map(String::as_str) {
+                        Some("call") => ledger.calls.extend(call_of(&f).filter(|c| c.created_ms >= since_ms)),
+                        Some("outcome") => {
+                            ledger
+                                .outcomes
+                                .extend(
+                                    f.get("s")
+                                        .and_then(|s| OutcomeStatus::parse(s))
+                                        .map(|status| OutcomeEvent {
+                                            workflow: wf.clone(),
+                                            outcome_id: f.get("o").cloned().unwrap_or_default(),
+                                            status,
+                                            value_usd: f.get("v").and_then(|v| v.parse().ok()),
+                                            human_minutes: f.get("h").and_then(|v| v.parse().ok()),
+                                            at_ms: at("at"),
+                                        }),
+                                )
+                        }
+                        Some("feedback") => ledger.feedback.push(FeedbackEvent {
+                            workflow: wf.clone(),
+                            decision_id: f.get("d").cloned().unwrap_or_default(),
+                            model: f.get("m").cloned().unwrap_or_default(),
+                            accepted: f.get("a").map(String::as_str) == Some("1"),
+                            at_ms: at("at"),
+                        }),
+                        _ => {}
+                    }
+                }
+                let last = page.last().and_then(|e| match e {
+                    Value::Array(parts) => parts.first().map(text),
+                    _ => None,
+                });
+                match last {
+                    // The next page starts after the last entry read.
+                    Some(last) if page.len() == LEDGER_PAGE => start = format!("({last}"),
+                    _ => break,
+                }
             }
-        };
+        }
+        ledger
+            .calls
+            .sort_by(|a, b| (a.created_ms, &a.decision_id).cmp(&(b.created_ms, &b.decision_id)));
+        Ok(ledger)
+    }
+
+    async fn list_escalations(&self, workflow: Option<&str>) -> Result<Vec<Escalation>, StoreError> {
+        let workflows = self.workflows(workflow).await?;
         let mut out = Vec::new();
         for wf in workflows {
             let key = format!("{}esc", self.tag(&wf));

@@ -14,6 +14,8 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::ledger::{CallRecord, FeedbackEvent, Ledger, OutcomeEvent, OutcomeStatus};
+
 use super::{
     BudgetStore, Escalation, NewReservation, ReservationRecord, Reserved, ScopeState, Settled, StoreError, Usage,
 };
@@ -61,7 +63,51 @@ CREATE TABLE IF NOT EXISTS escalations (
     reason TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS escalations_scope ON escalations (scope, created_ms);
+CREATE INDEX IF NOT EXISTS reservations_created ON reservations (created_ms);
+CREATE TABLE IF NOT EXISTS outcome_events (
+    id INTEGER PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    outcome_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    value_usd REAL,
+    human_minutes REAL,
+    at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outcome_events_at ON outcome_events (at_ms);
+CREATE TABLE IF NOT EXISTS feedback_events (
+    id INTEGER PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    decision_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    accepted INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feedback_events_at ON feedback_events (at_ms);
 ";
+
+/// Columns added to `reservations` after its first release, with their
+/// definitions: added in place to a store an older build created.
+const ADDED_COLUMNS: [(&str, &str); 2] = [
+    ("downgraded", "INTEGER NOT NULL DEFAULT 0"),
+    ("labels", "TEXT NOT NULL DEFAULT ''"),
+];
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let have: Vec<String> = {
+        let mut st = conn
+            .prepare("SELECT name FROM pragma_table_info('reservations')")
+            .map_err(unavailable)?;
+        let rows = st.query_map([], |r| r.get(0)).map_err(unavailable)?;
+        rows.collect::<Result<_, _>>().map_err(unavailable)?
+    };
+    for (name, def) in ADDED_COLUMNS {
+        if !have.iter().any(|h| h == name) {
+            conn.execute_batch(&format!("ALTER TABLE reservations ADD COLUMN {name} {def}"))
+                .map_err(unavailable)?;
+        }
+    }
+    Ok(())
+}
 
 /// Scope keys are joined with a byte that cannot appear in a key we build.
 const SCOPE_SEP: char = '\u{1f}';
@@ -104,6 +150,7 @@ impl SqliteStore {
         )
         .map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        migrate(&conn)?;
         // Checkpoints (and their fsync) run on their own connection and
         // thread, never inside a commit that a Route is waiting for. PASSIVE
         // never blocks the writer; the WAL is reset once readers allow.
@@ -240,8 +287,8 @@ fn reserve_job(r: NewReservation) -> impl FnOnce(&mut Connection) -> Result<Rese
         exec(
             &tx,
             "INSERT INTO reservations (decision_id, workflow, outcome_id, model, is_deferrable, amount_nanos, scopes,
-                                           created_ms, expires_ms, state)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'reserved')",
+                                           created_ms, expires_ms, state, downgraded, labels)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'reserved', ?10, ?11)",
             params![
                 r.decision_id,
                 r.workflow,
@@ -251,7 +298,9 @@ fn reserve_job(r: NewReservation) -> impl FnOnce(&mut Connection) -> Result<Rese
                 r.amount_nanos,
                 keys.join(&SCOPE_SEP.to_string()),
                 r.now_ms,
-                r.expires_ms
+                r.expires_ms,
+                r.downgraded,
+                r.labels
             ],
         )?;
         tx.commit().map_err(unavailable)?;
@@ -468,6 +517,46 @@ impl BudgetStore for SqliteStore {
         .await
     }
 
+    async fn record_outcome(&self, o: &OutcomeEvent) -> Result<(), StoreError> {
+        let o = o.clone();
+        self.with(move |conn| {
+            exec(
+                conn,
+                "INSERT INTO outcome_events (workflow, outcome_id, status, value_usd, human_minutes, at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    o.workflow,
+                    o.outcome_id,
+                    o.status.name(),
+                    o.value_usd,
+                    o.human_minutes,
+                    o.at_ms
+                ],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn record_feedback(&self, f: &FeedbackEvent) -> Result<(), StoreError> {
+        let f = f.clone();
+        self.with(move |conn| {
+            exec(
+                conn,
+                "INSERT INTO feedback_events (workflow, decision_id, model, accepted, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![f.workflow, f.decision_id, f.model, f.accepted, f.at_ms],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn ledger(&self, workflow: Option<&str>, since_ms: i64) -> Result<Ledger, StoreError> {
+        let workflow = workflow.map(str::to_string);
+        self.with(move |conn| ledger_of(conn, workflow.as_deref(), since_ms).map_err(unavailable))
+            .await
+    }
+
     async fn list_escalations(&self, workflow: Option<&str>) -> Result<Vec<Escalation>, StoreError> {
         let workflow = workflow.map(str::to_string);
         self.with(move |conn| {
@@ -522,10 +611,85 @@ impl BudgetStore for SqliteStore {
     }
 }
 
-/// Reads one scope from the store in `state_dir` without opening it for
-/// writing (for `explain`, beside a running server). `None` when there is no
+fn ledger_of(conn: &Connection, workflow: Option<&str>, since_ms: i64) -> rusqlite::Result<Ledger> {
+    let mut calls = Vec::new();
+    let mut st = conn.prepare_cached(
+        "SELECT decision_id, workflow, outcome_id, model, created_ms, settled_ms, actual_nanos, input_tokens,
+                cached_input_tokens, output_tokens, failed, downgraded, labels
+         FROM reservations WHERE state = 'settled' AND created_ms >= ?1 AND (?2 IS NULL OR workflow = ?2)
+         ORDER BY created_ms, decision_id",
+    )?;
+    for row in st.query_map(params![since_ms, workflow], |r| {
+        Ok(CallRecord {
+            decision_id: r.get(0)?,
+            workflow: r.get(1)?,
+            outcome_id: r.get(2)?,
+            model: r.get(3)?,
+            created_ms: r.get(4)?,
+            settled_ms: r.get::<_, Option<i64>>(5)?.unwrap_or_default(),
+            cost_nanos: r.get::<_, Option<i64>>(6)?.unwrap_or_default(),
+            input_tokens: r.get::<_, Option<i64>>(7)?.unwrap_or_default() as u64,
+            cached_input_tokens: r.get::<_, Option<i64>>(8)?.unwrap_or_default() as u64,
+            output_tokens: r.get::<_, Option<i64>>(9)?.unwrap_or_default() as u64,
+            failed: r.get::<_, Option<bool>>(10)?.unwrap_or_default(),
+            downgraded: r.get(11)?,
+            labels: r.get(12)?,
+        })
+    })? {
+        calls.push(row?);
+    }
+    let mut outcomes = Vec::new();
+    let mut st = conn.prepare_cached(
+        "SELECT workflow, outcome_id, status, value_usd, human_minutes, at_ms FROM outcome_events
+         WHERE at_ms >= ?1 AND (?2 IS NULL OR workflow = ?2) ORDER BY id",
+    )?;
+    for row in st.query_map(params![since_ms, workflow], |r| {
+        let status: String = r.get(2)?;
+        Ok(OutcomeEvent {
+            workflow: r.get(0)?,
+            outcome_id: r.get(1)?,
+            status: OutcomeStatus::parse(&status).unwrap_or(OutcomeStatus::Abandoned),
+            value_usd: r.get(3)?,
+            human_minutes: r.get(4)?,
+            at_ms: r.get(5)?,
+        })
+    })? {
+        outcomes.push(row?);
+    }
+    let mut feedback = Vec::new();
+    let mut st = conn.prepare_cached(
+        "SELECT workflow, decision_id, model, accepted, at_ms FROM feedback_events
+         WHERE at_ms >= ?1 AND (?2 IS NULL OR workflow = ?2) ORDER BY id",
+    )?;
+    for row in st.query_map(params![since_ms, workflow], |r| {
+        Ok(FeedbackEvent {
+            workflow: r.get(0)?,
+            decision_id: r.get(1)?,
+            model: r.get(2)?,
+            accepted: r.get(3)?,
+            at_ms: r.get(4)?,
+        })
+    })? {
+        feedback.push(row?);
+    }
+    Ok(Ledger {
+        calls,
+        outcomes,
+        feedback,
+    })
+}
+
+/// Reads the ledger from the store in `state_dir` without opening it for
+/// writing (for `report`, beside a running server). `None` when there is no
 /// store there yet.
-pub fn read_scope(state_dir: &Path, key: &str) -> Result<Option<ScopeState>, StoreError> {
+pub fn read_ledger(state_dir: &Path, workflow: Option<&str>, since_ms: i64) -> Result<Option<Ledger>, StoreError> {
+    let Some(conn) = open_read_only(state_dir)? else {
+        return Ok(None);
+    };
+    ledger_of(&conn, workflow, since_ms).map(Some).map_err(unavailable)
+}
+
+fn open_read_only(state_dir: &Path) -> Result<Option<Connection>, StoreError> {
     let path = state_dir.join("budget.sqlite3");
     if !path.exists() {
         return Ok(None);
@@ -534,5 +698,15 @@ pub fn read_scope(state_dir: &Path, key: &str) -> Result<Option<ScopeState>, Sto
         .map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
     conn.busy_timeout(std::time::Duration::from_secs(2))
         .map_err(unavailable)?;
+    Ok(Some(conn))
+}
+
+/// Reads one scope from the store in `state_dir` without opening it for
+/// writing (for `explain`, beside a running server). `None` when there is no
+/// store there yet.
+pub fn read_scope(state_dir: &Path, key: &str) -> Result<Option<ScopeState>, StoreError> {
+    let Some(conn) = open_read_only(state_dir)? else {
+        return Ok(None);
+    };
     scope_state(&conn, key).map(Some)
 }

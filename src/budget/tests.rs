@@ -27,6 +27,8 @@ fn reservation(id: &str, amount: i64, scopes: &[(&str, i64)], now_ms: i64) -> Ne
             .collect(),
         now_ms,
         expires_ms: now_ms + 600_000,
+        downgraded: false,
+        labels: String::new(),
     }
 }
 
@@ -558,6 +560,7 @@ async fn rollover_starts_a_new_counter(store: SharedStore) {
                 deferrable: false,
                 cost_nanos: DOLLAR / 10,
                 caller: "test",
+                downgraded: false,
             };
             budgets.admit(&call, at).await.expect("admit")
         }

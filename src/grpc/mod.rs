@@ -160,6 +160,7 @@ impl RouterService {
                     deferrable: req.deferrable,
                     cost_nanos: d.cost_nanos,
                     caller: LOCAL_CALLER,
+                    downgraded: d.downgraded_from.is_some(),
                 },
                 now,
             )
@@ -262,6 +263,66 @@ impl RouterService {
         Ok(pb::UsageAck { cost_nanousd })
     }
 
+    async fn record_outcome_inner(&self, o: pb::OutcomeReport) -> Result<pb::OutcomeAck, Error> {
+        use crate::ledger::OutcomeStatus;
+        if o.outcome_id.is_empty() || o.outcome_id.len() > 256 || o.outcome_id.chars().any(char::is_control) {
+            return Err(Error::InvalidArgument(
+                "outcome_id must be 1 to 256 bytes of printable text: the ID the calls carried in Route".into(),
+            ));
+        }
+        let table = self.rules.current();
+        let workflow = find_workflow(&table, &o.workflow)?;
+        let status = match pb::OutcomeStatus::try_from(o.status) {
+            Ok(pb::OutcomeStatus::Accepted) => OutcomeStatus::Accepted,
+            Ok(pb::OutcomeStatus::Rejected) => OutcomeStatus::Rejected,
+            Ok(pb::OutcomeStatus::Corrected) => OutcomeStatus::Corrected,
+            Ok(pb::OutcomeStatus::Abandoned) => OutcomeStatus::Abandoned,
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "status {} is not an outcome: use OUTCOME_STATUS_ACCEPTED, _REJECTED, _CORRECTED or _ABANDONED",
+                    o.status
+                )))
+            }
+        };
+        let check = |name: &str, v: Option<f64>| match v {
+            Some(x) if !(x.is_finite() && (0.0..=1e12).contains(&x)) => Err(Error::InvalidArgument(format!(
+                "{name} is {x}; give a finite amount from 0 to 1e12, or leave it unset"
+            ))),
+            _ => Ok(v),
+        };
+        let event = crate::ledger::OutcomeEvent {
+            workflow: workflow.name.clone(),
+            outcome_id: o.outcome_id,
+            status,
+            value_usd: check("value_usd", o.value_usd)?,
+            human_minutes: check("human_minutes", o.human_minutes)?,
+            at_ms: crate::budget::now_ms(),
+        };
+        self.budgets.store.record_outcome(&event).await?;
+        tracing::debug!(workflow = %event.workflow, outcome = %event.outcome_id, status = event.status.name(), "outcome recorded");
+        Ok(pb::OutcomeAck {})
+    }
+
+    async fn record_feedback_inner(&self, f: pb::FeedbackReport) -> Result<pb::FeedbackAck, Error> {
+        if f.decision_id.is_empty() {
+            return Err(Error::InvalidArgument(
+                "decision_id is empty: quote the decision_id that Route returned".into(),
+            ));
+        }
+        let record = self.budgets.store.reservation(&f.decision_id).await?.ok_or_else(|| {
+            Error::NotFound(StoreError::UnknownDecision(truncate(&f.decision_id, 64).to_string()).to_string())
+        })?;
+        let event = crate::ledger::FeedbackEvent {
+            workflow: record.workflow,
+            decision_id: f.decision_id,
+            model: record.model,
+            accepted: f.accepted,
+            at_ms: crate::budget::now_ms(),
+        };
+        self.budgets.store.record_feedback(&event).await?;
+        Ok(pb::FeedbackAck {})
+    }
+
     async fn get_budget_inner(&self, r: pb::GetBudgetRequest) -> Result<pb::BudgetStatus, Error> {
         let table = self.rules.current();
         let workflow = find_workflow(&table, &r.workflow)?;
@@ -339,18 +400,35 @@ impl Router for RouterService {
         respond(None, self.report_usage_inner(request.into_inner()).await)
     }
 
-    async fn record_outcome(&self, _: Request<pb::OutcomeReport>) -> Result<Response<pb::OutcomeAck>, Status> {
-        Err(Error::Unimplemented(
-            "RecordOutcome is not available in this build: outcomes arrive with the outcome ledger; Route works now",
-        )
-        .into())
+    async fn record_outcome(&self, request: Request<pb::OutcomeReport>) -> Result<Response<pb::OutcomeAck>, Status> {
+        respond(None, self.record_outcome_inner(request.into_inner()).await)
     }
 
-    async fn record_feedback(&self, _: Request<pb::FeedbackReport>) -> Result<Response<pb::FeedbackAck>, Status> {
-        Err(Error::Unimplemented(
-            "RecordFeedback is not available in this build: feedback arrives with the outcome ledger; Route works now",
-        )
-        .into())
+    async fn record_feedback(&self, request: Request<pb::FeedbackReport>) -> Result<Response<pb::FeedbackAck>, Status> {
+        respond(None, self.record_feedback_inner(request.into_inner()).await)
+    }
+
+    async fn get_report(&self, request: Request<pb::ReportRequest>) -> Result<Response<pb::ReportResponse>, Status> {
+        let r = request.into_inner();
+        let result = async {
+            let table = self.rules.current();
+            let workflow = if r.workflow.is_empty() {
+                None
+            } else {
+                Some(find_workflow(&table, &r.workflow)?.name.clone())
+            };
+            let spec = crate::report::Spec {
+                period: crate::report::parse_period(&r.period).map_err(Error::InvalidArgument)?,
+                workflow,
+                label: crate::report::parse_label(&r.label).map_err(Error::InvalidArgument)?,
+                now: jiff::Timestamp::now(),
+            };
+            let report = crate::report::gather(self.budgets.store.as_ref(), &table, &spec).await?;
+            let text = crate::report::render(&report, &r.format).map_err(Error::InvalidArgument)?;
+            Ok(pb::ReportResponse { text })
+        }
+        .await;
+        respond(None, result)
     }
 
     async fn get_budget(&self, request: Request<pb::GetBudgetRequest>) -> Result<Response<pb::BudgetStatus>, Status> {
