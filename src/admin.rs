@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -167,6 +167,40 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     for (name, kind, help, value) in series {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
     }
+    // Per budgeted workflow: what is left and, at the current burn rate,
+    // how long it lasts (+Inf when it lasts the period).
+    let now = jiff::Timestamp::now();
+    match crate::report::budget_inputs(s.store.as_ref(), &table, None, now).await {
+        Ok(budgets) if !budgets.is_empty() => {
+            let lines: Vec<(String, crate::report::BudgetLine)> = budgets
+                .iter()
+                .map(|b| (escape_label(&b.workflow), crate::report::budget_line(b, now)))
+                .collect();
+            let _ = writeln!(
+                out,
+                "# HELP switchyard_budget_remaining_nanousd What is left of the workflow's budget this period.\n\
+                 # TYPE switchyard_budget_remaining_nanousd gauge"
+            );
+            for (b, (w, _)) in budgets.iter().zip(&lines) {
+                let _ = writeln!(
+                    out,
+                    "switchyard_budget_remaining_nanousd{{workflow=\"{w}\"}} {}",
+                    b.state.remaining()
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP switchyard_budget_exhausted_in_seconds Seconds until the budget runs out at this period's burn rate; +Inf if it lasts the period.\n\
+                 # TYPE switchyard_budget_exhausted_in_seconds gauge"
+            );
+            for (w, l) in &lines {
+                let v = l.runs_out_in_s.map_or("+Inf".to_string(), |s| format!("{s:.0}"));
+                let _ = writeln!(out, "switchyard_budget_exhausted_in_seconds{{workflow=\"{w}\"}} {v}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "budget gauges skipped: the store cannot be read"),
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
@@ -186,7 +220,6 @@ async fn index(State(s): State<Arc<AdminState>>) -> Html<String> {
             m.tiers[0]
         );
     }
-    let workflows: Vec<String> = table.workflows.iter().map(|w| escape(&w.name)).collect();
     let banner = match &st.last_error {
         Some(e) if st.failing => format!(
             "<p style=\"color:#b00\"><b>Rules reload failing</b>; serving the last good rules.<pre>{}</pre></p>",
@@ -194,29 +227,39 @@ async fn index(State(s): State<Arc<AdminState>>) -> Html<String> {
         ),
         _ => String::new(),
     };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    Html(format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Switchyard</title></head>\
-         <body style=\"font-family:sans-serif\"><h1>Switchyard</h1>{banner}\
-         <p>Rules: <code>{}</code> ({})</p><p>Workflows: {}</p>\
+    let status = format!(
+        "<h2>Sidecar</h2>{banner}\
+         <p>Rules: <code>{}</code> ({})</p>\
          <p>Route calls answered: {}, refused: {}</p>\
-         <table border=\"1\" cellpadding=\"4\"><tr><th>model</th><th>provider</th><th>input /Mtok</th>\
+         <table><tr><th>model</th><th>provider</th><th>input /Mtok</th>\
          <th>cached /Mtok</th><th>output /Mtok</th><th>general tier</th></tr>{rows}</table>\
-         <p><a href=\"/metrics\">/metrics</a> · <a href=\"/healthz\">/healthz</a> · <a href=\"/readyz\">/readyz</a></p>\
-         <p><small>rendered at unix {now}</small></p></body></html>",
+         <p><a href=\"/metrics\">/metrics</a> · <a href=\"/healthz\">/healthz</a> · <a href=\"/readyz\">/readyz</a></p>",
         escape(&s.rules.path().display().to_string()),
         escape(&crate::rules::summary(&table)),
-        workflows.join(", "),
         s.counters.routed.load(Ordering::Relaxed),
         s.counters.rejected.load(Ordering::Relaxed),
-    ))
+    );
+    let spec = crate::report::Spec {
+        period: crate::rules::Period::Day,
+        workflow: None,
+        label: None,
+        now: jiff::Timestamp::now(),
+    };
+    match crate::report::gather(s.store.as_ref(), &table, &spec).await {
+        Ok(report) => Html(crate::dashboard::page(&report, &status)),
+        Err(e) => Html(format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>Switchyard</title></head><body>\
+             <h1>Switchyard</h1><p style=\"color:#b00\">The ledger cannot be read: {}</p>{status}</body></html>",
+            escape(&e.to_string())
+        )),
+    }
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+use crate::dashboard::escape;
+
+/// A Prometheus label value, escaped.
+fn escape_label(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// Serves the admin port on a dedicated thread and runtime until `shutdown`

@@ -25,6 +25,7 @@ pub mod admin;
 pub mod app;
 pub mod budget;
 pub mod cli;
+pub mod dashboard;
 pub mod decide;
 pub mod error;
 pub mod estimate;

@@ -613,7 +613,8 @@ fn cheaper_model_would_do(
     flags
 }
 
-fn budget_line(b: &BudgetInput, now: Timestamp) -> BudgetLine {
+/// Spend against a budget, with the burn rate and when it runs out.
+pub fn budget_line(b: &BudgetInput, now: Timestamp) -> BudgetLine {
     let st = b.state;
     let used = st.spent_nanos + st.reserved_nanos;
     let elapsed_h = (now.as_millisecond() - b.period_start.as_millisecond()).max(1) as f64 / 3.6e6;
@@ -669,15 +670,15 @@ fn daily(calls: &[&CallRecord], latest: &[&OutcomeEvent], now_ms: i64) -> Vec<Da
         .collect()
 }
 
-fn pct(v: Option<f64>) -> String {
+pub(crate) fn pct(v: Option<f64>) -> String {
     v.map_or("–".into(), |v| format!("{:.1}%", v * 100.0))
 }
 
-fn usd(v: Option<f64>) -> String {
+pub(crate) fn usd(v: Option<f64>) -> String {
     v.map_or("–".into(), |v| crate::money::format_dollars(v, 2))
 }
 
-fn num(v: Option<f64>) -> String {
+pub(crate) fn num(v: Option<f64>) -> String {
     v.map_or("–".into(), |v| {
         if v >= 100.0 {
             format!("{v:.0}")
@@ -821,15 +822,26 @@ pub async fn gather(
             *escalations.entry(e.workflow).or_default() += 1;
         }
     }
+    let budgets = budget_inputs(store, table, spec.workflow.as_deref(), spec.now).await?;
+    Ok(build(spec, table, &ledger, &escalations, &budgets))
+}
+
+/// Each budgeted workflow's current period as the store has it.
+pub async fn budget_inputs(
+    store: &dyn crate::budget::BudgetStore,
+    table: &RuleTable,
+    workflow: Option<&str>,
+    now: Timestamp,
+) -> Result<Vec<BudgetInput>, crate::budget::StoreError> {
     let mut budgets = Vec::new();
     for w in &table.workflows {
         let Some(b) = &w.budget else { continue };
-        if spec.workflow.as_ref().is_some_and(|n| *n != w.name) {
+        if workflow.is_some_and(|n| n != w.name) {
             continue;
         }
-        let scope = crate::budget::period_scope(w, b, spec.now);
+        let scope = crate::budget::period_scope(w, b, now);
         let state = ScopeState::of_period(b, store.scope(&scope).await?);
-        let (period_start, period_end) = period_bounds(b.period, &b.timezone, spec.now);
+        let (period_start, period_end) = period_bounds(b.period, &b.timezone, now);
         budgets.push(BudgetInput {
             workflow: w.name.clone(),
             scope,
@@ -838,7 +850,7 @@ pub async fn gather(
             period_end,
         });
     }
-    Ok(build(spec, table, &ledger, &escalations, &budgets))
+    Ok(budgets)
 }
 
 impl Report {

@@ -257,3 +257,89 @@ fn a_report_on_an_empty_store_says_so() {
         "{json}"
     );
 }
+
+/// Headless Chromium, or a clear failure saying how to get it.
+fn chromium() -> &'static str {
+    for bin in ["chromium", "chromium-browser", "google-chrome"] {
+        if std::process::Command::new(bin)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            return bin;
+        }
+    }
+    panic!("headless Chromium is needed for the dashboard test: `apt-get install chromium` (.ci/run does this)")
+}
+
+fn browse(url: &str, profile: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("run chromium")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_seeded_workflow_in_a_real_browser() {
+    let server = Server::start(&rules(), &[]);
+    let mut c = server.client().await;
+    let e = scripted_day(&mut c).await;
+    let url = format!("{}/", server.admin.trim_end_matches('/'));
+    assert!(url.starts_with("http://"), "{url}");
+    let profile = tempfile::tempdir().expect("profile");
+
+    let dom = browse(&url, profile.path(), &["--dump-dom"]);
+    let html = String::from_utf8_lossy(&dom.stdout);
+    assert!(
+        dom.status.success() && html.contains("data-workflow=\"budget-demo\""),
+        "{html}\n{}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    // The headline figure, from the script's own acknowledgements.
+    let cpo = switchyard::money::format_dollars(e.spend as f64 / 1e9 / 3.0, 2);
+    assert!(
+        html.contains(&format!("id=\"cpo-budget-demo\">{cpo}<")),
+        "cost per accepted outcome {cpo} not shown:\n{html}"
+    );
+    assert!(html.contains("id=\"accepted-budget-demo\">3 of 5<"), "{html}");
+    assert!(html.contains(&format!("{} calls", e.calls)), "{html}");
+    for section in [
+        "Cost per accepted outcome, by day",
+        "The four factors",
+        "Spend against budget",
+        "Model mix",
+        "Recent outcomes",
+        "gpt-5-mini",
+        "t5",
+    ] {
+        assert!(html.contains(section), "{section} missing:\n{html}");
+    }
+    assert!(
+        html.contains("<polyline") || html.contains("<circle"),
+        "no chart drawn:\n{html}"
+    );
+
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = browse(
+        &url,
+        profile.path(),
+        &["--window-size=1280,2200", &format!("--screenshot={}", shot.display())],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "not a real screenshot"
+    );
+    println!("dashboard screenshot: {}", shot.display());
+}
