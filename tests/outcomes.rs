@@ -328,6 +328,18 @@ async fn the_dashboard_shows_the_seeded_workflow_in_a_real_browser() {
         "no chart drawn:\n{html}"
     );
 
+    // The forecast as a metric: this budget lasts the day at this rate.
+    let (_, metrics) = server.admin_get("/metrics");
+    assert!(
+        metrics.contains("switchyard_budget_exhausted_in_seconds{workflow=\"budget-demo\"} +Inf"),
+        "{metrics}"
+    );
+    let remaining = format!(
+        "switchyard_budget_remaining_nanousd{{workflow=\"budget-demo\"}} {}",
+        1_000_000_000 - e.spend
+    );
+    assert!(metrics.contains(&remaining), "{remaining} not in\n{metrics}");
+
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     let _ = std::fs::remove_file(&shot);
     let out = browse(
