@@ -25,6 +25,7 @@ pub struct AdminState {
     pub cache: Arc<ContextCache>,
     pub counters: Arc<RouteCounters>,
     pub store: crate::budget::SharedStore,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Released once the rules are loaded, the tokenizers warm and the gRPC
     /// port bound; set back to false when shutdown begins.
     pub ready: AtomicBool,
@@ -167,6 +168,26 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     for (name, kind, help, value) in series {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
     }
+    s.metrics.render(&mut out);
+    // Escalations waiting for a person, by workflow.
+    if let Ok(all) = s.store.list_escalations(None).await {
+        let mut open: std::collections::BTreeMap<&str, u64> =
+            table.workflows.iter().map(|w| (w.name.as_str(), 0)).collect();
+        for e in all.iter().filter(|e| e.state == "pending") {
+            *open.entry(e.workflow.as_str()).or_default() += 1;
+        }
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_escalations_open Escalations waiting for a person.\n# TYPE switchyard_escalations_open gauge"
+        );
+        for (w, n) in open {
+            let _ = writeln!(
+                out,
+                "switchyard_escalations_open{{workflow=\"{}\"}} {n}",
+                escape_label(w)
+            );
+        }
+    }
     // Per budgeted workflow: what is left and, at the current burn rate,
     // how long it lasts (+Inf when it lasts the period).
     let now = jiff::Timestamp::now();
@@ -256,11 +277,7 @@ async fn index(State(s): State<Arc<AdminState>>) -> Html<String> {
 }
 
 use crate::dashboard::escape;
-
-/// A Prometheus label value, escaped.
-fn escape_label(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
+use crate::metrics::escape_label;
 
 /// Serves the admin port on a dedicated thread and runtime until `shutdown`
 /// flips to true. Binding happens before this returns, so a taken port fails

@@ -142,12 +142,15 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let admin_addr = admin_listener.local_addr()?;
 
     let counters = Arc::new(RouteCounters::default());
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let telemetry = Arc::new(crate::telemetry::Telemetry::from_env(cfg.reservation_ttl));
     let cache = Arc::new(ContextCache::new(cfg.context_cache));
     let admin_state = Arc::new(AdminState {
         rules: rules.clone(),
         cache: cache.clone(),
         counters: counters.clone(),
         store,
+        metrics: metrics.clone(),
         ready: Default::default(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -193,9 +196,16 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         .context("building the gRPC reflection service")?;
 
     let limit = cfg.max_request_bytes;
-    let router = RouterServer::new(RouterService::new(rules.clone(), cache, counters, budgets.clone()))
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
+    let router = RouterServer::new(RouterService::new(
+        rules.clone(),
+        cache,
+        counters,
+        budgets.clone(),
+        telemetry.clone(),
+        metrics.clone(),
+    ))
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(limit);
 
     tracing::info!(
         rules = %cfg.rules.display(),
@@ -242,6 +252,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         }
     }
 
+    let shutdown_began = std::time::Instant::now();
     admin_state.ready.store(false, Ordering::Release);
     health.set_not_serving::<RouterServer<RouterService>>().await;
     let _ = drain_tx.send(());
@@ -255,6 +266,13 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             server.abort();
         }
     }
+    // Export the spans still queued, within the grace period.
+    let flush = telemetry.clone();
+    let grace = cfg
+        .shutdown_grace
+        .saturating_sub(shutdown_began.elapsed())
+        .max(Duration::from_millis(100));
+    let _ = tokio::task::spawn_blocking(move || flush.shutdown(grace)).await;
     let _ = stop_tx.send(true);
     let _ = watcher.await;
     let _ = sweeper.await;

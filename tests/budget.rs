@@ -128,8 +128,14 @@ async fn two_servers_sharing_one_redis_never_overspend_a_dollar() {
     let redis = RedisServer::start();
     let dir = rules_file(RACE_RULES);
     let url = redis.url();
-    let a = Server::start(&dir.path().join("rules.toml"), &["--redis-url", &url]);
-    let b = Server::start(&dir.path().join("rules.toml"), &["--redis-url", &url]);
+    let a = Server::start(
+        &dir.path().join("rules.toml"),
+        &["--redis-url", &url, "--redis-timeout-ms", "5000"],
+    );
+    let b = Server::start(
+        &dir.path().join("rules.toml"),
+        &["--redis-url", &url, "--redis-timeout-ms", "5000"],
+    );
     race_for_a_dollar(&[a.client().await, b.client().await]).await;
     // explain reads the same figures from Redis, without a server.
     let out = std::process::Command::new(BIN)
@@ -185,7 +191,10 @@ fn metric(server: &Server, name: &str) -> u64 {
 async fn redis_killed_mid_run_fails_closed_and_counts_nothing_twice_after_it_returns() {
     let mut redis = RedisServer::start();
     let dir = rules_file(RACE_RULES);
-    let server = Server::start(&dir.path().join("rules.toml"), &["--redis-url", &redis.url()]);
+    let server = Server::start(
+        &dir.path().join("rules.toml"),
+        &["--redis-url", &redis.url(), "--redis-timeout-ms", "5000"],
+    );
     let mut c = server.client().await;
     let mut acked = 0;
     for i in 0..5 {
@@ -225,7 +234,14 @@ async fn redis_killed_mid_run_fails_open_up_to_the_local_cap_when_configured() {
     // Each call is estimated at about 1.5 cents: the 4-cent cap admits two.
     let server = Server::start(
         &dir.path().join("rules.toml"),
-        &["--redis-url", &redis.url(), "--redis-fail-open-usd", "0.04"],
+        &[
+            "--redis-url",
+            &redis.url(),
+            "--redis-fail-open-usd",
+            "0.04",
+            "--redis-timeout-ms",
+            "5000",
+        ],
     );
     let mut c = server.client().await;
     let mut acked = route_and_report(&mut c, "before").await.1;
@@ -259,7 +275,7 @@ async fn soft_threshold_downgrades_then_the_limit_escalates_and_approval_resumes
 #[tokio::test]
 async fn soft_threshold_and_escalation_work_the_same_on_redis() {
     let redis = RedisServer::start();
-    soft_threshold_then_escalation(&["--redis-url", &redis.url()]).await;
+    soft_threshold_then_escalation(&["--redis-url", &redis.url(), "--redis-timeout-ms", "5000"]).await;
 }
 
 async fn soft_threshold_then_escalation(args: &[&str]) {

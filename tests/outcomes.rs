@@ -225,7 +225,7 @@ async fn a_scripted_day_reports_to_the_nano_dollar_on_the_embedded_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scripted_day_reports_to_the_nano_dollar_on_redis() {
     let redis = RedisServer::start();
-    let server = Server::start(&rules(), &["--redis-url", &redis.url()]);
+    let server = Server::start(&rules(), &["--redis-url", &redis.url(), "--redis-timeout-ms", "5000"]);
     let mut c = server.client().await;
     let e = scripted_day(&mut c).await;
     check(&report_json(&["--redis-url", &redis.url()]), &e);

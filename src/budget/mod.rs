@@ -406,6 +406,14 @@ impl Budgets {
         Ok(state.past_soft_threshold(b))
     }
 
+    /// What is left of the workflow's period budget as this sidecar last saw
+    /// it (no store round trip), for span attributes.
+    pub fn remaining_hint(&self, workflow: &Workflow, now: Timestamp) -> Option<i64> {
+        let b = workflow.budget.as_ref()?;
+        let key = period_scope(workflow, b, now);
+        self.view().get(&key).map(|(st, _)| st.remaining())
+    }
+
     /// Counts a reservation this sidecar just made in the cached view.
     fn note_reserved(&self, scopes: &[ScopeCharge], amount: i64) {
         let mut view = self.view();

@@ -295,7 +295,8 @@ pub fn redis_config(url: String, dir: &std::path::Path, fail_open_nanos: Option<
     redis::RedisConfig {
         url,
         prefix: "sy".into(),
-        timeout: std::time::Duration::from_millis(500),
+        // Generous: a loaded CI machine can be slow to answer the first call.
+        timeout: std::time::Duration::from_secs(5),
         reservation_ttl_ms: 600_000,
         fail_open_cap_nanos: fail_open_nanos,
         journal: dir.join("redis-journal.jsonl"),

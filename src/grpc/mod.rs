@@ -12,9 +12,12 @@ use tonic::{Request, Response, Status};
 use crate::budget::{period_scope, Admission, Budgets, Call, Escalation, ScopeState, Settled, StoreError, Usage};
 use crate::error::{truncate, Error};
 use crate::estimate::cache::ContextCache;
+use crate::metrics::Metrics;
 use crate::route::{find_workflow, plan, record_routed, Planned, RawRoute, RouteCall};
 use crate::rules::reload::Rules;
 use crate::rules::RuleTable;
+use crate::telemetry::{attr, RpcSpan, Telemetry};
+use opentelemetry::KeyValue;
 
 /// The generated protobuf and gRPC code for `switchyard.v1`.
 pub mod pb {
@@ -61,6 +64,8 @@ pub struct RouterService {
     cache: Arc<ContextCache>,
     counters: Arc<RouteCounters>,
     budgets: Arc<Budgets>,
+    telemetry: Arc<Telemetry>,
+    metrics: Arc<Metrics>,
 }
 
 impl RouterService {
@@ -69,12 +74,16 @@ impl RouterService {
         cache: Arc<ContextCache>,
         counters: Arc<RouteCounters>,
         budgets: Arc<Budgets>,
+        telemetry: Arc<Telemetry>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         RouterService {
             rules,
             cache,
             counters,
             budgets,
+            telemetry,
+            metrics,
         }
     }
 }
@@ -121,7 +130,7 @@ fn plan_one(
 }
 
 impl RouterService {
-    async fn route_inner(&self, req: pb::RouteRequest) -> Result<pb::RouteResponse, Error> {
+    async fn route_inner(&self, req: pb::RouteRequest, span: &mut RpcSpan) -> Result<pb::RouteResponse, Error> {
         let table = self.rules.current();
         let now = jiff::Timestamp::now();
         // Validate first, so that a bad request costs no store round trip.
@@ -185,6 +194,44 @@ impl RouterService {
             ),
             Admission::Denied(why) => (pb::RouteStatus::Denied, String::new(), why),
         };
+        let status_name = match status {
+            pb::RouteStatus::Routed => "routed",
+            pb::RouteStatus::Downgraded => "downgraded",
+            pb::RouteStatus::EscalationRequired => "escalation_required",
+            _ => "denied",
+        };
+        self.metrics
+            .decisions
+            .add(&[&workflow.name, &model.name, status_name], 1);
+        if matches!(status, pb::RouteStatus::Routed | pb::RouteStatus::Downgraded) {
+            self.metrics
+                .estimated_spend
+                .add(&[&workflow.name, &model.name], d.cost_nanos.max(0) as u64);
+        }
+        if span.is_recording() {
+            span.set([
+                KeyValue::new(attr::GEN_AI_OPERATION_NAME, "chat"),
+                KeyValue::new(attr::GEN_AI_PROVIDER_NAME, model.provider.clone()),
+                KeyValue::new(attr::GEN_AI_REQUEST_MODEL, model.name.clone()),
+                KeyValue::new(attr::GEN_AI_USAGE_INPUT_TOKENS, d.input_tokens as i64),
+                KeyValue::new(attr::GEN_AI_USAGE_OUTPUT_TOKENS, d.output_tokens as i64),
+                KeyValue::new(attr::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, d.cached_tokens as i64),
+                KeyValue::new(attr::WORKFLOW, workflow.name.clone()),
+                KeyValue::new(attr::OUTCOME_ID, req.outcome_id.clone()),
+                KeyValue::new(attr::DECISION_ID, decision_id.clone()),
+                KeyValue::new(attr::COST_USD, crate::money::nanos_to_usd(d.cost_nanos)),
+                KeyValue::new(attr::ROUTE_STATUS, status_name),
+                KeyValue::new(attr::ROUTE_RULE, d.rule.clone()),
+                KeyValue::new(attr::COMPLEXITY, planned.est.complexity),
+            ]);
+            if let Some(left) = self.budgets.remaining_hint(workflow, now) {
+                span.set([KeyValue::new(
+                    attr::BUDGET_REMAINING_USD,
+                    crate::money::nanos_to_usd(left),
+                )]);
+            }
+            self.telemetry.remember_route(&decision_id, span);
+        }
         Ok(pb::RouteResponse {
             decision_id,
             model: model.name.clone(),
@@ -198,13 +245,13 @@ impl RouterService {
             estimated_cost_nanousd: d.cost_nanos,
             rule: d.rule.clone(),
             reason,
-            traceparent: String::new(),
+            traceparent: span.traceparent().unwrap_or_default(),
             required_tier: d.required_tier as u32,
             task_class: table.classes[planned.est.class].clone(),
         })
     }
 
-    async fn report_usage_inner(&self, u: pb::UsageReport) -> Result<pb::UsageAck, Error> {
+    async fn report_usage_inner(&self, u: pb::UsageReport, span: &mut RpcSpan) -> Result<pb::UsageAck, Error> {
         if u.decision_id.is_empty() {
             return Err(Error::InvalidArgument(
                 "decision_id is empty: quote the decision_id that Route returned".into(),
@@ -258,12 +305,38 @@ impl RouterService {
             .settle(&u.decision_id, cost, &usage, crate::budget::now_ms())
             .await?;
         let cost_nanousd = match settled {
-            Settled::Charged { cost_nanos } | Settled::AlreadySettled { cost_nanos } => cost_nanos,
+            Settled::Charged { cost_nanos } => {
+                let labels = [record.workflow.as_str(), model.name.as_str()];
+                self.metrics.actual_spend.add(&labels, cost_nanos.max(0) as u64);
+                let uncached = u.input_tokens - u.cached_input_tokens;
+                for (kind, n) in [
+                    ("input", uncached),
+                    ("cached_input", u.cached_input_tokens),
+                    ("output", u.output_tokens),
+                ] {
+                    self.metrics.tokens.add(&[labels[0], labels[1], kind], n);
+                }
+                cost_nanos
+            }
+            Settled::AlreadySettled { cost_nanos } => cost_nanos,
         };
+        span.set([
+            KeyValue::new(attr::GEN_AI_OPERATION_NAME, "chat"),
+            KeyValue::new(attr::GEN_AI_PROVIDER_NAME, model.provider.clone()),
+            KeyValue::new(attr::GEN_AI_REQUEST_MODEL, model.name.clone()),
+            KeyValue::new(attr::GEN_AI_USAGE_INPUT_TOKENS, u.input_tokens as i64),
+            KeyValue::new(attr::GEN_AI_USAGE_OUTPUT_TOKENS, u.output_tokens as i64),
+            KeyValue::new(attr::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, u.cached_input_tokens as i64),
+            KeyValue::new(attr::WORKFLOW, record.workflow.clone()),
+            KeyValue::new(attr::OUTCOME_ID, record.outcome_id.clone()),
+            KeyValue::new(attr::DECISION_ID, u.decision_id.clone()),
+            KeyValue::new(attr::COST_USD, crate::money::nanos_to_usd(cost_nanousd)),
+            KeyValue::new(attr::USAGE_FAILED, u.failed),
+        ]);
         Ok(pb::UsageAck { cost_nanousd })
     }
 
-    async fn record_outcome_inner(&self, o: pb::OutcomeReport) -> Result<pb::OutcomeAck, Error> {
+    async fn record_outcome_inner(&self, o: pb::OutcomeReport, span: &mut RpcSpan) -> Result<pb::OutcomeAck, Error> {
         use crate::ledger::OutcomeStatus;
         if o.outcome_id.is_empty() || o.outcome_id.len() > 256 || o.outcome_id.chars().any(char::is_control) {
             return Err(Error::InvalidArgument(
@@ -299,11 +372,17 @@ impl RouterService {
             at_ms: crate::budget::now_ms(),
         };
         self.budgets.store.record_outcome(&event).await?;
+        self.metrics.outcomes.add(&[&event.workflow, event.status.name()], 1);
+        span.set([
+            KeyValue::new(attr::WORKFLOW, event.workflow.clone()),
+            KeyValue::new(attr::OUTCOME_ID, event.outcome_id.clone()),
+            KeyValue::new(attr::OUTCOME_STATUS, event.status.name()),
+        ]);
         tracing::debug!(workflow = %event.workflow, outcome = %event.outcome_id, status = event.status.name(), "outcome recorded");
         Ok(pb::OutcomeAck {})
     }
 
-    async fn record_feedback_inner(&self, f: pb::FeedbackReport) -> Result<pb::FeedbackAck, Error> {
+    async fn record_feedback_inner(&self, f: pb::FeedbackReport, span: &mut RpcSpan) -> Result<pb::FeedbackAck, Error> {
         if f.decision_id.is_empty() {
             return Err(Error::InvalidArgument(
                 "decision_id is empty: quote the decision_id that Route returned".into(),
@@ -320,6 +399,12 @@ impl RouterService {
             at_ms: crate::budget::now_ms(),
         };
         self.budgets.store.record_feedback(&event).await?;
+        span.set([
+            KeyValue::new(attr::WORKFLOW, event.workflow.clone()),
+            KeyValue::new(attr::DECISION_ID, event.decision_id.clone()),
+            KeyValue::new(attr::GEN_AI_REQUEST_MODEL, event.model.clone()),
+            KeyValue::new(attr::FEEDBACK_ACCEPTED, event.accepted),
+        ]);
         Ok(pb::FeedbackAck {})
     }
 
@@ -372,6 +457,14 @@ fn escalation_pb(e: Escalation) -> pb::Escalation {
     }
 }
 
+/// Marks the span failed when the answer is an error; the span ends here.
+fn traced<T>(mut span: RpcSpan, r: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
+    if let Err(status) = &r {
+        span.fail(status);
+    }
+    r
+}
+
 fn respond<T>(counters: Option<&RouteCounters>, r: Result<T, Error>) -> Result<Response<T>, Status> {
     match r {
         Ok(v) => {
@@ -393,19 +486,42 @@ fn respond<T>(counters: Option<&RouteCounters>, r: Result<T, Error>) -> Result<R
 #[tonic::async_trait]
 impl Router for RouterService {
     async fn route(&self, request: Request<pb::RouteRequest>) -> Result<Response<pb::RouteResponse>, Status> {
-        respond(Some(&self.counters), self.route_inner(request.into_inner()).await)
+        let started = std::time::Instant::now();
+        let mut span = self.telemetry.start("Route", request.metadata(), Vec::new());
+        // Not tracing: hand back the caller's own context, so its provider
+        // call still joins its trace.
+        let echo = if span.is_recording() {
+            String::new()
+        } else {
+            crate::telemetry::incoming_traceparent(request.metadata())
+        };
+        let result = self.route_inner(request.into_inner(), &mut span).await.map(|mut r| {
+            if r.traceparent.is_empty() {
+                r.traceparent = echo;
+            }
+            r
+        });
+        self.metrics.route_latency.observe(started.elapsed());
+        traced(span, respond(Some(&self.counters), result))
     }
 
     async fn report_usage(&self, request: Request<pb::UsageReport>) -> Result<Response<pb::UsageAck>, Status> {
-        respond(None, self.report_usage_inner(request.into_inner()).await)
+        let links = self.telemetry.route_link(&request.get_ref().decision_id);
+        let mut span = self.telemetry.start("ReportUsage", request.metadata(), links);
+        let result = self.report_usage_inner(request.into_inner(), &mut span).await;
+        traced(span, respond(None, result))
     }
 
     async fn record_outcome(&self, request: Request<pb::OutcomeReport>) -> Result<Response<pb::OutcomeAck>, Status> {
-        respond(None, self.record_outcome_inner(request.into_inner()).await)
+        let mut span = self.telemetry.start("RecordOutcome", request.metadata(), Vec::new());
+        let result = self.record_outcome_inner(request.into_inner(), &mut span).await;
+        traced(span, respond(None, result))
     }
 
     async fn record_feedback(&self, request: Request<pb::FeedbackReport>) -> Result<Response<pb::FeedbackAck>, Status> {
-        respond(None, self.record_feedback_inner(request.into_inner()).await)
+        let mut span = self.telemetry.start("RecordFeedback", request.metadata(), Vec::new());
+        let result = self.record_feedback_inner(request.into_inner(), &mut span).await;
+        traced(span, respond(None, result))
     }
 
     async fn get_report(&self, request: Request<pb::ReportRequest>) -> Result<Response<pb::ReportResponse>, Status> {
@@ -439,7 +555,11 @@ impl Router for RouterService {
         &self,
         request: Request<pb::ListEscalationsRequest>,
     ) -> Result<Response<pb::ListEscalationsResponse>, Status> {
+        let mut span = self.telemetry.start("ListEscalations", request.metadata(), Vec::new());
         let r = request.into_inner();
+        if !r.workflow.is_empty() {
+            span.set([KeyValue::new(attr::WORKFLOW, r.workflow.clone())]);
+        }
         let workflow = (!r.workflow.is_empty()).then_some(r.workflow.as_str());
         let result = self
             .budgets
@@ -457,7 +577,11 @@ impl Router for RouterService {
         &self,
         request: Request<pb::ResolveEscalationRequest>,
     ) -> Result<Response<pb::Escalation>, Status> {
+        let mut span = self
+            .telemetry
+            .start("ResolveEscalation", request.metadata(), Vec::new());
         let r = request.into_inner();
+        span.set([KeyValue::new(attr::ESCALATION_ID, r.escalation_id.clone())]);
         if r.escalation_id.is_empty() {
             return Err(Error::InvalidArgument(
                 "escalation_id is empty; list them with `switchyard escalations list`".into(),
@@ -486,8 +610,13 @@ impl Router for RouterService {
             .map(|e| {
                 self.budgets.refresh_view();
                 tracing::info!(escalation = %e.id, state = %e.state, added = e.added_nanos, "escalation resolved");
+                span.set([
+                    KeyValue::new(attr::WORKFLOW, e.workflow.clone()),
+                    KeyValue::new(attr::OUTCOME_ID, e.outcome_id.clone()),
+                    KeyValue::new(attr::ESCALATION_STATE, e.state.clone()),
+                ]);
                 escalation_pb(e)
             });
-        respond(None, result)
+        traced(span, respond(None, result))
     }
 }

@@ -30,6 +30,11 @@ impl Server {
     /// Starts `switchyard serve` on port 0 with `rules` and extra flags, and
     /// waits for its "listening" line.
     pub fn start(rules: &Path, extra: &[&str]) -> Server {
+        Self::start_with_env(rules, extra, &[])
+    }
+
+    /// `start`, with extra environment variables for the server.
+    pub fn start_with_env(rules: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let state = tempfile::tempdir().expect("state dir");
         let stderr_log = state.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_log).expect("stderr log");
@@ -40,6 +45,7 @@ impl Server {
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(own_state_dir(extra, state.path()))
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()

@@ -1,0 +1,187 @@
+//! Labelled Prometheus series for the hot path: counters by workflow, model
+//! and status, and Route's latency histogram. Labels come only from the
+//! rules (workflow and model names, which validation bounds) and from fixed
+//! sets (status, token kind): an outcome ID or decision ID is never a label,
+//! so cardinality stays bounded.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+const SEP: char = '\u{1f}';
+
+/// One counter family, keyed by its label values.
+pub struct Family {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+    series: RwLock<HashMap<String, Arc<AtomicU64>>>,
+}
+
+impl Family {
+    fn new(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Family {
+        Family {
+            name,
+            help,
+            labels,
+            series: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Adds `v` to the series with these label values (in `labels` order).
+    pub fn add(&self, values: &[&str], v: u64) {
+        let key = values.join(&SEP.to_string());
+        let found = self
+            .series
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+            .cloned();
+        let counter = match found {
+            Some(c) => c,
+            None => self
+                .series
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(key)
+                .or_default()
+                .clone(),
+        };
+        counter.fetch_add(v, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP {} {}\n# TYPE {} counter", self.name, self.help, self.name);
+        let series = self.series.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut keys: Vec<&String> = series.keys().collect();
+        keys.sort();
+        for key in keys {
+            let labels: Vec<String> = self
+                .labels
+                .iter()
+                .zip(key.split(SEP))
+                .map(|(l, v)| format!("{l}=\"{}\"", escape_label(v)))
+                .collect();
+            let _ = writeln!(
+                out,
+                "{}{{{}}} {}",
+                self.name,
+                labels.join(","),
+                series[key].load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+/// A Prometheus label value, escaped.
+pub fn escape_label(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Upper bounds of Route's latency buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// Route's decision latency, from request decoded to answer ready.
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| s <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String) {
+        let name = "switchyard_route_latency_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time Route takes to decide, from the decoded request to the answer.\n# TYPE {name} histogram"
+        );
+        let mut cumulative = 0;
+        for (b, n) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9
+        );
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// The labelled series the gRPC handlers feed and /metrics reads.
+pub struct Metrics {
+    pub decisions: Family,
+    pub estimated_spend: Family,
+    pub actual_spend: Family,
+    pub tokens: Family,
+    pub outcomes: Family,
+    pub route_latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            decisions: Family::new(
+                "switchyard_decisions_total",
+                "Route answers with a model, by workflow, model and status (routed, downgraded, escalation_required, denied).",
+                &["workflow", "model", "status"],
+            ),
+            estimated_spend: Family::new(
+                "switchyard_estimated_spend_nanousd_total",
+                "Estimated cost of routed calls, in nano-USD.",
+                &["workflow", "model"],
+            ),
+            actual_spend: Family::new(
+                "switchyard_actual_spend_nanousd_total",
+                "Actual cost of calls as ReportUsage settled them, in nano-USD.",
+                &["workflow", "model"],
+            ),
+            tokens: Family::new(
+                "switchyard_tokens_total",
+                "Tokens calls used as ReportUsage reported them, by kind (input, cached_input, output).",
+                &["workflow", "model", "kind"],
+            ),
+            outcomes: Family::new(
+                "switchyard_outcomes_total",
+                "RecordOutcome calls, by workflow and status.",
+                &["workflow", "status"],
+            ),
+            route_latency: Histogram {
+                buckets: Default::default(),
+                count: AtomicU64::new(0),
+                sum_nanos: AtomicU64::new(0),
+            },
+        }
+    }
+}
+
+impl Metrics {
+    pub fn render(&self, out: &mut String) {
+        for f in [
+            &self.decisions,
+            &self.estimated_spend,
+            &self.actual_spend,
+            &self.tokens,
+            &self.outcomes,
+        ] {
+            f.render(out);
+        }
+        self.route_latency.render(out);
+    }
+}

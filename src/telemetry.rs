@@ -1,0 +1,230 @@
+//! Traces: a span for every RPC, exported over OTLP/gRPC in batches, joined
+//! to the caller's trace through `traceparent`.
+//!
+//! Export is on when an OTLP endpoint is configured the standard way
+//! (`OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`),
+//! unless `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`. The SDK
+//! reads the rest: `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_SERVICE_NAME`,
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` and `_ARG`, and the
+//! batch processor's `OTEL_BSP_*`. Spans are queued for a background thread
+//! and dropped if its queue is full: a slow or failing collector never slows
+//! or fails a Route. Prompt text is never an attribute; only counts, names,
+//! IDs and money.
+
+use std::time::Duration;
+
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{Link, Span as _, SpanContext, SpanKind, Status, Tracer as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+
+/// Every attribute name Switchyard puts on a span.
+pub mod attr {
+    pub const GEN_AI_OPERATION_NAME: &str = "gen_ai.operation.name";
+    pub const GEN_AI_PROVIDER_NAME: &str = "gen_ai.provider.name";
+    pub const GEN_AI_REQUEST_MODEL: &str = "gen_ai.request.model";
+    pub const GEN_AI_USAGE_INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
+    pub const GEN_AI_USAGE_OUTPUT_TOKENS: &str = "gen_ai.usage.output_tokens";
+    pub const GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: &str = "gen_ai.usage.cache_read.input_tokens";
+    pub const WORKFLOW: &str = "switchyard.workflow";
+    pub const OUTCOME_ID: &str = "switchyard.outcome.id";
+    pub const OUTCOME_STATUS: &str = "switchyard.outcome.status";
+    pub const DECISION_ID: &str = "switchyard.decision.id";
+    pub const COST_USD: &str = "switchyard.cost.usd";
+    pub const ROUTE_STATUS: &str = "switchyard.route.status";
+    pub const ROUTE_RULE: &str = "switchyard.route.rule";
+    pub const COMPLEXITY: &str = "switchyard.complexity";
+    pub const BUDGET_REMAINING_USD: &str = "switchyard.budget.remaining.usd";
+    pub const FEEDBACK_ACCEPTED: &str = "switchyard.feedback.accepted";
+    pub const ESCALATION_ID: &str = "switchyard.escalation.id";
+    pub const ESCALATION_STATE: &str = "switchyard.escalation.state";
+    pub const USAGE_FAILED: &str = "switchyard.usage.failed";
+}
+
+/// The tracer, or nothing when export is off.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+    tracer: Option<SdkTracer>,
+    /// Each recent Route span, by decision ID, so ReportUsage can link to it.
+    route_spans: moka::sync::Cache<String, SpanContext>,
+}
+
+/// Reads `traceparent` and `tracestate` from gRPC metadata.
+struct Metadata<'a>(&'a tonic::metadata::MetadataMap);
+
+impl Extractor for Metadata<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
+                tonic::metadata::KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
+}
+
+fn env_is(name: &str, value: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v.trim().eq_ignore_ascii_case(value))
+}
+
+impl Telemetry {
+    /// No spans at all.
+    pub fn off() -> Telemetry {
+        Telemetry {
+            provider: None,
+            tracer: None,
+            route_spans: moka::sync::Cache::new(1),
+        }
+    }
+
+    /// Starts export if the environment asks for it. Must run inside the
+    /// Tokio runtime, which the exporter's gRPC channel uses.
+    pub fn from_env(link_ttl: Duration) -> Telemetry {
+        let configured = ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+            .iter()
+            .any(|v| std::env::var(v).is_ok_and(|s| !s.trim().is_empty()));
+        if !configured || env_is("OTEL_SDK_DISABLED", "true") || env_is("OTEL_TRACES_EXPORTER", "none") {
+            return Telemetry::off();
+        }
+        let exporter = match opentelemetry_otlp::SpanExporter::builder().with_tonic().build() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "the OTLP span exporter cannot be built; traces are off");
+                return Telemetry::off();
+            }
+        };
+        let mut resource = opentelemetry_sdk::Resource::builder();
+        if std::env::var("OTEL_SERVICE_NAME").is_err() {
+            resource = resource.with_service_name("switchyard");
+        }
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource.build())
+            .build();
+        let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "switchyard");
+        tracing::info!("traces are exported over OTLP/gRPC");
+        Telemetry {
+            provider: Some(provider),
+            tracer: Some(tracer),
+            route_spans: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(link_ttl)
+                .build(),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.tracer.is_some()
+    }
+
+    /// Starts a server span for `rpc`, a child of the caller's trace context
+    /// when the metadata carries one.
+    pub fn start(&self, rpc: &'static str, metadata: &tonic::metadata::MetadataMap, links: Vec<Link>) -> RpcSpan {
+        let Some(tracer) = &self.tracer else {
+            return RpcSpan { span: None };
+        };
+        let parent = TraceContextPropagator::new().extract_with_context(&Context::new(), &Metadata(metadata));
+        let span = tracer
+            .span_builder(rpc)
+            .with_kind(SpanKind::Server)
+            .with_links(links)
+            .start_with_context(tracer, &parent);
+        RpcSpan { span: Some(span) }
+    }
+
+    /// Remembers a Route span for the decision's later ReportUsage.
+    pub fn remember_route(&self, decision_id: &str, span: &RpcSpan) {
+        if let Some(cx) = span.context() {
+            self.route_spans.insert(decision_id.to_string(), cx);
+        }
+    }
+
+    /// A link to the Route span that made the decision, if this sidecar did.
+    pub fn route_link(&self, decision_id: &str) -> Vec<Link> {
+        if !self.enabled() {
+            return Vec::new();
+        }
+        self.route_spans
+            .get(decision_id)
+            .map(|cx| vec![Link::with_context(cx)])
+            .unwrap_or_default()
+    }
+
+    /// Exports what is queued and stops, within `grace`.
+    pub fn shutdown(&self, grace: Duration) {
+        if let Some(p) = &self.provider {
+            if let Err(e) = p.shutdown_with_timeout(grace) {
+                tracing::warn!(error = %e, "flushing traces at shutdown failed");
+            }
+        }
+    }
+}
+
+/// One RPC's span (or nothing). Ends when dropped.
+pub struct RpcSpan {
+    span: Option<opentelemetry_sdk::trace::Span>,
+}
+
+impl RpcSpan {
+    pub fn is_recording(&self) -> bool {
+        self.span.is_some()
+    }
+
+    pub fn set(&mut self, attrs: impl IntoIterator<Item = KeyValue>) {
+        if let Some(s) = &mut self.span {
+            s.set_attributes(attrs);
+        }
+    }
+
+    /// Marks the span failed with the status's message (never prompt text).
+    pub fn fail(&mut self, status: &tonic::Status) {
+        if let Some(s) = &mut self.span {
+            s.set_status(Status::error(format!("{:?}: {}", status.code(), status.message())));
+        }
+    }
+
+    fn context(&self) -> Option<SpanContext> {
+        self.span
+            .as_ref()
+            .map(|s| s.span_context().clone())
+            .filter(|c| c.is_valid())
+    }
+
+    /// The W3C `traceparent` of this span.
+    pub fn traceparent(&self) -> Option<String> {
+        self.context()
+            .map(|c| format!("00-{}-{}-{:02x}", c.trace_id(), c.span_id(), c.trace_flags().to_u8()))
+    }
+}
+
+impl Drop for RpcSpan {
+    fn drop(&mut self) {
+        if let Some(s) = &mut self.span {
+            s.end();
+        }
+    }
+}
+
+/// The caller's `traceparent`, echoed when Switchyard does not trace, so the
+/// agent's provider call still joins the agent's own trace.
+pub fn incoming_traceparent(metadata: &tonic::metadata::MetadataMap) -> String {
+    metadata
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() == 55 && v.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The span context a `traceparent` string names (for tests and tools).
+pub fn parse_traceparent(tp: &str) -> Option<(String, String)> {
+    let parts: Vec<&str> = tp.split('-').collect();
+    (parts.len() == 4 && parts[1].len() == 32 && parts[2].len() == 16)
+        .then(|| (parts[1].to_string(), parts[2].to_string()))
+}

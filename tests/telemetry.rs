@@ -1,0 +1,358 @@
+//! Traces and metrics: a real OTLP/gRPC receiver (the collector's trace
+//! service from opentelemetry-proto, on a free port) receives Switchyard's
+//! spans, children of the caller's trace, with the GenAI and `switchyard.*`
+//! attributes and no prompt text; `/metrics` parses as Prometheus text.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use switchyard::grpc::pb;
+
+/// A received span with its resource's attributes.
+type Received = (HashMap<String, String>, Span);
+
+#[derive(Clone, Default)]
+struct Receiver {
+    spans: Arc<Mutex<Vec<Received>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().expect("lock");
+        for rs in request.into_inner().resource_spans {
+            let resource: HashMap<String, String> = rs
+                .resource
+                .map(|r| {
+                    r.attributes
+                        .iter()
+                        .map(|kv| (kv.key.clone(), value(kv.value.as_ref())))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                for span in ss.spans {
+                    spans.push((resource.clone(), span));
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+fn value(v: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    match v.and_then(|v| v.value.as_ref()) {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn attrs(span: &Span) -> HashMap<String, String> {
+    span.attributes
+        .iter()
+        .map(|kv| (kv.key.clone(), value(kv.value.as_ref())))
+        .collect()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+const SECRET_PROMPT: &str = "Summarise the zebra-violet-quartz incident for the status page.";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_a_real_otlp_receiver_inside_the_callers_trace() {
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let svc = receiver.clone();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(svc))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+    });
+    let endpoint = format!("http://{addr}");
+    let server = Server::start_with_env(
+        &repo_path("routing-rules/examples/budgets.toml"),
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_SERVICE_NAME", "switchyard-under-test"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=ci"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let mut c = server.client().await;
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let mut req = tonic::Request::new(pb::RouteRequest {
+        outcome_id: "ticket-42".into(),
+        max_output_tokens: 300,
+        ..request("budget-demo", SECRET_PROMPT)
+    });
+    req.metadata_mut().insert(
+        "traceparent",
+        format!("00-{caller_trace}-{caller_span}-01").parse().expect("metadata"),
+    );
+    let r = c.route(req).await.expect("route").into_inner();
+    let (tp_trace, route_span_id) = switchyard::telemetry::parse_traceparent(&r.traceparent).expect("traceparent");
+    assert_eq!(tp_trace, caller_trace, "our span is in the caller's trace");
+    let mut usage = tonic::Request::new(pb::UsageReport {
+        decision_id: r.decision_id.clone(),
+        model: r.model.clone(),
+        input_tokens: 120,
+        cached_input_tokens: 20,
+        output_tokens: 80,
+        failed: false,
+    });
+    usage
+        .metadata_mut()
+        .insert("traceparent", r.traceparent.parse().expect("metadata"));
+    let cost = c.report_usage(usage).await.expect("usage").into_inner().cost_nanousd;
+    c.record_outcome(pb::OutcomeReport {
+        outcome_id: "ticket-42".into(),
+        workflow: "budget-demo".into(),
+        status: pb::OutcomeStatus::Accepted as i32,
+        ..Default::default()
+    })
+    .await
+    .expect("outcome");
+    c.record_feedback(pb::FeedbackReport {
+        decision_id: r.decision_id.clone(),
+        accepted: true,
+    })
+    .await
+    .expect("feedback");
+
+    let names = ["Route", "ReportUsage", "RecordOutcome", "RecordFeedback"];
+    let all_in = eventually(Duration::from_secs(15), || {
+        let spans = receiver.spans.clone();
+        async move {
+            let got = spans.lock().expect("lock");
+            names.iter().all(|n| got.iter().any(|(_, s)| s.name == *n))
+        }
+    })
+    .await;
+    let spans = receiver.spans.lock().expect("lock").clone();
+    assert!(
+        all_in,
+        "spans received: {:?}",
+        spans.iter().map(|(_, s)| &s.name).collect::<Vec<_>>()
+    );
+    let find = |n: &str| spans.iter().find(|(_, s)| s.name == n).expect("span");
+
+    let (resource, route) = find("Route");
+    assert_eq!(resource["service.name"], "switchyard-under-test");
+    assert_eq!(resource["deployment.environment"], "ci");
+    assert_eq!(hex(&route.trace_id), caller_trace);
+    assert_eq!(hex(&route.parent_span_id), caller_span, "a child of the caller's span");
+    assert_eq!(
+        hex(&route.span_id),
+        route_span_id,
+        "RouteResponse.traceparent names this span"
+    );
+    let a = attrs(route);
+    for (k, v) in [
+        ("gen_ai.operation.name", "chat"),
+        ("gen_ai.provider.name", r.provider.as_str()),
+        ("gen_ai.request.model", r.model.as_str()),
+        ("switchyard.workflow", "budget-demo"),
+        ("switchyard.outcome.id", "ticket-42"),
+        ("switchyard.decision.id", r.decision_id.as_str()),
+        ("switchyard.route.status", "routed"),
+        ("switchyard.route.rule", r.rule.as_str()),
+    ] {
+        assert_eq!(a.get(k).map(String::as_str), Some(v), "{k} on Route: {a:?}");
+    }
+    assert_eq!(a["gen_ai.usage.input_tokens"], r.input_tokens.to_string());
+    let est: f64 = a["switchyard.cost.usd"].parse().expect("cost");
+    assert!((est - r.estimated_cost_nanousd as f64 / 1e9).abs() < 1e-12);
+    assert!(a.contains_key("switchyard.complexity") && a.contains_key("gen_ai.usage.cache_read.input_tokens"));
+    assert!(a.contains_key("switchyard.budget.remaining.usd"), "{a:?}");
+
+    let (_, report) = find("ReportUsage");
+    let a = attrs(report);
+    assert_eq!(hex(&report.trace_id), caller_trace);
+    assert_eq!(a["gen_ai.usage.input_tokens"], "120");
+    assert_eq!(a["gen_ai.usage.output_tokens"], "80");
+    assert_eq!(a["gen_ai.usage.cache_read.input_tokens"], "20");
+    assert_eq!(a["switchyard.outcome.id"], "ticket-42");
+    let actual: f64 = a["switchyard.cost.usd"].parse().expect("cost");
+    assert!((actual - cost as f64 / 1e9).abs() < 1e-12, "the actual cost");
+    assert!(
+        report
+            .links
+            .iter()
+            .any(|l| hex(&l.span_id) == route_span_id && hex(&l.trace_id) == caller_trace),
+        "ReportUsage links to its Route span: {:?}",
+        report.links
+    );
+    assert_eq!(attrs(&find("RecordOutcome").1)["switchyard.outcome.id"], "ticket-42");
+    assert_eq!(attrs(&find("RecordFeedback").1)["switchyard.feedback.accepted"], "true");
+
+    // Never the prompt: no attribute of any span carries a word of it.
+    for (_, s) in &spans {
+        for (k, v) in attrs(s) {
+            assert!(!v.contains("zebra-violet-quartz"), "prompt text in {}.{k}", s.name);
+        }
+    }
+    // The collector going away never fails a Route.
+    drop(spans);
+}
+
+#[tokio::test]
+async fn an_unreachable_collector_never_fails_a_route() {
+    let server = Server::start_with_env(
+        &repo_path("routing-rules"),
+        &["--shutdown-grace-s", "1"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    );
+    let mut c = server.client().await;
+    for i in 0..50 {
+        let r = c
+            .route(request("general", &format!("question {i}")))
+            .await
+            .expect("route");
+        assert!(!r.into_inner().traceparent.is_empty());
+    }
+    assert!(
+        server.terminate().success(),
+        "shuts down cleanly with spans it cannot send"
+    );
+}
+
+/// A strict reading of the Prometheus text exposition format (0.0.4).
+fn parse_prometheus(text: &str) -> Result<HashMap<String, f64>, String> {
+    let mut samples = HashMap::new();
+    let mut typed: HashMap<String, String> = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let at = |why: &str| format!("line {}: {why}: {line}", i + 1);
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("HELP"), Some(_), Some(_)) => {}
+                (Some("TYPE"), Some(name), Some(kind)) => {
+                    if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+                        return Err(at("unknown type"));
+                    }
+                    if typed.insert(name.to_string(), kind.to_string()).is_some() {
+                        return Err(at("a family typed twice"));
+                    }
+                }
+                _ => return Err(at("a comment that is neither HELP nor TYPE")),
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').ok_or_else(|| at("no value"))?;
+        let v: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().map_err(|_| at("value is not a number"))?,
+        };
+        let name = series.split('{').next().unwrap_or_default();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+            return Err(at("bad metric name"));
+        }
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                let inner = labels
+                    .strip_prefix('{')
+                    .and_then(|l| l.strip_suffix('}'))
+                    .ok_or_else(|| at("labels not in braces"))?;
+                for pair in inner.split("\",").filter(|p| !p.is_empty()) {
+                    let (k, v) = pair.split_once("=\"").ok_or_else(|| at("label is not k=\"v\""))?;
+                    if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || v.contains('\n') {
+                        return Err(at("bad label"));
+                    }
+                }
+            }
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|f| typed.get(*f).is_some_and(|t| t == "histogram"))
+            })
+            .unwrap_or(name);
+        if !typed.contains_key(family) {
+            return Err(at("a sample before its TYPE line"));
+        }
+        if samples.insert(series.to_string(), v).is_some() {
+            return Err(at("a series given twice"));
+        }
+    }
+    Ok(samples)
+}
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_with_the_promised_series() {
+    let server = Server::start(&repo_path("routing-rules/examples/budgets.toml"), &[]);
+    let mut c = server.client().await;
+    let r = c
+        .route(pb::RouteRequest {
+            outcome_id: "o-1".into(),
+            ..request("budget-demo", "hello")
+        })
+        .await
+        .expect("route")
+        .into_inner();
+    c.report_usage(pb::UsageReport {
+        decision_id: r.decision_id.clone(),
+        model: r.model.clone(),
+        input_tokens: 100,
+        cached_input_tokens: 40,
+        output_tokens: 10,
+        failed: false,
+    })
+    .await
+    .expect("usage");
+    let (code, text) = server.admin_get("/metrics");
+    assert_eq!(code, 200);
+    let m = parse_prometheus(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let labels = format!("workflow=\"budget-demo\",model=\"{}\"", r.model);
+    assert_eq!(
+        m[&format!("switchyard_decisions_total{{{labels},status=\"routed\"}}")],
+        1.0
+    );
+    assert_eq!(
+        m[&format!("switchyard_estimated_spend_nanousd_total{{{labels}}}")],
+        r.estimated_cost_nanousd as f64
+    );
+    assert!(m[&format!("switchyard_actual_spend_nanousd_total{{{labels}}}")] > 0.0);
+    assert_eq!(
+        m[&format!("switchyard_tokens_total{{{labels},kind=\"cached_input\"}}")],
+        40.0
+    );
+    assert_eq!(m[&format!("switchyard_tokens_total{{{labels},kind=\"input\"}}")], 60.0);
+    assert_eq!(m["switchyard_route_latency_seconds_count"], 1.0);
+    assert_eq!(m["switchyard_route_latency_seconds_bucket{le=\"+Inf\"}"], 1.0);
+    assert!(m.contains_key("switchyard_context_cache_hits_total"));
+    assert!(m.contains_key("switchyard_budget_remaining_nanousd{workflow=\"budget-demo\"}"));
+    assert_eq!(m["switchyard_escalations_open{workflow=\"budget-demo\"}"], 0.0);
+    assert_eq!(m["switchyard_rules_reload_failing"], 0.0);
+    // Outcome IDs are never labels.
+    assert!(!text.contains("o-1"), "{text}");
+}
