@@ -47,7 +47,57 @@ pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
     tracer: Option<SdkTracer>,
     /// Each recent Route span, by decision ID, so ReportUsage can link to it.
-    route_spans: moka::sync::Cache<String, SpanContext>,
+    route_spans: RouteSpans,
+}
+
+/// Recent Route span contexts by decision ID: sharded maps, each pruned of
+/// entries older than the TTL when it grows past its bound (then cleared if
+/// nothing is old enough), so memory stays bounded and an insert is a short
+/// lock and a hash insert.
+struct RouteSpans {
+    shards: Vec<std::sync::Mutex<std::collections::HashMap<String, (SpanContext, std::time::Instant)>>>,
+    ttl: Duration,
+}
+
+const SHARDS: usize = 16;
+const PER_SHARD: usize = 8192;
+
+impl RouteSpans {
+    fn new(ttl: Duration) -> RouteSpans {
+        RouteSpans {
+            shards: (0..SHARDS).map(|_| Default::default()).collect(),
+            ttl,
+        }
+    }
+
+    fn shard(
+        &self,
+        key: &str,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (SpanContext, std::time::Instant)>> {
+        let h = xxhash_rust::xxh3::xxh3_64(key.as_bytes()) as usize;
+        self.shards[h % SHARDS]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn insert(&self, key: &str, cx: SpanContext) {
+        let mut m = self.shard(key);
+        if m.len() >= PER_SHARD {
+            let ttl = self.ttl;
+            m.retain(|_, (_, at)| at.elapsed() < ttl);
+            if m.len() >= PER_SHARD {
+                m.clear();
+            }
+        }
+        m.insert(key.to_string(), (cx, std::time::Instant::now()));
+    }
+
+    fn get(&self, key: &str) -> Option<SpanContext> {
+        self.shard(key)
+            .get(key)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(cx, _)| cx.clone())
+    }
 }
 
 /// Reads `traceparent` and `tracestate` from gRPC metadata.
@@ -79,7 +129,7 @@ impl Telemetry {
         Telemetry {
             provider: None,
             tracer: None,
-            route_spans: moka::sync::Cache::new(1),
+            route_spans: RouteSpans::new(Duration::ZERO),
         }
     }
 
@@ -112,10 +162,7 @@ impl Telemetry {
         Telemetry {
             provider: Some(provider),
             tracer: Some(tracer),
-            route_spans: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(link_ttl)
-                .build(),
+            route_spans: RouteSpans::new(link_ttl),
         }
     }
 
@@ -141,7 +188,7 @@ impl Telemetry {
     /// Remembers a Route span for the decision's later ReportUsage.
     pub fn remember_route(&self, decision_id: &str, span: &RpcSpan) {
         if let Some(cx) = span.context() {
-            self.route_spans.insert(decision_id.to_string(), cx);
+            self.route_spans.insert(decision_id, cx);
         }
     }
 
@@ -172,8 +219,9 @@ pub struct RpcSpan {
 }
 
 impl RpcSpan {
+    /// Whether attributes set now are kept (the span exists and was sampled).
     pub fn is_recording(&self) -> bool {
-        self.span.is_some()
+        self.span.as_ref().is_some_and(|s| s.is_recording())
     }
 
     pub fn set(&mut self, attrs: impl IntoIterator<Item = KeyValue>) {

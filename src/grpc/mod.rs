@@ -490,7 +490,7 @@ impl Router for RouterService {
         let mut span = self.telemetry.start("Route", request.metadata(), Vec::new());
         // Not tracing: hand back the caller's own context, so its provider
         // call still joins its trace.
-        let echo = if span.is_recording() {
+        let echo = if self.telemetry.enabled() {
             String::new()
         } else {
             crate::telemetry::incoming_traceparent(request.metadata())

@@ -1,0 +1,158 @@
+//! Route throughput over gRPC on loopback with span export on and off.
+//!
+//! Two `switchyard` servers (release build), one exporting every span over
+//! OTLP/gRPC to a receiver in this process, one without export. A load
+//! generator keeps 32 Route calls in flight on each for 3 s, alternating
+//! off, on, four times over, so the machine's noise falls on both alike.
+//!
+//! Run: `cargo bench --bench otel` (about 30 s); `BENCH_SAMPLER_RATIO=0.1` samples a tenth
+//! of traces (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use switchyard::grpc::pb;
+use switchyard::grpc::pb::router_client::RouterClient;
+use tonic::transport::Channel;
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+const IN_FLIGHT: usize = 32;
+const PHASE: Duration = Duration::from_secs(3);
+
+/// The export request with its spans left as raw bytes: decoding it is a
+/// copy, so the receiver, which shares this machine's two cores with the
+/// server under test, costs little (a remote collector costs the sidecar
+/// nothing).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawExport {
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    resource_spans: Vec<Vec<u8>>,
+}
+
+/// Accepts OTLP/gRPC trace exports and counts their bytes.
+#[derive(Clone, Default)]
+struct Receiver {
+    bytes: Arc<AtomicU64>,
+    exports: Arc<AtomicU64>,
+}
+
+impl tonic::server::NamedService for Receiver {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+impl tonic::server::UnaryService<RawExport> for Receiver {
+    type Response = ExportTraceServiceResponse;
+    type Future = std::future::Ready<Result<tonic::Response<Self::Response>, tonic::Status>>;
+
+    fn call(&mut self, request: tonic::Request<RawExport>) -> Self::Future {
+        let n: usize = request.get_ref().resource_spans.iter().map(Vec::len).sum();
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.exports.fetch_add(1, Ordering::Relaxed);
+        std::future::ready(Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        })))
+    }
+}
+
+impl<B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for Receiver
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<B>) -> Self::Future {
+        let me = self.clone();
+        Box::pin(async move {
+            let codec = tonic_prost::ProstCodec::<ExportTraceServiceResponse, RawExport>::default();
+            Ok(tonic::server::Grpc::new(codec).unary(me, req).await)
+        })
+    }
+}
+
+async fn load(client: &RouterClient<Channel>) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..IN_FLIGHT)
+        .map(|t| {
+            let (mut c, done) = (client.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                while start.elapsed() < PHASE {
+                    let req = pb::RouteRequest {
+                        outcome_id: format!("bench-{t}-{i}"),
+                        ..common::request("general", "Summarise the incident report in three bullet points.")
+                    };
+                    c.route(req).await.expect("route");
+                    done.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("client");
+    }
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    let svc = receiver.clone();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+    });
+    let rules = common::repo_path("routing-rules");
+    let off = common::Server::start(&rules, &[]);
+    // Optional: BENCH_SAMPLER_RATIO=0.1 samples a tenth of traces.
+    let ratio = std::env::var("BENCH_SAMPLER_RATIO").ok();
+    let mut env = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())];
+    if let Some(r) = &ratio {
+        env.push(("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"));
+        env.push(("OTEL_TRACES_SAMPLER_ARG", r.as_str()));
+    }
+    let on = common::Server::start_with_env(&rules, &[], &env);
+    let (c_off, c_on) = (off.client().await, on.client().await);
+    // Warm both.
+    for c in [&c_off, &c_on] {
+        let mut c = c.clone();
+        for _ in 0..200 {
+            c.route(common::request("general", "warm up")).await.expect("route");
+        }
+    }
+    let mut ratios = Vec::new();
+    for round in 1..=4 {
+        let a = load(&c_off).await;
+        let b = load(&c_on).await;
+        ratios.push(b / a);
+        println!(
+            "round {round}: export off {a:>8.0} routes/s   export on {b:>8.0} routes/s   on/off {:.3}",
+            b / a
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
+    println!(
+        "export costs {:.1}% of Route throughput (mean of {} rounds; {} exports, {} MB of spans received)",
+        (1.0 - mean) * 100.0,
+        ratios.len(),
+        receiver.exports.load(Ordering::Relaxed),
+        receiver.bytes.load(Ordering::Relaxed) / 1_000_000
+    );
+}
