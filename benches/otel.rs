@@ -80,7 +80,9 @@ where
     }
 }
 
-async fn load(client: &RouterClient<Channel>) -> f64 {
+/// Routes per second, and the server's CPU time per Route.
+async fn load(client: &RouterClient<Channel>, server: &common::Server) -> (f64, Duration) {
+    let cpu = server.cpu_time();
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let tasks: Vec<_> = (0..IN_FLIGHT)
@@ -103,7 +105,9 @@ async fn load(client: &RouterClient<Channel>) -> f64 {
     for t in tasks {
         t.await.expect("client");
     }
-    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+    let n = done.load(Ordering::Relaxed);
+    let per_route = (server.cpu_time() - cpu) / n.max(1) as u32;
+    (n as f64 / start.elapsed().as_secs_f64(), per_route)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -136,18 +140,27 @@ async fn main() {
             c.route(common::request("general", "warm up")).await.expect("route");
         }
     }
-    let mut ratios = Vec::new();
+    let (mut ratios, mut cpu_ratios) = (Vec::new(), Vec::new());
     for round in 1..=4 {
-        let a = load(&c_off).await;
-        let b = load(&c_on).await;
+        let (a, ca) = load(&c_off, &off).await;
+        let (b, cb) = load(&c_on, &on).await;
         ratios.push(b / a);
+        cpu_ratios.push(cb.as_secs_f64() / ca.as_secs_f64());
         println!(
-            "round {round}: export off {a:>8.0} routes/s   export on {b:>8.0} routes/s   on/off {:.3}",
+            "round {round}: export off {a:>7.0} routes/s {:>5.1} µs CPU/route   export on {b:>7.0} routes/s {:>5.1} µs CPU/route   throughput on/off {:.3}",
+            ca.as_secs_f64() * 1e6,
+            cb.as_secs_f64() * 1e6,
             b / a
         );
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
+    let cpu_mean = cpu_ratios.iter().sum::<f64>() / cpu_ratios.len() as f64;
+    println!(
+        "the server spends {:.1}% more CPU per Route with export on (mean of {} rounds)",
+        (cpu_mean - 1.0) * 100.0,
+        cpu_ratios.len()
+    );
     println!(
         "export costs {:.1}% of Route throughput (mean of {} rounds; {} exports, {} MB of spans received)",
         (1.0 - mean) * 100.0,

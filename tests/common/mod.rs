@@ -87,6 +87,26 @@ impl Server {
         RouterClient::new(ch).max_encoding_message_size(64 * 1024 * 1024)
     }
 
+    /// The server's process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU time the server process has used so far (user + system), from
+    /// /proc; zero where /proc is not available.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name, which is in parentheses.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+        let hz = 100; // USER_HZ on Linux
+        Duration::from_millis((ticks(11) + ticks(12)) * 1000 / hz)
+    }
+
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
