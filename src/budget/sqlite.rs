@@ -63,7 +63,6 @@ CREATE TABLE IF NOT EXISTS escalations (
     reason TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS escalations_scope ON escalations (scope, created_ms);
-CREATE INDEX IF NOT EXISTS reservations_created ON reservations (created_ms);
 CREATE TABLE IF NOT EXISTS outcome_events (
     id INTEGER PRIMARY KEY,
     workflow TEXT NOT NULL,
@@ -93,6 +92,10 @@ const ADDED_COLUMNS: [(&str, &str); 2] = [
 ];
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    // An index an earlier build made: every Route paid for it; the ledger
+    // reads by the time-ordered primary key instead.
+    conn.execute_batch("DROP INDEX IF EXISTS reservations_created")
+        .map_err(unavailable)?;
     let have: Vec<String> = {
         let mut st = conn
             .prepare("SELECT name FROM pragma_table_info('reservations')")
@@ -611,15 +614,20 @@ impl BudgetStore for SqliteStore {
     }
 }
 
+/// The ledger's calls: ?1 since (ms), ?2 the workflow or NULL, ?3 the
+/// UUIDv7 floor of ?1 (see `uuid_v7_floor`). `+state` keeps the planner on
+/// the primary key.
+pub const LEDGER_CALLS: &str =
+    "SELECT decision_id, workflow, outcome_id, model, created_ms, settled_ms, actual_nanos, input_tokens,
+            cached_input_tokens, output_tokens, failed, downgraded, labels
+     FROM reservations
+     WHERE decision_id >= ?3 AND +state = 'settled' AND created_ms >= ?1 AND (?2 IS NULL OR workflow = ?2)
+     ORDER BY created_ms, decision_id";
+
 fn ledger_of(conn: &Connection, workflow: Option<&str>, since_ms: i64) -> rusqlite::Result<Ledger> {
     let mut calls = Vec::new();
-    let mut st = conn.prepare_cached(
-        "SELECT decision_id, workflow, outcome_id, model, created_ms, settled_ms, actual_nanos, input_tokens,
-                cached_input_tokens, output_tokens, failed, downgraded, labels
-         FROM reservations WHERE state = 'settled' AND created_ms >= ?1 AND (?2 IS NULL OR workflow = ?2)
-         ORDER BY created_ms, decision_id",
-    )?;
-    for row in st.query_map(params![since_ms, workflow], |r| {
+    let mut st = conn.prepare_cached(LEDGER_CALLS)?;
+    for row in st.query_map(params![since_ms, workflow, uuid_v7_floor(since_ms)], |r| {
         Ok(CallRecord {
             decision_id: r.get(0)?,
             workflow: r.get(1)?,
@@ -677,6 +685,14 @@ fn ledger_of(conn: &Connection, workflow: Option<&str>, since_ms: i64) -> rusqli
         outcomes,
         feedback,
     })
+}
+
+/// The smallest UUIDv7 string made at or after `ms`. Decision IDs are
+/// UUIDv7, whose text sorts by creation time, so the primary key serves the
+/// ledger's time range and Route pays for no extra index.
+pub fn uuid_v7_floor(ms: i64) -> String {
+    let ms = ms.clamp(0, (1 << 48) - 1) as u64;
+    format!("{:08x}-{:04x}", ms >> 16, ms & 0xffff)
 }
 
 /// Reads the ledger from the store in `state_dir` without opening it for

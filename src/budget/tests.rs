@@ -607,3 +607,28 @@ async fn rollover_on_redis() {
         .expect("connect");
     rollover_starts_a_new_counter(Arc::new(store)).await;
 }
+
+#[test]
+fn the_ledger_reads_calls_by_the_time_ordered_primary_key() {
+    let dir = tempfile::tempdir().expect("tmp");
+    drop(sqlite::SqliteStore::open(dir.path()).expect("open"));
+    let conn = rusqlite::Connection::open(dir.path().join("budget.sqlite3")).expect("conn");
+    let plan: Vec<String> = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {}", sqlite::LEDGER_CALLS))
+        .expect("plan")
+        .query_map(rusqlite::params![0, None::<String>, "0"], |r| r.get::<_, String>(3))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("plan rows");
+    assert!(plan.iter().any(|p| p.contains("decision_id>?")), "{plan:?}");
+    // A v7 ID made at a time sorts at or after the floor for that time.
+    let t = 1_764_000_000_123;
+    let id = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        (t / 1000) as u64,
+        ((t % 1000) * 1_000_000) as u32,
+    ))
+    .to_string();
+    assert!(id >= sqlite::uuid_v7_floor(t), "{id}");
+    assert!(id < sqlite::uuid_v7_floor(t + 1), "{id}");
+}
