@@ -42,6 +42,40 @@ pub mod attr {
     pub const USAGE_FAILED: &str = "switchyard.usage.failed";
 }
 
+/// What Route and ReportUsage both say of a model call.
+pub struct CallAttrs<'a> {
+    pub provider: &'a str,
+    pub model: &'a str,
+    pub workflow: &'a str,
+    pub outcome_id: &'a str,
+    pub decision_id: &'a str,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_input_tokens: u64,
+    /// The estimate on Route, the actual cost on ReportUsage.
+    pub cost_nanos: i64,
+}
+
+impl CallAttrs<'_> {
+    pub fn key_values(&self) -> [KeyValue; 10] {
+        [
+            KeyValue::new(attr::GEN_AI_OPERATION_NAME, "chat"),
+            KeyValue::new(attr::GEN_AI_PROVIDER_NAME, self.provider.to_string()),
+            KeyValue::new(attr::GEN_AI_REQUEST_MODEL, self.model.to_string()),
+            KeyValue::new(attr::GEN_AI_USAGE_INPUT_TOKENS, self.input_tokens as i64),
+            KeyValue::new(attr::GEN_AI_USAGE_OUTPUT_TOKENS, self.output_tokens as i64),
+            KeyValue::new(
+                attr::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
+                self.cached_input_tokens as i64,
+            ),
+            KeyValue::new(attr::WORKFLOW, self.workflow.to_string()),
+            KeyValue::new(attr::OUTCOME_ID, self.outcome_id.to_string()),
+            KeyValue::new(attr::DECISION_ID, self.decision_id.to_string()),
+            KeyValue::new(attr::COST_USD, crate::money::nanos_to_usd(self.cost_nanos)),
+        ]
+    }
+}
+
 /// The tracer, or nothing when export is off.
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,

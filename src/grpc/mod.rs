@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::route::{find_workflow, plan, record_routed, Planned, RawRoute, RouteCall};
 use crate::rules::reload::Rules;
 use crate::rules::RuleTable;
-use crate::telemetry::{attr, RpcSpan, Telemetry};
+use crate::telemetry::{attr, CallAttrs, RpcSpan, Telemetry};
 use opentelemetry::KeyValue;
 
 /// The generated protobuf and gRPC code for `switchyard.v1`.
@@ -209,17 +209,21 @@ impl RouterService {
                 .add(&[&workflow.name, &model.name], d.cost_nanos.max(0) as u64);
         }
         if span.is_recording() {
+            span.set(
+                CallAttrs {
+                    provider: &model.provider,
+                    model: &model.name,
+                    workflow: &workflow.name,
+                    outcome_id: &req.outcome_id,
+                    decision_id: &decision_id,
+                    input_tokens: d.input_tokens,
+                    output_tokens: d.output_tokens,
+                    cached_input_tokens: d.cached_tokens,
+                    cost_nanos: d.cost_nanos,
+                }
+                .key_values(),
+            );
             span.set([
-                KeyValue::new(attr::GEN_AI_OPERATION_NAME, "chat"),
-                KeyValue::new(attr::GEN_AI_PROVIDER_NAME, model.provider.clone()),
-                KeyValue::new(attr::GEN_AI_REQUEST_MODEL, model.name.clone()),
-                KeyValue::new(attr::GEN_AI_USAGE_INPUT_TOKENS, d.input_tokens as i64),
-                KeyValue::new(attr::GEN_AI_USAGE_OUTPUT_TOKENS, d.output_tokens as i64),
-                KeyValue::new(attr::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, d.cached_tokens as i64),
-                KeyValue::new(attr::WORKFLOW, workflow.name.clone()),
-                KeyValue::new(attr::OUTCOME_ID, req.outcome_id.clone()),
-                KeyValue::new(attr::DECISION_ID, decision_id.clone()),
-                KeyValue::new(attr::COST_USD, crate::money::nanos_to_usd(d.cost_nanos)),
                 KeyValue::new(attr::ROUTE_STATUS, status_name),
                 KeyValue::new(attr::ROUTE_RULE, d.rule.clone()),
                 KeyValue::new(attr::COMPLEXITY, planned.est.complexity),
@@ -320,19 +324,23 @@ impl RouterService {
             }
             Settled::AlreadySettled { cost_nanos } => cost_nanos,
         };
-        span.set([
-            KeyValue::new(attr::GEN_AI_OPERATION_NAME, "chat"),
-            KeyValue::new(attr::GEN_AI_PROVIDER_NAME, model.provider.clone()),
-            KeyValue::new(attr::GEN_AI_REQUEST_MODEL, model.name.clone()),
-            KeyValue::new(attr::GEN_AI_USAGE_INPUT_TOKENS, u.input_tokens as i64),
-            KeyValue::new(attr::GEN_AI_USAGE_OUTPUT_TOKENS, u.output_tokens as i64),
-            KeyValue::new(attr::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, u.cached_input_tokens as i64),
-            KeyValue::new(attr::WORKFLOW, record.workflow.clone()),
-            KeyValue::new(attr::OUTCOME_ID, record.outcome_id.clone()),
-            KeyValue::new(attr::DECISION_ID, u.decision_id.clone()),
-            KeyValue::new(attr::COST_USD, crate::money::nanos_to_usd(cost_nanousd)),
-            KeyValue::new(attr::USAGE_FAILED, u.failed),
-        ]);
+        if span.is_recording() {
+            span.set(
+                CallAttrs {
+                    provider: &model.provider,
+                    model: &model.name,
+                    workflow: &record.workflow,
+                    outcome_id: &record.outcome_id,
+                    decision_id: &u.decision_id,
+                    input_tokens: u.input_tokens,
+                    output_tokens: u.output_tokens,
+                    cached_input_tokens: u.cached_input_tokens,
+                    cost_nanos: cost_nanousd,
+                }
+                .key_values(),
+            );
+            span.set([KeyValue::new(attr::USAGE_FAILED, u.failed)]);
+        }
         Ok(pb::UsageAck { cost_nanousd })
     }
 
