@@ -10,14 +10,32 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-const SEP: char = '\u{1f}';
+/// The series of one family that share a hash of their label values.
+type Bucket = Vec<(Vec<String>, Arc<AtomicU64>)>;
 
-/// One counter family, keyed by its label values.
+/// One counter family, keyed by its label values. Counting an existing
+/// series allocates nothing: a hash of the values finds it under a read lock.
 pub struct Family {
     name: &'static str,
     help: &'static str,
     labels: &'static [&'static str],
-    series: RwLock<HashMap<String, Arc<AtomicU64>>>,
+    series: RwLock<HashMap<u64, Bucket>>,
+}
+
+fn hash(values: &[&str]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for v in values {
+        h.update(v.as_bytes());
+        h.update(&[0x1f]);
+    }
+    h.digest()
+}
+
+fn find<'a>(bucket: &'a Bucket, values: &[&str]) -> Option<&'a Arc<AtomicU64>> {
+    bucket
+        .iter()
+        .find(|(labels, _)| labels.iter().map(String::as_str).eq(values.iter().copied()))
+        .map(|(_, c)| c)
 }
 
 impl Family {
@@ -32,36 +50,38 @@ impl Family {
 
     /// Adds `v` to the series with these label values (in `labels` order).
     pub fn add(&self, values: &[&str], v: u64) {
-        let key = values.join(&SEP.to_string());
-        let found = self
-            .series
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&key)
-            .cloned();
-        let counter = match found {
-            Some(c) => c,
-            None => self
-                .series
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .entry(key)
-                .or_default()
-                .clone(),
+        let h = hash(values);
+        {
+            let series = self.series.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(c) = series.get(&h).and_then(|b| find(b, values)) {
+                c.fetch_add(v, Ordering::Relaxed);
+                return;
+            }
+        }
+        let mut series = self.series.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let bucket = series.entry(h).or_default();
+        match find(bucket, values) {
+            Some(c) => c.fetch_add(v, Ordering::Relaxed),
+            None => {
+                bucket.push((
+                    values.iter().map(|s| s.to_string()).collect(),
+                    Arc::new(AtomicU64::new(v)),
+                ));
+                0
+            }
         };
-        counter.fetch_add(v, Ordering::Relaxed);
     }
 
     fn render(&self, out: &mut String) {
         let _ = writeln!(out, "# HELP {} {}\n# TYPE {} counter", self.name, self.help, self.name);
         let series = self.series.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut keys: Vec<&String> = series.keys().collect();
-        keys.sort();
-        for key in keys {
+        let mut all: Vec<&(Vec<String>, Arc<AtomicU64>)> = series.values().flatten().collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        for (values, counter) in all {
             let labels: Vec<String> = self
                 .labels
                 .iter()
-                .zip(key.split(SEP))
+                .zip(values)
                 .map(|(l, v)| format!("{l}=\"{}\"", escape_label(v)))
                 .collect();
             let _ = writeln!(
@@ -69,7 +89,7 @@ impl Family {
                 "{}{{{}}} {}",
                 self.name,
                 labels.join(","),
-                series[key].load(Ordering::Relaxed)
+                counter.load(Ordering::Relaxed)
             );
         }
     }
@@ -183,5 +203,25 @@ impl Metrics {
             f.render(out);
         }
         self.route_latency.render(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_are_counted_by_their_label_values() {
+        let f = Family::new("t_total", "test", &["workflow", "model"]);
+        f.add(&["w", "m"], 2);
+        f.add(&["w", "m"], 3);
+        f.add(&["w", "n\"x"], 1);
+        // Values that join to the same text stay apart.
+        f.add(&["w\u{1f}m", ""], 7);
+        let mut out = String::new();
+        f.render(&mut out);
+        assert!(out.contains("t_total{workflow=\"w\",model=\"m\"} 5\n"), "{out}");
+        assert!(out.contains("t_total{workflow=\"w\",model=\"n\\\"x\"} 1\n"), "{out}");
+        assert_eq!(out.lines().filter(|l| l.starts_with("t_total{")).count(), 3, "{out}");
     }
 }
