@@ -55,6 +55,9 @@ pub struct RedisServe {
 /// How often expired reservations are looked for.
 const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 
+/// How often a failing sweep is reported.
+const SWEEP_WARN_EVERY: Duration = Duration::from_secs(60);
+
 /// A configuration problem found before binding: `main` exits 64 for these.
 #[derive(Debug)]
 pub struct ConfigError(pub String);
@@ -166,15 +169,32 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let sweeper = {
         let (budgets, mut rx) = (budgets.clone(), stop_rx.clone());
         tokio::spawn(async move {
+            // While the store is down the sweep fails every second: say so
+            // once a minute, and say when it works again.
+            let mut failing_since: Option<std::time::Instant> = None;
+            let mut last_warned = std::time::Instant::now();
             loop {
                 tokio::select! {
                     _ = rx.wait_for(|s| *s) => return,
                     _ = tokio::time::sleep(EXPIRY_SWEEP) => {}
                 }
                 match budgets.store.expire(crate::budget::now_ms()).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(released = n, "expired reservations released"),
-                    Err(e) => tracing::warn!(error = %e, "expiring reservations failed; will retry"),
+                    Ok(n) => {
+                        if let Some(since) = failing_since.take() {
+                            tracing::info!(after_s = since.elapsed().as_secs(), "the reservation sweep works again");
+                        }
+                        if n > 0 {
+                            tracing::info!(released = n, "expired reservations released");
+                        }
+                    }
+                    Err(e) => {
+                        let first = failing_since.is_none();
+                        let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                        if first || last_warned.elapsed() >= SWEEP_WARN_EVERY {
+                            last_warned = std::time::Instant::now();
+                            tracing::warn!(error = %e, failing_s = since.elapsed().as_secs(), "the reservation sweep is failing; retrying every second");
+                        }
+                    }
                 }
             }
         })

@@ -214,6 +214,13 @@ async fn redis_killed_mid_run_fails_closed_and_counts_nothing_twice_after_it_ret
     assert_eq!(metric(&server, "switchyard_budget_journal_pending"), 2);
     assert!(metric(&server, "switchyard_budget_store_unavailable_total") > 0);
 
+    // Let the sweep meet the outage before Redis returns.
+    let noticed = eventually(Duration::from_secs(10), || {
+        let log = server.stderr();
+        async move { log.contains("the reservation sweep is failing") }
+    })
+    .await;
+    assert!(noticed, "{}", server.stderr());
     redis.restart();
     assert_spend_becomes(&c, acked).await;
     assert_eq!(metric(&server, "switchyard_budget_journal_pending"), 0);
@@ -225,6 +232,15 @@ async fn redis_killed_mid_run_fails_closed_and_counts_nothing_twice_after_it_ret
     );
     // Routing resumes.
     route_and_report(&mut c, "after").await;
+    // The outage is logged once, not every second, and so is the recovery.
+    let recovered = eventually(Duration::from_secs(10), || {
+        let log = server.stderr();
+        async move { log.contains("the reservation sweep works again") }
+    })
+    .await;
+    let log = server.stderr();
+    assert!(recovered, "{log}");
+    assert_eq!(log.matches("the reservation sweep is failing").count(), 1, "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
