@@ -242,19 +242,53 @@ fn read_redis_scope(
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     rt.block_on(async {
-        let store = crate::budget::redis::RedisStore::connect(crate::budget::redis::RedisConfig {
-            url: url.to_string(),
-            prefix: prefix.to_string(),
-            timeout: std::time::Duration::from_secs(2),
-            reservation_ttl_ms: 1000,
-            fail_open_cap_nanos: None,
-            // Read at connect, never written: explain only reads.
-            journal: state_dir.join("redis-journal.jsonl"),
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+        let store = redis_reader(url, prefix, state_dir).await.map_err(|e| e.to_string())?;
         store.scope(scope).await.map_err(|e| e.to_string())
     })
+}
+
+/// A Redis store for commands that only read (`explain`, `report`). The
+/// journal in `state_dir` is read at connect and never written.
+async fn redis_reader(
+    url: &str,
+    prefix: &str,
+    state_dir: &Path,
+) -> Result<crate::budget::redis::RedisStore, crate::budget::StoreError> {
+    crate::budget::redis::RedisStore::connect(crate::budget::redis::RedisConfig {
+        url: url.to_string(),
+        prefix: prefix.to_string(),
+        timeout: std::time::Duration::from_secs(5),
+        reservation_ttl_ms: 1000,
+        fail_open_cap_nanos: None,
+        journal: state_dir.join("redis-journal.jsonl"),
+    })
+    .await
+}
+
+/// Why `connect` failed, each with a message saying what to fix.
+enum Connect {
+    BadAddress(String),
+    Unreachable(String),
+}
+
+/// Connects to a running server's gRPC address (`host:port` or a URL).
+async fn connect(server: &str) -> Result<tonic::transport::Channel, Connect> {
+    let uri = if server.contains("://") {
+        server.to_string()
+    } else {
+        format!("http://{server}")
+    };
+    let endpoint = tonic::transport::Channel::from_shared(uri.clone())
+        .map_err(|e| Connect::BadAddress(format!("--server `{server}` is not an address: {e}")))?;
+    endpoint
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| {
+            Connect::Unreachable(format!(
+                "cannot reach switchyard at {uri}: {e}; is `switchyard serve` running there? (--server)"
+            ))
+        })
 }
 
 /// Where `switchyard report` reads from.
@@ -287,22 +321,15 @@ pub async fn report(a: ReportArgs) -> i32 {
         return 64;
     }
     if let ReportSource::Server(addr) = &a.source {
-        let uri = if addr.contains("://") {
-            addr.clone()
-        } else {
-            format!("http://{addr}")
-        };
-        let mut client = match tonic::transport::Channel::from_shared(uri.clone()) {
-            Ok(ch) => match ch.connect_timeout(std::time::Duration::from_secs(5)).connect().await {
-                Ok(ch) => crate::grpc::pb::router_client::RouterClient::new(ch),
-                Err(e) => {
-                    eprintln!("cannot reach the server at {uri}: {e}; is `switchyard serve` running there?");
-                    return 1;
-                }
-            },
-            Err(e) => {
-                eprintln!("--server `{addr}` is not an address: {e}");
+        let mut client = match connect(addr).await {
+            Ok(ch) => crate::grpc::pb::router_client::RouterClient::new(ch),
+            Err(Connect::BadAddress(why)) => {
+                eprintln!("{why}");
                 return 64;
+            }
+            Err(Connect::Unreachable(why)) => {
+                eprintln!("{why}");
+                return 1;
             }
         };
         return match client
@@ -364,25 +391,13 @@ pub async fn report(a: ReportArgs) -> i32 {
                 }
             }
         }
-        ReportSource::Redis(url, prefix) => {
-            match crate::budget::redis::RedisStore::connect(crate::budget::redis::RedisConfig {
-                url: url.clone(),
-                prefix: prefix.clone(),
-                timeout: std::time::Duration::from_secs(5),
-                reservation_ttl_ms: 1000,
-                fail_open_cap_nanos: None,
-                // Read at connect, never written: report only reads.
-                journal: std::env::temp_dir().join("switchyard-report-journal.jsonl"),
-            })
-            .await
-            {
-                Ok(s) => std::sync::Arc::new(s),
-                Err(e) => {
-                    eprintln!("{e}");
-                    return 1;
-                }
+        ReportSource::Redis(url, prefix) => match redis_reader(url, prefix, &std::env::temp_dir()).await {
+            Ok(s) => std::sync::Arc::new(s),
+            Err(e) => {
+                eprintln!("{e}");
+                return 1;
             }
-        }
+        },
         ReportSource::Server(_) => return 1,
     };
     let spec = crate::report::Spec {
@@ -422,21 +437,10 @@ pub enum EscalationCommand {
 /// `switchyard escalations …` against a running server. Returns the exit code.
 pub async fn escalations(server: &str, api_key: Option<&str>, cmd: EscalationCommand) -> i32 {
     use crate::grpc::pb;
-    let uri = if server.contains("://") {
-        server.to_string()
-    } else {
-        format!("http://{server}")
-    };
-    let channel = match tonic::transport::Channel::from_shared(uri.clone()) {
-        Ok(c) => match c.connect_timeout(std::time::Duration::from_secs(5)).connect().await {
-            Ok(ch) => ch,
-            Err(e) => {
-                eprintln!("cannot reach switchyard at {uri}: {e}; is `switchyard serve` running there? (--server)");
-                return 1;
-            }
-        },
-        Err(e) => {
-            eprintln!("--server {server} is not an address: {e}");
+    let channel = match connect(server).await {
+        Ok(ch) => ch,
+        Err(Connect::BadAddress(why) | Connect::Unreachable(why)) => {
+            eprintln!("{why}");
             return 1;
         }
     };

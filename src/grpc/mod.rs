@@ -255,15 +255,20 @@ impl RouterService {
         })
     }
 
-    async fn report_usage_inner(&self, u: pb::UsageReport, span: &mut RpcSpan) -> Result<pb::UsageAck, Error> {
-        if u.decision_id.is_empty() {
+    /// The decision a report names, or the status that says what is wrong.
+    async fn decision(&self, decision_id: &str) -> Result<crate::budget::ReservationRecord, Error> {
+        if decision_id.is_empty() {
             return Err(Error::InvalidArgument(
                 "decision_id is empty: quote the decision_id that Route returned".into(),
             ));
         }
-        let record = self.budgets.store.reservation(&u.decision_id).await?.ok_or_else(|| {
-            Error::NotFound(StoreError::UnknownDecision(truncate(&u.decision_id, 64).to_string()).to_string())
-        })?;
+        self.budgets.store.reservation(decision_id).await?.ok_or_else(|| {
+            Error::NotFound(StoreError::UnknownDecision(truncate(decision_id, 64).to_string()).to_string())
+        })
+    }
+
+    async fn report_usage_inner(&self, u: pb::UsageReport, span: &mut RpcSpan) -> Result<pb::UsageAck, Error> {
+        let record = self.decision(&u.decision_id).await?;
         let table = self.rules.current();
         let model_name = if u.model.is_empty() {
             record.model.as_str()
@@ -391,14 +396,7 @@ impl RouterService {
     }
 
     async fn record_feedback_inner(&self, f: pb::FeedbackReport, span: &mut RpcSpan) -> Result<pb::FeedbackAck, Error> {
-        if f.decision_id.is_empty() {
-            return Err(Error::InvalidArgument(
-                "decision_id is empty: quote the decision_id that Route returned".into(),
-            ));
-        }
-        let record = self.budgets.store.reservation(&f.decision_id).await?.ok_or_else(|| {
-            Error::NotFound(StoreError::UnknownDecision(truncate(&f.decision_id, 64).to_string()).to_string())
-        })?;
+        let record = self.decision(&f.decision_id).await?;
         let event = crate::ledger::FeedbackEvent {
             workflow: record.workflow,
             decision_id: f.decision_id,
