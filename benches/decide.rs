@@ -6,7 +6,12 @@
 //! - `count-only/N`: Switchyard's o200k token count alone;
 //! - `scan-only/N`: the complexity scan alone;
 //! - `count-bpe-openai/N`: the same count through `bpe-openai`'s regex
-//!   pre-tokenizer, the baseline measured in the same run (equal counts).
+//!   pre-tokenizer, the baseline measured in the same run (equal counts);
+//! - `learn-predict/N`: what learning adds to a Route: the request's features
+//!   (hashed words and bigrams) and a prediction for each of the workflow's
+//!   tiers, on a model that has learned 5,000 calls;
+//! - `learn-update`: one labelled call folded into the model (off the hot
+//!   path: the learning task does this).
 //!
 //! Prompts are real MMLU questions from `../shared/bench-data/replay/` when
 //! that folder is present, otherwise varied generated English.
@@ -70,6 +75,8 @@ fn bench(c: &mut Criterion) {
         deferrable: false,
         capabilities: Capabilities::default(),
         downgrade: false,
+        learned: None,
+        rejected_tier: None,
     };
     let corpus = corpus();
     tokens::warm_up();
@@ -131,6 +138,51 @@ fn bench(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    {
+        use switchyard::decide::available_tiers;
+        use switchyard::learn::{Features, LearnEvent, Learned, Learner};
+        let learner = Learner::new();
+        let tiers = available_tiers(&rules, wf, 0);
+        let prompts: Vec<String> = corpus.split("\n\n").take(5_000).map(str::to_string).collect();
+        for (i, p) in prompts.iter().enumerate() {
+            let f = Features::extract(std::iter::once(p.as_str()), "general", &Default::default());
+            learner.apply(&LearnEvent {
+                workflow: wf.name.clone(),
+                tier: tiers[i % tiers.len()],
+                retry: false,
+                label: (i % 3 != 0) as u8 as f32,
+                features: f,
+            });
+        }
+        let mut group = c.benchmark_group("learn-predict");
+        for n in [200u64, 1_000, 8_000] {
+            let text = prompt_of(&corpus, n);
+            let msgs = [MessageRef {
+                role: Role::User,
+                content: &text,
+            }];
+            let work = compute_work(&msgs, &wf.encodings);
+            let est = estimate(&rules, wf, "", &msgs, &work, 0);
+            group.throughput(Throughput::Elements(n));
+            group.bench_with_input(BenchmarkId::from_parameter(n), &text, |b, text| {
+                b.iter(|| {
+                    let f = Features::extract(std::iter::once(black_box(text.as_str())), "general", &est.features);
+                    Learned::gather(&learner, &wf.name, &tiers, &f, &wf.learning, 0.5)
+                })
+            });
+        }
+        group.finish();
+        let f = Features::extract(std::iter::once(prompts[7].as_str()), "general", &Default::default());
+        let event = LearnEvent {
+            workflow: wf.name.clone(),
+            tier: tiers[0],
+            retry: false,
+            label: 1.0,
+            features: f,
+        };
+        c.bench_function("learn-update", |b| b.iter(|| learner.apply(black_box(&event))));
+    }
 
     let mut group = c.benchmark_group("count-bpe-openai");
     for n in [200u64, 1_000, 8_000] {

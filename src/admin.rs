@@ -26,6 +26,7 @@ pub struct AdminState {
     pub counters: Arc<RouteCounters>,
     pub store: crate::budget::SharedStore,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub learning: Arc<crate::learn::online::Online>,
     /// Released once the rules are loaded, the tokenizers warm and the gRPC
     /// port bound; set back to false when shutdown begins.
     pub ready: AtomicBool,
@@ -72,7 +73,38 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs());
     let store = s.store.health();
-    let series: [(&str, &str, &str, u64); 15] = [
+    let lc = &s.learning.counters;
+    let series: [(&str, &str, &str, u64); 20] = [
+        (
+            "switchyard_learning_labelled_total",
+            "counter",
+            "Routed calls labelled by feedback or an outcome and sent to the store for learning.",
+            lc.labelled.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_learning_applied_total",
+            "counter",
+            "Labelled calls folded into the learned model (from this sidecar and others sharing the store).",
+            lc.applied.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_learning_explorations_total",
+            "counter",
+            "Routed calls sent to a random tier so that learning keeps seeing every tier.",
+            lc.explored.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_learning_unmatched_total",
+            "counter",
+            "Feedback or outcomes for calls this sidecar no longer remembers (not learned from).",
+            lc.unmatched.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_learning_dropped_total",
+            "counter",
+            "Labelled calls dropped because the store fell behind.",
+            lc.dropped.load(Ordering::Relaxed),
+        ),
         (
             "switchyard_budget_store_unavailable_total",
             "counter",
@@ -169,6 +201,20 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
     }
     s.metrics.render(&mut out);
+    let seen = s.learning.learner.seen();
+    if !seen.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_learned_calls Labelled calls the learned model holds, by workflow and tier.\n# TYPE switchyard_learned_calls gauge"
+        );
+        for (w, tier, n) in seen {
+            let _ = writeln!(
+                out,
+                "switchyard_learned_calls{{workflow=\"{}\",tier=\"{tier}\"}} {n}",
+                escape_label(&w)
+            );
+        }
+    }
     // Escalations waiting for a person, by workflow.
     if let Ok(all) = s.store.list_escalations(None).await {
         let mut open: std::collections::BTreeMap<&str, u64> =

@@ -23,6 +23,8 @@ use crate::estimate::cache::{CacheConfig, ContextCache};
 use crate::estimate::tokens;
 use crate::grpc::pb::router_server::RouterServer;
 use crate::grpc::{self, RouteCounters, RouterService};
+use crate::learn::online::Online;
+use crate::learn::Learner;
 use crate::rules::reload::Rules;
 
 /// Everything `serve` needs, already parsed from flags and environment.
@@ -133,6 +135,22 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let budgets = Arc::new(Budgets::new(store.clone(), cfg.reservation_ttl.as_millis() as i64));
     tokens::warm_up();
 
+    // The learned routing state is the fold of the labelled calls the store
+    // keeps: rebuild it before serving, so a restart routes as before.
+    let learning = Arc::new(Online::new(Arc::new(Learner::new())));
+    let mut learn_cursors = std::collections::HashMap::new();
+    let started = std::time::Instant::now();
+    match learning.catch_up(&store, &rules, &mut learn_cursors).await {
+        Ok(n) => tracing::info!(
+            labelled_calls = n,
+            ms = started.elapsed().as_millis() as u64,
+            "learned routing state loaded from the store"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot load the learned routing state yet; routing uses the rules until the store answers")
+        }
+    }
+
     // 2. Bind both ports; a taken port fails here, with its name.
     let grpc_listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| {
         format!(
@@ -152,8 +170,9 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         rules: rules.clone(),
         cache: cache.clone(),
         counters: counters.clone(),
-        store,
+        store: store.clone(),
         metrics: metrics.clone(),
+        learning: learning.clone(),
         ready: Default::default(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -165,6 +184,12 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }))
     };
+
+    let learner_task = tokio::spawn(
+        learning
+            .clone()
+            .run(store.clone(), rules.clone(), learn_cursors, stop_rx.clone()),
+    );
 
     let sweeper = {
         let (budgets, mut rx) = (budgets.clone(), stop_rx.clone());
@@ -223,6 +248,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         budgets.clone(),
         telemetry.clone(),
         metrics.clone(),
+        learning,
     ))
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);
@@ -296,6 +322,8 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = watcher.await;
     let _ = sweeper.await;
+    // The learning loop stores what it holds before it returns.
+    let _ = learner_task.await;
     let _ = tokio::task::spawn_blocking(move || admin_thread.join()).await;
     tracing::info!("stopped");
     Ok(())

@@ -105,7 +105,7 @@ pub fn explain(args: ExplainArgs<'_>) -> i32 {
     // The same step-down serve would make past the soft threshold.
     call.input.downgrade = budget.as_ref().is_some_and(|b| b.past_soft_threshold);
     let mut candidates: Vec<Candidate> = Vec::new();
-    let (est, decision) = match plan(&table, &call, None, Some(&mut candidates)) {
+    let (est, decision) = match plan(&table, &call, None, None, Some(&mut candidates)) {
         Ok(p) => (p.est, p.decision),
         Err(e @ Error::NoAdequateModel(_)) => {
             let out = json!({ "workflow": args.workflow, "error": e.to_string(), "candidates": candidates });

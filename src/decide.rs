@@ -19,6 +19,7 @@
 use serde::Serialize;
 
 use crate::estimate::Estimate;
+use crate::learn::{choose, Learned};
 use crate::money::format_usd;
 use crate::rules::{Capabilities, Model, Requirement, RuleTable, Workflow};
 
@@ -31,6 +32,12 @@ pub struct RouteInput {
     /// The workflow's budget is past its soft threshold: step the required
     /// tier down one, never below the workflow's floor.
     pub downgrade: bool,
+    /// The learned model's predictions, when the workflow learns: a rule
+    /// that asks for a tier yields to them once they are warm.
+    pub learned: Option<Learned>,
+    /// The highest tier an earlier attempt of this outcome was rejected at:
+    /// a later attempt goes at least one tier above it (the cascade).
+    pub rejected_tier: Option<u8>,
 }
 
 /// Why a model was not a candidate.
@@ -77,6 +84,10 @@ pub struct Decision {
     pub cost_nanos: i64,
     /// How many adequate candidates there were.
     pub adequate: usize,
+    /// The tier came from the learned model rather than the rule.
+    pub learned: bool,
+    /// The learned model sent this call to a random tier, to keep learning.
+    pub explored: bool,
     pub reason: String,
 }
 
@@ -122,19 +133,44 @@ pub fn decide(
         }
         match rule.requirement {
             Requirement::Tier(t) => {
-                let asked = t.max(workflow.quality_floor);
+                let mut asked = t.max(workflow.quality_floor);
+                let mut notes: Vec<String> = Vec::new();
+                let (mut learned, mut explored) = (false, false);
+                let available = available_tiers(table, workflow, est.class);
+                if let Some(l) = input.learned.as_ref().filter(|_| workflow.learning.enabled) {
+                    if let Some((tier, why)) = choose(l, &available, &workflow.learning) {
+                        asked = tier;
+                        learned = true;
+                        explored = l.explore == Some(tier);
+                        notes.push(why);
+                    }
+                }
+                if let Some(r) = input.rejected_tier.filter(|_| input.attempt > 1) {
+                    if asked <= r && available.iter().any(|&a| a > r) {
+                        asked = r + 1;
+                        notes.push(format!(
+                            "attempt {} after a rejection at tier {r}: one tier up",
+                            input.attempt
+                        ));
+                    }
+                }
                 let required = if input.downgrade {
-                    t.saturating_sub(1).max(workflow.quality_floor)
+                    asked.saturating_sub(1).max(workflow.quality_floor)
                 } else {
                     asked
                 };
                 let mut d = pick(&ctx, required, None, &rule.name, &skipped_pins, trace)?;
+                d.learned = learned;
+                d.explored = explored;
                 if required < asked {
                     d.downgraded_from = Some(asked);
-                    d.reason = format!(
-                        "budget past its soft threshold: tier {asked} stepped down to {required}; {}",
-                        d.reason
-                    );
+                    notes.push(format!(
+                        "budget past its soft threshold: tier {asked} stepped down to {required}"
+                    ));
+                }
+                if !notes.is_empty() {
+                    notes.push(std::mem::take(&mut d.reason));
+                    d.reason = notes.join("; ");
                 }
                 return Ok(d);
             }
@@ -153,6 +189,20 @@ pub fn decide(
         }
     }
     pick(&ctx, workflow.quality_floor, None, DEFAULT_RULE, &skipped_pins, trace)
+}
+
+/// The distinct tiers, ascending, of the models `workflow` may use for task
+/// class `class`, from its quality floor up: where learning may move.
+pub fn available_tiers(table: &RuleTable, workflow: &Workflow, class: usize) -> Vec<u8> {
+    let mut tiers: Vec<u8> = workflow
+        .allowed
+        .iter()
+        .map(|&i| table.models[i].tiers[class])
+        .filter(|&t| t >= workflow.quality_floor)
+        .collect();
+    tiers.sort_unstable();
+    tiers.dedup();
+    tiers
 }
 
 /// What every step of a decision reads.
@@ -316,6 +366,8 @@ fn pick(
         output_tokens: est.output_tokens,
         cost_nanos: cost,
         adequate,
+        learned: false,
+        explored: false,
         reason,
     })
 }

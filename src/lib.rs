@@ -30,6 +30,7 @@ pub mod decide;
 pub mod error;
 pub mod estimate;
 pub mod grpc;
+pub mod learn;
 pub mod ledger;
 pub mod metrics;
 pub mod money;

@@ -1,10 +1,11 @@
 //! The route pipeline shared by `serve` and `explain`: validate the request,
 //! estimate it, decide. Nothing here knows about protobuf or the network.
 
-use crate::decide::{decide, Candidate, Decision, RouteInput};
+use crate::decide::{available_tiers, decide, Candidate, Decision, RouteInput};
 use crate::error::{truncate, Error};
 use crate::estimate::cache::{ContextCache, Fingerprints};
 use crate::estimate::{compute_work, estimate, Estimate, MessageRef, Role};
+use crate::learn::{Features, Learned, Learner};
 use crate::rules::{Capabilities, RuleTable, Workflow};
 
 /// Limits on a Route request's fields. The whole message is also capped in
@@ -147,6 +148,8 @@ impl<'a> RouteCall<'a> {
                 deferrable: raw.deferrable,
                 capabilities,
                 downgrade: false,
+                learned: None,
+                rejected_tier: None,
             },
         })
     }
@@ -170,6 +173,7 @@ pub fn plan(
     table: &RuleTable,
     call: &RouteCall<'_>,
     cache: Option<&ContextCache>,
+    learn: Option<LearnWith<'_>>,
     trace: Option<&mut Vec<Candidate>>,
 ) -> Result<Planned, Error> {
     let workflow = find_workflow(table, call.workflow)?;
@@ -192,13 +196,47 @@ pub fn plan(
         (Some(c), Some(fps)) => c.cached_tokens(table, workflow, fps, &work),
         _ => Vec::new(),
     };
+    let mut input = call.input;
+    let mut features = None;
+    if let Some(l) = learn.filter(|_| workflow.learning.enabled) {
+        // The user's messages, newest first: the current ask leads.
+        let has_user = call.messages.iter().any(|m| m.role == Role::User);
+        let texts = call
+            .messages
+            .iter()
+            .rev()
+            .filter(|m| !has_user || m.role == Role::User)
+            .map(|m| m.content);
+        let f = Features::extract(texts, &est.task_kind, &est.features);
+        let available = available_tiers(table, workflow, est.class);
+        input.learned = Some(Learned::gather(
+            l.learner,
+            &workflow.name,
+            &available,
+            &f,
+            &workflow.learning,
+            l.draw,
+        ));
+        features = Some(f);
+    }
     let decision =
-        decide(table, workflow, &call.input, &est, &cached, trace).map_err(|e| Error::NoAdequateModel(e.message))?;
+        decide(table, workflow, &input, &est, &cached, trace).map_err(|e| Error::NoAdequateModel(e.message))?;
     Ok(Planned {
         est,
         decision,
         fingerprints,
+        features,
+        learned: input.learned,
     })
+}
+
+/// What `plan` needs to consult the learned model.
+#[derive(Clone, Copy)]
+pub struct LearnWith<'a> {
+    pub learner: &'a Learner,
+    /// Uniform in 0..1: below the workflow's exploration rate, the call
+    /// explores.
+    pub draw: f64,
 }
 
 /// What `plan` worked out for one call.
@@ -208,6 +246,9 @@ pub struct Planned {
     /// The request's prefix chain, when planned with a cache: pass it to
     /// [`record_routed`] once the call is admitted.
     pub fingerprints: Option<Fingerprints>,
+    /// What the learned model saw and predicted, when it was consulted.
+    pub features: Option<Features>,
+    pub learned: Option<Learned>,
 }
 
 /// Records that the call was routed to its model: its prefixes are now warm

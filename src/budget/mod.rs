@@ -215,6 +215,23 @@ pub trait BudgetStore: Send + Sync {
     /// Settled calls made at or after `since_ms`, and outcome and feedback
     /// events recorded at or after it, of one workflow or all.
     async fn ledger(&self, workflow: Option<&str>, since_ms: i64) -> Result<crate::ledger::Ledger, StoreError>;
+    /// Appends labelled calls of `workflow` (durable before it returns),
+    /// keeping about the newest `window` of them.
+    async fn append_learning(
+        &self,
+        workflow: &str,
+        window: u64,
+        events: &[&crate::learn::LearnEvent],
+    ) -> Result<(), StoreError>;
+    /// Labelled calls of `workflow` after `cursor` (`""`: from the oldest
+    /// kept), in append order, at most `max`, each with its own cursor
+    /// (`None`: a damaged entry, to skip).
+    async fn learning_since(
+        &self,
+        workflow: &str,
+        cursor: &str,
+        max: usize,
+    ) -> Result<Vec<(String, Option<crate::learn::LearnEvent>)>, StoreError>;
     fn health(&self) -> StoreHealth {
         StoreHealth::default()
     }

@@ -35,6 +35,7 @@ use super::{
     BudgetStore, Escalation, NewReservation, ReservationRecord, Reserved, ScopeState, Settled, StoreError, StoreHealth,
     Usage,
 };
+use crate::learn::LearnEvent;
 use crate::ledger::{CallRecord, FeedbackEvent, Ledger, OutcomeEvent, OutcomeStatus};
 use crate::money::format_usd;
 
@@ -1115,6 +1116,65 @@ impl BudgetStore for RedisStore {
             .calls
             .sort_by(|a, b| (a.created_ms, &a.decision_id).cmp(&(b.created_ms, &b.decision_id)));
         Ok(ledger)
+    }
+
+    async fn append_learning(&self, workflow: &str, window: u64, events: &[&LearnEvent]) -> Result<(), StoreError> {
+        let key = format!("{}learn", self.tag(workflow));
+        let mut pipe = redis::pipe();
+        for e in events {
+            pipe.cmd("XADD")
+                .arg(&key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(window)
+                .arg("*")
+                .arg("b")
+                .arg(e.encode_body())
+                .ignore();
+        }
+        let mut c = self.conn.clone();
+        self.bounded(async move { pipe.query_async::<()>(&mut c).await }).await
+    }
+
+    async fn learning_since(
+        &self,
+        workflow: &str,
+        cursor: &str,
+        max: usize,
+    ) -> Result<Vec<(String, Option<LearnEvent>)>, StoreError> {
+        let key = format!("{}learn", self.tag(workflow));
+        let from = if cursor.is_empty() {
+            "-".to_string()
+        } else {
+            format!("({cursor}")
+        };
+        let mut c = self.conn.clone();
+        let page: Vec<Value> = self
+            .bounded(async move {
+                redis::cmd("XRANGE")
+                    .arg(key)
+                    .arg(from)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(max)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let mut out = Vec::with_capacity(page.len());
+        for entry in &page {
+            let Value::Array(parts) = entry else { continue };
+            let (Some(id), Some(Value::Array(kv))) = (parts.first(), parts.get(1)) else {
+                continue;
+            };
+            let id = text(id);
+            let body = kv.chunks(2).find_map(|p| match p {
+                [k, Value::BulkString(b)] if text(k) == "b" => Some(b.as_slice()),
+                _ => None,
+            });
+            out.push((id, body.and_then(|b| LearnEvent::decode_body(workflow, b))));
+        }
+        Ok(out)
     }
 
     async fn list_escalations(&self, workflow: Option<&str>) -> Result<Vec<Escalation>, StoreError> {

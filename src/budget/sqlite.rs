@@ -14,6 +14,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::learn::LearnEvent;
 use crate::ledger::{CallRecord, FeedbackEvent, Ledger, OutcomeEvent, OutcomeStatus};
 
 use super::{
@@ -82,6 +83,12 @@ CREATE TABLE IF NOT EXISTS feedback_events (
     at_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS feedback_events_at ON feedback_events (at_ms);
+CREATE TABLE IF NOT EXISTS learn_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    workflow TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS learn_events_workflow ON learn_events (workflow, seq);
 ";
 
 /// Columns added to `reservations` after its first release, with their
@@ -550,6 +557,64 @@ impl BudgetStore for SqliteStore {
                 params![f.workflow, f.decision_id, f.model, f.accepted, f.at_ms],
             )
             .map(drop)
+        })
+        .await
+    }
+
+    async fn append_learning(&self, workflow: &str, window: u64, events: &[&LearnEvent]) -> Result<(), StoreError> {
+        let workflow = workflow.to_string();
+        let bodies: Vec<Vec<u8>> = events.iter().map(|e| e.encode_body()).collect();
+        self.with(move |conn| {
+            for b in &bodies {
+                exec(
+                    conn,
+                    "INSERT INTO learn_events (workflow, body) VALUES (?1, ?2)",
+                    params![workflow, b],
+                )?;
+            }
+            // Keep the newest `window`: the model is the fold of these.
+            exec(
+                conn,
+                "DELETE FROM learn_events WHERE workflow = ?1 AND seq <= (
+                     SELECT seq FROM learn_events WHERE workflow = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
+                params![workflow, window as i64],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn learning_since(
+        &self,
+        workflow: &str,
+        cursor: &str,
+        max: usize,
+    ) -> Result<Vec<(String, Option<LearnEvent>)>, StoreError> {
+        let after: i64 = if cursor.is_empty() {
+            0
+        } else {
+            cursor
+                .parse()
+                .map_err(|_| unavailable(format!("bad learning cursor `{cursor}`")))?
+        };
+        let workflow = workflow.to_string();
+        self.with(move |conn| {
+            let mut st = conn
+                .prepare_cached(
+                    "SELECT seq, body FROM learn_events WHERE workflow = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                )
+                .map_err(unavailable)?;
+            let rows = st
+                .query_map(params![workflow, after, max as i64], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                })
+                .map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, body) = row.map_err(unavailable)?;
+                out.push((seq.to_string(), LearnEvent::decode_body(&workflow, &body)));
+            }
+            Ok(out)
         })
         .await
     }

@@ -41,6 +41,60 @@ pub async fn conformance(store: SharedStore, ns: &str) {
     concurrent_clients_never_overspend(&store, ns).await;
     escalations_approve_and_deny(&store, ns).await;
     detached_records_are_ordered_before_later_calls(&store, ns).await;
+    labelled_calls_are_kept_in_order_within_the_window(&store, ns).await;
+}
+
+async fn labelled_calls_are_kept_in_order_within_the_window(store: &SharedStore, ns: &str) {
+    use crate::learn::{Features, LearnEvent};
+    let wf = format!("{ns}learn");
+    let event = |i: usize| LearnEvent {
+        workflow: wf.clone(),
+        tier: (i % 3) as u8 + 1,
+        retry: i.is_multiple_of(2),
+        label: (i % 4) as f32 / 4.0,
+        features: Features::extract(
+            std::iter::once(format!("call number {i}").as_str()),
+            "k",
+            &Default::default(),
+        ),
+    };
+    let all: Vec<LearnEvent> = (0..250).map(event).collect();
+    for chunk in all.chunks(50) {
+        let refs: Vec<&LearnEvent> = chunk.iter().collect();
+        store.append_learning(&wf, 1000, &refs).await.expect("append");
+    }
+    // Read back in pages, in order, each cursor after the last.
+    let mut cursor = String::new();
+    let mut read = Vec::new();
+    loop {
+        let page = store.learning_since(&wf, &cursor, 64).await.expect("read");
+        if page.is_empty() {
+            break;
+        }
+        for (at, e) in page {
+            read.push(e.expect("intact"));
+            cursor = at;
+        }
+    }
+    assert_eq!(read, all, "every labelled call, in append order");
+    assert!(store.learning_since(&wf, &cursor, 64).await.expect("read").is_empty());
+    // Another workflow's calls are its own.
+    assert!(store
+        .learning_since(&format!("{ns}other"), "", 64)
+        .await
+        .expect("read")
+        .is_empty());
+    // A window keeps (about) the newest: Redis trims whole nodes (MAXLEN ~).
+    let more: Vec<LearnEvent> = (250..400).map(event).collect();
+    let refs: Vec<&LearnEvent> = more.iter().collect();
+    store.append_learning(&wf, 100, &refs).await.expect("append");
+    let kept = store.learning_since(&wf, "", 1000).await.expect("read");
+    assert!((100..=300).contains(&kept.len()), "kept {}", kept.len());
+    assert_eq!(
+        kept.last().and_then(|(_, e)| e.clone()),
+        more.last().cloned(),
+        "the newest is kept"
+    );
 }
 
 async fn detached_records_are_ordered_before_later_calls(store: &SharedStore, ns: &str) {

@@ -107,6 +107,8 @@ const FIRST: RouteInput = RouteInput {
     deferrable: false,
     capabilities: crate::rules::Capabilities(0),
     downgrade: false,
+    learned: None,
+    rejected_tier: None,
 };
 
 const HARD: &str = "Design a lock-free queue and explain why it is linearizable. First derive the invariants, then \

@@ -12,8 +12,9 @@ use tonic::{Request, Response, Status};
 use crate::budget::{period_scope, Admission, Budgets, Call, Escalation, ScopeState, Settled, StoreError, Usage};
 use crate::error::{truncate, Error};
 use crate::estimate::cache::ContextCache;
+use crate::learn::online::{Online, Routed};
 use crate::metrics::Metrics;
-use crate::route::{find_workflow, plan, record_routed, Planned, RawRoute, RouteCall};
+use crate::route::{find_workflow, plan, record_routed, LearnWith, Planned, RawRoute, RouteCall};
 use crate::rules::reload::Rules;
 use crate::rules::RuleTable;
 use crate::telemetry::{attr, CallAttrs, RpcSpan, Telemetry};
@@ -66,6 +67,7 @@ pub struct RouterService {
     budgets: Arc<Budgets>,
     telemetry: Arc<Telemetry>,
     metrics: Arc<Metrics>,
+    learning: Arc<Online>,
 }
 
 impl RouterService {
@@ -76,6 +78,7 @@ impl RouterService {
         budgets: Arc<Budgets>,
         telemetry: Arc<Telemetry>,
         metrics: Arc<Metrics>,
+        learning: Arc<Online>,
     ) -> Self {
         RouterService {
             rules,
@@ -84,6 +87,7 @@ impl RouterService {
             budgets,
             telemetry,
             metrics,
+            learning,
         }
     }
 }
@@ -123,10 +127,18 @@ fn plan_one(
     cache: &ContextCache,
     req: &pb::RouteRequest,
     downgrade: bool,
+    learning: &Online,
 ) -> Result<Planned, Error> {
     let mut call = parse_call(req)?;
     call.input.downgrade = downgrade;
-    plan(table, &call, Some(cache), None)
+    if call.input.attempt > 1 {
+        call.input.rejected_tier = learning.rejected_tier(call.workflow, call.outcome_id);
+    }
+    let learn = LearnWith {
+        learner: &learning.learner,
+        draw: learning.draw(),
+    };
+    plan(table, &call, Some(cache), Some(learn), None)
 }
 
 impl RouterService {
@@ -134,26 +146,27 @@ impl RouterService {
         let table = self.rules.current();
         let now = jiff::Timestamp::now();
         // Validate first, so that a bad request costs no store round trip.
-        let mut call = parse_call(&req)?;
+        let call = parse_call(&req)?;
         let workflow = find_workflow(&table, call.workflow)?;
         let downgrade = self.budgets.past_soft_threshold(workflow, now).await?;
         let content: usize = call.messages.iter().map(|m| m.content.len()).sum();
+        let retry = call.input.attempt > 1;
+        drop(call);
         let (req, planned) = if content > INLINE_CONTENT_BYTES {
             // The request moves to the blocking pool and is parsed again there;
             // at this size the count dwarfs the parse.
-            let (t, cache) = (table.clone(), self.cache.clone());
+            let (t, cache, learning) = (table.clone(), self.cache.clone(), self.learning.clone());
             tokio::task::spawn_blocking(move || {
-                let p = plan_one(&t, &cache, &req, downgrade);
+                let p = plan_one(&t, &cache, &req, downgrade, &learning);
                 (req, p)
             })
             .await
             .map_err(|e| Error::Unavailable(format!("route task failed: {e}")))?
         } else {
-            call.input.downgrade = downgrade;
-            let p = plan(&table, &call, Some(&self.cache), None);
+            let p = plan_one(&table, &self.cache, &req, downgrade, &self.learning);
             (req, p)
         };
-        let planned = planned?;
+        let mut planned = planned?;
         let d = &planned.decision;
         let model = &table.models[d.model];
         let decision_id = uuid::Uuid::now_v7().to_string();
@@ -177,6 +190,17 @@ impl RouterService {
         let (status, escalation_id, reason) = match admission {
             Admission::Routed => {
                 record_routed(&self.cache, &table, &planned);
+                if let Some(f) = planned.features.take() {
+                    let call = Routed {
+                        decision_id: &decision_id,
+                        workflow: &workflow.name,
+                        outcome_id: &req.outcome_id,
+                        tier: model.tiers[planned.est.class],
+                        retry,
+                        explored: d.explored,
+                    };
+                    self.learning.remember(call, f);
+                }
                 let status = if d.downgraded_from.is_some() {
                     pb::RouteStatus::Downgraded
                 } else {
@@ -385,6 +409,7 @@ impl RouterService {
             at_ms: crate::budget::now_ms(),
         };
         self.budgets.store.record_outcome(&event).await?;
+        self.learning.outcome(&event.workflow, &event.outcome_id, event.status);
         self.metrics.outcomes.add(&[&event.workflow, event.status.name()], 1);
         span.set([
             KeyValue::new(attr::WORKFLOW, event.workflow.clone()),
@@ -405,6 +430,7 @@ impl RouterService {
             at_ms: crate::budget::now_ms(),
         };
         self.budgets.store.record_feedback(&event).await?;
+        self.learning.feedback(&event.decision_id, event.accepted);
         span.set([
             KeyValue::new(attr::WORKFLOW, event.workflow.clone()),
             KeyValue::new(attr::DECISION_ID, event.decision_id.clone()),

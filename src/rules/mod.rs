@@ -168,6 +168,31 @@ pub struct Workflow {
     pub encodings: Vec<Encoding>,
     /// Spending limits, if any.
     pub budget: Option<Budget>,
+    pub learning: Learning,
+}
+
+/// How a workflow learns which tier its requests need.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Learning {
+    pub enabled: bool,
+    pub target: f64,
+    pub min_gain: f64,
+    pub exploration: f64,
+    pub cold_start: u64,
+    pub window: u64,
+}
+
+impl Default for Learning {
+    fn default() -> Learning {
+        Learning {
+            enabled: true,
+            target: 0.9,
+            min_gain: 0.15,
+            exploration: 0.02,
+            cold_start: 50,
+            window: 20_000,
+        }
+    }
 }
 
 /// How long a budget period lasts; periods align to the calendar.
@@ -799,8 +824,10 @@ impl Validator<'_> {
             encodings.sort();
             encodings.dedup();
             let budget = w.budget.as_ref().and_then(|b| self.budget(o, b));
+            let learning = self.learning(o, w.learning.as_ref());
             out.push(Workflow {
                 budget,
+                learning,
                 name: w.name.clone(),
                 description: w.description.clone().unwrap_or_default(),
                 owner: w.owner.clone().unwrap_or_default(),
@@ -812,6 +839,36 @@ impl Validator<'_> {
             });
         }
         out
+    }
+
+    fn learning(&mut self, o: Origin, raw: Option<&schema::RawLearning>) -> Learning {
+        let mut l = Learning::default();
+        let Some(r) = raw else { return l };
+        let share = |v: &mut Self, key: &'static str, x: Option<f64>, max: f64, into: &mut f64| {
+            if let Some(x) = x {
+                if x.is_finite() && (0.0..=max).contains(&x) {
+                    *into = x;
+                } else {
+                    v.error(o, "workflows", &["learning", key], format!("{x} is outside 0 to {max}"));
+                }
+            }
+        };
+        share(self, "target", r.target, 1.0, &mut l.target);
+        share(self, "min_gain", r.min_gain, 1.0, &mut l.min_gain);
+        share(self, "exploration", r.exploration, 0.5, &mut l.exploration);
+        l.enabled = r.enabled.unwrap_or(true);
+        l.cold_start = r.cold_start.unwrap_or(l.cold_start);
+        match r.window {
+            Some(w) if !(100..=1_000_000).contains(&w) => self.error(
+                o,
+                "workflows",
+                &["learning", "window"],
+                format!("{w} is outside 100 to 1000000"),
+            ),
+            Some(w) => l.window = w,
+            None => {}
+        }
+        l
     }
 
     fn budget(&mut self, o: Origin, b: &schema::RawBudget) -> Option<Budget> {

@@ -76,6 +76,24 @@ pub struct RawWorkflow {
     pub outcome_unit: Option<String>,
     /// The workflow's spending limits.
     pub budget: Option<RawBudget>,
+    /// How routing learns from feedback and outcomes.
+    pub learning: Option<RawLearning>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLearning {
+    pub enabled: Option<bool>,
+    /// Predicted acceptance a tier must reach to be chosen, 0 to 1.
+    pub target: Option<f64>,
+    /// Below the target, a tier within this much of the best is chosen.
+    pub min_gain: Option<f64>,
+    /// Share of calls sent to a random tier to keep learning, 0 to 0.5.
+    pub exploration: Option<f64>,
+    /// Labelled calls each tier needs before the model decides.
+    pub cold_start: Option<u64>,
+    /// Labelled calls kept per workflow; the model is the fold of these.
+    pub window: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,307 @@
+//! Learning inside `serve`: remember what each routed call looked like, turn
+//! feedback and outcomes into labelled calls, keep those in the store, and
+//! fold the store's labelled calls into the model, off the Route path.
+//!
+//! The store is the source of truth: a sidecar appends its labelled calls,
+//! then applies every labelled call the store holds after its cursor, its
+//! own included, in the store's order. So a restarted sidecar rebuilds the
+//! same model, and sidecars sharing Redis share one model.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use super::{Features, LearnEvent, Learner};
+use crate::budget::{SharedStore, StoreError};
+use crate::ledger::OutcomeStatus;
+use crate::rules::reload::Rules;
+
+/// Routed calls remembered for labelling, and for how long.
+const PENDING_CAPACITY: u64 = 200_000;
+const PENDING_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Labelled calls waiting to be stored; past this they are dropped and counted.
+const QUEUE: usize = 10_000;
+/// Labelled calls read from the store at a time.
+const PAGE: usize = 1024;
+/// How often the store is read for other sidecars' labelled calls.
+const POLL: Duration = Duration::from_millis(250);
+
+/// A routed call, as learning needs it.
+struct Example {
+    workflow: String,
+    outcome_id: String,
+    tier: u8,
+    retry: bool,
+    features: Features,
+    /// Labelled by RecordFeedback: a later outcome does not relabel it.
+    labelled: AtomicBool,
+}
+
+/// A routed call, as Route hands it over.
+pub struct Routed<'a> {
+    pub decision_id: &'a str,
+    pub workflow: &'a str,
+    pub outcome_id: &'a str,
+    /// The chosen model's tier for the request's task class.
+    pub tier: u8,
+    /// It came after a rejected attempt.
+    pub retry: bool,
+    /// It was sent to a random tier.
+    pub explored: bool,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct LearnCounters {
+    /// Labelled calls sent to the store.
+    pub labelled: AtomicU64,
+    /// Feedback or outcomes for calls this sidecar no longer remembers.
+    pub unmatched: AtomicU64,
+    /// Labelled calls dropped because the store was behind.
+    pub dropped: AtomicU64,
+    /// Labelled calls folded into the model (this sidecar's and others').
+    pub applied: AtomicU64,
+    /// Routed calls sent to a random tier.
+    pub explored: AtomicU64,
+    /// Store reads or writes that failed.
+    pub store_errors: AtomicU64,
+}
+
+pub struct Online {
+    pub learner: Arc<Learner>,
+    pub counters: LearnCounters,
+    pending: moka::sync::Cache<String, Arc<Example>>,
+    /// (workflow, outcome id) -> the decision ids routed under it.
+    by_outcome: moka::sync::Cache<(String, String), Arc<Mutex<Vec<String>>>>,
+    /// (workflow, outcome id) -> the highest tier rejected so far.
+    rejected: moka::sync::Cache<(String, String), u8>,
+    tx: tokio::sync::mpsc::Sender<LearnEvent>,
+    rx: Mutex<Option<tokio::sync::mpsc::Receiver<LearnEvent>>>,
+    rng: AtomicU64,
+}
+
+impl Online {
+    pub fn new(learner: Arc<Learner>) -> Online {
+        let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Online {
+            learner,
+            counters: LearnCounters::default(),
+            pending: moka::sync::Cache::builder()
+                .max_capacity(PENDING_CAPACITY)
+                .time_to_idle(PENDING_TTL)
+                .build(),
+            by_outcome: moka::sync::Cache::builder()
+                .max_capacity(PENDING_CAPACITY)
+                .time_to_idle(PENDING_TTL)
+                .build(),
+            rejected: moka::sync::Cache::builder()
+                .max_capacity(PENDING_CAPACITY)
+                .time_to_idle(PENDING_TTL)
+                .build(),
+            tx,
+            rx: Mutex::new(Some(rx)),
+            rng: AtomicU64::new(seed),
+        }
+    }
+
+    /// A uniform draw in 0..1 (SplitMix64 over a shared counter).
+    pub fn draw(&self) -> f64 {
+        let mut z = self.rng.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// The highest tier an attempt of this outcome was rejected at.
+    pub fn rejected_tier(&self, workflow: &str, outcome_id: &str) -> Option<u8> {
+        if outcome_id.is_empty() {
+            return None;
+        }
+        self.rejected.get(&(workflow.to_string(), outcome_id.to_string()))
+    }
+
+    /// Remembers a routed call so that its feedback or outcome can label it.
+    pub fn remember(&self, call: Routed<'_>, features: Features) {
+        let Routed {
+            decision_id,
+            workflow,
+            outcome_id,
+            tier,
+            retry,
+            explored,
+        } = call;
+        if explored {
+            self.counters.explored.fetch_add(1, Ordering::Relaxed);
+        }
+        self.pending.insert(
+            decision_id.to_string(),
+            Arc::new(Example {
+                workflow: workflow.to_string(),
+                outcome_id: outcome_id.to_string(),
+                tier,
+                retry,
+                features,
+                labelled: AtomicBool::new(false),
+            }),
+        );
+        if !outcome_id.is_empty() {
+            self.by_outcome
+                .get_with((workflow.to_string(), outcome_id.to_string()), Default::default)
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(decision_id.to_string());
+        }
+    }
+
+    /// RecordFeedback: labels one call, and marks a rejection for the cascade.
+    pub fn feedback(&self, decision_id: &str, accepted: bool) {
+        let Some(ex) = self.pending.get(decision_id) else {
+            self.counters.unmatched.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        ex.labelled.store(true, Ordering::Relaxed);
+        if !accepted && !ex.outcome_id.is_empty() {
+            let key = (ex.workflow.clone(), ex.outcome_id.clone());
+            let tier = self.rejected.get(&key).map_or(ex.tier, |t| t.max(ex.tier));
+            self.rejected.insert(key, tier);
+        }
+        self.send(&ex, if accepted { 1.0 } else { 0.0 });
+    }
+
+    /// RecordOutcome: labels every call of the outcome that feedback did not.
+    pub fn outcome(&self, workflow: &str, outcome_id: &str, status: OutcomeStatus) {
+        let label = match status {
+            OutcomeStatus::Accepted => 1.0,
+            OutcomeStatus::Corrected => 0.5,
+            OutcomeStatus::Rejected => 0.0,
+            OutcomeStatus::Abandoned => return,
+        };
+        let Some(ids) = self.by_outcome.get(&(workflow.to_string(), outcome_id.to_string())) else {
+            self.counters.unmatched.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let ids = ids.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        for id in ids {
+            if let Some(ex) = self.pending.get(&id) {
+                if !ex.labelled.swap(true, Ordering::Relaxed) {
+                    self.send(&ex, label);
+                }
+            }
+        }
+    }
+
+    fn send(&self, ex: &Example, label: f32) {
+        let event = LearnEvent {
+            workflow: ex.workflow.clone(),
+            tier: ex.tier,
+            retry: ex.retry,
+            label,
+            features: ex.features.clone(),
+        };
+        match self.tx.try_send(event) {
+            Ok(()) => self.counters.labelled.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.counters.dropped.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    /// Folds in every labelled call the store holds for the rules'
+    /// learning workflows after `cursors`; returns how many.
+    pub async fn catch_up(
+        &self,
+        store: &SharedStore,
+        rules: &Rules,
+        cursors: &mut HashMap<String, String>,
+    ) -> Result<u64, StoreError> {
+        let table = rules.current();
+        let mut n = 0u64;
+        for wf in table.workflows.iter().filter(|w| w.learning.enabled) {
+            let cursor = cursors.entry(wf.name.clone()).or_default();
+            loop {
+                let page = store.learning_since(&wf.name, cursor, PAGE).await?;
+                let full = page.len() == PAGE;
+                for (at, event) in page {
+                    match event {
+                        Some(e) => {
+                            self.learner.apply(&e);
+                            n += 1;
+                        }
+                        // A damaged entry is skipped, not fatal: the cursor moves past it.
+                        None => {
+                            tracing::warn!(workflow = %wf.name, at = %at, "learning: skipped a damaged labelled call")
+                        }
+                    }
+                    *cursor = at;
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+        self.counters.applied.fetch_add(n, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    /// The learning loop: store labelled calls, then fold in what the store
+    /// holds, until `stop` fires (after a last round).
+    pub async fn run(
+        self: Arc<Self>,
+        store: SharedStore,
+        rules: Arc<Rules>,
+        mut cursors: HashMap<String, String>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let Some(mut rx) = self.rx.lock().unwrap_or_else(PoisonError::into_inner).take() else {
+            return;
+        };
+        let mut failing = false;
+        let mut backlog: Vec<LearnEvent> = Vec::new();
+        loop {
+            let stopping = tokio::select! {
+                _ = stop.changed() => true,
+                _ = tokio::time::sleep(POLL) => false,
+                n = rx.recv_many(&mut backlog, PAGE), if backlog.len() < QUEUE => n == 0,
+            };
+            while let Ok(e) = rx.try_recv() {
+                backlog.push(e);
+            }
+            let result = async {
+                if !backlog.is_empty() {
+                    let table = rules.current();
+                    let mut groups: HashMap<&str, Vec<&LearnEvent>> = HashMap::new();
+                    for e in &backlog {
+                        groups.entry(e.workflow.as_str()).or_default().push(e);
+                    }
+                    for (wf, events) in groups {
+                        let window = table.workflow(wf).map_or(20_000, |w| w.learning.window);
+                        store.append_learning(wf, window, &events).await?;
+                    }
+                    backlog.clear();
+                }
+                self.catch_up(&store, &rules, &mut cursors).await
+            }
+            .await;
+            match result {
+                Ok(_) if failing => {
+                    failing = false;
+                    tracing::info!("learning: the store answers again; labelled calls are stored and applied");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                    if !failing {
+                        failing = true;
+                        tracing::warn!(error = %e, held = backlog.len(), "learning: the store failed; labelled calls are held and retried");
+                    }
+                }
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+}
