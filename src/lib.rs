@@ -34,6 +34,7 @@ pub mod learn;
 pub mod ledger;
 pub mod metrics;
 pub mod money;
+pub mod replay;
 pub mod report;
 pub mod route;
 pub mod rules;

@@ -121,6 +121,28 @@ enum Command {
         #[arg(long, default_value = "routing-rules")]
         rules: PathBuf,
     },
+    /// Evaluate routing on recorded per-prompt outcomes (one JSON row a line):
+    /// always-strong, always-weak, random, the rules, the learned router, and
+    /// the learned router with a cascade, side by side.
+    Replay {
+        #[arg(long, default_value = "routing-rules")]
+        rules: PathBuf,
+        /// The replay data: JSON lines with id, prompt, task_kind and models.<name>.success.
+        #[arg(long)]
+        data: PathBuf,
+        /// The workflow to route as; by default the rows' own, or `replay`.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Write one JSON line per row: id, score, model, success, cost_usd.
+        #[arg(long)]
+        scores_out: Option<PathBuf>,
+        /// table or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+        /// Seeds exploration and the random policy: the same seed gives the same output.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
     /// Print the routing decision for a prompt as JSON, without a server.
     Explain {
         #[arg(long, default_value = "routing-rules")]
@@ -251,6 +273,31 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Replay {
+            rules,
+            data,
+            workflow,
+            scores_out,
+            format,
+            seed,
+        } => {
+            let json = match format.as_str() {
+                "json" => true,
+                "table" => false,
+                other => {
+                    eprintln!("--format `{other}` is not table or json");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            ExitCode::from(switchyard::replay::replay(switchyard::replay::ReplayArgs {
+                rules,
+                data,
+                workflow,
+                scores_out,
+                json,
+                seed,
+            }))
         }
         Command::Explain {
             rules,

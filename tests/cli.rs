@@ -120,3 +120,101 @@ fn explain_reads_stdin_and_ranks_hard_prompts_higher() {
     assert!(hard["complexity"].as_f64() > easy["complexity"].as_f64());
     assert_ne!(hard["decision"]["model"], easy["decision"]["model"]);
 }
+
+/// Rows in the replay format for the shipped RouteLLM models: the weak model
+/// fails every `proof` row, both answer the `fact` rows.
+fn replay_rows(n: usize) -> String {
+    let mut out = String::new();
+    for i in 0..n {
+        let (kind, prompt) = if i % 4 == 0 {
+            (
+                "proof",
+                format!("Prove that the group of order {i} is abelian.\nA. yes\nB. no\nAnswer:"),
+            )
+        } else {
+            (
+                "fact",
+                format!("Which river is longest? Item {i}.\nA. Nile\nB. Rhine\nAnswer:"),
+            )
+        };
+        let row = serde_json::json!({
+            "id": format!("row-{i}"),
+            "workflow": "synthetic",
+            "task_kind": kind,
+            "prompt": prompt,
+            "models": {
+                "gpt-4-1106-preview": {"success": i % 13 != 0, "score": if i % 13 != 0 { 1.0 } else { 0.0 }},
+                "mixtral-8x7b-instruct-v0.1": {"success": kind == "fact", "score": if kind == "fact" { 1.0 } else { 0.0 }}
+            }
+        });
+        out.push_str(&row.to_string());
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn replay_reports_every_policy_deterministically_with_progress() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("rows.jsonl");
+    std::fs::write(&data, replay_rows(400)).expect("data");
+    let run = |scores: &str| {
+        Command::new(BIN)
+            .arg("replay")
+            .arg("--rules")
+            .arg(repo_path("routing-rules/examples/routellm.toml"))
+            .arg("--data")
+            .arg(&data)
+            .args(["--format", "json", "--seed", "11", "--scores-out"])
+            .arg(dir.path().join(scores))
+            .output()
+            .expect("run replay")
+    };
+    let (a, b) = (run("a.jsonl"), run("b.jsonl"));
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert_eq!(a.stdout, b.stdout, "the same seed gives the same report");
+    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).expect("scores");
+    assert_eq!(read("a.jsonl"), read("b.jsonl"), "and the same scores");
+    let stderr = String::from_utf8_lossy(&a.stderr);
+    assert!(stderr.contains("replay: 100%"), "progress on stderr: {stderr}");
+
+    let report: serde_json::Value = serde_json::from_slice(&a.stdout).expect("JSON report");
+    assert_eq!(
+        report["workflow"], "replay",
+        "the rows' workflow is not in the rules: `replay` is used"
+    );
+    let policies = report["policies"].as_array().expect("policies");
+    let names: Vec<&str> = policies.iter().filter_map(|p| p["name"].as_str()).collect();
+    for want in [
+        "always-strong",
+        "always-weak",
+        "random",
+        "rules",
+        "router",
+        "router+cascade",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    for p in policies {
+        for key in [
+            "success_rate",
+            "cost_usd",
+            "cost_per_success_usd",
+            "strong_share",
+            "tasks_per_outcome",
+        ] {
+            assert!(p[key].is_number(), "{key} in {p}");
+        }
+    }
+    let by = |n: &str| policies.iter().find(|p| p["name"] == n).expect("policy");
+    // The weak model fails a quarter of the rows; the cascade retries those.
+    assert_eq!(by("always-weak")["success_rate"].as_f64(), Some(0.75));
+    assert!(by("router+cascade")["success_rate"].as_f64() > Some(0.9));
+    assert!(report["apgr"].as_f64().is_some_and(|a| a > 0.5), "{}", report["apgr"]);
+    let lines = read("a.jsonl");
+    assert_eq!(lines.lines().count(), 400);
+    let first: serde_json::Value = serde_json::from_str(lines.lines().next().expect("a line")).expect("JSON");
+    for key in ["id", "score", "model", "success", "cost_usd"] {
+        assert!(first.get(key).is_some(), "{key} in {first}");
+    }
+}

@@ -1,0 +1,167 @@
+use super::*;
+
+#[test]
+fn apgr_of_a_perfect_a_reversed_and_a_flat_ranking() {
+    // Four rows: the strong model rescues rows 0 and 1 only.
+    let strong = [1.0, 1.0, 1.0, 0.0];
+    let weak = [0.0, 0.0, 1.0, 0.0];
+    let perfect = routellm_metrics(&[0.9, 0.8, 0.1, 0.0], &strong, &weak).expect("a gap");
+    // PGR at shares 0..1 in tenths (rows = round(4 * share)): 0, 0, .5, .5, 1, 1, 1, 1, 1, 1, 1.
+    let expected = [0.0, 0.0, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+        .windows(2)
+        .map(|w| (w[0] + w[1]) / 20.0)
+        .sum::<f64>();
+    assert!((perfect.apgr - expected).abs() < 1e-12, "{perfect:?}");
+    assert_eq!(perfect.cpt50, 0.25);
+    assert_eq!(perfect.cpt80, 0.5);
+    let reversed = routellm_metrics(&[0.0, 0.1, 0.8, 0.9], &strong, &weak).expect("a gap");
+    assert!(reversed.apgr < 0.5 && reversed.apgr < perfect.apgr, "{reversed:?}");
+    assert_eq!(reversed.cpt50, 0.75);
+    // Equal models: no gap to recover.
+    assert_eq!(routellm_metrics(&[0.5; 4], &weak, &weak), None);
+}
+
+const RULES: &str = r#"
+[[models]]
+name = "weak-model"
+provider = "p"
+input_per_mtok = 0.5
+cached_input_per_mtok = 0.5
+output_per_mtok = 0.5
+context_window = 100000
+max_output_tokens = 4000
+tiers = { general = 2 }
+
+[[models]]
+name = "strong-model"
+provider = "p"
+input_per_mtok = 10.0
+cached_input_per_mtok = 10.0
+output_per_mtok = 30.0
+context_window = 100000
+max_output_tokens = 4000
+tiers = { general = 4 }
+
+[[workflows]]
+name = "replay"
+learning = { cold_start = 10, exploration = 0.1 }
+
+[[rules]]
+name = "retry-up"
+workflow = "replay"
+min_attempt = 2
+tier = 4
+
+[[rules]]
+name = "rest"
+workflow = "replay"
+tier = 2
+"#;
+
+/// Rows where the weak model fails every `algebra` question.
+fn data() -> String {
+    let mut out = String::new();
+    for i in 0..300 {
+        let (kind, words) = if i % 3 == 0 {
+            ("algebra", "Solve for x in the ring of integers")
+        } else {
+            ("trivia", "Name the capital city of the country")
+        };
+        let weak_ok = kind == "trivia" && i % 7 != 0;
+        let strong_ok = i % 11 != 0;
+        let response = if i % 2 == 0 { r#", "response": "B""# } else { "" };
+        out.push_str(&format!(
+            r#"{{"id": "r{i}", "task_kind": "{kind}", "prompt": "{words} number {i}.\nAnswer:", "models": {{"strong-model": {{"success": {strong_ok}, "score": {}{response}}}, "weak-model": {{"success": {weak_ok}}}}}}}"#,
+            u8::from(strong_ok)
+        ));
+        out.push('\n');
+    }
+    out
+}
+
+fn args(dir: &Path, seed: u64) -> ReplayArgs {
+    ReplayArgs {
+        rules: dir.join("rules.toml"),
+        data: dir.join("data.jsonl"),
+        workflow: None,
+        scores_out: Some(dir.join(format!("scores-{seed}.jsonl"))),
+        json: true,
+        seed,
+    }
+}
+
+#[test]
+fn replay_is_deterministic_for_a_seed_and_learns_the_failing_kind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("rules.toml"), RULES).expect("rules");
+    std::fs::write(dir.path().join("data.jsonl"), data()).expect("data");
+    let a = run(&args(dir.path(), 7)).expect("replays");
+    let scores_a = std::fs::read_to_string(dir.path().join("scores-7.jsonl")).expect("scores");
+    let b = run(&args(dir.path(), 7)).expect("replays");
+    let scores_b = std::fs::read_to_string(dir.path().join("scores-7.jsonl")).expect("scores");
+    assert_eq!(
+        serde_json::to_string(&a).expect("json"),
+        serde_json::to_string(&b).expect("json")
+    );
+    assert_eq!(scores_a, scores_b);
+    assert_eq!(scores_a.lines().count(), 300);
+
+    let names: Vec<&str> = a.policies.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "always-strong",
+            "always-weak",
+            "rules",
+            "router",
+            "router+cascade",
+            "random"
+        ]
+    );
+    let by = |n: &str| a.policies.iter().find(|p| p.name == n).expect("policy");
+    assert_eq!(by("always-strong").strong_share, 1.0);
+    assert_eq!(by("always-weak").strong_share, 0.0);
+    let strong_ok = (0..300).filter(|i| i % 11 != 0).count() as f64 / 300.0;
+    assert!((by("always-strong").success_rate - strong_ok).abs() < 1e-12);
+    // The cascade retries rejected rows one tier up: more tasks than outcomes.
+    assert!(by("router+cascade").tasks_per_outcome > 1.0);
+    assert!(by("router+cascade").success_rate > by("always-weak").success_rate);
+    // The failing kind is learned: its rows score above the others'.
+    let lines: Vec<serde_json::Value> = scores_a
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let mean = |kind: usize| {
+        let late: Vec<f64> = lines
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i >= 150 && (i % 3 == 0) == (kind == 0))
+            .map(|(_, v)| v["score"].as_f64().expect("score"))
+            .collect();
+        late.iter().sum::<f64>() / late.len() as f64
+    };
+    assert!(mean(0) > mean(1) + 0.3, "algebra {} vs trivia {}", mean(0), mean(1));
+    assert!(a.apgr.expect("a gap") > 0.6, "{:?}", a.apgr);
+    for key in ["id", "score", "model", "success", "cost_usd"] {
+        assert!(lines[0].get(key).is_some(), "scores line lacks {key}: {}", lines[0]);
+    }
+}
+
+#[test]
+fn bad_rows_name_file_line_and_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("rules.toml"), RULES).expect("rules");
+    let mut d = data();
+    d.push_str("{\"id\": \"broken\", \"prompt\": 3}\n");
+    std::fs::write(dir.path().join("data.jsonl"), &d).expect("data");
+    let Err(e) = run(&args(dir.path(), 1)) else {
+        panic!("a bad row must be refused")
+    };
+    assert!(e.contains("data.jsonl:301:"), "{e}");
+    let unknown = data().replace("weak-model", "mystery-model");
+    std::fs::write(dir.path().join("data.jsonl"), unknown).expect("data");
+    let Err(e) = run(&args(dir.path(), 1)) else {
+        panic!("an unknown model must be refused")
+    };
+    assert!(e.contains("mystery-model") && e.contains("data.jsonl:1"), "{e}");
+}
