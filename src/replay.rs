@@ -507,17 +507,7 @@ fn cases(table: &RuleTable, workflow: &Workflow, data: &Path, rows: Vec<(usize, 
             );
             let output = match &r.response {
                 Some(text) => model.billed_tokens(tokens::count(model.encoding, text)),
-                None => {
-                    let kind = if task_kind.is_empty() {
-                        &workflow.default_task_kind
-                    } else {
-                        &task_kind
-                    };
-                    table
-                        .task_kind(kind)
-                        .and_then(|k| k.output_tokens)
-                        .unwrap_or(table.default_output_tokens)
-                }
+                None => crate::estimate::predicted_output_tokens(table, workflow, &task_kind, 0),
             };
             let quality = r.score.unwrap_or(if r.success { 1.0 } else { 0.0 });
             if !(0.0..=1.0).contains(&quality) {

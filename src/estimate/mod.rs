@@ -109,8 +109,9 @@ pub fn estimate(
     } else {
         task_kind
     };
-    let kind = table.task_kind(task_kind);
-    let class = table.class_of(task_kind);
+    let like = estimated_as(table, workflow, task_kind);
+    let kind = table.task_kind(like);
+    let class = table.class_of(like);
     let primary = workflow.encodings.first().copied().unwrap_or(Encoding::O200k);
 
     let mut input_tokens = [0u64; 2];
@@ -130,12 +131,7 @@ pub fn estimate(
     }
     let features = counts.features(read_tokens, kind.map_or(0.0, |k| k.complexity_prior));
 
-    let output_tokens = if max_output_tokens > 0 {
-        max_output_tokens as u64
-    } else {
-        kind.and_then(|k| k.output_tokens)
-            .unwrap_or(table.default_output_tokens)
-    };
+    let output_tokens = predicted_output_tokens(table, workflow, task_kind, max_output_tokens);
 
     Estimate {
         input_tokens,
@@ -147,10 +143,90 @@ pub fn estimate(
     }
 }
 
+/// The kind a request is estimated as: its own, or, when the rules list it
+/// neither as a task kind nor as a class, the workflow's default kind (the
+/// request's name for it is still what learning and reports see).
+fn estimated_as<'a>(table: &RuleTable, workflow: &'a Workflow, task_kind: &'a str) -> &'a str {
+    let task_kind = if task_kind.is_empty() {
+        workflow.default_task_kind.as_str()
+    } else {
+        task_kind
+    };
+    if table.task_kind(task_kind).is_some() || table.classes.iter().any(|c| c == task_kind) {
+        task_kind
+    } else {
+        workflow.default_task_kind.as_str()
+    }
+}
+
+/// The output length predicted for a request: its own `max_output_tokens`,
+/// else its task kind's, else the rules' default.
+pub fn predicted_output_tokens(table: &RuleTable, workflow: &Workflow, task_kind: &str, max_output_tokens: u32) -> u64 {
+    if max_output_tokens > 0 {
+        return max_output_tokens as u64;
+    }
+    table
+        .task_kind(estimated_as(table, workflow, task_kind))
+        .and_then(|k| k.output_tokens)
+        .unwrap_or(table.default_output_tokens)
+}
+
 /// Computes the per-message work for `messages` without any cache.
 pub fn compute_work(messages: &[MessageRef<'_>], encodings: &[Encoding]) -> Vec<MessageWork> {
     messages
         .iter()
         .map(|m| MessageWork::compute(m.content, encodings))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unlisted_task_kind_is_estimated_as_the_workflows_default_kind() {
+        let table = RuleTable::from_str(
+            "t.toml",
+            r#"
+[[models]]
+name = "m"
+provider = "p"
+input_per_mtok = 1.0
+cached_input_per_mtok = 1.0
+output_per_mtok = 1.0
+context_window = 10000
+max_output_tokens = 1000
+tiers = { general = 2, code = 3 }
+
+[[task_kinds]]
+name = "mcq"
+class = "code"
+output_tokens = 16
+
+[[workflows]]
+name = "w"
+default_task_kind = "mcq"
+"#,
+        )
+        .expect("valid rules");
+        let wf = table.workflow("w").expect("workflow");
+        let msgs = [MessageRef {
+            role: Role::User,
+            content: "Which is right?",
+        }];
+        let work = compute_work(&msgs, &wf.encodings);
+        let est = |kind: &str| estimate(&table, wf, kind, &msgs, &work, 0);
+        let unlisted = est("anatomy");
+        assert_eq!(unlisted.output_tokens, 16, "the default kind's output length");
+        assert_eq!(table.classes[unlisted.class], "code", "and its class");
+        assert_eq!(unlisted.task_kind, "anatomy", "under the request's own name");
+        let class_name = est("general");
+        assert_eq!(
+            table.classes[class_name.class], "general",
+            "a class name is taken as given"
+        );
+        assert_eq!(class_name.output_tokens, table.default_output_tokens);
+        assert_eq!(predicted_output_tokens(&table, wf, "anatomy", 0), 16);
+        assert_eq!(predicted_output_tokens(&table, wf, "anatomy", 99), 99);
+    }
 }
