@@ -394,7 +394,8 @@ pub struct Learned {
 
 impl Learned {
     /// Predictions for the tiers of `available` (ascending), with `explore`
-    /// chosen from `draw` (uniform in 0..1) at the workflow's rate.
+    /// chosen from `draw` (uniform in 0..1) at the workflow's rate, once the
+    /// workflow has any labelled call.
     pub fn gather(
         learner: &Learner,
         workflow: &str,
@@ -409,7 +410,10 @@ impl Learned {
                 out.tiers[t as usize] = wf.predict(t, f);
             }
         }
-        if available.len() > 1 && draw < cfg.exploration {
+        // Explore only where feedback flows: a workflow nobody labels would
+        // pay for exploration and learn nothing from it.
+        let labelled = out.tiers.iter().flatten().any(|p| p.seen > 0);
+        if labelled && available.len() > 1 && draw < cfg.exploration {
             // The draw is uniform below the rate: rescale it to pick a tier.
             let k = ((draw / cfg.exploration) * available.len() as f64) as usize;
             out.explore = available.get(k.min(available.len() - 1)).copied();

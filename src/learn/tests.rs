@@ -134,6 +134,18 @@ fn gather_explores_at_the_configured_rate() {
     };
     let l = Learner::new();
     let f = Features::default();
+    assert_eq!(
+        Learned::gather(&l, "w", &[2, 4], &f, &cfg, 0.01).explore,
+        None,
+        "no feedback yet: no exploration"
+    );
+    l.apply(&LearnEvent {
+        workflow: "w".into(),
+        tier: 2,
+        retry: false,
+        label: 1.0,
+        features: f.clone(),
+    });
     assert_eq!(Learned::gather(&l, "w", &[2, 4], &f, &cfg, 0.5).explore, None);
     assert_eq!(Learned::gather(&l, "w", &[2, 4], &f, &cfg, 0.01).explore, Some(2));
     assert_eq!(Learned::gather(&l, "w", &[2, 4], &f, &cfg, 0.09).explore, Some(4));
