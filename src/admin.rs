@@ -27,6 +27,7 @@ pub struct AdminState {
     pub store: crate::budget::SharedStore,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub learning: Arc<crate::learn::online::Online>,
+    pub audit: Arc<crate::audit::Audit>,
     /// Released once the rules are loaded, the tokenizers warm and the gRPC
     /// port bound; set back to false when shutdown begins.
     pub ready: AtomicBool,
@@ -74,7 +75,19 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
         .map_or(0, |d| d.as_secs());
     let store = s.store.health();
     let lc = &s.learning.counters;
-    let series: [(&str, &str, &str, u64); 20] = [
+    let series: [(&str, &str, &str, u64); 22] = [
+        (
+            "switchyard_audit_records_total",
+            "counter",
+            "Records written (and fsync'd) to audit.jsonl.",
+            s.audit.written.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_audit_dropped_total",
+            "counter",
+            "Audit records dropped because the writer fell behind or the file was not writable.",
+            s.audit.dropped.load(Ordering::Relaxed),
+        ),
         (
             "switchyard_learning_labelled_total",
             "counter",

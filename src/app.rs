@@ -7,7 +7,7 @@
 //! period, then the admin port stops.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +16,8 @@ use anyhow::Context;
 use tonic::transport::server::TcpIncoming;
 
 use crate::admin::{self, AdminState};
+use crate::audit::{Audit, Record as AuditRecord};
+use crate::auth::Auth;
 use crate::budget::redis::{redact_url, RedisConfig, RedisStore};
 use crate::budget::sqlite::SqliteStore;
 use crate::budget::{Budgets, SharedStore};
@@ -42,6 +44,10 @@ pub struct ServeConfig {
     pub reservation_ttl: Duration,
     /// Share budgets through Redis instead of the embedded store.
     pub redis: Option<RedisServe>,
+    /// The API keys file; `None` accepts loopback callers as `local`.
+    pub api_keys: Option<PathBuf>,
+    /// Per-caller rate and concurrency limits.
+    pub limits: crate::auth::Limits,
 }
 
 /// The fleet store's settings, from `--redis-*`.
@@ -53,6 +59,9 @@ pub struct RedisServe {
     /// `None` fails closed while Redis is unreachable.
     pub fail_open_cap_nanos: Option<i64>,
 }
+
+/// How often the API keys file is checked for changes.
+const KEYS_POLL: Duration = Duration::from_secs(1);
 
 /// How often expired reservations are looked for.
 const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
@@ -135,6 +144,34 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let budgets = Arc::new(Budgets::new(store.clone(), cfg.reservation_ttl.as_millis() as i64));
     tokens::warm_up();
 
+    // Who may call, and the audit trail of what they did.
+    let auth = Arc::new(
+        Auth::new(cfg.api_keys.as_deref(), cfg.limits)
+            .map_err(|e| ConfigError(format!("the API keys are not valid; nothing was started:\n{e}")))?,
+    );
+    let audit = Arc::new(Audit::open(&cfg.state_dir).map_err(ConfigError)?);
+    match auth.keys() {
+        Some(k) => tracing::info!(
+            keys = k.len(),
+            file = %cfg.api_keys.as_deref().unwrap_or(Path::new("")).display(),
+            "callers authenticate with API keys (authorization: Bearer <key>)"
+        ),
+        None => tracing::warn!(
+            "no --api-keys: only loopback callers are accepted, all as the identity `local` with the caller and admin roles"
+        ),
+    }
+    {
+        let audit = audit.clone();
+        let path = rules.path().display().to_string();
+        rules.on_reload(Box::new(move |r| {
+            let (result, reason) = match r {
+                Ok(sha) => ("ok", format!("sha256 {sha}")),
+                Err(e) => ("failed", e.to_string()),
+            };
+            audit.record(AuditRecord::new("-", "rules_reload", "", &path, result, &reason));
+        }));
+    }
+
     // The learned routing state is the fold of the labelled calls the store
     // keeps: rebuild it before serving, so a restart routes as before.
     let learning = Arc::new(Online::new(Arc::new(Learner::new())));
@@ -173,6 +210,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         store: store.clone(),
         metrics: metrics.clone(),
         learning: learning.clone(),
+        audit: audit.clone(),
         ready: Default::default(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -183,6 +221,39 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         tokio::spawn(rules.clone().watch(async move {
             let _ = rx.wait_for(|s| *s).await;
         }))
+    };
+
+    let keys_watcher = {
+        let (auth, audit, mut rx) = (auth.clone(), audit.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let Some(path) = auth.keys_path().map(|p| p.display().to_string()) else {
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = rx.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(KEYS_POLL) => {}
+                }
+                match auth.reload_if_changed() {
+                    Some(Ok(sha)) => {
+                        tracing::info!(file = %path, keys = auth.keys().map_or(0, |k| k.len()), "API keys reloaded");
+                        audit.record(AuditRecord::new(
+                            "-",
+                            "keys_reload",
+                            "",
+                            &path,
+                            "ok",
+                            &format!("sha256 {sha}"),
+                        ));
+                    }
+                    Some(Err(e)) => {
+                        tracing::error!(file = %path, error = %e, "API keys reload FAILED; the last good keys stay in use");
+                        audit.record(AuditRecord::new("-", "keys_reload", "", &path, "failed", &e));
+                    }
+                    None => {}
+                }
+            }
+        })
     };
 
     let learner_task = tokio::spawn(
@@ -241,15 +312,17 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         .context("building the gRPC reflection service")?;
 
     let limit = cfg.max_request_bytes;
-    let router = RouterServer::new(RouterService::new(
-        rules.clone(),
+    let router = RouterServer::new(RouterService {
+        rules: rules.clone(),
         cache,
         counters,
-        budgets.clone(),
-        telemetry.clone(),
-        metrics.clone(),
+        budgets: budgets.clone(),
+        telemetry: telemetry.clone(),
+        metrics: metrics.clone(),
         learning,
-    ))
+        auth,
+        audit: audit.clone(),
+    })
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);
 
@@ -322,6 +395,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = watcher.await;
     let _ = sweeper.await;
+    let _ = keys_watcher.await;
     // The learning loop stores what it holds before it returns.
     let _ = learner_task.await;
     let _ = tokio::task::spawn_blocking(move || admin_thread.join()).await;

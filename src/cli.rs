@@ -292,6 +292,39 @@ async fn connect(server: &str) -> Result<tonic::transport::Channel, Connect> {
 }
 
 /// Where `switchyard report` reads from.
+/// Sends `authorization: Bearer <key>` on every call, when a key is given.
+#[derive(Clone)]
+pub struct BearerKey(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for BearerKey {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Client = crate::grpc::pb::router_client::RouterClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerKey>,
+>;
+
+/// A client that authenticates with `api_key`, if given.
+fn authorized(channel: tonic::transport::Channel, api_key: Option<&str>) -> Result<Client, String> {
+    let key = match api_key {
+        None => None,
+        Some(k) => Some(
+            format!("Bearer {k}")
+                .parse()
+                .map_err(|_| "the API key is not valid header text; pass the key as issued".to_string())?,
+        ),
+    };
+    Ok(crate::grpc::pb::router_client::RouterClient::with_interceptor(
+        channel,
+        BearerKey(key),
+    ))
+}
+
 pub enum ReportSource {
     StateDir(std::path::PathBuf),
     Redis(String, String),
@@ -305,6 +338,8 @@ pub struct ReportArgs {
     pub period: String,
     pub label: String,
     pub format: String,
+    /// With a server: an admin key.
+    pub api_key: Option<String>,
 }
 
 /// `switchyard report`. Returns the exit code: 0, 1 when the store cannot be
@@ -321,8 +356,8 @@ pub async fn report(a: ReportArgs) -> i32 {
         return 64;
     }
     if let ReportSource::Server(addr) = &a.source {
-        let mut client = match connect(addr).await {
-            Ok(ch) => crate::grpc::pb::router_client::RouterClient::new(ch),
+        let channel = match connect(addr).await {
+            Ok(ch) => ch,
             Err(Connect::BadAddress(why)) => {
                 eprintln!("{why}");
                 return 64;
@@ -330,6 +365,13 @@ pub async fn report(a: ReportArgs) -> i32 {
             Err(Connect::Unreachable(why)) => {
                 eprintln!("{why}");
                 return 1;
+            }
+        };
+        let mut client = match authorized(channel, a.api_key.as_deref()) {
+            Ok(c) => c,
+            Err(why) => {
+                eprintln!("{why}");
+                return 64;
             }
         };
         return match client
@@ -444,16 +486,13 @@ pub async fn escalations(server: &str, api_key: Option<&str>, cmd: EscalationCom
             return 1;
         }
     };
-    let key = api_key.map(|k| format!("Bearer {k}"));
-    let mut client = pb::router_client::RouterClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
-        if let Some(k) = &key {
-            let v = k
-                .parse()
-                .map_err(|_| tonic::Status::invalid_argument("the API key is not valid header text"))?;
-            req.metadata_mut().insert("authorization", v);
+    let mut client = match authorized(channel, api_key) {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!("{why}");
+            return 64;
         }
-        Ok(req)
-    });
+    };
     let shown = |e: &pb::Escalation| {
         format!(
             "{}  {:<9} {:<20} outcome={} caller={} amount={} model={} created={}{}",

@@ -49,6 +49,7 @@ pub enum Rejection {
     ContextTooSmall { needed: u64, window: u64 },
     OutputTooLong { needed: u64, max_output_tokens: u64 },
     BelowTier { tier: u8, required: u8 },
+    AboveMaxTier { tier: u8, max_tier: u8 },
     NotPinned,
 }
 
@@ -133,7 +134,7 @@ pub fn decide(
         }
         match rule.requirement {
             Requirement::Tier(t) => {
-                let mut asked = t.max(workflow.quality_floor);
+                let mut asked = t.max(workflow.quality_floor).min(workflow.max_tier);
                 let mut notes: Vec<String> = Vec::new();
                 let (mut learned, mut explored) = (false, false);
                 let available = available_tiers(table, workflow, est.class);
@@ -198,7 +199,7 @@ pub fn available_tiers(table: &RuleTable, workflow: &Workflow, class: usize) -> 
         .allowed
         .iter()
         .map(|&i| table.models[i].tiers[class])
-        .filter(|&t| t >= workflow.quality_floor)
+        .filter(|&t| t >= workflow.quality_floor && t <= workflow.max_tier)
         .collect();
     tiers.sort_unstable();
     tiers.dedup();
@@ -251,6 +252,12 @@ impl Ctx<'_> {
         let tier = model.tiers[est.class];
         if tier < required {
             return Err(Rejection::BelowTier { tier, required });
+        }
+        if tier > self.workflow.max_tier {
+            return Err(Rejection::AboveMaxTier {
+                tier,
+                max_tier: self.workflow.max_tier,
+            });
         }
         Ok(priced)
     }
@@ -306,7 +313,7 @@ fn pick(
                     Rejection::MissingCapabilities { .. } => 0,
                     Rejection::ContextTooSmall { .. } => 1,
                     Rejection::OutputTooLong { .. } => 2,
-                    Rejection::BelowTier { .. } => 3,
+                    Rejection::BelowTier { .. } | Rejection::AboveMaxTier { .. } => 3,
                     Rejection::NotAllowed | Rejection::NotPinned => 4,
                 };
                 rejections[slot] += 1;

@@ -22,6 +22,8 @@ pub enum Error {
     FailedPrecondition(String),
     /// The budget store cannot be reached: money fails closed.
     Unavailable(String),
+    /// The caller is known but not allowed this.
+    PermissionDenied(String),
 }
 
 impl fmt::Display for Error {
@@ -32,7 +34,8 @@ impl fmt::Display for Error {
             | Error::TooLarge(m)
             | Error::NotFound(m)
             | Error::FailedPrecondition(m)
-            | Error::Unavailable(m) => f.write_str(m),
+            | Error::Unavailable(m)
+            | Error::PermissionDenied(m) => f.write_str(m),
             Error::UnknownWorkflow { name, known } => {
                 let shown: Vec<&str> = known.iter().take(20).map(String::as_str).collect();
                 write!(

@@ -23,6 +23,8 @@
 
 pub mod admin;
 pub mod app;
+pub mod audit;
+pub mod auth;
 pub mod budget;
 pub mod cli;
 pub mod dashboard;

@@ -54,9 +54,19 @@ enum Command {
         /// The prefix of every Redis key, so that deployments can share one Redis.
         #[arg(long, env = "SWITCHYARD_REDIS_KEY_PREFIX", default_value = "sy")]
         redis_key_prefix: String,
-        /// The API keys file (not in this build yet).
+        /// The API keys file: [[keys]] with identity, sha256 and roles. Without it, only loopback
+        /// callers are accepted, as `local`.
         #[arg(long, env = "SWITCHYARD_API_KEYS")]
         api_keys: Option<PathBuf>,
+        /// Calls a second each caller identity may make (0: no limit).
+        #[arg(long, env = "SWITCHYARD_CALLER_RPS", default_value_t = 10_000)]
+        caller_rps: u32,
+        /// Calls above the rate a caller may make in a burst.
+        #[arg(long, env = "SWITCHYARD_CALLER_BURST", default_value_t = 10_000)]
+        caller_burst: u32,
+        /// Calls each caller identity may have in flight (0: no limit).
+        #[arg(long, env = "SWITCHYARD_CALLER_CONCURRENCY", default_value_t = 1024)]
+        caller_concurrency: u32,
         /// The largest request accepted, in bytes.
         #[arg(long, env = "SWITCHYARD_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]
         max_request_bytes: usize,
@@ -101,6 +111,9 @@ enum Command {
         /// Ask a running server (its gRPC address) instead of reading a store.
         #[arg(long)]
         server: Option<String>,
+        /// With --server: an admin API key, sent as `authorization: Bearer <key>`.
+        #[arg(long, env = "SWITCHYARD_API_KEY")]
+        api_key: Option<String>,
         /// The rules, for the workflows and their budgets.
         #[arg(long, default_value = "routing-rules")]
         rules: PathBuf,
@@ -113,6 +126,28 @@ enum Command {
         #[arg(long)]
         label: Option<String>,
         /// table or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// Read the audit log (audit.jsonl in the state folder), filtered.
+    Audit {
+        #[arg(long, env = "SWITCHYARD_STATE_DIR", default_value = "state")]
+        state_dir: PathBuf,
+        /// Only records of this identity.
+        #[arg(long)]
+        identity: Option<String>,
+        /// Only this action: route, report_usage, resolve_escalation, rules_reload, keys_reload, ...
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Only this result: ok, denied, unauthenticated, permission_denied, limited, ...
+        #[arg(long)]
+        result: Option<String>,
+        /// Only records at or after this RFC 3339 time (e.g. 2026-11-25T00:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// table or json (one JSON object a line).
         #[arg(long, default_value = "table")]
         format: String,
     },
@@ -247,6 +282,7 @@ fn main() -> ExitCode {
             redis_url,
             redis_key_prefix,
             server,
+            api_key,
             rules,
             workflow,
             period,
@@ -265,6 +301,7 @@ fn main() -> ExitCode {
                 period,
                 label: label.unwrap_or_default(),
                 format,
+                api_key,
             };
             match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => ExitCode::from(rt.block_on(cli::report(args)) as u8),
@@ -274,6 +311,35 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Audit {
+            state_dir,
+            identity,
+            action,
+            workflow,
+            result,
+            since,
+            format,
+        } => {
+            let Some(json) = json_format(&format) else {
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            let since = match since.map(|s| s.parse::<jiff::Timestamp>().map_err(|e| (s, e))) {
+                None => None,
+                Some(Ok(t)) => Some(t),
+                Some(Err((s, e))) => {
+                    eprintln!("--since `{s}` is not an RFC 3339 time such as 2026-11-25T00:00:00Z: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let filter = switchyard::audit::Filter {
+                identity,
+                action,
+                workflow,
+                result,
+                since,
+            };
+            ExitCode::from(switchyard::audit::command(&state_dir, &filter, json) as u8)
+        }
         Command::Replay {
             rules,
             data,
@@ -282,13 +348,8 @@ fn main() -> ExitCode {
             format,
             seed,
         } => {
-            let json = match format.as_str() {
-                "json" => true,
-                "table" => false,
-                other => {
-                    eprintln!("--format `{other}` is not table or json");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
+            let Some(json) = json_format(&format) else {
+                return ExitCode::from(EXIT_CONFIG);
             };
             ExitCode::from(switchyard::replay::replay(switchyard::replay::ReplayArgs {
                 rules,
@@ -335,6 +396,9 @@ fn main() -> ExitCode {
             redis_timeout_ms,
             redis_key_prefix,
             api_keys,
+            caller_rps,
+            caller_burst,
+            caller_concurrency,
             max_request_bytes,
             context_cache_mib,
             context_cache_ttl_s,
@@ -351,12 +415,6 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(json);
-            if api_keys.is_some() {
-                eprintln!(
-                    "--api-keys is not supported by this build yet (API keys are on the roadmap); start without it"
-                );
-                return ExitCode::from(EXIT_CONFIG);
-            }
             let redis = match redis_settings(redis_url, redis_fail_open_usd, redis_timeout_ms, redis_key_prefix) {
                 Ok(r) => r,
                 Err(why) => {
@@ -369,6 +427,12 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             }
             let cfg = ServeConfig {
+                api_keys,
+                limits: switchyard::auth::Limits {
+                    rate_per_s: caller_rps,
+                    burst: caller_burst,
+                    concurrency: caller_concurrency,
+                },
                 rules,
                 listen,
                 admin_listen,
@@ -400,6 +464,19 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `--format`: `Some(true)` for json, `Some(false)` for table, `None` (said
+/// on stderr) for anything else.
+fn json_format(format: &str) -> Option<bool> {
+    match format {
+        "json" => Some(true),
+        "table" => Some(false),
+        other => {
+            eprintln!("--format `{other}` is not table or json");
+            None
         }
     }
 }

@@ -377,7 +377,8 @@ async fn soft_threshold_then_escalation(args: &[&str]) {
         .into_inner();
     assert_eq!(
         (resolved.state.as_str(), resolved.resolved_by.as_str()),
-        ("approved", "admin")
+        ("approved", "local"),
+        "resolved by the caller's identity (loopback without keys: `local`)"
     );
     assert!(!resolved.resolved_at.is_empty());
     let b = budget(&mut c, "budget-demo").await;
@@ -516,7 +517,7 @@ async fn the_escalations_cli_lists_approves_and_denies() {
     let denied = c.route(call("race", "case-1")).await.expect("route").into_inner();
     assert_eq!(denied.status, pb::RouteStatus::Denied as i32);
     assert!(
-        denied.reason.contains("was denied by admin: not this month"),
+        denied.reason.contains("was denied by local: not this month"),
         "{}",
         denied.reason
     );
@@ -526,6 +527,38 @@ async fn the_escalations_cli_lists_approves_and_denies() {
     assert!(err.contains("already denied"), "{err}");
     let (ok, _, err) = cli(&["approve", "esc-nope", "--add-usd", "1"]);
     assert!(!ok && err.contains("NotFound"), "{err}");
+
+    // Each step is in the audit log: the escalation, its denial, the refused approvals.
+    // (The writer syncs in the background: wait for the last refusal.)
+    let read = || {
+        let out = std::process::Command::new(BIN)
+            .args(["audit", "--format", "json", "--state-dir"])
+            .arg(server.state.path())
+            .output()
+            .expect("audit");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("record"))
+            .collect::<Vec<serde_json::Value>>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut records = read();
+    while records.iter().filter(|r| r["result"] == "failed").count() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        records = read();
+    }
+    let find = |action: &str, result: &str| {
+        records
+            .iter()
+            .filter(|r| r["action"] == action && r["result"] == result)
+            .count()
+    };
+    assert!(find("route", "escalation_required") >= 1, "{records:#?}");
+    assert_eq!(find("resolve_escalation", "denied"), 1);
+    assert_eq!(find("resolve_escalation", "failed"), 2);
+    assert!(records
+        .iter()
+        .any(|r| r["action"] == "resolve_escalation" && r["target"] == esc.escalation_id.as_str()));
 }
 
 #[tokio::test]

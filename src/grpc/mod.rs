@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::audit::{Audit, Record as AuditRecord};
+use crate::auth::{Admitted, Auth, Identity, Refusal};
 use crate::budget::{period_scope, Admission, Budgets, Call, Escalation, ScopeState, Settled, StoreError, Usage};
 use crate::error::{truncate, Error};
 use crate::estimate::cache::ContextCache;
@@ -16,7 +18,7 @@ use crate::learn::online::{Online, Routed};
 use crate::metrics::Metrics;
 use crate::route::{find_workflow, plan, record_routed, LearnWith, Planned, RawRoute, RouteCall};
 use crate::rules::reload::Rules;
-use crate::rules::RuleTable;
+use crate::rules::{RuleTable, Workflow};
 use crate::telemetry::{attr, CallAttrs, RpcSpan, Telemetry};
 use opentelemetry::KeyValue;
 
@@ -47,6 +49,7 @@ impl From<Error> for Status {
             Error::NotFound(_) => Status::not_found(msg),
             Error::FailedPrecondition(_) => Status::failed_precondition(msg),
             Error::Unavailable(_) => Status::unavailable(msg),
+            Error::PermissionDenied(_) => Status::permission_denied(msg),
         }
     }
 }
@@ -58,43 +61,80 @@ pub struct RouteCounters {
     pub rejected: AtomicU64,
 }
 
-/// The `switchyard.v1.Router` service.
+/// The `switchyard.v1.Router` service: everything a call reads, shared.
 #[derive(Clone)]
 pub struct RouterService {
-    rules: Arc<Rules>,
-    cache: Arc<ContextCache>,
-    counters: Arc<RouteCounters>,
-    budgets: Arc<Budgets>,
-    telemetry: Arc<Telemetry>,
-    metrics: Arc<Metrics>,
-    learning: Arc<Online>,
+    pub rules: Arc<Rules>,
+    pub cache: Arc<ContextCache>,
+    pub counters: Arc<RouteCounters>,
+    pub budgets: Arc<Budgets>,
+    pub telemetry: Arc<Telemetry>,
+    pub metrics: Arc<Metrics>,
+    pub learning: Arc<Online>,
+    pub auth: Arc<Auth>,
+    pub audit: Arc<Audit>,
 }
 
 impl RouterService {
-    pub fn new(
-        rules: Arc<Rules>,
-        cache: Arc<ContextCache>,
-        counters: Arc<RouteCounters>,
-        budgets: Arc<Budgets>,
-        telemetry: Arc<Telemetry>,
-        metrics: Arc<Metrics>,
-        learning: Arc<Online>,
-    ) -> Self {
-        RouterService {
-            rules,
-            cache,
-            counters,
-            budgets,
-            telemetry,
-            metrics,
-            learning,
+    /// Who is calling, within their limits; a refusal is audited.
+    fn admit<T>(&self, request: &Request<T>, action: &str) -> Result<Admitted, Status> {
+        self.auth
+            .admit(request.metadata(), request.remote_addr())
+            .map_err(|(who, refusal)| {
+                let name = who.map_or_else(|| "-".to_string(), |w| w.name.to_string());
+                let (result, status) = match &refusal {
+                    Refusal::Unauthenticated(m) => ("unauthenticated", Status::unauthenticated(m.clone())),
+                    Refusal::Forbidden(m) => ("permission_denied", Status::permission_denied(m.clone())),
+                    Refusal::Limited(m) => ("limited", Status::resource_exhausted(m.clone())),
+                };
+                self.audit
+                    .record(AuditRecord::new(&name, action, "", "", result, refusal.message()));
+                status
+            })
+    }
+
+    /// A caller RPC on `workflow`: the identity needs the caller role and the
+    /// workflow's permission.
+    fn may_call(&self, who: &Identity, workflow: &Workflow, action: &str, target: &str) -> Result<(), Error> {
+        let why = if !who.caller {
+            format!("`{}` has no caller role; give its key the role \"caller\"", who.name)
+        } else if !workflow.allowed_callers.is_empty() && !workflow.allowed_callers.iter().any(|c| **c == *who.name) {
+            format!(
+                "`{}` may not call workflow `{}`; add it to the workflow's allowed_callers",
+                who.name, workflow.name
+            )
+        } else {
+            return Ok(());
+        };
+        self.audit.record(AuditRecord::new(
+            &who.name,
+            action,
+            &workflow.name,
+            target,
+            "permission_denied",
+            &why,
+        ));
+        Err(Error::PermissionDenied(why))
+    }
+
+    /// An admin RPC: the identity needs the admin role. Every admin action is
+    /// audited; a refused one here, a done one by its handler.
+    fn must_admin(&self, who: &Identity, action: &str, target: &str) -> Result<(), Status> {
+        if who.admin {
+            return Ok(());
         }
+        let why = format!("`{}` has no admin role; {action} needs an admin key", who.name);
+        self.audit.record(AuditRecord::new(
+            &who.name,
+            action,
+            "",
+            target,
+            "permission_denied",
+            &why,
+        ));
+        Err(Status::permission_denied(why))
     }
 }
-
-/// The caller's identity. Until API keys land, every caller of the pod-local
-/// sidecar is `local`.
-const LOCAL_CALLER: &str = "local";
 
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Error {
@@ -142,12 +182,18 @@ fn plan_one(
 }
 
 impl RouterService {
-    async fn route_inner(&self, req: pb::RouteRequest, span: &mut RpcSpan) -> Result<pb::RouteResponse, Error> {
+    async fn route_inner(
+        &self,
+        who: &Identity,
+        req: pb::RouteRequest,
+        span: &mut RpcSpan,
+    ) -> Result<pb::RouteResponse, Error> {
         let table = self.rules.current();
         let now = jiff::Timestamp::now();
         // Validate first, so that a bad request costs no store round trip.
         let call = parse_call(&req)?;
         let workflow = find_workflow(&table, call.workflow)?;
+        self.may_call(who, workflow, "route", &req.outcome_id)?;
         let downgrade = self.budgets.past_soft_threshold(workflow, now).await?;
         let content: usize = call.messages.iter().map(|m| m.content.len()).sum();
         let retry = call.input.attempt > 1;
@@ -181,7 +227,7 @@ impl RouterService {
                     model: &model.name,
                     deferrable: req.deferrable,
                     cost_nanos: d.cost_nanos,
-                    caller: LOCAL_CALLER,
+                    caller: &who.name,
                     downgraded: d.downgraded_from.is_some(),
                 },
                 now,
@@ -208,15 +254,35 @@ impl RouterService {
                 };
                 (status, String::new(), d.reason.clone())
             }
-            Admission::Escalate(e) => (
-                pb::RouteStatus::EscalationRequired,
-                e.id.clone(),
-                format!(
-                    "{}; escalation {} waits for approval (switchyard escalations approve {} --add-usd N)",
-                    e.reason, e.id, e.id
-                ),
-            ),
-            Admission::Denied(why) => (pb::RouteStatus::Denied, String::new(), why),
+            Admission::Escalate(e) => {
+                self.audit.record(AuditRecord::new(
+                    &who.name,
+                    "route",
+                    &workflow.name,
+                    &e.id,
+                    "escalation_required",
+                    &e.reason,
+                ));
+                (
+                    pb::RouteStatus::EscalationRequired,
+                    e.id.clone(),
+                    format!(
+                        "{}; escalation {} waits for approval (switchyard escalations approve {} --add-usd N)",
+                        e.reason, e.id, e.id
+                    ),
+                )
+            }
+            Admission::Denied(why) => {
+                self.audit.record(AuditRecord::new(
+                    &who.name,
+                    "route",
+                    &workflow.name,
+                    &req.outcome_id,
+                    "denied",
+                    &why,
+                ));
+                (pb::RouteStatus::Denied, String::new(), why)
+            }
         };
         let status_name = match status {
             pb::RouteStatus::Routed => "routed",
@@ -291,9 +357,17 @@ impl RouterService {
         })
     }
 
-    async fn report_usage_inner(&self, u: pb::UsageReport, span: &mut RpcSpan) -> Result<pb::UsageAck, Error> {
+    async fn report_usage_inner(
+        &self,
+        who: &Identity,
+        u: pb::UsageReport,
+        span: &mut RpcSpan,
+    ) -> Result<pb::UsageAck, Error> {
         let record = self.decision(&u.decision_id).await?;
         let table = self.rules.current();
+        if let Some(wf) = table.workflow(&record.workflow) {
+            self.may_call(who, wf, "report_usage", &u.decision_id)?;
+        }
         let model_name = if u.model.is_empty() {
             record.model.as_str()
         } else {
@@ -373,7 +447,12 @@ impl RouterService {
         Ok(pb::UsageAck { cost_nanousd })
     }
 
-    async fn record_outcome_inner(&self, o: pb::OutcomeReport, span: &mut RpcSpan) -> Result<pb::OutcomeAck, Error> {
+    async fn record_outcome_inner(
+        &self,
+        who: &Identity,
+        o: pb::OutcomeReport,
+        span: &mut RpcSpan,
+    ) -> Result<pb::OutcomeAck, Error> {
         use crate::ledger::OutcomeStatus;
         if o.outcome_id.is_empty() || o.outcome_id.len() > 256 || o.outcome_id.chars().any(char::is_control) {
             return Err(Error::InvalidArgument(
@@ -382,6 +461,7 @@ impl RouterService {
         }
         let table = self.rules.current();
         let workflow = find_workflow(&table, &o.workflow)?;
+        self.may_call(who, workflow, "record_outcome", &o.outcome_id)?;
         let status = match pb::OutcomeStatus::try_from(o.status) {
             Ok(pb::OutcomeStatus::Accepted) => OutcomeStatus::Accepted,
             Ok(pb::OutcomeStatus::Rejected) => OutcomeStatus::Rejected,
@@ -420,8 +500,16 @@ impl RouterService {
         Ok(pb::OutcomeAck {})
     }
 
-    async fn record_feedback_inner(&self, f: pb::FeedbackReport, span: &mut RpcSpan) -> Result<pb::FeedbackAck, Error> {
+    async fn record_feedback_inner(
+        &self,
+        who: &Identity,
+        f: pb::FeedbackReport,
+        span: &mut RpcSpan,
+    ) -> Result<pb::FeedbackAck, Error> {
         let record = self.decision(&f.decision_id).await?;
+        if let Some(wf) = self.rules.current().workflow(&record.workflow) {
+            self.may_call(who, wf, "record_feedback", &f.decision_id)?;
+        }
         let event = crate::ledger::FeedbackEvent {
             workflow: record.workflow,
             decision_id: f.decision_id,
@@ -440,9 +528,10 @@ impl RouterService {
         Ok(pb::FeedbackAck {})
     }
 
-    async fn get_budget_inner(&self, r: pb::GetBudgetRequest) -> Result<pb::BudgetStatus, Error> {
+    async fn get_budget_inner(&self, who: &Identity, r: pb::GetBudgetRequest) -> Result<pb::BudgetStatus, Error> {
         let table = self.rules.current();
         let workflow = find_workflow(&table, &r.workflow)?;
+        self.may_call(who, workflow, "get_budget", "")?;
         let Some(b) = &workflow.budget else {
             return Err(Error::FailedPrecondition(format!(
                 "workflow `{}` has no budget; add a [workflows.budget] table to enforce and report one",
@@ -527,12 +616,23 @@ impl Router for RouterService {
         } else {
             crate::telemetry::incoming_traceparent(request.metadata())
         };
-        let result = self.route_inner(request.into_inner(), &mut span).await.map(|mut r| {
-            if r.traceparent.is_empty() {
-                r.traceparent = echo;
+        let admitted = match self.admit(&request, "route") {
+            Ok(a) => a,
+            Err(status) => {
+                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                return traced(span, Err(status));
             }
-            r
-        });
+        };
+        let who = &admitted.identity;
+        let result = self
+            .route_inner(who, request.into_inner(), &mut span)
+            .await
+            .map(|mut r| {
+                if r.traceparent.is_empty() {
+                    r.traceparent = echo;
+                }
+                r
+            });
         self.metrics.route_latency.observe(started.elapsed());
         traced(span, respond(Some(&self.counters), result))
     }
@@ -540,24 +640,47 @@ impl Router for RouterService {
     async fn report_usage(&self, request: Request<pb::UsageReport>) -> Result<Response<pb::UsageAck>, Status> {
         let links = self.telemetry.route_link(&request.get_ref().decision_id);
         let mut span = self.telemetry.start("ReportUsage", request.metadata(), links);
-        let result = self.report_usage_inner(request.into_inner(), &mut span).await;
+        let admitted = match self.admit(&request, "report_usage") {
+            Ok(a) => a,
+            Err(status) => return traced(span, Err(status)),
+        };
+        let result = self
+            .report_usage_inner(&admitted.identity, request.into_inner(), &mut span)
+            .await;
         traced(span, respond(None, result))
     }
 
     async fn record_outcome(&self, request: Request<pb::OutcomeReport>) -> Result<Response<pb::OutcomeAck>, Status> {
         let mut span = self.telemetry.start("RecordOutcome", request.metadata(), Vec::new());
-        let result = self.record_outcome_inner(request.into_inner(), &mut span).await;
+        let admitted = match self.admit(&request, "record_outcome") {
+            Ok(a) => a,
+            Err(status) => return traced(span, Err(status)),
+        };
+        let result = self
+            .record_outcome_inner(&admitted.identity, request.into_inner(), &mut span)
+            .await;
         traced(span, respond(None, result))
     }
 
     async fn record_feedback(&self, request: Request<pb::FeedbackReport>) -> Result<Response<pb::FeedbackAck>, Status> {
         let mut span = self.telemetry.start("RecordFeedback", request.metadata(), Vec::new());
-        let result = self.record_feedback_inner(request.into_inner(), &mut span).await;
+        let admitted = match self.admit(&request, "record_feedback") {
+            Ok(a) => a,
+            Err(status) => return traced(span, Err(status)),
+        };
+        let result = self
+            .record_feedback_inner(&admitted.identity, request.into_inner(), &mut span)
+            .await;
         traced(span, respond(None, result))
     }
 
     async fn get_report(&self, request: Request<pb::ReportRequest>) -> Result<Response<pb::ReportResponse>, Status> {
+        let admitted = self.admit(&request, "get_report")?;
+        let who = &admitted.identity;
+        self.must_admin(who, "get_report", "")?;
         let r = request.into_inner();
+        self.audit
+            .record(AuditRecord::new(&who.name, "get_report", &r.workflow, "", "ok", ""));
         let result = async {
             let table = self.rules.current();
             let workflow = if r.workflow.is_empty() {
@@ -580,7 +703,11 @@ impl Router for RouterService {
     }
 
     async fn get_budget(&self, request: Request<pb::GetBudgetRequest>) -> Result<Response<pb::BudgetStatus>, Status> {
-        respond(None, self.get_budget_inner(request.into_inner()).await)
+        let admitted = self.admit(&request, "get_budget")?;
+        respond(
+            None,
+            self.get_budget_inner(&admitted.identity, request.into_inner()).await,
+        )
     }
 
     async fn list_escalations(
@@ -588,7 +715,23 @@ impl Router for RouterService {
         request: Request<pb::ListEscalationsRequest>,
     ) -> Result<Response<pb::ListEscalationsResponse>, Status> {
         let mut span = self.telemetry.start("ListEscalations", request.metadata(), Vec::new());
+        let admitted = match self.admit(&request, "list_escalations") {
+            Ok(a) => a,
+            Err(status) => return traced(span, Err(status)),
+        };
+        let who = &admitted.identity;
+        if let Err(status) = self.must_admin(who, "list_escalations", "") {
+            return traced(span, Err(status));
+        }
         let r = request.into_inner();
+        self.audit.record(AuditRecord::new(
+            &who.name,
+            "list_escalations",
+            &r.workflow,
+            "",
+            "ok",
+            "",
+        ));
         if !r.workflow.is_empty() {
             span.set([KeyValue::new(attr::WORKFLOW, r.workflow.clone())]);
         }
@@ -612,6 +755,14 @@ impl Router for RouterService {
         let mut span = self
             .telemetry
             .start("ResolveEscalation", request.metadata(), Vec::new());
+        let admitted = match self.admit(&request, "resolve_escalation") {
+            Ok(a) => a,
+            Err(status) => return traced(span, Err(status)),
+        };
+        let who = &admitted.identity;
+        if let Err(status) = self.must_admin(who, "resolve_escalation", &request.get_ref().escalation_id) {
+            return traced(span, Err(status));
+        }
         let r = request.into_inner();
         span.set([KeyValue::new(attr::ESCALATION_ID, r.escalation_id.clone())]);
         if r.escalation_id.is_empty() {
@@ -633,13 +784,35 @@ impl Router for RouterService {
                 &r.escalation_id,
                 r.approve,
                 r.add_nanousd,
-                "admin",
+                &who.name,
                 &r.reason,
                 crate::budget::now_ms(),
             )
             .await
             .map_err(Error::from)
+            .inspect_err(|e| {
+                self.audit.record(AuditRecord::new(
+                    &who.name,
+                    "resolve_escalation",
+                    "",
+                    &r.escalation_id,
+                    "failed",
+                    &e.to_string(),
+                ))
+            })
             .map(|e| {
+                self.audit.record(AuditRecord::new(
+                    &who.name,
+                    "resolve_escalation",
+                    &e.workflow,
+                    &e.id,
+                    &e.state,
+                    &if r.approve {
+                        format!("added {}; {}", crate::money::format_usd(r.add_nanousd), r.reason)
+                    } else {
+                        r.reason.clone()
+                    },
+                ));
                 self.budgets.refresh_view();
                 tracing::info!(escalation = %e.id, state = %e.state, added = e.added_nanos, "escalation resolved");
                 span.set([

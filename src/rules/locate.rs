@@ -45,6 +45,19 @@ pub enum Seg<'a> {
     Index(usize),
 }
 
+/// 1-based (line, column) of a byte offset in `text`.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = text[line_start..offset].chars().count() + 1;
+    (line, column)
+}
+
 /// The text of one rules file and its spanned parse tree.
 pub struct Source {
     pub path: PathBuf,
@@ -54,12 +67,7 @@ pub struct Source {
 impl Source {
     /// 1-based (line, column) of a byte offset.
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
-        let offset = offset.min(self.text.len());
-        let before = &self.text[..offset];
-        let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        let column = self.text[line_start..offset].chars().count() + 1;
-        (line, column)
+        line_col(&self.text, offset)
     }
 
     /// Locates `path` in the file: the value's span if it exists, otherwise the

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use locate::Diagnostic;
+pub use locate::{line_col, Diagnostic};
 use locate::{read_source, Seg, Source};
 use schema::{RawFile, RawModel, RawRule, RawTaskKind, RawWorkflow};
 
@@ -125,6 +125,9 @@ pub struct Model {
     pub prefix_cache_ttl: Option<Duration>,
     /// The shortest prefix, in billed tokens, the provider serves from cache.
     pub prefix_cache_min_tokens: u64,
+    pub data_processing_agreement: bool,
+    /// Empty when not given.
+    pub region: String,
 }
 
 impl Model {
@@ -161,8 +164,13 @@ pub struct Workflow {
     pub owner: String,
     pub default_task_kind: String,
     pub quality_floor: u8,
-    /// Indexes into `RuleTable::models` that this workflow may use.
+    /// The highest tier it may be routed to.
+    pub max_tier: u8,
+    /// Indexes into `RuleTable::models` that this workflow may use: its
+    /// allow-lists, data processing agreement and region requirements met.
     pub allowed: Vec<usize>,
+    /// Identities that may call it; empty: any caller.
+    pub allowed_callers: Vec<String>,
     pub outcome_unit: String,
     /// Encodings used by the allowed models: only these are counted.
     pub encodings: Vec<Encoding>,
@@ -691,6 +699,8 @@ impl Validator<'_> {
                 tiers,
                 prefix_cache_ttl: (m.prefix_cache_ttl_s > 0).then(|| Duration::from_secs(m.prefix_cache_ttl_s)),
                 prefix_cache_min_tokens: m.prefix_cache_min_tokens.unwrap_or(DEFAULT_PREFIX_CACHE_MIN_TOKENS),
+                data_processing_agreement: m.data_processing_agreement,
+                region: m.region.clone().unwrap_or_default(),
             });
         }
         out
@@ -805,11 +815,42 @@ impl Validator<'_> {
                     );
                 }
             }
+            let max_tier = w.max_tier.unwrap_or(MAX_TIER as i64);
+            if !(1..=MAX_TIER as i64).contains(&max_tier) || max_tier < floor {
+                self.error(
+                    o,
+                    "workflows",
+                    &["max_tier"],
+                    format!("max_tier {max_tier} must be from quality_floor ({floor}) to {MAX_TIER}"),
+                );
+            }
+            for r in &w.allowed_regions {
+                if !models.iter().any(|m| &m.region == r) {
+                    self.error(
+                        o,
+                        "workflows",
+                        &["allowed_regions"],
+                        format!("no model in [[models]] has region `{r}`"),
+                    );
+                }
+            }
+            for c in &w.allowed_callers {
+                if c.is_empty() || c.chars().any(char::is_control) {
+                    self.error(
+                        o,
+                        "workflows",
+                        &["allowed_callers"],
+                        "a caller identity must be printable, non-empty text",
+                    );
+                }
+            }
             let allowed: Vec<usize> = models
                 .iter()
                 .enumerate()
                 .filter(|(_, m)| w.allowed_models.is_empty() || w.allowed_models.contains(&m.name))
                 .filter(|(_, m)| w.allowed_providers.is_empty() || w.allowed_providers.contains(&m.provider))
+                .filter(|(_, m)| !w.require_data_processing_agreement || m.data_processing_agreement)
+                .filter(|(_, m)| w.allowed_regions.is_empty() || w.allowed_regions.contains(&m.region))
                 .map(|(i, _)| i)
                 .collect();
             if allowed.is_empty() && !models.is_empty() {
@@ -817,7 +858,7 @@ impl Validator<'_> {
                     o,
                     "workflows",
                     &["allowed_models"],
-                    "no model is allowed by both allowed_models and allowed_providers; the workflow could never route",
+                    "no model meets allowed_models, allowed_providers, require_data_processing_agreement and allowed_regions together; the workflow could never route",
                 );
             }
             let mut encodings: Vec<Encoding> = allowed.iter().map(|&i| models[i].encoding).collect();
@@ -833,7 +874,9 @@ impl Validator<'_> {
                 owner: w.owner.clone().unwrap_or_default(),
                 default_task_kind: w.default_task_kind.clone().unwrap_or_else(|| GENERAL_CLASS.to_string()),
                 quality_floor: floor.clamp(1, MAX_TIER as i64) as u8,
+                max_tier: max_tier.clamp(1, MAX_TIER as i64) as u8,
                 allowed,
+                allowed_callers: w.allowed_callers.clone(),
                 outcome_unit: w.outcome_unit.clone().unwrap_or_else(|| "outcome".to_string()),
                 encodings,
             });

@@ -49,7 +49,12 @@ pub struct Rules {
     pub reloads_failed: AtomicU64,
     /// Content hash of the last broken files, so a broken file is reported once.
     last_failed_hash: AtomicU64,
+    /// Told of every reload: whether it took, and the files' SHA-256 or the error.
+    on_reload: std::sync::OnceLock<ReloadHook>,
 }
+
+/// Called after each reload attempt with `Ok(sha256 of the files)` or `Err(why)`.
+pub type ReloadHook = Box<dyn Fn(Result<&str, &str>) + Send + Sync>;
 
 impl Rules {
     /// Loads the table for the first time. A failure here is fatal to `serve`.
@@ -65,6 +70,7 @@ impl Rules {
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             last_failed_hash: AtomicU64::new(0),
+            on_reload: std::sync::OnceLock::new(),
         })
     }
 
@@ -75,6 +81,17 @@ impl Rules {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Sets the function told of every reload (once; later calls are ignored).
+    pub fn on_reload(&self, hook: ReloadHook) {
+        let _ = self.on_reload.set(hook);
+    }
+
+    fn tell(&self, r: Result<&str, &str>) {
+        if let Some(h) = self.on_reload.get() {
+            h(r);
+        }
     }
 
     pub fn status(&self) -> ReloadStatus {
@@ -103,6 +120,7 @@ impl Rules {
                 );
                 self.current.store(Arc::new(table));
                 self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                self.tell(Ok(&files_sha256(&self.path).unwrap_or_default()));
                 self.last_failed_hash.store(0, Ordering::Relaxed);
                 let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
                 *s = ReloadStatus {
@@ -120,6 +138,7 @@ impl Rules {
                 );
                 self.reloads_failed.fetch_add(1, Ordering::Relaxed);
                 self.last_failed_hash.store(hash, Ordering::Relaxed);
+                self.tell(Err(&e.to_string()));
                 let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
                 s.failing = true;
                 s.last_error = Some(e.to_string());
@@ -171,6 +190,17 @@ impl Rules {
 }
 
 /// A hash of every rules file's path and bytes, or `None` if any cannot be read.
+/// The SHA-256 of the rules files' bytes, in load order, for the audit log.
+pub fn files_sha256(path: &Path) -> Option<String> {
+    let mut all = Vec::new();
+    for f in rule_files(path).ok()? {
+        all.extend_from_slice(f.to_string_lossy().as_bytes());
+        all.push(0);
+        all.extend_from_slice(&std::fs::read(&f).ok()?);
+    }
+    Some(crate::auth::sha256_hex(&all))
+}
+
 fn files_hash(path: &Path) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let files = rule_files(path).ok()?;

@@ -57,6 +57,11 @@ pub struct RawModel {
     pub prefix_cache_ttl_s: u64,
     /// The shortest prefix the provider caches (OpenAI and Anthropic: 1024).
     pub prefix_cache_min_tokens: Option<u64>,
+    /// A data processing agreement covers this provider's use of the data.
+    #[serde(default)]
+    pub data_processing_agreement: bool,
+    /// Where the provider processes the data, e.g. "eu", "us".
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,6 +77,17 @@ pub struct RawWorkflow {
     pub allowed_models: Vec<String>,
     #[serde(default)]
     pub allowed_providers: Vec<String>,
+    /// Identities (from the API keys file) that may call this workflow; empty: any caller.
+    #[serde(default)]
+    pub allowed_callers: Vec<String>,
+    /// Only models whose provider has a data processing agreement.
+    #[serde(default)]
+    pub require_data_processing_agreement: bool,
+    /// Only models processing data in these regions; empty: any.
+    #[serde(default)]
+    pub allowed_regions: Vec<String>,
+    /// The highest tier this workflow may be routed to.
+    pub max_tier: Option<i64>,
     /// What one outcome is, for people: "resolved ticket", "merged PR".
     pub outcome_unit: Option<String>,
     /// The workflow's spending limits.
