@@ -31,6 +31,8 @@ pub mod dashboard;
 pub mod decide;
 pub mod error;
 pub mod estimate;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod grpc;
 pub mod learn;
 pub mod ledger;

@@ -147,7 +147,7 @@ impl From<StoreError> for Error {
 }
 
 /// Validates a decoded request's fields.
-fn parse_call(req: &pb::RouteRequest) -> Result<RouteCall<'_>, Error> {
+pub fn parse_call(req: &pb::RouteRequest) -> Result<RouteCall<'_>, Error> {
     RouteCall::parse(RawRoute {
         workflow: &req.workflow,
         outcome_id: &req.outcome_id,
