@@ -38,6 +38,7 @@ pub mod learn;
 pub mod ledger;
 pub mod metrics;
 pub mod money;
+pub mod prices;
 pub mod replay;
 pub mod report;
 pub mod route;

@@ -26,6 +26,25 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum PricesAction {
+    /// Update the prices and limits of the models a rules file names from LiteLLM's
+    /// model_prices_and_context_window.json; prints a diff and keeps comments and layout.
+    Import {
+        /// The price map (in the `litellm` PyPI package: litellm/model_prices_and_context_window_backup.json).
+        file: PathBuf,
+        /// The rules file whose [[models]] to update.
+        #[arg(long, default_value = "routing-rules/default.toml")]
+        rules: PathBuf,
+        /// Write the result here instead of in place.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print the diff only.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Start the sidecar: gRPC on --listen, health/metrics on --admin-listen.
     Serve {
@@ -128,6 +147,11 @@ enum Command {
         /// table or json.
         #[arg(long, default_value = "table")]
         format: String,
+    },
+    /// Keep model prices current from LiteLLM's public price map.
+    Prices {
+        #[command(subcommand)]
+        action: PricesAction,
     },
     /// Read the audit log (audit.jsonl in the state folder), filtered.
     Audit {
@@ -311,6 +335,20 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Prices {
+            action:
+                PricesAction::Import {
+                    file,
+                    rules,
+                    out,
+                    dry_run,
+                },
+        } => ExitCode::from(switchyard::prices::import(&switchyard::prices::ImportArgs {
+            map: file,
+            rules,
+            out,
+            dry_run,
+        }) as u8),
         Command::Audit {
             state_dir,
             identity,

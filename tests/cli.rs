@@ -218,3 +218,47 @@ fn replay_reports_every_policy_deterministically_with_progress() {
         assert!(first.get(key).is_some(), "{key} in {first}");
     }
 }
+
+#[test]
+fn prices_import_prints_the_diff_and_writes_only_prices() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = dir.path().join("rules.toml");
+    let original = std::fs::read_to_string(repo_path("routing-rules/default.toml"))
+        .expect("default rules")
+        .replace("input_per_mtok = 1.25\n", "input_per_mtok = 1.5  # stale\n");
+    std::fs::write(&rules, &original).expect("write");
+    let fixture = repo_path("tests/fixtures/litellm-prices-excerpt.json");
+    let run = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["prices", "import"])
+            .arg(&fixture)
+            .arg("--rules")
+            .arg(&rules)
+            .args(extra)
+            .output()
+            .expect("run prices import")
+    };
+    let dry = run(&["--dry-run"]);
+    assert!(dry.status.success(), "{}", String::from_utf8_lossy(&dry.stderr));
+    let out = String::from_utf8_lossy(&dry.stdout);
+    assert!(out.contains("gpt-5: input_per_mtok 1.5 -> 1.25"), "{out}");
+    assert!(String::from_utf8_lossy(&dry.stderr).contains("gemini-2.5-pro: not in the price map"));
+    assert_eq!(
+        std::fs::read_to_string(&rules).expect("read"),
+        original,
+        "--dry-run writes nothing"
+    );
+
+    let wrote = run(&[]);
+    assert!(wrote.status.success(), "{}", String::from_utf8_lossy(&wrote.stderr));
+    let after = std::fs::read_to_string(&rules).expect("read");
+    assert!(after.contains("input_per_mtok = 1.25  # stale"), "the comment stays");
+    let changed: Vec<(&str, &str)> = original.lines().zip(after.lines()).filter(|(a, b)| a != b).collect();
+    assert_eq!(changed.len(), 1, "only the stale price changed: {changed:?}");
+    let check = Command::new(BIN)
+        .args(["check", "--rules"])
+        .arg(&rules)
+        .output()
+        .expect("check");
+    assert!(check.status.success());
+}

@@ -329,9 +329,21 @@ async fn metrics_parse_as_prometheus_text_with_the_promised_series() {
     })
     .await
     .expect("usage");
+    c.record_outcome(pb::OutcomeReport {
+        outcome_id: "o-1".into(),
+        workflow: "budget-demo".into(),
+        status: pb::OutcomeStatus::Accepted as i32,
+        ..Default::default()
+    })
+    .await
+    .expect("outcome");
     let (code, text) = server.admin_get("/metrics");
     assert_eq!(code, 200);
     let m = parse_prometheus(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(
+        m["switchyard_outcomes_total{workflow=\"budget-demo\",status=\"accepted\"}"],
+        1.0
+    );
     let labels = format!("workflow=\"budget-demo\",model=\"{}\"", r.model);
     assert_eq!(
         m[&format!("switchyard_decisions_total{{{labels},status=\"routed\"}}")],
@@ -355,4 +367,29 @@ async fn metrics_parse_as_prometheus_text_with_the_promised_series() {
     assert_eq!(m["switchyard_rules_reload_failing"], 0.0);
     // Outcome IDs are never labels.
     assert!(!text.contains("o-1"), "{text}");
+
+    // Every series the shipped Grafana dashboard queries is one the server serves.
+    let served: std::collections::HashSet<&str> = m
+        .keys()
+        .map(|k| k.split('{').next().unwrap_or(k))
+        .map(|n| n.trim_end_matches("_bucket"))
+        .collect();
+    let dashboard = std::fs::read_to_string(repo_path("deploy/grafana/switchyard.json")).expect("dashboard");
+    let mut queried = 0;
+    for (i, _) in dashboard.match_indices("switchyard_") {
+        let name: String = dashboard[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let name = name.trim_end_matches("_bucket");
+        if name == "switchyard_" {
+            continue;
+        }
+        queried += 1;
+        assert!(
+            served.contains(name),
+            "the dashboard queries {name}, which /metrics does not serve"
+        );
+    }
+    assert!(queried >= 20, "the dashboard queries the series ({queried})");
 }
