@@ -1,0 +1,375 @@
+//! The gRPC load generator: the real `switchyard` binary on loopback, tonic
+//! clients, open loop at a fixed rate or closed loop at a fixed concurrency,
+//! latencies in an HDR histogram.
+//!
+//! Scenarios:
+//! - `health`: `grpc.health.v1.Health/Check`, the baseline;
+//! - `route-short`: Route with a short prompt;
+//! - `route-repeated-1k`: Route with a 1k-token context seen before;
+//! - `route-unique-4k`: Route with a 4k-token context new on every call;
+//! - `route-usage-sqlite`: Route then ReportUsage in a budgeted workflow,
+//!   on the embedded store;
+//! - `route-usage-redis`: the same on Redis (a `redis-server` started here,
+//!   append-only file fsync'd every second).
+//!
+//! ```sh
+//! cargo bench --bench load                                   # every scenario, closed loop, 32 in flight, 5 s each
+//! cargo bench --bench load -- --scenario route-repeated-1k --rate 2000 --duration 10
+//! cargo bench --bench load -- --concurrency 64 --duration 10 --json
+//! ```
+//!
+//! Flags: `--scenario NAME` (repeatable; default all), `--concurrency N`
+//! (closed loop) or `--rate R` (open loop, requests a second, each sent on
+//! schedule whether or not earlier ones answered), `--duration S`,
+//! `--requests N` (a bound on the count as well), `--connections N`
+//! (HTTP/2 connections, default 4), `--json`, `--target ADDR` (load a
+//! running server instead of starting one).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use switchyard::grpc::pb;
+use switchyard::grpc::pb::router_client::RouterClient;
+use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "../tests/common/redis.rs"]
+mod redis_server;
+
+const SCENARIOS: [&str; 6] = [
+    "health",
+    "route-short",
+    "route-repeated-1k",
+    "route-unique-4k",
+    "route-usage-sqlite",
+    "route-usage-redis",
+];
+
+struct Args {
+    scenarios: Vec<String>,
+    concurrency: usize,
+    rate: Option<f64>,
+    duration: Duration,
+    requests: u64,
+    connections: usize,
+    json: bool,
+    /// A running server to load instead of starting one (its rules need a
+    /// `budgeted` workflow for the route-usage scenarios).
+    target: Option<String>,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        scenarios: Vec::new(),
+        concurrency: 32,
+        rate: None,
+        duration: Duration::from_secs(5),
+        requests: u64::MAX,
+        connections: 4,
+        json: false,
+        target: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--scenario" => a.scenarios.push(value()),
+            "--concurrency" => a.concurrency = value().parse().expect("--concurrency N"),
+            "--rate" => a.rate = Some(value().parse().expect("--rate R")),
+            "--duration" => a.duration = Duration::from_secs_f64(value().parse().expect("--duration S")),
+            "--requests" => a.requests = value().parse().expect("--requests N"),
+            "--connections" => a.connections = value().parse().expect("--connections N"),
+            "--json" => a.json = true,
+            "--target" => a.target = Some(value()),
+            // cargo bench passes --bench; ignore anything else cargo adds.
+            _ => {}
+        }
+    }
+    if a.scenarios.is_empty() {
+        a.scenarios = SCENARIOS.iter().map(|s| s.to_string()).collect();
+    }
+    for s in &a.scenarios {
+        assert!(
+            SCENARIOS.contains(&s.as_str()),
+            "unknown scenario {s}; one of {SCENARIOS:?}"
+        );
+    }
+    a
+}
+
+/// Text of about `tokens` o200k tokens, varied line by line; `salt` makes it unique.
+fn context(tokens: u64, salt: &str) -> String {
+    use switchyard::estimate::tokens::count;
+    use switchyard::rules::Encoding;
+    let mut s = format!("{salt}\n");
+    let mut i = 0;
+    while count(Encoding::O200k, &s) < tokens {
+        s.push_str(&format!(
+            "Clause {i}: for order {i}, check the ledger, cite the policy, and never promise a refund before review. "
+        ));
+        i += 1;
+    }
+    s
+}
+
+#[derive(Clone)]
+struct Clients {
+    routers: Vec<RouterClient<Channel>>,
+    health: Vec<HealthClient<Channel>>,
+}
+
+async fn clients(addr: &str, n: usize) -> Clients {
+    let mut routers = Vec::new();
+    let mut health = Vec::new();
+    for _ in 0..n.max(1) {
+        let ch = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .expect("connect");
+        routers.push(RouterClient::new(ch.clone()));
+        health.push(HealthClient::new(ch));
+    }
+    Clients { routers, health }
+}
+
+/// What one call of a scenario sends.
+struct Work {
+    scenario: String,
+    repeated: String,
+    unique_base: String,
+    counter: AtomicU64,
+}
+
+impl Work {
+    async fn call(&self, c: &Clients, k: usize) -> Result<(), tonic::Status> {
+        let i = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut router = c.routers[k % c.routers.len()].clone();
+        let req = |workflow: &str, system: Option<String>, user: String| pb::RouteRequest {
+            workflow: workflow.into(),
+            outcome_id: format!("load-{i}"),
+            attempt: 1,
+            messages: system
+                .into_iter()
+                .map(|s| pb::Message {
+                    role: "system".into(),
+                    content: s,
+                })
+                .chain(std::iter::once(pb::Message {
+                    role: "user".into(),
+                    content: user,
+                }))
+                .collect(),
+            ..Default::default()
+        };
+        match self.scenario.as_str() {
+            "health" => {
+                let mut h = c.health[k % c.health.len()].clone();
+                h.check(tonic_health::pb::HealthCheckRequest::default()).await?;
+            }
+            "route-short" => {
+                router
+                    .route(req("general", None, format!("What is the capital of France? ({i})")))
+                    .await?;
+            }
+            "route-repeated-1k" => {
+                router
+                    .route(req(
+                        "general",
+                        Some(self.repeated.clone()),
+                        format!("Question {i}: is order 7 late?"),
+                    ))
+                    .await?;
+            }
+            "route-unique-4k" => {
+                router
+                    .route(req("general", None, format!("Session {i}. {}", self.unique_base)))
+                    .await?;
+            }
+            _ => {
+                let r = router
+                    .route(req("budgeted", None, format!("Summarize ticket {i} in one line.")))
+                    .await?
+                    .into_inner();
+                router
+                    .report_usage(pb::UsageReport {
+                        decision_id: r.decision_id,
+                        model: r.model,
+                        input_tokens: r.input_tokens,
+                        cached_input_tokens: 0,
+                        output_tokens: 40,
+                        failed: false,
+                    })
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Result_ {
+    scenario: String,
+    mode: String,
+    requests: u64,
+    errors: u64,
+    seconds: f64,
+    rate: f64,
+    p50_us: u64,
+    p90_us: u64,
+    p99_us: u64,
+    max_us: u64,
+}
+
+async fn run(work: Arc<Work>, c: Clients, a: &Args) -> Result_ {
+    let hist = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+    ));
+    let errors = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + a.duration;
+    let record = |hist: &Mutex<Histogram<u64>>, since: Instant| {
+        let us = since.elapsed().as_micros().max(1) as u64;
+        let _ = hist.lock().expect("histogram lock").record(us.min(60_000_000));
+    };
+    let mode = if let Some(rate) = a.rate {
+        // Open loop: request n is sent at started + n / rate, whether or not
+        // earlier ones have answered. Latency counts from the actual send:
+        // tokio's timer ticks every millisecond, so timing from the due
+        // instant would add up to a millisecond of the generator's own lag.
+        // The achieved rate shows whether the generator kept up.
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut n = 0u64;
+        while n < a.requests {
+            let due = started + Duration::from_secs_f64(n as f64 / rate);
+            if due >= deadline {
+                break;
+            }
+            tokio::time::sleep_until(due.into()).await;
+            let (work, c, hist, errors, done) = (work.clone(), c.clone(), hist.clone(), errors.clone(), done.clone());
+            tasks.spawn(async move {
+                let sent = Instant::now();
+                if work.call(&c, n as usize).await.is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                record(&hist, sent);
+                done.fetch_add(1, Ordering::Relaxed);
+            });
+            n += 1;
+            while tasks.try_join_next().is_some() {}
+        }
+        while tasks.join_next().await.is_some() {}
+        format!("open {rate}/s")
+    } else {
+        let mut tasks = tokio::task::JoinSet::new();
+        let issued = Arc::new(AtomicU64::new(0));
+        for w in 0..a.concurrency {
+            let (work, c, hist, errors, done, issued) = (
+                work.clone(),
+                c.clone(),
+                hist.clone(),
+                errors.clone(),
+                done.clone(),
+                issued.clone(),
+            );
+            let requests = a.requests;
+            tasks.spawn(async move {
+                while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < requests {
+                    let t0 = Instant::now();
+                    if work.call(&c, w).await.is_err() {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    record(&hist, t0);
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        format!("closed {}", a.concurrency)
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let h = hist.lock().expect("histogram lock");
+    let requests = done.load(Ordering::Relaxed);
+    Result_ {
+        scenario: work.scenario.clone(),
+        mode,
+        requests,
+        errors: errors.load(Ordering::Relaxed),
+        seconds,
+        rate: requests as f64 / seconds,
+        p50_us: h.value_at_quantile(0.50),
+        p90_us: h.value_at_quantile(0.90),
+        p99_us: h.value_at_quantile(0.99),
+        max_us: h.max(),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    // The shipped rules plus a workflow with a budget too large to run out.
+    let rules = tempfile::tempdir().expect("tmp");
+    let mut text = std::fs::read_to_string(common::repo_path("routing-rules/default.toml")).expect("rules");
+    text.push_str("\n[[workflows]]\nname = \"budgeted\"\n[workflows.budget]\nlimit_usd = 1000000\nperiod = \"day\"\nsoft_threshold_pct = 80\n");
+    let path = rules.path().join("rules.toml");
+    std::fs::write(&path, text).expect("write");
+    let needs_redis = a.target.is_none() && a.scenarios.iter().any(|s| s == "route-usage-redis");
+    let redis = needs_redis.then(|| redis_server::RedisServer::start_with(&["--appendfsync", "everysec"]));
+    let sqlite_server = a.target.is_none().then(|| common::Server::start(&path, &[]));
+    let redis_server = redis
+        .as_ref()
+        .map(|r| common::Server::start(&path, &["--redis-url", &r.url()]));
+    let repeated = context(1_000, "You are the support agent for a shop. Policies follow.");
+    let unique_base = context(4_000, "Transcript follows.");
+    let mut results = Vec::new();
+    for s in &a.scenarios {
+        let addr = match (s.as_str(), &redis_server, &sqlite_server, &a.target) {
+            (_, _, _, Some(t)) => t.clone(),
+            ("route-usage-redis", Some(r), _, _) => r.grpc.clone(),
+            (_, _, Some(l), _) => l.grpc.clone(),
+            _ => unreachable!("a server is started when no --target is given"),
+        };
+        let c = clients(&addr, a.connections).await;
+        let work = Arc::new(Work {
+            scenario: s.clone(),
+            repeated: repeated.clone(),
+            unique_base: unique_base.clone(),
+            counter: AtomicU64::new(0),
+        });
+        // Warm up: connections, caches, the tokenizer's memo.
+        for k in 0..200 {
+            let _ = work.call(&c, k).await;
+        }
+        results.push(run(work, c, &a).await);
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&results).expect("json"));
+        return;
+    }
+    let health = results.iter().find(|r| r.scenario == "health").map(|r| r.rate);
+    println!(
+        "{:<20} {:<12} {:>9} {:>7} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9}",
+        "scenario", "mode", "requests", "errors", "rate/s", "p50 µs", "p90 µs", "p99 µs", "max µs", "÷ health"
+    );
+    for r in &results {
+        println!(
+            "{:<20} {:<12} {:>9} {:>7} {:>10.0} {:>8} {:>8} {:>8} {:>9} {:>9}",
+            r.scenario,
+            r.mode,
+            r.requests,
+            r.errors,
+            r.rate,
+            r.p50_us,
+            r.p90_us,
+            r.p99_us,
+            r.max_us,
+            health.map_or("-".into(), |h| format!("{:.2}", r.rate / h))
+        );
+    }
+}
