@@ -77,8 +77,8 @@ enum Command {
         /// callers are accepted, as `local`.
         #[arg(long, env = "SWITCHYARD_API_KEYS")]
         api_keys: Option<PathBuf>,
-        /// Calls a second each caller identity may make (0: no limit).
-        #[arg(long, env = "SWITCHYARD_CALLER_RPS", default_value_t = 10_000)]
+        /// Calls a second each caller identity may make (0, the default: no rate limit).
+        #[arg(long, env = "SWITCHYARD_CALLER_RPS", default_value_t = 0)]
         caller_rps: u32,
         /// Calls above the rate a caller may make in a burst.
         #[arg(long, env = "SWITCHYARD_CALLER_BURST", default_value_t = 10_000)]
