@@ -169,7 +169,18 @@ fn plan_one(
     downgrade: bool,
     learning: &Online,
 ) -> Result<Planned, Error> {
-    let mut call = parse_call(req)?;
+    plan_call(table, cache, parse_call(req)?, downgrade, learning)
+}
+
+/// Plans a validated call: the budget's step-down, the cascade after a
+/// rejection, and the learned model's predictions.
+fn plan_call(
+    table: &RuleTable,
+    cache: &ContextCache,
+    mut call: RouteCall<'_>,
+    downgrade: bool,
+    learning: &Online,
+) -> Result<Planned, Error> {
     call.input.downgrade = downgrade;
     if call.input.attempt > 1 {
         call.input.rejected_tier = learning.rejected_tier(call.workflow, call.outcome_id);
@@ -197,10 +208,10 @@ impl RouterService {
         let downgrade = self.budgets.past_soft_threshold(workflow, now).await?;
         let content: usize = call.messages.iter().map(|m| m.content.len()).sum();
         let retry = call.input.attempt > 1;
-        drop(call);
         let (req, planned) = if content > INLINE_CONTENT_BYTES {
             // The request moves to the blocking pool and is parsed again there;
             // at this size the count dwarfs the parse.
+            drop(call);
             let (t, cache, learning) = (table.clone(), self.cache.clone(), self.learning.clone());
             tokio::task::spawn_blocking(move || {
                 let p = plan_one(&t, &cache, &req, downgrade, &learning);
@@ -209,7 +220,7 @@ impl RouterService {
             .await
             .map_err(|e| Error::Unavailable(format!("route task failed: {e}")))?
         } else {
-            let p = plan_one(&table, &self.cache, &req, downgrade, &self.learning);
+            let p = plan_call(&table, &self.cache, call, downgrade, &self.learning);
             (req, p)
         };
         let mut planned = planned?;
