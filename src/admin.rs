@@ -75,7 +75,13 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
         .map_or(0, |d| d.as_secs());
     let store = s.store.health();
     let lc = &s.learning.counters;
-    let series: [(&str, &str, &str, u64); 22] = [
+    let series: [(&str, &str, &str, u64); 23] = [
+        (
+            "switchyard_learning_store_errors_total",
+            "counter",
+            "Rounds of the learning loop whose store read or write failed (labelled calls are held and retried).",
+            lc.store_errors.load(Ordering::Relaxed),
+        ),
         (
             "switchyard_audit_records_total",
             "counter",

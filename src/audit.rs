@@ -87,16 +87,6 @@ impl Audit {
         })
     }
 
-    /// An audit log that records nothing (for `replay` and tests).
-    pub fn disabled() -> Audit {
-        Audit {
-            tx: None,
-            written: Default::default(),
-            dropped: AtomicU64::new(0),
-            thread: None,
-        }
-    }
-
     pub fn record(&self, r: Record) {
         let Some(tx) = &self.tx else { return };
         match tx.try_send(r) {

@@ -38,8 +38,6 @@ pub struct Identity {
 pub enum Refusal {
     /// No usable credentials: UNAUTHENTICATED.
     Unauthenticated(String),
-    /// Known, but not allowed: PERMISSION_DENIED.
-    Forbidden(String),
     /// Over a per-caller limit: RESOURCE_EXHAUSTED.
     Limited(String),
 }
@@ -47,7 +45,7 @@ pub enum Refusal {
 impl Refusal {
     pub fn message(&self) -> &str {
         match self {
-            Refusal::Unauthenticated(m) | Refusal::Forbidden(m) | Refusal::Limited(m) => m,
+            Refusal::Unauthenticated(m) | Refusal::Limited(m) => m,
         }
     }
 }

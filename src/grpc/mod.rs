@@ -84,7 +84,6 @@ impl RouterService {
                 let name = who.map_or_else(|| "-".to_string(), |w| w.name.to_string());
                 let (result, status) = match &refusal {
                     Refusal::Unauthenticated(m) => ("unauthenticated", Status::unauthenticated(m.clone())),
-                    Refusal::Forbidden(m) => ("permission_denied", Status::permission_denied(m.clone())),
                     Refusal::Limited(m) => ("limited", Status::resource_exhausted(m.clone())),
                 };
                 self.audit
