@@ -269,6 +269,12 @@ fn exec(tx: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<usi
 /// The reservation as a job for the store thread.
 fn reserve_job(r: NewReservation) -> impl FnOnce(&mut Connection) -> Result<Reserved, StoreError> + Send + 'static {
     move |conn: &mut Connection| {
+        if r.scopes.is_empty() {
+            // No limit applies: one INSERT, atomic on its own, needs no
+            // savepoint (this is every Route of a workflow without a budget).
+            insert_reservation(conn, &r, "")?;
+            return Ok(Reserved::Ok);
+        }
         let tx = conn.savepoint().map_err(unavailable)?;
         for s in &r.scopes {
             exec(
@@ -294,28 +300,34 @@ fn reserve_job(r: NewReservation) -> impl FnOnce(&mut Connection) -> Result<Rese
             )?;
         }
         let keys: Vec<&str> = r.scopes.iter().map(|s| s.key.as_str()).collect();
-        exec(
-            &tx,
-            "INSERT INTO reservations (decision_id, workflow, outcome_id, model, is_deferrable, amount_nanos, scopes,
-                                           created_ms, expires_ms, state, downgraded, labels)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'reserved', ?10, ?11)",
-            params![
-                r.decision_id,
-                r.workflow,
-                r.outcome_id,
-                r.model,
-                r.deferrable,
-                r.amount_nanos,
-                keys.join(&SCOPE_SEP.to_string()),
-                r.now_ms,
-                r.expires_ms,
-                r.downgraded,
-                r.labels
-            ],
-        )?;
+        insert_reservation(&tx, &r, &keys.join(&SCOPE_SEP.to_string()))?;
         tx.commit().map_err(unavailable)?;
         Ok(Reserved::Ok)
     }
+}
+
+/// The reservation's row, `scopes` joined by [`SCOPE_SEP`].
+fn insert_reservation(conn: &Connection, r: &NewReservation, scopes: &str) -> Result<(), StoreError> {
+    exec(
+        conn,
+        "INSERT INTO reservations (decision_id, workflow, outcome_id, model, is_deferrable, amount_nanos, scopes,
+                                   created_ms, expires_ms, state, downgraded, labels)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'reserved', ?10, ?11)",
+        params![
+            r.decision_id,
+            r.workflow,
+            r.outcome_id,
+            r.model,
+            r.deferrable,
+            r.amount_nanos,
+            scopes,
+            r.now_ms,
+            r.expires_ms,
+            r.downgraded,
+            r.labels
+        ],
+    )
+    .map(drop)
 }
 
 impl Drop for SqliteStore {
