@@ -385,6 +385,10 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             server.abort();
         }
     }
+    // The decisions of the calls just drained are durable before we exit.
+    if let Err(e) = budgets.store.sync().await {
+        tracing::warn!(error = %e, "the last decision records may not be stored");
+    }
     // Export the spans still queued, within the grace period.
     let flush = telemetry.clone();
     let grace = cfg

@@ -810,10 +810,10 @@ impl BudgetStore for RedisStore {
         }
     }
 
-    fn record_detached(&self, r: &NewReservation) {
+    fn record_detached(&self, r: NewReservation) {
         // Remembered here first, so a ReportUsage that overtakes the write
         // still settles (the settle script creates the record if needed).
-        let r = Arc::new(r.clone());
+        let r = Arc::new(r);
         self.recent.insert(r.decision_id.clone(), r.clone());
         let (conn, reserve, tag, index) = (
             self.conn.clone(),

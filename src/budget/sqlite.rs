@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS reservations (
     failed INTEGER,
     settled_ms INTEGER
 );
-CREATE INDEX IF NOT EXISTS reservations_open ON reservations (state, expires_ms);
+CREATE INDEX IF NOT EXISTS reservations_held ON reservations (expires_ms) WHERE state = 'reserved' AND scopes != '';
 CREATE TABLE IF NOT EXISTS escalations (
     id TEXT PRIMARY KEY,
     workflow TEXT NOT NULL,
@@ -103,6 +103,10 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     // reads by the time-ordered primary key instead.
     conn.execute_batch("DROP INDEX IF EXISTS reservations_created")
         .map_err(unavailable)?;
+    // Indexed every decision, though only those holding a reservation on a
+    // budget ever expire; `reservations_held` indexes just those.
+    conn.execute_batch("DROP INDEX IF EXISTS reservations_open")
+        .map_err(unavailable)?;
     let have: Vec<String> = {
         let mut st = conn
             .prepare("SELECT name FROM pragma_table_info('reservations')")
@@ -130,8 +134,24 @@ type Reply = Box<dyn FnOnce(Option<String>) + Send>;
 /// must not touch the store, and answers with that error).
 type Job = Box<dyn FnOnce(Result<&mut Connection, String>) -> Reply + Send>;
 
+/// What the store thread is sent.
+enum Msg {
+    /// Work to run and answer.
+    Job(Job),
+    /// Decision records were queued in [`SqliteStore::records`] while it was
+    /// empty: commit them soon.
+    Records,
+}
+
 /// The most jobs committed together.
 const MAX_BATCH: usize = 128;
+
+/// How long the store thread waits for more decision records before it
+/// commits the ones queued. A commit writes the same few WAL pages whether it
+/// holds one record or fifty, so at thousands of Routes a second waiting a
+/// moment turns fifty commits into one. A job that needs an answer ends the
+/// wait at once, and so does shutdown ([`BudgetStore::sync`]).
+const RECORD_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// How often the WAL is checkpointed into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
@@ -142,7 +162,18 @@ pub struct SqliteStore {
     /// Jobs for the one thread that owns the connection. One owner, no lock:
     /// operations run back to back, without the thread hops and lock convoys
     /// of a shared connection on a thread pool.
-    jobs: std::sync::mpsc::Sender<Job>,
+    jobs: std::sync::mpsc::Sender<Msg>,
+    /// Decision records without a budget, waiting for the store thread: it
+    /// inserts them at the start of its next transaction, before any job
+    /// queued after them, so a ReportUsage always finds its decision.
+    records: Records,
+}
+
+type Records = std::sync::Arc<std::sync::Mutex<Vec<NewReservation>>>;
+
+/// Takes the queued decision records (a poisoned lock still holds them).
+fn take_records(records: &Records) -> Vec<NewReservation> {
+    std::mem::take(&mut *records.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -184,40 +215,48 @@ impl SqliteStore {
                 .map_err(|e| unavailable(format!("cannot start the checkpoint thread: {e}")))?;
         }
         conn.set_prepared_statement_cache_capacity(64);
-        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let (jobs, rx) = std::sync::mpsc::channel::<Msg>();
+        let records = Records::default();
+        let queued = records.clone();
         std::thread::Builder::new()
             .name("switchyard-sqlite".into())
             .spawn(move || {
-                // Group commit: every job queued while the last batch was
-                // committing goes into the next transaction, each in its own
-                // savepoint, and none is answered before the COMMIT. Ends
-                // when every sender (every SqliteStore handle) is dropped.
+                // Group commit: the decision records queued so far, then every
+                // job queued while the last batch was committing, go into the
+                // next transaction, each job in its own savepoint, and none is
+                // answered before the COMMIT. Ends when every sender (every
+                // SqliteStore handle) is dropped, after a last commit.
                 while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
+                    let mut batch = Vec::new();
+                    match first {
+                        Msg::Job(job) => batch.push(job),
+                        Msg::Records => {
+                            let until = std::time::Instant::now() + RECORD_LINGER;
+                            while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+                                match rx.recv_timeout(left) {
+                                    Ok(Msg::Records) => {}
+                                    Ok(Msg::Job(job)) => {
+                                        batch.push(job);
+                                        break;
+                                    }
+                                    Err(_) => break,
+                                }
+                            }
+                        }
+                    }
                     while batch.len() < MAX_BATCH {
                         match rx.try_recv() {
-                            Ok(job) => batch.push(job),
+                            Ok(Msg::Job(job)) => batch.push(job),
+                            Ok(Msg::Records) => {}
                             Err(_) => break,
                         }
                     }
-                    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-                        for job in batch {
-                            job(Err(e.to_string()))(None);
-                        }
-                        continue;
-                    }
-                    let replies: Vec<Reply> = batch.into_iter().map(|job| job(Ok(&mut conn))).collect();
-                    let failed = conn.execute_batch("COMMIT").err().map(|e| e.to_string());
-                    if failed.is_some() {
-                        let _ = conn.execute_batch("ROLLBACK");
-                    }
-                    for reply in replies {
-                        reply(failed.clone());
-                    }
+                    commit_batch(&mut conn, take_records(&queued), batch);
                 }
+                commit_batch(&mut conn, take_records(&queued), Vec::new());
             })
             .map_err(|e| unavailable(format!("cannot start the store thread: {e}")))?;
-        Ok(SqliteStore { stop, jobs })
+        Ok(SqliteStore { stop, jobs, records })
     }
 
     /// Runs `f` on the store thread and waits for its answer.
@@ -242,7 +281,7 @@ impl SqliteStore {
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.jobs
-            .send(Box::new(move |conn: Result<&mut Connection, String>| {
+            .send(Msg::Job(Box::new(move |conn: Result<&mut Connection, String>| {
                 let result = match conn {
                     Ok(conn) => f(conn),
                     Err(e) => Err(unavailable(format!("cannot begin a transaction: {e}"))),
@@ -253,9 +292,44 @@ impl SqliteStore {
                         Some(e) => Err(unavailable(format!("commit failed: {e}"))),
                     });
                 })
-            }))
+            })))
             .map_err(|_| unavailable("the store thread has stopped"))?;
         Ok(rx)
+    }
+}
+
+/// One transaction: the queued decision records, then each job in its own
+/// savepoint; the jobs are answered after the COMMIT.
+fn commit_batch(conn: &mut Connection, records: Vec<NewReservation>, batch: Vec<Job>) {
+    if records.is_empty() && batch.is_empty() {
+        return;
+    }
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if !records.is_empty() {
+            tracing::warn!(error = %e, lost = records.len(), "recording decisions without a budget failed");
+        }
+        for job in batch {
+            job(Err(e.to_string()))(None);
+        }
+        return;
+    }
+    for r in &records {
+        // No limit applies: one INSERT each, atomic on its own, needs no
+        // savepoint (this is every Route of a workflow without a budget).
+        if let Err(e) = insert_reservation(conn, r, "") {
+            tracing::warn!(error = %e, decision = %r.decision_id, "recording a decision without a budget failed");
+        }
+    }
+    let replies: Vec<Reply> = batch.into_iter().map(|job| job(Ok(&mut *conn))).collect();
+    let failed = conn.execute_batch("COMMIT").err().map(|e| e.to_string());
+    if let Some(e) = &failed {
+        let _ = conn.execute_batch("ROLLBACK");
+        if !records.is_empty() {
+            tracing::warn!(error = %e, lost = records.len(), "recording decisions without a budget failed");
+        }
+    }
+    for reply in replies {
+        reply(failed.clone());
     }
 }
 
@@ -379,20 +453,26 @@ impl BudgetStore for SqliteStore {
         self.with(reserve_job(r.clone())).await
     }
 
-    fn record_detached(&self, r: &NewReservation) {
-        // Queued now, in order, on the store thread; nobody awaits the answer,
-        // so a failure is logged here.
-        let job = reserve_job(r.clone());
-        let queued = self.enqueue(move |conn| {
-            let result = job(conn);
-            if let Err(e) = &result {
-                tracing::warn!(error = %e, "recording a decision without a budget failed");
-            }
-            result
-        });
-        if let Err(e) = queued {
-            tracing::warn!(error = %e, "recording a decision without a budget failed");
+    fn record_detached(&self, r: NewReservation) {
+        debug_assert!(
+            r.scopes.is_empty(),
+            "a decision with a budget is reserved, not recorded"
+        );
+        // Queued now, before any later job; nobody awaits the answer, so the
+        // store thread logs a failure. Only the first record into an empty
+        // queue wakes it: the rest ride along without a syscall.
+        let first = {
+            let mut records = self.records.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            records.push(r);
+            records.len() == 1
+        };
+        if first && self.jobs.send(Msg::Records).is_err() {
+            tracing::warn!("recording a decision without a budget failed: the store thread has stopped");
         }
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        self.with(|_| Ok(())).await
     }
 
     async fn settle(&self, decision_id: &str, cost: i64, usage: &Usage, now_ms: i64) -> Result<Settled, StoreError> {
@@ -443,7 +523,7 @@ impl BudgetStore for SqliteStore {
                 let mut stmt = tx
                     .prepare(
                         "SELECT decision_id, amount_nanos, scopes FROM reservations
-                         WHERE state = 'reserved' AND expires_ms <= ?1",
+                         WHERE state = 'reserved' AND scopes != '' AND expires_ms <= ?1",
                     )
                     .map_err(unavailable)?;
                 let rows = stmt

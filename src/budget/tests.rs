@@ -100,7 +100,7 @@ async fn labelled_calls_are_kept_in_order_within_the_window(store: &SharedStore,
 async fn detached_records_are_ordered_before_later_calls(store: &SharedStore, ns: &str) {
     for i in 0..50 {
         let id = format!("{ns}-detached-{i}");
-        store.record_detached(&reservation(&id, 100, &[], 0));
+        store.record_detached(reservation(&id, 100, &[], 0));
         // No await in between: the settle must still find the decision.
         assert_eq!(
             store.settle(&id, 90, &Usage::default(), 1).await.expect("settle"),
@@ -481,6 +481,41 @@ async fn sqlite_state_survives_reopening() {
     ));
 }
 
+#[tokio::test]
+async fn sqlite_decision_records_are_durable_after_sync_and_expire_only_with_a_budget() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = sqlite::SqliteStore::open(dir.path()).expect("open");
+    for i in 0..300 {
+        let mut r = reservation(&format!("rec-{i}"), 10, &[], 0);
+        r.expires_ms = 5;
+        store.record_detached(r);
+    }
+    store.sync().await.expect("sync");
+    // Another connection, as `switchyard report` would open it, sees all of them.
+    let other = rusqlite::Connection::open(dir.path().join("budget.sqlite3")).expect("open again");
+    let n: i64 = other
+        .query_row(
+            "SELECT COUNT(*) FROM reservations WHERE decision_id LIKE 'rec-%'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(n, 300);
+    // Nothing is held for them, so the sweep has nothing to release.
+    assert_eq!(store.expire(1_000).await.expect("expire"), 0);
+    let plan: String = other
+        .query_row(
+            "EXPLAIN QUERY PLAN SELECT decision_id FROM reservations WHERE state = 'reserved' AND scopes != '' AND expires_ms <= 1",
+            [],
+            |r| r.get(3),
+        )
+        .expect("plan");
+    assert!(
+        plan.contains("reservations_held"),
+        "the sweep uses the partial index: {plan}"
+    );
+}
+
 const BUDGETED: &str = r#"
 [[models]]
 name = "m"
@@ -685,4 +720,17 @@ fn the_ledger_reads_calls_by_the_time_ordered_primary_key() {
     .to_string();
     assert!(id >= sqlite::uuid_v7_floor(t), "{id}");
     assert!(id < sqlite::uuid_v7_floor(t + 1), "{id}");
+}
+
+#[test]
+fn decision_ids_are_version_7_unique_and_time_ordered() {
+    let before = sqlite::uuid_v7_floor(now_ms());
+    let ids: Vec<String> = (0..1000).map(|_| new_decision_id()).collect();
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len());
+    for id in &ids {
+        let u = uuid::Uuid::parse_str(id).expect("a UUID");
+        assert_eq!(u.get_version_num(), 7, "{id}");
+        assert!(*id >= before, "{id} sorts after the floor of the time it was made");
+    }
 }

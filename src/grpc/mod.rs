@@ -225,7 +225,7 @@ impl RouterService {
         let mut planned = planned?;
         let d = &planned.decision;
         let model = &table.models[d.model];
-        let decision_id = uuid::Uuid::now_v7().to_string();
+        let decision_id = crate::budget::new_decision_id();
         let admission = self
             .budgets
             .admit(
