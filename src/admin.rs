@@ -67,7 +67,6 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
 async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     let st = s.rules.status();
     let table = s.rules.current();
-    s.cache.sync();
     let cache = s.cache.stats();
     let loaded = st
         .loaded_at

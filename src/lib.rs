@@ -39,6 +39,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod money;
 pub mod prices;
+pub mod recent;
 pub mod replay;
 pub mod report;
 pub mod route;

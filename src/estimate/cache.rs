@@ -20,22 +20,24 @@
 //! prompt text.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use moka::sync::Cache;
 use xxhash_rust::xxh3::xxh3_128_with_seed;
 
 use super::{MessageRef, MessageWork, Role};
 use crate::estimate::tokens::PER_MESSAGE_OVERHEAD;
+use crate::recent::Recent;
 use crate::rules::{Encoding, RuleTable, Workflow};
 
-/// Bytes one message-work entry is charged against the bound: an estimate of
-/// the key (17 bytes), the value (60) and moka's per-entry bookkeeping.
-const WORK_ENTRY_BYTES: u32 = 160;
-/// Bytes one warm-prefix entry is charged, plus this much per model in it.
-const PREFIX_ENTRY_BYTES: u32 = 128;
-const PREFIX_MODEL_BYTES: u32 = 16;
+/// Bytes one message-work entry is charged against the bound: the key (32
+/// bytes with padding), the value (56) and the hash table's slack.
+const WORK_ENTRY_BYTES: u64 = 128;
+/// Bytes one warm-prefix entry is charged: the key (16), the list's header
+/// (24), two models in it (32) and the hash table's slack. A prefix shared by
+/// more models is rarer; one holds at most [`PREFIX_MAX_MODELS`].
+const PREFIX_ENTRY_BYTES: u64 = 112;
+/// The most models one warm prefix remembers (the most recent ones).
+const PREFIX_MAX_MODELS: usize = 8;
 /// The warm-prefix store's share of the configured bound.
 const PREFIX_SHARE: u64 = 4;
 /// Warm prefixes are forgotten after this long whatever the model's TTL.
@@ -85,8 +87,8 @@ type Seen = (u64, u64);
 
 /// The per-message work cache and the warm-prefix store.
 pub struct ContextCache {
-    work: Cache<(u128, u8), MessageWork>,
-    prefixes: Cache<u128, Arc<[Seen]>>,
+    work: Recent<(u128, u8), MessageWork>,
+    prefixes: Recent<u128, Vec<Seen>>,
     seed: u64,
     epoch: Instant,
     pub counters: CacheCounters,
@@ -102,16 +104,8 @@ pub struct Fingerprints {
 impl ContextCache {
     pub fn new(cfg: CacheConfig) -> ContextCache {
         let prefix_bytes = cfg.max_bytes / PREFIX_SHARE;
-        let work = Cache::builder()
-            .max_capacity(cfg.max_bytes - prefix_bytes)
-            .weigher(|_, _| WORK_ENTRY_BYTES)
-            .time_to_live(cfg.ttl)
-            .build();
-        let prefixes = Cache::builder()
-            .max_capacity(prefix_bytes)
-            .weigher(|_, v: &Arc<[Seen]>| PREFIX_ENTRY_BYTES + PREFIX_MODEL_BYTES * v.len() as u32)
-            .time_to_live(PREFIX_MAX_TTL)
-            .build();
+        let work = Recent::new((cfg.max_bytes - prefix_bytes) / WORK_ENTRY_BYTES, cfg.ttl);
+        let prefixes = Recent::new(prefix_bytes / PREFIX_ENTRY_BYTES, PREFIX_MAX_TTL);
         let seed = {
             use std::hash::{BuildHasher, Hasher};
             // std's RandomState is seeded from the OS once per process.
@@ -193,9 +187,17 @@ impl ContextCache {
         let now = self.now_ms();
         let mut done = 0usize;
         for k in (0..fps.chain.len()).rev() {
-            let Some(seen) = self.prefixes.get(&fps.chain[k]) else {
+            // A copy (at most eight pairs), so the shard's lock is not held
+            // while prices are worked out.
+            let Some(seen) = self.prefixes.read(&fps.chain[k], |s| {
+                let mut copy = [(0u64, 0u64); PREFIX_MAX_MODELS];
+                let n = s.len().min(PREFIX_MAX_MODELS);
+                copy[..n].copy_from_slice(&s[..n]);
+                (copy, n)
+            }) else {
                 continue;
             };
+            let seen = &seen.0[..seen.1];
             for &i in &warmable {
                 if out[i] > 0 {
                     continue;
@@ -228,38 +230,29 @@ impl ContextCache {
         let key = model_key(model);
         let now = self.now_ms();
         for &h in &fps.chain {
-            self.prefixes.entry(h).and_upsert_with(|prev| {
-                let mut v: Vec<Seen> = prev.map(|e| e.into_value().to_vec()).unwrap_or_default();
-                match v.iter_mut().find(|(k, _)| *k == key) {
-                    Some(slot) => slot.1 = now,
-                    None => v.push((key, now)),
+            self.prefixes.update(h, |v| {
+                if let Some(slot) = v.iter_mut().find(|(k, _)| *k == key) {
+                    slot.1 = now;
+                } else if v.len() < PREFIX_MAX_MODELS {
+                    v.push((key, now));
+                } else if let Some(oldest) = v.iter_mut().min_by_key(|s| s.1) {
+                    // A prefix shared by many models keeps only the most recent few.
+                    *oldest = (key, now);
                 }
-                // A prefix shared by many models keeps only the most recent few.
-                if v.len() > 8 {
-                    v.sort_by_key(|s| std::cmp::Reverse(s.1));
-                    v.truncate(8);
-                }
-                v.into()
             });
         }
     }
 
     pub fn stats(&self) -> CacheStats {
+        let (work, prefixes) = (self.work.len(), self.prefixes.len());
         CacheStats {
             hits: self.counters.hits.load(Ordering::Relaxed),
             misses: self.counters.misses.load(Ordering::Relaxed),
             prefix_hits: self.counters.prefix_hits.load(Ordering::Relaxed),
-            entries: self.work.entry_count() + self.prefixes.entry_count(),
-            weight_bytes: self.work.weighted_size() + self.prefixes.weighted_size(),
-            prefix_entries: self.prefixes.entry_count(),
+            entries: work + prefixes,
+            weight_bytes: work * WORK_ENTRY_BYTES + prefixes * PREFIX_ENTRY_BYTES,
+            prefix_entries: prefixes,
         }
-    }
-
-    /// Applies pending evictions now (moka does it lazily); for tests and
-    /// for exact figures on the metrics endpoint.
-    pub fn sync(&self) {
-        self.work.run_pending_tasks();
-        self.prefixes.run_pending_tasks();
     }
 }
 

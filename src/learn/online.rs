@@ -10,6 +10,8 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::recent::Recent;
 use std::time::Duration;
 
 use super::{Features, LearnEvent, Learner};
@@ -68,14 +70,24 @@ pub struct LearnCounters {
     pub store_errors: AtomicU64,
 }
 
+/// One key for a workflow's outcome: names cannot hold the separator (rules
+/// names are checked, and outcome IDs have no control characters).
+fn outcome_key(workflow: &str, outcome_id: &str) -> String {
+    let mut key = String::with_capacity(workflow.len() + 1 + outcome_id.len());
+    key.push_str(workflow);
+    key.push('\u{1f}');
+    key.push_str(outcome_id);
+    key
+}
+
 pub struct Online {
     pub learner: Arc<Learner>,
     pub counters: LearnCounters,
-    pending: moka::sync::Cache<String, Arc<Example>>,
-    /// (workflow, outcome id) -> the decision ids routed under it.
-    by_outcome: moka::sync::Cache<(String, String), Arc<Mutex<Vec<String>>>>,
-    /// (workflow, outcome id) -> the highest tier rejected so far.
-    rejected: moka::sync::Cache<(String, String), u8>,
+    pending: Recent<String, Arc<Example>>,
+    /// [`outcome_key`] -> the decision ids routed under it.
+    by_outcome: Recent<String, Vec<String>>,
+    /// [`outcome_key`] -> the highest tier rejected so far.
+    rejected: Recent<String, u8>,
     tx: tokio::sync::mpsc::Sender<LearnEvent>,
     rx: Mutex<Option<tokio::sync::mpsc::Receiver<LearnEvent>>>,
     rng: AtomicU64,
@@ -90,18 +102,9 @@ impl Online {
         Online {
             learner,
             counters: LearnCounters::default(),
-            pending: moka::sync::Cache::builder()
-                .max_capacity(PENDING_CAPACITY)
-                .time_to_idle(PENDING_TTL)
-                .build(),
-            by_outcome: moka::sync::Cache::builder()
-                .max_capacity(PENDING_CAPACITY)
-                .time_to_idle(PENDING_TTL)
-                .build(),
-            rejected: moka::sync::Cache::builder()
-                .max_capacity(PENDING_CAPACITY)
-                .time_to_idle(PENDING_TTL)
-                .build(),
+            pending: Recent::new(PENDING_CAPACITY, PENDING_TTL),
+            by_outcome: Recent::new(PENDING_CAPACITY, PENDING_TTL),
+            rejected: Recent::new(PENDING_CAPACITY, PENDING_TTL),
             tx,
             rx: Mutex::new(Some(rx)),
             rng: AtomicU64::new(seed),
@@ -118,7 +121,7 @@ impl Online {
         if outcome_id.is_empty() {
             return None;
         }
-        self.rejected.get(&(workflow.to_string(), outcome_id.to_string()))
+        self.rejected.get(&outcome_key(workflow, outcome_id))
     }
 
     /// Remembers a routed call so that its feedback or outcome can label it.
@@ -146,11 +149,9 @@ impl Online {
             }),
         );
         if !outcome_id.is_empty() {
-            self.by_outcome
-                .get_with((workflow.to_string(), outcome_id.to_string()), Default::default)
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(decision_id.to_string());
+            self.by_outcome.update(outcome_key(workflow, outcome_id), |ids| {
+                ids.push(decision_id.to_string())
+            });
         }
     }
 
@@ -162,9 +163,8 @@ impl Online {
         };
         ex.labelled.store(true, Ordering::Relaxed);
         if !accepted && !ex.outcome_id.is_empty() {
-            let key = (ex.workflow.clone(), ex.outcome_id.clone());
-            let tier = self.rejected.get(&key).map_or(ex.tier, |t| t.max(ex.tier));
-            self.rejected.insert(key, tier);
+            let key = outcome_key(&ex.workflow, &ex.outcome_id);
+            self.rejected.update(key, |t| *t = (*t).max(ex.tier));
         }
         self.send(&ex, if accepted { 1.0 } else { 0.0 });
     }
@@ -177,11 +177,10 @@ impl Online {
             OutcomeStatus::Rejected => 0.0,
             OutcomeStatus::Abandoned => return,
         };
-        let Some(ids) = self.by_outcome.get(&(workflow.to_string(), outcome_id.to_string())) else {
+        let Some(ids) = self.by_outcome.get(&outcome_key(workflow, outcome_id)) else {
             self.counters.unmatched.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let ids = ids.lock().unwrap_or_else(PoisonError::into_inner).clone();
         for id in ids {
             if let Some(ex) = self.pending.get(&id) {
                 if !ex.labelled.swap(true, Ordering::Relaxed) {
