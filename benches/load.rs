@@ -144,6 +144,9 @@ struct Work {
     repeated: String,
     unique_base: String,
     counter: AtomicU64,
+    /// Differs per run, so that a run against a server (`--target`) that an
+    /// earlier run loaded sends contexts that server has not seen.
+    run: u64,
 }
 
 impl Work {
@@ -188,7 +191,11 @@ impl Work {
             }
             "route-unique-4k" => {
                 router
-                    .route(req("general", None, format!("Session {i}. {}", self.unique_base)))
+                    .route(req(
+                        "general",
+                        None,
+                        format!("Session {}-{i}. {}", self.run, self.unique_base),
+                    ))
                     .await?;
             }
             _ => {
@@ -310,6 +317,11 @@ async fn run(work: Arc<Work>, c: Clients, a: &Args) -> Result_ {
     }
 }
 
+/// The same allocator as the server, so that the generator spends as little
+/// of the shared cores as it can.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let a = args();
@@ -341,6 +353,9 @@ async fn main() {
             repeated: repeated.clone(),
             unique_base: unique_base.clone(),
             counter: AtomicU64::new(0),
+            run: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
         });
         // Warm up: connections, caches, the tokenizer's memo.
         for k in 0..200 {

@@ -11,6 +11,12 @@ use clap::{Parser, Subcommand};
 use switchyard::app::{self, ConfigError, ServeConfig};
 use switchyard::cli;
 
+/// Every Route allocates and frees a few dozen small objects across the
+/// runtime's threads and the store's; mimalloc's thread-local free lists keep
+/// that off glibc's shared arenas (see README, "Load").
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for bad configuration (BSD's EX_USAGE), as linkerd and others use.
 const EXIT_CONFIG: u8 = 64;
 
