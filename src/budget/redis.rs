@@ -277,7 +277,7 @@ pub struct RedisStore {
     /// Decisions this sidecar made recently, so that a ReportUsage can be
     /// priced and settled even if Redis never saw the decision (fail-open,
     /// or a record written in the background) or is down right now.
-    recent: moka::sync::Cache<String, Arc<NewReservation>>,
+    recent: crate::recent::Recent<String, Arc<NewReservation>>,
     journal: tokio::sync::Mutex<Journal>,
     /// Set when a call found Redis unreachable; cleared by the next
     /// successful maintenance pass.
@@ -423,10 +423,12 @@ impl RedisStore {
                 "settlements from an earlier run are waiting for Redis; they will be replayed"
             );
         }
-        let recent = moka::sync::Cache::builder()
-            .max_capacity(200_000)
-            .time_to_live(Duration::from_millis(cfg.reservation_ttl_ms.max(1000) as u64))
-            .build();
+        // Kept for at least the reservation's lifetime (Recent keeps an
+        // unused entry for between half its ttl and its ttl).
+        let recent = crate::recent::Recent::new(
+            200_000,
+            Duration::from_millis(cfg.reservation_ttl_ms.max(1000) as u64) * 2,
+        );
         Ok(RedisStore {
             conn,
             reserve: Script::new(RESERVE),
