@@ -13,6 +13,7 @@
 
 use std::time::Duration;
 
+use crate::recent::Recent;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{Link, Span as _, SpanContext, SpanKind, Status, Tracer as _};
 use opentelemetry::{Context, KeyValue};
@@ -84,53 +85,33 @@ pub struct Telemetry {
     route_spans: RouteSpans,
 }
 
-/// Recent Route span contexts by decision ID: sharded maps, each pruned of
-/// entries older than the TTL when it grows past its bound (then cleared if
-/// nothing is old enough), so memory stays bounded and an insert is a short
-/// lock and a hash insert.
+/// Recent Route span contexts by decision ID, with when they were made: at
+/// most this many, each kept for the link TTL.
 struct RouteSpans {
-    shards: Vec<std::sync::Mutex<std::collections::HashMap<String, (SpanContext, std::time::Instant)>>>,
+    recent: Recent<String, (SpanContext, std::time::Instant)>,
     ttl: Duration,
 }
 
-const SHARDS: usize = 16;
-const PER_SHARD: usize = 8192;
+const ROUTE_SPANS: u64 = 131_072;
 
 impl RouteSpans {
     fn new(ttl: Duration) -> RouteSpans {
         RouteSpans {
-            shards: (0..SHARDS).map(|_| Default::default()).collect(),
+            // An unused entry lives between half of Recent's ttl and all of
+            // it, so Recent gets twice the link TTL; `get` applies the TTL exactly.
+            recent: Recent::new(ROUTE_SPANS, ttl.max(Duration::from_millis(1)) * 2),
             ttl,
         }
     }
 
-    fn shard(
-        &self,
-        key: &str,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (SpanContext, std::time::Instant)>> {
-        let h = xxhash_rust::xxh3::xxh3_64(key.as_bytes()) as usize;
-        self.shards[h % SHARDS]
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     fn insert(&self, key: &str, cx: SpanContext) {
-        let mut m = self.shard(key);
-        if m.len() >= PER_SHARD {
-            let ttl = self.ttl;
-            m.retain(|_, (_, at)| at.elapsed() < ttl);
-            if m.len() >= PER_SHARD {
-                m.clear();
-            }
-        }
-        m.insert(key.to_string(), (cx, std::time::Instant::now()));
+        self.recent.insert(key.to_string(), (cx, std::time::Instant::now()));
     }
 
     fn get(&self, key: &str) -> Option<SpanContext> {
-        self.shard(key)
-            .get(key)
-            .filter(|(_, at)| at.elapsed() < self.ttl)
-            .map(|(cx, _)| cx.clone())
+        self.recent
+            .read(key, |(cx, at)| (at.elapsed() < self.ttl).then(|| cx.clone()))
+            .flatten()
     }
 }
 
@@ -280,8 +261,29 @@ impl RpcSpan {
 
     /// The W3C `traceparent` of this span.
     pub fn traceparent(&self) -> Option<String> {
-        self.context()
-            .map(|c| format!("00-{}-{}-{:02x}", c.trace_id(), c.span_id(), c.trace_flags().to_u8()))
+        let c = self.span.as_ref()?.span_context();
+        if !c.is_valid() {
+            return None;
+        }
+        // Hex by hand: this runs on every traced Route, and the formatting
+        // machinery cost more than the rest of building the string.
+        let mut out = String::with_capacity(55);
+        out.push_str("00-");
+        push_hex(&mut out, &c.trace_id().to_bytes());
+        out.push('-');
+        push_hex(&mut out, &c.span_id().to_bytes());
+        out.push('-');
+        push_hex(&mut out, &[c.trace_flags().to_u8()]);
+        Some(out)
+    }
+}
+
+/// Appends `bytes` in lower-case hex.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 0xf)] as char);
     }
 }
 
