@@ -328,11 +328,26 @@ async fn the_dashboard_shows_the_seeded_workflow_in_a_real_browser() {
         "no chart drawn:\n{html}"
     );
 
-    // The forecast as a metric: this budget lasts the day at this rate.
+    // The forecast as a metric: +Inf when the budget lasts the (UTC) day at
+    // this rate. Early in the day the rate is extrapolated from a few minutes
+    // of spend, and then it must run out before the day ends.
     let (_, metrics) = server.admin_get("/metrics");
+    let forecast = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("switchyard_budget_exhausted_in_seconds{workflow=\"budget-demo\"} "))
+        .unwrap_or_else(|| panic!("no forecast for budget-demo:\n{metrics}"));
+    let day_left = 86_400
+        - std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+            % 86_400;
     assert!(
-        metrics.contains("switchyard_budget_exhausted_in_seconds{workflow=\"budget-demo\"} +Inf"),
-        "{metrics}"
+        forecast == "+Inf"
+            || forecast
+                .parse::<f64>()
+                .is_ok_and(|s| s > 0.0 && s <= day_left as f64 + 5.0),
+        "forecast {forecast} s with {day_left} s of the day left:\n{metrics}"
     );
     let remaining = format!(
         "switchyard_budget_remaining_nanousd{{workflow=\"budget-demo\"}} {}",
