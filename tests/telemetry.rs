@@ -22,6 +22,8 @@ type Received = (HashMap<String, String>, Span);
 #[derive(Clone, Default)]
 struct Receiver {
     spans: Arc<Mutex<Vec<Received>>>,
+    /// The `x-tenant` header of each export.
+    tenants: Arc<Mutex<Vec<String>>>,
 }
 
 #[tonic::async_trait]
@@ -30,6 +32,11 @@ impl TraceService for Receiver {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let tenant = request.metadata().get("x-tenant").and_then(|v| v.to_str().ok());
+        self.tenants
+            .lock()
+            .expect("lock")
+            .push(tenant.unwrap_or("<none>").to_string());
         let mut spans = self.spans.lock().expect("lock");
         for rs in request.into_inner().resource_spans {
             let resource: HashMap<String, String> = rs
@@ -96,6 +103,7 @@ async fn spans_reach_a_real_otlp_receiver_inside_the_callers_trace() {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             ("OTEL_SERVICE_NAME", "switchyard-under-test"),
             ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=ci"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=acme%20ci"),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ],
     );
@@ -161,6 +169,11 @@ async fn spans_reach_a_real_otlp_receiver_inside_the_callers_trace() {
     let (resource, route) = find("Route");
     assert_eq!(resource["service.name"], "switchyard-under-test");
     assert_eq!(resource["deployment.environment"], "ci");
+    let tenants = receiver.tenants.lock().expect("lock").clone();
+    assert!(
+        !tenants.is_empty() && tenants.iter().all(|t| t == "acme ci"),
+        "every export carries OTEL_EXPORTER_OTLP_HEADERS, percent-decoded: {tenants:?}"
+    );
     assert_eq!(hex(&route.trace_id), caller_trace);
     assert_eq!(hex(&route.parent_span_id), caller_span, "a child of the caller's span");
     assert_eq!(

@@ -3,13 +3,16 @@
 //!
 //! Export is on when an OTLP endpoint is configured the standard way
 //! (`OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`),
-//! unless `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`. The SDK
-//! reads the rest: `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_SERVICE_NAME`,
+//! unless `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`. The
+//! exporter (`otlp`) reads the endpoint, `OTEL_EXPORTER_OTLP_HEADERS` and
+//! `_TIMEOUT`; the SDK reads the rest: `OTEL_SERVICE_NAME`,
 //! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` and `_ARG`, and the
 //! batch processor's `OTEL_BSP_*`. Spans are queued for a background thread
 //! and dropped if its queue is full: a slow or failing collector never slows
 //! or fails a Route. Prompt text is never an attribute; only counts, names,
 //! IDs and money.
+
+mod otlp;
 
 use std::time::Duration;
 
@@ -88,11 +91,14 @@ pub struct Telemetry {
 /// Recent Route span contexts by decision ID, with when they were made: at
 /// most this many, each kept for the link TTL.
 struct RouteSpans {
-    recent: Recent<String, (SpanContext, std::time::Instant)>,
+    recent: Recent<u128, (SpanContext, std::time::Instant)>,
     ttl: Duration,
 }
 
 const ROUTE_SPANS: u64 = 131_072;
+
+/// The most attributes one span gets (Route's 14, with room to spare).
+const SPAN_ATTRIBUTES: usize = 16;
 
 impl RouteSpans {
     fn new(ttl: Duration) -> RouteSpans {
@@ -104,13 +110,22 @@ impl RouteSpans {
         }
     }
 
-    fn insert(&self, key: &str, cx: SpanContext) {
-        self.recent.insert(key.to_string(), (cx, std::time::Instant::now()));
+    /// Decision IDs are UUIDs, kept as their 128 bits; any other string
+    /// was not made by a Route here and has no span to link to.
+    fn key(decision_id: &str) -> Option<u128> {
+        uuid::Uuid::try_parse(decision_id).ok().map(|u| u.as_u128())
     }
 
-    fn get(&self, key: &str) -> Option<SpanContext> {
+    fn insert(&self, decision_id: &str, cx: SpanContext) {
+        if let Some(k) = RouteSpans::key(decision_id) {
+            self.recent.insert(k, (cx, std::time::Instant::now()));
+        }
+    }
+
+    fn get(&self, decision_id: &str) -> Option<SpanContext> {
+        let k = RouteSpans::key(decision_id)?;
         self.recent
-            .read(key, |(cx, at)| (at.elapsed() < self.ttl).then(|| cx.clone()))
+            .read(&k, |(cx, at)| (at.elapsed() < self.ttl).then(|| cx.clone()))
             .flatten()
     }
 }
@@ -151,19 +166,29 @@ impl Telemetry {
     /// Starts export if the environment asks for it. Must run inside the
     /// Tokio runtime, which the exporter's gRPC channel uses.
     pub fn from_env(link_ttl: Duration) -> Telemetry {
-        let configured = ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
-            .iter()
-            .any(|v| std::env::var(v).is_ok_and(|s| !s.trim().is_empty()));
-        if !configured || env_is("OTEL_SDK_DISABLED", "true") || env_is("OTEL_TRACES_EXPORTER", "none") {
+        if env_is("OTEL_SDK_DISABLED", "true") || env_is("OTEL_TRACES_EXPORTER", "none") {
             return Telemetry::off();
         }
-        let exporter = match opentelemetry_otlp::SpanExporter::builder().with_tonic().build() {
-            Ok(e) => e,
+        let exporter = match otlp::Config::from_env().and_then(|c| c.map(otlp::OtlpExporter::new).transpose()) {
+            Ok(Some(e)) => e,
+            Ok(None) => return Telemetry::off(),
             Err(e) => {
-                tracing::warn!(error = %e, "the OTLP span exporter cannot be built; traces are off");
+                tracing::warn!("traces are off: {e}");
                 return Telemetry::off();
             }
         };
+        for (name, spoken) in [
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "none"),
+            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "none"),
+        ] {
+            if let Ok(v) = std::env::var(name) {
+                if !v.trim().is_empty() && !v.trim().eq_ignore_ascii_case(spoken) {
+                    tracing::warn!("{name}={v} is not supported: spans go over OTLP/gRPC, uncompressed");
+                }
+            }
+        }
         let mut resource = opentelemetry_sdk::Resource::builder();
         if std::env::var("OTEL_SERVICE_NAME").is_err() {
             resource = resource.with_service_name("switchyard");
@@ -195,6 +220,8 @@ impl Telemetry {
         let span = tracer
             .span_builder(rpc)
             .with_kind(SpanKind::Server)
+            // Room for every attribute a span gets, so setting them never regrows the list.
+            .with_attributes(Vec::with_capacity(SPAN_ATTRIBUTES))
             .with_links(links)
             .start_with_context(tracer, &parent);
         RpcSpan { span: Some(span) }
