@@ -20,7 +20,6 @@ use crate::route::{find_workflow, plan, record_routed, LearnWith, Planned, RawRo
 use crate::rules::reload::Rules;
 use crate::rules::{RuleTable, Workflow};
 use crate::telemetry::{attr, CallAttrs, RpcSpan, Telemetry};
-use opentelemetry::KeyValue;
 
 /// The generated protobuf and gRPC code for `switchyard.v1`.
 pub mod pb {
@@ -309,30 +308,23 @@ impl RouterService {
                 .add(&[&workflow.name, &model.name], d.cost_nanos.max(0) as u64);
         }
         if span.is_recording() {
-            span.set(
-                CallAttrs {
-                    provider: &model.provider,
-                    model: &model.name,
-                    workflow: &workflow.name,
-                    outcome_id: &req.outcome_id,
-                    decision_id: &decision_id,
-                    input_tokens: d.input_tokens,
-                    output_tokens: d.output_tokens,
-                    cached_input_tokens: d.cached_tokens,
-                    cost_nanos: d.cost_nanos,
-                }
-                .key_values(),
-            );
-            span.set([
-                KeyValue::new(attr::ROUTE_STATUS, status_name),
-                KeyValue::new(attr::ROUTE_RULE, d.rule.clone()),
-                KeyValue::new(attr::COMPLEXITY, planned.est.complexity),
-            ]);
+            CallAttrs {
+                provider: &model.provider,
+                model: &model.name,
+                workflow: &workflow.name,
+                outcome_id: &req.outcome_id,
+                decision_id: &decision_id,
+                input_tokens: d.input_tokens,
+                output_tokens: d.output_tokens,
+                cached_input_tokens: d.cached_tokens,
+                cost_nanos: d.cost_nanos,
+            }
+            .set_on(span);
+            span.set(attr::ROUTE_STATUS, status_name);
+            span.set(attr::ROUTE_RULE, &d.rule);
+            span.set(attr::COMPLEXITY, planned.est.complexity);
             if let Some(left) = self.budgets.remaining_hint(workflow, now) {
-                span.set([KeyValue::new(
-                    attr::BUDGET_REMAINING_USD,
-                    crate::money::nanos_to_usd(left),
-                )]);
+                span.set(attr::BUDGET_REMAINING_USD, crate::money::nanos_to_usd(left));
             }
             self.telemetry.remember_route(&decision_id, span);
         }
@@ -438,21 +430,19 @@ impl RouterService {
             Settled::AlreadySettled { cost_nanos } => cost_nanos,
         };
         if span.is_recording() {
-            span.set(
-                CallAttrs {
-                    provider: &model.provider,
-                    model: &model.name,
-                    workflow: &record.workflow,
-                    outcome_id: &record.outcome_id,
-                    decision_id: &u.decision_id,
-                    input_tokens: u.input_tokens,
-                    output_tokens: u.output_tokens,
-                    cached_input_tokens: u.cached_input_tokens,
-                    cost_nanos: cost_nanousd,
-                }
-                .key_values(),
-            );
-            span.set([KeyValue::new(attr::USAGE_FAILED, u.failed)]);
+            CallAttrs {
+                provider: &model.provider,
+                model: &model.name,
+                workflow: &record.workflow,
+                outcome_id: &record.outcome_id,
+                decision_id: &u.decision_id,
+                input_tokens: u.input_tokens,
+                output_tokens: u.output_tokens,
+                cached_input_tokens: u.cached_input_tokens,
+                cost_nanos: cost_nanousd,
+            }
+            .set_on(span);
+            span.set(attr::USAGE_FAILED, u.failed);
         }
         Ok(pb::UsageAck { cost_nanousd })
     }
@@ -501,11 +491,9 @@ impl RouterService {
         self.budgets.store.record_outcome(&event).await?;
         self.learning.outcome(&event.workflow, &event.outcome_id, event.status);
         self.metrics.outcomes.add(&[&event.workflow, event.status.name()], 1);
-        span.set([
-            KeyValue::new(attr::WORKFLOW, event.workflow.clone()),
-            KeyValue::new(attr::OUTCOME_ID, event.outcome_id.clone()),
-            KeyValue::new(attr::OUTCOME_STATUS, event.status.name()),
-        ]);
+        span.set(attr::WORKFLOW, &event.workflow);
+        span.set(attr::OUTCOME_ID, &event.outcome_id);
+        span.set(attr::OUTCOME_STATUS, event.status.name());
         tracing::debug!(workflow = %event.workflow, outcome = %event.outcome_id, status = event.status.name(), "outcome recorded");
         Ok(pb::OutcomeAck {})
     }
@@ -529,12 +517,10 @@ impl RouterService {
         };
         self.budgets.store.record_feedback(&event).await?;
         self.learning.feedback(&event.decision_id, event.accepted);
-        span.set([
-            KeyValue::new(attr::WORKFLOW, event.workflow.clone()),
-            KeyValue::new(attr::DECISION_ID, event.decision_id.clone()),
-            KeyValue::new(attr::GEN_AI_REQUEST_MODEL, event.model.clone()),
-            KeyValue::new(attr::FEEDBACK_ACCEPTED, event.accepted),
-        ]);
+        span.set(attr::WORKFLOW, &event.workflow);
+        span.set(attr::DECISION_ID, &event.decision_id);
+        span.set(attr::GEN_AI_REQUEST_MODEL, &event.model);
+        span.set(attr::FEEDBACK_ACCEPTED, event.accepted);
         Ok(pb::FeedbackAck {})
     }
 
@@ -618,7 +604,7 @@ fn respond<T>(counters: Option<&RouteCounters>, r: Result<T, Error>) -> Result<R
 impl Router for RouterService {
     async fn route(&self, request: Request<pb::RouteRequest>) -> Result<Response<pb::RouteResponse>, Status> {
         let started = std::time::Instant::now();
-        let mut span = self.telemetry.start("Route", request.metadata(), Vec::new());
+        let mut span = self.telemetry.start("Route", request.metadata(), None);
         // Not tracing: hand back the caller's own context, so its provider
         // call still joins its trace.
         let echo = if self.telemetry.enabled() {
@@ -648,8 +634,8 @@ impl Router for RouterService {
     }
 
     async fn report_usage(&self, request: Request<pb::UsageReport>) -> Result<Response<pb::UsageAck>, Status> {
-        let links = self.telemetry.route_link(&request.get_ref().decision_id);
-        let mut span = self.telemetry.start("ReportUsage", request.metadata(), links);
+        let link = self.telemetry.route_link(&request.get_ref().decision_id);
+        let mut span = self.telemetry.start("ReportUsage", request.metadata(), link);
         let admitted = match self.admit(&request, "report_usage") {
             Ok(a) => a,
             Err(status) => return traced(span, Err(status)),
@@ -661,7 +647,7 @@ impl Router for RouterService {
     }
 
     async fn record_outcome(&self, request: Request<pb::OutcomeReport>) -> Result<Response<pb::OutcomeAck>, Status> {
-        let mut span = self.telemetry.start("RecordOutcome", request.metadata(), Vec::new());
+        let mut span = self.telemetry.start("RecordOutcome", request.metadata(), None);
         let admitted = match self.admit(&request, "record_outcome") {
             Ok(a) => a,
             Err(status) => return traced(span, Err(status)),
@@ -673,7 +659,7 @@ impl Router for RouterService {
     }
 
     async fn record_feedback(&self, request: Request<pb::FeedbackReport>) -> Result<Response<pb::FeedbackAck>, Status> {
-        let mut span = self.telemetry.start("RecordFeedback", request.metadata(), Vec::new());
+        let mut span = self.telemetry.start("RecordFeedback", request.metadata(), None);
         let admitted = match self.admit(&request, "record_feedback") {
             Ok(a) => a,
             Err(status) => return traced(span, Err(status)),
@@ -724,7 +710,7 @@ impl Router for RouterService {
         &self,
         request: Request<pb::ListEscalationsRequest>,
     ) -> Result<Response<pb::ListEscalationsResponse>, Status> {
-        let mut span = self.telemetry.start("ListEscalations", request.metadata(), Vec::new());
+        let mut span = self.telemetry.start("ListEscalations", request.metadata(), None);
         let admitted = match self.admit(&request, "list_escalations") {
             Ok(a) => a,
             Err(status) => return traced(span, Err(status)),
@@ -743,7 +729,7 @@ impl Router for RouterService {
             "",
         ));
         if !r.workflow.is_empty() {
-            span.set([KeyValue::new(attr::WORKFLOW, r.workflow.clone())]);
+            span.set(attr::WORKFLOW, &r.workflow);
         }
         let workflow = (!r.workflow.is_empty()).then_some(r.workflow.as_str());
         let result = self
@@ -762,9 +748,7 @@ impl Router for RouterService {
         &self,
         request: Request<pb::ResolveEscalationRequest>,
     ) -> Result<Response<pb::Escalation>, Status> {
-        let mut span = self
-            .telemetry
-            .start("ResolveEscalation", request.metadata(), Vec::new());
+        let mut span = self.telemetry.start("ResolveEscalation", request.metadata(), None);
         let admitted = match self.admit(&request, "resolve_escalation") {
             Ok(a) => a,
             Err(status) => return traced(span, Err(status)),
@@ -774,7 +758,7 @@ impl Router for RouterService {
             return traced(span, Err(status));
         }
         let r = request.into_inner();
-        span.set([KeyValue::new(attr::ESCALATION_ID, r.escalation_id.clone())]);
+        span.set(attr::ESCALATION_ID, &r.escalation_id);
         if r.escalation_id.is_empty() {
             return Err(Error::InvalidArgument(
                 "escalation_id is empty; list them with `switchyard escalations list`".into(),
@@ -825,11 +809,9 @@ impl Router for RouterService {
                 ));
                 self.budgets.refresh_view();
                 tracing::info!(escalation = %e.id, state = %e.state, added = e.added_nanos, "escalation resolved");
-                span.set([
-                    KeyValue::new(attr::WORKFLOW, e.workflow.clone()),
-                    KeyValue::new(attr::OUTCOME_ID, e.outcome_id.clone()),
-                    KeyValue::new(attr::ESCALATION_STATE, e.state.clone()),
-                ]);
+                span.set(attr::WORKFLOW, &e.workflow);
+                span.set(attr::OUTCOME_ID, &e.outcome_id);
+                span.set(attr::ESCALATION_STATE, &e.state);
                 escalation_pb(e)
             });
         traced(span, respond(None, result))

@@ -3,25 +3,29 @@
 //!
 //! Export is on when an OTLP endpoint is configured the standard way
 //! (`OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`),
-//! unless `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`. The
-//! exporter (`otlp`) reads the endpoint, `OTEL_EXPORTER_OTLP_HEADERS` and
-//! `_TIMEOUT`; the SDK reads the rest: `OTEL_SERVICE_NAME`,
-//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` and `_ARG`, and the
-//! batch processor's `OTEL_BSP_*`. Spans are queued for a background thread
-//! and dropped if its queue is full: a slow or failing collector never slows
-//! or fails a Route. Prompt text is never an attribute; only counts, names,
-//! IDs and money.
+//! unless `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`. The rest
+//! of the standard variables are read too: `OTEL_SERVICE_NAME`,
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` and `_ARG` (`sampler`),
+//! and the exporter's and batch processor's (`otlp`).
+//!
+//! Switchyard writes its spans itself rather than through the OpenTelemetry
+//! SDK: each span's OTLP bytes are written while its RPC runs, straight from
+//! the values it records, and a finished span is one push onto the export
+//! queue. At full sampling the SDK's span objects, attribute lists and
+//! conversion to protobuf had cost more CPU than the rest of a Route's
+//! decision; the README's "Export cost" gives the measurement.
+//!
+//! Prompt text is never an attribute; only counts, names, IDs and money.
 
 mod otlp;
+mod sampler;
 
-use std::time::Duration;
+use std::cell::Cell;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::recent::Recent;
-use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{Link, Span as _, SpanContext, SpanKind, Status, Tracer as _};
-use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use sampler::Sampler;
 
 /// Every attribute name Switchyard puts on a span.
 pub mod attr {
@@ -46,6 +50,58 @@ pub mod attr {
     pub const USAGE_FAILED: &str = "switchyard.usage.failed";
 }
 
+/// An attribute's value. Strings are borrowed: a span writes them into its
+/// bytes at once, so nothing is copied to keep them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value<'a> {
+    Str(&'a str),
+    Int(i64),
+    Double(f64),
+    Bool(bool),
+}
+
+impl<'a> From<&'a str> for Value<'a> {
+    fn from(s: &'a str) -> Self {
+        Value::Str(s)
+    }
+}
+
+impl<'a> From<&'a String> for Value<'a> {
+    fn from(s: &'a String) -> Self {
+        Value::Str(s)
+    }
+}
+
+impl From<i64> for Value<'_> {
+    fn from(i: i64) -> Self {
+        Value::Int(i)
+    }
+}
+
+impl From<u64> for Value<'_> {
+    fn from(i: u64) -> Self {
+        Value::Int(i64::try_from(i).unwrap_or(i64::MAX))
+    }
+}
+
+impl From<u32> for Value<'_> {
+    fn from(i: u32) -> Self {
+        Value::Int(i64::from(i))
+    }
+}
+
+impl From<f64> for Value<'_> {
+    fn from(d: f64) -> Self {
+        Value::Double(d)
+    }
+}
+
+impl From<bool> for Value<'_> {
+    fn from(b: bool) -> Self {
+        Value::Bool(b)
+    }
+}
+
 /// What Route and ReportUsage both say of a model call.
 pub struct CallAttrs<'a> {
     pub provider: &'a str,
@@ -61,44 +117,144 @@ pub struct CallAttrs<'a> {
 }
 
 impl CallAttrs<'_> {
-    pub fn key_values(&self) -> [KeyValue; 10] {
-        [
-            KeyValue::new(attr::GEN_AI_OPERATION_NAME, "chat"),
-            KeyValue::new(attr::GEN_AI_PROVIDER_NAME, self.provider.to_string()),
-            KeyValue::new(attr::GEN_AI_REQUEST_MODEL, self.model.to_string()),
-            KeyValue::new(attr::GEN_AI_USAGE_INPUT_TOKENS, self.input_tokens as i64),
-            KeyValue::new(attr::GEN_AI_USAGE_OUTPUT_TOKENS, self.output_tokens as i64),
-            KeyValue::new(
-                attr::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
-                self.cached_input_tokens as i64,
-            ),
-            KeyValue::new(attr::WORKFLOW, self.workflow.to_string()),
-            KeyValue::new(attr::OUTCOME_ID, self.outcome_id.to_string()),
-            KeyValue::new(attr::DECISION_ID, self.decision_id.to_string()),
-            KeyValue::new(attr::COST_USD, crate::money::nanos_to_usd(self.cost_nanos)),
-        ]
+    pub fn set_on(&self, span: &mut RpcSpan) {
+        span.set(attr::GEN_AI_OPERATION_NAME, "chat");
+        span.set(attr::GEN_AI_PROVIDER_NAME, self.provider);
+        span.set(attr::GEN_AI_REQUEST_MODEL, self.model);
+        span.set(attr::GEN_AI_USAGE_INPUT_TOKENS, self.input_tokens);
+        span.set(attr::GEN_AI_USAGE_OUTPUT_TOKENS, self.output_tokens);
+        span.set(attr::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, self.cached_input_tokens);
+        span.set(attr::WORKFLOW, self.workflow);
+        span.set(attr::OUTCOME_ID, self.outcome_id);
+        span.set(attr::DECISION_ID, self.decision_id);
+        span.set(attr::COST_USD, crate::money::nanos_to_usd(self.cost_nanos));
     }
+}
+
+/// A span's identity, as `traceparent` carries it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpanIds {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// W3C trace flags: bit 0 is "sampled".
+    pub flags: u8,
+}
+
+impl SpanIds {
+    /// Parses a W3C `traceparent`: version, 32 and 16 lower-case hex digits
+    /// (not all zero), flags. Version `ff` is invalid; a later version may
+    /// carry more fields after the flags.
+    pub fn parse(tp: &str) -> Option<SpanIds> {
+        let b = tp.as_bytes();
+        if b.len() < 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
+            return None;
+        }
+        let version = hex_byte(&b[0..2])?;
+        if version == 0xff || (version == 0 && b.len() != 55) || (b.len() > 55 && b[55] != b'-') {
+            return None;
+        }
+        let mut ids = SpanIds {
+            trace_id: [0; 16],
+            span_id: [0; 8],
+            flags: hex_byte(&b[53..55])?,
+        };
+        for (i, out) in ids.trace_id.iter_mut().enumerate() {
+            *out = hex_byte(&b[3 + 2 * i..5 + 2 * i])?;
+        }
+        for (i, out) in ids.span_id.iter_mut().enumerate() {
+            *out = hex_byte(&b[36 + 2 * i..38 + 2 * i])?;
+        }
+        (ids.trace_id != [0; 16] && ids.span_id != [0; 8]).then_some(ids)
+    }
+
+    pub fn sampled(&self) -> bool {
+        self.flags & 1 == 1
+    }
+
+    /// The W3C `traceparent` (version 00).
+    pub fn traceparent(&self) -> String {
+        // Hex by hand: this runs on every traced Route, and the formatting
+        // machinery cost more than the rest of building the string.
+        let mut out = String::with_capacity(55);
+        out.push_str("00-");
+        push_hex(&mut out, &self.trace_id);
+        out.push('-');
+        push_hex(&mut out, &self.span_id);
+        out.push('-');
+        push_hex(&mut out, &[self.flags]);
+        out
+    }
+}
+
+/// Two lower-case hex digits.
+fn hex_byte(b: &[u8]) -> Option<u8> {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    Some(digit(b[0])? << 4 | digit(b[1])?)
+}
+
+/// Appends `bytes` in lower-case hex.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 0xf)] as char);
+    }
+}
+
+thread_local! {
+    /// Per-thread state for span and trace IDs, seeded from the OS.
+    static ID_STATE: Cell<u64> = Cell::new(id_seed());
+}
+
+fn id_seed() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        // No OS randomness: the clock, which still differs per thread and start.
+        let nanos = otlp::unix_nanos(SystemTime::now());
+        b = nanos.to_le_bytes();
+    }
+    u64::from_le_bytes(b)
+}
+
+/// A random non-zero 64-bit value (wyrand): IDs must be unique, not secret.
+fn random_id() -> u64 {
+    ID_STATE.with(|s| loop {
+        let x = s.get().wrapping_add(0xa076_1d64_78bd_642f);
+        s.set(x);
+        let t = u128::from(x) * u128::from(x ^ 0xe703_7ed1_a0b4_28db);
+        let v = (t >> 64) as u64 ^ t as u64;
+        if v != 0 {
+            return v;
+        }
+    })
 }
 
 /// The tracer, or nothing when export is off.
 pub struct Telemetry {
-    provider: Option<SdkTracerProvider>,
-    tracer: Option<SdkTracer>,
+    pipeline: Option<Pipeline>,
     /// Each recent Route span, by decision ID, so ReportUsage can link to it.
     route_spans: RouteSpans,
 }
 
-/// Recent Route span contexts by decision ID, with when they were made: at
-/// most this many, each kept for the link TTL.
+struct Pipeline {
+    sampler: Sampler,
+    queue: Arc<otlp::Queue>,
+    /// The batch thread (none in unit tests, which read the queue).
+    exporter: Option<otlp::Exporter>,
+}
+
+/// Recent Route spans by decision ID, with when they were made: at most
+/// this many, each kept for the link TTL.
 struct RouteSpans {
-    recent: Recent<u128, (SpanContext, std::time::Instant)>,
+    recent: Recent<u128, (SpanIds, Instant)>,
     ttl: Duration,
 }
 
 const ROUTE_SPANS: u64 = 131_072;
-
-/// The most attributes one span gets (Route's 14, with room to spare).
-const SPAN_ATTRIBUTES: usize = 16;
 
 impl RouteSpans {
     fn new(ttl: Duration) -> RouteSpans {
@@ -116,36 +272,17 @@ impl RouteSpans {
         uuid::Uuid::try_parse(decision_id).ok().map(|u| u.as_u128())
     }
 
-    fn insert(&self, decision_id: &str, cx: SpanContext) {
+    fn insert(&self, decision_id: &str, ids: SpanIds) {
         if let Some(k) = RouteSpans::key(decision_id) {
-            self.recent.insert(k, (cx, std::time::Instant::now()));
+            self.recent.insert(k, (ids, Instant::now()));
         }
     }
 
-    fn get(&self, decision_id: &str) -> Option<SpanContext> {
+    fn get(&self, decision_id: &str) -> Option<SpanIds> {
         let k = RouteSpans::key(decision_id)?;
         self.recent
-            .read(&k, |(cx, at)| (at.elapsed() < self.ttl).then(|| cx.clone()))
+            .read(&k, |(ids, at)| (at.elapsed() < self.ttl).then_some(*ids))
             .flatten()
-    }
-}
-
-/// Reads `traceparent` and `tracestate` from gRPC metadata.
-struct Metadata<'a>(&'a tonic::metadata::MetadataMap);
-
-impl Extractor for Metadata<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0
-            .keys()
-            .filter_map(|k| match k {
-                tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
-                tonic::metadata::KeyRef::Binary(_) => None,
-            })
-            .collect()
     }
 }
 
@@ -153,24 +290,65 @@ fn env_is(name: &str, value: &str) -> bool {
     std::env::var(name).is_ok_and(|v| v.trim().eq_ignore_ascii_case(value))
 }
 
+/// The resource's attributes: `OTEL_RESOURCE_ATTRIBUTES`, then
+/// `service.name` from `OTEL_SERVICE_NAME` (or `switchyard`), and what wrote
+/// the spans.
+fn resource_from_vars(env: impl Fn(&str) -> Option<String>) -> Result<Vec<(String, String)>, String> {
+    let mut attrs = match env("OTEL_RESOURCE_ATTRIBUTES") {
+        Some(v) => otlp::parse_pairs(&v).map_err(|e| format!("OTEL_RESOURCE_ATTRIBUTES: {e}"))?,
+        None => Vec::new(),
+    };
+    let named = env("OTEL_SERVICE_NAME")
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    let mut set = |k: &str, v: String, replace: bool| match attrs.iter_mut().find(|(key, _)| key == k) {
+        Some(slot) if replace => slot.1 = v,
+        Some(_) => {}
+        None => attrs.push((k.to_string(), v)),
+    };
+    match named {
+        Some(name) => set("service.name", name, true),
+        None => set("service.name", "switchyard".to_string(), false),
+    }
+    set("telemetry.sdk.name", "switchyard".to_string(), true);
+    set("telemetry.sdk.language", "rust".to_string(), true);
+    set("telemetry.sdk.version", env!("CARGO_PKG_VERSION").to_string(), true);
+    Ok(attrs)
+}
+
 impl Telemetry {
     /// No spans at all.
     pub fn off() -> Telemetry {
         Telemetry {
-            provider: None,
-            tracer: None,
+            pipeline: None,
             route_spans: RouteSpans::new(Duration::ZERO),
         }
     }
 
     /// Starts export if the environment asks for it. Must run inside the
-    /// Tokio runtime, which the exporter's gRPC channel uses.
+    /// Tokio runtime, which the exporter's gRPC channel uses. A variable
+    /// that cannot be used is logged with what to fix, and traces stay off.
     pub fn from_env(link_ttl: Duration) -> Telemetry {
         if env_is("OTEL_SDK_DISABLED", "true") || env_is("OTEL_TRACES_EXPORTER", "none") {
             return Telemetry::off();
         }
-        let exporter = match otlp::Config::from_env().and_then(|c| c.map(otlp::OtlpExporter::new).transpose()) {
-            Ok(Some(e)) => e,
+        let env = |name: &str| std::env::var(name).ok();
+        let started = (|| -> Result<Option<Pipeline>, String> {
+            let Some(config) = otlp::Config::from_vars(env)? else {
+                return Ok(None);
+            };
+            let sampler = Sampler::from_vars(env)?;
+            let resource = resource_from_vars(env)?;
+            let queue = Arc::new(otlp::Queue::new(config.max_queue, config.max_batch));
+            let exporter = otlp::Exporter::start(config, queue.clone(), &resource)?;
+            Ok(Some(Pipeline {
+                sampler,
+                queue,
+                exporter: Some(exporter),
+            }))
+        })();
+        let pipeline = match started {
+            Ok(Some(p)) => p,
             Ok(None) => return Telemetry::off(),
             Err(e) => {
                 tracing::warn!("traces are off: {e}");
@@ -178,6 +356,7 @@ impl Telemetry {
             }
         };
         for (name, spoken) in [
+            ("OTEL_TRACES_EXPORTER", "otlp"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
             ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
             ("OTEL_EXPORTER_OTLP_COMPRESSION", "none"),
@@ -189,136 +368,208 @@ impl Telemetry {
                 }
             }
         }
-        let mut resource = opentelemetry_sdk::Resource::builder();
-        if std::env::var("OTEL_SERVICE_NAME").is_err() {
-            resource = resource.with_service_name("switchyard");
-        }
-        let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
-            .with_resource(resource.build())
-            .build();
-        let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "switchyard");
-        tracing::info!("traces are exported over OTLP/gRPC");
+        tracing::info!(sampler = ?pipeline.sampler, "traces are exported over OTLP/gRPC");
         Telemetry {
-            provider: Some(provider),
-            tracer: Some(tracer),
+            pipeline: Some(pipeline),
             route_spans: RouteSpans::new(link_ttl),
         }
     }
 
     pub fn enabled(&self) -> bool {
-        self.tracer.is_some()
+        self.pipeline.is_some()
     }
 
     /// Starts a server span for `rpc`, a child of the caller's trace context
-    /// when the metadata carries one.
-    pub fn start(&self, rpc: &'static str, metadata: &tonic::metadata::MetadataMap, links: Vec<Link>) -> RpcSpan {
-        let Some(tracer) = &self.tracer else {
-            return RpcSpan { span: None };
+    /// when the metadata carries one, linked to `link` if given.
+    pub fn start(&self, rpc: &'static str, metadata: &tonic::metadata::MetadataMap, link: Option<SpanIds>) -> RpcSpan {
+        let Some(p) = &self.pipeline else {
+            return RpcSpan { live: None };
         };
-        let parent = TraceContextPropagator::new().extract_with_context(&Context::new(), &Metadata(metadata));
-        let span = tracer
-            .span_builder(rpc)
-            .with_kind(SpanKind::Server)
-            // Room for every attribute a span gets, so setting them never regrows the list.
-            .with_attributes(Vec::with_capacity(SPAN_ATTRIBUTES))
-            .with_links(links)
-            .start_with_context(tracer, &parent);
-        RpcSpan { span: Some(span) }
+        let parent = metadata
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(SpanIds::parse);
+        let trace_id = match parent {
+            Some(parent) => parent.trace_id,
+            None => {
+                let mut t = [0u8; 16];
+                t[..8].copy_from_slice(&random_id().to_be_bytes());
+                t[8..].copy_from_slice(&random_id().to_be_bytes());
+                t
+            }
+        };
+        let sampled = p.sampler.keeps(&trace_id, parent.map(|p| p.sampled()));
+        let ids = SpanIds {
+            trace_id,
+            span_id: random_id().to_be_bytes(),
+            flags: u8::from(sampled),
+        };
+        let recording = sampled.then(|| {
+            let tracestate = parent
+                .and_then(|_| metadata.get("tracestate"))
+                .and_then(|v| v.to_str().ok())
+                .filter(|s| s.len() <= 512);
+            Recording::begin(p.queue.clone(), rpc, &ids, parent, tracestate, link)
+        });
+        RpcSpan {
+            live: Some(Live {
+                ids,
+                remote_parent: parent.is_some(),
+                recording,
+            }),
+        }
     }
 
     /// Remembers a Route span for the decision's later ReportUsage.
     pub fn remember_route(&self, decision_id: &str, span: &RpcSpan) {
-        if let Some(cx) = span.context() {
-            self.route_spans.insert(decision_id, cx);
+        if let Some(live) = &span.live {
+            self.route_spans.insert(decision_id, live.ids);
         }
     }
 
-    /// A link to the Route span that made the decision, if this sidecar did.
-    pub fn route_link(&self, decision_id: &str) -> Vec<Link> {
+    /// The Route span that made the decision, if this sidecar did.
+    pub fn route_link(&self, decision_id: &str) -> Option<SpanIds> {
         if !self.enabled() {
-            return Vec::new();
+            return None;
         }
-        self.route_spans
-            .get(decision_id)
-            .map(|cx| vec![Link::with_context(cx)])
-            .unwrap_or_default()
+        self.route_spans.get(decision_id)
     }
 
     /// Exports what is queued and stops, within `grace`.
     pub fn shutdown(&self, grace: Duration) {
-        if let Some(p) = &self.provider {
-            if let Err(e) = p.shutdown_with_timeout(grace) {
-                tracing::warn!(error = %e, "flushing traces at shutdown failed");
+        if let Some(exporter) = self.pipeline.as_ref().and_then(|p| p.exporter.as_ref()) {
+            if let Err(e) = exporter.shutdown(grace) {
+                tracing::warn!("flushing traces at shutdown: {e}");
             }
         }
     }
 }
 
-/// One RPC's span (or nothing). Ends when dropped.
+/// One RPC's span (or nothing). Ends, and is queued for export, when dropped.
 pub struct RpcSpan {
-    span: Option<opentelemetry_sdk::trace::Span>,
+    live: Option<Live>,
+}
+
+struct Live {
+    ids: SpanIds,
+    remote_parent: bool,
+    /// The span's bytes so far, when it is sampled.
+    recording: Option<Recording>,
+}
+
+/// A sampled span being written: an OTLP `Span` body whose fields are
+/// appended as they become known (protobuf fields may come in any order).
+struct Recording {
+    buf: Vec<u8>,
+    queue: Arc<otlp::Queue>,
+    error: Option<String>,
+}
+
+/// Room for a Route span's bytes: IDs, times, 14 attributes and a link.
+const SPAN_BYTES: usize = 768;
+
+/// `flags` in a `Span` or `Link`: the W3C trace flags, plus "whether the
+/// parent is remote is known" and, if so, whether it is.
+fn otlp_flags(flags: u8, remote: bool) -> u32 {
+    u32::from(flags) | 0x100 | if remote { 0x200 } else { 0 }
+}
+
+/// trace_id (1) and span_id (2), the same fields in a `Span` and a `Link`.
+/// Their sizes are fixed, so the lengths are constants.
+fn put_ids(out: &mut Vec<u8>, ids: &SpanIds) {
+    out.extend_from_slice(&[0x0a, 16]);
+    out.extend_from_slice(&ids.trace_id);
+    out.extend_from_slice(&[0x12, 8]);
+    out.extend_from_slice(&ids.span_id);
+}
+
+impl Recording {
+    fn begin(
+        queue: Arc<otlp::Queue>,
+        name: &str,
+        ids: &SpanIds,
+        parent: Option<SpanIds>,
+        tracestate: Option<&str>,
+        link: Option<SpanIds>,
+    ) -> Recording {
+        let mut buf = Vec::with_capacity(SPAN_BYTES);
+        put_ids(&mut buf, ids);
+        if let Some(ts) = tracestate {
+            otlp::put_str(&mut buf, 3, ts);
+        }
+        if let Some(parent) = parent {
+            otlp::put_bytes(&mut buf, 4, &parent.span_id);
+        }
+        otlp::put_str(&mut buf, 5, name);
+        otlp::put_varint(&mut buf, 6, 2); // SPAN_KIND_SERVER
+        otlp::put_fixed64(&mut buf, 7, otlp::unix_nanos(SystemTime::now()));
+        if let Some(link) = link {
+            // Link { trace_id, span_id, flags (6) }: 2 + 16 + 2 + 8 + 5 bytes.
+            otlp::put_bytes(&mut buf, 13, &{
+                let mut l = Vec::with_capacity(33);
+                put_ids(&mut l, &link);
+                otlp::put_fixed32(&mut l, 6, otlp_flags(link.flags, false));
+                l
+            });
+        }
+        Recording {
+            buf,
+            queue,
+            error: None,
+        }
+    }
 }
 
 impl RpcSpan {
     /// Whether attributes set now are kept (the span exists and was sampled).
     pub fn is_recording(&self) -> bool {
-        self.span.as_ref().is_some_and(|s| s.is_recording())
+        self.live.as_ref().is_some_and(|l| l.recording.is_some())
     }
 
-    pub fn set(&mut self, attrs: impl IntoIterator<Item = KeyValue>) {
-        if let Some(s) = &mut self.span {
-            s.set_attributes(attrs);
+    /// Records an attribute.
+    pub fn set<'a>(&mut self, key: &'static str, value: impl Into<Value<'a>>) {
+        if let Some(Live { recording: Some(r), .. }) = &mut self.live {
+            otlp::put_attribute(&mut r.buf, 9, key, &value.into());
         }
     }
 
     /// Marks the span failed with the status's message (never prompt text).
     pub fn fail(&mut self, status: &tonic::Status) {
-        if let Some(s) = &mut self.span {
-            s.set_status(Status::error(format!("{:?}: {}", status.code(), status.message())));
+        if let Some(Live { recording: Some(r), .. }) = &mut self.live {
+            r.error = Some(format!("{:?}: {}", status.code(), status.message()));
         }
-    }
-
-    fn context(&self) -> Option<SpanContext> {
-        self.span
-            .as_ref()
-            .map(|s| s.span_context().clone())
-            .filter(|c| c.is_valid())
     }
 
     /// The W3C `traceparent` of this span.
     pub fn traceparent(&self) -> Option<String> {
-        let c = self.span.as_ref()?.span_context();
-        if !c.is_valid() {
-            return None;
-        }
-        // Hex by hand: this runs on every traced Route, and the formatting
-        // machinery cost more than the rest of building the string.
-        let mut out = String::with_capacity(55);
-        out.push_str("00-");
-        push_hex(&mut out, &c.trace_id().to_bytes());
-        out.push('-');
-        push_hex(&mut out, &c.span_id().to_bytes());
-        out.push('-');
-        push_hex(&mut out, &[c.trace_flags().to_u8()]);
-        Some(out)
-    }
-}
-
-/// Appends `bytes` in lower-case hex.
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for &b in bytes {
-        out.push(HEX[usize::from(b >> 4)] as char);
-        out.push(HEX[usize::from(b & 0xf)] as char);
+        self.live.as_ref().map(|l| l.ids.traceparent())
     }
 }
 
 impl Drop for RpcSpan {
     fn drop(&mut self) {
-        if let Some(s) = &mut self.span {
-            s.end();
+        let Some(Live {
+            ids,
+            remote_parent,
+            recording: Some(r),
+        }) = self.live.take()
+        else {
+            return;
+        };
+        let Recording { mut buf, queue, error } = r;
+        otlp::put_fixed64(&mut buf, 8, otlp::unix_nanos(SystemTime::now()));
+        // Status (15) is always present: { message (2), code (3): 2 = error }.
+        match error {
+            Some(message) => {
+                let mut status = Vec::with_capacity(message.len() + 8);
+                otlp::put_str(&mut status, 2, &message);
+                otlp::put_varint(&mut status, 3, 2);
+                otlp::put_bytes(&mut buf, 15, &status);
+            }
+            None => otlp::put_bytes(&mut buf, 15, &[]),
         }
+        otlp::put_fixed32(&mut buf, 16, otlp_flags(ids.flags, remote_parent));
+        queue.push(buf);
     }
 }
 
@@ -328,14 +579,17 @@ pub fn incoming_traceparent(metadata: &tonic::metadata::MetadataMap) -> String {
     metadata
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() == 55 && v.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
+        .filter(|v| SpanIds::parse(v).is_some())
         .unwrap_or_default()
         .to_string()
 }
 
-/// The span context a `traceparent` string names (for tests and tools).
+/// The trace and span IDs, in hex, that a `traceparent` names (for tests and tools).
 pub fn parse_traceparent(tp: &str) -> Option<(String, String)> {
     let parts: Vec<&str> = tp.split('-').collect();
     (parts.len() == 4 && parts[1].len() == 32 && parts[2].len() == 16)
         .then(|| (parts[1].to_string(), parts[2].to_string()))
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,35 +1,35 @@
-//! The OTLP/gRPC span exporter.
+//! OTLP/gRPC export: the protobuf wire format written by hand, a batch
+//! thread, and the `TraceService/Export` call.
 //!
-//! The SDK's batch processor hands this exporter its finished spans on its
-//! own thread. They are written straight into OTLP protobuf bytes there, in
-//! one pass with no intermediate message structs and no copy of the batch;
-//! the bytes then go to the collector as the body of one
-//! `TraceService/Export` call on the shared Tokio runtime. Building the
-//! protobuf structs first, then encoding them, had cost the Route path about
-//! a tenth of the server's CPU at full sampling.
+//! A span is written as OTLP `Span` bytes while its RPC runs (see
+//! `RpcSpan`), so finishing it is a push onto a queue. The batch thread wraps
+//! queued spans in one `ResourceSpans` message and sends it on the shared
+//! Tokio runtime. Nothing is built twice and no span is copied field by field.
 //!
-//! Configured the standard way: `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`,
-//! `_HEADERS` (comma-separated `key=value`, values percent-decoded) and
-//! `_TIMEOUT` (milliseconds, 10 s by default).
+//! Configured the standard way:
+//! - `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`, `_HEADERS` (comma-separated
+//!   `key=value`, values percent-decoded) and `_TIMEOUT` (ms, 10 s by default);
+//! - `OTEL_BSP_SCHEDULE_DELAY` (ms, 5 s), `OTEL_BSP_MAX_QUEUE_SIZE` (2048),
+//!   `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (512) and `OTEL_BSP_EXPORT_TIMEOUT` (ms, 30 s).
+//!
+//! A full queue drops the span and counts it: a slow or failing collector
+//! never slows or fails an RPC.
 
-use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use opentelemetry::trace::{Link, SpanKind, Status};
-use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
-use opentelemetry_sdk::Resource;
 use prost::bytes::Bytes;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::Channel;
 
-const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+use super::Value;
 
-/// `ExportTraceServiceRequest` with each `ResourceSpans` already encoded:
-/// the wire format of a repeated message and of repeated bytes is the same.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// `ExportTraceServiceRequest` with its `ResourceSpans` already encoded: the
+/// wire format of a repeated message and of repeated bytes is the same.
 #[derive(Clone, PartialEq, prost::Message)]
 struct ExportRequest {
     #[prost(bytes = "bytes", repeated, tag = "1")]
@@ -50,36 +50,51 @@ struct PartialSuccess {
     error_message: String,
 }
 
-/// Where and how spans are sent, read from the `OTEL_EXPORTER_OTLP_*` variables.
+/// Where, how and how often spans are sent.
 #[derive(Debug, PartialEq)]
 pub struct Config {
     pub endpoint: String,
     pub headers: Vec<(String, String)>,
+    /// Each export's time limit: the OTLP timeout, capped by the batch processor's.
     pub timeout: Duration,
+    pub schedule_delay: Duration,
+    pub max_queue: usize,
+    pub max_batch: usize,
 }
 
 /// The first of `names` (the traces-specific variable, then the general
 /// one) that is set and not blank, with its value.
-fn var(env: &impl Fn(&str) -> Option<String>, names: [&'static str; 2]) -> Option<(&'static str, String)> {
-    names.into_iter().find_map(|name| {
+fn var(env: &impl Fn(&str) -> Option<String>, names: &[&'static str]) -> Option<(&'static str, String)> {
+    names.iter().find_map(|&name| {
         let v = env(name)?;
         let v = v.trim();
         (!v.is_empty()).then(|| (name, v.to_string()))
     })
 }
 
-impl Config {
-    /// Reads the environment. `Ok(None)` when no endpoint is configured; an
-    /// error names the variable and what to fix.
-    pub fn from_env() -> Result<Option<Config>, String> {
-        Config::from_vars(|name| std::env::var(name).ok())
+/// A positive whole number from the first set variable of `names`, or `default`.
+fn number(
+    env: &impl Fn(&str) -> Option<String>,
+    names: &[&'static str],
+    unit: &str,
+    default: u64,
+) -> Result<u64, String> {
+    match var(env, names) {
+        Some((name, v)) => match v.parse::<u64>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("{name}={v}: expected a positive whole number of {unit}")),
+        },
+        None => Ok(default),
     }
+}
 
-    /// As `from_env`, with `env` looking variables up.
-    fn from_vars(env: impl Fn(&str) -> Option<String>) -> Result<Option<Config>, String> {
+impl Config {
+    /// Reads the environment through `env`. `Ok(None)` when no endpoint is
+    /// configured; an error names the variable and what to fix.
+    pub fn from_vars(env: impl Fn(&str) -> Option<String>) -> Result<Option<Config>, String> {
         let Some((endpoint_var, endpoint)) = var(
             &env,
-            ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"],
+            &["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"],
         ) else {
             return Ok(None);
         };
@@ -97,47 +112,66 @@ impl Config {
         }
         let headers = match var(
             &env,
-            ["OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"],
+            &["OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"],
         ) {
             Some((name, v)) => parse_headers(&v).map_err(|e| format!("{name}: {e}"))?,
             None => Vec::new(),
         };
-        let timeout = match var(
+        let ms = "milliseconds";
+        let otlp_timeout = number(
             &env,
-            ["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"],
-        ) {
-            Some((name, v)) => match v.parse::<u64>() {
-                Ok(ms) if ms > 0 => Duration::from_millis(ms),
-                _ => return Err(format!("{name}={v}: expected a positive number of milliseconds")),
-            },
-            None => DEFAULT_TIMEOUT,
-        };
+            &["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"],
+            ms,
+            10_000,
+        )?;
+        let bsp_timeout = number(&env, &["OTEL_BSP_EXPORT_TIMEOUT"], ms, 30_000)?;
+        let schedule_delay = number(&env, &["OTEL_BSP_SCHEDULE_DELAY"], ms, 5_000)?;
+        let max_queue = number(&env, &["OTEL_BSP_MAX_QUEUE_SIZE"], "spans", 2_048)?;
+        let max_batch = number(&env, &["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"], "spans", 512)?;
+        if max_batch > max_queue {
+            return Err(format!(
+                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE={max_batch} is larger than OTEL_BSP_MAX_QUEUE_SIZE={max_queue}; \
+                 a batch can hold at most the queue"
+            ));
+        }
         Ok(Some(Config {
             endpoint,
             headers,
-            timeout,
+            timeout: Duration::from_millis(otlp_timeout.min(bsp_timeout)),
+            schedule_delay: Duration::from_millis(schedule_delay),
+            max_queue: max_queue.min(1 << 20) as usize,
+            max_batch: max_batch.min(1 << 20) as usize,
         }))
     }
 }
 
-/// `key1=value1,key2=value2`, values percent-decoded (W3C baggage style).
-fn parse_headers(s: &str) -> Result<Vec<(String, String)>, String> {
+/// `key1=value1,key2=value2`, values percent-decoded (W3C baggage style),
+/// as `OTEL_EXPORTER_OTLP_HEADERS` and `OTEL_RESOURCE_ATTRIBUTES` are written.
+pub fn parse_pairs(s: &str) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
         let Some((k, v)) = item.split_once('=') else {
             return Err(format!("`{item}` is not key=value"));
         };
-        let key = k.trim().to_ascii_lowercase();
+        let key = k.trim().to_string();
         let value = percent_decode(v.trim()).ok_or_else(|| format!("`{key}` has a bad %-escape in its value"))?;
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
+fn parse_headers(s: &str) -> Result<Vec<(String, String)>, String> {
+    let mut pairs = parse_pairs(s)?;
+    for (key, value) in &mut pairs {
+        key.make_ascii_lowercase();
         if MetadataKey::<tonic::metadata::Ascii>::from_bytes(key.as_bytes()).is_err() || key.ends_with("-bin") {
             return Err(format!("`{key}` is not a valid header name"));
         }
         if MetadataValue::<tonic::metadata::Ascii>::try_from(value.as_str()).is_err() {
             return Err(format!("the value of `{key}` is not a valid header value"));
         }
-        out.push((key, value));
     }
-    Ok(out)
+    Ok(pairs)
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -157,27 +191,85 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Sends batches of spans to an OTLP/gRPC collector.
-pub struct OtlpExporter {
+/// Finished spans waiting for the batch thread, shared with every RPC.
+pub struct Queue {
+    state: Mutex<Waiting>,
+    wake: Condvar,
+    max_queue: usize,
+    max_batch: usize,
+    dropped: AtomicU64,
+}
+
+struct Waiting {
+    /// Each an encoded `Span` message body.
+    spans: Vec<Vec<u8>>,
+    /// Set at shutdown: export what is here by then, then stop.
+    closing: Option<Instant>,
+}
+
+impl Queue {
+    pub fn new(max_queue: usize, max_batch: usize) -> Queue {
+        Queue {
+            state: Mutex::new(Waiting {
+                spans: Vec::with_capacity(max_batch),
+                closing: None,
+            }),
+            wake: Condvar::new(),
+            max_queue,
+            max_batch,
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Queues a finished span, or drops it if the queue is full. The batch
+    /// thread is woken only when a batch is ready.
+    pub fn push(&self, span: Vec<u8>) {
+        let Ok(mut q) = self.state.lock() else { return };
+        if q.spans.len() >= self.max_queue {
+            drop(q);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        q.spans.push(span);
+        let ready = q.spans.len() == self.max_batch;
+        drop(q);
+        if ready {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Everything queued so far (tests).
+    #[cfg(test)]
+    pub fn take(&self) -> Vec<Vec<u8>> {
+        self.state
+            .lock()
+            .map(|mut q| std::mem::take(&mut q.spans))
+            .unwrap_or_default()
+    }
+}
+
+/// The batch thread and how to stop it.
+pub struct Exporter {
+    queue: Arc<Queue>,
+    done: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+}
+
+/// What the batch thread sends with.
+struct Sender {
     channel: Channel,
     metadata: MetadataMap,
     timeout: Duration,
     runtime: tokio::runtime::Handle,
-    /// The encoded `Resource` message, set by the tracer provider.
+    /// The encoded `Resource` and `InstrumentationScope` messages.
     resource: Vec<u8>,
-    resource_schema_url: String,
+    scope: Vec<u8>,
 }
 
-impl fmt::Debug for OtlpExporter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OtlpExporter").field("timeout", &self.timeout).finish()
-    }
-}
-
-impl OtlpExporter {
-    /// Connects lazily: an unreachable collector costs failed exports, never
-    /// a failed start. Must run inside the Tokio runtime.
-    pub fn new(config: Config) -> Result<OtlpExporter, String> {
+impl Exporter {
+    /// Starts the batch thread. The collector is connected to lazily: an
+    /// unreachable one costs failed exports, never a failed start. Must run
+    /// inside the Tokio runtime.
+    pub fn start(config: Config, queue: Arc<Queue>, resource: &[(String, String)]) -> Result<Exporter, String> {
         let endpoint = tonic::transport::Endpoint::from_shared(config.endpoint.clone())
             .map_err(|e| format!("the OTLP endpoint {}: {e}", config.endpoint))?
             .timeout(config.timeout)
@@ -192,14 +284,110 @@ impl OtlpExporter {
                 metadata.append(k, v);
             }
         }
-        Ok(OtlpExporter {
+        let mut resource_bytes = Vec::new();
+        for (k, v) in resource {
+            put_attribute(&mut resource_bytes, 1, k, &Value::Str(v));
+        }
+        let mut scope = Vec::new();
+        put_str(&mut scope, 1, "switchyard");
+        put_str(&mut scope, 2, env!("CARGO_PKG_VERSION"));
+        let sender = Sender {
             channel: endpoint.connect_lazy(),
             metadata,
             timeout: config.timeout,
             runtime: tokio::runtime::Handle::current(),
-            resource: Vec::new(),
-            resource_schema_url: String::new(),
+            resource: resource_bytes,
+            scope,
+        };
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let q = queue.clone();
+        let delay = config.schedule_delay;
+        std::thread::Builder::new()
+            .name("switchyard-otlp".into())
+            .spawn(move || {
+                batch_loop(&q, &sender, delay);
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| format!("the span export thread cannot start: {e}"))?;
+        Ok(Exporter {
+            queue,
+            done: Mutex::new(Some(done_rx)),
         })
+    }
+
+    /// Exports what is queued and stops the thread, within `grace`.
+    pub fn shutdown(&self, grace: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + grace;
+        if let Ok(mut q) = self.queue.state.lock() {
+            q.closing = Some(deadline);
+        }
+        self.queue.wake.notify_one();
+        let done = self.done.lock().ok().and_then(|mut d| d.take());
+        match done.map(|d| d.recv_timeout(grace)) {
+            Some(Ok(())) | None => Ok(()),
+            Some(Err(_)) => Err(format!("spans still queued after {grace:?} were not exported")),
+        }
+    }
+}
+
+/// Waits for a full batch, the schedule delay or shutdown; exports; repeats.
+fn batch_loop(queue: &Queue, sender: &Sender, delay: Duration) {
+    let mut last_warning: Option<Instant> = None;
+    let mut failed_batches = 0u64;
+    loop {
+        let due = Instant::now() + delay;
+        let (batch, closing) = {
+            let Ok(mut q) = queue.state.lock() else { return };
+            while q.closing.is_none() && q.spans.len() < queue.max_batch {
+                let left = due.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                q = match queue.wake.wait_timeout(q, left) {
+                    Ok((q, _)) => q,
+                    Err(_) => return,
+                };
+            }
+            let n = q.spans.len().min(queue.max_batch);
+            (q.spans.drain(..n).collect::<Vec<_>>(), q.closing)
+        };
+        if !batch.is_empty() {
+            let timeout = match closing {
+                Some(deadline) => sender.timeout.min(deadline.saturating_duration_since(Instant::now())),
+                None => sender.timeout,
+            };
+            let body = Bytes::from(encode_resource_spans(&sender.resource, &sender.scope, &batch));
+            drop(batch);
+            let sent = sender
+                .runtime
+                .block_on(send(sender.channel.clone(), sender.metadata.clone(), body, timeout));
+            if let Err(status) = sent {
+                failed_batches += 1;
+                // At most one warning a minute, however often exports fail.
+                if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    tracing::warn!(
+                        code = ?status.code(),
+                        message = %status.message(),
+                        failed_batches,
+                        "spans could not be exported; they are dropped"
+                    );
+                    last_warning = Some(Instant::now());
+                }
+            }
+        }
+        let dropped = queue.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "spans were dropped because the export queue was full (raise OTEL_BSP_MAX_QUEUE_SIZE, or sample)"
+            );
+        }
+        if let Some(deadline) = closing {
+            let empty = queue.state.lock().map(|q| q.spans.is_empty()).unwrap_or(true);
+            if empty || Instant::now() >= deadline {
+                return;
+            }
+        }
     }
 }
 
@@ -251,33 +439,6 @@ async fn send(channel: Channel, metadata: MetadataMap, body: Bytes, timeout: Dur
     }
 }
 
-impl SpanExporter for OtlpExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let body = Bytes::from(encode_resource_spans(&self.resource, &self.resource_schema_url, &batch));
-        drop(batch);
-        let sent = self
-            .runtime
-            .spawn(send(self.channel.clone(), self.metadata.clone(), body, self.timeout));
-        match sent.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(status)) => Err(OTelSdkError::InternalFailure(format!(
-                "exporting spans failed: {:?}: {}",
-                status.code(),
-                status.message()
-            ))),
-            Err(e) => Err(OTelSdkError::InternalFailure(format!("the export task failed: {e}"))),
-        }
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.resource.clear();
-        for (k, v) in resource.iter() {
-            put_key_value(&mut self.resource, 1, k.as_str(), v);
-        }
-        self.resource_schema_url = resource.schema_url().unwrap_or_default().to_string();
-    }
-}
-
 // Protobuf, by hand. Field numbers are those of opentelemetry-proto's
 // trace/v1, common/v1 and resource/v1 messages. Scalars at their default
 // value are left out, as proto3 encoders do.
@@ -287,32 +448,32 @@ fn put_len(out: &mut Vec<u8>, tag: u32, len: usize) {
     encode_varint(len as u64, out);
 }
 
-fn put_bytes(out: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
+pub fn put_bytes(out: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
     put_len(out, tag, bytes.len());
     out.extend_from_slice(bytes);
 }
 
-fn put_str(out: &mut Vec<u8>, tag: u32, s: &str) {
+pub fn put_str(out: &mut Vec<u8>, tag: u32, s: &str) {
     if !s.is_empty() {
         put_bytes(out, tag, s.as_bytes());
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, tag: u32, v: u64) {
+pub fn put_varint(out: &mut Vec<u8>, tag: u32, v: u64) {
     if v != 0 {
         encode_key(tag, WireType::Varint, out);
         encode_varint(v, out);
     }
 }
 
-fn put_fixed64(out: &mut Vec<u8>, tag: u32, v: u64) {
+pub fn put_fixed64(out: &mut Vec<u8>, tag: u32, v: u64) {
     if v != 0 {
         encode_key(tag, WireType::SixtyFourBit, out);
         out.extend_from_slice(&v.to_le_bytes());
     }
 }
 
-fn put_fixed32(out: &mut Vec<u8>, tag: u32, v: u32) {
+pub fn put_fixed32(out: &mut Vec<u8>, tag: u32, v: u32) {
     if v != 0 {
         encode_key(tag, WireType::ThirtyTwoBit, out);
         out.extend_from_slice(&v.to_le_bytes());
@@ -324,232 +485,57 @@ fn field_len(tag: u32, body: usize) -> usize {
     prost::encoding::key_len(tag) + encoded_len_varint(body as u64) + body
 }
 
-/// One `AnyValue` that is not an array.
-enum Scalar<'a> {
-    Bool(bool),
-    Int(i64),
-    Double(f64),
-    Str(&'a str),
-}
-
-impl Scalar<'_> {
-    /// The `AnyValue` message's body size.
-    fn len(&self) -> usize {
-        match self {
-            Scalar::Bool(_) => 2,
-            Scalar::Int(i) => 1 + encoded_len_varint(*i as u64),
-            Scalar::Double(_) => 9,
-            Scalar::Str(s) => field_len(1, s.len()),
-        }
-    }
-
-    /// The `AnyValue` body. A oneof member is written even at its default.
-    fn put(&self, out: &mut Vec<u8>) {
-        match self {
-            Scalar::Bool(b) => {
-                encode_key(2, WireType::Varint, out);
-                encode_varint(u64::from(*b), out);
-            }
-            Scalar::Int(i) => {
-                encode_key(3, WireType::Varint, out);
-                encode_varint(*i as u64, out);
-            }
-            Scalar::Double(d) => {
-                encode_key(4, WireType::SixtyFourBit, out);
-                out.extend_from_slice(&d.to_le_bytes());
-            }
-            Scalar::Str(s) => put_bytes(out, 1, s.as_bytes()),
-        }
+/// The `AnyValue` message's body size.
+fn any_value_len(v: &Value) -> usize {
+    match v {
+        Value::Bool(_) => 2,
+        Value::Int(i) => 1 + encoded_len_varint(*i as u64),
+        Value::Double(_) => 9,
+        Value::Str(s) => field_len(1, s.len()),
     }
 }
 
-/// An array attribute's items; `None` for a kind of value newer than this
-/// encoder, which is sent as an empty `AnyValue`.
-fn array_items(v: &Value) -> Option<Vec<Scalar<'_>>> {
-    Some(match v {
-        Value::Array(Array::Bool(a)) => a.iter().map(|b| Scalar::Bool(*b)).collect(),
-        Value::Array(Array::I64(a)) => a.iter().map(|i| Scalar::Int(*i)).collect(),
-        Value::Array(Array::F64(a)) => a.iter().map(|d| Scalar::Double(*d)).collect(),
-        Value::Array(Array::String(a)) => a.iter().map(|s| Scalar::Str(s.as_str())).collect(),
-        _ => return None,
-    })
-}
-
-/// A `KeyValue` field: the key, and the value as an `AnyValue`.
-fn put_key_value(out: &mut Vec<u8>, tag: u32, key: &str, value: &Value) {
+/// A `KeyValue` field: the key, and the value as an `AnyValue`, whose oneof
+/// member is written even at its default.
+pub fn put_attribute(out: &mut Vec<u8>, tag: u32, key: &str, value: &Value) {
     let key_len = if key.is_empty() { 0 } else { field_len(1, key.len()) };
-    // Single values, by far the usual case, need no allocation.
-    let single = match value {
-        Value::Bool(b) => Some(Scalar::Bool(*b)),
-        Value::I64(i) => Some(Scalar::Int(*i)),
-        Value::F64(d) => Some(Scalar::Double(*d)),
-        Value::String(s) => Some(Scalar::Str(s.as_str())),
-        _ => None,
-    };
-    if let Some(s) = single {
-        put_len(out, tag, key_len + field_len(2, s.len()));
-        put_str(out, 1, key);
-        put_len(out, 2, s.len());
-        s.put(out);
-        return;
-    }
-    let items = array_items(value);
-    // AnyValue { array_value (5): ArrayValue { values (1): repeated AnyValue } }
-    let array_len: usize = items.iter().flatten().map(|s| field_len(1, s.len())).sum();
-    let any_len = if items.is_some() { field_len(5, array_len) } else { 0 };
-    put_len(out, tag, key_len + field_len(2, any_len));
+    let value_len = any_value_len(value);
+    put_len(out, tag, key_len + field_len(2, value_len));
     put_str(out, 1, key);
-    put_len(out, 2, any_len);
-    if let Some(items) = items {
-        put_len(out, 5, array_len);
-        for s in &items {
-            put_len(out, 1, s.len());
-            s.put(out);
+    put_len(out, 2, value_len);
+    match value {
+        Value::Bool(b) => {
+            encode_key(2, WireType::Varint, out);
+            encode_varint(u64::from(*b), out);
         }
+        Value::Int(i) => {
+            encode_key(3, WireType::Varint, out);
+            encode_varint(*i as u64, out);
+        }
+        Value::Double(d) => {
+            encode_key(4, WireType::SixtyFourBit, out);
+            out.extend_from_slice(&d.to_le_bytes());
+        }
+        Value::Str(s) => put_bytes(out, 1, s.as_bytes()),
     }
 }
 
-fn put_attributes(out: &mut Vec<u8>, tag: u32, attrs: &[KeyValue]) {
-    for kv in attrs {
-        put_key_value(out, tag, kv.key.as_str(), &kv.value);
-    }
-}
-
-fn unix_nanos(t: SystemTime) -> u64 {
+pub fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// W3C trace flags plus the "has is-remote" and "is remote" bits.
-fn span_flags(is_remote: bool, trace_flags: u8) -> u32 {
-    u32::from(trace_flags) | 0x100 | if is_remote { 0x200 } else { 0 }
-}
-
-fn kind(k: &SpanKind) -> u64 {
-    match k {
-        SpanKind::Internal => 1,
-        SpanKind::Server => 2,
-        SpanKind::Client => 3,
-        SpanKind::Producer => 4,
-        SpanKind::Consumer => 5,
-    }
-}
-
-/// Writes `body` (built in `scratch`) as a length-delimited field of `out`.
-fn put_message(out: &mut Vec<u8>, tag: u32, scratch: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) {
-    scratch.clear();
-    body(scratch);
-    put_bytes(out, tag, scratch);
-}
-
-/// trace_id (1), span_id (2) and trace_state (3), the same fields in a
-/// `Span` and a `Link`. The IDs have fixed sizes, so their lengths are constants.
-fn put_ids(out: &mut Vec<u8>, cx: &opentelemetry::trace::SpanContext) {
-    out.extend_from_slice(&[0x0a, 16]);
-    out.extend_from_slice(&cx.trace_id().to_bytes());
-    out.extend_from_slice(&[0x12, 8]);
-    out.extend_from_slice(&cx.span_id().to_bytes());
-    put_str(out, 3, &cx.trace_state().header());
-}
-
-fn put_link(out: &mut Vec<u8>, link: &Link) {
-    let cx = &link.span_context;
-    put_ids(out, cx);
-    put_attributes(out, 4, &link.attributes);
-    put_varint(out, 5, u64::from(link.dropped_attributes_count));
-    put_fixed32(out, 6, span_flags(cx.is_remote(), cx.trace_flags().to_u8()));
-}
-
-/// One `Span` message's body.
-fn put_span(out: &mut Vec<u8>, scratch: &mut Vec<u8>, span: &SpanData) {
-    let cx = &span.span_context;
-    put_ids(out, cx);
-    if span.parent_span_id != opentelemetry::trace::SpanId::INVALID {
-        put_bytes(out, 4, &span.parent_span_id.to_bytes());
-    }
-    put_str(out, 5, &span.name);
-    put_varint(out, 6, kind(&span.span_kind));
-    put_fixed64(out, 7, unix_nanos(span.start_time));
-    put_fixed64(out, 8, unix_nanos(span.end_time));
-    put_attributes(out, 9, &span.attributes);
-    put_varint(out, 10, u64::from(span.dropped_attributes_count));
-    for event in span.events.iter() {
-        put_message(out, 11, scratch, |m| {
-            put_fixed64(m, 1, unix_nanos(event.timestamp));
-            put_str(m, 2, &event.name);
-            put_attributes(m, 3, &event.attributes);
-            put_varint(m, 4, u64::from(event.dropped_attributes_count));
-        });
-    }
-    put_varint(out, 12, u64::from(span.events.dropped_count));
-    for link in span.links.iter() {
-        put_message(out, 13, scratch, |m| put_link(m, link));
-    }
-    put_varint(out, 14, u64::from(span.links.dropped_count));
-    // Status (15) is always present: { message (2), code (3) }.
-    let (code, message): (u64, &str) = match &span.status {
-        Status::Unset => (0, ""),
-        Status::Ok => (1, ""),
-        Status::Error { description } => (2, description),
-    };
-    let message_len = if message.is_empty() {
-        0
-    } else {
-        field_len(2, message.len())
-    };
-    let code_len = if code == 0 { 0 } else { 2 };
-    put_len(out, 15, message_len + code_len);
-    put_str(out, 2, message);
-    put_varint(out, 3, code);
-    put_fixed32(
-        out,
-        16,
-        span_flags(span.parent_span_is_remote, cx.trace_flags().to_u8()),
-    );
-}
-
-/// One `InstrumentationScope` message's body.
-fn put_scope(out: &mut Vec<u8>, scope: &InstrumentationScope) {
-    put_str(out, 1, scope.name());
-    put_str(out, 2, scope.version().unwrap_or_default());
-    for kv in scope.attributes() {
-        put_key_value(out, 3, kv.key.as_str(), &kv.value);
-    }
-}
-
-/// One `ResourceSpans` message: the resource, then the spans grouped by
-/// instrumentation scope in the order the scopes first appear.
-pub fn encode_resource_spans(resource: &[u8], resource_schema_url: &str, batch: &[SpanData]) -> Vec<u8> {
-    let mut scopes: Vec<(&InstrumentationScope, Vec<u8>)> = Vec::new();
-    let (mut span, mut scratch) = (Vec::with_capacity(1024), Vec::new());
-    for s in batch {
-        let i = match scopes.iter().position(|(scope, _)| *scope == &s.instrumentation_scope) {
-            Some(i) => i,
-            None => {
-                scopes.push((&s.instrumentation_scope, Vec::with_capacity(batch.len() * 512)));
-                scopes.len() - 1
-            }
-        };
-        span.clear();
-        put_span(&mut span, &mut scratch, s);
-        put_bytes(&mut scopes[i].1, 2, &span);
-    }
-    let mut out = Vec::with_capacity(resource.len() + scopes.iter().map(|(_, b)| b.len() + 64).sum::<usize>() + 16);
+/// One `ResourceSpans` message: the resource, and one `ScopeSpans` holding
+/// every span (each an encoded `Span` body).
+pub fn encode_resource_spans(resource: &[u8], scope: &[u8], spans: &[Vec<u8>]) -> Vec<u8> {
+    let spans_len: usize = spans.iter().map(|s| field_len(2, s.len())).sum();
+    let scope_spans_len = field_len(1, scope.len()) + spans_len;
+    let mut out = Vec::with_capacity(field_len(1, resource.len()) + field_len(2, scope_spans_len));
     put_bytes(&mut out, 1, resource);
-    for (scope, spans) in &scopes {
-        scratch.clear();
-        put_scope(&mut scratch, scope);
-        let schema_url = scope.schema_url().unwrap_or_default();
-        let schema_len = if schema_url.is_empty() {
-            0
-        } else {
-            field_len(3, schema_url.len())
-        };
-        put_len(&mut out, 2, field_len(1, scratch.len()) + spans.len() + schema_len);
-        put_bytes(&mut out, 1, &scratch);
-        out.extend_from_slice(spans);
-        put_str(&mut out, 3, schema_url);
+    put_len(&mut out, 2, scope_spans_len);
+    put_bytes(&mut out, 1, scope);
+    for s in spans {
+        put_bytes(&mut out, 2, s);
     }
-    put_str(&mut out, 3, resource_schema_url);
     out
 }
 

@@ -1,159 +1,93 @@
 use super::*;
-use std::borrow::Cow;
 use std::collections::HashMap;
 
-use opentelemetry::trace::{Event, SpanContext, SpanId, TraceFlags, TraceId, TraceState};
-use opentelemetry::StringValue;
-use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
-use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
-use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
-use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+use opentelemetry_proto::tonic::common::v1::AnyValue;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span};
 use prost::Message;
 
-fn context(trace: u128, span: u64, sampled: bool, remote: bool, state: &str) -> SpanContext {
-    let flags = if sampled {
-        TraceFlags::SAMPLED
-    } else {
-        TraceFlags::default()
-    };
-    let state: TraceState = state.parse().expect("trace state");
-    SpanContext::new(TraceId::from(trace), SpanId::from(span), flags, remote, state)
-}
-
-fn at(nanos: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_nanos(nanos)
-}
-
-/// Spans with every field the encoder writes, and the defaults it leaves out.
-fn batch() -> Vec<SpanData> {
-    let scope = InstrumentationScope::builder("switchyard")
-        .with_version("1.2.3")
-        .build();
-    let other = InstrumentationScope::builder("other")
-        .with_schema_url("https://opentelemetry.io/schemas/1.30.0")
-        .with_attributes([KeyValue::new("scope.attr", 7)])
-        .build();
-    let mut events = SpanEvents::default();
-    events.events.push(Event::new(
-        "retry",
-        at(1_700_000_000_500_000_000),
-        vec![KeyValue::new("attempt", 2)],
-        1,
-    ));
-    events.dropped_count = 3;
-    let mut links = SpanLinks::default();
-    links.links.push(Link::new(
-        context(7, 8, true, true, "vendor=x"),
-        vec![KeyValue::new("why", "same decision")],
-        4,
-    ));
-    links.links.push(Link::with_context(context(9, 10, false, false, "")));
-    links.dropped_count = 1;
-    let route = SpanData {
-        span_context: context(
-            0x4bf92f3577b34da6a3ce929d0e0e4736,
-            0x00f067aa0ba902b7,
-            true,
-            false,
-            "a=1,b=2",
-        ),
-        parent_span_id: SpanId::from(0x1122334455667788),
-        parent_span_is_remote: true,
-        span_kind: SpanKind::Server,
-        name: Cow::Borrowed("Route"),
-        start_time: at(1_700_000_000_000_000_000),
-        end_time: at(1_700_000_000_000_250_000),
-        attributes: vec![
-            KeyValue::new("gen_ai.request.model", "gpt-4o-mini"),
-            KeyValue::new("gen_ai.usage.input_tokens", 1234_i64),
-            KeyValue::new("negative", -5_i64),
-            KeyValue::new("zero", 0_i64),
-            KeyValue::new("switchyard.cost.usd", 0.000123),
-            KeyValue::new("flag.off", false),
-            KeyValue::new("flag.on", true),
-            KeyValue::new("empty", ""),
-            KeyValue::new("", "no key"),
-            KeyValue::new("bools", Value::Array(vec![true, false].into())),
-            KeyValue::new("ints", Value::Array(vec![1_i64, -2, 300].into())),
-            KeyValue::new("floats", Value::Array(vec![0.5, -1.25].into())),
-            KeyValue::new(
-                "strings",
-                Value::Array(vec![StringValue::from("a"), StringValue::from("")].into()),
-            ),
-            KeyValue::new("no.items", Value::Array(Vec::<i64>::new().into())),
-        ],
-        dropped_attributes_count: 2,
-        events,
-        links,
-        status: Status::error("Internal: the store is unavailable"),
-        instrumentation_scope: scope.clone(),
-    };
-    let plain = |name: &'static str, kind: SpanKind, status: Status, scope: &InstrumentationScope| SpanData {
-        span_context: context(1, 2, true, false, ""),
-        parent_span_id: SpanId::INVALID,
-        parent_span_is_remote: false,
-        span_kind: kind,
-        name: Cow::Borrowed(name),
-        start_time: at(5),
-        end_time: at(6),
-        attributes: Vec::new(),
-        dropped_attributes_count: 0,
-        events: SpanEvents::default(),
-        links: SpanLinks::default(),
-        status,
-        instrumentation_scope: scope.clone(),
-    };
-    vec![
-        route,
-        plain("ReportUsage", SpanKind::Client, Status::Ok, &other),
-        plain("RecordOutcome", SpanKind::Internal, Status::Unset, &scope),
-        plain("p", SpanKind::Producer, Status::Unset, &other),
-        plain("c", SpanKind::Consumer, Status::Unset, &scope),
-    ]
-}
-
-fn resource() -> Resource {
-    Resource::builder_empty()
-        .with_schema_url(
-            [KeyValue::new("service.name", "switchyard")],
-            "https://opentelemetry.io/schemas/1.21.0",
-        )
-        .with_attributes([
-            KeyValue::new("k8s.pod.name", "agent-7"),
-            KeyValue::new("replicas", 3_i64),
-        ])
-        .build()
+fn any(v: Any) -> Option<AnyValue> {
+    Some(AnyValue { value: Some(v) })
 }
 
 #[test]
-fn encodes_exactly_what_the_reference_transform_builds() {
-    let resource = resource();
-    let mut encoded_resource = Vec::new();
-    for (k, v) in resource.iter() {
-        put_key_value(&mut encoded_resource, 1, k.as_str(), v);
+fn attributes_decode_as_the_collector_reads_them() {
+    let mut span = Vec::new();
+    let cases: [(&str, Value, Any); 9] = [
+        (
+            "gen_ai.request.model",
+            Value::Str("gpt-4o-mini"),
+            Any::StringValue("gpt-4o-mini".into()),
+        ),
+        ("empty", Value::Str(""), Any::StringValue(String::new())),
+        ("tokens", Value::Int(1234), Any::IntValue(1234)),
+        ("zero", Value::Int(0), Any::IntValue(0)),
+        ("negative", Value::Int(-5), Any::IntValue(-5)),
+        ("cost", Value::Double(0.000123), Any::DoubleValue(0.000123)),
+        ("no", Value::Bool(false), Any::BoolValue(false)),
+        ("yes", Value::Bool(true), Any::BoolValue(true)),
+        ("", Value::Str("no key"), Any::StringValue("no key".into())),
+    ];
+    for (k, v, _) in &cases {
+        put_attribute(&mut span, 9, k, v);
     }
-    let bytes = encode_resource_spans(&encoded_resource, resource.schema_url().unwrap_or_default(), &batch());
-    let ours = ResourceSpans::decode(bytes.as_slice()).expect("our bytes decode as ResourceSpans");
-    let reference = group_spans_by_resource_and_scope(batch(), &ResourceAttributesWithSchema::from(&resource));
-    assert_eq!(reference.len(), 1);
-    assert_eq!(ours, reference[0]);
-    // And the request wrapper sends those bytes as one ResourceSpans.
+    let decoded = Span::decode(span.as_slice()).expect("decodes as a Span");
+    assert_eq!(decoded.attributes.len(), cases.len());
+    for (kv, (k, _, want)) in decoded.attributes.iter().zip(cases) {
+        assert_eq!(kv.key, k);
+        assert_eq!(kv.value, any(want), "{k}");
+    }
+}
+
+#[test]
+fn a_batch_is_one_resource_with_one_scope_holding_every_span() {
+    let mut resource = Vec::new();
+    put_attribute(&mut resource, 1, "service.name", &Value::Str("agent"));
+    let mut scope = Vec::new();
+    put_str(&mut scope, 1, "switchyard");
+    put_str(&mut scope, 2, "9.9.9");
+    let spans: Vec<Vec<u8>> = ["Route", "ReportUsage", ""]
+        .iter()
+        .map(|name| {
+            let mut s = Vec::new();
+            put_str(&mut s, 5, name);
+            put_fixed64(&mut s, 7, 42);
+            s
+        })
+        .collect();
+    let bytes = encode_resource_spans(&resource, &scope, &spans);
+    let rs = ResourceSpans::decode(bytes.as_slice()).expect("decodes");
+    let attrs = &rs.resource.as_ref().expect("resource").attributes;
+    assert_eq!(attrs[0].key, "service.name");
+    assert_eq!(rs.scope_spans.len(), 1);
+    let ss = &rs.scope_spans[0];
+    let sc = ss.scope.as_ref().expect("scope");
+    assert_eq!((sc.name.as_str(), sc.version.as_str()), ("switchyard", "9.9.9"));
+    let names: Vec<&str> = ss.spans.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["Route", "ReportUsage", ""]);
+    assert!(ss.spans.iter().all(|s| s.start_time_unix_nano == 42));
+
+    // The request wrapper carries those bytes as the request's one ResourceSpans.
     let request = ExportRequest {
         resource_spans: vec![Bytes::from(bytes)],
     }
     .encode_to_vec();
-    let decoded =
-        opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(request.as_slice())
-            .expect("decodes");
-    assert_eq!(decoded.resource_spans, reference);
+    let decoded = ExportTraceServiceRequest::decode(request.as_slice()).expect("decodes");
+    assert_eq!(decoded.resource_spans, vec![rs]);
+
+    let empty = ResourceSpans::decode(encode_resource_spans(&[], &scope, &[]).as_slice()).expect("decodes");
+    assert!(empty.scope_spans[0].spans.is_empty());
 }
 
 #[test]
-fn an_empty_batch_is_a_resource_with_no_scopes() {
-    let bytes = encode_resource_spans(&[], "", &[]);
-    let decoded = ResourceSpans::decode(bytes.as_slice()).expect("decodes");
-    assert!(decoded.scope_spans.is_empty());
-    assert_eq!(decoded.resource.map(|r| r.attributes.len()), Some(0));
+fn a_full_queue_drops_and_counts_and_wakes_the_thread_only_for_a_batch() {
+    let q = Queue::new(3, 2);
+    for i in 0..5u8 {
+        q.push(vec![i]);
+    }
+    assert_eq!(q.dropped.load(Ordering::Relaxed), 2);
+    assert_eq!(q.take(), vec![vec![0], vec![1], vec![2]]);
 }
 
 fn config(vars: &[(&str, &str)]) -> Result<Option<Config>, String> {
@@ -170,6 +104,9 @@ fn reads_the_standard_variables_traces_specific_first() {
         ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4317"),
         ("OTEL_EXPORTER_OTLP_HEADERS", "x-honeycomb-team=abc%20def , X-Tenant=t1"),
         ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "4096"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1024"),
     ])
     .expect("valid")
     .expect("configured");
@@ -182,6 +119,8 @@ fn reads_the_standard_variables_traces_specific_first() {
         ]
     );
     assert_eq!(c.timeout, Duration::from_millis(2500));
+    assert_eq!(c.schedule_delay, Duration::from_millis(100));
+    assert_eq!((c.max_queue, c.max_batch), (4096, 1024));
     let c = config(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://general:4317"),
         ("OTEL_EXPORTER_OTLP_HEADERS", "a=1"),
@@ -196,6 +135,16 @@ fn reads_the_standard_variables_traces_specific_first() {
         ("http://general:4317", Duration::from_millis(40))
     );
     assert_eq!(c.headers, vec![("b".to_string(), "2".to_string())]);
+    // The defaults, and the batch processor's export timeout capping the OTLP one.
+    let c = config(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+        ("OTEL_BSP_EXPORT_TIMEOUT", "700"),
+    ])
+    .expect("valid")
+    .expect("configured");
+    assert_eq!(c.timeout, Duration::from_millis(700));
+    assert_eq!(c.schedule_delay, Duration::from_secs(5));
+    assert_eq!((c.max_queue, c.max_batch), (2048, 512));
 }
 
 #[test]
@@ -220,11 +169,26 @@ fn a_bad_variable_is_named_with_what_to_fix() {
             "{v}: {e}"
         );
     }
-    for v in ["0", "-1", "soon"] {
-        let e = with("OTEL_EXPORTER_OTLP_TIMEOUT", v);
-        assert!(
-            e.contains("OTEL_EXPORTER_OTLP_TIMEOUT") && e.contains("milliseconds"),
-            "{e}"
-        );
+    for name in [
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+        "OTEL_BSP_SCHEDULE_DELAY",
+        "OTEL_BSP_MAX_QUEUE_SIZE",
+    ] {
+        for v in ["0", "-1", "soon"] {
+            let e = with(name, v);
+            assert!(
+                e.starts_with(&format!("{name}={v}")) && e.contains("positive whole number"),
+                "{e}"
+            );
+        }
     }
+    let e = config(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "100"),
+    ])
+    .expect_err("batch larger than queue");
+    assert!(
+        e.contains("OTEL_BSP_MAX_EXPORT_BATCH_SIZE=512") && e.contains("OTEL_BSP_MAX_QUEUE_SIZE=100"),
+        "{e}"
+    );
 }
