@@ -6,8 +6,9 @@
 pub enum Sampler {
     AlwaysOn,
     AlwaysOff,
-    /// Records a trace when the low 63 bits of its ID's last 8 bytes fall
-    /// below this bound: the same traces every service with this ratio keeps.
+    /// Records a trace when its ID's last 8 bytes, shifted right by one, fall
+    /// below this bound (the OpenTelemetry Rust SDK's rule): every span of a
+    /// trace gets the same decision.
     Ratio(u64),
     /// Follows the caller's sampled flag; the inner sampler decides for new traces.
     ParentBased(Root),
