@@ -81,10 +81,8 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-const SECRET_PROMPT: &str = "Summarise the zebra-violet-quartz incident for the status page.";
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spans_reach_a_real_otlp_receiver_inside_the_callers_trace() {
+/// A real OTLP/gRPC trace receiver on a free port, and its endpoint URL.
+async fn start_receiver() -> (Receiver, String) {
     let receiver = Receiver::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -95,7 +93,14 @@ async fn spans_reach_a_real_otlp_receiver_inside_the_callers_trace() {
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await
     });
-    let endpoint = format!("http://{addr}");
+    (receiver, format!("http://{addr}"))
+}
+
+const SECRET_PROMPT: &str = "Summarise the zebra-violet-quartz incident for the status page.";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_a_real_otlp_receiver_inside_the_callers_trace() {
+    let (receiver, endpoint) = start_receiver().await;
     let server = Server::start_with_env(
         &repo_path("routing-rules/examples/budgets.toml"),
         &[],
@@ -228,6 +233,45 @@ async fn spans_reach_a_real_otlp_receiver_inside_the_callers_trace() {
     }
     // The collector going away never fails a Route.
     drop(spans);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_flushes_the_spans_still_queued() {
+    let (receiver, endpoint) = start_receiver().await;
+    // An hour between scheduled exports, and batches larger than this test
+    // makes: only the shutdown flush can deliver these spans.
+    let server = Server::start_with_env(
+        &repo_path("routing-rules"),
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "3600000"),
+        ],
+    );
+    let mut c = server.client().await;
+    let mut decisions = Vec::new();
+    for i in 0..25 {
+        let r = c
+            .route(request("general", &format!("question {i}")))
+            .await
+            .expect("route");
+        decisions.push(r.into_inner().decision_id);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        receiver.spans.lock().expect("lock").is_empty(),
+        "nothing exported before shutdown"
+    );
+    assert!(server.terminate().success());
+    let spans = receiver.spans.lock().expect("lock");
+    let routed: Vec<String> = spans
+        .iter()
+        .filter(|(_, s)| s.name == "Route")
+        .map(|(_, s)| attrs(s)["switchyard.decision.id"].clone())
+        .collect();
+    for d in &decisions {
+        assert!(routed.contains(d), "the Route span of {d} was flushed at SIGTERM");
+    }
 }
 
 #[tokio::test]
