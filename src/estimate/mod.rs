@@ -17,6 +17,29 @@ use complexity::{scan, Counts};
 
 use crate::rules::{Encoding, RuleTable, Workflow};
 
+/// `len` (at most 16) bytes of `buf` from `start`, byte `i` at bits `8i`,
+/// zero above. Where 16 bytes are there to read this is one load and a mask:
+/// copying a short variable-length slice into an array instead compiled to a
+/// `memcpy` call per word, a tenth of the server's time on unique contexts.
+#[inline]
+pub(crate) fn pack_le(buf: &[u8], start: usize, len: usize) -> u128 {
+    let mut a = [0u8; 16];
+    match buf.get(start..start + 16) {
+        Some(s) => a.copy_from_slice(s),
+        None => {
+            for (slot, &b) in a.iter_mut().zip(&buf[start..start + len.min(16)]) {
+                *slot = b;
+            }
+        }
+    }
+    let v = u128::from_le_bytes(a);
+    if len >= 16 {
+        v
+    } else {
+        v & ((1u128 << (8 * len)) - 1)
+    }
+}
+
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {

@@ -212,12 +212,11 @@ thread_local! {
     static MEMO: std::cell::RefCell<Memo> = std::cell::RefCell::new(Memo::default());
 }
 
-fn pack(piece: &[u8], o200k: bool) -> u128 {
-    let mut k = [0u8; 16];
-    k[..piece.len()].copy_from_slice(piece);
+/// The memo key of the piece `b[start..start + len]` (at most 15 bytes).
+fn pack(b: &[u8], start: usize, len: usize, o200k: bool) -> u128 {
     // The last byte holds the length and the encoding; ASCII pieces never use it.
-    k[15] = piece.len() as u8 | if o200k { 0x80 } else { 0 };
-    u128::from_le_bytes(k)
+    let tag = len as u128 | if o200k { 0x80 } else { 0 };
+    super::pack_le(b, start, len) | tag << 120
 }
 
 fn count_ascii(bpe: &bpe_openai::byte_pair_encoding::BytePairEncoding, b: &[u8], o200k: bool) -> u64 {
@@ -233,7 +232,7 @@ fn count_ascii(bpe: &bpe_openai::byte_pair_encoding::BytePairEncoding, b: &[u8],
             let piece = &b[p..e];
             total += if piece.len() <= MEMO_PIECE_BYTES {
                 *memo
-                    .entry(pack(piece, o200k))
+                    .entry(pack(b, p, piece.len(), o200k))
                     .or_insert_with(|| bpe.count(piece) as u32) as u64
             } else {
                 bpe.count(piece) as u64
