@@ -178,25 +178,32 @@ fn next_piece(b: &[u8], p: usize, o200k: bool) -> usize {
 
 /// Pieces up to this many bytes have their BPE count memoised per thread.
 const MEMO_PIECE_BYTES: usize = 15;
-/// Slots in each thread's memo: a power of two. 16,384 keys and counts are
-/// 320 KiB, which stays in a core's L2 cache.
+/// Slots in each thread's memo: a power of two. 16,384 slots of 16 bytes
+/// are 256 KiB, which stays in a core's L2 cache.
 const MEMO_SLOTS: usize = 1 << 14;
 
+/// Where a slot keeps its piece's count: bits 4–6 of the key's last byte,
+/// which holds the piece's length (at most 15, bits 0–3) and the encoding
+/// (bit 7).
+const COUNT_SHIFT: u32 = 124;
+const COUNT_MASK: u128 = 0b111 << COUNT_SHIFT;
+/// The largest count a slot holds; a piece of more tokens is not memoised.
+const MAX_MEMO_COUNT: u32 = 7;
+
 /// BPE counts of short pieces, direct-mapped: a piece's key picks one slot,
-/// which holds the last piece that mapped there. A hit is one load and one
-/// comparison, a miss one BPE run that takes the slot. A hash map here
-/// (cleared whole when it filled) made the estimate stage of a new 6k-token
-/// context take 255 µs in `cargo bench --bench context`; this takes 136 µs.
+/// which holds the last piece that mapped there, with its count in spare
+/// bits of the key. A hit is one load and one comparison; a miss is one BPE
+/// run that takes the slot. A hash map here (cleared whole when it filled)
+/// made the estimate stage of a new 6k-token context take 255 µs in
+/// `cargo bench --bench context`; a direct-mapped table took 136 µs.
 struct Memo {
-    keys: Box<[u128]>,
-    counts: Box<[u32]>,
+    slots: Box<[u128]>,
 }
 
 impl Memo {
     fn new() -> Memo {
         Memo {
-            keys: vec![0; MEMO_SLOTS].into_boxed_slice(),
-            counts: vec![0; MEMO_SLOTS].into_boxed_slice(),
+            slots: vec![0; MEMO_SLOTS].into_boxed_slice(),
         }
     }
 
@@ -210,12 +217,14 @@ impl Memo {
     #[inline]
     fn get_or(&mut self, key: u128, count: impl FnOnce() -> u32) -> u32 {
         let i = Memo::slot(key) & (MEMO_SLOTS - 1);
-        if self.keys[i] == key {
-            return self.counts[i];
+        let held = self.slots[i];
+        if held & !COUNT_MASK == key {
+            return ((held & COUNT_MASK) >> COUNT_SHIFT) as u32;
         }
         let n = count();
-        self.keys[i] = key;
-        self.counts[i] = n;
+        if n <= MAX_MEMO_COUNT {
+            self.slots[i] = key | (n as u128) << COUNT_SHIFT;
+        }
         n
     }
 }
@@ -291,6 +300,28 @@ fn segment(tok: &bpe_openai::Tokenizer, s: &str, o200k: bool) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_memo_keeps_counts_up_to_seven_in_the_key_and_recounts_others() {
+        let mut m = Memo::new();
+        let hello = pack(b"hello", 0, 5, true);
+        let mut runs = 0;
+        let mut count = |n: u32| {
+            runs += 1;
+            n
+        };
+        assert_eq!(m.get_or(hello, || count(3)), 3);
+        assert_eq!(m.get_or(hello, || count(99)), 3, "held");
+        assert_eq!(runs, 1);
+        let bangs = pack(b"!!!!!!!!!!!!!!!", 0, 15, true);
+        assert_eq!(m.get_or(bangs, || 9), 9);
+        assert_eq!(m.get_or(bangs, || 10), 10, "a count above 7 is not held");
+        // The encoding is part of the key, and a held count never leaks into it.
+        let cl100k = pack(b"hello", 0, 5, false);
+        assert_eq!(m.get_or(cl100k, || 2), 2);
+        assert_eq!(m.get_or(cl100k, || 5), 2);
+        assert_eq!(pack(b"xhello", 1, 5, true), hello);
+    }
 
     fn reference(e: Encoding, s: &str) -> u64 {
         match e {
