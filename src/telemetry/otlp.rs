@@ -72,21 +72,32 @@ fn var(env: &impl Fn(&str) -> Option<String>, names: &[&'static str]) -> Option<
     })
 }
 
-/// A positive whole number from the first set variable of `names`, or `default`.
+/// A whole number from 1 to `max` from the first set variable of `names`,
+/// or `default`.
 fn number(
     env: &impl Fn(&str) -> Option<String>,
     names: &[&'static str],
     unit: &str,
     default: u64,
+    max: u64,
 ) -> Result<u64, String> {
     match var(env, names) {
         Some((name, v)) => match v.parse::<u64>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(format!("{name}={v}: expected a positive whole number of {unit}")),
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "{name}={v}: expected a positive whole number of {unit}, at most {max}"
+            )),
         },
         None => Ok(default),
     }
 }
+
+/// An hour, in milliseconds: the longest export timeout.
+const MAX_TIMEOUT_MS: u64 = 3_600_000;
+/// A day, in milliseconds: the longest time between scheduled exports.
+const MAX_DELAY_MS: u64 = 86_400_000;
+/// The most spans queued or sent in one export.
+const MAX_SPANS: u64 = 1 << 20;
 
 impl Config {
     /// Reads the environment through `env`. `Ok(None)` when no endpoint is
@@ -123,11 +134,12 @@ impl Config {
             &["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"],
             ms,
             10_000,
+            MAX_TIMEOUT_MS,
         )?;
-        let bsp_timeout = number(&env, &["OTEL_BSP_EXPORT_TIMEOUT"], ms, 30_000)?;
-        let schedule_delay = number(&env, &["OTEL_BSP_SCHEDULE_DELAY"], ms, 5_000)?;
-        let max_queue = number(&env, &["OTEL_BSP_MAX_QUEUE_SIZE"], "spans", 2_048)?;
-        let max_batch = number(&env, &["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"], "spans", 512)?;
+        let bsp_timeout = number(&env, &["OTEL_BSP_EXPORT_TIMEOUT"], ms, 30_000, MAX_TIMEOUT_MS)?;
+        let schedule_delay = number(&env, &["OTEL_BSP_SCHEDULE_DELAY"], ms, 5_000, MAX_DELAY_MS)?;
+        let max_queue = number(&env, &["OTEL_BSP_MAX_QUEUE_SIZE"], "spans", 2_048, MAX_SPANS)?;
+        let max_batch = number(&env, &["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"], "spans", 512, MAX_SPANS)?;
         if max_batch > max_queue {
             return Err(format!(
                 "OTEL_BSP_MAX_EXPORT_BATCH_SIZE={max_batch} is larger than OTEL_BSP_MAX_QUEUE_SIZE={max_queue}; \
@@ -139,8 +151,8 @@ impl Config {
             headers,
             timeout: Duration::from_millis(otlp_timeout.min(bsp_timeout)),
             schedule_delay: Duration::from_millis(schedule_delay),
-            max_queue: max_queue.min(1 << 20) as usize,
-            max_batch: max_batch.min(1 << 20) as usize,
+            max_queue: max_queue as usize,
+            max_batch: max_batch as usize,
         }))
     }
 }
