@@ -129,6 +129,11 @@ pub fn scan(text: &str) -> Counts {
             prev_digit = false;
             continue;
         }
+        if b == b' ' && !at_line_start {
+            // The commonest byte between words changes nothing below.
+            i += 1;
+            continue;
+        }
         match b {
             b'\n' => {
                 at_line_start = true;
@@ -287,6 +292,9 @@ const KEYWORDS: &[(&str, Signal)] = &[
 /// mispredicted branches for every word of a prompt).
 struct KeywordTable {
     slots: [(u128, Option<Signal>); KEYWORD_SLOTS],
+    /// By word length, a bit for each first letter some keyword of that
+    /// length has: most words are ruled out by one load and a shift.
+    first: [u32; 13],
 }
 
 /// A power of two, about four times the keywords.
@@ -300,7 +308,9 @@ fn keyword_slot(key: u128) -> usize {
 impl KeywordTable {
     fn build() -> KeywordTable {
         let mut slots = [(0u128, None); KEYWORD_SLOTS];
+        let mut first = [0u32; 13];
         for (w, s) in KEYWORDS {
+            first[w.len()] |= 1 << (w.as_bytes()[0] - b'a');
             let key = super::pack_le(w.as_bytes(), 0, w.len());
             let mut i = keyword_slot(key);
             while slots[i].1.is_some() {
@@ -308,7 +318,12 @@ impl KeywordTable {
             }
             slots[i] = (key, Some(*s));
         }
-        KeywordTable { slots }
+        KeywordTable { slots, first }
+    }
+
+    /// Whether some keyword has this length and first letter (`len` 2 to 12).
+    fn may_hold(&self, len: usize, first_letter: u8) -> bool {
+        self.first[len] >> ((first_letter | 0x20).wrapping_sub(b'a') & 31) & 1 == 1
     }
 
     fn get(&self, key: u128) -> Option<Signal> {
@@ -330,10 +345,14 @@ fn classify_word(text: &[u8], start: usize, len: usize, c: &mut Counts) {
     if !(2..=12).contains(&len) {
         return;
     }
+    let index = &*KEYWORD_INDEX;
+    if !index.may_hold(len, text[start]) {
+        return;
+    }
     // Every byte is an ASCII letter: setting bit 5 lowercases it.
     let lower = 0x2020_2020_2020_2020_2020_2020_2020_2020u128 & ((1u128 << (8 * len)) - 1);
     let key = super::pack_le(text, start, len) | lower;
-    if let Some(signal) = KEYWORD_INDEX.get(key) {
+    if let Some(signal) = index.get(key) {
         match signal {
             Signal::Reasoning => c.reasoning += 1,
             Signal::Constraint => c.constraints += 1,
