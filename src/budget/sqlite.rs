@@ -305,10 +305,13 @@ fn commit_batch(conn: &mut Connection, records: Vec<NewReservation>, batch: Vec<
     if records.is_empty() && batch.is_empty() {
         return;
     }
-    if let Err(e) = run_cached(conn, "BEGIN IMMEDIATE") {
+    let lost = |e: &dyn std::fmt::Display| {
         if !records.is_empty() {
             tracing::warn!(error = %e, lost = records.len(), "recording decisions without a budget failed");
         }
+    };
+    if let Err(e) = run_cached(conn, "BEGIN IMMEDIATE") {
+        lost(&e);
         for job in batch {
             job(Err(e.to_string()))(None);
         }
@@ -325,9 +328,7 @@ fn commit_batch(conn: &mut Connection, records: Vec<NewReservation>, batch: Vec<
     let failed = run_cached(conn, "COMMIT").err().map(|e| e.to_string());
     if let Some(e) = &failed {
         let _ = conn.execute_batch("ROLLBACK");
-        if !records.is_empty() {
-            tracing::warn!(error = %e, lost = records.len(), "recording decisions without a budget failed");
-        }
+        lost(e);
     }
     for reply in replies {
         reply(failed.clone());

@@ -10,13 +10,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-
-use crate::recent::Recent;
 use std::time::Duration;
 
 use super::{Features, LearnEvent, Learner};
 use crate::budget::{SharedStore, StoreError};
 use crate::ledger::OutcomeStatus;
+use crate::recent::Recent;
 use crate::rules::reload::Rules;
 
 /// Routed calls remembered for labelling, and for how long.

@@ -468,21 +468,6 @@ struct Recording {
 /// Room for a Route span's bytes: IDs, times, 14 attributes and a link.
 const SPAN_BYTES: usize = 768;
 
-/// `flags` in a `Span` or `Link`: the W3C trace flags, plus "whether the
-/// parent is remote is known" and, if so, whether it is.
-fn otlp_flags(flags: u8, remote: bool) -> u32 {
-    u32::from(flags) | 0x100 | if remote { 0x200 } else { 0 }
-}
-
-/// trace_id (1) and span_id (2), the same fields in a `Span` and a `Link`.
-/// Their sizes are fixed, so the lengths are constants.
-fn put_ids(out: &mut Vec<u8>, ids: &SpanIds) {
-    out.extend_from_slice(&[0x0a, 16]);
-    out.extend_from_slice(&ids.trace_id);
-    out.extend_from_slice(&[0x12, 8]);
-    out.extend_from_slice(&ids.span_id);
-}
-
 impl Recording {
     fn begin(
         queue: Arc<otlp::Queue>,
@@ -493,7 +478,7 @@ impl Recording {
         link: Option<SpanIds>,
     ) -> Recording {
         let mut buf = Vec::with_capacity(SPAN_BYTES);
-        put_ids(&mut buf, ids);
+        otlp::put_ids(&mut buf, ids);
         if let Some(ts) = tracestate {
             otlp::put_str(&mut buf, 3, ts);
         }
@@ -504,13 +489,7 @@ impl Recording {
         otlp::put_varint(&mut buf, 6, 2); // SPAN_KIND_SERVER
         otlp::put_fixed64(&mut buf, 7, otlp::unix_nanos(SystemTime::now()));
         if let Some(link) = link {
-            // Link { trace_id, span_id, flags (6) }: 2 + 16 + 2 + 8 + 5 bytes.
-            otlp::put_bytes(&mut buf, 13, &{
-                let mut l = Vec::with_capacity(33);
-                put_ids(&mut l, &link);
-                otlp::put_fixed32(&mut l, 6, otlp_flags(link.flags, false));
-                l
-            });
+            otlp::put_link(&mut buf, &link);
         }
         Recording {
             buf,
@@ -558,17 +537,8 @@ impl Drop for RpcSpan {
         };
         let Recording { mut buf, queue, error } = r;
         otlp::put_fixed64(&mut buf, 8, otlp::unix_nanos(SystemTime::now()));
-        // Status (15) is always present: { message (2), code (3): 2 = error }.
-        match error {
-            Some(message) => {
-                let mut status = Vec::with_capacity(message.len() + 8);
-                otlp::put_str(&mut status, 2, &message);
-                otlp::put_varint(&mut status, 3, 2);
-                otlp::put_bytes(&mut buf, 15, &status);
-            }
-            None => otlp::put_bytes(&mut buf, 15, &[]),
-        }
-        otlp::put_fixed32(&mut buf, 16, otlp_flags(ids.flags, remote_parent));
+        otlp::put_status(&mut buf, error.as_deref());
+        otlp::put_fixed32(&mut buf, 16, otlp::span_flags(ids.flags, remote_parent));
         queue.push(buf);
     }
 }

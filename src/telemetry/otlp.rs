@@ -24,7 +24,7 @@ use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::Channel;
 
-use super::Value;
+use super::{SpanIds, Value};
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
@@ -529,6 +529,48 @@ pub fn put_attribute(out: &mut Vec<u8>, tag: u32, key: &str, value: &Value) {
             out.extend_from_slice(&d.to_le_bytes());
         }
         Value::Str(s) => put_bytes(out, 1, s.as_bytes()),
+    }
+}
+
+/// `flags` in a `Span` or `Link`: the W3C trace flags, plus "whether the
+/// parent is remote is known" and, if so, whether it is.
+pub fn span_flags(trace_flags: u8, remote: bool) -> u32 {
+    u32::from(trace_flags) | 0x100 | if remote { 0x200 } else { 0 }
+}
+
+/// trace_id (1) and span_id (2), the same fields in a `Span` and a `Link`.
+/// Their sizes are fixed, so the lengths are constants.
+pub fn put_ids(out: &mut Vec<u8>, ids: &SpanIds) {
+    out.extend_from_slice(&[0x0a, 16]);
+    out.extend_from_slice(&ids.trace_id);
+    out.extend_from_slice(&[0x12, 8]);
+    out.extend_from_slice(&ids.span_id);
+}
+
+/// A `Span`'s link (13) to a span of this sidecar: its IDs and flags (6),
+/// whose size is fixed too.
+pub fn put_link(out: &mut Vec<u8>, ids: &SpanIds) {
+    const BODY: usize = 2 + 16 + 2 + 8 + 5;
+    put_len(out, 13, BODY);
+    put_ids(out, ids);
+    put_fixed32(out, 6, span_flags(ids.flags, false));
+}
+
+/// A `Span`'s status (15), always present: for an error, its message (2) and
+/// code 2 (3); otherwise empty (unset).
+pub fn put_status(out: &mut Vec<u8>, error: Option<&str>) {
+    match error {
+        Some(message) => {
+            let message_len = if message.is_empty() {
+                0
+            } else {
+                field_len(2, message.len())
+            };
+            put_len(out, 15, message_len + 2);
+            put_str(out, 2, message);
+            put_varint(out, 3, 2);
+        }
+        None => put_len(out, 15, 0),
     }
 }
 
