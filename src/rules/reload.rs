@@ -118,16 +118,17 @@ impl Rules {
                     summary = %super::summary(&table),
                     "rules reloaded"
                 );
-                self.current.store(Arc::new(table));
-                self.reloads_ok.fetch_add(1, Ordering::Relaxed);
-                self.tell(Ok(&files_sha256(&self.path).unwrap_or_default()));
-                self.last_failed_hash.store(0, Ordering::Relaxed);
-                let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
-                *s = ReloadStatus {
+                // The status first: whoever routes with the new table also
+                // sees the failure cleared on /healthz and /metrics.
+                *self.status.lock().unwrap_or_else(|e| e.into_inner()) = ReloadStatus {
                     failing: false,
                     last_error: None,
                     loaded_at: Some(SystemTime::now()),
                 };
+                self.last_failed_hash.store(0, Ordering::Relaxed);
+                self.current.store(Arc::new(table));
+                self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                self.tell(Ok(&files_sha256(&self.path).unwrap_or_default()));
                 true
             }
             Err(e) => {
