@@ -106,8 +106,8 @@ impl Counts {
 
 /// Scans `text` once and counts the signals.
 ///
-/// Letters are consumed a word at a time in a tight loop (most bytes are
-/// letters); only the bytes between words are examined one by one.
+/// Letters are consumed a word at a time, eight bytes per step (most bytes
+/// are letters); only the bytes between words are examined one by one.
 pub fn scan(text: &str) -> Counts {
     let mut c = Counts::default();
     let bytes = text.as_bytes();
@@ -121,9 +121,7 @@ pub fn scan(text: &str) -> Counts {
         let b = bytes[i];
         if b.is_ascii_alphabetic() {
             let start = i;
-            while i < n && bytes[i].is_ascii_alphabetic() {
-                i += 1;
-            }
+            i = super::run_end(bytes, i, super::Run::Alpha);
             classify_word(bytes, start, i - start, &mut c);
             at_line_start = false;
             prev_digit = false;

@@ -232,3 +232,35 @@ fn learning_moves_decisions_the_right_way_on_synthetic_traffic() {
     );
     assert!(chat[0] >= 9 * chat[1], "chat stays on the weak tier: {chat:?}");
 }
+
+#[test]
+fn the_radix_sort_orders_buckets_like_a_comparison_sort() {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    for len in [0usize, 1, 5, 32, 33, 100, 511, 2_000] {
+        let mut v: Vec<u32> = (0..len)
+            .map(|i| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                // Some repeats, and the extremes of the range.
+                match i % 7 {
+                    0 => (BUCKETS - 1) as u32,
+                    1 => FIXED as u32,
+                    _ => (state % BUCKETS as u64) as u32,
+                }
+            })
+            .collect();
+        let mut want = v.clone();
+        want.sort_unstable();
+        sort_buckets(&mut v);
+        assert_eq!(v, want, "{len} buckets");
+    }
+}
+
+#[test]
+fn numbered_features_hash_like_their_names() {
+    for n in [0, 1, 9, 10, 42, 64, 99] {
+        assert_eq!(numbered(4, b"len", n), named(4, &format!("len{n}")), "{n}");
+        assert_eq!(numbered(5, b"dig", n), named(5, &format!("dig{n}")), "{n}");
+    }
+}
