@@ -67,6 +67,14 @@ fn named(kind: u8, name: &str) -> u32 {
     bucket(kind, xxhash_rust::xxh3::xxh3_64(name.as_bytes()))
 }
 
+thread_local! {
+    /// Each thread's buffers for gathering and sorting a request's buckets.
+    /// Features keep an exact-size copy: learning holds a routed call's
+    /// features for up to a day, and a buffer sized for the longest request
+    /// (2 KiB) held for each of 200,000 calls was most of the server's memory.
+    static GRAMS: std::cell::RefCell<(Vec<u32>, Vec<u32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
 /// `named(kind, "{prefix}{n}")` for `n` below 100, written on the stack.
 fn numbered(kind: u8, prefix: &[u8; 3], n: u32) -> u32 {
     let mut name = [
@@ -88,13 +96,15 @@ fn numbered(kind: u8, prefix: &[u8; 3], n: u32) -> u32 {
 /// Sorts bucket numbers (all below 2^18) with two passes of a nine-bit
 /// radix sort: a request's few hundred buckets took a comparison sort about
 /// forty thousand instructions and a mispredicted branch per comparison.
-fn sort_buckets(v: &mut Vec<u32>) {
+/// `out` is scratch space.
+fn sort_buckets(v: &mut Vec<u32>, out: &mut Vec<u32>) {
     const _: () = assert!(BUCKETS <= 1 << 18, "two nine-bit passes cover 18 bits");
     if v.len() <= 32 {
         v.sort_unstable();
         return;
     }
-    let mut out = vec![0u32; v.len()];
+    out.clear();
+    out.resize(v.len(), 0);
     for shift in [0, 9] {
         let mut start = [0u32; 512];
         for &x in v.iter() {
@@ -109,7 +119,7 @@ fn sort_buckets(v: &mut Vec<u32>) {
             out[start[digit] as usize] = x;
             start[digit] += 1;
         }
-        std::mem::swap(v, &mut out);
+        std::mem::swap(v, out);
     }
 }
 
@@ -117,7 +127,22 @@ impl Features {
     /// Extracts the features of a request from its texts (the user's
     /// messages, newest first), its task kind and its complexity features.
     pub fn extract<'a>(texts: impl Iterator<Item = &'a str>, task_kind: &str, cx: &Complexity) -> Features {
-        let mut grams = Vec::with_capacity(2 * MAX_WORDS);
+        GRAMS.with(|scratch| {
+            let (grams, spare) = &mut *scratch.borrow_mut();
+            grams.clear();
+            Features::extract_into(grams, spare, texts, task_kind, cx)
+        })
+    }
+
+    /// [`Features::extract`], gathering the buckets in `grams` (empty) and
+    /// sorting with `spare`; the features keep an exact-size copy.
+    fn extract_into<'a>(
+        grams: &mut Vec<u32>,
+        spare: &mut Vec<u32>,
+        texts: impl Iterator<Item = &'a str>,
+        task_kind: &str,
+        cx: &Complexity,
+    ) -> Features {
         let (mut words, mut digits) = (0usize, 0u32);
         'texts: for text in texts {
             let mut prev: Option<u64> = None;
@@ -148,7 +173,7 @@ impl Features {
                 }
             }
         }
-        sort_buckets(&mut grams);
+        sort_buckets(grams, spare);
         grams.dedup();
         let log2 = |n: usize| usize::BITS - n.leading_zeros();
         Features {
@@ -168,7 +193,7 @@ impl Features {
                 cx.structured as f32,
                 cx.task_prior as f32,
             ],
-            grams,
+            grams: grams.to_vec(),
         }
     }
 

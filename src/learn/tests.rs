@@ -252,7 +252,7 @@ fn the_radix_sort_orders_buckets_like_a_comparison_sort() {
             .collect();
         let mut want = v.clone();
         want.sort_unstable();
-        sort_buckets(&mut v);
+        sort_buckets(&mut v, &mut Vec::new());
         assert_eq!(v, want, "{len} buckets");
     }
 }
@@ -263,4 +263,16 @@ fn numbered_features_hash_like_their_names() {
         assert_eq!(numbered(4, b"len", n), named(4, &format!("len{n}")), "{n}");
         assert_eq!(numbered(5, b"dig", n), named(5, &format!("dig{n}")), "{n}");
     }
+}
+
+#[test]
+fn features_hold_only_their_own_buckets() {
+    // Learning keeps a call's features for up to a day: a short request's
+    // must not keep the buffer a long one needed.
+    let long = "many different words ".repeat(200);
+    let big = Features::extract(std::iter::once(long.as_str()), "k", &cx());
+    let f = Features::extract(std::iter::once("Is order 7 late?"), "k", &cx());
+    assert_eq!(f.grams.len(), 7, "4 words and 3 bigrams: {:?}", f.grams);
+    assert_eq!(f.grams.capacity(), f.grams.len());
+    assert_eq!(big.grams.capacity(), big.grams.len());
 }
