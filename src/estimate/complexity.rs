@@ -125,6 +125,10 @@ pub fn scan(text: &str) -> Counts {
             classify_word(bytes, start, i - start, &mut c);
             at_line_start = false;
             prev_digit = false;
+            // The space after a word, the commonest case, changes nothing below.
+            if bytes.get(i) == Some(&b' ') {
+                i += 1;
+            }
             continue;
         }
         if b == b' ' && !at_line_start {
@@ -348,7 +352,7 @@ fn classify_word(text: &[u8], start: usize, len: usize, c: &mut Counts) {
         return;
     }
     // Every byte is an ASCII letter: setting bit 5 lowercases it.
-    let lower = 0x2020_2020_2020_2020_2020_2020_2020_2020u128 & ((1u128 << (8 * len)) - 1);
+    let lower = 0x2020_2020_2020_2020_2020_2020_2020_2020u128 & super::low_bytes(len);
     let key = super::pack_le(text, start, len) | lower;
     if let Some(signal) = index.get(key) {
         match signal {

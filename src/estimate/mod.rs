@@ -32,11 +32,16 @@ pub(crate) fn pack_le(buf: &[u8], start: usize, len: usize) -> u128 {
             }
         }
     }
-    let v = u128::from_le_bytes(a);
+    u128::from_le_bytes(a) & low_bytes(len)
+}
+
+/// A mask of the low `len` bytes of a `u128` (all of them from 16).
+#[inline]
+pub(crate) fn low_bytes(len: usize) -> u128 {
     if len >= 16 {
-        v
+        u128::MAX
     } else {
-        v & LOW_BYTES[len]
+        LOW_BYTES[len]
     }
 }
 
