@@ -23,7 +23,10 @@
 //! schedule whether or not earlier ones answered), `--duration S`,
 //! `--requests N` (a bound on the count as well), `--connections N`
 //! (HTTP/2 connections, default 4), `--json`, `--target ADDR` (load a
-//! running server instead of starting one).
+//! running server instead of starting one), `--rounds N` (split each
+//! scenario's time into N rounds run in turn with the others, so that the
+//! health check is measured beside each scenario on this noisy machine; the
+//! ratio is the median of the rounds' and `--requests` bounds each round).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -57,6 +60,10 @@ struct Args {
     requests: u64,
     connections: usize,
     json: bool,
+    /// Slices each scenario's time into this many rounds, run in turn across
+    /// the scenarios (health, A, B, health, A, B, ...), and reports each
+    /// scenario's ratio to the health check as the median of the rounds'.
+    rounds: usize,
     /// A running server to load instead of starting one (its rules need a
     /// `budgeted` workflow for the route-usage scenarios).
     target: Option<String>,
@@ -71,6 +78,7 @@ fn args() -> Args {
         requests: u64::MAX,
         connections: 4,
         json: false,
+        rounds: 1,
         target: None,
     };
     let mut it = std::env::args().skip(1);
@@ -84,6 +92,7 @@ fn args() -> Args {
             "--requests" => a.requests = value().parse().expect("--requests N"),
             "--connections" => a.connections = value().parse().expect("--connections N"),
             "--json" => a.json = true,
+            "--rounds" => a.rounds = value().parse::<usize>().expect("--rounds N").max(1),
             "--target" => a.target = Some(value()),
             // cargo bench passes --bench; ignore anything else cargo adds.
             _ => {}
@@ -231,16 +240,74 @@ struct Result_ {
     p90_us: u64,
     p99_us: u64,
     max_us: u64,
+    /// With `--rounds`: this scenario's rate over the health check's, per
+    /// round, and their median.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    health_ratio_rounds: Vec<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health_ratio_median: Option<f64>,
 }
 
-async fn run(work: Arc<Work>, c: Clients, a: &Args) -> Result_ {
+/// One stretch of load on one scenario.
+struct Slice {
+    mode: String,
+    requests: u64,
+    errors: u64,
+    seconds: f64,
+    hist: Histogram<u64>,
+}
+
+impl Slice {
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+}
+
+/// A scenario's slices as one result.
+fn combine(scenario: &str, slices: &[Slice]) -> Result_ {
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+    for s in slices {
+        hist.add(&s.hist).expect("histograms of the same bounds");
+    }
+    let (requests, errors, seconds) = slices.iter().fold((0, 0, 0.0), |(r, e, t), s| {
+        (r + s.requests, e + s.errors, t + s.seconds)
+    });
+    Result_ {
+        scenario: scenario.to_string(),
+        mode: slices.first().map_or_else(String::new, |s| s.mode.clone()),
+        requests,
+        errors,
+        seconds,
+        rate: requests as f64 / seconds,
+        p50_us: hist.value_at_quantile(0.50),
+        p90_us: hist.value_at_quantile(0.90),
+        p99_us: hist.value_at_quantile(0.99),
+        max_us: hist.max(),
+        health_ratio_rounds: Vec::new(),
+        health_ratio_median: None,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    (n > 0).then(|| {
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    })
+}
+
+async fn run(work: Arc<Work>, c: Clients, a: &Args, duration: Duration) -> Slice {
     let hist = Arc::new(Mutex::new(
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
     ));
     let errors = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let deadline = started + a.duration;
+    let deadline = started + duration;
     let record = |hist: &Mutex<Histogram<u64>>, since: Instant| {
         let us = since.elapsed().as_micros().max(1) as u64;
         let _ = hist.lock().expect("histogram lock").record(us.min(60_000_000));
@@ -301,19 +368,13 @@ async fn run(work: Arc<Work>, c: Clients, a: &Args) -> Result_ {
         format!("closed {}", a.concurrency)
     };
     let seconds = started.elapsed().as_secs_f64();
-    let h = hist.lock().expect("histogram lock");
-    let requests = done.load(Ordering::Relaxed);
-    Result_ {
-        scenario: work.scenario.clone(),
+    let hist = hist.lock().expect("histogram lock").clone();
+    Slice {
         mode,
-        requests,
+        requests: done.load(Ordering::Relaxed),
         errors: errors.load(Ordering::Relaxed),
         seconds,
-        rate: requests as f64 / seconds,
-        p50_us: h.value_at_quantile(0.50),
-        p90_us: h.value_at_quantile(0.90),
-        p99_us: h.value_at_quantile(0.99),
-        max_us: h.max(),
+        hist,
     }
 }
 
@@ -339,7 +400,7 @@ async fn main() {
         .map(|r| common::Server::start(&path, &["--redis-url", &r.url()]));
     let repeated = context(1_000, "You are the support agent for a shop. Policies follow.");
     let unique_base = context(4_000, "Transcript follows.");
-    let mut results = Vec::new();
+    let mut scenarios = Vec::new();
     for s in &a.scenarios {
         let addr = match (s.as_str(), &redis_server, &sqlite_server, &a.target) {
             (_, _, _, Some(t)) => t.clone(),
@@ -361,13 +422,39 @@ async fn main() {
         for k in 0..200 {
             let _ = work.call(&c, k).await;
         }
-        results.push(run(work, c, &a).await);
+        scenarios.push((work, c, Vec::new()));
+    }
+    let slice = a.duration / a.rounds as u32;
+    for _ in 0..a.rounds {
+        for (work, c, slices) in scenarios.iter_mut() {
+            slices.push(run(work.clone(), c.clone(), &a, slice).await);
+        }
+    }
+    let health = scenarios
+        .iter()
+        .find(|(w, _, _)| w.scenario == "health")
+        .map(|(_, _, s)| s);
+    let mut results = Vec::new();
+    for (work, _, slices) in &scenarios {
+        let mut r = combine(&work.scenario, slices);
+        if let (Some(health), true) = (health, a.rounds > 1) {
+            r.health_ratio_rounds = slices.iter().zip(health).map(|(s, h)| s.rate() / h.rate()).collect();
+            r.health_ratio_median = median(r.health_ratio_rounds.clone());
+        }
+        results.push(r);
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&results).expect("json"));
         return;
     }
     let health = results.iter().find(|r| r.scenario == "health").map(|r| r.rate);
+    if a.rounds > 1 {
+        println!(
+            "{} rounds of {:.1} s per scenario, in turn; ÷ health is the median of the rounds' ratios",
+            a.rounds,
+            slice.as_secs_f64()
+        );
+    }
     println!(
         "{:<20} {:<12} {:>9} {:>7} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9}",
         "scenario", "mode", "requests", "errors", "rate/s", "p50 µs", "p90 µs", "p99 µs", "max µs", "÷ health"
@@ -384,7 +471,9 @@ async fn main() {
             r.p90_us,
             r.p99_us,
             r.max_us,
-            health.map_or("-".into(), |h| format!("{:.2}", r.rate / h))
+            r.health_ratio_median
+                .or(health.map(|h| r.rate / h))
+                .map_or("-".into(), |x| format!("{x:.2}"))
         );
     }
 }
