@@ -195,15 +195,15 @@ pub fn decide(
 /// The distinct tiers, ascending, of the models `workflow` may use for task
 /// class `class`, from its quality floor up: where learning may move.
 pub fn available_tiers(table: &RuleTable, workflow: &Workflow, class: usize) -> Vec<u8> {
-    let mut tiers: Vec<u8> = workflow
+    // A bit per tier: sorted and distinct without a sort (Route asks twice).
+    const _: () = assert!(crate::rules::MAX_TIER < 32);
+    let seen = workflow
         .allowed
         .iter()
         .map(|&i| table.models[i].tiers[class])
         .filter(|&t| t >= workflow.quality_floor && t <= workflow.max_tier)
-        .collect();
-    tiers.sort_unstable();
-    tiers.dedup();
-    tiers
+        .fold(0u32, |seen, t| seen | 1 << t);
+    (0..=crate::rules::MAX_TIER).filter(|&t| seen >> t & 1 == 1).collect()
 }
 
 /// What every step of a decision reads.

@@ -329,11 +329,20 @@ fn commit_batch(conn: &mut Connection, records: &[NewReservation], batch: Vec<Jo
         }
         return;
     }
-    for r in records {
+    if !records.is_empty() {
         // No limit applies: one INSERT each, atomic on its own, needs no
         // savepoint (this is every Route of a workflow without a budget).
-        if let Err(e) = insert_reservation(conn, r, "") {
-            tracing::warn!(error = %e, decision = %r.decision_id, "recording a decision without a budget failed");
+        // One statement serves the batch: fetching it from the statement
+        // cache hashes its SQL text, once per record before.
+        match conn.prepare_cached(INSERT_RESERVATION) {
+            Ok(mut insert) => {
+                for r in records {
+                    if let Err(e) = bind_reservation(&mut insert, r, "") {
+                        tracing::warn!(error = %e, decision = %r.decision_id, "recording a decision without a budget failed");
+                    }
+                }
+            }
+            Err(e) => lost(&e),
         }
     }
     let replies: Vec<Reply> = batch.into_iter().map(|job| job(Ok(&mut *conn))).collect();
@@ -401,13 +410,19 @@ fn reserve_job(r: NewReservation) -> impl FnOnce(&mut Connection) -> Result<Rese
 }
 
 /// The reservation's row, `scopes` joined by [`SCOPE_SEP`].
+const INSERT_RESERVATION: &str =
+    "INSERT INTO reservations (decision_id, workflow, outcome_id, model, is_deferrable, amount_nanos, scopes,
+                               created_ms, expires_ms, state, downgraded, labels)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'reserved', ?10, ?11)";
+
 fn insert_reservation(conn: &Connection, r: &NewReservation, scopes: &str) -> Result<(), StoreError> {
-    exec(
-        conn,
-        "INSERT INTO reservations (decision_id, workflow, outcome_id, model, is_deferrable, amount_nanos, scopes,
-                                   created_ms, expires_ms, state, downgraded, labels)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'reserved', ?10, ?11)",
-        params![
+    let mut insert = conn.prepare_cached(INSERT_RESERVATION).map_err(unavailable)?;
+    bind_reservation(&mut insert, r, scopes)
+}
+
+fn bind_reservation(insert: &mut rusqlite::Statement<'_>, r: &NewReservation, scopes: &str) -> Result<(), StoreError> {
+    insert
+        .execute(params![
             r.decision_id,
             r.workflow,
             r.outcome_id,
@@ -419,9 +434,9 @@ fn insert_reservation(conn: &Connection, r: &NewReservation, scopes: &str) -> Re
             r.expires_ms,
             r.downgraded,
             r.labels
-        ],
-    )
-    .map(drop)
+        ])
+        .map(drop)
+        .map_err(unavailable)
 }
 
 impl Drop for SqliteStore {

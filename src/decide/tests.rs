@@ -288,3 +288,31 @@ fn decision_is_deterministic() {
     let b = route(&t, "w", HARD, "", FIRST, 0).expect("routes").0;
     assert_eq!((a.model, a.cost_nanos, a.reason), (b.model, b.cost_nanos, b.reason));
 }
+
+#[test]
+fn available_tiers_are_the_allowed_models_distinct_tiers_from_the_floor_up() {
+    let t = table();
+    let general = t.classes.iter().position(|c| c == "general").expect("general");
+    let code = t.classes.iter().position(|c| c == "code").expect("code");
+    let w = t.workflow("w").expect("w");
+    let want = |class: usize, floor: u8, max: u8| {
+        let mut v: Vec<u8> = w
+            .allowed
+            .iter()
+            .map(|&i| t.models[i].tiers[class])
+            .filter(|&x| x >= floor && x <= max)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    for class in [general, code] {
+        assert_eq!(available_tiers(&t, w, class), want(class, w.quality_floor, w.max_tier));
+    }
+    let floor4 = t.workflow("floor4").expect("floor4");
+    assert!(available_tiers(&t, floor4, general).iter().all(|&x| x >= 4));
+    assert_eq!(
+        available_tiers(&t, w, code).windows(2).filter(|p| p[0] >= p[1]).count(),
+        0
+    );
+}
