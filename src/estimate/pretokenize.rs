@@ -276,7 +276,11 @@ fn count_pieces<const O200K: bool>(bpe: &bpe_openai::byte_pair_encoding::BytePai
         while p < b.len() {
             let e = next_piece(b, p, o200k);
             let piece = &b[p..e];
-            total += if piece.len() <= MEMO_PIECE_BYTES {
+            // Every byte is a token of its own in these byte-level encodings,
+            // so a one-byte piece (a space, a comma) needs no lookup.
+            total += if piece.len() == 1 {
+                1
+            } else if piece.len() <= MEMO_PIECE_BYTES {
                 memo.get_or(pack(b, p, piece.len(), o200k), || bpe.count(piece) as u32) as u64
             } else {
                 bpe.count(piece) as u64
