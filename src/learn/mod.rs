@@ -70,13 +70,14 @@ fn named(kind: u8, name: &str) -> u32 {
 thread_local! {
     /// Each thread's buffers for gathering and sorting a request's buckets.
     /// Features keep an exact-size copy: learning holds a routed call's
-    /// features for up to a day, and a buffer sized for the longest request
-    /// (2 KiB) held for each of 200,000 calls was most of the server's memory.
+    /// features for up to a day, and a buffer sized for a long request (1 KiB
+    /// or more) held for each of 200,000 calls was most of the server's memory.
     static GRAMS: std::cell::RefCell<(Vec<u32>, Vec<u32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// `named(kind, "{prefix}{n}")` for `n` below 100, written on the stack.
 fn numbered(kind: u8, prefix: &[u8; 3], n: u32) -> u32 {
+    debug_assert!(n < 100, "a log2 of a count is at most 64");
     let mut name = [
         prefix[0],
         prefix[1],
