@@ -106,13 +106,7 @@ impl ContextCache {
         let prefix_bytes = cfg.max_bytes / PREFIX_SHARE;
         let work = Recent::new((cfg.max_bytes - prefix_bytes) / WORK_ENTRY_BYTES, cfg.ttl);
         let prefixes = Recent::new(prefix_bytes / PREFIX_ENTRY_BYTES, PREFIX_MAX_TTL);
-        let seed = {
-            use std::hash::{BuildHasher, Hasher};
-            // std's RandomState is seeded from the OS once per process.
-            let mut h = std::hash::RandomState::new().build_hasher();
-            h.write_u64(0x5157_4954_4348_5944);
-            h.finish()
-        };
+        let seed = crate::recent::random_seed();
         ContextCache {
             work,
             prefixes,

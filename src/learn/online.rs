@@ -106,12 +106,7 @@ impl Online {
             pending: Recent::new(PENDING_CAPACITY, PENDING_TTL),
             by_outcome: Recent::new(PENDING_CAPACITY, PENDING_TTL),
             rejected: Recent::new(PENDING_CAPACITY, PENDING_TTL),
-            seed: {
-                use std::hash::{BuildHasher, Hasher};
-                let mut h = std::hash::RandomState::new().build_hasher();
-                h.write_u64(seed);
-                h.finish()
-            },
+            seed: crate::recent::random_seed(),
             tx,
             rx: Mutex::new(Some(rx)),
             rng: AtomicU64::new(seed),
