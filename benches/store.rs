@@ -44,6 +44,8 @@ async fn load(store: SharedStore, name: &str) {
                         expires_ms: i64::MAX / 4,
                         downgraded: false,
                         labels: String::new(),
+                        caller: "bench".into(),
+                        prices: Default::default(),
                     };
                     assert_eq!(store.reserve(&r).await.expect("reserve"), Reserved::Ok);
                     store.settle(&id, 900, &Usage::default(), 1).await.expect("settle");

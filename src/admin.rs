@@ -44,8 +44,16 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
 
 async fn healthz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     let st = s.rules.status();
+    let store = s.store.health();
+    // Liveness stays 200: restarting a sidecar does not mend a full disk or
+    // bring Redis back. The body says what is wrong; /readyz acts on it.
     let body = serde_json::json!({
-        "status": "ok",
+        "status": if store.failing.is_some() { "degraded" } else { "ok" },
+        "store": {
+            "failing": store.failing.is_some(),
+            "last_error": store.failing,
+            "unavailable_total": store.unavailable_total,
+        },
         "rules": {
             "path": s.rules.path().display().to_string(),
             "reload_failing": st.failing,
@@ -57,10 +65,17 @@ async fn healthz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
-    if s.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    if !s.ready.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string());
+    }
+    match s.store.health().failing {
+        // A sidecar whose store cannot take budgeted calls fails them closed:
+        // it should not be sent work until the store can.
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the budget store cannot serve budgeted calls: {why}\n"),
+        ),
+        None => (StatusCode::OK, "ready\n".to_string()),
     }
 }
 
@@ -74,7 +89,7 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
         .map_or(0, |d| d.as_secs());
     let store = s.store.health();
     let lc = &s.learning.counters;
-    let series: [(&str, &str, &str, u64); 23] = [
+    let series: [(&str, &str, &str, u64); 24] = [
         (
             "switchyard_learning_store_errors_total",
             "counter",
@@ -126,7 +141,7 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
         (
             "switchyard_budget_store_unavailable_total",
             "counter",
-            "Budget store calls that found the store (Redis) unreachable.",
+            "Budget store calls that failed because the store could not serve them (Redis unreachable; SQLite unable to read or write).",
             store.unavailable_total,
         ),
         (
@@ -140,6 +155,12 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
             "gauge",
             "ReportUsage settlements journaled locally, waiting for the budget store.",
             store.journal_pending,
+        ),
+        (
+            "switchyard_budget_store_failing",
+            "gauge",
+            "1 while the budget store cannot serve budgeted calls (they fail closed); /readyz answers 503.",
+            u64::from(store.failing.is_some()),
         ),
         (
             "switchyard_route_decisions_total",

@@ -48,6 +48,14 @@ pub struct ServeConfig {
     pub api_keys: Option<PathBuf>,
     /// Per-caller rate and concurrency limits.
     pub limits: crate::auth::Limits,
+    /// Start with an empty embedded store where the state folder held one
+    /// that is now missing or empty (audited).
+    pub accept_fresh_store: bool,
+    /// The embedded store's WAL is reset past this size.
+    pub wal_limit_bytes: u64,
+    /// The audit log's rotation: the size at which it rotates, and how many
+    /// rotated files are kept.
+    pub audit: crate::audit::Rotation,
 }
 
 /// The fleet store's settings, from `--redis-*`.
@@ -111,13 +119,34 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         ))
         .into());
     }
+    // The audit log first: a fresh start of the store is one of its records.
+    let audit = Arc::new(Audit::open(&cfg.state_dir, cfg.audit).map_err(ConfigError)?);
     let store: SharedStore = match &cfg.redis {
-        None => Arc::new(SqliteStore::open(&cfg.state_dir).map_err(|e| {
-            ConfigError(format!(
-                "cannot open the budget store in {}: {e}; pass --state-dir with a writable folder",
-                cfg.state_dir.display()
-            ))
-        })?),
+        None => {
+            let start = crate::budget::sqlite::prepare_state_dir(&cfg.state_dir, cfg.accept_fresh_store)
+                .map_err(ConfigError)?;
+            let options = crate::budget::sqlite::Options {
+                wal_limit_bytes: cfg.wal_limit_bytes,
+            };
+            let store = SqliteStore::open_with(&cfg.state_dir, options).map_err(|e| {
+                ConfigError(format!(
+                    "cannot open the budget store in {}: {e}",
+                    cfg.state_dir.display()
+                ))
+            })?;
+            if let crate::budget::sqlite::StateStart::FreshAccepted(what) = &start {
+                tracing::warn!(what = %what, "--accept-fresh-store: the budget store starts empty");
+                audit.record(AuditRecord::new(
+                    "-",
+                    "store_fresh_start",
+                    "",
+                    &cfg.state_dir.join(crate::budget::sqlite::FILE).display().to_string(),
+                    "ok",
+                    what,
+                ));
+            }
+            Arc::new(store)
+        }
         Some(r) => {
             let store = RedisStore::connect(RedisConfig {
                 url: r.url.clone(),
@@ -149,7 +178,6 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         Auth::new(cfg.api_keys.as_deref(), cfg.limits)
             .map_err(|e| ConfigError(format!("the API keys are not valid; nothing was started:\n{e}")))?,
     );
-    let audit = Arc::new(Audit::open(&cfg.state_dir).map_err(ConfigError)?);
     match auth.keys() {
         Some(k) => tracing::info!(
             keys = k.len(),
@@ -226,14 +254,15 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let keys_watcher = {
         let (auth, audit, mut rx) = (auth.clone(), audit.clone(), stop_rx.clone());
         tokio::spawn(async move {
-            let Some(path) = auth.keys_path().map(|p| p.display().to_string()) else {
-                return;
-            };
+            // Rate state of idle callers is dropped every second; the keys
+            // file, if there is one, is checked as often.
+            let path = auth.keys_path().map(|p| p.display().to_string()).unwrap_or_default();
             loop {
                 tokio::select! {
                     _ = rx.wait_for(|s| *s) => return,
                     _ = tokio::time::sleep(KEYS_POLL) => {}
                 }
+                auth.forget_idle();
                 match auth.reload_if_changed() {
                     Some(Ok(sha)) => {
                         tracing::info!(file = %path, keys = auth.keys().map_or(0, |k| k.len()), "API keys reloaded");
@@ -340,7 +369,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .layer(tower::util::MapResponseLayer::new(move |resp| {
-            grpc::size_limit::rewrite(resp, limit)
+            grpc::edge_status::rewrite(resp, limit)
         }))
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -6,25 +6,73 @@
 //! reload with the files' SHA-256, and every admin action. It never holds
 //! prompt text: only names, IDs and reasons.
 //!
+//! - **Bounded on disk.** The file rotates once it reaches
+//!   [`Rotation::max_bytes`]: `audit.jsonl` becomes `audit.jsonl.1`, the
+//!   older ones shift up, and only [`Rotation::keep`] rotated files are kept.
+//!   `switchyard audit` reads them all, oldest first.
+//! - **Refusals are aggregated.** A caller (or an unauthenticated peer) that
+//!   is refused over and over would otherwise write a line per attempt:
+//!   40,000 bad-key calls were 8 MB in a second. The first refusal of a kind
+//!   (same identity, peer, action, workflow and result) in an interval is
+//!   written at once; the rest of that interval become one record with a
+//!   `count`, written when the interval ends.
+//!
 //! Writes go through one thread, so a request never waits on the disk; if
 //! the thread falls behind by more than [`QUEUE`] records, records are
 //! dropped and counted (`switchyard_audit_dropped_total`), and the failure is
 //! logged.
 
+use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 pub const FILE: &str = "audit.jsonl";
 const QUEUE: usize = 65_536;
 
+/// How long repeated refusals are gathered into one record.
+pub const AGGREGATE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The most kinds of refusal gathered at once; past it, they are written out
+/// early, so an attacker with many addresses costs records, not memory.
+const AGGREGATE_KINDS: usize = 4096;
+
+/// When the audit log rotates and how much of it is kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Rotation {
+    /// `audit.jsonl` rotates when a write would take it past this size.
+    pub max_bytes: u64,
+    /// Rotated files kept (`audit.jsonl.1` .. `audit.jsonl.N`); older ones
+    /// are deleted.
+    pub keep: usize,
+}
+
+impl Default for Rotation {
+    fn default() -> Rotation {
+        Rotation {
+            max_bytes: 64 * 1024 * 1024,
+            keep: 5,
+        }
+    }
+}
+
+fn is_one(n: &u64) -> bool {
+    *n == 1
+}
+
+fn one() -> u64 {
+    1
+}
+
 /// One line of the audit log.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Record {
-    /// RFC 3339, UTC.
+    /// RFC 3339, UTC. For an aggregated record, the last refusal's time.
     pub at: String,
     pub identity: String,
     /// What was attempted: `route`, `report_usage`, `resolve_escalation`,
@@ -40,6 +88,15 @@ pub struct Record {
     pub result: String,
     #[serde(default)]
     pub reason: String,
+    /// The caller's address, for refusals made before an identity is known.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub peer: String,
+    /// How many times this happened: more than 1 for aggregated refusals.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub count: u64,
+    /// For an aggregated record, the first refusal's time.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub since: String,
 }
 
 impl Record {
@@ -52,37 +109,67 @@ impl Record {
             target: target.to_string(),
             result: result.to_string(),
             reason: reason.to_string(),
+            peer: String::new(),
+            count: 1,
+            since: String::new(),
         }
     }
+
+    /// The record with the caller's address.
+    pub fn from_peer(mut self, peer: Option<std::net::SocketAddr>) -> Record {
+        self.peer = peer.map(|p| p.ip().to_canonical().to_string()).unwrap_or_default();
+        self
+    }
+}
+
+/// What aggregation tells refusals apart by.
+type Kind = (String, String, String, String, String);
+
+/// Refusals of one kind gathered in the current interval.
+struct Gathered {
+    /// When the interval began: the first refusal, which was written at once.
+    opened: Instant,
+    /// The refusals since, as one record (`count` of them), if any.
+    rest: Option<Record>,
 }
 
 pub struct Audit {
     tx: Option<SyncSender<Record>>,
-    pub written: std::sync::Arc<AtomicU64>,
+    pub written: Arc<AtomicU64>,
     pub dropped: AtomicU64,
+    gathered: Arc<Mutex<HashMap<Kind, Gathered>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Audit {
     /// Opens (creating) `audit.jsonl` in `state_dir` for appending.
-    pub fn open(state_dir: &Path) -> Result<Audit, String> {
+    pub fn open(state_dir: &Path, rotation: Rotation) -> Result<Audit, String> {
         let path = state_dir.join(FILE);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| format!("cannot open the audit log {}: {e}", path.display()))?;
+        let file = open_append(&path)?;
+        let len = file.metadata().map_or(0, |m| m.len());
         let (tx, rx) = sync_channel(QUEUE);
-        let written = std::sync::Arc::new(AtomicU64::new(0));
-        let counter = written.clone();
+        let written = Arc::new(AtomicU64::new(0));
+        let gathered: Arc<Mutex<HashMap<Kind, Gathered>>> = Arc::default();
+        let (counter, pending) = (written.clone(), gathered.clone());
         let thread = std::thread::Builder::new()
             .name("audit".into())
-            .spawn(move || write_loop(file, path, rx, counter))
+            .spawn(move || {
+                Writer {
+                    out: std::io::BufWriter::new(file),
+                    path,
+                    rotation,
+                    len,
+                    failing: false,
+                    written: counter,
+                }
+                .run(rx, &pending)
+            })
             .map_err(|e| format!("cannot start the audit writer: {e}"))?;
         Ok(Audit {
             tx: Some(tx),
             written,
             dropped: AtomicU64::new(0),
+            gathered,
             thread: Some(thread),
         })
     }
@@ -101,8 +188,72 @@ impl Audit {
         }
     }
 
-    /// Writes what is queued and stops the writer.
+    /// Records a refusal, aggregated: the first of its kind in an interval
+    /// is written now, the rest as one counted record when it ends.
+    pub fn refusal(&self, r: Record) {
+        let kind = (
+            r.identity.clone(),
+            r.peer.clone(),
+            r.action.clone(),
+            r.workflow.clone(),
+            r.result.clone(),
+        );
+        let first = {
+            let mut g = self.gathered.lock().unwrap_or_else(PoisonError::into_inner);
+            match g.get_mut(&kind) {
+                Some(open) => {
+                    match &mut open.rest {
+                        Some(rest) => {
+                            rest.count += 1;
+                            rest.at = r.at;
+                            rest.target = r.target;
+                            rest.reason = r.reason;
+                        }
+                        None => {
+                            open.rest = Some(Record {
+                                since: r.at.clone(),
+                                ..r
+                            })
+                        }
+                    }
+                    None
+                }
+                None => {
+                    if g.len() >= AGGREGATE_KINDS {
+                        for (_, open) in g.drain() {
+                            if let Some(rest) = open.rest {
+                                self.record(rest);
+                            }
+                        }
+                    }
+                    g.insert(
+                        kind,
+                        Gathered {
+                            opened: Instant::now(),
+                            rest: None,
+                        },
+                    );
+                    Some(r)
+                }
+            }
+        };
+        if let Some(r) = first {
+            self.record(r);
+        }
+    }
+
+    /// Writes what is queued and gathered, and stops the writer.
     pub fn close(&mut self) {
+        let rest: Vec<Record> = self
+            .gathered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+            .filter_map(|(_, g)| g.rest)
+            .collect();
+        for r in rest {
+            self.record(r);
+        }
         self.tx.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -116,40 +267,140 @@ impl Drop for Audit {
     }
 }
 
-fn write_loop(file: std::fs::File, path: PathBuf, rx: Receiver<Record>, written: std::sync::Arc<AtomicU64>) {
-    let mut out = std::io::BufWriter::new(file);
-    let mut failing = false;
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while let Ok(r) = rx.try_recv() {
-            batch.push(r);
-            if batch.len() >= 1024 {
-                break;
+fn open_append(path: &Path) -> Result<std::fs::File, String> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("cannot open the audit log {}: {e}", path.display()))
+}
+
+/// The audit log's files, oldest first: `audit.jsonl.N` .. `audit.jsonl.1`,
+/// then `audit.jsonl`.
+pub fn files(state_dir: &Path) -> Vec<PathBuf> {
+    let mut rotated: Vec<(u32, PathBuf)> = std::fs::read_dir(state_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            let n = name.to_str()?.strip_prefix(FILE)?.strip_prefix('.')?.parse().ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    rotated.sort_by_key(|r| std::cmp::Reverse(r.0));
+    let mut out: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
+    out.push(state_dir.join(FILE));
+    out
+}
+
+/// The writer thread's state.
+struct Writer {
+    out: std::io::BufWriter<std::fs::File>,
+    path: PathBuf,
+    rotation: Rotation,
+    /// The current file's size.
+    len: u64,
+    failing: bool,
+    written: Arc<AtomicU64>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Record>, gathered: &Mutex<HashMap<Kind, Gathered>>) {
+        loop {
+            let first = match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(r) => Some(r),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut batch: Vec<Record> = first.into_iter().collect();
+            while let Ok(r) = rx.try_recv() {
+                batch.push(r);
+                if batch.len() >= 1024 {
+                    break;
+                }
+            }
+            // Intervals that ended: their gathered refusals, as one record each.
+            {
+                let mut g = gathered.lock().unwrap_or_else(PoisonError::into_inner);
+                g.retain(|_, open| {
+                    if open.opened.elapsed() < AGGREGATE_INTERVAL {
+                        return true;
+                    }
+                    batch.extend(open.rest.take());
+                    false
+                });
+            }
+            if !batch.is_empty() {
+                self.write(&batch);
             }
         }
+    }
+
+    fn write(&mut self, batch: &[Record]) {
         let result = (|| -> std::io::Result<()> {
-            for r in &batch {
-                serde_json::to_writer(&mut out, r)?;
-                out.write_all(b"\n")?;
+            let mut line = Vec::with_capacity(512);
+            for r in batch {
+                line.clear();
+                serde_json::to_writer(&mut line, r)?;
+                line.push(b'\n');
+                self.rotate_for(line.len() as u64)?;
+                self.out.write_all(&line)?;
+                self.len += line.len() as u64;
             }
-            out.flush()?;
-            out.get_ref().sync_data()
+            self.out.flush()?;
+            self.out.get_ref().sync_data()
         })();
         match result {
             Ok(()) => {
-                written.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                if failing {
-                    failing = false;
-                    tracing::info!(file = %path.display(), "the audit log is writable again");
+                self.written.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                if self.failing {
+                    self.failing = false;
+                    tracing::info!(file = %self.path.display(), "the audit log is writable again");
                 }
             }
             Err(e) => {
-                if !failing {
-                    failing = true;
-                    tracing::error!(file = %path.display(), error = %e, "cannot write the audit log; records are lost until it is writable");
+                if !self.failing {
+                    self.failing = true;
+                    tracing::error!(file = %self.path.display(), error = %e, "cannot write the audit log; records are lost until it is writable");
                 }
             }
         }
+    }
+
+    /// Rotates first if `more` bytes would take the file past its limit.
+    fn rotate_for(&mut self, more: u64) -> std::io::Result<()> {
+        if self.len == 0 || self.len + more <= self.rotation.max_bytes {
+            return Ok(());
+        }
+        // What is in the file now is durable before it is renamed away.
+        self.out.flush()?;
+        self.out.get_ref().sync_data()?;
+        let numbered = |n: usize| self.path.with_file_name(format!("{FILE}.{n}"));
+        if self.rotation.keep == 0 {
+            std::fs::remove_file(&self.path)?;
+        } else {
+            match std::fs::remove_file(numbered(self.rotation.keep)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            for n in (1..self.rotation.keep).rev() {
+                match std::fs::rename(numbered(n), numbered(n + 1)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+            std::fs::rename(&self.path, numbered(1))?;
+        }
+        let file = open_append(&self.path).map_err(std::io::Error::other)?;
+        self.out = std::io::BufWriter::new(file);
+        self.len = 0;
+        if let Some(dir) = self.path.parent() {
+            // The renames are durable before anything is written after them.
+            std::fs::File::open(dir).and_then(|d| d.sync_all())?;
+        }
+        tracing::info!(file = %self.path.display(), kept = self.rotation.keep, "audit log rotated");
+        Ok(())
     }
 }
 
@@ -177,28 +428,30 @@ impl Filter {
     }
 }
 
-/// Reads the audit log, keeping what `filter` keeps; also returns how many
-/// lines could not be read (a torn last line after a crash, say).
+/// Reads the audit log, rotated files included (oldest first), keeping what
+/// `filter` keeps; also returns how many lines could not be read (a torn
+/// last line after a crash, say).
 pub fn read(state_dir: &Path, filter: &Filter) -> Result<(Vec<Record>, usize), String> {
-    let path = state_dir.join(FILE);
-    let file = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-    };
     let (mut out, mut bad) = (Vec::new(), 0usize);
-    for line in std::io::BufReader::new(file).lines() {
-        let Ok(line) = line else {
-            bad += 1;
-            continue;
+    for path in files(state_dir) {
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<Record>(&line) {
-            Ok(r) if filter.keeps(&r) => out.push(r),
-            Ok(_) => {}
-            Err(_) => bad += 1,
+        for line in std::io::BufReader::new(file).lines() {
+            let Ok(line) = line else {
+                bad += 1;
+                continue;
+            };
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<Record>(&line) {
+                Ok(r) if filter.keeps(&r) => out.push(r),
+                Ok(_) => {}
+                Err(_) => bad += 1,
+            }
         }
     }
     Ok((out, bad))
@@ -233,14 +486,26 @@ pub fn command(state_dir: &Path, filter: &Filter, json: bool) -> i32 {
     } else {
         let _ = writeln!(
             out,
-            "{:<27} {:<16} {:<20} {:<16} {:<18} {:<38} reason",
-            "at", "identity", "action", "workflow", "result", "target"
+            "{:<27} {:<16} {:<20} {:<16} {:<18} {:>7} {:<38} reason",
+            "at", "identity", "action", "workflow", "result", "count", "target"
         );
         for r in &records {
             let _ = writeln!(
                 out,
-                "{:<27} {:<16} {:<20} {:<16} {:<18} {:<38} {}",
-                r.at, r.identity, r.action, r.workflow, r.result, r.target, r.reason
+                "{:<27} {:<16} {:<20} {:<16} {:<18} {:>7} {:<38} {}{}",
+                r.at,
+                r.identity,
+                r.action,
+                r.workflow,
+                r.result,
+                r.count,
+                r.target,
+                r.reason,
+                if r.peer.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (from {})", r.peer)
+                }
             );
         }
     }
@@ -254,7 +519,7 @@ mod tests {
     #[test]
     fn records_are_appended_synced_and_filtered() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut a = Audit::open(dir.path()).expect("open");
+        let mut a = Audit::open(dir.path(), Rotation::default()).expect("open");
         a.record(Record::new(
             "agent-b",
             "route",
@@ -273,7 +538,7 @@ mod tests {
         ));
         a.close();
         // Reopening appends; it never truncates.
-        let mut a = Audit::open(dir.path()).expect("reopen");
+        let mut a = Audit::open(dir.path(), Rotation::default()).expect("reopen");
         a.record(Record::new("ops", "rules_reload", "", "rules/", "ok", "sha256 ab"));
         a.close();
         let all = read(dir.path(), &Filter::default()).expect("read").0;
@@ -303,5 +568,78 @@ mod tests {
             ..Filter::default()
         };
         assert!(read(dir.path(), &future).expect("read").0.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod rotation_tests {
+    use super::*;
+
+    #[test]
+    fn the_log_rotates_at_its_size_and_keeps_a_bounded_number_of_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rotation = Rotation {
+            max_bytes: 4096,
+            keep: 2,
+        };
+        let mut a = Audit::open(dir.path(), rotation).expect("open");
+        for i in 0..400 {
+            a.record(Record::new(
+                "ops",
+                "rules_reload",
+                "",
+                &format!("r-{i:04}"),
+                "ok",
+                "sha256 ab",
+            ));
+            if i % 40 == 39 {
+                // Let the writer take each burst as its own batch.
+                std::thread::sleep(Duration::from_millis(30));
+            }
+        }
+        a.close();
+        let names = files(dir.path());
+        assert_eq!(
+            names
+                .iter()
+                .map(|p| p.file_name().and_then(|n| n.to_str()).unwrap_or(""))
+                .collect::<Vec<_>>(),
+            ["audit.jsonl.2", "audit.jsonl.1", "audit.jsonl"],
+            "two rotated files are kept"
+        );
+        for p in &names {
+            let len = std::fs::metadata(p).expect("file").len();
+            assert!(len <= rotation.max_bytes, "{} is {len} bytes", p.display());
+        }
+        let (all, bad) = read(dir.path(), &Filter::default()).expect("read");
+        assert_eq!(bad, 0);
+        let targets: Vec<&str> = all.iter().map(|r| r.target.as_str()).collect();
+        assert!(targets.len() < 400, "the oldest were dropped: {}", targets.len());
+        assert_eq!(targets.last(), Some(&"r-0399"), "the newest is kept");
+        assert!(
+            targets.windows(2).all(|w| w[0] < w[1]),
+            "read oldest first, across files"
+        );
+    }
+
+    #[test]
+    fn repeated_refusals_become_one_counted_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut a = Audit::open(dir.path(), Rotation::default()).expect("open");
+        let peer: std::net::SocketAddr = "10.0.0.7:4000".parse().expect("addr");
+        for _ in 0..1000 {
+            a.refusal(Record::new("-", "route", "", "", "unauthenticated", "unknown API key").from_peer(Some(peer)));
+        }
+        // Another peer is another kind.
+        let other: std::net::SocketAddr = "10.0.0.8:4000".parse().expect("addr");
+        a.refusal(Record::new("-", "route", "", "", "unauthenticated", "unknown API key").from_peer(Some(other)));
+        a.close();
+        let (all, _) = read(dir.path(), &Filter::default()).expect("read");
+        let from = |ip: &str| all.iter().filter(|r| r.peer == ip).map(|r| r.count).collect::<Vec<_>>();
+        assert_eq!(from("10.0.0.7"), [1, 999], "the first at once, the rest as one record");
+        assert_eq!(from("10.0.0.8"), [1]);
+        assert_eq!(all.len(), 3);
+        let text = std::fs::read_to_string(dir.path().join(FILE)).expect("log");
+        assert!(text.contains("\"count\":999") && text.contains("\"since\":"), "{text}");
     }
 }

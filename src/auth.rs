@@ -188,11 +188,18 @@ pub struct Limits {
 
 type RateLimiter = governor::DefaultKeyedRateLimiter<Arc<str>>;
 
+/// Calls with bad credentials a peer address may make a second, and in a
+/// burst, before the rest are refused as limited without a word more.
+pub const REFUSED_PER_PEER_RPS: u32 = 20;
+pub const REFUSED_PER_PEER_BURST: u32 = 100;
+
 /// Identity and limits for the gRPC service.
 pub struct Auth {
     path: Option<PathBuf>,
     keys: Option<ArcSwap<Keys>>,
     rate: Option<RateLimiter>,
+    /// Refusals before authentication, per peer address.
+    refused: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
     limits: Limits,
     in_flight: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Semaphore>>>,
 }
@@ -218,6 +225,7 @@ impl Auth {
             path: path.map(Path::to_path_buf),
             keys,
             rate,
+            refused: refused_limiter(),
             limits,
             in_flight: Mutex::new(HashMap::new()),
         })
@@ -229,12 +237,22 @@ impl Auth {
             path: None,
             keys: None,
             rate: None,
+            refused: refused_limiter(),
             limits: Limits {
                 rate_per_s: 0,
                 burst: 0,
                 concurrency: 0,
             },
             in_flight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Forgets the rate state of identities and peers not seen lately, so
+    /// that many addresses cost no memory (call it about once a second).
+    pub fn forget_idle(&self) {
+        self.refused.retain_recent();
+        if let Some(r) = &self.rate {
+            r.retain_recent();
         }
     }
 
@@ -277,7 +295,9 @@ impl Auth {
     ) -> Result<Identity, Refusal> {
         let Some(keys) = &self.keys else {
             return match peer {
-                Some(a) if !a.ip().is_loopback() => Err(Refusal::Unauthenticated(format!(
+                // `[::]` listeners see IPv4 peers as IPv4-mapped addresses
+                // (::ffff:127.0.0.1): the canonical form is what is loopback.
+                Some(a) if !a.ip().to_canonical().is_loopback() => Err(Refusal::Unauthenticated(format!(
                     "no API keys are configured, so only loopback callers are accepted (this call came from {}); start serve with --api-keys",
                     a.ip()
                 ))),
@@ -310,7 +330,25 @@ impl Auth {
         metadata: &tonic::metadata::MetadataMap,
         peer: Option<SocketAddr>,
     ) -> Result<Admitted, (Option<Identity>, Refusal)> {
-        let identity = self.identify(metadata, peer).map_err(|r| (None, r))?;
+        let identity = match self.identify(metadata, peer) {
+            Ok(i) => i,
+            Err(refusal) => {
+                let ip = peer.map(|p| p.ip().to_canonical());
+                let over = ip.is_some_and(|ip| self.refused.check_key(&ip).is_err());
+                return Err((
+                    None,
+                    if over {
+                        Refusal::Limited(format!(
+                            "{} has sent too many calls with bad credentials (over {REFUSED_PER_PEER_RPS} a second); \
+                             wait, then send a valid `authorization: Bearer <key>`",
+                            ip.map_or_else(|| "this peer".to_string(), |ip| ip.to_string())
+                        ))
+                    } else {
+                        refusal
+                    },
+                ));
+            }
+        };
         if let Some(rate) = &self.rate {
             if rate.check_key(&identity.name).is_err() {
                 let why = format!(
@@ -343,6 +381,12 @@ impl Auth {
         };
         Ok(Admitted { identity, _slot: slot })
     }
+}
+
+fn refused_limiter() -> governor::DefaultKeyedRateLimiter<std::net::IpAddr> {
+    let rate = NonZeroU32::new(REFUSED_PER_PEER_RPS).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(REFUSED_PER_PEER_BURST).unwrap_or(NonZeroU32::MIN);
+    governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
 }
 
 #[cfg(test)]
@@ -414,6 +458,17 @@ mod tests {
         let lo: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
         let far: SocketAddr = "10.1.2.3:5000".parse().expect("addr");
         assert_eq!(auth.identify(&md, Some(lo)).map(|i| i.name), Ok(Arc::from(LOCAL)));
+        // What a `[::]` listener sees for 127.0.0.1 and ::1.
+        for peer in ["[::ffff:127.0.0.1]:5000", "[::1]:5000"] {
+            let a: SocketAddr = peer.parse().expect("addr");
+            assert_eq!(
+                auth.identify(&md, Some(a)).map(|i| i.name),
+                Ok(Arc::from(LOCAL)),
+                "{peer}"
+            );
+        }
+        let mapped_far: SocketAddr = "[::ffff:10.1.2.3]:5000".parse().expect("addr");
+        assert!(auth.identify(&md, Some(mapped_far)).is_err());
         assert!(matches!(
             auth.identify(&md, Some(far)),
             Err(Refusal::Unauthenticated(_))

@@ -471,9 +471,20 @@ pub async fn report(a: ReportArgs) -> i32 {
 
 /// What `switchyard escalations` does.
 pub enum EscalationCommand {
-    List { workflow: Option<String>, json: bool },
-    Approve { id: String, add_usd: f64, reason: String },
-    Deny { id: String, reason: String },
+    List {
+        workflow: Option<String>,
+        json: bool,
+    },
+    /// `add_usd` as written: it is parsed exactly, to the nano-dollar.
+    Approve {
+        id: String,
+        add_usd: String,
+        reason: String,
+    },
+    Deny {
+        id: String,
+        reason: String,
+    },
 }
 
 /// `switchyard escalations …` against a running server. Returns the exit code.
@@ -539,9 +550,19 @@ pub async fn escalations(server: &str, api_key: Option<&str>, cmd: EscalationCom
                 }
             }),
         EscalationCommand::Approve { id, add_usd, reason } => {
-            let Some(add) = crate::money::usd_to_nanos(add_usd).filter(|n| *n > 0) else {
-                eprintln!("--add-usd {add_usd} must be a positive amount of USD");
-                return 1;
+            let add = match crate::money::parse_usd(&add_usd) {
+                Ok(n) if (1..=crate::money::MAX_APPROVAL_NANOS).contains(&n) => n,
+                Ok(_) => {
+                    eprintln!(
+                        "--add-usd {add_usd} must be above $0 and at most {} (one approval's cap)",
+                        crate::money::format_usd_exact(crate::money::MAX_APPROVAL_NANOS)
+                    );
+                    return 64;
+                }
+                Err(e) => {
+                    eprintln!("--add-usd: {e}");
+                    return 64;
+                }
             };
             client
                 .resolve_escalation(pb::ResolveEscalationRequest { escalation_id: id, approve: true, add_nanousd: add, reason })

@@ -110,6 +110,19 @@ enum Command {
         /// Log format: text or json.
         #[arg(long, env = "SWITCHYARD_LOG_FORMAT", default_value = "text")]
         log_format: String,
+        /// Start with an empty budget store although the state folder held one that is now missing or
+        /// empty (what was there is set aside, and the fresh start is audited).
+        #[arg(long, env = "SWITCHYARD_ACCEPT_FRESH_STORE")]
+        accept_fresh_store: bool,
+        /// The audit log rotates when it reaches this many MiB.
+        #[arg(long, env = "SWITCHYARD_AUDIT_MAX_MIB", default_value_t = 64)]
+        audit_max_mib: u64,
+        /// Rotated audit logs kept (audit.jsonl.1 .. .N); older ones are deleted.
+        #[arg(long, env = "SWITCHYARD_AUDIT_KEEP", default_value_t = 5)]
+        audit_keep: usize,
+        /// The embedded store's write-ahead log is reset once it grows past this many MiB.
+        #[arg(long, env = "SWITCHYARD_WAL_LIMIT_MIB", default_value_t = 64)]
+        wal_limit_mib: u64,
     },
     /// List, approve or deny budget escalations on a running server.
     Escalations {
@@ -255,8 +268,9 @@ enum EscalationAction {
     /// Approve an escalation, adding USD to the budget that ran out.
     Approve {
         id: String,
+        /// USD to add to the budget that ran out (exact, e.g. 5 or 0.25; at most 1000000).
         #[arg(long)]
-        add_usd: f64,
+        add_usd: String,
         #[arg(long, default_value = "")]
         reason: String,
     },
@@ -449,6 +463,10 @@ fn main() -> ExitCode {
             reservation_ttl_s,
             shutdown_grace_s,
             log_format,
+            accept_fresh_store,
+            audit_max_mib,
+            audit_keep,
+            wal_limit_mib,
         } => {
             let json = match log_format.as_str() {
                 "json" => true,
@@ -470,7 +488,21 @@ fn main() -> ExitCode {
                 eprintln!("--shutdown-grace-s {shutdown_grace_s} must be between 0 and 3600");
                 return ExitCode::from(EXIT_CONFIG);
             }
+            if audit_max_mib == 0 || audit_max_mib > 1024 * 1024 || audit_keep > 1000 {
+                eprintln!("--audit-max-mib must be 1 to 1048576 and --audit-keep at most 1000");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            if !(1..=1024 * 1024).contains(&wal_limit_mib) {
+                eprintln!("--wal-limit-mib {wal_limit_mib} must be 1 to 1048576");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             let cfg = ServeConfig {
+                accept_fresh_store,
+                wal_limit_bytes: wal_limit_mib * 1024 * 1024,
+                audit: switchyard::audit::Rotation {
+                    max_bytes: audit_max_mib * 1024 * 1024,
+                    keep: audit_keep,
+                },
                 api_keys,
                 limits: switchyard::auth::Limits {
                     rate_per_s: caller_rps,

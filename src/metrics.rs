@@ -151,6 +151,8 @@ pub struct Metrics {
     pub actual_spend: Family,
     pub tokens: Family,
     pub outcomes: Family,
+    pub usage_model_mismatch: Family,
+    pub usage_overshoot: Family,
     pub route_latency: Histogram,
 }
 
@@ -182,6 +184,16 @@ impl Default for Metrics {
                 "RecordOutcome calls, by workflow and status.",
                 &["workflow", "status"],
             ),
+            usage_model_mismatch: Family::new(
+                "switchyard_usage_model_mismatch_total",
+                "ReportUsage calls charged for a model other than the routed one (other_model_usage = \"charge\"), by workflow.",
+                &["workflow"],
+            ),
+            usage_overshoot: Family::new(
+                "switchyard_usage_overshoot_total",
+                "Settled calls whose cost went past the workflow's usage_overshoot_factor times the Route estimate, by workflow.",
+                &["workflow"],
+            ),
             route_latency: Histogram {
                 buckets: Default::default(),
                 count: AtomicU64::new(0),
@@ -199,6 +211,8 @@ impl Metrics {
             &self.actual_spend,
             &self.tokens,
             &self.outcomes,
+            &self.usage_model_mismatch,
+            &self.usage_overshoot,
         ] {
             f.render(out);
         }

@@ -13,6 +13,84 @@ pub const MAX_PRICE_PER_MTOK_USD: f64 = 100_000.0;
 /// every sum of budgets far inside i64 nano-dollars (about 9.2e9 USD).
 pub const MAX_BUDGET_USD: f64 = 1_000_000_000.0;
 
+/// [`MAX_BUDGET_USD`] in nano-dollars.
+pub const MAX_BUDGET_NANOS: i64 = 1_000_000_000 * NANOS_PER_USD;
+
+/// The most one escalation approval may add, in USD. An approval is a person
+/// raising a limit by hand; a million dollars at once is past any real need,
+/// and the cap keeps a typo (or a hostile admin key) from lifting a budget
+/// out of reach of its own arithmetic.
+pub const MAX_APPROVAL_USD: i64 = 1_000_000;
+
+/// [`MAX_APPROVAL_USD`] in nano-dollars.
+pub const MAX_APPROVAL_NANOS: i64 = MAX_APPROVAL_USD * NANOS_PER_USD;
+
+/// The most approvals may add to one scope in all, in nano-dollars: with a
+/// limit of at most [`MAX_BUDGET_NANOS`], a scope's limit stays below 2e18,
+/// far inside i64 (9.2e18), so no sum the stores make can overflow.
+pub const MAX_SCOPE_EXTRA_NANOS: i64 = MAX_BUDGET_NANOS;
+
+/// The sum of `amounts`, or `None` if it does not fit in i64: a sum never
+/// wraps silently.
+pub fn checked_sum(amounts: impl IntoIterator<Item = i64>) -> Option<i64> {
+    amounts.into_iter().try_fold(0i64, i64::checked_add)
+}
+
+/// `a + b`, held at the ends of i64 instead of wrapping. Counters that only
+/// grow (spend) saturate: far past any budget, and never a wrapped negative.
+pub fn saturating_add(a: i64, b: i64) -> i64 {
+    a.saturating_add(b)
+}
+
+/// Parses a USD amount written by a person or a script, exactly: `12`,
+/// `0.5`, `$1.25`, `0.000000001`. At most nine decimals (one nano-dollar);
+/// no sign, exponent or separators. The answer is in nano-dollars.
+pub fn parse_usd(text: &str) -> Result<i64, String> {
+    let t = text.trim();
+    let t = t.strip_prefix('$').unwrap_or(t);
+    let bad =
+        || format!("`{text}` is not an amount of USD: write digits with at most nine decimals, such as 5 or 0.25");
+    let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
+    if (whole.is_empty() && frac.is_empty())
+        || frac.len() > 9
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    let whole: i64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| bad())?
+    };
+    let mut nanos_frac: i64 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().map_err(|_| bad())?
+    };
+    for _ in frac.len()..9 {
+        nanos_frac *= 10;
+    }
+    whole
+        .checked_mul(NANOS_PER_USD)
+        .and_then(|n| n.checked_add(nanos_frac))
+        .ok_or_else(|| format!("`{text}` USD is too large"))
+}
+
+/// Nano-dollars as an exact dollar amount, every digit kept and trailing
+/// zeros dropped: `$1.5`, `$0.000000001`, `-$2`. [`parse_usd`] reads it back
+/// to the same nano-dollars (for amounts of at least zero).
+pub fn format_usd_exact(nanos: i64) -> String {
+    let sign = if nanos < 0 { "-" } else { "" };
+    let n = nanos.unsigned_abs();
+    let (whole, frac) = (n / NANOS_PER_USD as u64, n % NANOS_PER_USD as u64);
+    if frac == 0 {
+        return format!("{sign}${whole}");
+    }
+    let digits = format!("{frac:09}");
+    format!("{sign}${whole}.{}", digits.trim_end_matches('0'))
+}
+
 /// Converts a budget amount in USD into integer nano-dollars, or `None` for a
 /// non-positive, non-finite or absurd amount.
 pub fn budget_usd_to_nanos(usd: f64) -> Option<i64> {
@@ -187,6 +265,59 @@ mod tests {
         );
         assert_eq!(token_cost(u64::MAX, 100_000_000_000_000), i64::MAX);
         assert_eq!(token_cost(9_223_372_036_854, 1_000_001), 9_223_381_260_227);
+    }
+
+    proptest::proptest! {
+        /// Any amounts a budget can hold sum exactly, or the sum says it
+        /// does not fit: never a wrapped value.
+        #[test]
+        fn sums_of_amounts_never_wrap(amounts in proptest::collection::vec(0..=i64::MAX, 0..64)) {
+            let exact: i128 = amounts.iter().map(|&a| a as i128).sum();
+            match checked_sum(amounts.iter().copied()) {
+                Some(s) => proptest::prop_assert_eq!(s as i128, exact),
+                None => proptest::prop_assert!(exact > i64::MAX as i128),
+            }
+        }
+
+        /// Sums of in-range budget amounts always fit.
+        #[test]
+        fn sums_of_budget_amounts_fit(amounts in proptest::collection::vec(0..=MAX_BUDGET_NANOS, 0..9)) {
+            proptest::prop_assert!(checked_sum(amounts.iter().copied()).is_some());
+        }
+
+        /// Every exactly formatted amount parses back to the same nanos.
+        #[test]
+        fn exact_amounts_round_trip(n in 0..=i64::MAX) {
+            let text = format_usd_exact(n);
+            proptest::prop_assert_eq!(parse_usd(&text), Ok(n), "{}", text);
+            proptest::prop_assert_eq!(parse_usd(text.trim_start_matches('$')), Ok(n));
+        }
+
+        /// Spend saturates at the top of i64 and never turns negative.
+        #[test]
+        fn saturating_spend_stays_in_range(a in 0..=i64::MAX, b in 0..=i64::MAX) {
+            let s = saturating_add(a, b);
+            proptest::prop_assert!(s >= a.max(b));
+            proptest::prop_assert_eq!(s as i128, (a as i128 + b as i128).min(i64::MAX as i128));
+        }
+    }
+
+    #[test]
+    fn usd_is_parsed_exactly_or_refused_with_a_reason() {
+        assert_eq!(parse_usd("5"), Ok(5 * NANOS_PER_USD));
+        assert_eq!(parse_usd("$0.25"), Ok(250_000_000));
+        assert_eq!(parse_usd(".5"), Ok(500_000_000));
+        assert_eq!(parse_usd("0.000000001"), Ok(1));
+        assert_eq!(parse_usd("9223372036.854775807"), Ok(i64::MAX));
+        for bad in ["", "$", "-1", "1e9", "1,000", "0.0000000001", "NaN", "1.2.3", " "] {
+            assert!(parse_usd(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_usd("9223372036.854775808")
+            .expect_err("over")
+            .contains("too large"));
+        assert_eq!(format_usd_exact(1_500_000_000), "$1.5");
+        assert_eq!(format_usd_exact(-2 * NANOS_PER_USD), "-$2");
+        assert_eq!(format_usd_exact(0), "$0");
     }
 
     #[test]

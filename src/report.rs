@@ -1084,6 +1084,7 @@ name = "v"
                 limit_nanos: 1_000_000_000,
                 spent_nanos: spent,
                 reserved_nanos: 0,
+                extra_nanos: 0,
             },
             period_start: start,
             period_end: end,

@@ -157,6 +157,11 @@ impl<'a> RouteCall<'a> {
 
 /// The workflow the call names, or `NOT_FOUND` with the known names.
 pub fn find_workflow<'t>(table: &'t RuleTable, name: &str) -> Result<&'t Workflow, Error> {
+    if name.is_empty() {
+        return Err(Error::InvalidArgument(
+            "workflow is empty: name a workflow from the rules, e.g. \"general\"".into(),
+        ));
+    }
     table.workflow(name).ok_or_else(|| Error::UnknownWorkflow {
         name: name.to_string(),
         known: table.workflows.iter().map(|w| w.name.clone()).collect(),

@@ -37,12 +37,6 @@ period = "day"
 on_limit = "deny"
 "#;
 
-fn rules_file(text: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tmp");
-    std::fs::write(dir.path().join("rules.toml"), text).expect("write");
-    dir
-}
-
 fn call(workflow: &str, outcome: &str) -> pb::RouteRequest {
     pb::RouteRequest {
         outcome_id: outcome.into(),
@@ -118,7 +112,7 @@ async fn race_for_a_dollar(clients: &[RouterClient<Channel>]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_two_clients_never_overspend_a_dollar() {
-    let dir = rules_file(RACE_RULES);
+    let dir = rules_dir(RACE_RULES);
     let server = Server::start(&dir.path().join("rules.toml"), &[]);
     race_for_a_dollar(&[server.client().await]).await;
 }
@@ -126,7 +120,7 @@ async fn thirty_two_clients_never_overspend_a_dollar() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_sharing_one_redis_never_overspend_a_dollar() {
     let redis = RedisServer::start();
-    let dir = rules_file(RACE_RULES);
+    let dir = rules_dir(RACE_RULES);
     let url = redis.url();
     let a = Server::start(
         &dir.path().join("rules.toml"),
@@ -190,7 +184,7 @@ fn metric(server: &Server, name: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_run_fails_closed_and_counts_nothing_twice_after_it_returns() {
     let mut redis = RedisServer::start();
-    let dir = rules_file(RACE_RULES);
+    let dir = rules_dir(RACE_RULES);
     let server = Server::start(
         &dir.path().join("rules.toml"),
         &["--redis-url", &redis.url(), "--redis-timeout-ms", "5000"],
@@ -246,7 +240,7 @@ async fn redis_killed_mid_run_fails_closed_and_counts_nothing_twice_after_it_ret
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_run_fails_open_up_to_the_local_cap_when_configured() {
     let mut redis = RedisServer::start();
-    let dir = rules_file(RACE_RULES);
+    let dir = rules_dir(RACE_RULES);
     // Each call is estimated at about 1.5 cents: the 4-cent cap admits two.
     let server = Server::start(
         &dir.path().join("rules.toml"),
@@ -398,7 +392,7 @@ async fn soft_threshold_then_escalation(args: &[&str]) {
 
 #[tokio::test]
 async fn kill_9_and_restart_keep_every_acknowledged_cent() {
-    let dir = rules_file(RACE_RULES);
+    let dir = rules_dir(RACE_RULES);
     let rules = dir.path().join("rules.toml");
     let state = tempfile::tempdir().expect("state");
     let state_arg = state.path().to_str().expect("utf-8 path").to_string();
@@ -434,7 +428,7 @@ async fn kill_9_and_restart_keep_every_acknowledged_cent() {
 
 #[tokio::test]
 async fn repeated_reports_are_charged_once_and_unknown_decisions_are_not_found() {
-    let dir = rules_file(RACE_RULES);
+    let dir = rules_dir(RACE_RULES);
     let server = Server::start(&dir.path().join("rules.toml"), &[]);
     let mut c = server.client().await;
     let r = c.route(call("race", "o")).await.expect("route").into_inner();
@@ -461,7 +455,7 @@ async fn repeated_reports_are_charged_once_and_unknown_decisions_are_not_found()
 
 #[tokio::test]
 async fn unreported_reservations_expire_and_release_the_budget() {
-    let dir = rules_file(RACE_RULES);
+    let dir = rules_dir(RACE_RULES);
     let server = Server::start(&dir.path().join("rules.toml"), &["--reservation-ttl-s", "1"]);
     let mut c = server.client().await;
     let r = c.route(call("race", "o")).await.expect("route").into_inner();
@@ -482,7 +476,7 @@ async fn the_escalations_cli_lists_approves_and_denies() {
     let rules = RACE_RULES
         .replace("limit_usd = 1.0", "limit_usd = 0.03")
         .replace("on_limit = \"deny\"", "on_limit = \"escalate\"");
-    let dir = rules_file(&rules);
+    let dir = rules_dir(&rules);
     let server = Server::start(&dir.path().join("rules.toml"), &[]);
     let mut c = server.client().await;
     let cli = |args: &[&str]| {
@@ -567,7 +561,7 @@ async fn per_outcome_and_label_caps_stop_their_own_calls_only() {
         "on_limit = \"deny\"",
         "on_limit = \"deny\"\nper_outcome_usd = 0.05\nlabels = [{ label = \"team\", value = \"search\", limit_usd = 0.08 }]",
     );
-    let dir = rules_file(&rules);
+    let dir = rules_dir(&rules);
     let server = Server::start(&dir.path().join("rules.toml"), &[]);
     let mut c = server.client().await;
     // Each call reserves about $0.015 and settles at its estimate.
@@ -618,7 +612,7 @@ async fn per_outcome_and_label_caps_stop_their_own_calls_only() {
 
 #[tokio::test]
 async fn explain_shows_the_budget_as_it_stands() {
-    let dir = rules_file(RACE_RULES);
+    let dir = rules_dir(RACE_RULES);
     let rules = dir.path().join("rules.toml");
     let state = tempfile::tempdir().expect("state");
     let state_arg = state.path().to_str().expect("utf-8 path").to_string();

@@ -6,11 +6,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use switchyard::auth::sha256_hex;
 use switchyard::grpc::pb;
 use switchyard::grpc::pb::router_client::RouterClient;
 use tonic::transport::Channel;
@@ -19,25 +17,6 @@ use tonic::Code;
 /// Text that must never leave the request: searched for in every file after.
 const SECRET_PROMPT: &str = "Customer zebra-quartz-7719 asks about the refund for order 55-A.";
 const MARKER: &str = "zebra-quartz-7719";
-
-fn key_entry(identity: &str, key: &str, roles: &str) -> String {
-    format!(
-        "[[keys]]\nidentity = \"{identity}\"\nsha256 = \"{}\"\nroles = [{roles}]\n\n",
-        sha256_hex(key.as_bytes())
-    )
-}
-
-fn keys_file(dir: &Path, extra: &str) -> PathBuf {
-    let p = dir.join("keys.toml");
-    let text = format!(
-        "{}{}{}{extra}",
-        key_entry("agent-a", "key-a", "\"caller\""),
-        key_entry("agent-b", "key-b", "\"caller\""),
-        key_entry("ops", "key-ops", "\"admin\"")
-    );
-    std::fs::write(&p, text).expect("keys file");
-    p
-}
 
 fn rules_copy(dir: &Path) -> PathBuf {
     let p = dir.join("rules");
@@ -68,20 +47,6 @@ async fn route(
     c.route(with_key(tonic::Request::new(r), key))
         .await
         .map(tonic::Response::into_inner)
-}
-
-fn audit(state: &Path, args: &[&str]) -> Vec<serde_json::Value> {
-    let out = Command::new(BIN)
-        .args(["audit", "--format", "json", "--state-dir"])
-        .arg(state)
-        .args(args)
-        .output()
-        .expect("run audit");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON record"))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

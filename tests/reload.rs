@@ -147,3 +147,74 @@ async fn configmap_symlink_swap_takes_effect() {
     .await;
     assert!(swapped, "the ConfigMap swap was not picked up within 2 s");
 }
+
+fn failing(server: &Server) -> bool {
+    server.admin_get("/healthz").1.contains("\"reload_failing\":true")
+}
+
+/// Defect 7: reverting a broken edit to the last good bytes left
+/// `reload_failing` at 1 with the old error, because the files matched the
+/// table in use and nothing cleared the status.
+#[tokio::test]
+async fn reverting_a_broken_edit_clears_the_failure() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, shipped()).expect("write");
+    let server = Server::start(&rules, &[]);
+    rename_over(
+        &rules,
+        &format!("{}\n[[workflows]]\nname = \"x\"\nmax_tier = 0\n", shipped()),
+    );
+    assert!(eventually(Duration::from_secs(3), || async { failing(&server) }).await);
+    // The operator reverts: the very bytes of the table in use.
+    rename_over(&rules, &shipped());
+    let cleared = eventually(Duration::from_secs(3), || async { !failing(&server) }).await;
+    assert!(cleared, "still failing: {}", server.admin_get("/healthz").1);
+    let (_, health) = server.admin_get("/healthz");
+    assert!(health.contains("\"last_error\":null"), "{health}");
+    assert!(server
+        .admin_get("/metrics")
+        .1
+        .contains("switchyard_rules_reload_failing 0"));
+}
+
+/// Defect 7: a rules file that is not UTF-8, or a folder emptied of rules,
+/// was skipped without a word, though `switchyard check` reports both.
+#[tokio::test]
+async fn a_file_that_is_not_utf8_or_an_emptied_folder_is_reported() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let folder = dir.path().join("rules");
+    std::fs::create_dir(&folder).expect("mkdir");
+    let file = folder.join("default.toml");
+    std::fs::write(&file, shipped()).expect("write");
+    let server = Server::start(&folder, &[]);
+    let mut client = server.client().await;
+
+    let mut bytes = shipped().into_bytes();
+    bytes.extend_from_slice(b"\n# caf\xe9 latin-1\n");
+    std::fs::write(folder.join("extra.toml"), &bytes).expect("write latin-1");
+    assert!(
+        eventually(Duration::from_secs(3), || async { failing(&server) }).await,
+        "a non-UTF-8 file is a failed reload"
+    );
+    let (_, health) = server.admin_get("/healthz");
+    assert!(
+        health.contains("extra.toml:") && health.contains("not UTF-8"),
+        "{health}"
+    );
+
+    std::fs::remove_file(folder.join("extra.toml")).expect("rm");
+    assert!(eventually(Duration::from_secs(3), || async { !failing(&server) }).await);
+
+    std::fs::remove_file(&file).expect("empty the folder");
+    assert!(
+        eventually(Duration::from_secs(3), || async { failing(&server) }).await,
+        "an emptied folder is a failed reload"
+    );
+    let (_, health) = server.admin_get("/healthz");
+    assert!(health.contains("no *.toml file"), "{health}");
+    client
+        .route(request("general", "hi"))
+        .await
+        .expect("still serving the last good rules");
+}

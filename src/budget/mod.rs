@@ -26,7 +26,7 @@ use jiff::civil::Weekday;
 use jiff::Timestamp;
 
 use crate::money::format_usd;
-use crate::rules::{Budget, OnLimit, Period, Workflow};
+use crate::rules::{Budget, OnLimit, Period, Prices, Workflow};
 
 /// One scope a call is charged to, with its limit now.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -53,6 +53,13 @@ pub struct NewReservation {
     /// The request's labels, canonical: `k=v` pairs sorted, joined by `\u{1e}`.
     #[serde(default)]
     pub labels: String,
+    /// The identity that routed the call: only it (or an admin) may settle it.
+    #[serde(default)]
+    pub caller: String,
+    /// The routed model's prices: the call is settled at these, whatever
+    /// the rules say by the time its usage arrives.
+    #[serde(default)]
+    pub prices: Prices,
 }
 
 /// Labels in the canonical form the ledger keeps.
@@ -62,29 +69,37 @@ pub fn canonical_labels<'a>(labels: impl Iterator<Item = (&'a str, &'a str)>) ->
     pairs.join("\u{1e}")
 }
 
-/// A scope's counters. `limit_nanos` includes amounts added by approvals.
+/// A scope's counters. `limit_nanos` includes `extra_nanos`, the amounts
+/// added by approvals.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ScopeState {
     pub limit_nanos: i64,
     pub spent_nanos: i64,
     pub reserved_nanos: i64,
+    pub extra_nanos: i64,
 }
 
 impl ScopeState {
+    /// What is left; negative when an overrun took spend past the limit.
     pub fn remaining(&self) -> i64 {
-        self.limit_nanos - self.spent_nanos - self.reserved_nanos
+        self.limit_nanos
+            .saturating_sub(self.spent_nanos)
+            .saturating_sub(self.reserved_nanos)
     }
 
-    /// A period scope as the budget sees it: a store that has no row yet
-    /// (nothing reserved this period) reads as zero with the rules' limit.
+    /// Whether reserving `amount` more stays within the limit (in 128 bits:
+    /// no sum of stored amounts can wrap here).
+    pub fn fits(&self, amount: i64) -> bool {
+        self.spent_nanos as i128 + self.reserved_nanos as i128 + amount as i128 <= self.limit_nanos as i128
+    }
+
+    /// A period scope as the budget sees it: the rules' limit (which every
+    /// reservation writes back to the store) plus what approvals added this
+    /// period. A store with no row yet reads as nothing spent.
     pub fn of_period(budget: &Budget, stored: ScopeState) -> ScopeState {
-        if stored.limit_nanos > 0 {
-            stored
-        } else {
-            ScopeState {
-                limit_nanos: budget.limit_nanos,
-                ..stored
-            }
+        ScopeState {
+            limit_nanos: budget.limit_nanos.saturating_add(stored.extra_nanos),
+            ..stored
         }
     }
 
@@ -129,6 +144,10 @@ pub struct ReservationRecord {
     /// `reserved`, `settled` or `expired`.
     pub state: String,
     pub actual_nanos: Option<i64>,
+    /// The identity that routed it (empty in records older than this field).
+    pub caller: String,
+    /// The prices it was routed at (`None` in records older than this field).
+    pub prices: Option<Prices>,
 }
 
 /// The answer to a settlement.
@@ -170,6 +189,9 @@ pub enum StoreError {
     UnknownEscalation(String),
     #[error("escalation `{0}` is already {1}")]
     AlreadyResolved(String, String),
+    /// An amount the store will not take; the message says the bound.
+    #[error("{0}")]
+    InvalidAmount(String),
 }
 
 /// The budget store: embedded SQLite for one sidecar, Redis for a fleet. The
@@ -198,11 +220,14 @@ pub trait BudgetStore: Send + Sync {
     async fn expire(&self, now_ms: i64) -> Result<u64, StoreError>;
     async fn scope(&self, key: &str) -> Result<ScopeState, StoreError>;
     async fn reservation(&self, decision_id: &str) -> Result<Option<ReservationRecord>, StoreError>;
-    /// The newest escalation on `scope` that still applies (pending or denied).
-    async fn open_escalation(&self, scope: &str) -> Result<Option<Escalation>, StoreError>;
-    async fn create_escalation(&self, e: &Escalation) -> Result<(), StoreError>;
+    /// The escalation that applies to `e.scope`, atomically: the newest one
+    /// there if it is pending or denied, else `e`, created. So a scope has at
+    /// most one pending escalation, however many calls cross its limit at once.
+    async fn escalate(&self, e: &Escalation) -> Result<Escalation, StoreError>;
     async fn list_escalations(&self, workflow: Option<&str>) -> Result<Vec<Escalation>, StoreError>;
-    /// Approves (adding `add_nanos` to the scope's limit) or denies.
+    /// Approves (adding `add_nanos` to the scope's limit) or denies. An
+    /// approval that would take the scope's additions past
+    /// [`crate::money::MAX_SCOPE_EXTRA_NANOS`] is refused (`InvalidAmount`).
     async fn resolve_escalation(
         &self,
         id: &str,
@@ -243,15 +268,39 @@ pub trait BudgetStore: Send + Sync {
 
 pub type SharedStore = Arc<dyn BudgetStore>;
 
-/// How a store has fared, for /metrics. Stores with nothing to say report zeros.
-#[derive(Debug, Clone, Copy, Default)]
+/// How a store has fared, for /metrics and readiness. Stores with nothing to
+/// say report zeros.
+#[derive(Debug, Clone, Default)]
 pub struct StoreHealth {
-    /// Store calls that found the store unreachable.
+    /// Store calls that failed because the store could not serve them
+    /// (Redis unreachable; SQLite unable to read or write, a full disk say).
     pub unavailable_total: u64,
+    /// Why the store cannot serve budgeted calls now, if it cannot: set by a
+    /// failed write, cleared by the next write that succeeds.
+    pub failing: Option<String>,
     /// Calls admitted under the fail-open cap while the store was unreachable.
     pub fail_open_admitted_total: u64,
     /// Settlements journaled locally, waiting for the store.
     pub journal_pending: u64,
+}
+
+/// A scope's approved additions after approving `add` more, or why not: the
+/// additions of one scope stay within [`crate::money::MAX_SCOPE_EXTRA_NANOS`]
+/// in all, so no limit a store holds can overflow.
+pub fn extra_after_approval(scope: &str, extra: i64, add: i64) -> Result<i64, StoreError> {
+    use crate::money::{format_usd_exact, MAX_SCOPE_EXTRA_NANOS};
+    extra
+        .checked_add(add)
+        .filter(|t| (0..=MAX_SCOPE_EXTRA_NANOS).contains(t))
+        .ok_or_else(|| {
+            StoreError::InvalidAmount(format!(
+                "approving {} more on `{scope}` would take what approvals added there past {} in all \
+                 (already {}); raise the budget in the rules instead",
+                format_usd_exact(add),
+                format_usd_exact(MAX_SCOPE_EXTRA_NANOS),
+                format_usd_exact(extra)
+            ))
+        })
 }
 
 /// The first day of the calendar period containing the date.
@@ -370,6 +419,8 @@ pub struct Call<'a> {
     pub cost_nanos: i64,
     pub caller: &'a str,
     pub downgraded: bool,
+    /// The routed model's prices, kept with the reservation.
+    pub prices: Prices,
 }
 
 impl Budgets {
@@ -462,6 +513,8 @@ impl Budgets {
             expires_ms: now_ms + self.reservation_ttl_ms,
             downgraded: call.downgraded,
             labels: canonical_labels(call.labels.iter().copied()),
+            caller: call.caller.to_string(),
+            prices: call.prices,
         };
         if r.scopes.is_empty() {
             // Nothing to enforce: keep the decision for its ReportUsage, but
@@ -493,9 +546,30 @@ impl Budgets {
                 "{at_limit}; the workflow denies at its limit"
             )));
         }
-        match self.store.open_escalation(&scope).await? {
-            Some(e) if e.state == "pending" => Ok(Admission::Escalate(Box::new(e))),
-            Some(e) => Ok(Admission::Denied(format!(
+        let fresh = Escalation {
+            id: format!("esc-{}", uuid::Uuid::now_v7()),
+            workflow: call.workflow.name.clone(),
+            scope,
+            outcome_id: call.outcome_id.to_string(),
+            caller: call.caller.to_string(),
+            amount_nanos: call.cost_nanos,
+            model: call.model.to_string(),
+            state: "pending".into(),
+            created_ms: now_ms,
+            resolved_by: String::new(),
+            resolved_ms: 0,
+            added_nanos: 0,
+            reason: at_limit.clone(),
+        };
+        let e = self.store.escalate(&fresh).await?;
+        match e.state.as_str() {
+            "pending" => {
+                if e.id == fresh.id {
+                    tracing::warn!(escalation = %e.id, workflow = %e.workflow, scope = %e.scope, "budget limit reached: escalation created");
+                }
+                Ok(Admission::Escalate(Box::new(e)))
+            }
+            _ => Ok(Admission::Denied(format!(
                 "{at_limit}; escalation {} was denied by {}{}",
                 e.id,
                 e.resolved_by,
@@ -505,26 +579,6 @@ impl Budgets {
                     format!(": {}", e.reason)
                 }
             ))),
-            None => {
-                let e = Escalation {
-                    id: format!("esc-{}", uuid::Uuid::now_v7()),
-                    workflow: call.workflow.name.clone(),
-                    scope,
-                    outcome_id: call.outcome_id.to_string(),
-                    caller: call.caller.to_string(),
-                    amount_nanos: call.cost_nanos,
-                    model: call.model.to_string(),
-                    state: "pending".into(),
-                    created_ms: now_ms,
-                    resolved_by: String::new(),
-                    resolved_ms: 0,
-                    added_nanos: 0,
-                    reason: at_limit,
-                };
-                self.store.create_escalation(&e).await?;
-                tracing::warn!(escalation = %e.id, workflow = %e.workflow, scope = %e.scope, "budget limit reached: escalation created");
-                Ok(Admission::Escalate(Box::new(e)))
-            }
         }
     }
 }

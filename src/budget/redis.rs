@@ -55,7 +55,46 @@ const LEDGER_PAGE: usize = 10_000;
 /// The most expired reservations one script call releases.
 const EXPIRE_BATCH: usize = 1000;
 
-const RESERVE: &str = r#"
+/// Exact nano-dollar arithmetic for the scripts. Amounts arrive as decimal
+/// strings of up to 19 digits, and Lua's numbers are doubles, exact only
+/// below 2^53 (about $9 million): each amount is split into billions and
+/// units, both exact, then added and compared in parts. Redis's own HINCRBY
+/// is exact and refuses to overflow; these decide, before any write, whether
+/// a change fits, so a script never stops half way.
+macro_rules! money_lua {
+    () => {
+        r#"
+local function nanos(s)
+  s = s or '0'
+  if s == '' then s = '0' end
+  local neg = string.sub(s, 1, 1) == '-'
+  if neg then s = string.sub(s, 2) end
+  local n = #s
+  local hi, lo = 0, tonumber(s)
+  if n > 9 then
+    hi, lo = tonumber(string.sub(s, 1, n - 9)), tonumber(string.sub(s, n - 8))
+  end
+  if neg then hi, lo = -hi, -lo end
+  local carry = math.floor(lo / 1e9)
+  return {hi + carry, lo - carry * 1e9}
+end
+local function plus(a, b)
+  local hi, lo = a[1] + b[1], a[2] + b[2]
+  local carry = math.floor(lo / 1e9)
+  return {hi + carry, lo - carry * 1e9}
+end
+local function above(a, b)
+  if a[1] ~= b[1] then return a[1] > b[1] end
+  return a[2] > b[2]
+end
+local I64_MAX = '9223372036854775807'
+"#
+    };
+}
+
+const RESERVE: &str = concat!(
+    money_lua!(),
+    r#"
 -- KEYS: 1 the reservation, 2 the workflow's open reservations, 3.. the scopes
 -- ARGV: 1 decision id, 2 amount, 3 expires ms, 4 retain ms, 5 scope names,
 --       6 the decision's description (workflow, outcome, model, deferrable, created, expires),
@@ -63,11 +102,11 @@ const RESERVE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {'dup'}
 end
-local amount = tonumber(ARGV[2])
+local amount = nanos(ARGV[2])
 for i = 3, #KEYS do
   local v = redis.call('HMGET', KEYS[i], 'extra', 'spent', 'reserved', 'limit')
-  local limit = tonumber(ARGV[i + 4]) + tonumber(v[1] or '0')
-  if tonumber(v[2] or '0') + tonumber(v[3] or '0') + amount > limit then
+  local limit = plus(nanos(ARGV[i + 4]), nanos(v[1]))
+  if above(plus(plus(nanos(v[2]), nanos(v[3])), amount), limit) then
     return {'over', tostring(i - 2), ARGV[i + 4], v[1] or '0', v[2] or '0', v[3] or '0'}
   end
   if v[4] ~= ARGV[i + 4] then
@@ -83,9 +122,12 @@ if #KEYS > 2 then
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 end
 return {'ok'}
-"#;
+"#
+);
 
-const SETTLE: &str = r#"
+const SETTLE: &str = concat!(
+    money_lua!(),
+    r#"
 -- KEYS: 1 the reservation, 2 the workflow's open reservations, 3 the workflow's ledger stream, 4.. the scopes
 -- ARGV: 1 decision id, 2 cost, 3 retain ms, 4 the usage (tokens, failed, when),
 --       5 '1' when 6.. describe the decision (it may never have reached this store),
@@ -106,17 +148,24 @@ elseif v[1] == 'reserved' then
   release = v[2]
   redis.call('ZREM', KEYS[2], ARGV[1])
 end
+local cost, top = nanos(ARGV[2]), nanos(I64_MAX)
 for i = 4, #KEYS do
   if release ~= '0' then
     redis.call('HINCRBY', KEYS[i], 'reserved', '-' .. release)
   end
-  redis.call('HINCRBY', KEYS[i], 'spent', ARGV[2])
+  -- Spend saturates at the top of i64 rather than fail half way.
+  if above(plus(nanos(redis.call('HGET', KEYS[i], 'spent')), cost), top) then
+    redis.call('HSET', KEYS[i], 'spent', I64_MAX)
+  else
+    redis.call('HINCRBY', KEYS[i], 'spent', ARGV[2])
+  end
 end
 redis.call('HSET', KEYS[1], 'state', 'settled', 'actual', ARGV[2], 'usage', ARGV[4])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', 'k', 'call', 'd', ARGV[1], 'meta', meta or '',
   'cost', ARGV[2], 'usage', ARGV[4])
 return {'charged'}
-"#;
+"#
+);
 
 /// Reads each expired reservation's scopes from its record. Those keys are
 /// not declared, but they carry the same hash tag as KEYS[1], so they are in
@@ -143,9 +192,12 @@ end
 return n
 "#;
 
-const RESOLVE: &str = r#"
+const RESOLVE: &str = concat!(
+    money_lua!(),
+    r#"
 -- KEYS: 1 the escalation, 2 its scope
--- ARGV: 1 '1' to approve, 2 nano-USD to add, 3 by, 4 now ms, 5 reason
+-- ARGV: 1 '1' to approve, 2 nano-USD to add, 3 by, 4 now ms, 5 reason,
+--       6 the most approvals may add to one scope in all
 local st = redis.call('HGET', KEYS[1], 'state')
 if not st then
   return {'unknown'}
@@ -156,11 +208,34 @@ end
 local state, added = 'denied', '0'
 if ARGV[1] == '1' then
   state, added = 'approved', ARGV[2]
+  local extra = redis.call('HGET', KEYS[2], 'extra') or '0'
+  if above(plus(nanos(extra), nanos(added)), nanos(ARGV[6])) then
+    return {'cap', extra}
+  end
   redis.call('HINCRBY', KEYS[2], 'extra', added)
 end
 redis.call('HSET', KEYS[1], 'state', state, 'resolved_by', ARGV[3], 'resolved_ms', ARGV[4], 'added', added,
   'reason', ARGV[5])
 return {'ok'}
+"#
+);
+
+/// The escalation that applies to a scope, or a new one: atomic, so a scope
+/// has at most one pending escalation however many sidecars cross its limit.
+const ESCALATE: &str = r#"
+-- KEYS: 1 the scope's newest escalation id, 2 the new escalation, 3 the workflow's escalations by time
+-- ARGV: 1 the workflow's key prefix, 2 the new id, 3 created ms, 4.. the new escalation's fields
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local st = redis.call('HGET', ARGV[1] .. 'e:' .. cur, 'state')
+  if st == 'pending' or st == 'denied' then
+    return {'open', cur}
+  end
+end
+redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+redis.call('SET', KEYS[1], ARGV[2])
+return {'created', ARGV[2]}
 "#;
 
 /// How the Redis store is set up.
@@ -274,6 +349,9 @@ pub struct RedisStore {
     settle: Script,
     expire: Script,
     resolve: Script,
+    escalate: Script,
+    /// Why the last call that found Redis unreachable failed, for readiness.
+    last_error: std::sync::Mutex<Option<String>>,
     /// Decisions this sidecar made recently, so that a ReportUsage can be
     /// priced and settled even if Redis never saw the decision (fail-open,
     /// or a record written in the background) or is down right now.
@@ -340,14 +418,17 @@ fn unconfirmed(r: &NewReservation) -> ReservationRecord {
         amount_nanos: r.amount_nanos,
         state: "reserved".into(),
         actual_nanos: None,
+        caller: r.caller.clone(),
+        prices: Some(r.prices),
     }
 }
 
 /// A decision's description, packed into one field of its record:
 /// workflow, outcome, model, deferrable, created and expiry times.
 fn meta(r: &NewReservation) -> String {
+    let p = &r.prices;
     format!(
-        "{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}",
+        "{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}",
         r.workflow,
         r.outcome_id,
         r.model,
@@ -355,8 +436,31 @@ fn meta(r: &NewReservation) -> String {
         r.now_ms,
         r.expires_ms,
         u8::from(r.downgraded),
-        r.labels
+        r.labels,
+        r.caller,
+        p.input_nanos_per_mtok,
+        p.cached_input_nanos_per_mtok,
+        p.output_nanos_per_mtok,
+        p.batch_discount_bp
     )
+}
+
+/// The caller and prices in a decision's description (fields 8 to 12),
+/// `None` for prices in records older than them.
+fn meta_caller_prices(meta: &str) -> (String, Option<crate::rules::Prices>) {
+    let f: Vec<&str> = meta.split(SEP).collect();
+    let caller = f.get(8).copied().unwrap_or_default().to_string();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok());
+    let prices = match (n(9), n(10), n(11), f.get(12).and_then(|v| v.parse::<u32>().ok())) {
+        (Some(input), Some(cached), Some(output), Some(bp)) => Some(crate::rules::Prices {
+            input_nanos_per_mtok: input,
+            cached_input_nanos_per_mtok: cached,
+            output_nanos_per_mtok: output,
+            batch_discount_bp: bp,
+        }),
+        _ => None,
+    };
+    (caller, prices)
 }
 
 /// A ledger stream entry's fields.
@@ -435,6 +539,8 @@ impl RedisStore {
             settle: Script::new(SETTLE),
             expire: Script::new(EXPIRE),
             resolve: Script::new(RESOLVE),
+            escalate: Script::new(ESCALATE),
+            last_error: std::sync::Mutex::new(None),
             recent,
             journal: tokio::sync::Mutex::new(journal),
             degraded: AtomicBool::new(false),
@@ -536,6 +642,10 @@ impl RedisStore {
         };
         self.degraded.store(true, Ordering::Relaxed);
         self.unavailable_total.fetch_add(1, Ordering::Relaxed);
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(out.to_string());
         Err(out)
     }
 
@@ -614,9 +724,10 @@ impl RedisStore {
                 Ok(Reserved::OverLimit {
                     scope: r.scopes.get(i - 1).map(|s| s.key.clone()).unwrap_or_default(),
                     state: ScopeState {
-                        limit_nanos: n(2) + n(3),
+                        limit_nanos: n(2).saturating_add(n(3)),
                         spent_nanos: n(4),
                         reserved_nanos: n(5),
+                        extra_nanos: n(3),
                     },
                 })
             }
@@ -738,7 +849,7 @@ impl RedisStore {
         let admitted = self
             .open_admitted
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                (used + r.amount_nanos <= cap).then_some(used + r.amount_nanos)
+                used.checked_add(r.amount_nanos).filter(|n| *n <= cap)
             });
         match admitted {
             Ok(used) => {
@@ -747,7 +858,7 @@ impl RedisStore {
                 tracing::warn!(
                     decision = %r.decision_id,
                     workflow = %r.workflow,
-                    admitted = %format_usd(used + r.amount_nanos),
+                    admitted = %format_usd(used.saturating_add(r.amount_nanos)),
                     cap = %format_usd(cap),
                     "Redis unreachable: admitted under the local fail-open cap"
                 );
@@ -920,9 +1031,10 @@ impl BudgetStore for RedisStore {
             .await?;
         let n = |i: usize| v.get(i).copied().flatten().unwrap_or(0);
         Ok(ScopeState {
-            limit_nanos: n(0) + n(1),
+            limit_nanos: n(0).saturating_add(n(1)),
             spent_nanos: n(2),
             reserved_nanos: n(3),
+            extra_nanos: n(1),
         })
     }
 
@@ -952,6 +1064,7 @@ impl BudgetStore for RedisStore {
         }
         let n = |k: &str| f.get(k).and_then(|v| v.parse::<i64>().ok());
         let meta = f.get("meta").map(String::as_str).unwrap_or_default();
+        let (caller, prices) = meta_caller_prices(meta);
         let mut m = meta.split(SEP);
         let mut next = || m.next().unwrap_or_default().to_string();
         Ok(Some(ReservationRecord {
@@ -963,23 +1076,13 @@ impl BudgetStore for RedisStore {
             amount_nanos: n("amount").unwrap_or(0),
             state: f.get("state").cloned().unwrap_or_default(),
             actual_nanos: n("actual"),
+            caller,
+            prices,
         }))
     }
 
-    async fn open_escalation(&self, scope: &str) -> Result<Option<Escalation>, StoreError> {
-        let wf = workflow_of(scope).to_string();
-        let key = format!("{}el:{scope}", self.tag(&wf));
-        let mut c = self.conn.clone();
-        let id: Option<String> = self
-            .bounded(async move { redis::cmd("GET").arg(key).query_async(&mut c).await })
-            .await?;
-        let Some(id) = id else { return Ok(None) };
-        Ok(self.escalation_at(&wf, &id).await?.filter(|e| e.state != "approved"))
-    }
-
-    async fn create_escalation(&self, e: &Escalation) -> Result<(), StoreError> {
+    async fn escalate(&self, e: &Escalation) -> Result<Escalation, StoreError> {
         let tag = self.tag(&e.workflow);
-        let mut pipe = redis::pipe();
         let fields: [(&str, String); 13] = [
             ("workflow", e.workflow.clone()),
             ("scope", e.scope.clone()),
@@ -995,29 +1098,43 @@ impl BudgetStore for RedisStore {
             ("reason", e.reason.clone()),
             ("id", e.id.clone()),
         ];
-        pipe.cmd("HSET")
-            .arg(format!("{tag}e:{}", e.id))
-            .arg(&fields[..])
-            .ignore()
-            .cmd("ZADD")
-            .arg(format!("{tag}esc"))
-            .arg(e.created_ms)
+        let mut inv = self.escalate.prepare_invoke();
+        inv.key(format!("{tag}el:{}", e.scope))
+            .key(format!("{tag}e:{}", e.id))
+            .key(format!("{tag}esc"))
+            .arg(&tag)
             .arg(&e.id)
-            .ignore()
-            .cmd("SET")
-            .arg(format!("{tag}el:{}", e.scope))
-            .arg(&e.id)
-            .ignore()
-            .cmd("SET")
-            .arg(self.escalation_index(&e.id))
-            .arg(&e.workflow)
-            .ignore()
-            .cmd("SADD")
-            .arg(self.workflows_key())
-            .arg(&e.workflow)
-            .ignore();
-        let mut c = self.conn.clone();
-        self.bounded(async move { pipe.query_async::<()>(&mut c).await }).await
+            .arg(e.created_ms);
+        for (k, v) in &fields {
+            inv.arg(*k).arg(v);
+        }
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(&inv);
+        let reply = strings(self.pipeline_with_script(&pipe, &self.escalate).await?);
+        match (reply.first().map(String::as_str), reply.get(1)) {
+            (Some("created"), _) => {
+                // The index outside the workflow's slot, for resolving by id
+                // alone (resolve also finds it without, by the workflows set).
+                let mut pipe = redis::pipe();
+                pipe.cmd("SET")
+                    .arg(self.escalation_index(&e.id))
+                    .arg(&e.workflow)
+                    .ignore()
+                    .cmd("SADD")
+                    .arg(self.workflows_key())
+                    .arg(&e.workflow)
+                    .ignore();
+                let mut c = self.conn.clone();
+                self.bounded(async move { pipe.query_async::<()>(&mut c).await })
+                    .await?;
+                Ok(e.clone())
+            }
+            (Some("open"), Some(id)) => self
+                .escalation_at(&e.workflow, id)
+                .await?
+                .ok_or_else(|| StoreError::UnknownEscalation(id.clone())),
+            _ => Err(StoreError::Unavailable(format!("redis: unexpected reply {reply:?}"))),
+        }
     }
 
     async fn record_outcome(&self, o: &OutcomeEvent) -> Result<(), StoreError> {
@@ -1210,7 +1327,21 @@ impl BudgetStore for RedisStore {
         let wf: Option<String> = self
             .bounded(async move { redis::cmd("GET").arg(key).query_async(&mut c).await })
             .await?;
-        let wf = wf.ok_or_else(|| StoreError::UnknownEscalation(id.to_string()))?;
+        let wf = match wf {
+            Some(wf) => wf,
+            // The index is written just after the escalation; a sidecar that
+            // died in between left none, so look in every workflow.
+            None => {
+                let mut found = None;
+                for wf in self.workflows(None).await? {
+                    if self.escalation_at(&wf, id).await?.is_some() {
+                        found = Some(wf);
+                        break;
+                    }
+                }
+                found.ok_or_else(|| StoreError::UnknownEscalation(id.to_string()))?
+            }
+        };
         let e = self
             .escalation_at(&wf, id)
             .await?
@@ -1223,12 +1354,24 @@ impl BudgetStore for RedisStore {
             .arg(add_nanos)
             .arg(by)
             .arg(now_ms)
-            .arg(reason);
+            .arg(reason)
+            .arg(crate::money::MAX_SCOPE_EXTRA_NANOS);
+        if approve && add_nanos <= 0 {
+            return Err(StoreError::InvalidAmount(format!(
+                "an approval must add a positive amount, not {add_nanos} nano-USD"
+            )));
+        }
         let mut pipe = redis::pipe();
         pipe.invoke_script(&inv);
         let reply = strings(self.pipeline_with_script(&pipe, &self.resolve).await?);
         match reply.first().map(String::as_str) {
             Some("ok") => {}
+            Some("cap") => {
+                let extra = reply.get(1).and_then(|s| s.parse().ok()).unwrap_or(i64::MAX);
+                return Err(super::extra_after_approval(&e.scope, extra, add_nanos)
+                    .err()
+                    .unwrap_or_else(|| StoreError::InvalidAmount("the approval is over the cap".into())));
+            }
             Some("resolved") => {
                 return Err(StoreError::AlreadyResolved(
                     id.to_string(),
@@ -1243,7 +1386,17 @@ impl BudgetStore for RedisStore {
     }
 
     fn health(&self) -> StoreHealth {
+        // Failing open, the sidecar still serves budgeted calls (up to its
+        // cap): only a sidecar that fails closed cannot.
+        let failing = (self.degraded.load(Ordering::Relaxed) && self.cfg.fail_open_cap_nanos.is_none()).then(|| {
+            self.last_error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+                .unwrap_or_else(|| "Redis is unreachable".into())
+        });
         StoreHealth {
+            failing,
             unavailable_total: self.unavailable_total.load(Ordering::Relaxed),
             fail_open_admitted_total: self.fail_open_total.load(Ordering::Relaxed),
             journal_pending: self.journal_pending.load(Ordering::Relaxed),

@@ -29,6 +29,8 @@ fn reservation(id: &str, amount: i64, scopes: &[(&str, i64)], now_ms: i64) -> Ne
         expires_ms: now_ms + 600_000,
         downgraded: false,
         labels: String::new(),
+        caller: "local".into(),
+        prices: Default::default(),
     }
 }
 
@@ -40,6 +42,9 @@ pub async fn conformance(store: SharedStore, ns: &str) {
     expiry_releases_and_late_usage_still_counts(&store, ns).await;
     concurrent_clients_never_overspend(&store, ns).await;
     escalations_approve_and_deny(&store, ns).await;
+    concurrent_crossings_share_one_escalation(&store, ns).await;
+    huge_amounts_never_make_the_store_unreadable(&store, ns).await;
+    reservations_keep_their_caller_and_prices(&store, ns).await;
     detached_records_are_ordered_before_later_calls(&store, ns).await;
     labelled_calls_are_kept_in_order_within_the_window(&store, ns).await;
 }
@@ -130,7 +135,8 @@ async fn reserve_is_all_or_nothing(store: &SharedStore, ns: &str) {
         ScopeState {
             limit_nanos: 1000,
             spent_nanos: 0,
-            reserved_nanos: 60
+            reserved_nanos: 60,
+            extra_nanos: 0
         }
     );
     assert_eq!(store.scope(&a).await.expect("scope").reserved_nanos, 60);
@@ -166,7 +172,8 @@ async fn settle_is_idempotent_and_releases(store: &SharedStore, ns: &str) {
         ScopeState {
             limit_nanos: 10_000,
             spent_nanos: 420,
-            reserved_nanos: 0
+            reserved_nanos: 0,
+            extra_nanos: 0
         }
     );
     assert!(matches!(
@@ -216,7 +223,8 @@ async fn expiry_releases_and_late_usage_still_counts(store: &SharedStore, ns: &s
         ScopeState {
             limit_nanos: 1000,
             spent_nanos: 650,
-            reserved_nanos: 0
+            reserved_nanos: 0,
+            extra_nanos: 0
         }
     );
 }
@@ -263,32 +271,35 @@ async fn concurrent_clients_never_overspend(store: &SharedStore, ns: &str) {
     );
 }
 
+fn escalation(ns: &str, id: &str, scope: &str, created_ms: i64) -> Escalation {
+    Escalation {
+        id: format!("{ns}-{id}"),
+        workflow: ns.into(),
+        scope: scope.to_string(),
+        outcome_id: "o".into(),
+        caller: "local".into(),
+        amount_nanos: 50,
+        model: "m".into(),
+        state: "pending".into(),
+        created_ms,
+        resolved_by: String::new(),
+        resolved_ms: 0,
+        added_nanos: 0,
+        reason: String::new(),
+    }
+}
+
 async fn escalations_approve_and_deny(store: &SharedStore, ns: &str) {
     let s = format!("{ns}|esc");
     store
         .reserve(&reservation(&format!("{ns}-esc0"), 100, &[(&s, 100)], 0))
         .await
         .expect("fill");
-    let e = Escalation {
-        id: format!("{ns}-e1"),
-        workflow: ns.into(),
-        scope: s.clone(),
-        outcome_id: "o".into(),
-        caller: "local".into(),
-        amount_nanos: 50,
-        model: "m".into(),
-        state: "pending".into(),
-        created_ms: 5,
-        resolved_by: String::new(),
-        resolved_ms: 0,
-        added_nanos: 0,
-        reason: String::new(),
-    };
-    store.create_escalation(&e).await.expect("create");
-    assert_eq!(
-        store.open_escalation(&s).await.expect("open").map(|e| e.id),
-        Some(e.id.clone())
-    );
+    let e = escalation(ns, "e1", &s, 5);
+    assert_eq!(store.escalate(&e).await.expect("create").id, e.id, "created");
+    // A second call over the limit gets the same pending escalation.
+    let again = escalation(ns, "e1b", &s, 6);
+    assert_eq!(store.escalate(&again).await.expect("open").id, e.id);
     let approved = store
         .resolve_escalation(&e.id, true, 200, "finance", "quarter end", 6)
         .await
@@ -301,11 +312,8 @@ async fn escalations_approve_and_deny(store: &SharedStore, ns: &str) {
         ),
         ("approved", 200, "finance")
     );
-    assert!(
-        store.open_escalation(&s).await.expect("open").is_none(),
-        "approved escalations no longer block"
-    );
-    assert_eq!(store.scope(&s).await.expect("scope").limit_nanos, 300);
+    let st = store.scope(&s).await.expect("scope");
+    assert_eq!((st.limit_nanos, st.extra_nanos), (300, 200));
     assert_eq!(
         store
             .reserve(&reservation(&format!("{ns}-esc1"), 150, &[(&s, 100)], 7))
@@ -317,22 +325,168 @@ async fn escalations_approve_and_deny(store: &SharedStore, ns: &str) {
         store.resolve_escalation(&e.id, false, 0, "x", "", 8).await,
         Err(StoreError::AlreadyResolved(_, _))
     ));
-    let e2 = Escalation {
-        id: format!("{ns}-e2"),
-        created_ms: 9,
-        ..e
-    };
-    store.create_escalation(&e2).await.expect("create");
+    // After an approval, the next crossing is a new escalation; a deny of it
+    // holds, and later crossings see the denial rather than a new request.
+    let e2 = escalation(ns, "e2", &s, 9);
+    assert_eq!(
+        store.escalate(&e2).await.expect("create").id,
+        e2.id,
+        "approved ones no longer apply"
+    );
     store
         .resolve_escalation(&e2.id, false, 0, "finance", "no", 10)
         .await
         .expect("deny");
-    assert_eq!(
-        store.open_escalation(&s).await.expect("open").map(|e| e.state),
-        Some("denied".to_string())
-    );
+    let e3 = escalation(ns, "e3", &s, 11);
+    let seen = store.escalate(&e3).await.expect("denied");
+    assert_eq!((seen.id.as_str(), seen.state.as_str()), (e2.id.as_str(), "denied"));
     let listed = store.list_escalations(Some(ns)).await.expect("list");
     assert!(listed.iter().any(|x| x.id == e2.id && x.state == "denied"));
+    assert!(
+        !listed.iter().any(|x| x.id == e3.id),
+        "no escalation is created past a denial"
+    );
+}
+
+/// 32 calls crossing one scope's limit at once make one pending escalation,
+/// which all of them get; one approval raises the limit once.
+async fn concurrent_crossings_share_one_escalation(store: &SharedStore, ns: &str) {
+    let s = format!("{ns}|esc-race");
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let (store, e) = (store.clone(), escalation(ns, &format!("race-{i}"), &s, 100 + i));
+            tokio::spawn(async move { store.escalate(&e).await.expect("escalate").id })
+        })
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    for t in tasks {
+        ids.insert(t.await.expect("task"));
+    }
+    assert_eq!(ids.len(), 1, "one pending escalation per scope: {ids:?}");
+    let pending: Vec<Escalation> = store
+        .list_escalations(Some(ns))
+        .await
+        .expect("list")
+        .into_iter()
+        .filter(|e| e.scope == s && e.state == "pending")
+        .collect();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    let id = ids.into_iter().next().unwrap_or_default();
+    // The period's first call was over the limit: no scope row existed yet,
+    // and the approval must still take effect.
+    store
+        .resolve_escalation(&id, true, 500, "finance", "", 200)
+        .await
+        .expect("approve");
+    let st = store.scope(&s).await.expect("scope");
+    assert_eq!(st.extra_nanos, 500);
+    assert_eq!(
+        store
+            .reserve(&reservation(&format!("{ns}-after-approval"), 450, &[(&s, 100)], 201))
+            .await
+            .expect("reserve"),
+        Reserved::Ok,
+        "the approved amount is there for the next call"
+    );
+}
+
+/// No amount one request can send makes the store unreadable: an approval
+/// past the cap is refused with a reason, and spend near the top of i64
+/// saturates instead of overflowing.
+async fn huge_amounts_never_make_the_store_unreadable(store: &SharedStore, ns: &str) {
+    let s = format!("{ns}|huge");
+    let e = escalation(ns, "huge", &s, 300);
+    store.escalate(&e).await.expect("create");
+    let refused = store
+        .resolve_escalation(&e.id, true, i64::MAX, "mallory", "", 301)
+        .await
+        .expect_err("over the cap");
+    assert!(
+        matches!(&refused, StoreError::InvalidAmount(m) if m.contains("past $1000000000")),
+        "{refused}"
+    );
+    assert!(matches!(
+        store.resolve_escalation(&e.id, true, -5, "mallory", "", 301).await,
+        Err(StoreError::InvalidAmount(_))
+    ));
+    // The escalation is still pending and can be approved within the cap.
+    let ok = store
+        .resolve_escalation(&e.id, true, crate::money::MAX_APPROVAL_NANOS, "finance", "", 302)
+        .await
+        .expect("approve");
+    assert_eq!(ok.state, "approved");
+    let id = format!("{ns}-huge-spend");
+    store
+        .reserve(&reservation(&id, 1, &[(&s, 1000)], 303))
+        .await
+        .expect("reserve");
+    store
+        .settle(&id, i64::MAX - 10, &Usage::default(), 304)
+        .await
+        .expect("settle");
+    let id2 = format!("{ns}-huge-spend-2");
+    // Over the limit now: refused, not wrapped into a negative.
+    assert!(matches!(
+        store
+            .reserve(&reservation(&id2, 1, &[(&s, 1000)], 305))
+            .await
+            .expect("reserve"),
+        Reserved::OverLimit { .. }
+    ));
+    let st = store.scope(&s).await.expect("still readable");
+    assert_eq!(st.spent_nanos, i64::MAX - 10);
+    // Late settles of expired reservations push spend past i64: it
+    // saturates, and the scope still reads.
+    let s2 = format!("{ns}|huge2");
+    let late: Vec<String> = (0..2).map(|i| format!("{ns}-huge-late-{i}")).collect();
+    for id in &late {
+        let mut r = reservation(id, 0, &[(&s2, 1000)], 306);
+        r.expires_ms = 307;
+        store.reserve(&r).await.expect("reserve");
+    }
+    store.expire(400).await.expect("expire");
+    store
+        .settle(&late[0], i64::MAX - 10, &Usage::default(), 401)
+        .await
+        .expect("settle");
+    store
+        .settle(&late[1], 100, &Usage::default(), 401)
+        .await
+        .expect("settle");
+    store
+        .settle(&id, 5, &Usage::default(), 402)
+        .await
+        .expect("repeat is a no-op");
+    let st = store.scope(&s2).await.expect("readable");
+    assert_eq!(st.spent_nanos, i64::MAX);
+    assert!(store.list_escalations(Some(ns)).await.is_ok());
+    assert!(store.ledger(Some(ns), 0).await.is_ok(), "the ledger still reads");
+}
+
+/// A reservation keeps who routed it and the prices it was routed at.
+async fn reservations_keep_their_caller_and_prices(store: &SharedStore, ns: &str) {
+    let s = format!("{ns}|kept");
+    let prices = crate::rules::Prices {
+        input_nanos_per_mtok: 1_250_000_000,
+        cached_input_nanos_per_mtok: 125_000_000,
+        output_nanos_per_mtok: 10_000_000_000,
+        batch_discount_bp: 5000,
+    };
+    for (id, scopes) in [
+        (format!("{ns}-kept"), vec![(s.as_str(), 1000)]),
+        (format!("{ns}-kept-free"), vec![]),
+    ] {
+        let mut r = reservation(&id, 10, &scopes, 0);
+        r.caller = "agent-a".into();
+        r.prices = prices;
+        if scopes.is_empty() {
+            store.record_detached(r);
+        } else {
+            store.reserve(&r).await.expect("reserve");
+        }
+        let got = store.reservation(&id).await.expect("read").expect("found");
+        assert_eq!((got.caller.as_str(), got.prices), ("agent-a", Some(prices)), "{id}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -409,7 +563,8 @@ async fn redis_outage_fails_closed_journals_reports_and_replays_them_once() {
         ScopeState {
             limit_nanos: DOLLAR,
             spent_nanos: 90,
-            reserved_nanos: 0
+            reserved_nanos: 0,
+            extra_nanos: 0
         },
         "charged once, reservation released"
     );
@@ -651,6 +806,7 @@ async fn rollover_starts_a_new_counter(store: SharedStore) {
                 cost_nanos: DOLLAR / 10,
                 caller: "test",
                 downgraded: false,
+                prices: Default::default(),
             };
             budgets.admit(&call, at).await.expect("admit")
         }
@@ -733,4 +889,159 @@ fn decision_ids_are_version_7_unique_and_time_ordered() {
         assert_eq!(u.get_version_num(), 7, "{id}");
         assert!(*id >= before, "{id} sorts after the floor of the time it was made");
     }
+}
+
+/// Reserve + settle pairs from `clients` tasks on one scope for `run`,
+/// sampling the WAL's size every 10 ms; returns (pairs, peak WAL bytes).
+async fn drive_sqlite(store: Arc<sqlite::SqliteStore>, clients: usize, run: std::time::Duration) -> (u64, u64) {
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while started.elapsed() < run {
+                    let id = format!("wal-{c}-{n}");
+                    let mut r = reservation(&id, 1_000, &[("wal|day", i64::MAX / 4)], 0);
+                    r.labels = "team=search\u{1e}tier=gold".into();
+                    assert_eq!(store.reserve(&r).await.expect("reserve"), Reserved::Ok);
+                    store.settle(&id, 900, &Usage::default(), 1).await.expect("settle");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut peak = 0;
+    while started.elapsed() < run {
+        peak = peak.max(store.wal_bytes());
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let mut pairs = 0;
+    for t in tasks {
+        pairs += t.await.expect("client");
+    }
+    (pairs, peak.max(store.wal_bytes()))
+}
+
+/// Under continuous writes the WAL stays bounded; idle, it shrinks to
+/// nothing; at shutdown it is emptied. (It grew without end before: the
+/// background PASSIVE checkpoints never caught the writer.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_stays_bounded_under_load_and_empties_when_idle_and_at_shutdown() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let limit = 1024 * 1024;
+    let store =
+        Arc::new(sqlite::SqliteStore::open_with(dir.path(), sqlite::Options { wal_limit_bytes: limit }).expect("open"));
+    let (pairs, peak) = drive_sqlite(store.clone(), 8, std::time::Duration::from_secs(3)).await;
+    assert!(pairs > 1000, "the load ran: {pairs} pairs");
+    // Between two checks (100 ms) the store writes at most a few MB more
+    // than the limit; unbounded, 3 s of this load writes tens of MB.
+    assert!(
+        peak < 4 * limit,
+        "the WAL peaked at {peak} bytes against a {limit}-byte limit after {pairs} pairs"
+    );
+    // Idle: the checkpoint thread sees the WAL stop growing and truncates it.
+    let idle = common_eventually(std::time::Duration::from_secs(5), || store.wal_bytes() == 0).await;
+    assert!(
+        idle,
+        "an idle store's WAL is truncated (still {} bytes)",
+        store.wal_bytes()
+    );
+    // A burst, then shutdown's sync empties it at once.
+    for i in 0..50 {
+        let id = format!("wal-last-{i}");
+        store
+            .reserve(&reservation(&id, 1, &[("wal|day", i64::MAX / 4)], 0))
+            .await
+            .expect("reserve");
+    }
+    assert!(store.wal_bytes() > 0);
+    store.sync().await.expect("sync");
+    assert_eq!(store.wal_bytes(), 0, "sync at shutdown leaves an empty WAL");
+    // Nothing was lost on the way: every pair is in the scope.
+    let st = store.scope("wal|day").await.expect("scope");
+    assert_eq!((st.spent_nanos, st.reserved_nanos), (900 * pairs as i64, 50));
+}
+
+async fn common_eventually(within: std::time::Duration, f: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    f()
+}
+
+/// A store an older build damaged (an approval whose sum overflowed into a
+/// REAL, duplicate pending escalations) opens readable and consistent.
+#[tokio::test]
+async fn a_store_damaged_by_an_older_build_is_repaired_on_open() {
+    let dir = tempfile::tempdir().expect("tmp");
+    drop(sqlite::SqliteStore::open(dir.path()).expect("create"));
+    {
+        let conn = rusqlite::Connection::open(dir.path().join(sqlite::FILE)).expect("conn");
+        conn.execute_batch(
+            "DROP INDEX escalations_one_pending;
+             INSERT INTO scopes (key, limit_nanos, extra_nanos, spent_nanos, reserved_nanos)
+                 VALUES ('w|day|2026-12-01@UTC', 1000000000, 9.3e18, 5, 0);
+             INSERT INTO escalations (id, workflow, scope, outcome_id, caller, amount_nanos, model, state, created_ms)
+                 VALUES ('esc-old', 'w', 'w|day|2026-12-01@UTC', '', 'a', 1, 'm', 'pending', 1),
+                        ('esc-new', 'w', 'w|day|2026-12-01@UTC', '', 'a', 1, 'm', 'pending', 2);",
+        )
+        .expect("damage");
+        let kind: String = conn
+            .query_row("SELECT typeof(extra_nanos) FROM scopes", [], |r| r.get(0))
+            .expect("typeof");
+        assert_eq!(kind, "real", "the damage an overflowing approval left");
+    }
+    let store: SharedStore = Arc::new(sqlite::SqliteStore::open(dir.path()).expect("reopen"));
+    let st = store.scope("w|day|2026-12-01@UTC").await.expect("readable again");
+    assert_eq!(st.extra_nanos, crate::money::MAX_SCOPE_EXTRA_NANOS);
+    assert_eq!(st.spent_nanos, 5);
+    let pending: Vec<String> = store
+        .list_escalations(Some("w"))
+        .await
+        .expect("list")
+        .into_iter()
+        .filter(|e| e.state == "pending")
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(pending, ["esc-new"], "the newest pending escalation is kept");
+}
+
+/// The state folder remembers its store: a store that is missing or empty
+/// beside that record is refused, unless a fresh start is accepted.
+#[test]
+fn a_missing_or_empty_store_beside_existing_state_is_refused() {
+    use sqlite::{prepare_state_dir, StateStart};
+    let dir = tempfile::tempdir().expect("tmp");
+    assert_eq!(prepare_state_dir(dir.path(), false), Ok(StateStart::New));
+    drop(sqlite::SqliteStore::open(dir.path()).expect("create"));
+    assert!(dir.path().join(sqlite::MARKER).exists(), "the store is recorded");
+    assert_eq!(prepare_state_dir(dir.path(), false), Ok(StateStart::Existing));
+    let db = dir.path().join(sqlite::FILE);
+    std::fs::write(&db, b"").expect("truncate");
+    let e = prepare_state_dir(dir.path(), false).expect_err("empty store");
+    assert!(
+        e.contains("is empty (0 bytes)") && e.contains("--accept-fresh-store"),
+        "{e}"
+    );
+    std::fs::remove_file(&db).expect("delete");
+    let e = prepare_state_dir(dir.path(), false).expect_err("missing store");
+    assert!(e.contains("is missing") && e.contains("Restore budget.sqlite3"), "{e}");
+    match prepare_state_dir(dir.path(), true) {
+        Ok(StateStart::FreshAccepted(what)) => assert!(what.contains("is missing"), "{what}"),
+        other => panic!("{other:?}"),
+    }
+    // A damaged file is named as damaged, not as an unwritable folder.
+    std::fs::write(&db, b"this is not a database, it is a note").expect("write");
+    let e = match sqlite::SqliteStore::open(dir.path()) {
+        Ok(_) => panic!("opened a file that is not a database"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("not a SQLite database or it is damaged"), "{e}");
+    assert!(!e.contains("writable"), "{e}");
 }

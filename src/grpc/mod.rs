@@ -2,7 +2,7 @@
 //! mapping of [`Error`] onto gRPC status codes. This is the only module that
 //! touches prost types.
 
-pub mod size_limit;
+pub mod edge_status;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use crate::learn::online::{Online, Routed};
 use crate::metrics::Metrics;
 use crate::route::{find_workflow, plan, record_routed, LearnWith, Planned, RawRoute, RouteCall};
 use crate::rules::reload::Rules;
-use crate::rules::{RuleTable, Workflow};
+use crate::rules::{OtherModelUsage, RuleTable, Workflow};
 use crate::telemetry::{attr, CallAttrs, RpcSpan, Telemetry};
 
 /// The generated protobuf and gRPC code for `switchyard.v1`.
@@ -85,8 +85,9 @@ impl RouterService {
                     Refusal::Unauthenticated(m) => ("unauthenticated", Status::unauthenticated(m.clone())),
                     Refusal::Limited(m) => ("limited", Status::resource_exhausted(m.clone())),
                 };
-                self.audit
-                    .record(AuditRecord::new(&name, action, "", "", result, refusal.message()));
+                self.audit.refusal(
+                    AuditRecord::new(&name, action, "", "", result, refusal.message()).from_peer(request.remote_addr()),
+                );
                 status
             })
     }
@@ -104,7 +105,7 @@ impl RouterService {
         } else {
             return Ok(());
         };
-        self.audit.record(AuditRecord::new(
+        self.audit.refusal(AuditRecord::new(
             &who.name,
             action,
             &workflow.name,
@@ -134,12 +135,37 @@ impl RouterService {
     }
 }
 
+impl RouterService {
+    /// A decision is reported on only by the identity that routed it, or by
+    /// an admin: otherwise one caller could settle another's call at zero
+    /// and have the real report acknowledged as a repeat.
+    fn must_own(&self, who: &Identity, record: &crate::budget::ReservationRecord, action: &str) -> Result<(), Error> {
+        if record.caller.is_empty() || *record.caller == *who.name || who.admin {
+            return Ok(());
+        }
+        let why = format!(
+            "decision {} was routed by another identity; only the identity that routed a call (or an admin) may report on it",
+            record.decision_id
+        );
+        self.audit.record(AuditRecord::new(
+            &who.name,
+            action,
+            &record.workflow,
+            &record.decision_id,
+            "permission_denied",
+            &why,
+        ));
+        Err(Error::PermissionDenied(why))
+    }
+}
+
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Error {
         match e {
             StoreError::Unavailable(_) => Error::Unavailable(e.to_string()),
             StoreError::UnknownDecision(_) | StoreError::UnknownEscalation(_) => Error::NotFound(e.to_string()),
             StoreError::AlreadyResolved(_, _) => Error::FailedPrecondition(e.to_string()),
+            StoreError::InvalidAmount(_) => Error::InvalidArgument(e.to_string()),
         }
     }
 }
@@ -203,6 +229,13 @@ impl RouterService {
         let call = parse_call(&req)?;
         let workflow = find_workflow(&table, call.workflow)?;
         self.may_call(who, workflow, "route", &req.outcome_id)?;
+        if call.outcome_id.is_empty() && workflow.budget.as_ref().is_some_and(|b| b.per_outcome_nanos.is_some()) {
+            return Err(Error::InvalidArgument(format!(
+                "workflow `{}` caps the spend of each outcome (per_outcome_usd), so outcome_id is required: \
+                 set it to the ticket, PR or task this call works on",
+                workflow.name
+            )));
+        }
         let downgrade = self.budgets.past_soft_threshold(workflow, now).await?;
         let content: usize = call.messages.iter().map(|m| m.content.len()).sum();
         let retry = call.input.attempt > 1;
@@ -238,6 +271,7 @@ impl RouterService {
                     cost_nanos: d.cost_nanos,
                     caller: &who.name,
                     downgraded: d.downgraded_from.is_some(),
+                    prices: model.prices(),
                 },
                 now,
             )
@@ -282,7 +316,7 @@ impl RouterService {
                 )
             }
             Admission::Denied(why) => {
-                self.audit.record(AuditRecord::new(
+                self.audit.refusal(AuditRecord::new(
                     &who.name,
                     "route",
                     &workflow.name,
@@ -367,21 +401,13 @@ impl RouterService {
     ) -> Result<pb::UsageAck, Error> {
         let record = self.decision(&u.decision_id).await?;
         let table = self.rules.current();
-        if let Some(wf) = table.workflow(&record.workflow) {
+        let workflow = table.workflow(&record.workflow);
+        // An admin may settle any decision (a stuck agent's, say); a caller
+        // needs the workflow's permission and must have routed the call.
+        if let (Some(wf), false) = (workflow, who.admin) {
             self.may_call(who, wf, "report_usage", &u.decision_id)?;
         }
-        let model_name = if u.model.is_empty() {
-            record.model.as_str()
-        } else {
-            u.model.as_str()
-        };
-        let Some(model) = table.model_index(model_name).map(|i| &table.models[i]) else {
-            return Err(Error::InvalidArgument(format!(
-                "model `{}` is not in the rules, so its usage cannot be priced; report the model Route chose ({}) or add it to [[models]]",
-                truncate(model_name, 128),
-                record.model
-            )));
-        };
+        self.must_own(who, &record, "report_usage")?;
         if u.cached_input_tokens > u.input_tokens {
             return Err(Error::InvalidArgument(format!(
                 "cached_input_tokens ({}) is more than input_tokens ({}); cached tokens are part of the input",
@@ -394,9 +420,70 @@ impl RouterService {
                 "token counts above {ABSURD_TOKENS} are not plausible usage"
             )));
         }
+        let routed = record.model.as_str();
+        let reported = if u.model.is_empty() { routed } else { u.model.as_str() };
+        let current = table.model_index(reported).map(|i| (i, &table.models[i]));
+        let prices = if reported == routed {
+            // Priced as routed: the reservation keeps the prices, so a reload
+            // that renamed or removed the model loses nothing.
+            match (record.prices, current) {
+                (Some(p), _) => p,
+                (None, Some((_, m))) => m.prices(),
+                (None, None) => {
+                    return Err(Error::FailedPrecondition(format!(
+                    "decision {} was routed to `{routed}`, which is no longer in the rules, and its record predates \
+                         stored prices; add the model back to [[models]] to settle it",
+                    record.decision_id
+                )))
+                }
+            }
+        } else {
+            let policy = workflow.map_or(OtherModelUsage::Refuse, |w| w.other_model_usage);
+            let what = format!("routed to `{routed}`, usage reported for `{}`", truncate(reported, 128));
+            let (Some((index, m)), OtherModelUsage::Charge) = (current, policy) else {
+                let why = match policy {
+                    OtherModelUsage::Refuse => format!(
+                        "decision {} was {what}: report the model Route chose ({routed}); workflow `{}` refuses usage \
+                         for other models (other_model_usage = \"charge\" accepts it, flagged)",
+                        record.decision_id, record.workflow
+                    ),
+                    OtherModelUsage::Charge => format!(
+                        "model `{}` is not in the rules, so its usage cannot be priced; report the model Route chose \
+                         ({routed}) or add it to [[models]]",
+                        truncate(reported, 128)
+                    ),
+                };
+                self.audit.record(AuditRecord::new(
+                    &who.name,
+                    "report_usage",
+                    &record.workflow,
+                    &record.decision_id,
+                    "refused_other_model",
+                    &what,
+                ));
+                return Err(Error::InvalidArgument(why));
+            };
+            let outside = workflow.is_some_and(|w| !w.allowed.contains(&index));
+            self.metrics.usage_model_mismatch.add(&[&record.workflow], 1);
+            self.audit.record(AuditRecord::new(
+                &who.name,
+                "report_usage",
+                &record.workflow,
+                &record.decision_id,
+                if outside { "outside_policy" } else { "other_model" },
+                &if outside {
+                    format!("{what}, which the workflow's allowed models exclude; charged at its prices")
+                } else {
+                    format!("{what}; charged at its prices")
+                },
+            ));
+            m.prices()
+        };
+        let model_name = reported;
+        let provider = current.map_or("", |(_, m)| m.provider.as_str());
         // A failed call is charged for what the provider still bills: the
         // tokens reported (report zeros if the provider billed nothing).
-        let cost = model.cost(
+        let cost = prices.cost(
             u.input_tokens,
             u.cached_input_tokens,
             u.output_tokens,
@@ -415,7 +502,26 @@ impl RouterService {
             .await?;
         let cost_nanousd = match settled {
             Settled::Charged { cost_nanos } => {
-                let labels = [record.workflow.as_str(), model.name.as_str()];
+                let factor_bp = workflow.map_or(20_000, |w| w.overshoot_bp);
+                if cost_nanos as i128 * 10_000 > record.amount_nanos as i128 * factor_bp as i128 {
+                    self.metrics.usage_overshoot.add(&[&record.workflow], 1);
+                    self.audit.record(AuditRecord::new(
+                        &who.name,
+                        "report_usage",
+                        &record.workflow,
+                        &record.decision_id,
+                        "usage_overshoot",
+                        &format!(
+                            "charged {} against an estimate of {}: over {}x the estimate ({} input, {} output tokens)",
+                            crate::money::format_usd_exact(cost_nanos),
+                            crate::money::format_usd_exact(record.amount_nanos),
+                            factor_bp as f64 / 10_000.0,
+                            u.input_tokens,
+                            u.output_tokens
+                        ),
+                    ));
+                }
+                let labels = [record.workflow.as_str(), model_name];
                 self.metrics.actual_spend.add(&labels, cost_nanos.max(0) as u64);
                 let uncached = u.input_tokens - u.cached_input_tokens;
                 for (kind, n) in [
@@ -431,8 +537,8 @@ impl RouterService {
         };
         if span.is_recording() {
             CallAttrs {
-                provider: &model.provider,
-                model: &model.name,
+                provider,
+                model: model_name,
                 workflow: &record.workflow,
                 outcome_id: &record.outcome_id,
                 decision_id: &u.decision_id,
@@ -505,9 +611,10 @@ impl RouterService {
         span: &mut RpcSpan,
     ) -> Result<pb::FeedbackAck, Error> {
         let record = self.decision(&f.decision_id).await?;
-        if let Some(wf) = self.rules.current().workflow(&record.workflow) {
+        if let (Some(wf), false) = (self.rules.current().workflow(&record.workflow), who.admin) {
             self.may_call(who, wf, "record_feedback", &f.decision_id)?;
         }
+        self.must_own(who, &record, "record_feedback")?;
         let event = crate::ledger::FeedbackEvent {
             workflow: record.workflow,
             decision_id: f.decision_id,
@@ -765,11 +872,26 @@ impl Router for RouterService {
             )
             .into());
         }
-        if r.approve && r.add_nanousd <= 0 {
-            return Err(Error::InvalidArgument(
-                "an approval must add an amount: set add_nanousd above 0 (`--add-usd` on the command line)".into(),
-            )
-            .into());
+        if r.approve && !(1..=crate::money::MAX_APPROVAL_NANOS).contains(&r.add_nanousd) {
+            let why = if r.add_nanousd <= 0 {
+                "an approval must add an amount: set add_nanousd above 0 (`--add-usd` on the command line)".to_string()
+            } else {
+                format!(
+                    "add_nanousd {} is over the {} one approval may add; approve a smaller amount, or raise the \
+                     budget in the rules",
+                    r.add_nanousd,
+                    crate::money::format_usd_exact(crate::money::MAX_APPROVAL_NANOS)
+                )
+            };
+            self.audit.record(AuditRecord::new(
+                &who.name,
+                "resolve_escalation",
+                "",
+                &r.escalation_id,
+                "invalid_argument",
+                &why,
+            ));
+            return traced(span, Err(Error::InvalidArgument(why).into()));
         }
         let result = self
             .budgets
@@ -802,7 +924,7 @@ impl Router for RouterService {
                     &e.id,
                     &e.state,
                     &if r.approve {
-                        format!("added {}; {}", crate::money::format_usd(r.add_nanousd), r.reason)
+                        format!("added {}; {}", crate::money::format_usd_exact(r.add_nanousd), r.reason)
                     } else {
                         r.reason.clone()
                     },

@@ -216,17 +216,32 @@ fn walk_value(v: &Spanned<DeValue<'_>>, offset: usize, out: &mut String) {
 
 /// Reads a file for the rules loader, naming the path on failure.
 pub fn read_source(path: &Path) -> Result<Source, Diagnostic> {
-    match std::fs::read_to_string(path) {
+    let at = |line: usize, column: usize, message: String| Diagnostic {
+        file: path.to_path_buf(),
+        line,
+        column,
+        key: "(file)".to_string(),
+        message,
+    };
+    let bytes = std::fs::read(path).map_err(|e| at(1, 1, format!("cannot read the rules file: {e}")))?;
+    match String::from_utf8(bytes) {
         Ok(text) => Ok(Source {
             path: path.to_path_buf(),
             text,
         }),
-        Err(e) => Err(Diagnostic {
-            file: path.to_path_buf(),
-            line: 1,
-            column: 1,
-            key: "(file)".to_string(),
-            message: format!("cannot read the rules file: {e}"),
-        }),
+        Err(e) => {
+            let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            // The valid prefix is text: the position of the bad byte in it.
+            let prefix = std::str::from_utf8(good).unwrap_or_default();
+            let (line, column) = line_col(prefix, prefix.len());
+            Err(at(
+                line,
+                column,
+                format!(
+                    "the file is not UTF-8 text (byte {} is not valid UTF-8); save it as UTF-8",
+                    good.len()
+                ),
+            ))
+        }
     }
 }

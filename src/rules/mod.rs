@@ -130,7 +130,22 @@ pub struct Model {
     pub region: String,
 }
 
-impl Model {
+/// A model's list prices, as a call is charged at them. A reservation keeps
+/// the prices it was routed at, so that its settlement never depends on a
+/// rules table that was reloaded in between.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Prices {
+    /// Nano-dollars per million input tokens.
+    pub input_nanos_per_mtok: i64,
+    /// Nano-dollars per million input tokens served from the prompt cache.
+    pub cached_input_nanos_per_mtok: i64,
+    /// Nano-dollars per million output tokens.
+    pub output_nanos_per_mtok: i64,
+    /// Batch discount in basis points (5000 = half price).
+    pub batch_discount_bp: u32,
+}
+
+impl Prices {
     /// The cost in nano-dollars of a call with these token counts. `cached` is
     /// the part of `input` served from the prompt cache; a deferrable call is
     /// priced at the batch discount. Rounds up: an estimate never under-reserves.
@@ -140,11 +155,29 @@ impl Model {
             .saturating_add(token_cost(cached, self.cached_input_nanos_per_mtok))
             .saturating_add(token_cost(output, self.output_nanos_per_mtok));
         if deferrable && self.batch_discount_bp > 0 {
-            let kept = 10_000 - self.batch_discount_bp as i128;
+            let kept = 10_000 - self.batch_discount_bp.min(10_000) as i128;
             i64::try_from((full as i128 * kept + 9_999) / 10_000).unwrap_or(i64::MAX)
         } else {
             full
         }
+    }
+}
+
+impl Model {
+    /// The model's prices, as a reservation keeps them.
+    pub fn prices(&self) -> Prices {
+        Prices {
+            input_nanos_per_mtok: self.input_nanos_per_mtok,
+            cached_input_nanos_per_mtok: self.cached_input_nanos_per_mtok,
+            output_nanos_per_mtok: self.output_nanos_per_mtok,
+            batch_discount_bp: self.batch_discount_bp,
+        }
+    }
+
+    /// The cost in nano-dollars of a call with these token counts at the
+    /// model's prices (see [`Prices::cost`]).
+    pub fn cost(&self, input: u64, cached: u64, output: u64, deferrable: bool) -> i64 {
+        self.prices().cost(input, cached, output, deferrable)
     }
 
     /// Input tokens as the provider would bill them, from the tokenizer count.
@@ -177,7 +210,27 @@ pub struct Workflow {
     /// Spending limits, if any.
     pub budget: Option<Budget>,
     pub learning: Learning,
+    /// What ReportUsage does with usage for a model other than the routed one.
+    pub other_model_usage: OtherModelUsage,
+    /// A settled cost above the estimate times this (in basis points,
+    /// 20,000 = twice) is flagged in a metric and the audit log.
+    pub overshoot_bp: u32,
 }
+
+/// What ReportUsage does with usage that names a model other than the one
+/// Route chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtherModelUsage {
+    /// Refused with INVALID_ARGUMENT (and audited): the call is charged only
+    /// at the routed model's prices.
+    Refuse,
+    /// Charged at the reported model's prices, counted in
+    /// `switchyard_usage_model_mismatch_total` and audited.
+    Charge,
+}
+
+/// The overshoot factor when the rules do not give one: twice the estimate.
+pub const DEFAULT_OVERSHOOT_FACTOR: f64 = 2.0;
 
 /// How a workflow learns which tier its requests need.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -529,11 +582,6 @@ impl Validator<'_> {
         let workflows = self.workflows(&raw_workflows, &models);
         let rules = self.rules(&raw_rules, &models, &workflows, &classes);
 
-        let mut hasher = std::hash::DefaultHasher::new();
-        for s in self.sources {
-            std::hash::Hash::hash(&s.text, &mut hasher);
-            std::hash::Hash::hash(&s.path, &mut hasher);
-        }
         let workflow_index = workflows.iter().enumerate().map(|(i, w)| (w.name.clone(), i)).collect();
         RuleTable {
             models,
@@ -544,7 +592,7 @@ impl Validator<'_> {
             rules,
             default_output_tokens: default_output_tokens.unwrap_or(DEFAULT_OUTPUT_TOKENS),
             files: self.sources.iter().map(|s| s.path.clone()).collect(),
-            content_hash: std::hash::Hasher::finish(&hasher),
+            content_hash: content_hash(self.sources.iter().map(|s| (s.path.as_path(), s.text.as_bytes()))),
         }
     }
 
@@ -866,9 +914,33 @@ impl Validator<'_> {
             encodings.dedup();
             let budget = w.budget.as_ref().and_then(|b| self.budget(o, b));
             let learning = self.learning(o, w.learning.as_ref());
+            let other_model_usage = match w.other_model_usage.as_deref() {
+                None | Some("refuse") => OtherModelUsage::Refuse,
+                Some("charge") => OtherModelUsage::Charge,
+                Some(other) => {
+                    self.error(
+                        o,
+                        "workflows",
+                        &["other_model_usage"],
+                        format!("`{other}` is not a choice: use \"refuse\" or \"charge\""),
+                    );
+                    OtherModelUsage::Refuse
+                }
+            };
+            let factor = w.usage_overshoot_factor.unwrap_or(DEFAULT_OVERSHOOT_FACTOR);
+            if !(factor.is_finite() && (1.0..=100.0).contains(&factor)) {
+                self.error(
+                    o,
+                    "workflows",
+                    &["usage_overshoot_factor"],
+                    format!("{factor} is outside 1 to 100: it is how many times the estimate a cost may reach before it is flagged"),
+                );
+            }
             out.push(Workflow {
                 budget,
                 learning,
+                other_model_usage,
+                overshoot_bp: (factor.clamp(1.0, 100.0) * 10_000.0).round() as u32,
                 name: w.name.clone(),
                 description: w.description.clone().unwrap_or_default(),
                 owner: w.owner.clone().unwrap_or_default(),
@@ -1153,6 +1225,18 @@ impl Validator<'_> {
         }
         out
     }
+}
+
+/// A fingerprint of rules files' paths and bytes, in load order: the table
+/// keeps it, and reload compares the files on disk with it.
+pub fn content_hash<'a>(files: impl Iterator<Item = (&'a Path, &'a [u8])>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    for (path, bytes) in files {
+        bytes.hash(&mut hasher);
+        path.hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// Summary counts for `check` and the startup log.

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 
-use super::{rule_files, RuleTable, RulesError};
+use super::{content_hash, rule_files, RuleTable, RulesError};
 
 /// How often the files are re-read even without an event.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -103,12 +103,30 @@ impl Rules {
     /// Re-reads the files and swaps in the new table if they changed and are
     /// valid. Returns `true` when a new table was swapped in.
     pub fn reload_if_changed(&self) -> bool {
-        let hash = match files_hash(&self.path) {
-            Some(h) => h,
-            // The folder is mid-swap or unreadable: try again at the next tick.
-            None => return false,
+        let hash = match snapshot(&self.path) {
+            Snapshot::Files(h) => h,
+            // Something that will not fix itself (the folder emptied, a file
+            // unreadable): fingerprint the problem, so it is reported once,
+            // through the same path as a broken file.
+            Snapshot::Unreadable(why) => content_hash(std::iter::once((Path::new(""), why.as_bytes()))),
+            // A file vanished between listing and reading: a swap in progress.
+            Snapshot::Transient => return false,
         };
-        if hash == self.current.load().content_hash || hash == self.last_failed_hash.load(Ordering::Relaxed) {
+        if hash == self.current.load().content_hash {
+            // The files are the table in use again (a broken edit reverted):
+            // whatever failed since is over.
+            let cleared = {
+                let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+                std::mem::replace(&mut s.failing, false).then(|| s.last_error.take())
+            };
+            if cleared.is_some() {
+                self.last_failed_hash.store(0, Ordering::Relaxed);
+                tracing::info!(rules = %self.path.display(), "rules files restored to the table in use; reload no longer failing");
+                self.tell(Ok(&files_sha256(&self.path).unwrap_or_default()));
+            }
+            return false;
+        }
+        if hash == self.last_failed_hash.load(Ordering::Relaxed) {
             return false;
         }
         match RuleTable::load(&self.path) {
@@ -190,7 +208,6 @@ impl Rules {
     }
 }
 
-/// A hash of every rules file's path and bytes, or `None` if any cannot be read.
 /// The SHA-256 of the rules files' bytes, in load order, for the audit log.
 pub fn files_sha256(path: &Path) -> Option<String> {
     let mut all = Vec::new();
@@ -202,14 +219,28 @@ pub fn files_sha256(path: &Path) -> Option<String> {
     Some(crate::auth::sha256_hex(&all))
 }
 
-fn files_hash(path: &Path) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let files = rule_files(path).ok()?;
-    let mut hasher = std::hash::DefaultHasher::new();
-    for f in &files {
-        let text = std::fs::read_to_string(f).ok()?;
-        text.hash(&mut hasher);
-        f.hash(&mut hasher);
+/// What the rules path holds now, as reload sees it.
+enum Snapshot {
+    /// The fingerprint of every rules file's path and bytes.
+    Files(u64),
+    /// A problem that stays until someone fixes it.
+    Unreadable(String),
+    /// A file vanished between listing and reading: try at the next tick.
+    Transient,
+}
+
+fn snapshot(path: &Path) -> Snapshot {
+    let files = match rule_files(path) {
+        Ok(f) => f,
+        Err(e) => return Snapshot::Unreadable(e.to_string()),
+    };
+    let mut read = Vec::with_capacity(files.len());
+    for f in files {
+        match std::fs::read(&f) {
+            Ok(bytes) => read.push((f, bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Snapshot::Transient,
+            Err(e) => return Snapshot::Unreadable(format!("{}: {e}", f.display())),
+        }
     }
-    Some(hasher.finish())
+    Snapshot::Files(content_hash(read.iter().map(|(p, b)| (p.as_path(), b.as_slice()))))
 }

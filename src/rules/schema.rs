@@ -94,6 +94,11 @@ pub struct RawWorkflow {
     pub budget: Option<RawBudget>,
     /// How routing learns from feedback and outcomes.
     pub learning: Option<RawLearning>,
+    /// ReportUsage naming a model other than the routed one: "refuse" (the
+    /// default) or "charge" (priced at that model's prices, flagged, audited).
+    pub other_model_usage: Option<String>,
+    /// A reported cost above this many times the Route estimate is flagged.
+    pub usage_overshoot_factor: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

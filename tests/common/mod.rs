@@ -42,7 +42,8 @@ impl Server {
             .arg("serve")
             .arg("--rules")
             .arg(rules)
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(default_unless(extra, "--listen", "127.0.0.1:0"))
+            .args(default_unless(extra, "--admin-listen", "127.0.0.1:0"))
             .args(own_state_dir(extra, state.path()))
             .args(extra)
             .envs(env.iter().copied())
@@ -162,6 +163,15 @@ impl Drop for Server {
     }
 }
 
+/// `flag value`, unless the test passes the flag itself.
+fn default_unless(extra: &[&str], flag: &str, value: &str) -> Vec<String> {
+    if extra.contains(&flag) {
+        Vec::new()
+    } else {
+        vec![flag.to_string(), value.to_string()]
+    }
+}
+
 /// `--state-dir` for a fresh temporary folder, unless the test passes its own.
 fn own_state_dir(extra: &[&str], dir: &Path) -> Vec<std::ffi::OsString> {
     if extra.contains(&"--state-dir") {
@@ -228,6 +238,69 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+/// A folder holding `rules.toml` with `text`.
+pub fn rules_dir(text: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("rules.toml"), text).expect("write rules");
+    dir
+}
+
+/// One `[[keys]]` entry of an API keys file: the key's SHA-256, never the key.
+pub fn key_entry(identity: &str, key: &str, roles: &str) -> String {
+    format!(
+        "[[keys]]\nidentity = \"{identity}\"\nsha256 = \"{}\"\nroles = [{roles}]\n\n",
+        switchyard::auth::sha256_hex(key.as_bytes())
+    )
+}
+
+/// `keys.toml` in `dir`: callers agent-a (key-a) and agent-b (key-b), and an
+/// admin ops (key-ops), then `extra`.
+pub fn keys_file(dir: &Path, extra: &str) -> PathBuf {
+    let p = dir.join("keys.toml");
+    let text = format!(
+        "{}{}{}{extra}",
+        key_entry("agent-a", "key-a", "\"caller\""),
+        key_entry("agent-b", "key-b", "\"caller\""),
+        key_entry("ops", "key-ops", "\"admin\"")
+    );
+    std::fs::write(&p, text).expect("keys file");
+    p
+}
+
+/// `msg` with `authorization: Bearer <key>`.
+pub fn keyed<T>(msg: T, key: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().expect("header"));
+    req
+}
+
+/// `switchyard audit --format json` over `state`, with filter flags.
+pub fn audit(state: &Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = Command::new(BIN)
+        .args(["audit", "--format", "json", "--state-dir"])
+        .arg(state)
+        .args(args)
+        .output()
+        .expect("run audit");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON record"))
+        .collect()
+}
+
+/// The value of one series (name and labels, as written) on an admin
+/// port's /metrics; 0 when the series is not there yet.
+pub fn metric_at(admin: &str, series: &str) -> u64 {
+    let (_, body) = http_get(admin, "/metrics");
+    body.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 pub const HARD_PROMPT: &str = "Design a lock-free multi-producer queue in Rust and explain why it is linearizable. \
