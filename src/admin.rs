@@ -26,7 +26,7 @@ pub struct AdminState {
     pub counters: Arc<RouteCounters>,
     pub store: crate::budget::SharedStore,
     pub metrics: Arc<crate::metrics::Metrics>,
-    pub learning: Arc<crate::learn::online::Online>,
+    pub learning: Arc<crate::outcome::learn::online::Online>,
     pub audit: Arc<crate::audit::Audit>,
     /// Released once the rules are loaded, the tokenizers warm and the gRPC
     /// port bound; set back to false when shutdown begins.
@@ -276,11 +276,11 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     // Per budgeted workflow: what is left and, at the current burn rate,
     // how long it lasts (+Inf when it lasts the period).
     let now = jiff::Timestamp::now();
-    match crate::report::budget_inputs(s.store.as_ref(), &table, None, now).await {
+    match crate::outcome::report::budget_inputs(s.store.as_ref(), &table, None, now).await {
         Ok(budgets) if !budgets.is_empty() => {
-            let lines: Vec<(String, crate::report::BudgetLine)> = budgets
+            let lines: Vec<(String, crate::outcome::report::BudgetLine)> = budgets
                 .iter()
-                .map(|b| (escape_label(&b.workflow), crate::report::budget_line(b, now)))
+                .map(|b| (escape_label(&b.workflow), crate::outcome::report::budget_line(b, now)))
                 .collect();
             let _ = writeln!(
                 out,
@@ -345,14 +345,14 @@ async fn index(State(s): State<Arc<AdminState>>) -> Html<String> {
         s.counters.routed.load(Ordering::Relaxed),
         s.counters.rejected.load(Ordering::Relaxed),
     );
-    let spec = crate::report::Spec {
+    let spec = crate::outcome::report::Spec {
         period: crate::rules::Period::Day,
         workflow: None,
         label: None,
         now: jiff::Timestamp::now(),
     };
-    match crate::report::gather(s.store.as_ref(), &table, &spec).await {
-        Ok(report) => Html(crate::dashboard::page(&report, &status)),
+    match crate::outcome::report::gather(s.store.as_ref(), &table, &spec).await {
+        Ok(report) => Html(crate::outcome::dashboard::page(&report, &status)),
         Err(e) => Html(format!(
             "<!doctype html><html><head><meta charset=\"utf-8\"><title>Switchyard</title></head><body>\
              <h1>Switchyard</h1><p style=\"color:#b00\">The ledger cannot be read: {}</p>{status}</body></html>",
@@ -361,8 +361,8 @@ async fn index(State(s): State<Arc<AdminState>>) -> Html<String> {
     }
 }
 
-use crate::dashboard::escape;
 use crate::metrics::escape_label;
+use crate::outcome::dashboard::escape;
 
 /// Serves the admin port on a dedicated thread and runtime until `shutdown`
 /// flips to true. Binding happens before this returns, so a taken port fails

@@ -17,16 +17,16 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::admin::{self, AdminState};
 use crate::audit::{Audit, Record as AuditRecord};
-use crate::auth::Auth;
 use crate::budget::redis::{redact_url, RedisConfig, RedisStore};
 use crate::budget::sqlite::SqliteStore;
 use crate::budget::{Budgets, SharedStore};
 use crate::estimate::cache::{CacheConfig, ContextCache};
 use crate::estimate::tokens;
+use crate::grpc::auth::Auth;
 use crate::grpc::pb::router_server::RouterServer;
 use crate::grpc::{self, RouteCounters, RouterService};
-use crate::learn::online::Online;
-use crate::learn::Learner;
+use crate::outcome::learn::online::Online;
+use crate::outcome::learn::Learner;
 use crate::rules::reload::Rules;
 
 /// Everything `serve` needs, already parsed from flags and environment.
@@ -47,7 +47,7 @@ pub struct ServeConfig {
     /// The API keys file; `None` accepts loopback callers as `local`.
     pub api_keys: Option<PathBuf>,
     /// Per-caller rate and concurrency limits.
-    pub limits: crate::auth::Limits,
+    pub limits: crate::grpc::auth::Limits,
     /// Start with an empty embedded store where the state folder held one
     /// that is now missing or empty (audited).
     pub accept_fresh_store: bool,

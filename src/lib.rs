@@ -24,24 +24,19 @@
 pub mod admin;
 pub mod app;
 pub mod audit;
-pub mod auth;
 pub mod budget;
 pub mod cli;
-pub mod dashboard;
 pub mod decide;
 pub mod error;
 pub mod estimate;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod grpc;
-pub mod learn;
-pub mod ledger;
 pub mod metrics;
 pub mod money;
+pub mod outcome;
 pub mod prices;
 pub mod recent;
-pub mod replay;
-pub mod report;
 pub mod route;
 pub mod rules;
 pub mod telemetry;

@@ -409,14 +409,16 @@ fn main() -> ExitCode {
             let Some(json) = json_format(&format) else {
                 return ExitCode::from(EXIT_CONFIG);
             };
-            ExitCode::from(switchyard::replay::replay(switchyard::replay::ReplayArgs {
-                rules,
-                data,
-                workflow,
-                scores_out,
-                json,
-                seed,
-            }))
+            ExitCode::from(switchyard::outcome::replay::replay(
+                switchyard::outcome::replay::ReplayArgs {
+                    rules,
+                    data,
+                    workflow,
+                    scores_out,
+                    json,
+                    seed,
+                },
+            ))
         }
         Command::Explain {
             rules,
@@ -504,7 +506,7 @@ fn main() -> ExitCode {
                     keep: audit_keep,
                 },
                 api_keys,
-                limits: switchyard::auth::Limits {
+                limits: switchyard::grpc::auth::Limits {
                     rate_per_s: caller_rps,
                     burst: caller_burst,
                     concurrency: caller_concurrency,

@@ -238,19 +238,20 @@ pub trait BudgetStore: Send + Sync {
         now_ms: i64,
     ) -> Result<Escalation, StoreError>;
     /// Appends an outcome event (durable before it returns).
-    async fn record_outcome(&self, o: &crate::ledger::OutcomeEvent) -> Result<(), StoreError>;
+    async fn record_outcome(&self, o: &crate::outcome::ledger::OutcomeEvent) -> Result<(), StoreError>;
     /// Appends a feedback event (durable before it returns).
-    async fn record_feedback(&self, f: &crate::ledger::FeedbackEvent) -> Result<(), StoreError>;
+    async fn record_feedback(&self, f: &crate::outcome::ledger::FeedbackEvent) -> Result<(), StoreError>;
     /// Settled calls made at or after `since_ms`, and outcome and feedback
     /// events recorded at or after it, of one workflow or all.
-    async fn ledger(&self, workflow: Option<&str>, since_ms: i64) -> Result<crate::ledger::Ledger, StoreError>;
+    async fn ledger(&self, workflow: Option<&str>, since_ms: i64)
+        -> Result<crate::outcome::ledger::Ledger, StoreError>;
     /// Appends labelled calls of `workflow` (durable before it returns),
     /// keeping about the newest `window` of them.
     async fn append_learning(
         &self,
         workflow: &str,
         window: u64,
-        events: &[&crate::learn::LearnEvent],
+        events: &[&crate::outcome::learn::LearnEvent],
     ) -> Result<(), StoreError>;
     /// Labelled calls of `workflow` after `cursor` (`""`: from the oldest
     /// kept), in append order, at most `max`, each with its own cursor
@@ -260,7 +261,7 @@ pub trait BudgetStore: Send + Sync {
         workflow: &str,
         cursor: &str,
         max: usize,
-    ) -> Result<Vec<(String, Option<crate::learn::LearnEvent>)>, StoreError>;
+    ) -> Result<Vec<(String, Option<crate::outcome::learn::LearnEvent>)>, StoreError>;
     fn health(&self) -> StoreHealth {
         StoreHealth::default()
     }

@@ -50,7 +50,7 @@ pub async fn conformance(store: SharedStore, ns: &str) {
 }
 
 async fn labelled_calls_are_kept_in_order_within_the_window(store: &SharedStore, ns: &str) {
-    use crate::learn::{Features, LearnEvent};
+    use crate::outcome::learn::{Features, LearnEvent};
     let wf = format!("{ns}learn");
     let event = |i: usize| LearnEvent {
         workflow: wf.clone(),

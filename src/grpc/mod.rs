@@ -2,6 +2,7 @@
 //! mapping of [`Error`] onto gRPC status codes. This is the only module that
 //! touches prost types.
 
+pub mod auth;
 pub mod edge_status;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,12 +11,12 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::audit::{Audit, Record as AuditRecord};
-use crate::auth::{Admitted, Auth, Identity, Refusal};
 use crate::budget::{period_scope, Admission, Budgets, Call, Escalation, ScopeState, Settled, StoreError, Usage};
 use crate::error::{truncate, Error};
 use crate::estimate::cache::ContextCache;
-use crate::learn::online::{Online, Routed};
+use crate::grpc::auth::{Admitted, Auth, Identity, Refusal};
 use crate::metrics::Metrics;
+use crate::outcome::learn::online::{Online, Routed};
 use crate::route::{find_workflow, plan, record_routed, LearnWith, Planned, RawRoute, RouteCall};
 use crate::rules::reload::Rules;
 use crate::rules::{OtherModelUsage, RuleTable, Workflow};
@@ -559,7 +560,7 @@ impl RouterService {
         o: pb::OutcomeReport,
         span: &mut RpcSpan,
     ) -> Result<pb::OutcomeAck, Error> {
-        use crate::ledger::OutcomeStatus;
+        use crate::outcome::ledger::OutcomeStatus;
         if o.outcome_id.is_empty() || o.outcome_id.len() > 256 || o.outcome_id.chars().any(char::is_control) {
             return Err(Error::InvalidArgument(
                 "outcome_id must be 1 to 256 bytes of printable text: the ID the calls carried in Route".into(),
@@ -586,7 +587,7 @@ impl RouterService {
             ))),
             _ => Ok(v),
         };
-        let event = crate::ledger::OutcomeEvent {
+        let event = crate::outcome::ledger::OutcomeEvent {
             workflow: workflow.name.clone(),
             outcome_id: o.outcome_id,
             status,
@@ -615,7 +616,7 @@ impl RouterService {
             self.may_call(who, wf, "record_feedback", &f.decision_id)?;
         }
         self.must_own(who, &record, "record_feedback")?;
-        let event = crate::ledger::FeedbackEvent {
+        let event = crate::outcome::ledger::FeedbackEvent {
             workflow: record.workflow,
             decision_id: f.decision_id,
             model: record.model,
@@ -791,14 +792,14 @@ impl Router for RouterService {
             } else {
                 Some(find_workflow(&table, &r.workflow)?.name.clone())
             };
-            let spec = crate::report::Spec {
-                period: crate::report::parse_period(&r.period).map_err(Error::InvalidArgument)?,
+            let spec = crate::outcome::report::Spec {
+                period: crate::outcome::report::parse_period(&r.period).map_err(Error::InvalidArgument)?,
                 workflow,
-                label: crate::report::parse_label(&r.label).map_err(Error::InvalidArgument)?,
+                label: crate::outcome::report::parse_label(&r.label).map_err(Error::InvalidArgument)?,
                 now: jiff::Timestamp::now(),
             };
-            let report = crate::report::gather(self.budgets.store.as_ref(), &table, &spec).await?;
-            let text = crate::report::render(&report, &r.format).map_err(Error::InvalidArgument)?;
+            let report = crate::outcome::report::gather(self.budgets.store.as_ref(), &table, &spec).await?;
+            let text = crate::outcome::report::render(&report, &r.format).map_err(Error::InvalidArgument)?;
             Ok(pb::ReportResponse { text })
         }
         .await;

@@ -251,7 +251,7 @@ pub fn rules_dir(text: &str) -> tempfile::TempDir {
 pub fn key_entry(identity: &str, key: &str, roles: &str) -> String {
     format!(
         "[[keys]]\nidentity = \"{identity}\"\nsha256 = \"{}\"\nroles = [{roles}]\n\n",
-        switchyard::auth::sha256_hex(key.as_bytes())
+        switchyard::grpc::auth::sha256_hex(key.as_bytes())
     )
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::{Features, LearnEvent, Learner};
 use crate::budget::{SharedStore, StoreError};
-use crate::ledger::OutcomeStatus;
+use crate::outcome::ledger::OutcomeStatus;
 use crate::recent::Recent;
 use crate::rules::reload::Rules;
 

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::report::{num, pct, usd, DayPoint, Report, WorkflowReport};
+use crate::outcome::report::{num, pct, usd, DayPoint, Report, WorkflowReport};
 
 /// Escapes text for HTML.
 pub fn escape(s: &str) -> String {

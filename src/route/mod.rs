@@ -5,7 +5,7 @@ use crate::decide::{available_tiers, decide, Candidate, Decision, RouteInput};
 use crate::error::{truncate, Error};
 use crate::estimate::cache::{ContextCache, Fingerprints};
 use crate::estimate::{compute_work, estimate, Estimate, MessageRef, Role};
-use crate::learn::{Features, Learned, Learner};
+use crate::outcome::learn::{Features, Learned, Learner};
 use crate::rules::{Capabilities, RuleTable, Workflow};
 
 /// Limits on a Route request's fields. The whole message is also capped in

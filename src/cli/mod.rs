@@ -345,8 +345,8 @@ pub struct ReportArgs {
 /// `switchyard report`. Returns the exit code: 0, 1 when the store cannot be
 /// read, 64 for bad flags.
 pub async fn report(a: ReportArgs) -> i32 {
-    if let Err(e) = crate::report::parse_period(&a.period)
-        .and_then(|_| crate::report::parse_label(&a.label))
+    if let Err(e) = crate::outcome::report::parse_period(&a.period)
+        .and_then(|_| crate::outcome::report::parse_label(&a.label))
         .and_then(|_| match a.format.as_str() {
             "table" | "json" => Ok(None::<String>),
             f => Err(format!("--format `{f}` is not table or json")),
@@ -442,14 +442,14 @@ pub async fn report(a: ReportArgs) -> i32 {
         },
         ReportSource::Server(_) => return 1,
     };
-    let spec = crate::report::Spec {
-        period: crate::report::parse_period(&a.period).unwrap_or(crate::rules::Period::Day),
+    let spec = crate::outcome::report::Spec {
+        period: crate::outcome::report::parse_period(&a.period).unwrap_or(crate::rules::Period::Day),
         workflow: a.workflow.clone(),
-        label: crate::report::parse_label(&a.label).unwrap_or_default(),
+        label: crate::outcome::report::parse_label(&a.label).unwrap_or_default(),
         now: jiff::Timestamp::now(),
     };
-    match crate::report::gather(store.as_ref(), &table, &spec).await {
-        Ok(r) => match crate::report::render(&r, &a.format) {
+    match crate::outcome::report::gather(store.as_ref(), &table, &spec).await {
+        Ok(r) => match crate::outcome::report::render(&r, &a.format) {
             Ok(text) => {
                 print!("{text}");
                 if a.format == "json" {

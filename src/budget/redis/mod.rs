@@ -35,9 +35,9 @@ use super::{
     BudgetStore, Escalation, NewReservation, ReservationRecord, Reserved, ScopeState, Settled, StoreError, StoreHealth,
     Usage,
 };
-use crate::learn::LearnEvent;
-use crate::ledger::{CallRecord, FeedbackEvent, Ledger, OutcomeEvent, OutcomeStatus};
 use crate::money::format_usd;
+use crate::outcome::learn::LearnEvent;
+use crate::outcome::ledger::{CallRecord, FeedbackEvent, Ledger, OutcomeEvent, OutcomeStatus};
 
 /// Scope names are joined with a byte that cannot appear in a key we build.
 const SEP: char = '\u{1f}';

@@ -14,8 +14,8 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::learn::LearnEvent;
-use crate::ledger::{CallRecord, FeedbackEvent, Ledger, OutcomeEvent, OutcomeStatus};
+use crate::outcome::learn::LearnEvent;
+use crate::outcome::ledger::{CallRecord, FeedbackEvent, Ledger, OutcomeEvent, OutcomeStatus};
 
 use super::{
     extra_after_approval, BudgetStore, Escalation, NewReservation, ReservationRecord, Reserved, ScopeState, Settled,

@@ -22,8 +22,8 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use crate::budget::{period_bounds, ScopeState};
-use crate::ledger::{CallRecord, Ledger, OutcomeEvent, OutcomeStatus};
 use crate::money::nanos_to_usd;
+use crate::outcome::ledger::{CallRecord, Ledger, OutcomeEvent, OutcomeStatus};
 use crate::rules::{Period, RuleTable};
 
 /// How far before the previous period the ledger is read, so that cycle

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::decide::available_tiers;
 use crate::estimate::tokens;
-use crate::learn::{LearnEvent, Learner};
 use crate::money::nanos_to_usd;
+use crate::outcome::learn::{LearnEvent, Learner};
 use crate::route::{find_workflow, plan, LearnWith, RawRoute, RouteCall};
 use crate::rules::{RuleTable, Workflow};
 
@@ -563,8 +563,8 @@ struct SplitMix(u64);
 
 impl SplitMix {
     fn next_f64(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(crate::learn::SPLITMIX_STEP);
-        crate::learn::splitmix_unit(self.0)
+        self.0 = self.0.wrapping_add(crate::outcome::learn::SPLITMIX_STEP);
+        crate::outcome::learn::splitmix_unit(self.0)
     }
 }
 
