@@ -258,7 +258,10 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     if let Ok(all) = s.store.list_escalations(None).await {
         let mut open: std::collections::BTreeMap<&str, u64> =
             table.workflows.iter().map(|w| (w.name.as_str(), 0)).collect();
-        for e in all.iter().filter(|e| e.state == "pending") {
+        for e in all
+            .iter()
+            .filter(|e| e.state == crate::budget::EscalationState::Pending)
+        {
             *open.entry(e.workflow.as_str()).or_default() += 1;
         }
         let _ = writeln!(

@@ -15,8 +15,9 @@ use std::time::Duration;
 use anyhow::Context;
 use tonic::transport::server::TcpIncoming;
 
+use crate::access::Access;
 use crate::admin::{self, AdminState};
-use crate::audit::{Audit, Record as AuditRecord};
+use crate::audit::{Action, Audit, Record as AuditRecord, Verdict};
 use crate::budget::redis::{redact_url, RedisConfig, RedisStore};
 use crate::budget::sqlite::SqliteStore;
 use crate::budget::{Budgets, SharedStore};
@@ -27,7 +28,9 @@ use crate::grpc::pb::router_server::RouterServer;
 use crate::grpc::{self, RouteCounters, RouterService};
 use crate::outcome::learn::online::Online;
 use crate::outcome::learn::Learner;
+use crate::route::{Effects, Router};
 use crate::rules::reload::Rules;
+use crate::sidecar::Sidecar;
 
 /// Everything `serve` needs, already parsed from flags and environment.
 #[derive(Debug, Clone)]
@@ -77,17 +80,7 @@ const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 /// How often a failing sweep is reported.
 const SWEEP_WARN_EVERY: Duration = Duration::from_secs(60);
 
-/// A configuration problem found before binding: `main` exits 64 for these.
-#[derive(Debug)]
-pub struct ConfigError(pub String);
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for ConfigError {}
+pub use crate::error::ConfigError;
 
 /// Runs the sidecar until SIGTERM or Ctrl-C.
 pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
@@ -138,10 +131,10 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 tracing::warn!(what = %what, "--accept-fresh-store: the budget store starts empty");
                 audit.record(AuditRecord::new(
                     "-",
-                    "store_fresh_start",
+                    Action::StoreFreshStart,
                     "",
                     &cfg.state_dir.join(crate::budget::sqlite::FILE).display().to_string(),
-                    "ok",
+                    Verdict::Ok,
                     what,
                 ));
             }
@@ -193,16 +186,16 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         let path = rules.path().display().to_string();
         rules.on_reload(Box::new(move |r| {
             let (result, reason) = match r {
-                Ok(sha) => ("ok", format!("sha256 {sha}")),
-                Err(e) => ("failed", e.to_string()),
+                Ok(sha) => (Verdict::Ok, format!("sha256 {sha}")),
+                Err(e) => (Verdict::Failed, e.to_string()),
             };
-            audit.record(AuditRecord::new("-", "rules_reload", "", &path, result, &reason));
+            audit.record(AuditRecord::new("-", Action::RulesReload, "", &path, result, &reason));
         }));
     }
 
     // The learned routing state is the fold of the labelled calls the store
     // keeps: rebuild it before serving, so a restart routes as before.
-    let learning = Arc::new(Online::new(Arc::new(Learner::new())));
+    let learning = Arc::new(Online::new(Arc::new(Learner::new()), store.clone()));
     let mut learn_cursors = std::collections::HashMap::new();
     let started = std::time::Instant::now();
     match learning.catch_up(&store, &rules, &mut learn_cursors).await {
@@ -268,16 +261,23 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                         tracing::info!(file = %path, keys = auth.keys().map_or(0, |k| k.len()), "API keys reloaded");
                         audit.record(AuditRecord::new(
                             "-",
-                            "keys_reload",
+                            Action::KeysReload,
                             "",
                             &path,
-                            "ok",
+                            Verdict::Ok,
                             &format!("sha256 {sha}"),
                         ));
                     }
                     Some(Err(e)) => {
                         tracing::error!(file = %path, error = %e, "API keys reload FAILED; the last good keys stay in use");
-                        audit.record(AuditRecord::new("-", "keys_reload", "", &path, "failed", &e));
+                        audit.record(AuditRecord::new(
+                            "-",
+                            Action::KeysReload,
+                            "",
+                            &path,
+                            Verdict::Failed,
+                            &e,
+                        ));
                     }
                     None => {}
                 }
@@ -341,16 +341,30 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         .context("building the gRPC reflection service")?;
 
     let limit = cfg.max_request_bytes;
-    let router = RouterServer::new(RouterService {
+    let sidecar = Arc::new(Sidecar {
         rules: rules.clone(),
-        cache,
-        counters,
+        store: store.clone(),
         budgets: budgets.clone(),
-        telemetry: telemetry.clone(),
-        metrics: metrics.clone(),
+        router: Router {
+            rules: rules.clone(),
+            cache: Some(cache),
+            budgets: budgets.clone(),
+            learning: learning.clone(),
+            effects: Some(Effects {
+                access: Access { audit: audit.clone() },
+                metrics: metrics.clone(),
+            }),
+            trace: false,
+        },
         learning,
+        access: Access { audit: audit.clone() },
+        metrics: metrics.clone(),
+    });
+    let router = RouterServer::new(RouterService {
+        sidecar,
         auth,
-        audit: audit.clone(),
+        telemetry: telemetry.clone(),
+        counters,
     })
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);

@@ -61,6 +61,89 @@ impl Default for Rotation {
     }
 }
 
+/// What was attempted, as the audit log names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    Route,
+    ReportUsage,
+    RecordOutcome,
+    RecordFeedback,
+    GetBudget,
+    GetReport,
+    ListEscalations,
+    ResolveEscalation,
+    RulesReload,
+    KeysReload,
+    StoreFreshStart,
+}
+
+/// How it ended, as the audit log names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    Ok,
+    /// A budget refused the call.
+    Denied,
+    /// A budget's limit was reached and a person must approve more.
+    EscalationRequired,
+    /// An escalation approved.
+    Approved,
+    Unauthenticated,
+    PermissionDenied,
+    Limited,
+    InvalidArgument,
+    Failed,
+    /// Usage for a model other than the routed one, refused.
+    RefusedOtherModel,
+    /// Usage for a model other than the routed one, charged at its prices.
+    OtherModel,
+    /// The same, for a model the workflow's data policy excludes.
+    OutsidePolicy,
+    /// A cost past the workflow's overshoot factor times the estimate.
+    UsageOvershoot,
+}
+
+macro_rules! names {
+    ($t:ty { $($v:ident => $s:literal),+ $(,)? }) => {
+        impl $t {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$v => $s),+
+                }
+            }
+        }
+    };
+}
+
+names!(Action {
+    Route => "route",
+    ReportUsage => "report_usage",
+    RecordOutcome => "record_outcome",
+    RecordFeedback => "record_feedback",
+    GetBudget => "get_budget",
+    GetReport => "get_report",
+    ListEscalations => "list_escalations",
+    ResolveEscalation => "resolve_escalation",
+    RulesReload => "rules_reload",
+    KeysReload => "keys_reload",
+    StoreFreshStart => "store_fresh_start",
+});
+
+names!(Verdict {
+    Ok => "ok",
+    Denied => "denied",
+    EscalationRequired => "escalation_required",
+    Approved => "approved",
+    Unauthenticated => "unauthenticated",
+    PermissionDenied => "permission_denied",
+    Limited => "limited",
+    InvalidArgument => "invalid_argument",
+    Failed => "failed",
+    RefusedOtherModel => "refused_other_model",
+    OtherModel => "other_model",
+    OutsidePolicy => "outside_policy",
+    UsageOvershoot => "usage_overshoot",
+});
+
 fn is_one(n: &u64) -> bool {
     *n == 1
 }
@@ -75,16 +158,14 @@ pub struct Record {
     /// RFC 3339, UTC. For an aggregated record, the last refusal's time.
     pub at: String,
     pub identity: String,
-    /// What was attempted: `route`, `report_usage`, `resolve_escalation`,
-    /// `escalation_created`, `rules_reload`, `keys_reload`, ...
+    /// What was attempted: an [`Action`]'s name.
     pub action: String,
     #[serde(default)]
     pub workflow: String,
     /// The object acted on: a decision, escalation or outcome ID, a file.
     #[serde(default)]
     pub target: String,
-    /// `ok`, `denied`, `unauthenticated`, `permission_denied`, `limited`,
-    /// `escalated`, `approved`, `failed`.
+    /// How it ended: a [`Verdict`]'s name.
     pub result: String,
     #[serde(default)]
     pub reason: String,
@@ -100,14 +181,14 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn new(identity: &str, action: &str, workflow: &str, target: &str, result: &str, reason: &str) -> Record {
+    pub fn new(identity: &str, action: Action, workflow: &str, target: &str, result: Verdict, reason: &str) -> Record {
         Record {
             at: jiff::Timestamp::now().to_string(),
             identity: identity.to_string(),
-            action: action.to_string(),
+            action: action.as_str().to_string(),
             workflow: workflow.to_string(),
             target: target.to_string(),
-            result: result.to_string(),
+            result: result.as_str().to_string(),
             reason: reason.to_string(),
             peer: String::new(),
             count: 1,
@@ -522,24 +603,31 @@ mod tests {
         let mut a = Audit::open(dir.path(), Rotation::default()).expect("open");
         a.record(Record::new(
             "agent-b",
-            "route",
+            Action::Route,
             "restricted",
             "",
-            "permission_denied",
+            Verdict::PermissionDenied,
             "not allowed",
         ));
         a.record(Record::new(
             "ops",
-            "resolve_escalation",
+            Action::ResolveEscalation,
             "w",
             "esc-1",
-            "approved",
+            Verdict::Approved,
             "+$5",
         ));
         a.close();
         // Reopening appends; it never truncates.
         let mut a = Audit::open(dir.path(), Rotation::default()).expect("reopen");
-        a.record(Record::new("ops", "rules_reload", "", "rules/", "ok", "sha256 ab"));
+        a.record(Record::new(
+            "ops",
+            Action::RulesReload,
+            "",
+            "rules/",
+            Verdict::Ok,
+            "sha256 ab",
+        ));
         a.close();
         let all = read(dir.path(), &Filter::default()).expect("read").0;
         assert_eq!(all.len(), 3);
@@ -586,10 +674,10 @@ mod rotation_tests {
         for i in 0..400 {
             a.record(Record::new(
                 "ops",
-                "rules_reload",
+                Action::RulesReload,
                 "",
                 &format!("r-{i:04}"),
-                "ok",
+                Verdict::Ok,
                 "sha256 ab",
             ));
             if i % 40 == 39 {
@@ -628,11 +716,16 @@ mod rotation_tests {
         let mut a = Audit::open(dir.path(), Rotation::default()).expect("open");
         let peer: std::net::SocketAddr = "10.0.0.7:4000".parse().expect("addr");
         for _ in 0..1000 {
-            a.refusal(Record::new("-", "route", "", "", "unauthenticated", "unknown API key").from_peer(Some(peer)));
+            a.refusal(
+                Record::new("-", Action::Route, "", "", Verdict::Unauthenticated, "unknown API key")
+                    .from_peer(Some(peer)),
+            );
         }
         // Another peer is another kind.
         let other: std::net::SocketAddr = "10.0.0.8:4000".parse().expect("addr");
-        a.refusal(Record::new("-", "route", "", "", "unauthenticated", "unknown API key").from_peer(Some(other)));
+        a.refusal(
+            Record::new("-", Action::Route, "", "", Verdict::Unauthenticated, "unknown API key").from_peer(Some(other)),
+        );
         a.close();
         let (all, _) = read(dir.path(), &Filter::default()).expect("read");
         let from = |ip: &str| all.iter().filter(|r| r.peer == ip).map(|r| r.count).collect::<Vec<_>>();

@@ -28,13 +28,13 @@ pub fn route_request(data: &[u8]) {
     let Ok(req) = pb::RouteRequest::decode(data) else {
         return;
     };
-    let Ok(call) = crate::grpc::parse_call(&req) else {
+    let Ok(call) = crate::route::RouteCall::try_from(req) else {
         return;
     };
     let table =
         TABLE.get_or_init(|| RuleTable::from_str("default.toml", include_str!("../routing-rules/default.toml")).ok());
     if let Some(t) = table {
-        let _ = plan(t, &call, None, None, None);
+        let _ = plan(t, &call, Default::default(), None, None, None);
     }
 }
 

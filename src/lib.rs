@@ -21,6 +21,7 @@
 //! - [`app`]: wiring for `serve`, signals, ordered shutdown.
 //! - [`cli`]: `check` and `explain`.
 
+pub mod access;
 pub mod admin;
 pub mod app;
 pub mod audit;
@@ -39,4 +40,5 @@ pub mod prices;
 pub mod recent;
 pub mod route;
 pub mod rules;
+pub mod sidecar;
 pub mod telemetry;

@@ -8,17 +8,15 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use switchyard::app::{self, ConfigError, ServeConfig};
+use switchyard::app::{self, ServeConfig};
 use switchyard::cli;
+use switchyard::error::{ConfigError, EXIT_CONFIG};
 
 /// Every Route allocates and frees a few dozen small objects across the
 /// runtime's threads and the store's; mimalloc's thread-local free lists keep
 /// that off glibc's shared arenas (see README, "Load").
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Exit code for bad configuration (BSD's EX_USAGE), as linkerd and others use.
-const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
 #[command(
@@ -245,6 +243,10 @@ enum Command {
         max_output_tokens: u32,
         #[arg(long, default_value_t = 1)]
         attempt: u32,
+        /// Explain a call under this outcome: with --attempt 2 or more, a retry after a rejection is routed
+        /// a tier up, as serve routes it.
+        #[arg(long)]
+        outcome_id: Option<String>,
         #[arg(long)]
         deferrable: bool,
         /// A capability the call needs (tools, vision, json); repeatable.
@@ -430,6 +432,7 @@ fn main() -> ExitCode {
             system,
             max_output_tokens,
             attempt,
+            outcome_id,
             deferrable,
             capabilities,
             text,
@@ -443,6 +446,7 @@ fn main() -> ExitCode {
             system: system.as_deref(),
             max_output_tokens,
             attempt,
+            outcome_id: outcome_id.as_deref(),
             deferrable,
             capabilities: &capabilities,
         }) as u8),

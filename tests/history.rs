@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use common::*;
 use redis_server::RedisServer;
-use switchyard::budget::BudgetStore;
+use switchyard::budget::{EscalationState, Store};
 use switchyard::grpc::pb;
 use switchyard::grpc::pb::router_client::RouterClient;
 use tonic::transport::Channel;
@@ -244,7 +244,7 @@ struct Final {
     escalations: Vec<switchyard::budget::Escalation>,
 }
 
-async fn read_final(store: &dyn BudgetStore) -> Final {
+async fn read_final(store: &dyn Store) -> Final {
     let day = jiff::Timestamp::now().strftime("%Y-%m-%d").to_string();
     let period = store.scope(&format!("h|day|{day}@UTC")).await.expect("period scope");
     let mut outcomes = BTreeMap::new();
@@ -332,7 +332,7 @@ fn check(h: &History, f: &Final) {
     }
     // At most one pending escalation per scope, ever.
     let mut pending: HashMap<&str, usize> = HashMap::new();
-    for e in f.escalations.iter().filter(|e| e.state == "pending") {
+    for e in f.escalations.iter().filter(|e| e.state == EscalationState::Pending) {
         *pending.entry(e.scope.as_str()).or_default() += 1;
     }
     assert!(pending.values().all(|&n| n == 1), "{pending:?}");

@@ -1,7 +1,13 @@
-//! The budget store conformance suite: every `BudgetStore` must pass it.
-//! `sqlite_store_conforms` runs it on the embedded store.
+//! The store conformance suites, one per store trait: every backend passes
+//! each ([`budgets_conform`], [`escalations_conform`], [`ledger_conforms`],
+//! [`learning_conforms`]), and the tests below run them on SQLite and on a
+//! real `redis-server`. Then tests of what is not a trait's contract: budget
+//! periods, rollover, the embedded store's WAL and state folder.
+
+use std::sync::Arc;
 
 use super::*;
+use crate::outcome::ledger::{FeedbackEvent, OutcomeEvent, OutcomeStatus};
 use crate::rules::RuleTable;
 
 const DOLLAR: i64 = 1_000_000_000;
@@ -34,22 +40,139 @@ fn reservation(id: &str, amount: i64, scopes: &[(&str, i64)], now_ms: i64) -> Ne
     }
 }
 
-/// Runs every conformance check against `store`. Scope keys are prefixed with
-/// `ns` so the suite can share a store with others.
-pub async fn conformance(store: SharedStore, ns: &str) {
+/// What every [`BudgetStore`] must do. Scope keys are prefixed with `ns` so
+/// the suites can share a store.
+pub async fn budgets_conform(store: Arc<dyn BudgetStore>, ns: &str) {
     reserve_is_all_or_nothing(&store, ns).await;
     settle_is_idempotent_and_releases(&store, ns).await;
     expiry_releases_and_late_usage_still_counts(&store, ns).await;
     concurrent_clients_never_overspend(&store, ns).await;
-    escalations_approve_and_deny(&store, ns).await;
-    concurrent_crossings_share_one_escalation(&store, ns).await;
-    huge_amounts_never_make_the_store_unreadable(&store, ns).await;
+    spend_saturates_instead_of_overflowing(&store, ns).await;
     reservations_keep_their_caller_and_prices(&store, ns).await;
     detached_records_are_ordered_before_later_calls(&store, ns).await;
-    labelled_calls_are_kept_in_order_within_the_window(&store, ns).await;
 }
 
-async fn labelled_calls_are_kept_in_order_within_the_window(store: &SharedStore, ns: &str) {
+/// What every [`EscalationStore`] must do, with the budget counters its
+/// approvals raise.
+pub async fn escalations_conform(store: Arc<dyn Store>, ns: &str) {
+    escalations_approve_and_deny(&store, ns).await;
+    concurrent_crossings_share_one_escalation(&store, ns).await;
+    approvals_past_the_cap_are_refused(&store, ns).await;
+}
+
+/// What every [`LedgerStore`] must do, with the settlements it reads.
+pub async fn ledger_conforms(store: Arc<dyn Store>, ns: &str) {
+    the_ledger_holds_settled_calls_outcomes_and_feedback(&store, ns).await;
+}
+
+/// What every [`LearningStore`] must do.
+pub async fn learning_conforms(store: Arc<dyn LearningStore>, ns: &str) {
+    labelled_calls_are_kept_in_order_within_the_window(&store, ns).await;
+    rejections_keep_the_highest_tier_per_outcome(&store, ns).await;
+}
+
+async fn rejections_keep_the_highest_tier_per_outcome(store: &Arc<dyn LearningStore>, ns: &str) {
+    let wf = format!("{ns}rej");
+    assert_eq!(store.rejected_tier(&wf, "o-1").await.expect("read"), None);
+    for tier in [2, 4, 3] {
+        store.note_rejection(&wf, "o-1", tier, 1_000).await.expect("note");
+    }
+    assert_eq!(
+        store.rejected_tier(&wf, "o-1").await.expect("read"),
+        Some(4),
+        "the highest is kept"
+    );
+    assert_eq!(
+        store.rejected_tier(&wf, "o-2").await.expect("read"),
+        None,
+        "per outcome"
+    );
+    assert_eq!(
+        store.rejected_tier(&format!("{ns}other"), "o-1").await.expect("read"),
+        None,
+        "per workflow"
+    );
+}
+
+async fn the_ledger_holds_settled_calls_outcomes_and_feedback(store: &Arc<dyn Store>, ns: &str) {
+    let wf = format!("{ns}led");
+    let s = format!("{wf}|day");
+    for i in 0..3 {
+        let id = format!("{ns}-led-{i}");
+        let mut r = reservation(&id, 100, &[(&s, DOLLAR)], 1_000 + i);
+        r.labels = "team=search".into();
+        store.reserve(&r).await.expect("reserve");
+        if i < 2 {
+            let usage = Usage {
+                input_tokens: 10 + i as u64,
+                cached_input_tokens: 1,
+                output_tokens: 5,
+                failed: i == 1,
+            };
+            store.settle(&id, 90 + i, &usage, 2_000 + i).await.expect("settle");
+        }
+    }
+    store
+        .record_outcome(&OutcomeEvent {
+            workflow: wf.clone(),
+            outcome_id: "o".into(),
+            status: OutcomeStatus::Accepted,
+            value_usd: Some(12.5),
+            human_minutes: None,
+            at_ms: 3_000,
+        })
+        .await
+        .expect("outcome");
+    store
+        .record_feedback(&FeedbackEvent {
+            workflow: wf.clone(),
+            decision_id: format!("{ns}-led-0"),
+            model: "m".into(),
+            accepted: false,
+            at_ms: 3_001,
+        })
+        .await
+        .expect("feedback");
+    let l = store.ledger(Some(&wf), 0).await.expect("ledger");
+    let calls: Vec<(&str, i64, bool)> = l
+        .calls
+        .iter()
+        .map(|c| (c.decision_id.as_str(), c.cost_nanos, c.failed))
+        .collect();
+    let (a, b) = (format!("{ns}-led-0"), format!("{ns}-led-1"));
+    assert_eq!(
+        calls,
+        [(a.as_str(), 90, false), (b.as_str(), 91, true)],
+        "settled calls only, in order"
+    );
+    assert_eq!(
+        (
+            l.calls[0].input_tokens,
+            l.calls[0].cached_input_tokens,
+            l.calls[0].output_tokens
+        ),
+        (10, 1, 5)
+    );
+    assert!(l.calls[0].has_label("team=search"));
+    assert_eq!(l.outcomes.len(), 1);
+    assert_eq!(
+        (l.outcomes[0].status, l.outcomes[0].value_usd),
+        (OutcomeStatus::Accepted, Some(12.5))
+    );
+    assert_eq!(l.feedback.len(), 1);
+    assert!(!l.feedback[0].accepted);
+    // Another workflow's ledger is its own; a later window leaves these out.
+    assert!(store
+        .ledger(Some(&format!("{ns}none")), 0)
+        .await
+        .expect("ledger")
+        .calls
+        .is_empty());
+    let later = store.ledger(Some(&wf), now_ms() + 3_600_000).await.expect("ledger");
+    assert!(later.calls.is_empty() && later.outcomes.is_empty() && later.feedback.is_empty());
+}
+
+async fn labelled_calls_are_kept_in_order_within_the_window(store: &Arc<dyn LearningStore>, ns: &str) {
     use crate::outcome::learn::{Features, LearnEvent};
     let wf = format!("{ns}learn");
     let event = |i: usize| LearnEvent {
@@ -102,7 +225,7 @@ async fn labelled_calls_are_kept_in_order_within_the_window(store: &SharedStore,
     );
 }
 
-async fn detached_records_are_ordered_before_later_calls(store: &SharedStore, ns: &str) {
+async fn detached_records_are_ordered_before_later_calls(store: &Arc<dyn BudgetStore>, ns: &str) {
     for i in 0..50 {
         let id = format!("{ns}-detached-{i}");
         store.record_detached(reservation(&id, 100, &[], 0));
@@ -114,7 +237,7 @@ async fn detached_records_are_ordered_before_later_calls(store: &SharedStore, ns
     }
 }
 
-async fn reserve_is_all_or_nothing(store: &SharedStore, ns: &str) {
+async fn reserve_is_all_or_nothing(store: &Arc<dyn BudgetStore>, ns: &str) {
     let (a, b) = (format!("{ns}|a"), format!("{ns}|b"));
     let ok = store
         .reserve(&reservation(&format!("{ns}-1"), 60, &[(&a, 100), (&b, 1000)], 0))
@@ -146,7 +269,7 @@ async fn reserve_is_all_or_nothing(store: &SharedStore, ns: &str) {
     );
 }
 
-async fn settle_is_idempotent_and_releases(store: &SharedStore, ns: &str) {
+async fn settle_is_idempotent_and_releases(store: &Arc<dyn BudgetStore>, ns: &str) {
     let s = format!("{ns}|settle");
     let id = format!("{ns}-settle");
     store
@@ -190,7 +313,7 @@ async fn settle_is_idempotent_and_releases(store: &SharedStore, ns: &str) {
     assert_eq!(store.scope(&s).await.expect("scope").spent_nanos, 720);
 }
 
-async fn expiry_releases_and_late_usage_still_counts(store: &SharedStore, ns: &str) {
+async fn expiry_releases_and_late_usage_still_counts(store: &Arc<dyn BudgetStore>, ns: &str) {
     let s = format!("{ns}|expiry");
     let id = format!("{ns}-expiry");
     let mut r = reservation(&id, 700, &[(&s, 1000)], 0);
@@ -210,7 +333,7 @@ async fn expiry_releases_and_late_usage_still_counts(store: &SharedStore, ns: &s
     );
     assert_eq!(
         store.reservation(&id).await.expect("read").map(|r| r.state),
-        Some("expired".to_string())
+        Some(ReservationState::Expired)
     );
     // Usage that arrives after expiry is still charged, once.
     store
@@ -229,7 +352,7 @@ async fn expiry_releases_and_late_usage_still_counts(store: &SharedStore, ns: &s
     );
 }
 
-async fn concurrent_clients_never_overspend(store: &SharedStore, ns: &str) {
+async fn concurrent_clients_never_overspend(store: &Arc<dyn BudgetStore>, ns: &str) {
     // 32 clients race for a $1 budget with calls estimated at $0.03 that
     // actually cost $0.025..$0.03: spend must never pass $1.
     let s = format!("{ns}|race");
@@ -280,7 +403,7 @@ fn escalation(ns: &str, id: &str, scope: &str, created_ms: i64) -> Escalation {
         caller: "local".into(),
         amount_nanos: 50,
         model: "m".into(),
-        state: "pending".into(),
+        state: EscalationState::Pending,
         created_ms,
         resolved_by: String::new(),
         resolved_ms: 0,
@@ -289,7 +412,7 @@ fn escalation(ns: &str, id: &str, scope: &str, created_ms: i64) -> Escalation {
     }
 }
 
-async fn escalations_approve_and_deny(store: &SharedStore, ns: &str) {
+async fn escalations_approve_and_deny(store: &Arc<dyn Store>, ns: &str) {
     let s = format!("{ns}|esc");
     store
         .reserve(&reservation(&format!("{ns}-esc0"), 100, &[(&s, 100)], 0))
@@ -305,12 +428,8 @@ async fn escalations_approve_and_deny(store: &SharedStore, ns: &str) {
         .await
         .expect("approve");
     assert_eq!(
-        (
-            approved.state.as_str(),
-            approved.added_nanos,
-            approved.resolved_by.as_str()
-        ),
-        ("approved", 200, "finance")
+        (approved.state, approved.added_nanos, approved.resolved_by.as_str()),
+        (EscalationState::Approved, 200, "finance")
     );
     let st = store.scope(&s).await.expect("scope");
     assert_eq!((st.limit_nanos, st.extra_nanos), (300, 200));
@@ -339,9 +458,14 @@ async fn escalations_approve_and_deny(store: &SharedStore, ns: &str) {
         .expect("deny");
     let e3 = escalation(ns, "e3", &s, 11);
     let seen = store.escalate(&e3).await.expect("denied");
-    assert_eq!((seen.id.as_str(), seen.state.as_str()), (e2.id.as_str(), "denied"));
+    assert_eq!(
+        (seen.id.as_str(), seen.state),
+        (e2.id.as_str(), EscalationState::Denied)
+    );
     let listed = store.list_escalations(Some(ns)).await.expect("list");
-    assert!(listed.iter().any(|x| x.id == e2.id && x.state == "denied"));
+    assert!(listed
+        .iter()
+        .any(|x| x.id == e2.id && x.state == EscalationState::Denied));
     assert!(
         !listed.iter().any(|x| x.id == e3.id),
         "no escalation is created past a denial"
@@ -350,7 +474,7 @@ async fn escalations_approve_and_deny(store: &SharedStore, ns: &str) {
 
 /// 32 calls crossing one scope's limit at once make one pending escalation,
 /// which all of them get; one approval raises the limit once.
-async fn concurrent_crossings_share_one_escalation(store: &SharedStore, ns: &str) {
+async fn concurrent_crossings_share_one_escalation(store: &Arc<dyn Store>, ns: &str) {
     let s = format!("{ns}|esc-race");
     let tasks: Vec<_> = (0..32)
         .map(|i| {
@@ -368,7 +492,7 @@ async fn concurrent_crossings_share_one_escalation(store: &SharedStore, ns: &str
         .await
         .expect("list")
         .into_iter()
-        .filter(|e| e.scope == s && e.state == "pending")
+        .filter(|e| e.scope == s && e.state == EscalationState::Pending)
         .collect();
     assert_eq!(pending.len(), 1, "{pending:?}");
     let id = ids.into_iter().next().unwrap_or_default();
@@ -390,10 +514,10 @@ async fn concurrent_crossings_share_one_escalation(store: &SharedStore, ns: &str
     );
 }
 
-/// No amount one request can send makes the store unreadable: an approval
-/// past the cap is refused with a reason, and spend near the top of i64
-/// saturates instead of overflowing.
-async fn huge_amounts_never_make_the_store_unreadable(store: &SharedStore, ns: &str) {
+/// An approval past the cap is refused with a reason, the escalation stays
+/// pending, and the store still reads: no amount one request can send makes
+/// it unreadable.
+async fn approvals_past_the_cap_are_refused(store: &Arc<dyn Store>, ns: &str) {
     let s = format!("{ns}|huge");
     let e = escalation(ns, "huge", &s, 300);
     store.escalate(&e).await.expect("create");
@@ -414,7 +538,16 @@ async fn huge_amounts_never_make_the_store_unreadable(store: &SharedStore, ns: &
         .resolve_escalation(&e.id, true, crate::money::MAX_APPROVAL_NANOS, "finance", "", 302)
         .await
         .expect("approve");
-    assert_eq!(ok.state, "approved");
+    assert_eq!(ok.state, EscalationState::Approved);
+    let st = store.scope(&s).await.expect("still readable");
+    assert_eq!(st.extra_nanos, crate::money::MAX_APPROVAL_NANOS);
+    assert!(store.list_escalations(Some(ns)).await.is_ok());
+}
+
+/// Spend near the top of i64 saturates instead of overflowing, and the
+/// scope still reads.
+async fn spend_saturates_instead_of_overflowing(store: &Arc<dyn BudgetStore>, ns: &str) {
+    let s = format!("{ns}|huge");
     let id = format!("{ns}-huge-spend");
     store
         .reserve(&reservation(&id, 1, &[(&s, 1000)], 303))
@@ -459,12 +592,10 @@ async fn huge_amounts_never_make_the_store_unreadable(store: &SharedStore, ns: &
         .expect("repeat is a no-op");
     let st = store.scope(&s2).await.expect("readable");
     assert_eq!(st.spent_nanos, i64::MAX);
-    assert!(store.list_escalations(Some(ns)).await.is_ok());
-    assert!(store.ledger(Some(ns), 0).await.is_ok(), "the ledger still reads");
 }
 
 /// A reservation keeps who routed it and the prices it was routed at.
-async fn reservations_keep_their_caller_and_prices(store: &SharedStore, ns: &str) {
+async fn reservations_keep_their_caller_and_prices(store: &Arc<dyn BudgetStore>, ns: &str) {
     let s = format!("{ns}|kept");
     let prices = crate::rules::Prices {
         input_nanos_per_mtok: 1_250_000_000,
@@ -489,11 +620,34 @@ async fn reservations_keep_their_caller_and_prices(store: &SharedStore, ns: &str
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_store_conforms() {
+fn sqlite_store() -> (tempfile::TempDir, Arc<sqlite::SqliteStore>) {
     let dir = tempfile::tempdir().expect("tmp");
-    let store: SharedStore = Arc::new(sqlite::SqliteStore::open(dir.path()).expect("open"));
-    conformance(store, "t").await;
+    let store = Arc::new(sqlite::SqliteStore::open(dir.path()).expect("open"));
+    (dir, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_budgets_conform() {
+    let (_dir, store) = sqlite_store();
+    budgets_conform(store, "t").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_escalations_conform() {
+    let (_dir, store) = sqlite_store();
+    escalations_conform(store, "t").await;
+}
+
+#[tokio::test]
+async fn sqlite_ledger_conforms() {
+    let (_dir, store) = sqlite_store();
+    ledger_conforms(store, "t").await;
+}
+
+#[tokio::test]
+async fn sqlite_learning_conforms() {
+    let (_dir, store) = sqlite_store();
+    learning_conforms(store, "t").await;
 }
 
 #[path = "../../tests/common/redis.rs"]
@@ -511,15 +665,39 @@ pub fn redis_config(url: String, dir: &std::path::Path, fail_open_nanos: Option<
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn redis_store_conforms() {
+/// A real `redis-server` on a free port, and a store on it.
+async fn redis_store() -> (redis_server::RedisServer, tempfile::TempDir, Arc<redis::RedisStore>) {
     let server = redis_server::RedisServer::start();
     let dir = tempfile::tempdir().expect("tmp");
     let store = redis::RedisStore::connect(redis_config(server.url(), dir.path(), None))
         .await
         .expect("connect");
     store.ping().await.expect("ping");
-    conformance(Arc::new(store), "t").await;
+    (server, dir, Arc::new(store))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_budgets_conform() {
+    let (_server, _dir, store) = redis_store().await;
+    budgets_conform(store, "t").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_escalations_conform() {
+    let (_server, _dir, store) = redis_store().await;
+    escalations_conform(store, "t").await;
+}
+
+#[tokio::test]
+async fn redis_ledger_conforms() {
+    let (_server, _dir, store) = redis_store().await;
+    ledger_conforms(store, "t").await;
+}
+
+#[tokio::test]
+async fn redis_learning_conforms() {
+    let (_server, _dir, store) = redis_store().await;
+    learning_conforms(store, "t").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1006,7 +1184,7 @@ async fn a_store_damaged_by_an_older_build_is_repaired_on_open() {
         .await
         .expect("list")
         .into_iter()
-        .filter(|e| e.state == "pending")
+        .filter(|e| e.state == EscalationState::Pending)
         .map(|e| e.id)
         .collect();
     assert_eq!(pending, ["esc-new"], "the newest pending escalation is kept");

@@ -131,6 +131,16 @@ pub enum Role {
 }
 
 impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::Developer => "developer",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Role> {
         Some(match s {
             "system" => Role::System,
@@ -143,7 +153,7 @@ impl Role {
     }
 }
 
-/// One message of a request, borrowed from the decoded protobuf.
+/// One message of a request, borrowed from the call.
 #[derive(Debug, Clone, Copy)]
 pub struct MessageRef<'a> {
     pub role: Role,

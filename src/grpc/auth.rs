@@ -22,33 +22,8 @@ use arc_swap::ArcSwap;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-/// The identity of callers on loopback when no keys file is configured.
-pub const LOCAL: &str = "local";
-
-/// A caller, as established for one request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    pub name: Arc<str>,
-    pub caller: bool,
-    pub admin: bool,
-}
-
-/// Why a request was refused before it reached its handler.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    /// No usable credentials: UNAUTHENTICATED.
-    Unauthenticated(String),
-    /// Over a per-caller limit: RESOURCE_EXHAUSTED.
-    Limited(String),
-}
-
-impl Refusal {
-    pub fn message(&self) -> &str {
-        match self {
-            Refusal::Unauthenticated(m) | Refusal::Limited(m) => m,
-        }
-    }
-}
+pub use crate::access::{Identity, LOCAL};
+use crate::error::Error;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -292,34 +267,30 @@ impl Auth {
         &self,
         metadata: &tonic::metadata::MetadataMap,
         peer: Option<SocketAddr>,
-    ) -> Result<Identity, Refusal> {
+    ) -> Result<Identity, Error> {
         let Some(keys) = &self.keys else {
             return match peer {
                 // `[::]` listeners see IPv4 peers as IPv4-mapped addresses
                 // (::ffff:127.0.0.1): the canonical form is what is loopback.
-                Some(a) if !a.ip().to_canonical().is_loopback() => Err(Refusal::Unauthenticated(format!(
+                Some(a) if !a.ip().to_canonical().is_loopback() => Err(Error::Unauthenticated(format!(
                     "no API keys are configured, so only loopback callers are accepted (this call came from {}); start serve with --api-keys",
                     a.ip()
                 ))),
-                _ => Ok(Identity {
-                    name: Arc::from(LOCAL),
-                    caller: true,
-                    admin: true,
-                }),
+                _ => Ok(Identity::local()),
             };
         };
         let header = metadata
             .get("authorization")
-            .ok_or_else(|| Refusal::Unauthenticated("send `authorization: Bearer <key>`".into()))?;
+            .ok_or_else(|| Error::Unauthenticated("send `authorization: Bearer <key>`".into()))?;
         let token = header
             .to_str()
             .ok()
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| Refusal::Unauthenticated("the authorization header must be `Bearer <key>`".into()))?;
+            .ok_or_else(|| Error::Unauthenticated("the authorization header must be `Bearer <key>`".into()))?;
         keys.load().find(token).cloned().ok_or_else(|| {
-            Refusal::Unauthenticated("unknown API key; ask an admin to add its SHA-256 to the keys file".into())
+            Error::Unauthenticated("unknown API key; ask an admin to add its SHA-256 to the keys file".into())
         })
     }
 
@@ -329,7 +300,7 @@ impl Auth {
         &self,
         metadata: &tonic::metadata::MetadataMap,
         peer: Option<SocketAddr>,
-    ) -> Result<Admitted, (Option<Identity>, Refusal)> {
+    ) -> Result<Admitted, (Option<Identity>, Error)> {
         let identity = match self.identify(metadata, peer) {
             Ok(i) => i,
             Err(refusal) => {
@@ -338,7 +309,7 @@ impl Auth {
                 return Err((
                     None,
                     if over {
-                        Refusal::Limited(format!(
+                        Error::Limited(format!(
                             "{} has sent too many calls with bad credentials (over {REFUSED_PER_PEER_RPS} a second); \
                              wait, then send a valid `authorization: Bearer <key>`",
                             ip.map_or_else(|| "this peer".to_string(), |ip| ip.to_string())
@@ -355,7 +326,7 @@ impl Auth {
                     "`{}` is over its rate of {} calls a second (burst {}); slow down or raise --caller-rps",
                     identity.name, self.limits.rate_per_s, self.limits.burst
                 );
-                return Err((Some(identity), Refusal::Limited(why)));
+                return Err((Some(identity), Error::Limited(why)));
             }
         }
         let slot = if self.limits.concurrency > 0 {
@@ -373,7 +344,7 @@ impl Auth {
                         "`{}` already has {} calls in flight; wait for some to finish or raise --caller-concurrency",
                         identity.name, self.limits.concurrency
                     );
-                    return Err((Some(identity), Refusal::Limited(why)));
+                    return Err((Some(identity), Error::Limited(why)));
                 }
             }
         } else {
@@ -469,9 +440,6 @@ mod tests {
         }
         let mapped_far: SocketAddr = "[::ffff:10.1.2.3]:5000".parse().expect("addr");
         assert!(auth.identify(&md, Some(mapped_far)).is_err());
-        assert!(matches!(
-            auth.identify(&md, Some(far)),
-            Err(Refusal::Unauthenticated(_))
-        ));
+        assert!(matches!(auth.identify(&md, Some(far)), Err(Error::Unauthenticated(_))));
     }
 }

@@ -1,8 +1,9 @@
 //! `switchyard replay`: routing quality on recorded per-prompt outcomes.
 //!
 //! Each row holds a prompt and, for each model, whether its answer was
-//! accepted. Rows are routed one by one through [`crate::route::plan`], the
-//! code `serve` runs, and only the outcome of the model that was called is
+//! accepted. Rows are routed one by one through [`crate::route::Router`],
+//! the Route use case `serve` runs (with no budget, and a learning gate of
+//! replay's own), and only the outcome of the model that was called is
 //! revealed and learned from (bandit feedback), as in production. Policies
 //! are compared side by side; the learned router's scores also give
 //! RouteLLM's metrics (APGR, CPT), from Ong et al., arXiv:2406.18665.
@@ -13,11 +14,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use crate::decide::available_tiers;
 use crate::estimate::tokens;
 use crate::money::nanos_to_usd;
-use crate::outcome::learn::{LearnEvent, Learner};
-use crate::route::{find_workflow, plan, LearnWith, RawRoute, RouteCall};
+use crate::outcome::learn::{Features, LearnEvent, Learner, LearningGate, RoutedCall};
+use crate::route::{find_workflow, Planned, RawRoute, RouteCall, Router};
+use crate::rules::reload::Rules;
 use crate::rules::{RuleTable, Workflow};
 
 /// One row of a replay file (`../shared/bench-data/replay/SOURCE.md`).
@@ -41,6 +45,8 @@ struct RowModel {
 
 /// A row ready to replay: its outcomes and costs by model index.
 struct Case {
+    /// The row's place in the file.
+    index: usize,
     id: String,
     task_kind: String,
     prompt: String,
@@ -137,8 +143,13 @@ pub fn replay(a: ReplayArgs) -> u8 {
 }
 
 fn run(a: &ReplayArgs) -> Result<Report, String> {
-    let table =
-        RuleTable::load(&a.rules).map_err(|e| format!("the rules at {} are not valid:\n{e}", a.rules.display()))?;
+    let rules =
+        Arc::new(Rules::load(&a.rules).map_err(|e| format!("the rules at {} are not valid:\n{e}", a.rules.display()))?);
+    let table = rules.current();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let replayer = |seed: u64| Replayer::new(&rules, &rt, seed);
     let rows = read_rows(&a.data)?;
     let first = rows.first().ok_or_else(|| {
         format!(
@@ -180,16 +191,19 @@ fn run(a: &ReplayArgs) -> Result<Report, String> {
     results.push(fixed("always-weak", weak, &mut progress).result());
 
     let mut rules = Tally::new("rules");
+    // The rules alone: a model that never learns is never warm, so the
+    // rule table decides every row.
+    let by_rules = replayer(a.seed);
     for c in &cases {
-        let m = route(&table, workflow, c, 1, None, None)?.0;
+        let m = by_rules.route(workflow, c, 1, None)?.0;
         let ok = outcome_of(&table, c, m)?.0;
         rules.call(c, m, strong);
         rules.finish(ok);
         progress.tick("rules");
     }
 
-    let (router, router_scored) = learned(&table, workflow, &cases, strong, a.seed, false, &mut progress)?;
-    let (cascade, scored) = learned(&table, workflow, &cases, strong, a.seed, true, &mut progress)?;
+    let (router, router_scored) = learned(&replayer(a.seed), workflow, &cases, strong, false, &mut progress)?;
+    let (cascade, scored) = learned(&replayer(a.seed), workflow, &cases, strong, true, &mut progress)?;
 
     // Random, at the learned router's strong share.
     let share = router.strong as f64 / router.tasks.max(1) as f64;
@@ -239,24 +253,123 @@ struct Scored {
     attempts: u32,
 }
 
+/// Replay's learning gate: its own model, seeded draws, the rejected tier
+/// of the row being cascaded, and the features of the call just routed.
+struct ReplayLearning {
+    learner: Learner,
+    rng: Mutex<SplitMix>,
+    rejected: Mutex<Option<u8>>,
+    routed: Mutex<Option<Features>>,
+}
+
+#[async_trait::async_trait]
+impl LearningGate for ReplayLearning {
+    fn learner(&self) -> &Learner {
+        &self.learner
+    }
+
+    fn draw(&self) -> f64 {
+        self.rng.lock().unwrap_or_else(PoisonError::into_inner).next_f64()
+    }
+
+    async fn rejected_tier(&self, _: &str, _: &str) -> Result<Option<u8>, crate::error::StoreError> {
+        Ok(*self.rejected.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn remember(&self, _: RoutedCall<'_>, features: Features) {
+        *self.routed.lock().unwrap_or_else(PoisonError::into_inner) = Some(features);
+    }
+}
+
+/// Routes rows through the Route use case, as `serve` does.
+struct Replayer<'a> {
+    router: Router,
+    learning: Arc<ReplayLearning>,
+    rt: &'a tokio::runtime::Runtime,
+}
+
+impl<'a> Replayer<'a> {
+    fn new(rules: &Arc<Rules>, rt: &'a tokio::runtime::Runtime, seed: u64) -> Replayer<'a> {
+        let learning = Arc::new(ReplayLearning {
+            learner: Learner::new(),
+            rng: Mutex::new(SplitMix(seed)),
+            rejected: Mutex::new(None),
+            routed: Mutex::new(None),
+        });
+        Replayer {
+            router: Router {
+                rules: rules.clone(),
+                cache: None,
+                budgets: Arc::new(crate::budget::Unlimited),
+                learning: learning.clone(),
+                effects: None,
+                trace: false,
+            },
+            learning,
+            rt,
+        }
+    }
+
+    /// Routes row `c` as attempt `attempt`, after a rejection at
+    /// `rejected_tier`; the plan keeps the features learning saw.
+    fn route(
+        &self,
+        workflow: &Workflow,
+        c: &Case,
+        attempt: u32,
+        rejected_tier: Option<u8>,
+    ) -> Result<(usize, Planned), String> {
+        *self.learning.rejected.lock().unwrap_or_else(PoisonError::into_inner) = rejected_tier;
+        let call = RouteCall::new(RawRoute {
+            workflow: workflow.name.clone(),
+            // An outcome of its own per row: a retry cascades past the row's
+            // rejected tier, as a retry of an outcome does in `serve`.
+            outcome_id: format!("row-{}", c.index),
+            task_kind: c.task_kind.clone(),
+            messages: std::iter::once(("user".to_string(), c.prompt.clone())),
+            attempt,
+            max_output_tokens: 0,
+            deferrable: false,
+            capabilities: std::iter::empty(),
+            labels: std::iter::empty(),
+        })
+        .map_err(|e| format!("row `{}`: {e}", c.id))?;
+        let mut routed = self
+            .rt
+            .block_on(self.router.route(None, call, jiff::Timestamp::now()))
+            .map_err(|e| format!("row `{}`: {e}", c.id))?;
+        routed.planned.features = self
+            .learning
+            .routed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        Ok((routed.planned.decision.model, routed.planned))
+    }
+
+    fn learner(&self) -> &Learner {
+        &self.learning.learner
+    }
+}
+
 /// The learned router over every row, optionally with the cascade: a
 /// rejected attempt is retried one tier up, as a further task.
 fn learned(
-    table: &RuleTable,
+    replayer: &Replayer<'_>,
     workflow: &Workflow,
     cases: &[Case],
     strong: usize,
-    seed: u64,
     cascade: bool,
     progress: &mut Progress,
 ) -> Result<(Tally, Vec<Scored>), String> {
+    let table = replayer.router.rules.current();
+    let table = &*table;
     let name = if cascade { "router+cascade" } else { "router" };
-    let learner = Learner::new();
-    let mut rng = SplitMix(seed);
+    let learner = replayer.learner();
     let mut tally = Tally::new(name);
     let mut scored = Vec::with_capacity(cases.len());
     for c in cases {
-        let (m, planned) = route(table, workflow, c, 1, None, Some((&learner, rng.next_f64())))?;
+        let (m, planned) = replayer.route(workflow, c, 1, None)?;
         let class = planned.est.class;
         let available = available_tiers(table, workflow, class);
         // Scored before this row's outcome is learned.
@@ -287,14 +400,7 @@ fn learned(
                 break ok;
             }
             attempt += 1;
-            let next = route(
-                table,
-                workflow,
-                c,
-                attempt,
-                Some(tier),
-                Some((&learner, rng.next_f64())),
-            )?;
+            let next = replayer.route(workflow, c, attempt, Some(tier))?;
             m = next.0;
             planned = next.1;
         };
@@ -309,33 +415,6 @@ fn learned(
         progress.tick(name);
     }
     Ok((tally, scored))
-}
-
-/// Routes one row through `plan`, as `serve` does.
-fn route(
-    table: &RuleTable,
-    workflow: &Workflow,
-    c: &Case,
-    attempt: u32,
-    rejected_tier: Option<u8>,
-    learn: Option<(&Learner, f64)>,
-) -> Result<(usize, crate::route::Planned), String> {
-    let mut call = RouteCall::parse(RawRoute {
-        workflow: &workflow.name,
-        outcome_id: "",
-        task_kind: &c.task_kind,
-        messages: std::iter::once(("user", c.prompt.as_str())),
-        attempt,
-        max_output_tokens: 0,
-        deferrable: false,
-        capabilities: &[],
-        labels: std::iter::empty(),
-    })
-    .map_err(|e| format!("row `{}`: {e}", c.id))?;
-    call.input.rejected_tier = rejected_tier;
-    let learn = learn.map(|(learner, draw)| LearnWith { learner, draw });
-    let planned = plan(table, &call, None, learn, None).map_err(|e| format!("row `{}`: {e}", c.id))?;
-    Ok((planned.decision.model, planned))
 }
 
 fn outcome_of(table: &RuleTable, c: &Case, m: usize) -> Result<(bool, f64, i64), String> {
@@ -516,6 +595,7 @@ fn cases(table: &RuleTable, workflow: &Workflow, data: &Path, rows: Vec<(usize, 
             outcome[i] = Some((r.success, quality, model.cost(input, 0, output, false)));
         }
         out.push(Case {
+            index: out.len(),
             id: row.id,
             task_kind,
             prompt: row.prompt,

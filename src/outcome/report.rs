@@ -810,7 +810,7 @@ pub fn table(r: &Report) -> String {
 
 /// Reads what a report needs from a store and builds it.
 pub async fn gather(
-    store: &dyn crate::budget::BudgetStore,
+    store: &dyn crate::budget::Store,
     table: &RuleTable,
     spec: &Spec,
 ) -> Result<Report, crate::budget::StoreError> {
@@ -828,7 +828,7 @@ pub async fn gather(
 
 /// Each budgeted workflow's current period as the store has it.
 pub async fn budget_inputs(
-    store: &dyn crate::budget::BudgetStore,
+    store: &dyn crate::budget::Store,
     table: &RuleTable,
     workflow: Option<&str>,
     now: Timestamp,

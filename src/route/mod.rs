@@ -1,161 +1,306 @@
-//! The route pipeline shared by `serve` and `explain`: validate the request,
-//! estimate it, decide. Nothing here knows about protobuf or the network.
+//! The Route use case: one type, [`Router`], that `serve`, `explain` and
+//! `replay` all run, so what `explain` shows and `replay` measures is what
+//! production does.
+//!
+//! A call moves through it in one direction:
+//!
+//! 1. **admit**: the workflow exists, the caller may call it, the request is
+//!    complete for its budget (a per-outcome cap needs an outcome ID);
+//! 2. **steer**: is the budget past its soft threshold, was an earlier
+//!    attempt of this outcome rejected (and at which tier);
+//! 3. **estimate** and **decide** ([`plan`]): pure CPU, on the blocking pool
+//!    for very large requests;
+//! 4. **reserve**: the estimated cost on every scope, or the limit's answer
+//!    (escalate or deny);
+//! 5. **record**: the prefixes now warm on the chosen model, the call for
+//!    learning to label later, the audit record of a refusal, the metrics.
+//!
+//! What differs between the three front ends is plugged in: the budget gate
+//! (`serve` reserves, `explain` only reads, `replay` has no budget) and the
+//! learning gate (the live model, the model folded from a store, replay's
+//! own), and whether effects (audit, metrics) are recorded.
 
+pub mod call;
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+
+pub use call::{limits, Message, RawRoute, RouteCall};
+
+use crate::access::{Access, Identity};
+use crate::audit::{Action, Record, Verdict};
+use crate::budget::{Admission, BudgetGate, Call};
 use crate::decide::{available_tiers, decide, Candidate, Decision, RouteInput};
-use crate::error::{truncate, Error};
+use crate::error::Error;
 use crate::estimate::cache::{ContextCache, Fingerprints};
-use crate::estimate::{compute_work, estimate, Estimate, MessageRef, Role};
-use crate::outcome::learn::{Features, Learned, Learner};
-use crate::rules::{Capabilities, RuleTable, Workflow};
+use crate::estimate::{compute_work, estimate, Estimate, Role};
+use crate::metrics::Metrics;
+use crate::outcome::learn::{Features, Learned, Learner, LearningGate, RoutedCall};
+use crate::rules::reload::Rules;
+use crate::rules::{Model, RuleTable, Workflow};
 
-/// Limits on a Route request's fields. The whole message is also capped in
-/// bytes at the gRPC edge (`--max-request-bytes`).
-pub mod limits {
-    pub const MAX_NAME_BYTES: usize = 128;
-    pub const MAX_OUTCOME_ID_BYTES: usize = 256;
-    pub const MAX_MESSAGES: usize = 4096;
-    pub const MAX_LABELS: usize = 64;
-    pub const MAX_LABEL_KEY_BYTES: usize = 128;
-    pub const MAX_LABEL_VALUE_BYTES: usize = 1024;
-    pub const MAX_ATTEMPT: u32 = 1000;
+/// Content above this many bytes is estimated on the blocking pool, so that
+/// one huge request cannot stall the runtime's workers for other callers.
+const INLINE_CONTENT_BYTES: usize = 64 * 1024;
+
+/// How a Route was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteStatus {
+    Routed,
+    /// Routed a tier lower, for the budget's soft threshold.
+    Downgraded,
+    /// At a hard limit: a person must approve more.
+    EscalationRequired,
+    /// At a hard limit that denies, or denied by a person.
+    Denied,
 }
 
-/// A Route request, validated, borrowing its text from the decoded message.
-#[derive(Debug)]
-pub struct RouteCall<'a> {
-    pub workflow: &'a str,
-    pub outcome_id: &'a str,
-    pub task_kind: &'a str,
-    pub messages: Vec<MessageRef<'a>>,
-    pub max_output_tokens: u32,
-    pub input: RouteInput,
-}
+impl RouteStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteStatus::Routed => "routed",
+            RouteStatus::Downgraded => "downgraded",
+            RouteStatus::EscalationRequired => "escalation_required",
+            RouteStatus::Denied => "denied",
+        }
+    }
 
-/// The raw fields of a Route request, as any front end receives them.
-pub struct RawRoute<'a, M, L> {
-    pub workflow: &'a str,
-    pub outcome_id: &'a str,
-    pub task_kind: &'a str,
-    /// (role, content) pairs.
-    pub messages: M,
-    pub attempt: u32,
-    pub max_output_tokens: u32,
-    pub deferrable: bool,
-    pub capabilities: &'a [String],
-    /// (key, value) pairs.
-    pub labels: L,
-}
-
-impl<'a> RouteCall<'a> {
-    /// Validates untrusted fields. Every error names the field and what to do.
-    pub fn parse<M, L>(raw: RawRoute<'a, M, L>) -> Result<RouteCall<'a>, Error>
-    where
-        M: ExactSizeIterator<Item = (&'a str, &'a str)>,
-        L: ExactSizeIterator<Item = (&'a str, &'a str)>,
-    {
-        use limits::*;
-        let bad = |m: String| Err(Error::InvalidArgument(m));
-        if raw.workflow.is_empty() {
-            return bad(
-                "workflow is empty: set RouteRequest.workflow to a workflow from the rules, e.g. \"general\"".into(),
-            );
-        }
-        if raw.workflow.len() > MAX_NAME_BYTES {
-            return bad(format!(
-                "workflow is {} bytes; names are at most {MAX_NAME_BYTES}",
-                raw.workflow.len()
-            ));
-        }
-        if raw.outcome_id.len() > MAX_OUTCOME_ID_BYTES {
-            return bad(format!(
-                "outcome_id is {} bytes; at most {MAX_OUTCOME_ID_BYTES}",
-                raw.outcome_id.len()
-            ));
-        }
-        if raw.outcome_id.chars().any(char::is_control) {
-            return bad(
-                "outcome_id contains control characters; use printable text (a ticket or PR ID, say)".to_string(),
-            );
-        }
-        if raw.task_kind.len() > MAX_NAME_BYTES {
-            return bad(format!(
-                "task_kind is {} bytes; at most {MAX_NAME_BYTES}",
-                raw.task_kind.len()
-            ));
-        }
-        if raw.messages.len() == 0 {
-            return bad("messages is empty: send at least one Message{role, content}".into());
-        }
-        if raw.messages.len() > MAX_MESSAGES {
-            return bad(format!(
-                "{} messages; at most {MAX_MESSAGES} per request",
-                raw.messages.len()
-            ));
-        }
-        if raw.attempt > MAX_ATTEMPT {
-            return bad(format!(
-                "attempt {} is absurd; attempts count from 1 and stop at {MAX_ATTEMPT}",
-                raw.attempt
-            ));
-        }
-        if raw.labels.len() > MAX_LABELS {
-            return bad(format!("{} labels; at most {MAX_LABELS}", raw.labels.len()));
-        }
-        for (k, v) in raw.labels {
-            if k.is_empty() || k.len() > MAX_LABEL_KEY_BYTES || v.len() > MAX_LABEL_VALUE_BYTES {
-                return bad(format!(
-                    "label `{}` is empty or too long: keys 1 to {MAX_LABEL_KEY_BYTES} bytes, values up to {MAX_LABEL_VALUE_BYTES}",
-                    truncate(k, 64)
-                ));
-            }
-            if k.chars().chain(v.chars()).any(char::is_control) || k.contains('=') {
-                return bad(format!(
-                    "label `{}` contains `=` in its key or control characters; use printable text",
-                    truncate(k, 64).escape_debug()
-                ));
-            }
-        }
-        let mut capabilities = Capabilities::default();
-        for c in raw.capabilities {
-            match Capabilities::parse(c) {
-                Some(cap) => capabilities.insert(cap),
-                None => {
-                    return bad(format!(
-                        "unknown capability `{}` in required_capabilities; use \"tools\", \"vision\" or \"json\"",
-                        truncate(c, 64)
-                    ))
-                }
-            }
-        }
-        let mut messages = Vec::with_capacity(raw.messages.len());
-        for (i, (role, content)) in raw.messages.enumerate() {
-            let Some(role) = Role::parse(role) else {
-                return bad(format!(
-                    "messages[{i}].role is `{}`; use system, developer, user, assistant or tool",
-                    truncate(role, 32)
-                ));
-            };
-            messages.push(MessageRef { role, content });
-        }
-        Ok(RouteCall {
-            workflow: raw.workflow,
-            outcome_id: raw.outcome_id,
-            task_kind: raw.task_kind,
-            messages,
-            max_output_tokens: raw.max_output_tokens,
-            input: RouteInput {
-                attempt: raw.attempt.max(1),
-                deferrable: raw.deferrable,
-                capabilities,
-                downgrade: false,
-                learned: None,
-                rejected_tier: None,
-            },
-        })
+    /// Whether the agent should make the call.
+    pub fn is_routed(self) -> bool {
+        matches!(self, RouteStatus::Routed | RouteStatus::Downgraded)
     }
 }
 
-/// The workflow the call names, or `NOT_FOUND` with the known names.
+/// What a Route came to.
+pub struct Routed {
+    /// The table the call was decided with (a reload may swap it meanwhile).
+    pub table: Arc<RuleTable>,
+    pub decision_id: String,
+    pub status: RouteStatus,
+    /// With `EscalationRequired`: the escalation to approve.
+    pub escalation_id: String,
+    /// Why: the decision's reason, or the budget's answer.
+    pub reason: String,
+    pub workflow: String,
+    pub outcome_id: String,
+    pub planned: Planned,
+    /// What is left of the workflow's period budget, as this sidecar last
+    /// saw it (no store round trip).
+    pub budget_remaining: Option<i64>,
+    /// Every model with its cost or why it could not serve, when the router
+    /// traces (`explain`); empty otherwise.
+    pub candidates: Vec<Candidate>,
+}
+
+impl Routed {
+    /// The model the decision chose.
+    pub fn model(&self) -> &Model {
+        &self.table.models[self.planned.decision.model]
+    }
+
+    /// The request's task class.
+    pub fn task_class(&self) -> &str {
+        &self.table.classes[self.planned.est.class]
+    }
+}
+
+/// What is recorded besides the answer; `serve` has them, `explain` and
+/// `replay` do not.
+pub struct Effects {
+    pub access: Access,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The Route use case.
+pub struct Router {
+    pub rules: Arc<Rules>,
+    /// Reuses message work across calls and prices warm prefixes; `None`
+    /// computes everything afresh and keeps nothing.
+    pub cache: Option<Arc<ContextCache>>,
+    pub budgets: Arc<dyn BudgetGate>,
+    pub learning: Arc<dyn LearningGate>,
+    pub effects: Option<Effects>,
+    /// Keep every candidate model with its cost or rejection (`explain`).
+    pub trace: bool,
+}
+
+/// What the budget and the outcome's history add to a request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Steer {
+    /// The workflow's budget is past its soft threshold: a tier lower.
+    pub downgrade: bool,
+    /// The highest tier an earlier attempt of the outcome was rejected at.
+    pub rejected_tier: Option<u8>,
+}
+
+impl Router {
+    /// Routes one call. `caller` is the identity a request carries; the
+    /// operator's own tools (`explain`, `replay`) pass `None`, and are not
+    /// held to a workflow's callers.
+    pub async fn route(&self, caller: Option<&Identity>, call: RouteCall, now: Timestamp) -> Result<Routed, Error> {
+        // 1. Admit: everything that can refuse the call without a store
+        // round trip comes first.
+        let table = self.rules.current();
+        let workflow = find_workflow(&table, &call.workflow)?;
+        if let (Some(who), Some(fx)) = (caller, &self.effects) {
+            fx.access.may_call(who, workflow, Action::Route, &call.outcome_id)?;
+        }
+        if call.outcome_id.is_empty() && workflow.budget.as_ref().is_some_and(|b| b.per_outcome_nanos.is_some()) {
+            return Err(Error::InvalidArgument(format!(
+                "workflow `{}` caps the spend of each outcome (per_outcome_usd), so outcome_id is required: \
+                 set it to the ticket, PR or task this call works on",
+                workflow.name
+            )));
+        }
+
+        // 2. Steer.
+        let downgrade = self.budgets.past_soft_threshold(workflow, now).await?;
+        let rejected_tier = if call.attempt > 1 && !call.outcome_id.is_empty() {
+            self.learning.rejected_tier(&workflow.name, &call.outcome_id).await?
+        } else {
+            None
+        };
+        let steer = Steer {
+            downgrade,
+            rejected_tier,
+        };
+
+        // 3. Estimate and decide.
+        let trace = self.trace;
+        let (call, planned, candidates) = if call.content_bytes() > INLINE_CONTENT_BYTES {
+            let (t, cache, learning) = (table.clone(), self.cache.clone(), self.learning.clone());
+            tokio::task::spawn_blocking(move || {
+                let mut candidates = Vec::new();
+                let p = plan_with(
+                    &t,
+                    &call,
+                    steer,
+                    cache.as_deref(),
+                    &*learning,
+                    trace.then_some(&mut candidates),
+                );
+                (call, p, candidates)
+            })
+            .await?
+        } else {
+            let mut candidates = Vec::new();
+            let p = plan_with(
+                &table,
+                &call,
+                steer,
+                self.cache.as_deref(),
+                &*self.learning,
+                trace.then_some(&mut candidates),
+            );
+            (call, p, candidates)
+        };
+        let mut planned = planned?;
+
+        // 4. Reserve.
+        let d = &planned.decision;
+        let model = &table.models[d.model];
+        let decision_id = crate::budget::new_decision_id();
+        let caller_name = caller.map_or("-", |w| &*w.name);
+        let admission = self
+            .budgets
+            .admit(
+                &Call {
+                    decision_id: &decision_id,
+                    workflow,
+                    outcome_id: &call.outcome_id,
+                    labels: call.label_pairs().collect(),
+                    model: &model.name,
+                    deferrable: call.deferrable,
+                    cost_nanos: d.cost_nanos,
+                    caller: caller_name,
+                    downgraded: d.downgraded_from.is_some(),
+                    prices: model.prices(),
+                },
+                now,
+            )
+            .await?;
+
+        // 5. Record.
+        let (status, escalation_id, reason) = match admission {
+            Admission::Routed => {
+                if let Some(cache) = &self.cache {
+                    record_routed(cache, &table, &planned);
+                }
+                if let Some(f) = planned.features.take() {
+                    let routed = RoutedCall {
+                        decision_id: &decision_id,
+                        workflow: &workflow.name,
+                        outcome_id: &call.outcome_id,
+                        tier: model.tiers[planned.est.class],
+                        retry: call.attempt > 1,
+                        explored: planned.decision.explored,
+                    };
+                    self.learning.remember(routed, f);
+                }
+                let status = if planned.decision.downgraded_from.is_some() {
+                    RouteStatus::Downgraded
+                } else {
+                    RouteStatus::Routed
+                };
+                (status, String::new(), planned.decision.reason.clone())
+            }
+            Admission::Escalate(e) => {
+                self.audit_refusal(caller_name, workflow, &e.id, Verdict::EscalationRequired, &e.reason);
+                let reason = if e.id.is_empty() {
+                    format!(
+                        "{}; a new escalation would be created for a person to approve",
+                        e.reason
+                    )
+                } else {
+                    format!(
+                        "{}; escalation {} waits for approval (switchyard escalations approve {} --add-usd N)",
+                        e.reason, e.id, e.id
+                    )
+                };
+                (RouteStatus::EscalationRequired, e.id, reason)
+            }
+            Admission::Denied(why) => {
+                self.audit_refusal(caller_name, workflow, &call.outcome_id, Verdict::Denied, &why);
+                (RouteStatus::Denied, String::new(), why)
+            }
+        };
+        if let Some(fx) = &self.effects {
+            let d = &planned.decision;
+            fx.metrics
+                .decisions
+                .add(&[&workflow.name, &model.name, status.as_str()], 1);
+            if status.is_routed() {
+                fx.metrics
+                    .estimated_spend
+                    .add(&[&workflow.name, &model.name], d.cost_nanos.max(0) as u64);
+            }
+        }
+        Ok(Routed {
+            budget_remaining: self.budgets.remaining_hint(workflow, now),
+            workflow: workflow.name.clone(),
+            table: table.clone(),
+            decision_id,
+            status,
+            escalation_id,
+            reason,
+            outcome_id: call.outcome_id,
+            planned,
+            candidates,
+        })
+    }
+
+    fn audit_refusal(&self, who: &str, workflow: &Workflow, target: &str, verdict: Verdict, why: &str) {
+        if let Some(fx) = &self.effects {
+            fx.access
+                .audit
+                .refusal(Record::new(who, Action::Route, &workflow.name, target, verdict, why));
+        }
+    }
+}
+
+/// The workflow a call names: `INVALID_ARGUMENT` for no name, `NOT_FOUND`
+/// with the known names for an unknown one.
 pub fn find_workflow<'t>(table: &'t RuleTable, name: &str) -> Result<&'t Workflow, Error> {
     if name.is_empty() {
         return Err(Error::InvalidArgument(
@@ -168,32 +313,49 @@ pub fn find_workflow<'t>(table: &'t RuleTable, name: &str) -> Result<&'t Workflo
     })
 }
 
-/// Estimates and decides one call.
+/// [`plan`], consulting `learning`'s model with a fresh draw.
+fn plan_with(
+    table: &RuleTable,
+    call: &RouteCall,
+    steer: Steer,
+    cache: Option<&ContextCache>,
+    learning: &dyn LearningGate,
+    trace: Option<&mut Vec<Candidate>>,
+) -> Result<Planned, Error> {
+    let learn = LearnWith {
+        learner: learning.learner(),
+        draw: learning.draw(),
+    };
+    plan(table, call, steer, cache, Some(learn), trace)
+}
+
+/// Estimates and decides one call: pure CPU, no I/O.
 ///
-/// With a `cache`, message work is reused across calls, warm prefixes are
-/// priced at each model's cached rate, and the chosen model is recorded as
-/// warm for this request's prefixes (the agent is about to send them to it).
-/// Without one (`explain`), everything is computed afresh and nothing is kept.
+/// With a `cache`, message work is reused across calls and warm prefixes are
+/// priced at each model's cached rate. Without one, everything is computed
+/// afresh. `trace`, when given, receives every candidate model (`explain`).
 pub fn plan(
     table: &RuleTable,
-    call: &RouteCall<'_>,
+    call: &RouteCall,
+    steer: Steer,
     cache: Option<&ContextCache>,
     learn: Option<LearnWith<'_>>,
     trace: Option<&mut Vec<Candidate>>,
 ) -> Result<Planned, Error> {
-    let workflow = find_workflow(table, call.workflow)?;
+    let workflow = find_workflow(table, &call.workflow)?;
+    let messages = call.message_refs();
     let (work, fingerprints) = match cache {
         Some(c) => {
-            let (work, fps) = c.work(&call.messages, &workflow.encodings);
+            let (work, fps) = c.work(&messages, &workflow.encodings);
             (work, Some(fps))
         }
-        None => (compute_work(&call.messages, &workflow.encodings), None),
+        None => (compute_work(&messages, &workflow.encodings), None),
     };
     let est = estimate(
         table,
         workflow,
-        call.task_kind,
-        &call.messages,
+        &call.task_kind,
+        &messages,
         &work,
         call.max_output_tokens,
     );
@@ -201,13 +363,19 @@ pub fn plan(
         (Some(c), Some(fps)) => c.cached_tokens(table, workflow, fps, &work),
         _ => Vec::new(),
     };
-    let mut input = call.input;
+    let mut input = RouteInput {
+        attempt: call.attempt,
+        deferrable: call.deferrable,
+        capabilities: call.capabilities,
+        downgrade: steer.downgrade,
+        learned: None,
+        rejected_tier: steer.rejected_tier,
+    };
     let mut features = None;
     if let Some(l) = learn.filter(|_| workflow.learning.enabled) {
         // The user's messages, newest first: the current ask leads.
-        let has_user = call.messages.iter().any(|m| m.role == Role::User);
-        let texts = call
-            .messages
+        let has_user = messages.iter().any(|m| m.role == Role::User);
+        let texts = messages
             .iter()
             .rev()
             .filter(|m| !has_user || m.role == Role::User)
@@ -248,17 +416,18 @@ pub struct LearnWith<'a> {
 pub struct Planned {
     pub est: Estimate,
     pub decision: Decision,
-    /// The request's prefix chain, when planned with a cache: pass it to
-    /// [`record_routed`] once the call is admitted.
+    /// The request's prefix chain, when planned with a cache.
     pub fingerprints: Option<Fingerprints>,
-    /// What the learned model saw and predicted, when it was consulted.
+    /// What the learned model saw, when it was consulted (taken by the
+    /// learning gate once the call is routed).
     pub features: Option<Features>,
+    /// What the learned model predicted, when it was consulted.
     pub learned: Option<Learned>,
 }
 
 /// Records that the call was routed to its model: its prefixes are now warm
 /// there. Calls that were denied or escalated are not sent, so not recorded.
-pub fn record_routed(cache: &ContextCache, table: &RuleTable, planned: &Planned) {
+fn record_routed(cache: &ContextCache, table: &RuleTable, planned: &Planned) {
     if let Some(fps) = &planned.fingerprints {
         if planned.decision.cached_tokens > 0 {
             cache
@@ -269,3 +438,4 @@ pub fn record_routed(cache: &ContextCache, table: &RuleTable, planned: &Planned)
         cache.record(&table.models[planned.decision.model].name, fps);
     }
 }
+

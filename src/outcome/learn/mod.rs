@@ -18,6 +18,8 @@
 
 pub mod online;
 
+pub use online::{Folded, Online, RoutedCall};
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
@@ -514,6 +516,18 @@ impl Learned {
         let strong = self.tiers[hi as usize]?;
         Some((1.0 - weak.p) * strong.p_retry)
     }
+}
+
+/// What Route asks of learning: the model to consult, a draw for
+/// exploration, the tier an outcome's earlier attempt was rejected at, and
+/// where to hand a routed call's features so that its feedback can label it.
+#[async_trait::async_trait]
+pub trait LearningGate: Send + Sync {
+    fn learner(&self) -> &Learner;
+    /// Uniform in 0..1; below the workflow's exploration rate, the call explores.
+    fn draw(&self) -> f64;
+    async fn rejected_tier(&self, workflow: &str, outcome_id: &str) -> Result<Option<u8>, crate::error::StoreError>;
+    fn remember(&self, call: RoutedCall<'_>, features: Features);
 }
 
 /// The tier the learned model picks among `available` (ascending), with the

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use super::{Features, LearnEvent, Learner};
-use crate::budget::{SharedStore, StoreError};
+use super::{Features, LearnEvent, Learner, LearningGate};
+use crate::budget::{LearningStore, SharedStore, StoreError, StoreView};
 use crate::outcome::ledger::OutcomeStatus;
 use crate::recent::Recent;
 use crate::rules::reload::Rules;
@@ -41,7 +41,7 @@ struct Example {
 }
 
 /// A routed call, as Route hands it over.
-pub struct Routed<'a> {
+pub struct RoutedCall<'a> {
     pub decision_id: &'a str,
     pub workflow: &'a str,
     pub outcome_id: &'a str,
@@ -85,8 +85,8 @@ pub struct Online {
     pending: Recent<Key, Arc<Example>>,
     /// [`Online::outcome_key`] -> the decisions routed under it.
     by_outcome: Recent<Key, Vec<Key>>,
-    /// [`Online::outcome_key`] -> the highest tier rejected so far.
-    rejected: Recent<Key, u8>,
+    /// Where rejections are kept, for whichever sidecar routes the retry.
+    store: Arc<dyn LearningStore>,
     /// The keys' hash seed.
     seed: u64,
     tx: tokio::sync::mpsc::Sender<LearnEvent>,
@@ -95,7 +95,7 @@ pub struct Online {
 }
 
 impl Online {
-    pub fn new(learner: Arc<Learner>) -> Online {
+    pub fn new(learner: Arc<Learner>, store: Arc<dyn LearningStore>) -> Online {
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -105,7 +105,7 @@ impl Online {
             counters: LearnCounters::default(),
             pending: Recent::new(PENDING_CAPACITY, PENDING_TTL),
             by_outcome: Recent::new(PENDING_CAPACITY, PENDING_TTL),
-            rejected: Recent::new(PENDING_CAPACITY, PENDING_TTL),
+            store,
             seed: crate::recent::random_seed(),
             tx,
             rx: Mutex::new(Some(rx)),
@@ -129,17 +129,9 @@ impl Online {
         super::splitmix_unit(self.rng.fetch_add(super::SPLITMIX_STEP, Ordering::Relaxed))
     }
 
-    /// The highest tier an attempt of this outcome was rejected at.
-    pub fn rejected_tier(&self, workflow: &str, outcome_id: &str) -> Option<u8> {
-        if outcome_id.is_empty() {
-            return None;
-        }
-        self.rejected.get(&self.outcome_key(workflow, outcome_id))
-    }
-
     /// Remembers a routed call so that its feedback or outcome can label it.
-    pub fn remember(&self, call: Routed<'_>, features: Features) {
-        let Routed {
+    fn remember_call(&self, call: RoutedCall<'_>, features: Features) {
+        let RoutedCall {
             decision_id,
             workflow,
             outcome_id,
@@ -168,17 +160,29 @@ impl Online {
         }
     }
 
-    /// RecordFeedback: labels one call, and marks a rejection for the cascade.
-    pub fn feedback(&self, decision_id: &str, accepted: bool) {
+    /// RecordFeedback: labels one call. A rejection of a call with an
+    /// outcome is noted in the store, so that the outcome's next attempt, on
+    /// whichever sidecar, cascades a tier up; it is stored before this
+    /// returns, so a retry sent right after the feedback sees it.
+    pub async fn feedback(
+        &self,
+        workflow: &str,
+        outcome_id: &str,
+        decision_id: &str,
+        accepted: bool,
+    ) -> Result<(), StoreError> {
         let Some(ex) = self.pending.get(&self.decision_key(decision_id)) else {
             self.counters.unmatched.fetch_add(1, Ordering::Relaxed);
-            return;
+            return Ok(());
         };
         ex.labelled.store(true, Ordering::Relaxed);
-        if let (false, Some(outcome)) = (accepted, ex.outcome) {
-            self.rejected.update(outcome, |t| *t = (*t).max(ex.tier));
-        }
         self.send(&ex, if accepted { 1.0 } else { 0.0 });
+        if !accepted && ex.outcome.is_some() {
+            self.store
+                .note_rejection(workflow, outcome_id, ex.tier, crate::budget::now_ms())
+                .await?;
+        }
+        Ok(())
     }
 
     /// RecordOutcome: labels every call of the outcome that feedback did not.
@@ -311,4 +315,75 @@ impl Online {
             }
         }
     }
+}
+
+#[async_trait::async_trait]
+impl LearningGate for Online {
+    fn learner(&self) -> &Learner {
+        &self.learner
+    }
+
+    fn draw(&self) -> f64 {
+        Online::draw(self)
+    }
+
+    async fn rejected_tier(&self, workflow: &str, outcome_id: &str) -> Result<Option<u8>, StoreError> {
+        self.store.rejected_tier(workflow, outcome_id).await
+    }
+
+    fn remember(&self, call: RoutedCall<'_>, features: Features) {
+        self.remember_call(call, features)
+    }
+}
+
+/// `explain`'s learning: the model folded from a store's labelled calls, in
+/// the store's order, as `serve` folds them, with the outcome's rejected
+/// tier from the same store. It explores nothing (a draw of 1) and keeps
+/// nothing.
+pub struct Folded {
+    learner: Learner,
+    view: Arc<dyn StoreView>,
+}
+
+impl Folded {
+    /// Folds every labelled call `view` holds for the workflows given.
+    pub async fn from_view(view: Arc<dyn StoreView>, workflows: &[&str]) -> Result<(Folded, u64), StoreError> {
+        let learner = Learner::new();
+        let mut n = 0;
+        for wf in workflows {
+            let mut cursor = String::new();
+            loop {
+                let page = view.view_learning(wf, &cursor, PAGE).await?;
+                let full = page.len() == PAGE;
+                for (at, event) in page {
+                    if let Some(e) = event {
+                        learner.apply(&e);
+                        n += 1;
+                    }
+                    cursor = at;
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+        Ok((Folded { learner, view }, n))
+    }
+}
+
+#[async_trait::async_trait]
+impl LearningGate for Folded {
+    fn learner(&self) -> &Learner {
+        &self.learner
+    }
+
+    fn draw(&self) -> f64 {
+        1.0
+    }
+
+    async fn rejected_tier(&self, workflow: &str, outcome_id: &str) -> Result<Option<u8>, StoreError> {
+        self.view.view_rejected_tier(workflow, outcome_id).await
+    }
+
+    fn remember(&self, _: RoutedCall<'_>, _: Features) {}
 }

@@ -186,15 +186,15 @@ fn learning_moves_decisions_the_right_way_on_synthetic_traffic() {
             } else {
                 format!("Hi! Could you tell me something nice about {topic}? Number {round}.")
             };
-            let call = RouteCall::parse(RawRoute {
-                workflow: "learn",
-                outcome_id: "",
-                task_kind: kind,
-                messages: std::iter::once(("user", text.as_str())),
+            let call = RouteCall::new(RawRoute {
+                workflow: "learn".into(),
+                outcome_id: String::new(),
+                task_kind: kind.into(),
+                messages: std::iter::once(("user".to_string(), text.clone())),
                 attempt: 1,
                 max_output_tokens: 0,
                 deferrable: false,
-                capabilities: &[],
+                capabilities: std::iter::empty(),
                 labels: std::iter::empty(),
             })
             .expect("valid call");
@@ -202,7 +202,7 @@ fn learning_moves_decisions_the_right_way_on_synthetic_traffic() {
                 learner: &learner,
                 draw: next(),
             };
-            let planned = plan(&table, &call, None, Some(learn), None).expect("routes");
+            let planned = plan(&table, &call, Default::default(), None, Some(learn), None).expect("routes");
             let model = &table.models[planned.decision.model];
             let strong = model.name == "strong";
             if round < 5 {

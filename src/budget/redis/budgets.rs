@@ -1,0 +1,195 @@
+//! Scope counters and reservations ([`BudgetStore`]), in Lua scripts.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use redis::Value;
+
+use super::*;
+use crate::budget::{BudgetStore, Reserved, ScopeState, Settled, StoreHealth, Usage};
+
+#[async_trait::async_trait]
+impl BudgetStore for RedisStore {
+    async fn reserve(&self, r: &NewReservation) -> Result<Reserved, StoreError> {
+        match self.reserve_remote(r).await {
+            Ok(Reserved::Ok) => {
+                self.recent.insert(r.decision_id.clone(), Arc::new(r.clone()));
+                Ok(Reserved::Ok)
+            }
+            Err(StoreError::Unavailable(why)) => self.fail_open(r, why),
+            other => other,
+        }
+    }
+    fn record_detached(&self, r: NewReservation) {
+        // Remembered here first, so a ReportUsage that overtakes the write
+        // still settles (the settle script creates the record if needed).
+        let r = Arc::new(r);
+        self.recent.insert(r.decision_id.clone(), r.clone());
+        let (conn, reserve, tag, index) = (
+            self.conn.clone(),
+            self.reserve.clone(),
+            self.tag(&r.workflow),
+            self.index_key(&r.decision_id),
+        );
+        tokio::spawn(async move {
+            let mut c = conn;
+            let mut inv = reserve.prepare_invoke();
+            inv.key(format!("{tag}r:{}", r.decision_id))
+                .key(format!("{tag}open"))
+                .arg(&r.decision_id)
+                .arg(r.amount_nanos)
+                .arg(r.expires_ms)
+                .arg(RETAIN_MS)
+                .arg("")
+                .arg(meta(&r));
+            let set = redis::cmd("SET")
+                .arg(&index)
+                .arg(&r.workflow)
+                .arg("PX")
+                .arg(RETAIN_MS)
+                .query_async::<()>(&mut c)
+                .await;
+            let run = match set {
+                Ok(()) => inv.invoke_async::<Value>(&mut c).await.map(drop),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = run {
+                tracing::debug!(error = %e, decision = %r.decision_id, "recording a decision without a budget in Redis failed; its ReportUsage will create it");
+            }
+        });
+    }
+    async fn settle(&self, decision_id: &str, cost: i64, usage: &Usage, now_ms: i64) -> Result<Settled, StoreError> {
+        let p = PendingSettle {
+            decision_id: decision_id.to_string(),
+            cost_nanos: cost,
+            usage: *usage,
+            now_ms,
+            record: self.recent.get(decision_id).map(|r| (*r).clone()),
+        };
+        // Settlements keep their order behind any that wait in the journal.
+        if self.journal.lock().await.pending.is_empty() {
+            match self.settle_remote(&p).await {
+                Err(StoreError::Unavailable(why)) => {
+                    tracing::warn!(decision = %decision_id, error = %why, "Redis unreachable: ReportUsage journaled for replay");
+                }
+                other => return other,
+            }
+        }
+        let mut j = self.journal.lock().await;
+        j.append(p)?;
+        self.journal_pending.store(j.pending.len() as u64, Ordering::Relaxed);
+        Ok(Settled::Charged { cost_nanos: cost })
+    }
+    async fn expire(&self, now_ms: i64) -> Result<u64, StoreError> {
+        // Maintenance: replay what waits in the journal, then release
+        // expired reservations workflow by workflow.
+        self.replay().await?;
+        // Re-add workflows to the set on the next reservation, in case Redis
+        // lost it (a restart without persistence): one SADD per workflow per
+        // sweep.
+        self.known_workflows().clear();
+        let mut c = self.conn.clone();
+        let key = self.workflows_key();
+        let workflows: Vec<String> = self
+            .bounded(async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await })
+            .await?;
+        let mut released = 0u64;
+        for wf in workflows {
+            let tag = self.tag(&wf);
+            let mut inv = self.expire.prepare_invoke();
+            inv.key(format!("{tag}open")).arg(now_ms).arg(&tag).arg(EXPIRE_BATCH);
+            let mut pipe = redis::pipe();
+            pipe.invoke_script(&inv);
+            released += int(Some(&self.pipeline_with_script(&pipe, &self.expire).await?)) as u64;
+        }
+        if self.degraded.swap(false, Ordering::Relaxed) {
+            let admitted = self.open_admitted.swap(0, Ordering::AcqRel);
+            tracing::info!(admitted_while_open = %format_usd(admitted), "Redis is reachable again; budgets are enforced there");
+        }
+        Ok(released)
+    }
+    async fn scope(&self, key: &str) -> Result<ScopeState, StoreError> {
+        let k = format!("{}s:{key}", self.tag(workflow_of(key)));
+        let mut c = self.conn.clone();
+        let v: Vec<Option<i64>> = self
+            .bounded(async move {
+                redis::cmd("HMGET")
+                    .arg(k)
+                    .arg("limit")
+                    .arg("extra")
+                    .arg("spent")
+                    .arg("reserved")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let n = |i: usize| v.get(i).copied().flatten().unwrap_or(0);
+        Ok(ScopeState {
+            limit_nanos: n(0).saturating_add(n(1)),
+            spent_nanos: n(2),
+            reserved_nanos: n(3),
+            extra_nanos: n(1),
+        })
+    }
+    async fn reservation(&self, decision_id: &str) -> Result<Option<ReservationRecord>, StoreError> {
+        let local = self.recent.get(decision_id);
+        let workflow = match &local {
+            Some(r) => Some(r.workflow.clone()),
+            None => self.locate(decision_id).await?.map(|(wf, _)| wf),
+        };
+        let Some(workflow) = workflow else { return Ok(None) };
+        let key = format!("{}r:{decision_id}", self.tag(&workflow));
+        let mut c = self.conn.clone();
+        let got = self
+            .bounded(async move { redis::cmd("HGETALL").arg(key).query_async::<Value>(&mut c).await })
+            .await;
+        let f = match (got, &local) {
+            (Ok(v), _) => fields(v),
+            // Down, but this sidecar made the decision: its record is enough
+            // to price the usage (which is then journaled).
+            (Err(StoreError::Unavailable(_)), Some(r)) => return Ok(Some(unconfirmed(r))),
+            (Err(e), _) => return Err(e),
+        };
+        if f.is_empty() {
+            // Not (yet) in Redis, but made here: a detached record in flight
+            // or a fail-open admission.
+            return Ok(local.as_deref().map(unconfirmed));
+        }
+        let n = |k: &str| f.get(k).and_then(|v| v.parse::<i64>().ok());
+        let meta = f.get("meta").map(String::as_str).unwrap_or_default();
+        let (caller, prices) = meta_caller_prices(meta);
+        let mut m = meta.split(SEP);
+        let mut next = || m.next().unwrap_or_default().to_string();
+        Ok(Some(ReservationRecord {
+            decision_id: decision_id.to_string(),
+            workflow: next(),
+            outcome_id: next(),
+            model: next(),
+            deferrable: next() == "1",
+            amount_nanos: n("amount").unwrap_or(0),
+            state: f.get("state").and_then(|s| ReservationState::parse(s)).ok_or_else(|| {
+                StoreError::Unavailable(format!("redis: reservation {decision_id} has no known state"))
+            })?,
+            actual_nanos: n("actual"),
+            caller,
+            prices,
+        }))
+    }
+    fn health(&self) -> StoreHealth {
+        // Failing open, the sidecar still serves budgeted calls (up to its
+        // cap): only a sidecar that fails closed cannot.
+        let failing = (self.degraded.load(Ordering::Relaxed) && self.cfg.fail_open_cap_nanos.is_none()).then(|| {
+            self.last_error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+                .unwrap_or_else(|| "Redis is unreachable".into())
+        });
+        StoreHealth {
+            failing,
+            unavailable_total: self.unavailable_total.load(Ordering::Relaxed),
+            fail_open_admitted_total: self.fail_open_total.load(Ordering::Relaxed),
+            journal_pending: self.journal_pending.load(Ordering::Relaxed),
+        }
+    }
+}

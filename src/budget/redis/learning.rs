@@ -1,0 +1,86 @@
+//! What learning keeps ([`LearningStore`]): a stream of labelled calls per
+//! workflow, and each outcome's rejected tier under a TTL.
+
+use redis::Value;
+
+use super::*;
+use crate::budget::{LearningStore, REJECTION_TTL_MS};
+use crate::outcome::learn::LearnEvent;
+
+#[async_trait::async_trait]
+impl LearningStore for RedisStore {
+    async fn append_learning(&self, workflow: &str, window: u64, events: &[&LearnEvent]) -> Result<(), StoreError> {
+        let key = format!("{}learn", self.tag(workflow));
+        let mut pipe = redis::pipe();
+        for e in events {
+            pipe.cmd("XADD")
+                .arg(&key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(window)
+                .arg("*")
+                .arg("b")
+                .arg(e.encode_body())
+                .ignore();
+        }
+        let mut c = self.conn.clone();
+        self.bounded(async move { pipe.query_async::<()>(&mut c).await }).await
+    }
+    async fn learning_since(
+        &self,
+        workflow: &str,
+        cursor: &str,
+        max: usize,
+    ) -> Result<Vec<(String, Option<LearnEvent>)>, StoreError> {
+        let key = format!("{}learn", self.tag(workflow));
+        let from = if cursor.is_empty() {
+            "-".to_string()
+        } else {
+            format!("({cursor}")
+        };
+        let mut c = self.conn.clone();
+        let page: Vec<Value> = self
+            .bounded(async move {
+                redis::cmd("XRANGE")
+                    .arg(key)
+                    .arg(from)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(max)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let mut out = Vec::with_capacity(page.len());
+        for entry in &page {
+            let Value::Array(parts) = entry else { continue };
+            let (Some(id), Some(Value::Array(kv))) = (parts.first(), parts.get(1)) else {
+                continue;
+            };
+            let id = text(id);
+            let body = kv.chunks(2).find_map(|p| match p {
+                [k, Value::BulkString(b)] if text(k) == "b" => Some(b.as_slice()),
+                _ => None,
+            });
+            out.push((id, body.and_then(|b| LearnEvent::decode_body(workflow, b))));
+        }
+        Ok(out)
+    }
+
+    async fn note_rejection(&self, workflow: &str, outcome_id: &str, tier: u8, _now_ms: i64) -> Result<(), StoreError> {
+        let mut inv = self.reject.prepare_invoke();
+        inv.key(format!("{}rej:{outcome_id}", self.tag(workflow)))
+            .arg(tier)
+            .arg(REJECTION_TTL_MS);
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(&inv);
+        self.pipeline_with_script(&pipe, &self.reject).await.map(drop)
+    }
+
+    async fn rejected_tier(&self, workflow: &str, outcome_id: &str) -> Result<Option<u8>, StoreError> {
+        let key = format!("{}rej:{outcome_id}", self.tag(workflow));
+        let mut c = self.conn.clone();
+        self.bounded(async move { redis::cmd("GET").arg(key).query_async(&mut c).await })
+            .await
+    }
+}

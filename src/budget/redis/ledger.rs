@@ -1,0 +1,109 @@
+//! The ledger ([`LedgerStore`]): one stream per workflow, appended to by the
+//! settle script and by outcomes and feedback.
+
+use redis::Value;
+
+use super::*;
+use crate::budget::LedgerStore;
+use crate::outcome::ledger::{FeedbackEvent, Ledger, OutcomeEvent, OutcomeStatus};
+
+#[async_trait::async_trait]
+impl LedgerStore for RedisStore {
+    async fn record_outcome(&self, o: &OutcomeEvent) -> Result<(), StoreError> {
+        let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
+        self.append(
+            &o.workflow,
+            &[
+                ("k", "outcome".to_string()),
+                ("o", o.outcome_id.clone()),
+                ("s", o.status.name().to_string()),
+                ("v", opt(o.value_usd)),
+                ("h", opt(o.human_minutes)),
+                ("at", o.at_ms.to_string()),
+            ],
+        )
+        .await
+    }
+    async fn record_feedback(&self, f: &FeedbackEvent) -> Result<(), StoreError> {
+        self.append(
+            &f.workflow,
+            &[
+                ("k", "feedback".to_string()),
+                ("d", f.decision_id.clone()),
+                ("m", f.model.clone()),
+                ("a", u8::from(f.accepted).to_string()),
+                ("at", f.at_ms.to_string()),
+            ],
+        )
+        .await
+    }
+    async fn ledger(&self, workflow: Option<&str>, since_ms: i64) -> Result<Ledger, StoreError> {
+        let workflows = self.workflows(workflow).await?;
+        let mut ledger = Ledger::default();
+        for wf in workflows {
+            let key = format!("{}events", self.tag(&wf));
+            // Entry IDs start with the append time in ms: a call made since
+            // `since_ms` was settled since then too.
+            let mut start = format!("{}", since_ms.max(0));
+            loop {
+                let (mut c, k, from) = (self.conn.clone(), key.clone(), start.clone());
+                let page: Vec<Value> = self
+                    .bounded(async move {
+                        redis::cmd("XRANGE")
+                            .arg(k)
+                            .arg(from)
+                            .arg("+")
+                            .arg("COUNT")
+                            .arg(LEDGER_PAGE)
+                            .query_async(&mut c)
+                            .await
+                    })
+                    .await?;
+                for entry in &page {
+                    let Some(f) = entry_fields(entry) else { continue };
+                    let at = |k: &str| f.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+                    match f.get("k").map(String::as_str) {
+                        Some("call") => ledger.calls.extend(call_of(&f).filter(|c| c.created_ms >= since_ms)),
+                        Some("outcome") => {
+                            ledger
+                                .outcomes
+                                .extend(
+                                    f.get("s")
+                                        .and_then(|s| OutcomeStatus::parse(s))
+                                        .map(|status| OutcomeEvent {
+                                            workflow: wf.clone(),
+                                            outcome_id: f.get("o").cloned().unwrap_or_default(),
+                                            status,
+                                            value_usd: f.get("v").and_then(|v| v.parse().ok()),
+                                            human_minutes: f.get("h").and_then(|v| v.parse().ok()),
+                                            at_ms: at("at"),
+                                        }),
+                                )
+                        }
+                        Some("feedback") => ledger.feedback.push(FeedbackEvent {
+                            workflow: wf.clone(),
+                            decision_id: f.get("d").cloned().unwrap_or_default(),
+                            model: f.get("m").cloned().unwrap_or_default(),
+                            accepted: f.get("a").map(String::as_str) == Some("1"),
+                            at_ms: at("at"),
+                        }),
+                        _ => {}
+                    }
+                }
+                let last = page.last().and_then(|e| match e {
+                    Value::Array(parts) => parts.first().map(text),
+                    _ => None,
+                });
+                match last {
+                    // The next page starts after the last entry read.
+                    Some(last) if page.len() == LEDGER_PAGE => start = format!("({last}"),
+                    _ => break,
+                }
+            }
+        }
+        ledger
+            .calls
+            .sort_by(|a, b| (a.created_ms, &a.decision_id).cmp(&(b.created_ms, &b.decision_id)));
+        Ok(ledger)
+    }
+}

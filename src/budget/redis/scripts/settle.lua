@@ -1,0 +1,36 @@
+-- KEYS: 1 the reservation, 2 the workflow's open reservations, 3 the workflow's ledger stream, 4.. the scopes
+-- ARGV: 1 decision id, 2 cost, 3 retain ms, 4 the usage (tokens, failed, when),
+--       5 '1' when 6.. describe the decision (it may never have reached this store),
+--       6 amount, 7 scope names, 8 the decision's description, 9 the ledger's approximate length cap
+local v = redis.call('HMGET', KEYS[1], 'state', 'amount', 'actual', 'meta')
+local release = '0'
+local meta = v[4]
+if not v[1] then
+  if ARGV[5] ~= '1' then
+    return {'unknown'}
+  end
+  meta = ARGV[8]
+  redis.call('HSET', KEYS[1], 'amount', ARGV[6], 'scopes', ARGV[7], 'meta', meta)
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+elseif v[1] == 'settled' then
+  return {'settled', v[3] or '0'}
+elseif v[1] == 'reserved' then
+  release = v[2]
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+local cost, top = nanos(ARGV[2]), nanos(I64_MAX)
+for i = 4, #KEYS do
+  if release ~= '0' then
+    redis.call('HINCRBY', KEYS[i], 'reserved', '-' .. release)
+  end
+  -- Spend saturates at the top of i64 rather than fail half way.
+  if above(plus(nanos(redis.call('HGET', KEYS[i], 'spent')), cost), top) then
+    redis.call('HSET', KEYS[i], 'spent', I64_MAX)
+  else
+    redis.call('HINCRBY', KEYS[i], 'spent', ARGV[2])
+  end
+end
+redis.call('HSET', KEYS[1], 'state', 'settled', 'actual', ARGV[2], 'usage', ARGV[4])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', 'k', 'call', 'd', ARGV[1], 'meta', meta or '',
+  'cost', ARGV[2], 'usage', ARGV[4])
+return {'charged'}

@@ -1,0 +1,301 @@
+//! Scope counters and reservations ([`BudgetStore`]).
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{exec, known, unavailable, Msg, SqliteStore};
+use crate::budget::{
+    BudgetStore, NewReservation, ReservationRecord, ReservationState, Reserved, ScopeState, Settled, StoreError,
+    StoreHealth, Usage,
+};
+
+/// Scope keys are joined with a byte that cannot appear in a key we build.
+const SCOPE_SEP: char = '\u{1f}';
+
+/// The reservation as a job for the store thread.
+fn reserve_job(r: NewReservation) -> impl FnOnce(&mut Connection) -> Result<Reserved, StoreError> + Send + 'static {
+    move |conn: &mut Connection| {
+        if r.scopes.is_empty() {
+            // No limit applies: one INSERT, atomic on its own, needs no
+            // savepoint (this is every Route of a workflow without a budget).
+            insert_reservation(conn, &r, "")?;
+            return Ok(Reserved::Ok);
+        }
+        if r.amount_nanos < 0 {
+            return Err(StoreError::InvalidAmount(format!(
+                "a reservation of {} nano-USD is negative",
+                r.amount_nanos
+            )));
+        }
+        let tx = conn.savepoint().map_err(unavailable)?;
+        for s in &r.scopes {
+            exec(
+                &tx,
+                "INSERT INTO scopes (key, limit_nanos) VALUES (?1, ?2)
+                     ON CONFLICT(key) DO UPDATE SET limit_nanos = excluded.limit_nanos",
+                params![s.key, s.limit_nanos],
+            )?;
+            let state = scope_state(&tx, &s.key)?;
+            if !state.fits(r.amount_nanos) {
+                // Dropping the savepoint rolls back the limit upserts too.
+                return Ok(Reserved::OverLimit {
+                    scope: s.key.clone(),
+                    state,
+                });
+            }
+        }
+        // Each scope fits the amount, so reserved + amount stays below its
+        // limit (at most about 2e18): the sum cannot overflow.
+        for s in &r.scopes {
+            exec(
+                &tx,
+                "UPDATE scopes SET reserved_nanos = reserved_nanos + ?1 WHERE key = ?2",
+                params![r.amount_nanos, s.key],
+            )?;
+        }
+        let keys: Vec<&str> = r.scopes.iter().map(|s| s.key.as_str()).collect();
+        insert_reservation(&tx, &r, &keys.join(&SCOPE_SEP.to_string()))?;
+        tx.commit().map_err(unavailable)?;
+        Ok(Reserved::Ok)
+    }
+}
+
+/// The reservation's row, `scopes` joined by [`SCOPE_SEP`].
+pub(super) const INSERT_RESERVATION: &str =
+    "INSERT INTO reservations (decision_id, workflow, outcome_id, model, is_deferrable, amount_nanos, scopes,
+                               created_ms, expires_ms, state, downgraded, labels, caller,
+                               price_input, price_cached, price_output, batch_bp)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'reserved', ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
+
+fn insert_reservation(conn: &Connection, r: &NewReservation, scopes: &str) -> Result<(), StoreError> {
+    let mut insert = conn.prepare_cached(INSERT_RESERVATION).map_err(unavailable)?;
+    bind_reservation(&mut insert, r, scopes)
+}
+
+pub(super) fn bind_reservation(
+    insert: &mut rusqlite::Statement<'_>,
+    r: &NewReservation,
+    scopes: &str,
+) -> Result<(), StoreError> {
+    insert
+        .execute(params![
+            r.decision_id,
+            r.workflow,
+            r.outcome_id,
+            r.model,
+            r.deferrable,
+            r.amount_nanos,
+            scopes,
+            r.now_ms,
+            r.expires_ms,
+            r.downgraded,
+            r.labels,
+            r.caller,
+            r.prices.input_nanos_per_mtok,
+            r.prices.cached_input_nanos_per_mtok,
+            r.prices.output_nanos_per_mtok,
+            r.prices.batch_discount_bp
+        ])
+        .map(drop)
+        .map_err(unavailable)
+}
+
+pub(super) fn scope_state(tx: &Connection, key: &str) -> Result<ScopeState, StoreError> {
+    // The limit and the additions are summed here, not in SQL, where an
+    // overflowing sum would turn into a REAL.
+    let mut st = tx
+        .prepare_cached("SELECT limit_nanos, extra_nanos, spent_nanos, reserved_nanos FROM scopes WHERE key = ?1")
+        .map_err(unavailable)?;
+    st.query_row([key], |r| {
+        let extra: i64 = r.get(1)?;
+        Ok(ScopeState {
+            limit_nanos: r.get::<_, i64>(0)?.saturating_add(extra),
+            spent_nanos: r.get(2)?,
+            reserved_nanos: r.get(3)?,
+            extra_nanos: extra,
+        })
+    })
+    .optional()
+    .map_err(unavailable)
+    .map(Option::unwrap_or_default)
+}
+
+#[async_trait::async_trait]
+impl BudgetStore for SqliteStore {
+    async fn reserve(&self, r: &NewReservation) -> Result<Reserved, StoreError> {
+        self.with(reserve_job(r.clone())).await
+    }
+    fn record_detached(&self, r: NewReservation) {
+        debug_assert!(
+            r.scopes.is_empty(),
+            "a decision with a budget is reserved, not recorded"
+        );
+        // Queued now, before any later job; nobody awaits the answer, so the
+        // store thread logs a failure. Only the first record into an empty
+        // queue wakes it: the rest ride along without a syscall.
+        let first = {
+            let mut records = self.records.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            records.push(r);
+            records.len() == 1
+        };
+        if first && self.send(Msg::Records).is_err() {
+            tracing::warn!("recording a decision without a budget failed: the store thread has stopped");
+        }
+    }
+    async fn sync(&self) -> Result<(), StoreError> {
+        self.with(|_| Ok(())).await?;
+        // At shutdown the WAL is emptied into the database, so a stopped
+        // sidecar leaves a zero-length WAL behind.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(Msg::Checkpoint(tx))?;
+        match rx.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(unavailable(format!("resetting the WAL: {e}"))),
+            Err(_) => Err(unavailable("the store thread dropped a request")),
+        }
+    }
+    fn health(&self) -> StoreHealth {
+        StoreHealth {
+            unavailable_total: self.health.unavailable_total.load(std::sync::atomic::Ordering::Relaxed),
+            failing: self.health.failing().clone(),
+            ..Default::default()
+        }
+    }
+    async fn settle(&self, decision_id: &str, cost: i64, usage: &Usage, now_ms: i64) -> Result<Settled, StoreError> {
+        let (id, usage) = (decision_id.to_string(), *usage);
+        if cost < 0 {
+            return Err(StoreError::InvalidAmount(format!(
+                "a cost of {cost} nano-USD is negative"
+            )));
+        }
+        self.with(move |conn| {
+            let tx = conn.savepoint().map_err(unavailable)?;
+            let row: Option<(String, i64, String, Option<i64>)> = tx
+                .query_row(
+                    "SELECT state, amount_nanos, scopes, actual_nanos FROM reservations WHERE decision_id = ?1",
+                    [&id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            let Some((state, amount, scopes, actual)) = row else {
+                return Err(StoreError::UnknownDecision(id));
+            };
+            // An expired reservation was already released: charge only the cost.
+            let release = match ReservationState::parse(&state) {
+                Some(ReservationState::Settled) => {
+                    return Ok(Settled::AlreadySettled {
+                        cost_nanos: actual.unwrap_or(0),
+                    })
+                }
+                Some(ReservationState::Reserved) => amount,
+                Some(ReservationState::Expired) => 0,
+                None => return Err(unavailable(format!("reservation {id} is in an unknown state `{state}`"))),
+            };
+            for key in scopes.split(SCOPE_SEP).filter(|k| !k.is_empty()) {
+                // Spend saturates at the top of i64 rather than overflow into
+                // a REAL that no later read could take.
+                exec(
+                    &tx,
+                    "UPDATE scopes SET reserved_nanos = reserved_nanos - ?1,
+                         spent_nanos = CASE WHEN spent_nanos > 9223372036854775807 - ?2 THEN 9223372036854775807
+                                            ELSE spent_nanos + ?2 END
+                     WHERE key = ?3",
+                    params![release, cost, key],
+                )?;
+            }
+            exec(&tx, "UPDATE reservations SET state = 'settled', actual_nanos = ?1, input_tokens = ?2, cached_input_tokens = ?3,
+                        output_tokens = ?4, failed = ?5, settled_ms = ?6 WHERE decision_id = ?7", params![
+                    cost,
+                    usage.input_tokens as i64,
+                    usage.cached_input_tokens as i64,
+                    usage.output_tokens as i64,
+                    usage.failed,
+                    now_ms,
+                    id
+                ],
+            )?;
+            tx.commit().map_err(unavailable)?;
+            Ok(Settled::Charged { cost_nanos: cost })
+        })
+        .await
+    }
+    async fn expire(&self, now_ms: i64) -> Result<u64, StoreError> {
+        self.with(move |conn| {
+            let tx = conn.savepoint().map_err(unavailable)?;
+            let expired: Vec<(String, i64, String)> = {
+                let mut stmt = tx
+                    .prepare(
+                        "SELECT decision_id, amount_nanos, scopes FROM reservations
+                         WHERE state = 'reserved' AND scopes != '' AND expires_ms <= ?1",
+                    )
+                    .map_err(unavailable)?;
+                let rows = stmt
+                    .query_map([now_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .map_err(unavailable)?;
+                rows.collect::<Result<_, _>>().map_err(unavailable)?
+            };
+            for (id, amount, scopes) in &expired {
+                for key in scopes.split(SCOPE_SEP).filter(|k| !k.is_empty()) {
+                    exec(
+                        &tx,
+                        "UPDATE scopes SET reserved_nanos = reserved_nanos - ?1 WHERE key = ?2",
+                        params![amount, key],
+                    )?;
+                }
+                exec(
+                    &tx,
+                    "UPDATE reservations SET state = 'expired' WHERE decision_id = ?1",
+                    [id],
+                )?;
+            }
+            tx.commit().map_err(unavailable)?;
+            Ok(expired.len() as u64)
+        })
+        .await
+    }
+    async fn scope(&self, key: &str) -> Result<ScopeState, StoreError> {
+        let key = key.to_string();
+        self.with(move |conn| {
+            let tx = conn.savepoint().map_err(unavailable)?;
+            scope_state(&tx, &key)
+        })
+        .await
+    }
+    async fn reservation(&self, decision_id: &str) -> Result<Option<ReservationRecord>, StoreError> {
+        let id = decision_id.to_string();
+        self.with(move |conn| {
+            conn.query_row(
+                "SELECT decision_id, workflow, outcome_id, model, is_deferrable, amount_nanos, state, actual_nanos,
+                        caller, price_input, price_cached, price_output, batch_bp
+                 FROM reservations WHERE decision_id = ?1",
+                [&id],
+                |r| {
+                    let prices = match (r.get(9)?, r.get(10)?, r.get(11)?, r.get::<_, Option<u32>>(12)?) {
+                        (Some(input), Some(cached), Some(output), Some(bp)) => Some(crate::rules::Prices {
+                            input_nanos_per_mtok: input,
+                            cached_input_nanos_per_mtok: cached,
+                            output_nanos_per_mtok: output,
+                            batch_discount_bp: bp,
+                        }),
+                        _ => None,
+                    };
+                    Ok(ReservationRecord {
+                        decision_id: r.get(0)?,
+                        workflow: r.get(1)?,
+                        outcome_id: r.get(2)?,
+                        model: r.get(3)?,
+                        deferrable: r.get(4)?,
+                        amount_nanos: r.get(5)?,
+                        state: known(6, ReservationState::parse, r.get(6)?)?,
+                        actual_nanos: r.get(7)?,
+                        caller: r.get(8)?,
+                        prices,
+                    })
+                },
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+        .await
+    }
+}

@@ -1,0 +1,99 @@
+//! What learning keeps ([`LearningStore`]): labelled calls, and each
+//! outcome's rejected tier.
+
+use rusqlite::{params, OptionalExtension};
+
+use super::{exec, unavailable, SqliteStore};
+use crate::budget::{LearningStore, StoreError, REJECTION_TTL_MS};
+use crate::outcome::learn::LearnEvent;
+
+/// Labelled calls of `workflow` after `cursor` (a sequence number; `""`:
+/// from the start), at most `max`.
+pub(super) fn since(
+    conn: &rusqlite::Connection,
+    workflow: &str,
+    cursor: &str,
+    max: usize,
+) -> Result<Vec<(String, Option<LearnEvent>)>, StoreError> {
+    let after: i64 = if cursor.is_empty() {
+        0
+    } else {
+        cursor
+            .parse()
+            .map_err(|_| unavailable(format!("bad learning cursor `{cursor}`")))?
+    };
+    let mut st = conn
+        .prepare_cached("SELECT seq, body FROM learn_events WHERE workflow = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")
+        .map_err(unavailable)?;
+    let rows = st
+        .query_map(params![workflow, after, max as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })
+        .map_err(unavailable)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, body) = row.map_err(unavailable)?;
+        out.push((seq.to_string(), LearnEvent::decode_body(workflow, &body)));
+    }
+    Ok(out)
+}
+
+#[async_trait::async_trait]
+impl LearningStore for SqliteStore {
+    async fn append_learning(&self, workflow: &str, window: u64, events: &[&LearnEvent]) -> Result<(), StoreError> {
+        let workflow = workflow.to_string();
+        let bodies: Vec<Vec<u8>> = events.iter().map(|e| e.encode_body()).collect();
+        self.with(move |conn| {
+            for b in &bodies {
+                exec(
+                    conn,
+                    "INSERT INTO learn_events (workflow, body) VALUES (?1, ?2)",
+                    params![workflow, b],
+                )?;
+            }
+            // Keep the newest `window`: the model is the fold of these.
+            exec(
+                conn,
+                "DELETE FROM learn_events WHERE workflow = ?1 AND seq <= (
+                     SELECT seq FROM learn_events WHERE workflow = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
+                params![workflow, window as i64],
+            )
+            .map(drop)
+        })
+        .await
+    }
+    async fn learning_since(
+        &self,
+        workflow: &str,
+        cursor: &str,
+        max: usize,
+    ) -> Result<Vec<(String, Option<LearnEvent>)>, StoreError> {
+        let (workflow, cursor) = (workflow.to_string(), cursor.to_string());
+        self.with(move |conn| since(conn, &workflow, &cursor, max)).await
+    }
+
+    async fn note_rejection(&self, workflow: &str, outcome_id: &str, tier: u8, now_ms: i64) -> Result<(), StoreError> {
+        let (workflow, outcome_id) = (workflow.to_string(), outcome_id.to_string());
+        self.with(move |conn| {
+            exec(
+                conn,
+                "INSERT INTO rejections (workflow, outcome_id, tier, at_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (workflow, outcome_id) DO UPDATE SET tier = MAX(tier, excluded.tier), at_ms = excluded.at_ms",
+                params![workflow, outcome_id, tier, now_ms],
+            )?;
+            // Rejections older than their TTL are of no further use to a retry.
+            exec(conn, "DELETE FROM rejections WHERE at_ms < ?1", [now_ms - REJECTION_TTL_MS]).map(drop)
+        })
+        .await
+    }
+
+    async fn rejected_tier(&self, workflow: &str, outcome_id: &str) -> Result<Option<u8>, StoreError> {
+        let (workflow, outcome_id) = (workflow.to_string(), outcome_id.to_string());
+        self.with(move |conn| {
+            conn.prepare_cached("SELECT tier FROM rejections WHERE workflow = ?1 AND outcome_id = ?2")
+                .and_then(|mut st| st.query_row(params![workflow, outcome_id], |r| r.get(0)).optional())
+                .map_err(unavailable)
+        })
+        .await
+    }
+}

@@ -1,0 +1,119 @@
+//! What an older store is brought up to when it opens: columns added in
+//! place, money an older build could leave unreadable repaired, duplicate
+//! pending escalations superseded.
+
+use rusqlite::Connection;
+
+use super::{unavailable, StoreError};
+
+/// Columns added to `reservations` after its first release, with their
+/// definitions: added in place to a store an older build created.
+const ADDED_COLUMNS: [(&str, &str); 7] = [
+    ("downgraded", "INTEGER NOT NULL DEFAULT 0"),
+    ("labels", "TEXT NOT NULL DEFAULT ''"),
+    // Who routed the call, and the prices it was routed at (NULL in rows
+    // older than these columns: those are priced by the rules in force).
+    ("caller", "TEXT NOT NULL DEFAULT ''"),
+    ("price_input", "INTEGER"),
+    ("price_cached", "INTEGER"),
+    ("price_output", "INTEGER"),
+    ("batch_bp", "INTEGER"),
+];
+
+/// One pending escalation per scope, enforced by the schema as well as by
+/// [`escalate_job`]. Created after [`dedup_pending`] has cleaned up stores
+/// an older build let hold several.
+const ONE_PENDING: &str =
+    "CREATE UNIQUE INDEX IF NOT EXISTS escalations_one_pending ON escalations (scope) WHERE state = 'pending'";
+
+pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    // An index an earlier build made: every Route paid for it; the ledger
+    // reads by the time-ordered primary key instead.
+    conn.execute_batch("DROP INDEX IF EXISTS reservations_created")
+        .map_err(unavailable)?;
+    // Indexed every decision, though only those holding a reservation on a
+    // budget ever expire; `reservations_held` indexes just those.
+    conn.execute_batch("DROP INDEX IF EXISTS reservations_open")
+        .map_err(unavailable)?;
+    let have: Vec<String> = {
+        let mut st = conn
+            .prepare("SELECT name FROM pragma_table_info('reservations')")
+            .map_err(unavailable)?;
+        let rows = st.query_map([], |r| r.get(0)).map_err(unavailable)?;
+        rows.collect::<Result<_, _>>().map_err(unavailable)?
+    };
+    for (name, def) in ADDED_COLUMNS {
+        if !have.iter().any(|h| h == name) {
+            conn.execute_batch(&format!("ALTER TABLE reservations ADD COLUMN {name} {def}"))
+                .map_err(unavailable)?;
+        }
+    }
+    repair_money(conn)?;
+    dedup_pending(conn)?;
+    conn.execute_batch(ONE_PENDING).map_err(unavailable)?;
+    Ok(())
+}
+
+/// Money columns an older build could leave unreadable: SQLite turns an
+/// integer sum that overflows into a REAL, and one such approval made every
+/// read of the scope fail. Each is brought back into range (approvals to the
+/// cap, counters saturated at the top of i64), loudly.
+fn repair_money(conn: &Connection) -> Result<(), StoreError> {
+    let cap = crate::money::MAX_SCOPE_EXTRA_NANOS;
+    let fixes = [
+        (
+            "approved additions",
+            "UPDATE scopes SET extra_nanos = ?1 WHERE typeof(extra_nanos) != 'integer' OR extra_nanos > ?1",
+        ),
+        (
+            "limits",
+            "UPDATE scopes SET limit_nanos = MIN(CAST(limit_nanos AS INTEGER), ?1) WHERE typeof(limit_nanos) != 'integer' OR limit_nanos > ?1",
+        ),
+        (
+            "spend",
+            "UPDATE scopes SET spent_nanos = CAST(spent_nanos AS INTEGER) WHERE typeof(spent_nanos) != 'integer'",
+        ),
+        (
+            "reservations",
+            "UPDATE scopes SET reserved_nanos = CAST(reserved_nanos AS INTEGER) WHERE typeof(reserved_nanos) != 'integer'",
+        ),
+    ];
+    for (what, sql) in fixes {
+        let n = if sql.contains("?1") {
+            conn.execute(sql, [cap])
+        } else {
+            conn.execute(sql, [])
+        }
+        .map_err(unavailable)?;
+        if n > 0 {
+            tracing::error!(
+                scopes = n,
+                column = what,
+                "budget store: repaired money columns an older build left out of range (see README, Budgets)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Keeps the newest pending escalation of each scope and denies the older
+/// duplicates an older build could create under concurrent Routes.
+fn dedup_pending(conn: &Connection) -> Result<(), StoreError> {
+    let n = conn
+        .execute(
+            "UPDATE escalations SET state = 'denied', resolved_by = '-', reason = 'superseded: a scope keeps one pending escalation'
+             WHERE state = 'pending' AND rowid NOT IN (
+                 SELECT rowid FROM escalations AS e WHERE e.state = 'pending' AND NOT EXISTS (
+                     SELECT 1 FROM escalations AS n WHERE n.scope = e.scope AND n.state = 'pending'
+                       AND (n.created_ms > e.created_ms OR (n.created_ms = e.created_ms AND n.rowid > e.rowid))))",
+            [],
+        )
+        .map_err(unavailable)?;
+    if n > 0 {
+        tracing::warn!(
+            escalations = n,
+            "budget store: older duplicate pending escalations were superseded by the newest of their scope"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! `switchyard explain`: the decision `serve` would make for a prompt, made
+//! by the same Route use case. Beside a running server it reads that
+//! server's store (`--state-dir`, or `--redis-url`) without writing to it:
+//! the budget as it stands (a dry run of the reservation: nothing reserved,
+//! no escalation created), the learned model folded from the store's
+//! labelled calls as `serve` folds them, and, with `--outcome-id`, the tier
+//! an earlier attempt of that outcome was rejected at.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::budget::{period_scope, DryRun, Escalation, ScopeState, StoreError, StoreView};
+use crate::error::Error;
+use crate::money::{format_usd, nanos_to_usd};
+use crate::outcome::learn::{Folded, LearnEvent};
+use crate::route::{RawRoute, RouteCall, RouteStatus, Router};
+use crate::rules::reload::Rules;
+
+/// Options of `switchyard explain`.
+pub struct ExplainArgs<'a> {
+    pub rules: &'a Path,
+    /// Where `serve` keeps its store, to show the budget and the learned
+    /// state as they stand.
+    pub state_dir: &'a Path,
+    /// Read them from this Redis instead (as `serve --redis-url`).
+    pub redis: Option<(&'a str, &'a str)>,
+    pub workflow: &'a str,
+    pub task_kind: &'a str,
+    pub text: Option<&'a str>,
+    pub system: Option<&'a str>,
+    pub max_output_tokens: u32,
+    pub attempt: u32,
+    /// Explain a retry under this outcome, as `serve` would route it.
+    pub outcome_id: Option<&'a str>,
+    pub deferrable: bool,
+    pub capabilities: &'a [String],
+}
+
+/// A store with nothing in it: a state folder `serve` has not used yet.
+struct Empty;
+
+#[async_trait::async_trait]
+impl StoreView for Empty {
+    async fn view_scope(&self, _: &str) -> Result<ScopeState, StoreError> {
+        Ok(ScopeState::default())
+    }
+    async fn view_escalation(&self, _: &str) -> Result<Option<Escalation>, StoreError> {
+        Ok(None)
+    }
+    async fn view_learning(&self, _: &str, _: &str, _: usize) -> Result<Vec<(String, Option<LearnEvent>)>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn view_rejected_tier(&self, _: &str, _: &str) -> Result<Option<u8>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// `switchyard explain`: prints the decision and every candidate as JSON.
+/// Returns the exit code.
+pub fn explain(args: ExplainArgs<'_>) -> i32 {
+    let stdin_text;
+    let text = match args.text {
+        Some("-") | None => {
+            let mut s = String::new();
+            if let Err(e) = std::io::stdin().read_to_string(&mut s) {
+                eprintln!("cannot read the prompt from stdin: {e}");
+                return 1;
+            }
+            stdin_text = s;
+            stdin_text.as_str()
+        }
+        Some(t) => t,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(run(&args, text)) {
+        Ok(out) => {
+            crate::cli::print_json(&out);
+            if out.get("error").is_some() {
+                2
+            } else {
+                0
+            }
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}
+
+async fn run(args: &ExplainArgs<'_>, text: &str) -> Result<serde_json::Value, String> {
+    let rules = Rules::load(args.rules).map_err(|e| e.to_string())?;
+    let (view, store): (Arc<dyn StoreView>, String) = match args.redis {
+        Some((url, prefix)) => {
+            let store = crate::cli::redis_reader(url, prefix, args.state_dir)
+                .await
+                .map_err(|e| e.to_string())?;
+            (Arc::new(store), crate::budget::redis::redact_url(url))
+        }
+        None => match crate::budget::sqlite::Reader::open(args.state_dir).map_err(|e| e.to_string())? {
+            Some(r) => (
+                Arc::new(r),
+                args.state_dir.join(crate::budget::sqlite::FILE).display().to_string(),
+            ),
+            None => (
+                Arc::new(Empty),
+                format!("none in {} (nothing spent or learned yet)", args.state_dir.display()),
+            ),
+        },
+    };
+    let table = rules.current();
+    let (learning, learned_calls) = Folded::from_view(view.clone(), &[args.workflow])
+        .await
+        .map_err(|e| e.to_string())?;
+    let router = Router {
+        rules: Arc::new(rules),
+        cache: None,
+        budgets: Arc::new(DryRun { view: view.clone() }),
+        learning: Arc::new(learning),
+        effects: None,
+        trace: true,
+    };
+    let mut messages: Vec<(String, String)> = Vec::new();
+    if let Some(s) = args.system {
+        messages.push(("system".into(), s.into()));
+    }
+    messages.push(("user".into(), text.into()));
+    let call = RouteCall::new(RawRoute {
+        workflow: args.workflow.to_string(),
+        outcome_id: args.outcome_id.unwrap_or_default().to_string(),
+        task_kind: args.task_kind.to_string(),
+        messages: messages.into_iter(),
+        attempt: args.attempt,
+        max_output_tokens: args.max_output_tokens,
+        deferrable: args.deferrable,
+        capabilities: args.capabilities.iter().cloned(),
+        labels: std::iter::empty(),
+    })
+    .map_err(|e| e.to_string())?;
+    let roles: Vec<&str> = call.messages.iter().map(|m| m.role.name()).collect();
+    let roles: Vec<String> = roles.into_iter().map(str::to_string).collect();
+    let now = jiff::Timestamp::now();
+    let routed = match router.route(None, call, now).await {
+        Ok(r) => r,
+        Err(e @ Error::NoAdequateModel(_)) => {
+            return Ok(json!({ "workflow": args.workflow, "error": e.to_string() }));
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let (est, d) = (&routed.planned.est, &routed.planned.decision);
+    let model = routed.model();
+    let mut input_tokens = serde_json::Map::new();
+    if let Some(w) = table.workflow(args.workflow) {
+        for e in &w.encodings {
+            input_tokens.insert(e.name().to_string(), json!(est.input_tokens(*e)));
+        }
+    }
+    let budget = match table
+        .workflow(args.workflow)
+        .and_then(|w| w.budget.as_ref().map(|b| (w, b)))
+    {
+        None => None,
+        Some((w, b)) => {
+            let scope = period_scope(w, b, now);
+            let st = ScopeState::of_period(b, view.view_scope(&scope).await.map_err(|e| e.to_string())?);
+            Some(json!({
+                "period_scope": scope,
+                "limit_nanousd": st.limit_nanos,
+                "spent_nanousd": st.spent_nanos,
+                "reserved_nanousd": st.reserved_nanos,
+                "remaining_nanousd": st.remaining(),
+                "past_soft_threshold": st.past_soft_threshold(b),
+                "this_call_fits": st.fits(d.cost_nanos),
+                "on_limit": match b.on_limit {
+                    crate::rules::OnLimit::Escalate => "escalate",
+                    crate::rules::OnLimit::Deny => "deny",
+                },
+                "store": store,
+            }))
+        }
+    };
+    Ok(json!({
+        "workflow": args.workflow,
+        "task_kind": est.task_kind,
+        "task_class": routed.task_class(),
+        "complexity": est.complexity,
+        "features": est.features,
+        "input_tokens_by_encoding": input_tokens,
+        "estimated_output_tokens": est.output_tokens,
+        "messages": roles,
+        "status": routed.status.as_str(),
+        "escalation_id": routed.escalation_id,
+        "decision": {
+            "model": model.name,
+            "provider": model.provider,
+            "rule": d.rule,
+            "required_tier": d.required_tier,
+            "learned": d.learned,
+            "input_tokens": d.input_tokens,
+            "cached_input_tokens": d.cached_tokens,
+            "estimated_cost_nanousd": d.cost_nanos,
+            "estimated_cost_usd": nanos_to_usd(d.cost_nanos),
+            "estimated_cost": format_usd(d.cost_nanos),
+            "reason": if routed.status == RouteStatus::Routed { d.reason.clone() } else { routed.reason.clone() },
+        },
+        "learning": {
+            "labelled_calls": learned_calls,
+            "store": store,
+        },
+        "budget": budget,
+        "candidates": routed.candidates,
+    }))
+}

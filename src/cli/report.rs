@@ -1,0 +1,149 @@
+//! `switchyard report`: from the embedded store, a Redis, or a server.
+
+use crate::rules::RuleTable;
+
+use super::{authorized, connect, redis_reader, Connect};
+
+pub enum ReportSource {
+    StateDir(std::path::PathBuf),
+    Redis(String, String),
+    Server(String),
+}
+
+pub struct ReportArgs {
+    pub source: ReportSource,
+    pub rules: std::path::PathBuf,
+    pub workflow: Option<String>,
+    pub period: String,
+    pub label: String,
+    pub format: String,
+    /// With a server: an admin key.
+    pub api_key: Option<String>,
+}
+
+/// `switchyard report`. Returns the exit code: 0, 1 when the store cannot be
+/// read, 64 for bad flags.
+pub async fn report(a: ReportArgs) -> i32 {
+    if let Err(e) = crate::outcome::report::parse_period(&a.period)
+        .and_then(|_| crate::outcome::report::parse_label(&a.label))
+        .and_then(|_| match a.format.as_str() {
+            "table" | "json" => Ok(None::<String>),
+            f => Err(format!("--format `{f}` is not table or json")),
+        })
+    {
+        eprintln!("{e}");
+        return 64;
+    }
+    if let ReportSource::Server(addr) = &a.source {
+        let channel = match connect(addr).await {
+            Ok(ch) => ch,
+            Err(Connect::BadAddress(why)) => {
+                eprintln!("{why}");
+                return 64;
+            }
+            Err(Connect::Unreachable(why)) => {
+                eprintln!("{why}");
+                return 1;
+            }
+        };
+        let mut client = match authorized(channel, a.api_key.as_deref()) {
+            Ok(c) => c,
+            Err(why) => {
+                eprintln!("{why}");
+                return 64;
+            }
+        };
+        return match client
+            .get_report(crate::grpc::pb::ReportRequest {
+                workflow: a.workflow.clone().unwrap_or_default(),
+                period: a.period.clone(),
+                label: a.label.clone(),
+                format: a.format.clone(),
+            })
+            .await
+        {
+            Ok(r) => {
+                print!("{}", r.into_inner().text);
+                0
+            }
+            Err(s) => {
+                eprintln!("the server refused the report: {}", s.message());
+                1
+            }
+        };
+    }
+    let table = match RuleTable::load(&a.rules) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("the rules at {} are not valid:\n{e}", a.rules.display());
+            return 64;
+        }
+    };
+    if let Some(w) = &a.workflow {
+        if table.workflow(w).is_none() {
+            eprintln!(
+                "unknown workflow `{w}`; the rules at {} define: {}",
+                a.rules.display(),
+                table
+                    .workflows
+                    .iter()
+                    .map(|w| w.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            return 64;
+        }
+    }
+    let store: crate::budget::SharedStore = match &a.source {
+        ReportSource::StateDir(dir) => {
+            if !dir.join("budget.sqlite3").exists() {
+                eprintln!(
+                    "no store in {}: nothing has been recorded there yet. Run `switchyard serve --state-dir {}` and send it calls, or pass the --state-dir serve uses.",
+                    dir.display(),
+                    dir.display()
+                );
+                return 0;
+            }
+            match crate::budget::sqlite::SqliteStore::open(dir) {
+                Ok(s) => std::sync::Arc::new(s),
+                Err(e) => {
+                    eprintln!("cannot read the store in {}: {e}", dir.display());
+                    return 1;
+                }
+            }
+        }
+        ReportSource::Redis(url, prefix) => match redis_reader(url, prefix, &std::env::temp_dir()).await {
+            Ok(s) => std::sync::Arc::new(s),
+            Err(e) => {
+                eprintln!("{e}");
+                return 1;
+            }
+        },
+        ReportSource::Server(_) => return 1,
+    };
+    let spec = crate::outcome::report::Spec {
+        period: crate::outcome::report::parse_period(&a.period).unwrap_or(crate::rules::Period::Day),
+        workflow: a.workflow.clone(),
+        label: crate::outcome::report::parse_label(&a.label).unwrap_or_default(),
+        now: jiff::Timestamp::now(),
+    };
+    match crate::outcome::report::gather(store.as_ref(), &table, &spec).await {
+        Ok(r) => match crate::outcome::report::render(&r, &a.format) {
+            Ok(text) => {
+                print!("{text}");
+                if a.format == "json" {
+                    println!();
+                }
+                0
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                64
+            }
+        },
+        Err(e) => {
+            eprintln!("cannot read the ledger: {e}");
+            1
+        }
+    }
+}
