@@ -77,6 +77,7 @@ fn reservation(id: String) -> NewReservation {
         labels: String::new(),
         caller: "agent".into(),
         prices: Default::default(),
+        tier: 0,
     }
 }
 

@@ -143,11 +143,13 @@ impl Sidecar {
             match (record.prices, current) {
                 (Some(p), _) => p,
                 (None, Some((_, m))) => m.prices(),
-                (None, None) => return Err(Error::FailedPrecondition(format!(
+                (None, None) => {
+                    return Err(Error::FailedPrecondition(format!(
                     "decision {} was routed to `{routed}`, which is no longer in the rules, and its record predates \
                          stored prices; add the model back to [[models]] to settle it",
                     record.decision_id
-                ))),
+                )))
+                }
             }
         } else {
             let policy = workflow.map_or(OtherModelUsage::Refuse, |w| w.other_model_usage);
@@ -299,9 +301,15 @@ impl Sidecar {
             at_ms: crate::budget::now_ms(),
         };
         self.store.record_feedback(&event).await?;
-        self.learning
-            .feedback(&event.workflow, &record.outcome_id, &event.decision_id, accepted)
-            .await?;
+        self.learning.feedback(&event.decision_id, accepted);
+        // A rejection sends the outcome's next attempt, on whichever sidecar
+        // it lands, a tier above this one. It is stored before the feedback
+        // is acknowledged, so a retry sent right after it sees it.
+        if let (false, false, Some(tier)) = (accepted, record.outcome_id.is_empty(), record.tier) {
+            self.store
+                .note_rejection(&event.workflow, &record.outcome_id, tier, event.at_ms)
+                .await?;
+        }
         Ok(event)
     }
 

@@ -68,6 +68,8 @@ pub struct Call<'a> {
     pub downgraded: bool,
     /// The routed model's prices, kept with the reservation.
     pub prices: Prices,
+    /// The routed model's tier for the request's task class.
+    pub tier: u8,
 }
 
 /// What happens when `call` would cross `scope` (in `state`): the message,
@@ -217,6 +219,7 @@ impl BudgetGate for Budgets {
             labels: canonical_labels(call.labels.iter().copied()),
             caller: call.caller.to_string(),
             prices: call.prices,
+            tier: call.tier,
         };
         if r.scopes.is_empty() {
             // Nothing to enforce: keep the decision for its ReportUsage, but

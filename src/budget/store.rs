@@ -96,6 +96,10 @@ pub struct NewReservation {
     /// the rules say by the time its usage arrives.
     #[serde(default)]
     pub prices: Prices,
+    /// The routed model's tier for the request's task class: a rejection
+    /// of the call sends the outcome's next attempt above it.
+    #[serde(default)]
+    pub tier: u8,
 }
 
 /// Labels in the canonical form the ledger keeps.
@@ -183,6 +187,8 @@ pub struct ReservationRecord {
     pub caller: String,
     /// The prices it was routed at (`None` in records older than this field).
     pub prices: Option<Prices>,
+    /// The tier it was routed at (`None` in records older than this field).
+    pub tier: Option<u8>,
 }
 
 /// The answer to a settlement.

@@ -37,6 +37,7 @@ fn reservation(id: &str, amount: i64, scopes: &[(&str, i64)], now_ms: i64) -> Ne
         labels: String::new(),
         caller: "local".into(),
         prices: Default::default(),
+        tier: 0,
     }
 }
 
@@ -594,7 +595,7 @@ async fn spend_saturates_instead_of_overflowing(store: &Arc<dyn BudgetStore>, ns
     assert_eq!(st.spent_nanos, i64::MAX);
 }
 
-/// A reservation keeps who routed it and the prices it was routed at.
+/// A reservation keeps who routed it, and the prices and tier it was routed at.
 async fn reservations_keep_their_caller_and_prices(store: &Arc<dyn BudgetStore>, ns: &str) {
     let s = format!("{ns}|kept");
     let prices = crate::rules::Prices {
@@ -610,13 +611,18 @@ async fn reservations_keep_their_caller_and_prices(store: &Arc<dyn BudgetStore>,
         let mut r = reservation(&id, 10, &scopes, 0);
         r.caller = "agent-a".into();
         r.prices = prices;
+        r.tier = 3;
         if scopes.is_empty() {
             store.record_detached(r);
         } else {
             store.reserve(&r).await.expect("reserve");
         }
         let got = store.reservation(&id).await.expect("read").expect("found");
-        assert_eq!((got.caller.as_str(), got.prices), ("agent-a", Some(prices)), "{id}");
+        assert_eq!(
+            (got.caller.as_str(), got.prices, got.tier),
+            ("agent-a", Some(prices), Some(3)),
+            "{id}"
+        );
     }
 }
 
@@ -985,6 +991,7 @@ async fn rollover_starts_a_new_counter(store: SharedStore) {
                 caller: "test",
                 downgraded: false,
                 prices: Default::default(),
+                tier: 0,
             };
             budgets.admit(&call, at).await.expect("admit")
         }

@@ -216,6 +216,7 @@ impl Router {
                     caller: caller_name,
                     downgraded: d.downgraded_from.is_some(),
                     prices: model.prices(),
+                    tier: model.tiers[planned.est.class],
                 },
                 now,
             )
@@ -438,4 +439,3 @@ fn record_routed(cache: &ContextCache, table: &RuleTable, planned: &Planned) {
         cache.record(&table.models[planned.decision.model].name, fps);
     }
 }
-

@@ -157,7 +157,7 @@ impl BudgetStore for RedisStore {
         }
         let n = |k: &str| f.get(k).and_then(|v| v.parse::<i64>().ok());
         let meta = f.get("meta").map(String::as_str).unwrap_or_default();
-        let (caller, prices) = meta_caller_prices(meta);
+        let (caller, prices, tier) = meta_caller_prices(meta);
         let mut m = meta.split(SEP);
         let mut next = || m.next().unwrap_or_default().to_string();
         Ok(Some(ReservationRecord {
@@ -173,6 +173,7 @@ impl BudgetStore for RedisStore {
             actual_nanos: n("actual"),
             caller,
             prices,
+            tier,
         }))
     }
     fn health(&self) -> StoreHealth {

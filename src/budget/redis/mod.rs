@@ -181,6 +181,7 @@ fn unconfirmed(r: &NewReservation) -> ReservationRecord {
         actual_nanos: None,
         caller: r.caller.clone(),
         prices: Some(r.prices),
+        tier: Some(r.tier),
     }
 }
 
@@ -189,7 +190,7 @@ fn unconfirmed(r: &NewReservation) -> ReservationRecord {
 fn meta(r: &NewReservation) -> String {
     let p = &r.prices;
     format!(
-        "{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}",
+        "{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}",
         r.workflow,
         r.outcome_id,
         r.model,
@@ -202,13 +203,14 @@ fn meta(r: &NewReservation) -> String {
         p.input_nanos_per_mtok,
         p.cached_input_nanos_per_mtok,
         p.output_nanos_per_mtok,
-        p.batch_discount_bp
+        p.batch_discount_bp,
+        r.tier
     )
 }
 
-/// The caller and prices in a decision's description (fields 8 to 12),
-/// `None` for prices in records older than them.
-fn meta_caller_prices(meta: &str) -> (String, Option<crate::rules::Prices>) {
+/// The caller, prices and tier in a decision's description (fields 8 to
+/// 13), `None` for those older records lack.
+fn meta_caller_prices(meta: &str) -> (String, Option<crate::rules::Prices>, Option<u8>) {
     let f: Vec<&str> = meta.split(SEP).collect();
     let caller = f.get(8).copied().unwrap_or_default().to_string();
     let n = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok());
@@ -221,7 +223,8 @@ fn meta_caller_prices(meta: &str) -> (String, Option<crate::rules::Prices>) {
         }),
         _ => None,
     };
-    (caller, prices)
+    let tier = f.get(13).and_then(|v| v.parse::<u8>().ok());
+    (caller, prices, tier)
 }
 
 /// A ledger stream entry's fields.

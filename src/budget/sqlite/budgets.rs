@@ -63,8 +63,8 @@ fn reserve_job(r: NewReservation) -> impl FnOnce(&mut Connection) -> Result<Rese
 pub(super) const INSERT_RESERVATION: &str =
     "INSERT INTO reservations (decision_id, workflow, outcome_id, model, is_deferrable, amount_nanos, scopes,
                                created_ms, expires_ms, state, downgraded, labels, caller,
-                               price_input, price_cached, price_output, batch_bp)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'reserved', ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
+                               price_input, price_cached, price_output, batch_bp, tier)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'reserved', ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
 
 fn insert_reservation(conn: &Connection, r: &NewReservation, scopes: &str) -> Result<(), StoreError> {
     let mut insert = conn.prepare_cached(INSERT_RESERVATION).map_err(unavailable)?;
@@ -93,7 +93,8 @@ pub(super) fn bind_reservation(
             r.prices.input_nanos_per_mtok,
             r.prices.cached_input_nanos_per_mtok,
             r.prices.output_nanos_per_mtok,
-            r.prices.batch_discount_bp
+            r.prices.batch_discount_bp,
+            r.tier
         ])
         .map(drop)
         .map_err(unavailable)
@@ -266,7 +267,7 @@ impl BudgetStore for SqliteStore {
         self.with(move |conn| {
             conn.query_row(
                 "SELECT decision_id, workflow, outcome_id, model, is_deferrable, amount_nanos, state, actual_nanos,
-                        caller, price_input, price_cached, price_output, batch_bp
+                        caller, price_input, price_cached, price_output, batch_bp, tier
                  FROM reservations WHERE decision_id = ?1",
                 [&id],
                 |r| {
@@ -290,6 +291,7 @@ impl BudgetStore for SqliteStore {
                         actual_nanos: r.get(7)?,
                         caller: r.get(8)?,
                         prices,
+                        tier: r.get(13)?,
                     })
                 },
             )

@@ -8,7 +8,7 @@ use super::{unavailable, StoreError};
 
 /// Columns added to `reservations` after its first release, with their
 /// definitions: added in place to a store an older build created.
-const ADDED_COLUMNS: [(&str, &str); 7] = [
+const ADDED_COLUMNS: [(&str, &str); 8] = [
     ("downgraded", "INTEGER NOT NULL DEFAULT 0"),
     ("labels", "TEXT NOT NULL DEFAULT ''"),
     // Who routed the call, and the prices it was routed at (NULL in rows
@@ -18,6 +18,7 @@ const ADDED_COLUMNS: [(&str, &str); 7] = [
     ("price_cached", "INTEGER"),
     ("price_output", "INTEGER"),
     ("batch_bp", "INTEGER"),
+    ("tier", "INTEGER"),
 ];
 
 /// One pending escalation per scope, enforced by the schema as well as by

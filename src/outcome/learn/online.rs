@@ -31,8 +31,6 @@ const POLL: Duration = Duration::from_millis(250);
 /// A routed call, as learning needs it.
 struct Example {
     workflow: String,
-    /// The outcome's key, if the call named one.
-    outcome: Option<Key>,
     tier: u8,
     retry: bool,
     features: Features,
@@ -148,7 +146,6 @@ impl Online {
             id,
             Arc::new(Example {
                 workflow: workflow.to_string(),
-                outcome,
                 tier,
                 retry,
                 features,
@@ -160,29 +157,14 @@ impl Online {
         }
     }
 
-    /// RecordFeedback: labels one call. A rejection of a call with an
-    /// outcome is noted in the store, so that the outcome's next attempt, on
-    /// whichever sidecar, cascades a tier up; it is stored before this
-    /// returns, so a retry sent right after the feedback sees it.
-    pub async fn feedback(
-        &self,
-        workflow: &str,
-        outcome_id: &str,
-        decision_id: &str,
-        accepted: bool,
-    ) -> Result<(), StoreError> {
+    /// RecordFeedback: labels one call.
+    pub fn feedback(&self, decision_id: &str, accepted: bool) {
         let Some(ex) = self.pending.get(&self.decision_key(decision_id)) else {
             self.counters.unmatched.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
+            return;
         };
         ex.labelled.store(true, Ordering::Relaxed);
         self.send(&ex, if accepted { 1.0 } else { 0.0 });
-        if !accepted && ex.outcome.is_some() {
-            self.store
-                .note_rejection(workflow, outcome_id, ex.tier, crate::budget::now_ms())
-                .await?;
-        }
-        Ok(())
     }
 
     /// RecordOutcome: labels every call of the outcome that feedback did not.
