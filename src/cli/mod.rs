@@ -7,6 +7,7 @@
 //! - [`report`]: cost per accepted outcome, from a store or a server;
 //! - [`escalations`]: list, approve or deny on a running server.
 
+pub mod args;
 mod check;
 mod escalations;
 mod explain;

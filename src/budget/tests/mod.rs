@@ -1,0 +1,386 @@
+//! The store conformance suites, one per store trait: every backend passes
+//! each ([`budgets_conform`], [`escalations_conform`], [`ledger_conforms`],
+//! [`learning_conforms`]), and the tests below run them on SQLite and on a
+//! real `redis-server`. Then tests of what is not a trait's contract: budget
+//! periods, rollover, the embedded store's WAL and state folder.
+
+mod conformance;
+mod embedded;
+
+use std::sync::Arc;
+
+use super::*;
+use crate::rules::RuleTable;
+use conformance::{redis_config, redis_server, reservation};
+
+const DOLLAR: i64 = 1_000_000_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_fails_closed_journals_reports_and_replays_them_once() {
+    let mut server = redis_server::RedisServer::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = redis_config(server.url(), dir.path(), None);
+    let store = redis::RedisStore::connect(cfg.clone()).await.expect("connect");
+    let day = [("w|day", DOLLAR)];
+    assert_eq!(
+        store.reserve(&reservation("d1", 100, &day, 0)).await.expect("reserve"),
+        Reserved::Ok
+    );
+
+    server.kill9();
+    let refused = store.reserve(&reservation("d2", 100, &day, 0)).await;
+    assert!(
+        matches!(&refused, Err(StoreError::Unavailable(m)) if m.contains("fails closed")),
+        "{refused:?}"
+    );
+    // The usage of a call made before the outage is acknowledged (journaled),
+    // and so is a retry of it.
+    for _ in 0..2 {
+        assert_eq!(
+            store.settle("d1", 90, &Usage::default(), 1).await.expect("journaled"),
+            Settled::Charged { cost_nanos: 90 }
+        );
+    }
+    assert_eq!(store.pending_settlements().await, 2);
+    assert!(store.expire(2).await.is_err(), "maintenance fails while Redis is down");
+    // A restart of the sidecar keeps the journal.
+    drop(store);
+    let store = redis::RedisStore::connect(cfg).await.expect("reconnect");
+    assert_eq!(store.pending_settlements().await, 2);
+
+    server.restart();
+    store.expire(3).await.expect("replay");
+    assert_eq!(store.pending_settlements().await, 0);
+    assert_eq!(
+        store.scope("w|day").await.expect("scope"),
+        ScopeState {
+            limit_nanos: DOLLAR,
+            spent_nanos: 90,
+            reserved_nanos: 0,
+            extra_nanos: 0
+        },
+        "charged once, reservation released"
+    );
+    assert_eq!(
+        store.settle("d1", 90, &Usage::default(), 4).await.expect("settle"),
+        Settled::AlreadySettled { cost_nanos: 90 }
+    );
+    assert!(!dir.path().join("redis-journal.jsonl").exists(), "journal emptied");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_fails_open_up_to_the_local_cap() {
+    let mut server = redis_server::RedisServer::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = redis::RedisStore::connect(redis_config(server.url(), dir.path(), Some(1000)))
+        .await
+        .expect("connect");
+    let day = [("w|day", DOLLAR)];
+    store.reserve(&reservation("warm", 0, &day, 0)).await.expect("reserve");
+    server.kill9();
+    assert_eq!(
+        store
+            .reserve(&reservation("o1", 600, &day, 0))
+            .await
+            .expect("fail open"),
+        Reserved::Ok
+    );
+    let capped = store.reserve(&reservation("o2", 600, &day, 0)).await;
+    assert!(
+        matches!(&capped, Err(StoreError::Unavailable(m)) if m.contains("fail-open cap")),
+        "{capped:?}"
+    );
+    // Priced from this sidecar's own record while Redis is down.
+    let rec = store.reservation("o1").await.expect("local record").expect("known");
+    assert_eq!((rec.model.as_str(), rec.amount_nanos), ("m", 600));
+    store.settle("o1", 500, &Usage::default(), 1).await.expect("journaled");
+
+    server.restart();
+    store.expire(2).await.expect("replay");
+    let st = store.scope("w|day").await.expect("scope");
+    assert_eq!((st.spent_nanos, st.reserved_nanos), (500, 0), "{st:?}");
+    assert_eq!(
+        store.settle("o1", 500, &Usage::default(), 3).await.expect("settle"),
+        Settled::AlreadySettled { cost_nanos: 500 }
+    );
+    // Back to normal: the cap is for outages only.
+    assert_eq!(
+        store.reserve(&reservation("o3", 5000, &day, 0)).await.expect("reserve"),
+        Reserved::Ok
+    );
+}
+
+#[tokio::test]
+async fn sqlite_state_survives_reopening() {
+    let dir = tempfile::tempdir().expect("tmp");
+    {
+        let store = sqlite::SqliteStore::open(dir.path()).expect("open");
+        store
+            .reserve(&reservation("d1", 500, &[("w|day", 1000)], 0))
+            .await
+            .expect("reserve");
+        store.settle("d1", 450, &Usage::default(), 1).await.expect("settle");
+    }
+    let store = sqlite::SqliteStore::open(dir.path()).expect("reopen");
+    assert_eq!(store.scope("w|day").await.expect("scope").spent_nanos, 450);
+    assert!(matches!(
+        store.settle("d1", 450, &Usage::default(), 2).await,
+        Ok(Settled::AlreadySettled { .. })
+    ));
+}
+
+#[tokio::test]
+async fn sqlite_decision_records_are_durable_after_sync_and_expire_only_with_a_budget() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = sqlite::SqliteStore::open(dir.path()).expect("open");
+    for i in 0..300 {
+        let mut r = reservation(&format!("rec-{i}"), 10, &[], 0);
+        r.expires_ms = 5;
+        store.record_detached(r);
+    }
+    store.sync().await.expect("sync");
+    // Another connection, as `switchyard report` would open it, sees all of them.
+    let other = rusqlite::Connection::open(dir.path().join("budget.sqlite3")).expect("open again");
+    let n: i64 = other
+        .query_row(
+            "SELECT COUNT(*) FROM reservations WHERE decision_id LIKE 'rec-%'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(n, 300);
+    // Nothing is held for them, so the sweep has nothing to release.
+    assert_eq!(store.expire(1_000).await.expect("expire"), 0);
+    let plan: String = other
+        .query_row(
+            "EXPLAIN QUERY PLAN SELECT decision_id FROM reservations WHERE state = 'reserved' AND scopes != '' AND expires_ms <= 1",
+            [],
+            |r| r.get(3),
+        )
+        .expect("plan");
+    assert!(
+        plan.contains("reservations_held"),
+        "the sweep uses the partial index: {plan}"
+    );
+}
+
+const BUDGETED: &str = r#"
+[[models]]
+name = "m"
+provider = "p"
+input_per_mtok = 1.0
+cached_input_per_mtok = 0.1
+output_per_mtok = 2.0
+context_window = 1000
+max_output_tokens = 100
+tiers = { general = 3 }
+
+[[workflows]]
+name = "w"
+[workflows.budget]
+limit_usd = 1.0
+period = "day"
+timezone = "Europe/Berlin"
+per_outcome_usd = 0.10
+soft_threshold_pct = 80
+on_limit = "escalate"
+labels = [{ label = "team", value = "search", limit_usd = 0.5 }]
+
+[[workflows]]
+name = "weekly"
+[workflows.budget]
+limit_usd = 5
+period = "week"
+
+[[workflows]]
+name = "monthly"
+[workflows.budget]
+limit_usd = 5
+period = "month"
+"#;
+
+#[test]
+fn periods_align_to_the_calendar_in_the_time_zone() {
+    let t = RuleTable::from_str("b.toml", BUDGETED).expect("rules");
+    let at = |s: &str| s.parse::<Timestamp>().expect("timestamp");
+    let w = t.workflow("w").expect("w");
+    let b = w.budget.as_ref().expect("budget");
+    assert_eq!(
+        (b.limit_nanos, b.per_outcome_nanos, b.soft_threshold_bp),
+        (DOLLAR, Some(DOLLAR / 10), Some(8000))
+    );
+    // 22:59 UTC on the 24th is 23:59 in Berlin (CET): still the 24th there.
+    assert_eq!(
+        period_scope(w, b, at("2026-11-24T22:59:00Z")),
+        "w|day|2026-11-24@Europe/Berlin"
+    );
+    // A minute later it is midnight in Berlin: a new period, a new counter.
+    assert_eq!(
+        period_scope(w, b, at("2026-11-24T23:00:00Z")),
+        "w|day|2026-11-25@Europe/Berlin"
+    );
+    let wk = t.workflow("weekly").expect("weekly");
+    let wb = wk.budget.as_ref().expect("budget");
+    // Wednesday 2026-11-25 falls in the ISO week starting Monday 2026-11-23.
+    assert_eq!(
+        period_scope(wk, wb, at("2026-11-25T12:00:00Z")),
+        "weekly|week|2026-11-23@UTC"
+    );
+    assert_eq!(
+        period_scope(wk, wb, at("2026-11-30T00:00:00Z")),
+        "weekly|week|2026-11-30@UTC"
+    );
+    let m = t.workflow("monthly").expect("monthly");
+    let mb = m.budget.as_ref().expect("budget");
+    assert_eq!(
+        period_scope(m, mb, at("2026-12-31T23:59:59Z")),
+        "monthly|month|2026-12-01@UTC"
+    );
+    assert_eq!(
+        period_scope(m, mb, at("2027-01-01T00:00:00Z")),
+        "monthly|month|2027-01-01@UTC"
+    );
+
+    let scopes = scopes_for(
+        w,
+        "ticket-1",
+        [("team", "search")].into_iter(),
+        at("2026-11-25T12:00:00Z"),
+    );
+    let keys: Vec<&str> = scopes.iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        vec![
+            "w|day|2026-11-25@Europe/Berlin",
+            "w|outcome|ticket-1",
+            "w|label|team=search|day|2026-11-25@Europe/Berlin"
+        ]
+    );
+    assert!(scopes_for(w, "", [("team", "ads")].into_iter(), at("2026-11-25T12:00:00Z")).len() == 1);
+}
+
+#[test]
+fn bad_budgets_are_located() {
+    let text = BUDGETED
+        .replace("period = \"day\"", "period = \"fortnight\"")
+        .replace("Europe/Berlin", "Mars/Olympus");
+    let e = RuleTable::from_str("b.toml", &text).expect_err("invalid");
+    let s = e.to_string();
+    assert!(
+        s.contains("`workflows[0].budget.period`: unknown period `fortnight`"),
+        "{s}"
+    );
+    assert!(
+        s.contains("`workflows[0].budget.timezone`: unknown time zone `Mars/Olympus`"),
+        "{s}"
+    );
+}
+
+/// A day's budget used up at 23:59 in Berlin is a fresh budget a minute
+/// later; the old day's spend stays as it was (a rollover is a new counter,
+/// never a reset), even with calls on both sides of midnight racing.
+async fn rollover_starts_a_new_counter(store: SharedStore) {
+    let t = RuleTable::from_str("b.toml", BUDGETED).expect("rules");
+    let w = t.workflow("w").expect("w");
+    let budgets = Arc::new(Budgets::new(store.clone(), 600_000));
+    let before: Timestamp = "2026-11-24T22:59:00Z".parse().expect("ts");
+    let after: Timestamp = "2026-11-24T23:00:30Z".parse().expect("ts");
+    let admit = |id: String, at: Timestamp| {
+        let (budgets, t) = (budgets.clone(), t.clone());
+        async move {
+            let w = t.workflow("w").expect("w");
+            let call = Call {
+                decision_id: &id,
+                workflow: w,
+                outcome_id: "",
+                labels: vec![],
+                model: "m",
+                deferrable: false,
+                cost_nanos: DOLLAR / 10,
+                caller: "test",
+                downgraded: false,
+                prices: Default::default(),
+                tier: 0,
+            };
+            budgets.admit(&call, at).await.expect("admit")
+        }
+    };
+    // 16 racing calls on each side of midnight: ten fit in each day.
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let at = if i % 2 == 0 { before } else { after };
+            tokio::spawn(admit(format!("roll-{i}"), at))
+        })
+        .collect();
+    let mut routed = [0, 0];
+    for (i, task) in tasks.into_iter().enumerate() {
+        if task.await.expect("task") == Admission::Routed {
+            routed[i % 2] += 1;
+        }
+    }
+    assert_eq!(routed, [10, 10], "each day admits its own dollar");
+    let old = store
+        .scope(&period_scope(w, w.budget.as_ref().expect("b"), before))
+        .await
+        .expect("scope");
+    let new = store
+        .scope(&period_scope(w, w.budget.as_ref().expect("b"), after))
+        .await
+        .expect("scope");
+    assert_eq!((old.reserved_nanos, new.reserved_nanos), (DOLLAR, DOLLAR));
+    assert!(matches!(admit("late".into(), before).await, Admission::Escalate(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollover_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tmp");
+    rollover_starts_a_new_counter(Arc::new(sqlite::SqliteStore::open(dir.path()).expect("open"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollover_on_redis() {
+    let server = redis_server::RedisServer::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = redis::RedisStore::connect(redis_config(server.url(), dir.path(), None))
+        .await
+        .expect("connect");
+    rollover_starts_a_new_counter(Arc::new(store)).await;
+}
+
+#[test]
+fn the_ledger_reads_calls_by_the_time_ordered_primary_key() {
+    let dir = tempfile::tempdir().expect("tmp");
+    drop(sqlite::SqliteStore::open(dir.path()).expect("open"));
+    let conn = rusqlite::Connection::open(dir.path().join("budget.sqlite3")).expect("conn");
+    let plan: Vec<String> = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {}", sqlite::LEDGER_CALLS))
+        .expect("plan")
+        .query_map(rusqlite::params![0, None::<String>, "0"], |r| r.get::<_, String>(3))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("plan rows");
+    assert!(plan.iter().any(|p| p.contains("decision_id>?")), "{plan:?}");
+    // A v7 ID made at a time sorts at or after the floor for that time.
+    let t = 1_764_000_000_123;
+    let id = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        (t / 1000) as u64,
+        ((t % 1000) * 1_000_000) as u32,
+    ))
+    .to_string();
+    assert!(id >= sqlite::uuid_v7_floor(t), "{id}");
+    assert!(id < sqlite::uuid_v7_floor(t + 1), "{id}");
+}
+
+#[test]
+fn decision_ids_are_version_7_unique_and_time_ordered() {
+    let before = sqlite::uuid_v7_floor(now_ms());
+    let ids: Vec<String> = (0..1000).map(|_| new_decision_id()).collect();
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len());
+    for id in &ids {
+        let u = uuid::Uuid::parse_str(id).expect("a UUID");
+        assert_eq!(u.get_version_num(), 7, "{id}");
+        assert!(*id >= before, "{id} sorts after the floor of the time it was made");
+    }
+}

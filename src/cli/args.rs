@@ -1,0 +1,274 @@
+//! The command line: every command and flag, parsed by clap. The binary
+//! parses these and hands each command to the library; `completions` prints
+//! shell completions from the same definitions.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Routes each model call to the cheapest adequate model."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum PricesAction {
+    /// Update the prices and limits of the models a rules file names from LiteLLM's
+    /// model_prices_and_context_window.json; prints a diff and keeps comments and layout.
+    Import {
+        /// The price map (in the `litellm` PyPI package: litellm/model_prices_and_context_window_backup.json).
+        file: PathBuf,
+        /// The rules file whose [[models]] to update.
+        #[arg(long, default_value = "routing-rules/default.toml")]
+        rules: PathBuf,
+        /// Write the result here instead of in place.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print the diff only.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Start the sidecar: gRPC on --listen, health/metrics on --admin-listen.
+    Serve {
+        /// A rules TOML file, or a folder whose *.toml files are loaded.
+        #[arg(long, env = "SWITCHYARD_RULES", default_value = "routing-rules")]
+        rules: PathBuf,
+        /// The gRPC address. Loopback by default: the agent is in the same pod.
+        #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "127.0.0.1:50051")]
+        listen: SocketAddr,
+        /// The admin HTTP address (/healthz, /readyz, /metrics, /).
+        #[arg(long, env = "SWITCHYARD_ADMIN_LISTEN", default_value = "127.0.0.1:9464")]
+        admin_listen: SocketAddr,
+        /// The folder for the embedded store and the audit log.
+        #[arg(long, env = "SWITCHYARD_STATE_DIR", default_value = "state")]
+        state_dir: PathBuf,
+        /// Share budgets across a fleet through this Redis (redis://host:port) instead of the embedded store.
+        #[arg(long, env = "SWITCHYARD_REDIS_URL")]
+        redis_url: Option<String>,
+        /// While Redis is unreachable, admit calls until this sidecar's estimated spend reaches this many USD
+        /// (fail open with a local cap). Unset: fail closed (Route answers UNAVAILABLE).
+        #[arg(long, env = "SWITCHYARD_REDIS_FAIL_OPEN_USD")]
+        redis_fail_open_usd: Option<f64>,
+        /// The longest a budget call waits for Redis before Redis counts as unreachable, in milliseconds.
+        #[arg(long, env = "SWITCHYARD_REDIS_TIMEOUT_MS", default_value_t = 500)]
+        redis_timeout_ms: u64,
+        /// The prefix of every Redis key, so that deployments can share one Redis.
+        #[arg(long, env = "SWITCHYARD_REDIS_KEY_PREFIX", default_value = "sy")]
+        redis_key_prefix: String,
+        /// The API keys file: [[keys]] with identity, sha256 and roles. Without it, only loopback
+        /// callers are accepted, as `local`.
+        #[arg(long, env = "SWITCHYARD_API_KEYS")]
+        api_keys: Option<PathBuf>,
+        /// Calls a second each caller identity may make (0, the default: no rate limit).
+        #[arg(long, env = "SWITCHYARD_CALLER_RPS", default_value_t = 0)]
+        caller_rps: u32,
+        /// Calls above the rate a caller may make in a burst.
+        #[arg(long, env = "SWITCHYARD_CALLER_BURST", default_value_t = 10_000)]
+        caller_burst: u32,
+        /// Calls each caller identity may have in flight (0: no limit).
+        #[arg(long, env = "SWITCHYARD_CALLER_CONCURRENCY", default_value_t = 1024)]
+        caller_concurrency: u32,
+        /// The largest request accepted, in bytes.
+        #[arg(long, env = "SWITCHYARD_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]
+        max_request_bytes: usize,
+        /// The bound on the repeated-context caches, in MiB.
+        #[arg(long, env = "SWITCHYARD_CONTEXT_CACHE_MIB", default_value_t = 64)]
+        context_cache_mib: u64,
+        /// How long a message's token count is kept, in seconds.
+        #[arg(long, env = "SWITCHYARD_CONTEXT_CACHE_TTL_S", default_value_t = 3600)]
+        context_cache_ttl_s: u64,
+        /// Seconds a budget reservation waits for its ReportUsage before it is released.
+        #[arg(long, env = "SWITCHYARD_RESERVATION_TTL_S", default_value_t = 600)]
+        reservation_ttl_s: u64,
+        /// Seconds to drain calls in flight after SIGTERM.
+        #[arg(long, env = "SWITCHYARD_SHUTDOWN_GRACE_S", default_value_t = 10.0)]
+        shutdown_grace_s: f64,
+        /// Log format: text or json.
+        #[arg(long, env = "SWITCHYARD_LOG_FORMAT", default_value = "text")]
+        log_format: String,
+        /// Start with an empty budget store although the state folder held one that is now missing or
+        /// empty (what was there is set aside, and the fresh start is audited).
+        #[arg(long, env = "SWITCHYARD_ACCEPT_FRESH_STORE")]
+        accept_fresh_store: bool,
+        /// The audit log rotates when it reaches this many MiB.
+        #[arg(long, env = "SWITCHYARD_AUDIT_MAX_MIB", default_value_t = 64)]
+        audit_max_mib: u64,
+        /// Rotated audit logs kept (audit.jsonl.1 .. .N); older ones are deleted.
+        #[arg(long, env = "SWITCHYARD_AUDIT_KEEP", default_value_t = 5)]
+        audit_keep: usize,
+        /// The embedded store's write-ahead log is reset once it grows past this many MiB.
+        #[arg(long, env = "SWITCHYARD_WAL_LIMIT_MIB", default_value_t = 64)]
+        wal_limit_mib: u64,
+    },
+    /// List, approve or deny budget escalations on a running server.
+    Escalations {
+        /// The server's gRPC address.
+        #[arg(long, env = "SWITCHYARD_SERVER", default_value = "127.0.0.1:50051", global = true)]
+        server: String,
+        /// An API key, sent as `authorization: Bearer <key>`.
+        #[arg(long, env = "SWITCHYARD_API_KEY", global = true)]
+        api_key: Option<String>,
+        #[command(subcommand)]
+        action: EscalationAction,
+    },
+    /// Cost per accepted outcome, its factors and a diagnosis, per workflow.
+    Report {
+        /// Read the embedded store in this folder (read beside a running server is safe).
+        #[arg(long, env = "SWITCHYARD_STATE_DIR", default_value = "state")]
+        state_dir: PathBuf,
+        /// Read the fleet store in this Redis instead.
+        #[arg(long, env = "SWITCHYARD_REDIS_URL", conflicts_with = "server")]
+        redis_url: Option<String>,
+        /// The key prefix `serve` uses in Redis.
+        #[arg(long, env = "SWITCHYARD_REDIS_KEY_PREFIX", default_value = "sy")]
+        redis_key_prefix: String,
+        /// Ask a running server (its gRPC address) instead of reading a store.
+        #[arg(long)]
+        server: Option<String>,
+        /// With --server: an admin API key, sent as `authorization: Bearer <key>`.
+        #[arg(long, env = "SWITCHYARD_API_KEY")]
+        api_key: Option<String>,
+        /// The rules, for the workflows and their budgets.
+        #[arg(long, default_value = "routing-rules")]
+        rules: PathBuf,
+        #[arg(long)]
+        workflow: Option<String>,
+        /// day, week or month (UTC calendar), compared with the one before.
+        #[arg(long, default_value = "day")]
+        period: String,
+        /// key=value: only calls with this label, and outcomes with such calls.
+        #[arg(long)]
+        label: Option<String>,
+        /// table or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// Keep model prices current from LiteLLM's public price map.
+    Prices {
+        #[command(subcommand)]
+        action: PricesAction,
+    },
+    /// Read the audit log (audit.jsonl in the state folder), filtered.
+    Audit {
+        #[arg(long, env = "SWITCHYARD_STATE_DIR", default_value = "state")]
+        state_dir: PathBuf,
+        /// Only records of this identity.
+        #[arg(long)]
+        identity: Option<String>,
+        /// Only this action: route, report_usage, resolve_escalation, rules_reload, keys_reload, ...
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Only this result: ok, denied, unauthenticated, permission_denied, limited, ...
+        #[arg(long)]
+        result: Option<String>,
+        /// Only records at or after this RFC 3339 time (e.g. 2026-11-25T00:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// table or json (one JSON object a line).
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// Validate rules: exit 0 if valid, else print file:line:col and the key for each problem.
+    Check {
+        #[arg(long, default_value = "routing-rules")]
+        rules: PathBuf,
+    },
+    /// Evaluate routing on recorded per-prompt outcomes (one JSON row a line):
+    /// always-strong, always-weak, random, the rules, the learned router, and
+    /// the learned router with a cascade, side by side.
+    Replay {
+        #[arg(long, default_value = "routing-rules")]
+        rules: PathBuf,
+        /// The replay data: JSON lines with id, prompt, task_kind and models.<name>.success.
+        #[arg(long)]
+        data: PathBuf,
+        /// The workflow to route as; by default the rows' own, or `replay`.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Write one JSON line per row: id, score, model, success, cost_usd.
+        #[arg(long)]
+        scores_out: Option<PathBuf>,
+        /// table or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+        /// Seeds exploration and the random policy: the same seed gives the same output.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Print the routing decision for a prompt as JSON, without a server.
+    Explain {
+        #[arg(long, default_value = "routing-rules")]
+        rules: PathBuf,
+        /// Where `serve` keeps its state, to show budgets as they stand.
+        #[arg(long, env = "SWITCHYARD_STATE_DIR", default_value = "state")]
+        state_dir: PathBuf,
+        /// Read budgets from this Redis instead, as `serve --redis-url` keeps them.
+        #[arg(long, env = "SWITCHYARD_REDIS_URL")]
+        redis_url: Option<String>,
+        /// The key prefix `serve` uses in Redis.
+        #[arg(long, env = "SWITCHYARD_REDIS_KEY_PREFIX", default_value = "sy")]
+        redis_key_prefix: String,
+        #[arg(long, default_value = "general")]
+        workflow: String,
+        #[arg(long, default_value = "")]
+        task_kind: String,
+        /// A system prompt to send before the text.
+        #[arg(long)]
+        system: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        max_output_tokens: u32,
+        #[arg(long, default_value_t = 1)]
+        attempt: u32,
+        /// Explain a call under this outcome: with --attempt 2 or more, a retry after a rejection is routed
+        /// a tier up, as serve routes it.
+        #[arg(long)]
+        outcome_id: Option<String>,
+        #[arg(long)]
+        deferrable: bool,
+        /// A capability the call needs (tools, vision, json); repeatable.
+        #[arg(long = "capability")]
+        capabilities: Vec<String>,
+        /// The prompt, or - to read it from stdin.
+        text: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum EscalationAction {
+    /// List escalations (pending, approved and denied).
+    List {
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Print JSON instead of a line per escalation.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve an escalation, adding USD to the budget that ran out.
+    Approve {
+        id: String,
+        /// USD to add to the budget that ran out (exact, e.g. 5 or 0.25; at most 1000000).
+        #[arg(long)]
+        add_usd: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Deny an escalation: calls against that budget are denied until it is raised.
+    Deny {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}

@@ -1,0 +1,92 @@
+//! Progress on a terminal, and the report as a table.
+
+use std::io::IsTerminal;
+
+use super::*;
+
+/// A progress bar on stderr: redrawn in place on a terminal, a line every
+/// 10% otherwise.
+pub(super) struct Progress {
+    pub(super) total: u64,
+    pub(super) done: u64,
+    pub(super) tty: bool,
+    pub(super) last: std::time::Instant,
+    pub(super) last_decile: u64,
+    pub(super) started: std::time::Instant,
+}
+
+impl Progress {
+    pub(super) fn new(total: u64) -> Progress {
+        Progress {
+            total: total.max(1),
+            done: 0,
+            tty: std::io::stderr().is_terminal(),
+            last: std::time::Instant::now(),
+            last_decile: 0,
+            started: std::time::Instant::now(),
+        }
+    }
+    pub(super) fn tick(&mut self, policy: &str) {
+        self.done += 1;
+        let decile = self.done * 10 / self.total;
+        if self.tty {
+            if self.last.elapsed().as_millis() >= 100 || self.done == self.total {
+                self.last = std::time::Instant::now();
+                let filled = (self.done * 30 / self.total) as usize;
+                eprint!(
+                    "\rreplay [{}{}] {:>3}% {}/{} rows  {policy:<16}",
+                    "=".repeat(filled),
+                    " ".repeat(30 - filled),
+                    self.done * 100 / self.total,
+                    self.done,
+                    self.total
+                );
+            }
+        } else if decile > self.last_decile {
+            self.last_decile = decile;
+            eprintln!("replay: {}% ({}/{} rows, {policy})", decile * 10, self.done, self.total);
+        }
+    }
+    pub(super) fn done(&mut self) {
+        if self.tty {
+            eprintln!(
+                "\rreplay: {} rows in {:.1} s{}",
+                self.total,
+                self.started.elapsed().as_secs_f64(),
+                " ".repeat(40)
+            );
+        }
+    }
+}
+
+pub(super) fn table(r: &Report) -> String {
+    let mut out = format!(
+        "replay of {} rows, workflow `{}`, seed {}: strong = {}, weak = {}\n\n",
+        r.rows, r.workflow, r.seed, r.strong_model, r.weak_model
+    );
+    out.push_str(&format!(
+        "{:<16} {:>8} {:>12} {:>14} {:>10} {:>8} {:>7}\n",
+        "policy", "success", "cost", "cost/success", "tasks/out", "strong", "APGR"
+    ));
+    for p in &r.policies {
+        out.push_str(&format!(
+            "{:<16} {:>7.2}% {:>12} {:>14} {:>10.3} {:>7.1}% {:>7}\n",
+            p.name,
+            p.success_rate * 100.0,
+            format!("${:.4}", p.cost_usd),
+            p.cost_per_success_usd.map_or("-".into(), |c| format!("${c:.7}")),
+            p.tasks_per_outcome,
+            p.strong_share * 100.0,
+            p.routellm.map_or("".into(), |m| format!("{:.3}", m.apgr)),
+        ));
+    }
+    if let (Some(apgr), Some(c50), Some(c80)) = (r.apgr, r.cpt50, r.cpt80) {
+        out.push_str(&format!(
+            "\nRouteLLM metrics of the {} scores: APGR {apgr:.3}, CPT(50%) {:.1}%, CPT(80%) {:.1}% (random: APGR 0.500, CPT 50% / 80%)\n",
+            r.scores_from,
+            c50 * 100.0,
+            c80 * 100.0
+        ));
+    }
+    out
+}
