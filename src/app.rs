@@ -21,6 +21,7 @@ use crate::audit::{Action, Audit, Record as AuditRecord, Verdict};
 use crate::budget::redis::{redact_url, RedisConfig, RedisStore};
 use crate::budget::sqlite::SqliteStore;
 use crate::budget::{Budgets, SharedStore};
+use crate::clock::{Clock, SystemClock};
 use crate::estimate::cache::{CacheConfig, ContextCache};
 use crate::estimate::tokens;
 use crate::grpc::auth::Auth;
@@ -164,6 +165,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         }
     };
     let budgets = Arc::new(Budgets::new(store.clone(), cfg.reservation_ttl.as_millis() as i64));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     tokens::warm_up();
 
     // Who may call, and the audit trail of what they did.
@@ -292,7 +294,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     );
 
     let sweeper = {
-        let (budgets, mut rx) = (budgets.clone(), stop_rx.clone());
+        let (budgets, clock, mut rx) = (budgets.clone(), clock.clone(), stop_rx.clone());
         tokio::spawn(async move {
             // While the store is down the sweep fails every second: say so
             // once a minute, and say when it works again.
@@ -303,7 +305,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                     _ = rx.wait_for(|s| *s) => return,
                     _ = tokio::time::sleep(EXPIRY_SWEEP) => {}
                 }
-                match budgets.store.expire(crate::budget::now_ms()).await {
+                match budgets.store.expire(clock.now_ms()).await {
                     Ok(n) => {
                         if let Some(since) = failing_since.take() {
                             tracing::info!(after_s = since.elapsed().as_secs(), "the reservation sweep works again");
@@ -359,6 +361,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         learning,
         access: Access { audit: audit.clone() },
         metrics: metrics.clone(),
+        clock: clock.clone(),
     });
     let router = RouterServer::new(RouterService {
         sidecar,

@@ -23,7 +23,9 @@ use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Instant;
 
 type Hasher = foldhash::quality::RandomState;
 
@@ -210,12 +212,14 @@ mod tests {
         }
     }
 
-    #[test]
-    fn idle_entries_expire() {
+    #[tokio::test(start_paused = true)]
+    async fn idle_entries_expire() {
         let r: Recent<String, u8> = Recent::new(1_000, Duration::from_millis(40));
         r.insert("a".to_string(), 1);
         assert_eq!(r.get("a"), Some(1));
-        std::thread::sleep(Duration::from_millis(120));
+        tokio::time::advance(Duration::from_millis(39)).await;
+        assert_eq!(r.get("a"), Some(1), "still young: read, so kept");
+        tokio::time::advance(Duration::from_millis(120)).await;
         assert_eq!(r.get("a"), None);
         assert!(r.is_empty());
     }

@@ -13,29 +13,18 @@ use common::*;
 use redis_server::RedisServer;
 use switchyard::grpc::pb;
 use switchyard::grpc::pb::router_client::RouterClient;
+use switchyard::testing::{model, RulesBuilder};
 use tonic::transport::Channel;
 
 const DOLLAR: i64 = 1_000_000_000;
 
 /// One model at $10 / $30 per million tokens, a $1/day budget that denies.
-const RACE_RULES: &str = r#"
-[[models]]
-name = "m"
-provider = "p"
-input_per_mtok = 10.0
-cached_input_per_mtok = 10.0
-output_per_mtok = 30.0
-context_window = 100000
-max_output_tokens = 4000
-tiers = { general = 3 }
-
-[[workflows]]
-name = "race"
-[workflows.budget]
-limit_usd = 1.0
-period = "day"
-on_limit = "deny"
-"#;
+fn race_rules() -> String {
+    RulesBuilder::new()
+        .model(model("m", 10.0, 30.0, 3).max_output(4000))
+        .budgeted("race", "", "limit_usd = 1.0\nperiod = \"day\"\non_limit = \"deny\"")
+        .build()
+}
 
 fn call(workflow: &str, outcome: &str) -> pb::RouteRequest {
     pb::RouteRequest {
@@ -112,7 +101,7 @@ async fn race_for_a_dollar(clients: &[RouterClient<Channel>]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_two_clients_never_overspend_a_dollar() {
-    let dir = rules_dir(RACE_RULES);
+    let dir = rules_dir(&race_rules());
     let server = Server::start(&dir.path().join("rules.toml"), &[]);
     race_for_a_dollar(&[server.client().await]).await;
 }
@@ -120,7 +109,7 @@ async fn thirty_two_clients_never_overspend_a_dollar() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_sharing_one_redis_never_overspend_a_dollar() {
     let redis = RedisServer::start();
-    let dir = rules_dir(RACE_RULES);
+    let dir = rules_dir(&race_rules());
     let url = redis.url();
     let a = Server::start(
         &dir.path().join("rules.toml"),
@@ -184,7 +173,7 @@ fn metric(server: &Server, name: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_run_fails_closed_and_counts_nothing_twice_after_it_returns() {
     let mut redis = RedisServer::start();
-    let dir = rules_dir(RACE_RULES);
+    let dir = rules_dir(&race_rules());
     let server = Server::start(
         &dir.path().join("rules.toml"),
         &["--redis-url", &redis.url(), "--redis-timeout-ms", "5000"],
@@ -240,7 +229,7 @@ async fn redis_killed_mid_run_fails_closed_and_counts_nothing_twice_after_it_ret
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_run_fails_open_up_to_the_local_cap_when_configured() {
     let mut redis = RedisServer::start();
-    let dir = rules_dir(RACE_RULES);
+    let dir = rules_dir(&race_rules());
     // Each call is estimated at about 1.5 cents: the 4-cent cap admits two.
     let server = Server::start(
         &dir.path().join("rules.toml"),
@@ -392,7 +381,7 @@ async fn soft_threshold_then_escalation(args: &[&str]) {
 
 #[tokio::test]
 async fn kill_9_and_restart_keep_every_acknowledged_cent() {
-    let dir = rules_dir(RACE_RULES);
+    let dir = rules_dir(&race_rules());
     let rules = dir.path().join("rules.toml");
     let state = tempfile::tempdir().expect("state");
     let state_arg = state.path().to_str().expect("utf-8 path").to_string();
@@ -428,7 +417,7 @@ async fn kill_9_and_restart_keep_every_acknowledged_cent() {
 
 #[tokio::test]
 async fn repeated_reports_are_charged_once_and_unknown_decisions_are_not_found() {
-    let dir = rules_dir(RACE_RULES);
+    let dir = rules_dir(&race_rules());
     let server = Server::start(&dir.path().join("rules.toml"), &[]);
     let mut c = server.client().await;
     let r = c.route(call("race", "o")).await.expect("route").into_inner();
@@ -455,7 +444,7 @@ async fn repeated_reports_are_charged_once_and_unknown_decisions_are_not_found()
 
 #[tokio::test]
 async fn unreported_reservations_expire_and_release_the_budget() {
-    let dir = rules_dir(RACE_RULES);
+    let dir = rules_dir(&race_rules());
     let server = Server::start(&dir.path().join("rules.toml"), &["--reservation-ttl-s", "1"]);
     let mut c = server.client().await;
     let r = c.route(call("race", "o")).await.expect("route").into_inner();
@@ -473,7 +462,7 @@ async fn unreported_reservations_expire_and_release_the_budget() {
 
 #[tokio::test]
 async fn the_escalations_cli_lists_approves_and_denies() {
-    let rules = RACE_RULES
+    let rules = &race_rules()
         .replace("limit_usd = 1.0", "limit_usd = 0.03")
         .replace("on_limit = \"deny\"", "on_limit = \"escalate\"");
     let dir = rules_dir(&rules);
@@ -557,7 +546,7 @@ async fn the_escalations_cli_lists_approves_and_denies() {
 
 #[tokio::test]
 async fn per_outcome_and_label_caps_stop_their_own_calls_only() {
-    let rules = RACE_RULES.replace(
+    let rules = &race_rules().replace(
         "on_limit = \"deny\"",
         "on_limit = \"deny\"\nper_outcome_usd = 0.05\nlabels = [{ label = \"team\", value = \"search\", limit_usd = 0.08 }]",
     );
@@ -612,7 +601,7 @@ async fn per_outcome_and_label_caps_stop_their_own_calls_only() {
 
 #[tokio::test]
 async fn explain_shows_the_budget_as_it_stands() {
-    let dir = rules_dir(RACE_RULES);
+    let dir = rules_dir(&race_rules());
     let rules = dir.path().join("rules.toml");
     let state = tempfile::tempdir().expect("state");
     let state_arg = state.path().to_str().expect("utf-8 path").to_string();

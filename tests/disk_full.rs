@@ -13,27 +13,20 @@ use std::time::Duration;
 use common::*;
 use switchyard::grpc::pb;
 use switchyard::grpc::pb::router_client::RouterClient;
+use switchyard::testing::{model, RulesBuilder};
 use tonic::transport::Channel;
 use tonic::Code;
 
-const RULES: &str = r#"
-[[models]]
-name = "m"
-provider = "p"
-input_per_mtok = 1.0
-cached_input_per_mtok = 0.1
-output_per_mtok = 4.0
-context_window = 100000
-max_output_tokens = 8000
-tiers = { general = 3 }
-
-[[workflows]]
-name = "budgeted"
-[workflows.budget]
-limit_usd = 1000.0
-period = "day"
-on_limit = "deny"
-"#;
+fn rules_text() -> String {
+    RulesBuilder::new()
+        .model(model("m", 1.0, 4.0, 3).cached(0.1))
+        .budgeted(
+            "budgeted",
+            "",
+            "limit_usd = 1000.0\nperiod = \"day\"\non_limit = \"deny\"",
+        )
+        .build()
+}
 
 /// The sidecar inside its namespace, and the control folder the test uses.
 struct Sidecar {
@@ -152,7 +145,7 @@ async fn wait_for(path: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_turns_readiness_off_and_is_counted_until_space_returns() {
     let rules = tempfile::tempdir().expect("rules");
-    std::fs::write(rules.path().join("rules.toml"), RULES).expect("write");
+    std::fs::write(rules.path().join("rules.toml"), rules_text()).expect("write");
     let (state, ctl) = (tempfile::tempdir().expect("state"), tempfile::tempdir().expect("ctl"));
     let sidecar = start(rules.path(), state.path(), ctl.path());
     let mut c = client(&sidecar.grpc).await;

@@ -31,6 +31,7 @@ use redis_server::RedisServer;
 use switchyard::budget::{EscalationState, Store};
 use switchyard::grpc::pb;
 use switchyard::grpc::pb::router_client::RouterClient;
+use switchyard::testing::{model, RulesBuilder};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -38,25 +39,16 @@ const PER_OUTCOME: i64 = 2_000_000; // $0.002: a few calls each
 const OUTCOMES: usize = 24;
 const CLIENTS: usize = 12;
 
-const RULES: &str = r#"
-[[models]]
-name = "m"
-provider = "p"
-input_per_mtok = 2.0
-cached_input_per_mtok = 2.0
-output_per_mtok = 8.0
-context_window = 100000
-max_output_tokens = 8000
-tiers = { general = 3 }
-
-[[workflows]]
-name = "h"
-[workflows.budget]
-limit_usd = 1000.0
-period = "day"
-per_outcome_usd = 0.002
-on_limit = "escalate"
-"#;
+fn rules() -> String {
+    RulesBuilder::new()
+        .model(model("m", 2.0, 8.0, 3))
+        .budgeted(
+            "h",
+            "",
+            "limit_usd = 1000.0\nperiod = \"day\"\nper_outcome_usd = 0.002\non_limit = \"escalate\"",
+        )
+        .build()
+}
 
 /// What the clients were told, and so what the store must hold.
 #[derive(Default)]
@@ -379,7 +371,7 @@ fn flags<'a>(listen: &'a str, state: &'a str, extra: &[&'a str]) -> Vec<&'a str>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_store_is_the_fold_of_what_it_acknowledged_across_kill_9() {
-    let rules = rules_dir(RULES);
+    let rules = rules_dir(&rules());
     let state = tempfile::tempdir().expect("state");
     let listen = format!("127.0.0.1:{}", free_port());
     let dir = state.path().to_str().expect("utf-8").to_string();
@@ -410,7 +402,7 @@ async fn the_embedded_store_is_the_fold_of_what_it_acknowledged_across_kill_9() 
 async fn the_redis_store_is_the_fold_of_what_it_acknowledged_across_kills_of_both() {
     let redis = Arc::new(Mutex::new(RedisServer::start()));
     let url = redis.lock().expect("redis").url();
-    let rules = rules_dir(RULES);
+    let rules = rules_dir(&rules());
     let state = tempfile::tempdir().expect("state");
     let listen = format!("127.0.0.1:{}", free_port());
     let dir = state.path().to_str().expect("utf-8").to_string();

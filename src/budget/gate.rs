@@ -36,7 +36,7 @@ pub struct Budgets {
     /// The period scopes as last read, plus what this sidecar reserved since:
     /// the soft-threshold check reads this instead of making a store round
     /// trip on every Route.
-    view: std::sync::Mutex<std::collections::HashMap<String, (ScopeState, std::time::Instant)>>,
+    view: std::sync::Mutex<std::collections::HashMap<String, (ScopeState, crate::clock::Instant)>>,
 }
 
 /// How long a period scope's state is trusted before it is read again. Other
@@ -135,7 +135,9 @@ impl Budgets {
         }
     }
 
-    fn view(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (ScopeState, std::time::Instant)>> {
+    fn view(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (ScopeState, crate::clock::Instant)>> {
         // The map holds plain numbers: a panic elsewhere cannot leave it torn.
         self.view.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -187,7 +189,7 @@ impl BudgetGate for Budgets {
                 if view.len() >= 4096 {
                     view.retain(|_, (_, at)| at.elapsed() < VIEW_FRESH);
                 }
-                view.insert(key, (st, std::time::Instant::now()));
+                view.insert(key, (st, crate::clock::Instant::now()));
                 st
             }
         };

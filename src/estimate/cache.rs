@@ -20,7 +20,9 @@
 //! prompt text.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Instant;
 
 use xxhash_rust::xxh3::xxh3_128_with_seed;
 

@@ -132,8 +132,8 @@ fn concurrent_callers_with_the_same_prefix_get_exact_counts() {
     assert!(s.hits >= 8 * 200 - 8, "the system prompt is counted about once: {s:?}");
 }
 
-#[test]
-fn warm_prefixes_are_priced_per_model_ttl_and_minimum() {
+#[tokio::test(start_paused = true)]
+async fn warm_prefixes_are_priced_per_model_ttl_and_minimum() {
     let table = RuleTable::from_str("t.toml", RULES).expect("rules");
     let wf = table.workflow("w").expect("w");
     let cache = ContextCache::new(CacheConfig::default());
@@ -175,7 +175,7 @@ fn warm_prefixes_are_priced_per_model_ttl_and_minimum() {
     assert_eq!(cache.cached_tokens(&table, wf, &fps, &work)[0], 0);
 
     // After the provider's TTL (1 s here) the prefix is cold again.
-    std::thread::sleep(Duration::from_millis(1100));
+    tokio::time::advance(Duration::from_millis(1100)).await;
     let (work, fps) = cache.work(&second, &wf.encodings);
     assert_eq!(cache.cached_tokens(&table, wf, &fps, &work)[0], 0);
 }

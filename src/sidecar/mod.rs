@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::access::{Access, Identity};
 use crate::audit::{Action, Audit, Record, Verdict};
 use crate::budget::{period_scope, Budgets, Escalation, EscalationState, ScopeState, Settled, Store, Usage};
+use crate::clock::Clock;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::money::format_usd_exact;
@@ -30,6 +31,8 @@ pub struct Sidecar {
     pub learning: Arc<Online>,
     pub access: Access,
     pub metrics: Arc<Metrics>,
+    /// Wall time: periods, reservation times, ledger times.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// A ReportUsage, as the domain takes it.
@@ -90,7 +93,7 @@ impl Sidecar {
     }
 
     pub async fn route(&self, who: &Identity, call: RouteCall) -> Result<Routed, Error> {
-        self.router.route(Some(who), call, jiff::Timestamp::now()).await
+        self.router.route(Some(who), call, self.clock.now()).await
     }
 
     /// The decision a report names, or the error that says what is wrong.
@@ -201,7 +204,7 @@ impl Sidecar {
         };
         let settled = self
             .store
-            .settle(&u.decision_id, cost, &usage, crate::budget::now_ms())
+            .settle(&u.decision_id, cost, &usage, self.clock.now_ms())
             .await?;
         let cost_nanos = match settled {
             Settled::Charged { cost_nanos } => {
@@ -272,7 +275,7 @@ impl Sidecar {
             status,
             value_usd: check("value_usd", o.value_usd)?,
             human_minutes: check("human_minutes", o.human_minutes)?,
-            at_ms: crate::budget::now_ms(),
+            at_ms: self.clock.now_ms(),
         };
         self.store.record_outcome(&event).await?;
         self.learning.outcome(&event.workflow, &event.outcome_id, event.status);
@@ -298,7 +301,7 @@ impl Sidecar {
             decision_id,
             model: record.model,
             accepted,
-            at_ms: crate::budget::now_ms(),
+            at_ms: self.clock.now_ms(),
         };
         self.store.record_feedback(&event).await?;
         self.learning.feedback(&event.decision_id, accepted);
@@ -324,10 +327,7 @@ impl Sidecar {
                 workflow.name
             )));
         };
-        let stored = self
-            .store
-            .scope(&period_scope(workflow, b, jiff::Timestamp::now()))
-            .await?;
+        let stored = self.store.scope(&period_scope(workflow, b, self.clock.now())).await?;
         Ok((workflow.name.clone(), ScopeState::of_period(b, stored)))
     }
 
@@ -388,7 +388,7 @@ impl Sidecar {
                 r.add_nanos,
                 &who.name,
                 &r.reason,
-                crate::budget::now_ms(),
+                self.clock.now_ms(),
             )
             .await
             .map_err(Error::from);
@@ -436,9 +436,12 @@ impl Sidecar {
             period: crate::outcome::report::parse_period(&q.period).map_err(Error::InvalidArgument)?,
             workflow,
             label: crate::outcome::report::parse_label(&q.label).map_err(Error::InvalidArgument)?,
-            now: jiff::Timestamp::now(),
+            now: self.clock.now(),
         };
         let report = crate::outcome::report::gather(self.store.as_ref(), &table, &spec).await?;
         crate::outcome::report::render(&report, &q.format).map_err(Error::InvalidArgument)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,186 @@
+//! The use cases in process, on a clock the test moves: reservation expiry
+//! and late usage, the soft threshold's 250 ms view, and a period that rolls
+//! over at midnight, without sleeping.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::budget::sqlite::SqliteStore;
+use crate::clock::ManualClock;
+use crate::route::{RawRoute, RouteStatus};
+use crate::testing::{model, RulesBuilder};
+
+fn rules() -> String {
+    RulesBuilder::new()
+        .model(model("small", 1.0, 4.0, 3))
+        .model(model("large", 10.0, 40.0, 4))
+        .budgeted(
+            "w",
+            "learning = { enabled = false }",
+            "limit_usd = 1.0\nperiod = \"day\"\nsoft_threshold_pct = 50\non_limit = \"deny\"",
+        )
+        .raw("[[rules]]\nname = \"large\"\ntier = 4")
+        .build()
+}
+
+struct Fixture {
+    sidecar: Sidecar,
+    clock: Arc<ManualClock>,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture(at: &str) -> Fixture {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("rules.toml");
+    std::fs::write(&path, rules()).expect("rules");
+    let rules = Arc::new(Rules::load(&path).expect("valid rules"));
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).expect("store"));
+    let budgets = Arc::new(Budgets::new(store.clone(), 60_000));
+    let learning = Arc::new(Online::new(
+        Arc::new(crate::outcome::learn::Learner::new()),
+        store.clone(),
+    ));
+    let audit = Arc::new(Audit::open(dir.path(), Default::default()).expect("audit"));
+    let metrics = Arc::new(Metrics::default());
+    let clock = Arc::new(ManualClock::at(at.parse().expect("time")));
+    let sidecar = Sidecar {
+        router: Router {
+            rules: rules.clone(),
+            cache: None,
+            budgets: budgets.clone(),
+            learning: learning.clone(),
+            effects: None,
+            trace: false,
+        },
+        rules,
+        store,
+        budgets,
+        learning,
+        access: Access { audit },
+        metrics,
+        clock: clock.clone(),
+    };
+    Fixture {
+        sidecar,
+        clock,
+        _dir: dir,
+    }
+}
+
+fn call() -> RouteCall {
+    RouteCall::new(RawRoute {
+        workflow: "w".into(),
+        outcome_id: "o-1".into(),
+        task_kind: String::new(),
+        messages: std::iter::once(("user".to_string(), "Summarise the incident.".to_string())),
+        attempt: 1,
+        max_output_tokens: 1000,
+        deferrable: false,
+        capabilities: std::iter::empty(),
+        labels: std::iter::empty(),
+    })
+    .expect("valid call")
+}
+
+fn usage(decision_id: &str, output_tokens: u64) -> UsageReport {
+    UsageReport {
+        decision_id: decision_id.into(),
+        output_tokens,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unreported_reservation_expires_and_late_usage_still_counts() {
+    let f = fixture("2026-12-01T12:00:00Z");
+    let who = Identity::local();
+    let r = f.sidecar.route(&who, call()).await.expect("route");
+    let estimate = r.planned.decision.cost_nanos;
+    let (_, st) = f.sidecar.budget(&who, "w").await.expect("budget");
+    assert_eq!((st.reserved_nanos, st.spent_nanos), (estimate, 0));
+    // The reservation lives 60 s: the sweep one minute on releases it.
+    assert_eq!(
+        f.sidecar.store.expire(f.clock.now_ms()).await.expect("sweep"),
+        0,
+        "not yet"
+    );
+    f.clock.advance(Duration::from_secs(61));
+    assert_eq!(f.sidecar.store.expire(f.clock.now_ms()).await.expect("sweep"), 1);
+    let (_, st) = f.sidecar.budget(&who, "w").await.expect("budget");
+    assert_eq!(st.reserved_nanos, 0, "released");
+    // Usage that arrives after expiry is charged, once.
+    let settled = f
+        .sidecar
+        .report_usage(&who, usage(&r.decision_id, 500))
+        .await
+        .expect("late");
+    let again = f
+        .sidecar
+        .report_usage(&who, usage(&r.decision_id, 500))
+        .await
+        .expect("repeat");
+    assert_eq!(settled.cost_nanos, again.cost_nanos);
+    let (_, st) = f.sidecar.budget(&who, "w").await.expect("budget");
+    assert_eq!((st.reserved_nanos, st.spent_nanos), (0, settled.cost_nanos));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_soft_threshold_sees_spend_once_its_view_is_older_than_250_ms() {
+    let f = fixture("2026-12-01T12:00:00Z");
+    let who = Identity::local();
+    let r = f.sidecar.route(&who, call()).await.expect("route");
+    assert_eq!((r.status, r.model().name.as_str()), (RouteStatus::Routed, "large"));
+    // $0.60 spent: past the 50% threshold, but the view read 0 just now.
+    f.sidecar
+        .report_usage(&who, usage(&r.decision_id, 15_000))
+        .await
+        .expect("report");
+    let r = f.sidecar.route(&who, call()).await.expect("route");
+    assert_eq!(r.status, RouteStatus::Routed, "within the view's 250 ms");
+    tokio::time::advance(Duration::from_millis(251)).await;
+    let r = f.sidecar.route(&who, call()).await.expect("route");
+    assert_eq!(
+        (r.status, r.model().name.as_str()),
+        (RouteStatus::Downgraded, "small"),
+        "{}",
+        r.reason
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_period_rolls_over_at_midnight_as_a_new_counter() {
+    let f = fixture("2026-12-01T23:59:58Z");
+    let who = Identity::local();
+    let r = f.sidecar.route(&who, call()).await.expect("route");
+    f.sidecar
+        .report_usage(&who, usage(&r.decision_id, 1000))
+        .await
+        .expect("report");
+    let (scope, before) = (
+        period_scope(
+            f.sidecar.rules.current().workflow("w").expect("w"),
+            f.sidecar
+                .rules
+                .current()
+                .workflow("w")
+                .and_then(|w| w.budget.as_ref())
+                .expect("budget"),
+            f.clock.now(),
+        ),
+        f.sidecar.budget(&who, "w").await.expect("budget").1,
+    );
+    assert!(before.spent_nanos > 0 && scope.contains("2026-12-01"), "{scope}");
+    f.clock.advance(Duration::from_secs(3));
+    let (_, after) = f.sidecar.budget(&who, "w").await.expect("budget");
+    assert_eq!(
+        (after.spent_nanos, after.reserved_nanos),
+        (0, 0),
+        "a new day, a new counter"
+    );
+    // The old day's spend is untouched.
+    assert_eq!(
+        f.sidecar.store.scope(&scope).await.expect("old day").spent_nanos,
+        before.spent_nanos
+    );
+}
