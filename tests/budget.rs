@@ -465,7 +465,7 @@ async fn the_escalations_cli_lists_approves_and_denies() {
     let rules = &race_rules()
         .replace("limit_usd = 1.0", "limit_usd = 0.03")
         .replace("on_limit = \"deny\"", "on_limit = \"escalate\"");
-    let dir = rules_dir(&rules);
+    let dir = rules_dir(rules);
     let server = Server::start(&dir.path().join("rules.toml"), &[]);
     let mut c = server.client().await;
     let cli = |args: &[&str]| {
@@ -550,7 +550,7 @@ async fn per_outcome_and_label_caps_stop_their_own_calls_only() {
         "on_limit = \"deny\"",
         "on_limit = \"deny\"\nper_outcome_usd = 0.05\nlabels = [{ label = \"team\", value = \"search\", limit_usd = 0.08 }]",
     );
-    let dir = rules_dir(&rules);
+    let dir = rules_dir(rules);
     let server = Server::start(&dir.path().join("rules.toml"), &[]);
     let mut c = server.client().await;
     // Each call reserves about $0.015 and settles at its estimate.
