@@ -9,6 +9,7 @@
 # usage: benches/instructions.sh [SCENARIO [CALLS]]
 #   SCENARIO: any of benches/load.rs's (default route-short); CALLS default 2000.
 #   SWITCHYARD_BIN: the server binary to measure (default: this tree's release build).
+#   SWITCHYARD_CALLGRIND_OUT: keep the callgrind dump at this path, for callgrind_annotate.
 #
 # Needs valgrind (apt-get install valgrind). The server starts under callgrind
 # with the shipped rules, takes 300 calls to warm up, then the counters are
@@ -32,6 +33,9 @@ cargo bench --bench load --no-run --quiet 2>/dev/null
 work=$(mktemp -d)
 trap 'kill "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
 cp routing-rules/default.toml "$work/rules.toml"
+# The route-usage scenarios route to a budgeted workflow, as benches/load.rs
+# adds when it starts its own server.
+printf '\n[[workflows]]\nname = "budgeted"\n[workflows.budget]\nlimit_usd = 1000000\nperiod = "day"\nsoft_threshold_pct = 80\n' >>"$work/rules.toml"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
 valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" "$bin" serve \
@@ -58,6 +62,10 @@ callgrind_control --dump "$server" >/dev/null 2>&1
 kill "$server"
 wait "$server" 2>/dev/null || true
 
+if [ -n "${SWITCHYARD_CALLGRIND_OUT:-}" ]; then
+    latest=$(ls -S "$work"/callgrind.out* | head -1)
+    cp "$latest" "$SWITCHYARD_CALLGRIND_OUT"
+fi
 # The dump holds everything since the counters were zeroed.
 total=$(grep -h '^totals:' "$work"/callgrind.out* | awk '{print $2}' | sort -n | tail -1)
 python3 - "$work/load.json" "$total" "$scenario" <<'PY'
@@ -65,4 +73,7 @@ import json, sys
 result = json.load(open(sys.argv[1]))[0]
 calls = result["requests"] + 200  # the load generator's warm-up calls are counted too
 print(f"{sys.argv[3]}: {int(sys.argv[2]) / calls:,.0f} instructions per call ({calls} calls, {result['errors']} errors)")
+if result["errors"]:
+    # A refused call costs less than an answered one: the count would flatter.
+    sys.exit(f"instructions.sh: {result['errors']} calls failed, so the count is not of the scenario")
 PY
