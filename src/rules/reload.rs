@@ -180,7 +180,25 @@ impl Rules {
                     .filter(|p| !p.as_os_str().is_empty())
                     .unwrap_or_else(|| PathBuf::from("."))
             };
-            match notify::recommended_watcher(move |_event| wake.notify_one()) {
+            // The folder may hold other files that change all the time (the
+            // store's WAL, when the state dir is the rules folder): only
+            // events that may touch the rules wake the reload.
+            let file = (!self.path.is_dir())
+                .then(|| self.path.file_name().map(|n| n.to_os_string()))
+                .flatten();
+            let relevant = move |event: &notify::Event| {
+                event
+                    .paths
+                    .iter()
+                    .any(|p| may_be_rules(p.file_name().and_then(|n| n.to_str()), file.as_deref()))
+            };
+            let on_event = move |event: notify::Result<notify::Event>| {
+                // A watcher error may mean missed events: check the files.
+                if event.as_ref().map_or(true, &relevant) {
+                    wake.notify_one();
+                }
+            };
+            match notify::recommended_watcher(on_event) {
                 Ok(mut w) => match w.watch(&dir, RecursiveMode::NonRecursive) {
                     Ok(()) => Some(w),
                     Err(e) => {
@@ -205,6 +223,22 @@ impl Rules {
             let this = self.clone();
             let _ = tokio::task::spawn_blocking(move || this.reload_if_changed()).await;
         }
+    }
+}
+
+/// Whether an event on the file `name` in the watched folder may change the
+/// rules: the rules file itself (`file`, when the path is one file), any
+/// `.toml` file when it is a folder, and Kubernetes' `..data` and
+/// timestamped `..` folders that a ConfigMap swap renames. An event without
+/// a name may be anything.
+fn may_be_rules(name: Option<&str>, file: Option<&std::ffi::OsStr>) -> bool {
+    let Some(name) = name else { return true };
+    if name.starts_with("..") {
+        return true;
+    }
+    match file {
+        Some(f) => f == name,
+        None => name.ends_with(".toml"),
     }
 }
 
@@ -243,4 +277,27 @@ fn snapshot(path: &Path) -> Snapshot {
         }
     }
     Snapshot::Files(content_hash(read.iter().map(|(p, b)| (p.as_path(), b.as_slice()))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_be_rules;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn only_events_that_may_touch_the_rules_wake_a_reload() {
+        let file = Some(OsStr::new("rules.toml"));
+        assert!(may_be_rules(Some("rules.toml"), file));
+        assert!(may_be_rules(Some("..data"), file), "a ConfigMap swap");
+        assert!(may_be_rules(Some("..2026_12_01_10_00_00.123"), file));
+        assert!(may_be_rules(None, file), "an event without a name may be anything");
+        assert!(!may_be_rules(Some("budget.db-wal"), file), "the store beside the rules");
+        assert!(
+            !may_be_rules(Some("other.toml"), file),
+            "another file when the path is one file"
+        );
+        // A folder of rules: any TOML file in it.
+        assert!(may_be_rules(Some("20-models.toml"), None));
+        assert!(!may_be_rules(Some("audit.jsonl"), None));
+    }
 }
