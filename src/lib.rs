@@ -50,7 +50,8 @@
 //! - [`prices`]: importing list prices from LiteLLM's price map.
 //! - [`error`]: the error types, each deciding its status, log level and
 //!   audit verdict; [`clock`]: wall and monotonic time, settable in tests;
-//!   [`recent`]: the bounded, expiring maps the hot path uses.
+//!   [`recent`]: the bounded, expiring maps the hot path uses; [`hashing`]:
+//!   the hashers behind them and the rules' lookups.
 //! - `fuzz`, `testing`: fuzz targets and test support (hidden).
 
 pub mod access;
@@ -66,6 +67,7 @@ pub mod estimate;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod grpc;
+pub mod hashing;
 pub mod metrics;
 pub mod money;
 pub mod outcome;

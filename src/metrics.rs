@@ -4,7 +4,6 @@
 //! sets (status, token kind): an outcome ID or decision ID is never a label,
 //! so cardinality stays bounded.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -19,16 +18,18 @@ pub struct Family {
     name: &'static str,
     help: &'static str,
     labels: &'static [&'static str],
-    series: RwLock<HashMap<u64, Bucket>>,
+    /// Keyed by the labels' own hash: the map's hasher only spreads it.
+    series: RwLock<crate::hashing::FastMap<u64, Bucket>>,
 }
 
+/// Each value hashed in one shot, seeded by the hash so far: the streaming
+/// hasher's state costs more to set up than a few short labels to hash.
+/// The length goes in with each value, so `["ab", "c"]` and `["a", "bc"]`
+/// hash apart.
 fn hash(values: &[&str]) -> u64 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    for v in values {
-        h.update(v.as_bytes());
-        h.update(&[0x1f]);
-    }
-    h.digest()
+    values.iter().fold(0, |h, v| {
+        xxhash_rust::xxh3::xxh3_64_with_seed(v.as_bytes(), h ^ v.len() as u64)
+    })
 }
 
 fn find<'a>(bucket: &'a Bucket, values: &[&str]) -> Option<&'a Arc<AtomicU64>> {
@@ -44,7 +45,7 @@ impl Family {
             name,
             help,
             labels,
-            series: RwLock::new(HashMap::new()),
+            series: RwLock::new(Default::default()),
         }
     }
 

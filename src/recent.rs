@@ -27,18 +27,7 @@ use std::time::Duration;
 
 use crate::clock::Instant;
 
-type Hasher = foldhash::quality::RandomState;
-
-/// A seed for callers that hash untrusted strings into keys themselves
-/// (xxh3) before storing them in a `Recent`: from std's `RandomState`,
-/// whose keys come from the OS once per process and differ on every call,
-/// so no two maps share a seed and callers cannot aim keys at each other.
-pub fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::hash::RandomState::new().build_hasher();
-    h.write_u64(0x5157_4954_4348_5944);
-    h.finish()
-}
+type Hasher = crate::hashing::Quality;
 
 /// Shards: enough that the runtime's workers rarely meet on one lock.
 const SHARDS: usize = 16;

@@ -36,7 +36,7 @@ pub struct Budgets {
     /// The period scopes as last read, plus what this sidecar reserved since:
     /// the soft-threshold check reads this instead of making a store round
     /// trip on every Route.
-    view: std::sync::Mutex<std::collections::HashMap<String, (ScopeState, crate::clock::Instant)>>,
+    view: std::sync::Mutex<crate::hashing::FastMap<String, (ScopeState, crate::clock::Instant)>>,
 }
 
 /// How long a period scope's state is trusted before it is read again. Other
@@ -64,7 +64,7 @@ pub struct Call<'a> {
     pub model: &'a str,
     pub deferrable: bool,
     pub cost_nanos: i64,
-    pub caller: &'a str,
+    pub caller: &'a std::sync::Arc<str>,
     pub downgraded: bool,
     /// The routed model's prices, kept with the reservation.
     pub prices: Prices,
@@ -135,9 +135,7 @@ impl Budgets {
         }
     }
 
-    fn view(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (ScopeState, crate::clock::Instant)>> {
+    fn view(&self) -> std::sync::MutexGuard<'_, crate::hashing::FastMap<String, (ScopeState, crate::clock::Instant)>> {
         // The map holds plain numbers: a panic elsewhere cannot leave it torn.
         self.view.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -219,7 +217,7 @@ impl BudgetGate for Budgets {
             expires_ms: now_ms + self.reservation_ttl_ms,
             downgraded: call.downgraded,
             labels: canonical_labels(call.labels.iter().copied()),
-            caller: call.caller.to_string(),
+            caller: call.caller.clone(),
             prices: call.prices,
             tier: call.tier,
         };

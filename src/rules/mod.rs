@@ -15,7 +15,7 @@ mod schema;
 mod validate;
 mod workflows;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use locate::{read_source, Source};
 use schema::RawFile;
 use validate::Validator;
 
+use crate::hashing::FastMap;
 use crate::money::token_cost;
 
 /// The highest quality tier a rules file may give.
@@ -90,6 +91,11 @@ impl Capabilities {
 
     pub fn contains(self, other: Capabilities) -> bool {
         self.0 & other.0 == other.0
+    }
+
+    /// Whether `offered` has every capability in `self`.
+    pub fn met_by(self, offered: Capabilities) -> bool {
+        offered.contains(self)
     }
 
     /// The names of the capabilities in `self` that `offered` lacks.
@@ -204,6 +210,7 @@ pub struct Workflow {
     pub max_tier: u8,
     /// Indexes into `RuleTable::models` that this workflow may use: its
     /// allow-lists, data processing agreement and region requirements met.
+    /// Ascending, which the decision's walk over the models relies on.
     pub allowed: Vec<usize>,
     /// Identities that may call it; empty: any caller.
     pub allowed_callers: Vec<String>,
@@ -350,8 +357,8 @@ impl Rule {
 pub struct RuleTable {
     pub models: Vec<Model>,
     pub workflows: Vec<Workflow>,
-    workflow_index: HashMap<String, usize>,
-    pub task_kinds: HashMap<String, TaskKind>,
+    workflow_index: FastMap<String, usize>,
+    pub task_kinds: FastMap<String, TaskKind>,
     /// Task class names; `classes[0]` is always `general`.
     pub classes: Vec<String>,
     pub rules: Vec<Rule>,

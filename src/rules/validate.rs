@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::locate::{Seg, Source};
 use super::schema::{RawFile, RawModel, RawRule, RawTaskKind};
 use super::*;
+use crate::hashing::FastMap;
 use crate::money::usd_to_nanos;
 
 /// Collects diagnostics while building the table, so that one run reports
@@ -273,8 +274,8 @@ impl Validator<'_> {
         out
     }
 
-    fn task_kinds(&mut self, raw: &[(Origin, RawTaskKind)], classes: &[String]) -> HashMap<String, TaskKind> {
-        let mut out = HashMap::new();
+    fn task_kinds(&mut self, raw: &[(Origin, RawTaskKind)], classes: &[String]) -> FastMap<String, TaskKind> {
+        let mut out = FastMap::default();
         for &(o, ref k) in raw {
             let class = classes.iter().position(|c| *c == k.class);
             if class.is_none() {

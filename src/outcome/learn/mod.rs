@@ -20,7 +20,6 @@ pub mod online;
 
 pub use online::{Folded, Online, RoutedCall};
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
@@ -399,7 +398,7 @@ impl WorkflowModel {
 /// Every workflow's models.
 #[derive(Default)]
 pub struct Learner {
-    workflows: RwLock<HashMap<String, Arc<WorkflowModel>>>,
+    workflows: RwLock<crate::hashing::FastMap<String, Arc<WorkflowModel>>>,
 }
 
 /// What the model predicts for one tier.

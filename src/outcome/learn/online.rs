@@ -104,7 +104,7 @@ impl Online {
             pending: Recent::new(PENDING_CAPACITY, PENDING_TTL),
             by_outcome: Recent::new(PENDING_CAPACITY, PENDING_TTL),
             store,
-            seed: crate::recent::random_seed(),
+            seed: crate::hashing::random_seed(),
             tx,
             rx: Mutex::new(Some(rx)),
             rng: AtomicU64::new(seed),
