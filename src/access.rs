@@ -25,11 +25,13 @@ pub struct Identity {
 impl Identity {
     /// Loopback callers without a keys file: the pod-local default.
     pub fn local() -> Identity {
-        Identity {
+        // One name shared by every local call: a clone is a count, not a copy.
+        static LOCAL_IDENTITY: std::sync::LazyLock<Identity> = std::sync::LazyLock::new(|| Identity {
             name: Arc::from(LOCAL),
             caller: true,
             admin: true,
-        }
+        });
+        LOCAL_IDENTITY.clone()
     }
 }
 

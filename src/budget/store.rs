@@ -90,8 +90,9 @@ pub struct NewReservation {
     #[serde(default)]
     pub labels: String,
     /// The identity that routed the call: only it (or an admin) may settle it.
-    #[serde(default)]
-    pub caller: String,
+    /// Shared with the identity, so a Route does not copy the name.
+    #[serde(default = "no_caller")]
+    pub caller: std::sync::Arc<str>,
     /// The routed model's prices: the call is settled at these, whatever
     /// the rules say by the time its usage arrives.
     #[serde(default)]
@@ -170,6 +171,10 @@ pub struct Usage {
     pub cached_input_tokens: u64,
     pub output_tokens: u64,
     pub failed: bool,
+}
+
+fn no_caller() -> std::sync::Arc<str> {
+    std::sync::Arc::from("")
 }
 
 /// A reservation as stored.

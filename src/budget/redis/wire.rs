@@ -52,7 +52,7 @@ pub(super) fn unconfirmed(r: &NewReservation) -> ReservationRecord {
         amount_nanos: r.amount_nanos,
         state: ReservationState::Reserved,
         actual_nanos: None,
-        caller: r.caller.clone(),
+        caller: r.caller.to_string(),
         prices: Some(r.prices),
         tier: Some(r.tier),
     }

@@ -2,11 +2,73 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{exec, known, unavailable, Msg, SqliteStore};
+use super::{exec, known, unavailable, Msg, Savepoint, SqliteStore};
 use crate::budget::{
     BudgetStore, NewReservation, ReservationRecord, ReservationState, Reserved, ScopeState, Settled, StoreError,
     StoreHealth, Usage,
 };
+use crate::rules::Prices;
+
+/// Who routed a reservation, and the prices and tier it was routed at, as
+/// one blob column: three little-endian i64 prices per million tokens
+/// (input, cached input, output), the batch discount as a u32, the tier as a
+/// byte, then the caller's name. One column binds and stores for a fraction
+/// of what six columns cost on every Route.
+pub(super) struct Terms;
+
+impl Terms {
+    const FIXED: usize = 8 * 3 + 4 + 1;
+
+    /// Callers' names up to this long are encoded on the stack.
+    const STACK: usize = 128;
+
+    /// Calls `f` with the encoding, which lives only for the call: Route
+    /// encodes on every reservation, and a name that fits needs no heap.
+    pub(super) fn with_encoded<R>(p: &Prices, tier: u8, caller: &str, f: impl FnOnce(&[u8]) -> R) -> R {
+        let len = Self::FIXED + caller.len();
+        let fill = |b: &mut [u8]| {
+            b[0..8].copy_from_slice(&p.input_nanos_per_mtok.to_le_bytes());
+            b[8..16].copy_from_slice(&p.cached_input_nanos_per_mtok.to_le_bytes());
+            b[16..24].copy_from_slice(&p.output_nanos_per_mtok.to_le_bytes());
+            b[24..28].copy_from_slice(&p.batch_discount_bp.to_le_bytes());
+            b[28] = tier;
+            b[Self::FIXED..].copy_from_slice(caller.as_bytes());
+        };
+        if len <= Self::STACK {
+            let mut b = [0u8; Self::STACK];
+            fill(&mut b[..len]);
+            f(&b[..len])
+        } else {
+            let mut b = vec![0u8; len];
+            fill(&mut b);
+            f(&b)
+        }
+    }
+
+    /// `None` for a blob too short or a caller that is not UTF-8: a row this
+    /// build cannot read is priced by the rules in force, as a row older than
+    /// the column is, and only an admin may report its usage.
+    pub(super) fn decode(b: &[u8]) -> Option<(Prices, u8, String)> {
+        let (fixed, caller) = b.split_at_checked(Self::FIXED)?;
+        let i64_at = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&fixed[i..i + 8]);
+            i64::from_le_bytes(w)
+        };
+        let mut bp = [0u8; 4];
+        bp.copy_from_slice(&fixed[24..28]);
+        Some((
+            Prices {
+                input_nanos_per_mtok: i64_at(0),
+                cached_input_nanos_per_mtok: i64_at(8),
+                output_nanos_per_mtok: i64_at(16),
+                batch_discount_bp: u32::from_le_bytes(bp),
+            },
+            fixed[28],
+            String::from_utf8(caller.to_vec()).ok()?,
+        ))
+    }
+}
 
 /// Scope keys are joined with a byte that cannot appear in a key we build.
 const SCOPE_SEP: char = '\u{1f}';
@@ -26,7 +88,7 @@ fn reserve_job(r: NewReservation) -> impl FnOnce(&mut Connection) -> Result<Rese
                 r.amount_nanos
             )));
         }
-        let tx = conn.savepoint().map_err(unavailable)?;
+        let tx = Savepoint::new(conn)?;
         for s in &r.scopes {
             exec(
                 &tx,
@@ -62,9 +124,8 @@ fn reserve_job(r: NewReservation) -> impl FnOnce(&mut Connection) -> Result<Rese
 /// The reservation's row, `scopes` joined by [`SCOPE_SEP`].
 pub(super) const INSERT_RESERVATION: &str =
     "INSERT INTO reservations (decision_id, workflow, outcome_id, model, is_deferrable, amount_nanos, scopes,
-                               created_ms, expires_ms, state, downgraded, labels, caller,
-                               price_input, price_cached, price_output, batch_bp, tier)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'reserved', ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
+                               created_ms, expires_ms, state, downgraded, labels, terms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'reserved', ?10, ?11, ?12)";
 
 fn insert_reservation(conn: &Connection, r: &NewReservation, scopes: &str) -> Result<(), StoreError> {
     let mut insert = conn.prepare_cached(INSERT_RESERVATION).map_err(unavailable)?;
@@ -76,8 +137,8 @@ pub(super) fn bind_reservation(
     r: &NewReservation,
     scopes: &str,
 ) -> Result<(), StoreError> {
-    insert
-        .execute(params![
+    Terms::with_encoded(&r.prices, r.tier, &r.caller, |terms| {
+        insert.execute(params![
             r.decision_id,
             r.workflow,
             r.outcome_id,
@@ -89,15 +150,11 @@ pub(super) fn bind_reservation(
             r.expires_ms,
             r.downgraded,
             r.labels,
-            r.caller,
-            r.prices.input_nanos_per_mtok,
-            r.prices.cached_input_nanos_per_mtok,
-            r.prices.output_nanos_per_mtok,
-            r.prices.batch_discount_bp,
-            r.tier
+            terms
         ])
-        .map(drop)
-        .map_err(unavailable)
+    })
+    .map(drop)
+    .map_err(unavailable)
 }
 
 pub(super) fn scope_state(tx: &Connection, key: &str) -> Result<ScopeState, StoreError> {
@@ -169,14 +226,13 @@ impl BudgetStore for SqliteStore {
             )));
         }
         self.with(move |conn| {
-            let tx = conn.savepoint().map_err(unavailable)?;
+            let tx = Savepoint::new(conn)?;
             let row: Option<(String, i64, String, Option<i64>)> = tx
-                .query_row(
-                    "SELECT state, amount_nanos, scopes, actual_nanos FROM reservations WHERE decision_id = ?1",
-                    [&id],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                )
-                .optional()
+                .prepare_cached("SELECT state, amount_nanos, scopes, actual_nanos FROM reservations WHERE decision_id = ?1")
+                .and_then(|mut st| {
+                    st.query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                        .optional()
+                })
                 .map_err(unavailable)?;
             let Some((state, amount, scopes, actual)) = row else {
                 return Err(StoreError::UnknownDecision(id));
@@ -222,7 +278,7 @@ impl BudgetStore for SqliteStore {
     }
     async fn expire(&self, now_ms: i64) -> Result<u64, StoreError> {
         self.with(move |conn| {
-            let tx = conn.savepoint().map_err(unavailable)?;
+            let tx = Savepoint::new(conn)?;
             let expired: Vec<(String, i64, String)> = {
                 let mut stmt = tx
                     .prepare(
@@ -257,7 +313,7 @@ impl BudgetStore for SqliteStore {
     async fn scope(&self, key: &str) -> Result<ScopeState, StoreError> {
         let key = key.to_string();
         self.with(move |conn| {
-            let tx = conn.savepoint().map_err(unavailable)?;
+            let tx = Savepoint::new(conn)?;
             scope_state(&tx, &key)
         })
         .await
@@ -265,39 +321,61 @@ impl BudgetStore for SqliteStore {
     async fn reservation(&self, decision_id: &str) -> Result<Option<ReservationRecord>, StoreError> {
         let id = decision_id.to_string();
         self.with(move |conn| {
-            conn.query_row(
-                "SELECT decision_id, workflow, outcome_id, model, is_deferrable, amount_nanos, state, actual_nanos,
-                        caller, price_input, price_cached, price_output, batch_bp, tier
-                 FROM reservations WHERE decision_id = ?1",
-                [&id],
-                |r| {
-                    let prices = match (r.get(9)?, r.get(10)?, r.get(11)?, r.get::<_, Option<u32>>(12)?) {
-                        (Some(input), Some(cached), Some(output), Some(bp)) => Some(crate::rules::Prices {
-                            input_nanos_per_mtok: input,
-                            cached_input_nanos_per_mtok: cached,
-                            output_nanos_per_mtok: output,
-                            batch_discount_bp: bp,
-                        }),
-                        _ => None,
-                    };
-                    Ok(ReservationRecord {
-                        decision_id: r.get(0)?,
-                        workflow: r.get(1)?,
-                        outcome_id: r.get(2)?,
-                        model: r.get(3)?,
-                        deferrable: r.get(4)?,
-                        amount_nanos: r.get(5)?,
-                        state: known(6, ReservationState::parse, r.get(6)?)?,
-                        actual_nanos: r.get(7)?,
-                        caller: r.get(8)?,
-                        prices,
-                        tier: r.get(13)?,
-                    })
-                },
-            )
+            let mut st = conn
+                .prepare_cached(
+                    "SELECT decision_id, workflow, outcome_id, model, is_deferrable, amount_nanos, state, actual_nanos,
+                            terms
+                     FROM reservations WHERE decision_id = ?1",
+                )
+                .map_err(unavailable)?;
+            st.query_row([&id], |r| {
+                let (prices, tier, caller) = match r.get_ref(8)?.as_blob_or_null()?.and_then(Terms::decode) {
+                    Some((p, t, c)) => (Some(p), Some(t), c),
+                    None => (None, None, String::new()),
+                };
+                Ok(ReservationRecord {
+                    decision_id: r.get(0)?,
+                    workflow: r.get(1)?,
+                    outcome_id: r.get(2)?,
+                    model: r.get(3)?,
+                    deferrable: r.get(4)?,
+                    amount_nanos: r.get(5)?,
+                    state: known(6, ReservationState::parse, r.get(6)?)?,
+                    actual_nanos: r.get(7)?,
+                    caller,
+                    prices,
+                    tier,
+                })
+            })
             .optional()
             .map_err(unavailable)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terms_round_trip_and_refuse_what_they_cannot_read() {
+        let p = Prices {
+            input_nanos_per_mtok: i64::MAX,
+            cached_input_nanos_per_mtok: 0,
+            output_nanos_per_mtok: 15_000_000_000,
+            batch_discount_bp: 5000,
+        };
+        let b = Terms::with_encoded(&p, 7, "agent-é", <[u8]>::to_vec);
+        assert_eq!(Terms::decode(&b), Some((p, 7, "agent-é".to_string())));
+        let empty = Terms::with_encoded(&p, 0, "", <[u8]>::to_vec);
+        assert_eq!(Terms::decode(&empty), Some((p, 0, String::new())));
+        // A name too long for the stack goes through the heap, the same.
+        let long = "a".repeat(Terms::STACK);
+        let b_long = Terms::with_encoded(&p, 1, &long, <[u8]>::to_vec);
+        assert_eq!(Terms::decode(&b_long), Some((p, 1, long)));
+        assert_eq!(Terms::decode(&b[..28]), None);
+        // A caller cut inside a character is not a caller.
+        assert_eq!(Terms::decode(&b[..b.len() - 1]), None);
     }
 }

@@ -2,7 +2,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::{exec, known, unavailable, SqliteStore};
+use super::{exec, known, unavailable, Savepoint, SqliteStore};
 use crate::budget::{extra_after_approval, Escalation, EscalationState, EscalationStore, StoreError};
 
 fn escalation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Escalation> {
@@ -51,7 +51,7 @@ impl EscalationStore for SqliteStore {
             // One job on the one writer: the look and the insert cannot be
             // interleaved with another Route's (and the partial unique index
             // refuses a second pending escalation on a scope regardless).
-            let tx = conn.savepoint().map_err(unavailable)?;
+            let tx = Savepoint::new(conn)?;
             let newest = newest(&tx, &e.scope)?;
             if let Some(open) = newest.filter(|n| n.state != EscalationState::Approved) {
                 return Ok(open);
@@ -93,7 +93,7 @@ impl EscalationStore for SqliteStore {
     ) -> Result<Escalation, StoreError> {
         let (id, by, reason) = (id.to_string(), by.to_string(), reason.to_string());
         self.with(move |conn| {
-            let tx = conn.savepoint().map_err(unavailable)?;
+            let tx = Savepoint::new(conn)?;
             let e = tx
                 .query_row(&format!("SELECT {ESCALATION_COLUMNS} FROM escalations WHERE id = ?1"), [&id], escalation_row)
                 .optional()

@@ -8,17 +8,13 @@ use super::{unavailable, StoreError};
 
 /// Columns added to `reservations` after its first release, with their
 /// definitions: added in place to a store an older build created.
-const ADDED_COLUMNS: [(&str, &str); 8] = [
+const ADDED_COLUMNS: [(&str, &str); 3] = [
     ("downgraded", "INTEGER NOT NULL DEFAULT 0"),
     ("labels", "TEXT NOT NULL DEFAULT ''"),
-    // Who routed the call, and the prices it was routed at (NULL in rows
-    // older than these columns: those are priced by the rules in force).
-    ("caller", "TEXT NOT NULL DEFAULT ''"),
-    ("price_input", "INTEGER"),
-    ("price_cached", "INTEGER"),
-    ("price_output", "INTEGER"),
-    ("batch_bp", "INTEGER"),
-    ("tier", "INTEGER"),
+    // Who routed the call, and the prices and tier it was routed at, packed
+    // as one `Terms` blob (NULL in rows older than the column: those are
+    // priced by the rules in force).
+    ("terms", "BLOB"),
 ];
 
 /// One pending escalation per scope, enforced by the schema as well as by

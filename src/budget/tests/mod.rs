@@ -289,6 +289,7 @@ async fn rollover_starts_a_new_counter(store: SharedStore) {
         let (budgets, t) = (budgets.clone(), t.clone());
         async move {
             let w = t.workflow("w").expect("w");
+            let caller = std::sync::Arc::from("test");
             let call = Call {
                 decision_id: &id,
                 workflow: w,
@@ -297,7 +298,7 @@ async fn rollover_starts_a_new_counter(store: SharedStore) {
                 model: "m",
                 deferrable: false,
                 cost_nanos: DOLLAR / 10,
-                caller: "test",
+                caller: &caller,
                 downgraded: false,
                 prices: Default::default(),
                 tier: 0,
