@@ -19,7 +19,7 @@
 use serde::Serialize;
 
 use crate::estimate::Estimate;
-use crate::money::format_usd;
+use crate::money::Usd;
 use crate::outcome::learn::{choose, Learned};
 use crate::rules::{Capabilities, Model, Requirement, RuleTable, Workflow};
 
@@ -216,11 +216,16 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// Billed input tokens and cached tokens of model `i` for this request.
+    fn tokens(&self, i: usize, model: &Model) -> (u64, u64) {
+        let tokens = model.billed_tokens(self.est.input_tokens(model.encoding));
+        (tokens, self.cached.get(i).copied().unwrap_or(0).min(tokens))
+    }
+
     /// Billed input tokens, cached tokens and cost of model `i` for this
     /// request, whether or not it is adequate.
     fn price(&self, i: usize, model: &Model) -> (u64, u64, i64) {
-        let tokens = model.billed_tokens(self.est.input_tokens(model.encoding));
-        let cached = self.cached.get(i).copied().unwrap_or(0).min(tokens);
+        let (tokens, cached) = self.tokens(i, model);
         (
             tokens,
             cached,
@@ -231,8 +236,8 @@ impl Ctx<'_> {
     /// The price of model `i`, or why it cannot serve the request.
     fn eligible(&self, i: usize, model: &Model, required: u8) -> Result<(u64, u64, i64), Rejection> {
         let (input, est) = (self.input, self.est);
-        let missing = input.capabilities.missing_from(model.capabilities);
-        if !missing.is_empty() {
+        if !input.capabilities.met_by(model.capabilities) {
+            let missing = input.capabilities.missing_from(model.capabilities);
             return Err(Rejection::MissingCapabilities { missing });
         }
         if est.output_tokens > model.max_output_tokens {
@@ -241,8 +246,9 @@ impl Ctx<'_> {
                 max_output_tokens: model.max_output_tokens,
             });
         }
-        let priced = self.price(i, model);
-        let needed = priced.0.saturating_add(est.output_tokens);
+        // Priced only once adequate: most models fail on their tier.
+        let (tokens, _) = self.tokens(i, model);
+        let needed = tokens.saturating_add(est.output_tokens);
         if needed > model.context_window {
             return Err(Rejection::ContextTooSmall {
                 needed,
@@ -259,7 +265,7 @@ impl Ctx<'_> {
                 max_tier: self.workflow.max_tier,
             });
         }
-        Ok(priced)
+        Ok(self.price(i, model))
     }
 }
 
@@ -276,8 +282,11 @@ fn pick(
     let mut best: Option<(i64, i16, usize, (u64, u64))> = None;
     let mut adequate = 0usize;
     let mut rejections: [usize; 5] = [0; 5];
+    // `allowed` ascends, so walking it beside the models answers "allowed?"
+    // without a search per model.
+    let mut next_allowed = workflow.allowed.iter().copied().peekable();
     for (i, model) in table.models.iter().enumerate() {
-        let allowed = workflow.allowed.contains(&i);
+        let allowed = next_allowed.next_if_eq(&i).is_some();
         if !allowed && trace.is_none() {
             continue;
         }
@@ -336,32 +345,40 @@ fn pick(
         });
     };
     let m = &table.models[model];
-    let mut reason = if pinned.is_some() {
-        format!(
+    // Written into one buffer sized for the common reason: every Route
+    // builds one, and growing it as it is written showed up.
+    use std::fmt::Write as _;
+    let mut reason = String::with_capacity(128);
+    let _ = if pinned.is_some() {
+        write!(
+            reason,
             "pinned to {} by rule `{rule}` for {class}: est. {}",
             m.name,
-            format_usd(cost)
+            Usd(cost)
         )
     } else {
-        format!(
+        write!(
+            reason,
             "cheapest of {adequate} models at tier >= {required} for {class}: est. {}",
-            format_usd(cost)
+            Usd(cost)
         )
     };
     if input.deferrable && m.batch_discount_bp > 0 {
         reason.push_str(" at batch price");
     }
     if cached > 0 {
-        reason.push_str(&format!(
+        let _ = write!(
+            reason,
             "; {cached} prefix tokens warm on {} at the cached price",
             m.name
-        ));
+        );
     }
     if !skipped_pins.is_empty() {
-        reason.push_str(&format!(
+        let _ = write!(
+            reason,
             " (pin rule(s) {} skipped: model cannot serve this request)",
             skipped_pins.join(", ")
-        ));
+        );
     }
     Ok(Decision {
         model,

@@ -34,7 +34,9 @@ pub fn route_request(data: &[u8]) {
     let table =
         TABLE.get_or_init(|| RuleTable::from_str("default.toml", include_str!("../routing-rules/default.toml")).ok());
     if let Some(t) = table {
-        let _ = plan(t, &call, Default::default(), None, None, None);
+        if let Ok(w) = crate::route::find_workflow(t, &call.workflow) {
+            let _ = plan(t, w, &call, Default::default(), None, None, None);
+        }
     }
 }
 

@@ -132,17 +132,59 @@ pub fn token_cost(tokens: u64, nanos_per_mtok: i64) -> i64 {
 /// Formats nano-dollars as dollars for people, with enough digits to tell
 /// small calls apart: `$0.00042`, `$1.25`.
 pub fn format_usd(nanos: i64) -> String {
-    usd_in_integers(nanos).unwrap_or_else(|| format_dollars(nanos as f64 / NANOS_PER_USD as f64, 1))
+    Usd(nanos).to_string()
+}
+
+/// Nano-dollars shown as [`format_usd`] shows them, written straight into
+/// the text around it: `format!("est. {}", Usd(cost))` builds one string
+/// where `format_usd` inside a `format!` builds two (every Route's reason
+/// carries an amount).
+#[derive(Debug, Clone, Copy)]
+pub struct Usd(pub i64);
+
+impl std::fmt::Display for Usd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match usd_in_integers(self.0) {
+            Some((q, decimals)) => {
+                // `$` and whole dollars, then `decimals` digits: written
+                // back to front into a buffer (a u64 has at most 20 digits),
+                // as formatting with a width and fill costs several times more.
+                let mut buf = [0u8; 32];
+                let mut at = buf.len();
+                let mut rest = q;
+                for _ in 0..decimals {
+                    at -= 1;
+                    buf[at] = b'0' + (rest % 10) as u8;
+                    rest /= 10;
+                }
+                at -= 1;
+                buf[at] = b'.';
+                loop {
+                    at -= 1;
+                    buf[at] = b'0' + (rest % 10) as u8;
+                    rest /= 10;
+                    if rest == 0 {
+                        break;
+                    }
+                }
+                at -= 1;
+                buf[at] = b'$';
+                // Only ASCII digits, `.` and `$` were written.
+                f.write_str(std::str::from_utf8(&buf[at..]).map_err(|_| std::fmt::Error)?)
+            }
+            None => f.write_str(&format_dollars(self.0 as f64 / NANOS_PER_USD as f64, 1)),
+        }
+    }
 }
 
 /// [`format_usd`] without floating point: the same two significant digits
-/// (whole cents from $1), with the same rounding. Every Route's reason
-/// carries an amount, and formatting a float to a precision took over a
-/// microsecond. Where float rounding could come out differently (an exact
-/// tie, a power of ten, whose logarithm decides the digits, a negative
-/// amount, or one too large for an `f64` to hold exactly) it answers `None`
-/// and the float formatting decides.
-fn usd_in_integers(nanos: i64) -> Option<String> {
+/// (whole cents from $1), with the same rounding, as the amount in units of
+/// `10^-decimals` dollars. Every Route's reason carries an amount, and
+/// formatting a float to a precision took over a microsecond. Where float
+/// rounding could come out differently (an exact tie, a power of ten, whose
+/// logarithm decides the digits, a negative amount, or one too large for an
+/// `f64` to hold exactly) it answers `None` and the float formatting decides.
+fn usd_in_integers(nanos: i64) -> Option<(u64, u32)> {
     let n = u64::try_from(nanos).ok().filter(|&n| n > 0 && n < 1 << 53)?;
     let digits = n.ilog10() + 1;
     if n == 10u64.pow(digits - 1) {
@@ -150,20 +192,13 @@ fn usd_in_integers(nanos: i64) -> Option<String> {
     }
     // Rounded to `unit` nano-dollars (tenths of a nano-dollar for one-digit
     // amounts), shown with `decimals` places.
-    let (q, decimals) = if n >= NANOS_PER_USD as u64 {
-        (round_to(n, 10_000_000)?, 2)
+    if n >= NANOS_PER_USD as u64 {
+        Some((round_to(n, 10_000_000)?, 2))
     } else if digits == 1 {
-        (n * 10, 10)
+        Some((n * 10, 10))
     } else {
-        (round_to(n, 10u64.pow(digits - 2))?, 11 - digits)
-    };
-    let scale = 10u64.pow(decimals);
-    Some(format!(
-        "${}.{:0width$}",
-        q / scale,
-        q % scale,
-        width = decimals as usize
-    ))
+        Some((round_to(n, 10u64.pow(digits - 2))?, 11 - digits))
+    }
 }
 
 /// `n / unit` rounded to the nearest integer, or `None` on an exact tie.

@@ -16,7 +16,7 @@ use crate::budget::{period_scope, DryRun, Escalation, ScopeState, StoreError, St
 use crate::error::Error;
 use crate::money::{format_usd, nanos_to_usd};
 use crate::outcome::learn::{Folded, LearnEvent};
-use crate::route::{RawRoute, RouteCall, RouteStatus, Router};
+use crate::route::{RawRoute, RouteCall, Router};
 use crate::rules::reload::Rules;
 
 /// Options of `switchyard explain`.
@@ -210,7 +210,7 @@ async fn run(args: &ExplainArgs<'_>, text: &str) -> Result<serde_json::Value, St
             "estimated_cost_nanousd": d.cost_nanos,
             "estimated_cost_usd": nanos_to_usd(d.cost_nanos),
             "estimated_cost": format_usd(d.cost_nanos),
-            "reason": if routed.status == RouteStatus::Routed { d.reason.clone() } else { routed.reason.clone() },
+            "reason": routed.reason.clone(),
         },
         "learning": {
             "labelled_calls": learned_calls,

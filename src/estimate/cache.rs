@@ -108,7 +108,7 @@ impl ContextCache {
         let prefix_bytes = cfg.max_bytes / PREFIX_SHARE;
         let work = Recent::new((cfg.max_bytes - prefix_bytes) / WORK_ENTRY_BYTES, cfg.ttl);
         let prefixes = Recent::new(prefix_bytes / PREFIX_ENTRY_BYTES, PREFIX_MAX_TTL);
-        let seed = crate::recent::random_seed();
+        let seed = crate::hashing::random_seed();
         ContextCache {
             work,
             prefixes,
@@ -171,11 +171,16 @@ impl ContextCache {
         work: &[MessageWork],
     ) -> Vec<u64> {
         let mut out = vec![0u64; table.models.len()];
-        let warmable: Vec<usize> = workflow
+        // Each model that may be warm, with its key and cache lifetime (ms),
+        // worked out once rather than at every prefix.
+        let warmable: Vec<(usize, u64, u64)> = workflow
             .allowed
             .iter()
-            .copied()
-            .filter(|&i| table.models[i].prefix_cache_ttl.is_some())
+            .filter_map(|&i| {
+                let m = &table.models[i];
+                m.prefix_cache_ttl
+                    .map(|t| (i, model_key(&m.name), t.as_millis() as u64))
+            })
             .collect();
         if warmable.is_empty() || fps.chain.is_empty() {
             return out;
@@ -194,13 +199,11 @@ impl ContextCache {
                 continue;
             };
             let seen = &seen.0[..seen.1];
-            for &i in &warmable {
+            for &(i, key, ttl) in &warmable {
                 if out[i] > 0 {
                     continue;
                 }
                 let m = &table.models[i];
-                let ttl = m.prefix_cache_ttl.map_or(0, |t| t.as_millis() as u64);
-                let key = model_key(&m.name);
                 if seen.iter().any(|&(mk, at)| mk == key && now.saturating_sub(at) < ttl) {
                     let counted: u64 = work[..=k]
                         .iter()

@@ -279,8 +279,11 @@ impl Auth {
                 _ => Ok(Identity::local()),
             };
         };
+        // A key made once: looking one up by `&str` parses the name every call.
+        static AUTHORIZATION: std::sync::LazyLock<tonic::metadata::MetadataKey<tonic::metadata::Ascii>> =
+            std::sync::LazyLock::new(|| tonic::metadata::MetadataKey::from_static("authorization"));
         let header = metadata
-            .get("authorization")
+            .get(&*AUTHORIZATION)
             .ok_or_else(|| Error::Unauthenticated("send `authorization: Bearer <key>`".into()))?;
         let token = header
             .to_str()

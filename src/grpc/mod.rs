@@ -123,7 +123,7 @@ impl Router for RouterService {
                     span.set(attr::ROUTE_STATUS, routed.status.as_str());
                     span.set(attr::ROUTE_RULE, &d.rule);
                     span.set(attr::COMPLEXITY, routed.planned.est.complexity);
-                    if let Some(left) = routed.budget_remaining {
+                    if let Some(left) = self.sidecar.router.budget_remaining(&routed) {
                         span.set(attr::BUDGET_REMAINING_USD, crate::money::nanos_to_usd(left));
                     }
                     self.telemetry.remember_route(&routed.decision_id, span);

@@ -84,10 +84,12 @@ pub struct Routed {
     pub reason: String,
     pub workflow: String,
     pub outcome_id: String,
-    pub planned: Planned,
-    /// What is left of the workflow's period budget, as this sidecar last
-    /// saw it (no store round trip).
-    pub budget_remaining: Option<i64>,
+    /// Boxed: a plan is several hundred bytes (the estimate and the learned
+    /// predictions), and a Routed moves through every layer above. Its
+    /// decision's reason has moved to [`Routed::reason`].
+    pub planned: Box<Planned>,
+    /// When it was decided: the period [`Router::budget_remaining`] reads.
+    pub at: Timestamp,
     /// Every model with its cost or why it could not serve, when the router
     /// traces (`explain`); empty otherwise.
     pub candidates: Vec<Candidate>,
@@ -172,14 +174,18 @@ impl Router {
             let (t, cache, learning) = (table.clone(), self.cache.clone(), self.learning.clone());
             tokio::task::spawn_blocking(move || {
                 let mut candidates = Vec::new();
-                let p = plan_with(
-                    &t,
-                    &call,
-                    steer,
-                    cache.as_deref(),
-                    &*learning,
-                    trace.then_some(&mut candidates),
-                );
+                // The table moved here, so the workflow is found in it again.
+                let p = find_workflow(&t, &call.workflow).and_then(|w| {
+                    plan_with(
+                        &t,
+                        w,
+                        &call,
+                        steer,
+                        cache.as_deref(),
+                        &*learning,
+                        trace.then_some(&mut candidates),
+                    )
+                });
                 (call, p, candidates)
             })
             .await?
@@ -187,6 +193,7 @@ impl Router {
             let mut candidates = Vec::new();
             let p = plan_with(
                 &table,
+                workflow,
                 &call,
                 steer,
                 self.cache.as_deref(),
@@ -195,13 +202,14 @@ impl Router {
             );
             (call, p, candidates)
         };
-        let mut planned = planned?;
+        let mut planned = Box::new(planned?);
 
         // 4. Reserve.
         let d = &planned.decision;
         let model = &table.models[d.model];
         let decision_id = crate::budget::new_decision_id();
-        let caller_name = caller.map_or("-", |w| &*w.name);
+        // The operator's own tools route as `-`.
+        let caller_name = caller.map_or_else(|| Arc::from("-"), |w| w.name.clone());
         let admission = self
             .budgets
             .admit(
@@ -213,7 +221,7 @@ impl Router {
                     model: &model.name,
                     deferrable: call.deferrable,
                     cost_nanos: d.cost_nanos,
-                    caller: caller_name,
+                    caller: &caller_name,
                     downgraded: d.downgraded_from.is_some(),
                     prices: model.prices(),
                     tier: model.tiers[planned.est.class],
@@ -244,10 +252,11 @@ impl Router {
                 } else {
                     RouteStatus::Routed
                 };
-                (status, String::new(), planned.decision.reason.clone())
+                // Moved, not copied: `Routed::reason` is where it is read.
+                (status, String::new(), std::mem::take(&mut planned.decision.reason))
             }
             Admission::Escalate(e) => {
-                self.audit_refusal(caller_name, workflow, &e.id, Verdict::EscalationRequired, &e.reason);
+                self.audit_refusal(&caller_name, workflow, &e.id, Verdict::EscalationRequired, &e.reason);
                 let reason = if e.id.is_empty() {
                     format!(
                         "{}; a new escalation would be created for a person to approve",
@@ -262,7 +271,7 @@ impl Router {
                 (RouteStatus::EscalationRequired, e.id, reason)
             }
             Admission::Denied(why) => {
-                self.audit_refusal(caller_name, workflow, &call.outcome_id, Verdict::Denied, &why);
+                self.audit_refusal(&caller_name, workflow, &call.outcome_id, Verdict::Denied, &why);
                 (RouteStatus::Denied, String::new(), why)
             }
         };
@@ -278,7 +287,7 @@ impl Router {
             }
         }
         Ok(Routed {
-            budget_remaining: self.budgets.remaining_hint(workflow, now),
+            at: now,
             workflow: workflow.name.clone(),
             table: table.clone(),
             decision_id,
@@ -289,6 +298,14 @@ impl Router {
             planned,
             candidates,
         })
+    }
+
+    /// What is left of the routed workflow's period budget, as this sidecar
+    /// last saw it (no store round trip): asked for only when a span records
+    /// it, so an unsampled Route does not pay for the lookup.
+    pub fn budget_remaining(&self, routed: &Routed) -> Option<i64> {
+        let workflow = routed.table.workflow(&routed.workflow)?;
+        self.budgets.remaining_hint(workflow, routed.at)
     }
 
     fn audit_refusal(&self, who: &str, workflow: &Workflow, target: &str, verdict: Verdict, why: &str) {
@@ -317,6 +334,7 @@ pub fn find_workflow<'t>(table: &'t RuleTable, name: &str) -> Result<&'t Workflo
 /// [`plan`], consulting `learning`'s model with a fresh draw.
 fn plan_with(
     table: &RuleTable,
+    workflow: &Workflow,
     call: &RouteCall,
     steer: Steer,
     cache: Option<&ContextCache>,
@@ -327,7 +345,7 @@ fn plan_with(
         learner: learning.learner(),
         draw: learning.draw(),
     };
-    plan(table, call, steer, cache, Some(learn), trace)
+    plan(table, workflow, call, steer, cache, Some(learn), trace)
 }
 
 /// Estimates and decides one call: pure CPU, no I/O.
@@ -337,13 +355,13 @@ fn plan_with(
 /// afresh. `trace`, when given, receives every candidate model (`explain`).
 pub fn plan(
     table: &RuleTable,
+    workflow: &Workflow,
     call: &RouteCall,
     steer: Steer,
     cache: Option<&ContextCache>,
     learn: Option<LearnWith<'_>>,
     trace: Option<&mut Vec<Candidate>>,
 ) -> Result<Planned, Error> {
-    let workflow = find_workflow(table, &call.workflow)?;
     let messages = call.message_refs();
     let (work, fingerprints) = match cache {
         Some(c) => {

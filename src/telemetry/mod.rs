@@ -386,7 +386,7 @@ impl Telemetry {
             return RpcSpan { live: None };
         };
         let parent = metadata
-            .get("traceparent")
+            .get(&*TRACEPARENT)
             .and_then(|v| v.to_str().ok())
             .and_then(SpanIds::parse);
         let trace_id = match parent {
@@ -543,11 +543,16 @@ impl Drop for RpcSpan {
     }
 }
 
+/// The trace context header's key, made once: looking one up by `&str`
+/// parses the name on every call.
+static TRACEPARENT: std::sync::LazyLock<tonic::metadata::MetadataKey<tonic::metadata::Ascii>> =
+    std::sync::LazyLock::new(|| tonic::metadata::MetadataKey::from_static("traceparent"));
+
 /// The caller's `traceparent`, echoed when Switchyard does not trace, so the
 /// agent's provider call still joins the agent's own trace.
 pub fn incoming_traceparent(metadata: &tonic::metadata::MetadataMap) -> String {
     metadata
-        .get("traceparent")
+        .get(&*TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .filter(|v| SpanIds::parse(v).is_some())
         .unwrap_or_default()

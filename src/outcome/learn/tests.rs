@@ -202,7 +202,16 @@ fn learning_moves_decisions_the_right_way_on_synthetic_traffic() {
                 learner: &learner,
                 draw: next(),
             };
-            let planned = plan(&table, &call, Default::default(), None, Some(learn), None).expect("routes");
+            let planned = plan(
+                &table,
+                &table.workflows[0],
+                &call,
+                Default::default(),
+                None,
+                Some(learn),
+                None,
+            )
+            .expect("routes");
             let model = &table.models[planned.decision.model];
             let strong = model.name == "strong";
             if round < 5 {

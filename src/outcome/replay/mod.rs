@@ -310,7 +310,7 @@ impl<'a> Replayer<'a> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        Ok((routed.planned.decision.model, routed.planned))
+        Ok((routed.planned.decision.model, *routed.planned))
     }
 
     fn learner(&self) -> &Learner {
