@@ -45,9 +45,66 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
                 .map_err(unavailable)?;
         }
     }
+    if have.iter().any(|h| h == "price_input") {
+        carry_terms(conn)?;
+    }
     repair_money(conn)?;
     dedup_pending(conn)?;
     conn.execute_batch(ONE_PENDING).map_err(unavailable)?;
+    Ok(())
+}
+
+/// A store from the build that kept the caller, the prices and the tier in
+/// columns of their own: reservations still open are given the same terms as
+/// one `terms` blob, so that usage reported after the upgrade is charged at
+/// the prices it was routed at and only its caller may report it. Settled
+/// rows are left as they are: nothing reads their terms again.
+fn carry_terms(conn: &Connection) -> Result<(), StoreError> {
+    let rows: Vec<(i64, crate::rules::Prices, u8, String)> = {
+        let mut st = conn
+            .prepare(
+                "SELECT rowid, price_input, price_cached, price_output, batch_bp, tier, caller FROM reservations
+                 WHERE terms IS NULL AND state = 'reserved' AND price_input IS NOT NULL",
+            )
+            .map_err(unavailable)?;
+        let rows = st
+            .query_map([], |r| {
+                let prices = crate::rules::Prices {
+                    input_nanos_per_mtok: r.get(1)?,
+                    cached_input_nanos_per_mtok: r.get::<_, Option<i64>>(2)?.unwrap_or_default(),
+                    output_nanos_per_mtok: r.get::<_, Option<i64>>(3)?.unwrap_or_default(),
+                    batch_discount_bp: r.get::<_, Option<u32>>(4)?.unwrap_or_default(),
+                };
+                Ok((
+                    r.get(0)?,
+                    prices,
+                    r.get::<_, Option<u8>>(5)?.unwrap_or_default(),
+                    r.get(6)?,
+                ))
+            })
+            .map_err(unavailable)?;
+        rows.collect::<Result<_, _>>().map_err(unavailable)?
+    };
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction().map_err(unavailable)?;
+    {
+        let mut update = tx
+            .prepare("UPDATE reservations SET terms = ?1 WHERE rowid = ?2")
+            .map_err(unavailable)?;
+        for (rowid, prices, tier, caller) in &rows {
+            super::budgets::Terms::with_encoded(prices, *tier, caller, |terms| {
+                update.execute(rusqlite::params![terms, rowid])
+            })
+            .map_err(unavailable)?;
+        }
+    }
+    tx.commit().map_err(unavailable)?;
+    tracing::info!(
+        reservations = rows.len(),
+        "budget store: open reservations carried over to this build's terms column"
+    );
     Ok(())
 }
 

@@ -127,6 +127,52 @@ async fn a_store_damaged_by_an_older_build_is_repaired_on_open() {
     assert_eq!(pending, ["esc-new"], "the newest pending escalation is kept");
 }
 
+/// A reservation opened by the build that kept its terms in separate
+/// columns is settled at its routed prices, by its caller, after an upgrade.
+#[tokio::test]
+async fn open_reservations_keep_their_terms_across_the_terms_column_upgrade() {
+    let dir = tempfile::tempdir().expect("tmp");
+    drop(sqlite::SqliteStore::open(dir.path()).expect("create"));
+    {
+        let conn = rusqlite::Connection::open(dir.path().join(sqlite::FILE)).expect("conn");
+        conn.execute_batch(
+            "ALTER TABLE reservations DROP COLUMN terms;
+             ALTER TABLE reservations ADD COLUMN caller TEXT NOT NULL DEFAULT '';
+             ALTER TABLE reservations ADD COLUMN price_input INTEGER;
+             ALTER TABLE reservations ADD COLUMN price_cached INTEGER;
+             ALTER TABLE reservations ADD COLUMN price_output INTEGER;
+             ALTER TABLE reservations ADD COLUMN batch_bp INTEGER;
+             ALTER TABLE reservations ADD COLUMN tier INTEGER;
+             INSERT INTO reservations (decision_id, workflow, outcome_id, model, is_deferrable, amount_nanos, scopes,
+                                       created_ms, expires_ms, state, caller, price_input, price_cached, price_output,
+                                       batch_bp, tier)
+                 VALUES ('open', 'w', '', 'm', 0, 7, '', 1, 2, 'reserved', 'alice', 3000, 300, 15000, 5000, 4),
+                        ('done', 'w', '', 'm', 0, 7, '', 1, 2, 'settled', 'bob', 1, 1, 1, 0, 1);",
+        )
+        .expect("the older layout");
+    }
+    let store: SharedStore = Arc::new(sqlite::SqliteStore::open(dir.path()).expect("reopen"));
+    let open = store.reservation("open").await.expect("read").expect("kept");
+    assert_eq!(open.caller, "alice");
+    assert_eq!(open.tier, Some(4));
+    assert_eq!(
+        open.prices,
+        Some(crate::rules::Prices {
+            input_nanos_per_mtok: 3000,
+            cached_input_nanos_per_mtok: 300,
+            output_nanos_per_mtok: 15000,
+            batch_discount_bp: 5000,
+        })
+    );
+    let done = store.reservation("done").await.expect("read").expect("kept");
+    assert_eq!(
+        done.state,
+        ReservationState::Settled,
+        "settled rows are left as they are"
+    );
+    assert_eq!(done.prices, None);
+}
+
 /// The state folder remembers its store: a store that is missing or empty
 /// beside that record is refused, unless a fresh start is accepted.
 #[test]
