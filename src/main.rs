@@ -140,6 +140,7 @@ fn main() -> ExitCode {
             scores_out,
             format,
             seed,
+            seeds,
         } => {
             let Some(json) = json_format(&format) else {
                 return ExitCode::from(EXIT_CONFIG);
@@ -152,6 +153,7 @@ fn main() -> ExitCode {
                     scores_out,
                     json,
                     seed,
+                    seeds,
                 },
             ))
         }

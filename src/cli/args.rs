@@ -207,6 +207,10 @@ pub enum Command {
         /// Seeds exploration and the random policy: the same seed gives the same output.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Replay N shuffles of the row order (seeds SEED to SEED+N-1) and report
+        /// each figure's mean and spread; without it, one run in file order.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1000))]
+        seeds: u32,
     },
     /// Print the routing decision for a prompt as JSON, without a server.
     Explain {

@@ -30,6 +30,7 @@ pub(super) struct RowModel {
 }
 
 /// A row ready to replay: its outcomes and costs by model index.
+#[derive(Clone)]
 pub(super) struct Case {
     /// The row's place in the file.
     pub(super) index: usize,

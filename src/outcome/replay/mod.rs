@@ -39,6 +39,9 @@ pub struct ReplayArgs {
     pub scores_out: Option<PathBuf>,
     pub json: bool,
     pub seed: u64,
+    /// 0: one run in file order. N: N runs, each over its own shuffle of the
+    /// rows (seeds `seed`, `seed + 1`, ...), summarised as mean and spread.
+    pub seeds: u32,
 }
 
 /// How one policy did.
@@ -69,12 +72,28 @@ pub struct RouteLlmMetrics {
     pub cpt80: f64,
 }
 
+/// RouteLLM's metrics of one set of scores, over all rows and over each
+/// successive fifth of them in the order they were replayed (progressive
+/// validation: each score was computed before its row's feedback).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ScoreSet {
+    pub name: String,
+    pub apgr: f64,
+    pub cpt50: f64,
+    pub cpt80: f64,
+    /// APGR of the scores within each fifth of the rows; `None` for a fifth
+    /// where the two models are equally good.
+    pub fifths: Vec<Option<f64>>,
+}
+
 /// The whole report.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub workflow: String,
     pub rows: usize,
     pub seed: u64,
+    /// `file` or `shuffled`.
+    pub order: String,
     pub strong_model: String,
     pub weak_model: String,
     pub policies: Vec<PolicyResult>,
@@ -83,23 +102,37 @@ pub struct Report {
     pub apgr: Option<f64>,
     pub cpt50: Option<f64>,
     pub cpt80: Option<f64>,
+    /// The rule table's own complexity score (the prior), the router's and
+    /// the router+cascade's scores, side by side on the same rows.
+    pub scores: Vec<ScoreSet>,
 }
 
 pub fn replay(a: ReplayArgs) -> u8 {
-    match run(&a) {
-        Ok(report) => {
+    let printed = if a.seeds > 0 {
+        run_seeds(&a).map(|r| {
             if a.json {
-                match serde_json::to_string_pretty(&report) {
-                    Ok(s) => println!("{s}"),
-                    Err(e) => {
-                        eprintln!("cannot write the report: {e}");
-                        return 1;
-                    }
-                }
+                serde_json::to_string_pretty(&r)
             } else {
-                print!("{}", table(&report));
+                Ok(show::seeds_table(&r))
             }
+        })
+    } else {
+        run(&a).map(|r| {
+            if a.json {
+                serde_json::to_string_pretty(&r)
+            } else {
+                Ok(table(&r))
+            }
+        })
+    };
+    match printed {
+        Ok(Ok(s)) => {
+            println!("{}", s.trim_end());
             0
+        }
+        Ok(Err(e)) => {
+            eprintln!("cannot write the report: {e}");
+            1
         }
         Err(e) => {
             eprintln!("{e}");
@@ -108,14 +141,19 @@ pub fn replay(a: ReplayArgs) -> u8 {
     }
 }
 
-fn run(a: &ReplayArgs) -> Result<Report, String> {
+/// A replay file checked against the rules, ready to replay.
+struct Loaded {
+    rules: Arc<Rules>,
+    workflow: String,
+    cases: Vec<Case>,
+    strong: usize,
+    weak: usize,
+}
+
+fn load(a: &ReplayArgs) -> Result<Loaded, String> {
     let rules =
         Arc::new(Rules::load(&a.rules).map_err(|e| format!("the rules at {} are not valid:\n{e}", a.rules.display()))?);
     let table = rules.current();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    let replayer = |seed: u64| Replayer::new(&rules, &rt, seed);
     let rows = read_rows(&a.data)?;
     let first = rows.first().ok_or_else(|| {
         format!(
@@ -140,27 +178,102 @@ fn run(a: &ReplayArgs) -> Result<Report, String> {
     let workflow = find_workflow(&table, &wf_name).map_err(|e| e.to_string())?;
     let cases = cases(&table, workflow, &a.data, rows)?;
     let (strong, weak) = poles(&table, workflow, &cases)?;
-    let total = cases.len() as u64 * 6;
-    let mut progress = Progress::new(total);
+    Ok(Loaded {
+        workflow: workflow.name.clone(),
+        rules,
+        cases,
+        strong,
+        weak,
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+/// One replay of the rows in file order.
+fn run(a: &ReplayArgs) -> Result<Report, String> {
+    let l = load(a)?;
+    let mut progress = Progress::new(l.cases.len() as u64 * POLICIES);
+    let report = replay_rows(
+        &l,
+        &l.cases,
+        a.seed,
+        "file",
+        a.scores_out.as_deref(),
+        &runtime()?,
+        &mut progress,
+    )?;
+    progress.done();
+    Ok(report)
+}
+
+/// `--seeds N`: N replays, each over its own shuffle of the rows.
+fn run_seeds(a: &ReplayArgs) -> Result<SeedsReport, String> {
+    let l = load(a)?;
+    let rt = runtime()?;
+    let mut progress = Progress::new(l.cases.len() as u64 * POLICIES * u64::from(a.seeds));
+    let mut runs = Vec::with_capacity(a.seeds as usize);
+    for i in 0..u64::from(a.seeds) {
+        let seed = a.seed.wrapping_add(i);
+        let mut rows = l.cases.clone();
+        shuffle(&mut rows, seed);
+        // The first run's scores, if asked for: one file, not N.
+        let out = if i == 0 { a.scores_out.as_deref() } else { None };
+        runs.push(replay_rows(&l, &rows, seed, "shuffled", out, &rt, &mut progress)?);
+    }
+    progress.done();
+    Ok(SeedsReport::of(&runs))
+}
+
+/// Fisher-Yates with replay's SplitMix draws.
+fn shuffle<T>(v: &mut [T], seed: u64) {
+    let mut rng = SplitMix(seed ^ 0x05A1_F0DE);
+    for i in (1..v.len()).rev() {
+        let j = ((rng.next_f64() * (i + 1) as f64) as usize).min(i);
+        v.swap(i, j);
+    }
+}
+
+/// Rows each policy replays once: always-strong, always-weak, rules,
+/// router, router+cascade, random.
+const POLICIES: u64 = 6;
+
+/// Replays `cases` in the order given: every policy, side by side.
+fn replay_rows(
+    l: &Loaded,
+    cases: &[Case],
+    seed: u64,
+    order: &str,
+    scores_out: Option<&std::path::Path>,
+    rt: &tokio::runtime::Runtime,
+    progress: &mut Progress,
+) -> Result<Report, String> {
+    let table = l.rules.current();
+    let workflow = find_workflow(&table, &l.workflow).map_err(|e| e.to_string())?;
+    let (strong, weak) = (l.strong, l.weak);
+    let replayer = |seed: u64| Replayer::new(&l.rules, rt, seed);
 
     let mut results = Vec::new();
     let fixed = |name: &str, m: usize, progress: &mut Progress| {
         let mut t = Tally::new(name);
-        for c in &cases {
+        for c in cases {
             t.call(c, m, strong);
             t.finish(c.outcome[m].is_some_and(|o| o.0));
             progress.tick(name);
         }
         t
     };
-    results.push(fixed("always-strong", strong, &mut progress).result());
-    results.push(fixed("always-weak", weak, &mut progress).result());
+    results.push(fixed("always-strong", strong, progress).result());
+    results.push(fixed("always-weak", weak, progress).result());
 
     let mut rules = Tally::new("rules");
     // The rules alone: a model that never learns is never warm, so the
     // rule table decides every row.
-    let by_rules = replayer(a.seed);
-    for c in &cases {
+    let by_rules = replayer(seed);
+    for c in cases {
         let m = by_rules.route(workflow, c, 1, None)?.0;
         let ok = outcome_of(&table, c, m)?.0;
         rules.call(c, m, strong);
@@ -168,38 +281,47 @@ fn run(a: &ReplayArgs) -> Result<Report, String> {
         progress.tick("rules");
     }
 
-    let (router, router_scored) = learned(&replayer(a.seed), workflow, &cases, strong, false, &mut progress)?;
-    let (cascade, scored) = learned(&replayer(a.seed), workflow, &cases, strong, true, &mut progress)?;
+    let (router, router_scored) = learned(&replayer(seed), workflow, cases, strong, false, progress)?;
+    let (cascade, scored) = learned(&replayer(seed), workflow, cases, strong, true, progress)?;
 
     // Random, at the learned router's strong share.
     let share = router.strong as f64 / router.tasks.max(1) as f64;
-    let mut rng = SplitMix(a.seed ^ 0x5EED);
+    let mut rng = SplitMix(seed ^ 0x5EED);
     let mut random = Tally::new("random");
-    for c in &cases {
+    for c in cases {
         let m = if rng.next_f64() < share { strong } else { weak };
         random.call(c, m, strong);
         random.finish(c.outcome[m].is_some_and(|o| o.0));
         progress.tick("random");
     }
-    progress.done();
 
-    let scores_of = |s: &[Scored]| s.iter().map(|s| s.score).collect::<Vec<f64>>();
-    let metrics_of = |scores: &[f64]| routellm(&cases, scores, strong, weak);
-    let scores = scores_of(&scored);
+    let metrics_of = |scores: &[f64]| routellm(cases, scores, strong, weak);
+    let prior: Vec<f64> = router_scored.iter().map(|s| s.prior).collect();
+    let router_scores: Vec<f64> = router_scored.iter().map(|s| s.score).collect();
+    let cascade_scores: Vec<f64> = scored.iter().map(|s| s.score).collect();
     let mut router = router.result();
-    router.routellm = metrics_of(&scores_of(&router_scored));
+    router.routellm = metrics_of(&router_scores);
     let mut cascade = cascade.result();
-    cascade.routellm = metrics_of(&scores);
+    cascade.routellm = metrics_of(&cascade_scores);
     results.extend([rules.result(), router, cascade, random.result()]);
+    let score_sets = [
+        ("prior", &prior),
+        ("router", &router_scores),
+        ("router+cascade", &cascade_scores),
+    ]
+    .into_iter()
+    .filter_map(|(name, s)| score_set(name, cases, s, strong, weak))
+    .collect();
 
-    if let Some(path) = &a.scores_out {
-        write_scores(path, &table, &cases, &scored)?;
+    if let Some(path) = scores_out {
+        write_scores(path, &table, cases, &scored)?;
     }
-    let head = metrics_of(&scores);
+    let head = metrics_of(&cascade_scores);
     Ok(Report {
         workflow: workflow.name.clone(),
         rows: cases.len(),
-        seed: a.seed,
+        seed,
+        order: order.to_string(),
         strong_model: table.models[strong].name.clone(),
         weak_model: table.models[weak].name.clone(),
         policies: results,
@@ -207,12 +329,136 @@ fn run(a: &ReplayArgs) -> Result<Report, String> {
         apgr: head.map(|m| m.apgr),
         cpt50: head.map(|m| m.cpt50),
         cpt80: head.map(|m| m.cpt80),
+        scores: score_sets,
     })
+}
+
+/// The metrics of `scores` over all rows and over each fifth of them.
+fn score_set(name: &str, cases: &[Case], scores: &[f64], strong: usize, weak: usize) -> Option<ScoreSet> {
+    let all = routellm(cases, scores, strong, weak)?;
+    let n = cases.len();
+    let fifths = (0..5)
+        .map(|k| {
+            let (a, b) = (n * k / 5, n * (k + 1) / 5);
+            routellm(&cases[a..b], &scores[a..b], strong, weak).map(|m| m.apgr)
+        })
+        .collect();
+    Some(ScoreSet {
+        name: name.to_string(),
+        apgr: all.apgr,
+        cpt50: all.cpt50,
+        cpt80: all.cpt80,
+        fifths,
+    })
+}
+
+/// `--seeds N`: each policy's and each score set's mean and spread.
+#[derive(Debug, Serialize)]
+pub struct SeedsReport {
+    pub workflow: String,
+    pub rows: usize,
+    pub seeds: Vec<u64>,
+    pub strong_model: String,
+    pub weak_model: String,
+    pub policies: Vec<PolicySpread>,
+    pub scores: Vec<ScoreSpread>,
+    /// Runs in which the router's scores ranked below the prior's (APGR).
+    pub router_below_prior: usize,
+    pub runs: Vec<Report>,
+}
+
+/// Mean, standard deviation, least and greatest of one figure over the runs.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Spread {
+    pub mean: f64,
+    pub sd: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    fn of(v: impl IntoIterator<Item = f64>) -> Spread {
+        let v: Vec<f64> = v.into_iter().collect();
+        let n = v.len().max(1) as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+        Spread {
+            mean,
+            sd: var.sqrt(),
+            min: v.iter().copied().fold(f64::INFINITY, f64::min),
+            max: v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct PolicySpread {
+    pub name: String,
+    pub success_rate: Spread,
+    pub cost_per_success_usd: Spread,
+    pub strong_share: Spread,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ScoreSpread {
+    pub name: String,
+    pub apgr: Spread,
+}
+
+impl SeedsReport {
+    fn of(runs: &[Report]) -> SeedsReport {
+        let first = &runs[0];
+        let policies = first
+            .policies
+            .iter()
+            .map(|p| {
+                let each = |f: &dyn Fn(&PolicyResult) -> f64| {
+                    Spread::of(
+                        runs.iter()
+                            .filter_map(|r| r.policies.iter().find(|q| q.name == p.name))
+                            .map(f),
+                    )
+                };
+                PolicySpread {
+                    name: p.name.clone(),
+                    success_rate: each(&|q| q.success_rate),
+                    cost_per_success_usd: each(&|q| q.cost_per_success_usd.unwrap_or(f64::NAN)),
+                    strong_share: each(&|q| q.strong_share),
+                }
+            })
+            .collect();
+        let apgr = |r: &Report, name: &str| r.scores.iter().find(|s| s.name == name).map(|s| s.apgr);
+        let scores = first
+            .scores
+            .iter()
+            .map(|s| ScoreSpread {
+                name: s.name.clone(),
+                apgr: Spread::of(runs.iter().filter_map(|r| apgr(r, &s.name))),
+            })
+            .collect();
+        let router_below_prior = runs
+            .iter()
+            .filter(|r| matches!((apgr(r, "router"), apgr(r, "prior")), (Some(a), Some(p)) if a < p))
+            .count();
+        SeedsReport {
+            workflow: first.workflow.clone(),
+            rows: first.rows,
+            seeds: runs.iter().map(|r| r.seed).collect(),
+            strong_model: first.strong_model.clone(),
+            weak_model: first.weak_model.clone(),
+            policies,
+            scores,
+            router_below_prior,
+            runs: runs.to_vec(),
+        }
+    }
 }
 
 /// What the learned run recorded for one row.
 struct Scored {
     score: f64,
+    /// The rule table's complexity score of the row: the prior.
+    prior: f64,
     first_model: usize,
     success: bool,
     cost: i64,
@@ -338,6 +584,7 @@ fn learned(
         let (m, planned) = replayer.route(workflow, c, 1, None)?;
         let class = planned.est.class;
         let available = available_tiers(table, workflow, class);
+        let planned_prior = planned.est.complexity;
         // Scored before this row's outcome is learned.
         let score = planned
             .learned
@@ -373,6 +620,7 @@ fn learned(
         tally.finish(ok);
         scored.push(Scored {
             score,
+            prior: planned_prior,
             first_model: first,
             success: ok,
             cost,

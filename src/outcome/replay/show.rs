@@ -80,6 +80,7 @@ pub(super) fn table(r: &Report) -> String {
             p.routellm.map_or("".into(), |m| format!("{:.3}", m.apgr)),
         ));
     }
+    out.push_str(&scores_table(&r.scores));
     if let (Some(apgr), Some(c50), Some(c80)) = (r.apgr, r.cpt50, r.cpt80) {
         out.push_str(&format!(
             "\nRouteLLM metrics of the {} scores: APGR {apgr:.3}, CPT(50%) {:.1}%, CPT(80%) {:.1}% (random: APGR 0.500, CPT 50% / 80%)\n",
@@ -88,5 +89,76 @@ pub(super) fn table(r: &Report) -> String {
             c80 * 100.0
         ));
     }
+    out
+}
+
+/// The score sets side by side, with APGR by fifth of the rows replayed.
+fn scores_table(sets: &[ScoreSet]) -> String {
+    let mut out = format!(
+        "\n{:<16} {:>7} {:>7} {:>7}   APGR by fifth of the rows, in the order replayed\n",
+        "scores", "APGR", "CPT50", "CPT80"
+    );
+    for s in sets {
+        let fifths: Vec<String> = s
+            .fifths
+            .iter()
+            .map(|f| f.map_or("    -".into(), |a| format!("{a:>5.3}")))
+            .collect();
+        out.push_str(&format!(
+            "{:<16} {:>7.3} {:>6.1}% {:>6.1}%   {}\n",
+            s.name,
+            s.apgr,
+            s.cpt50 * 100.0,
+            s.cpt80 * 100.0,
+            fifths.join(" ")
+        ));
+    }
+    out
+}
+
+pub(super) fn seeds_table(r: &SeedsReport) -> String {
+    let spread = |s: &Spread, scale: f64, digits: usize| {
+        format!(
+            "{:.d$} ± {:.d$} ({:.d$}–{:.d$})",
+            s.mean * scale,
+            s.sd * scale,
+            s.min * scale,
+            s.max * scale,
+            d = digits
+        )
+    };
+    let mut out = format!(
+        "replay of {} rows, workflow `{}`, {} shuffles of the row order (seeds {}–{}): strong = {}, weak = {}\n",
+        r.rows,
+        r.workflow,
+        r.seeds.len(),
+        r.seeds.first().copied().unwrap_or_default(),
+        r.seeds.last().copied().unwrap_or_default(),
+        r.strong_model,
+        r.weak_model
+    );
+    out.push_str("mean ± standard deviation (least–greatest) over the runs\n\n");
+    out.push_str(&format!(
+        "{:<16} {:<30} {:<42} {}\n",
+        "policy", "success %", "cost/success (µ$)", "strong %"
+    ));
+    for p in &r.policies {
+        out.push_str(&format!(
+            "{:<16} {:<30} {:<42} {}\n",
+            p.name,
+            spread(&p.success_rate, 100.0, 2),
+            spread(&p.cost_per_success_usd, 1e6, 1),
+            spread(&p.strong_share, 100.0, 1)
+        ));
+    }
+    out.push_str(&format!("\n{:<16} APGR\n", "scores"));
+    for s in &r.scores {
+        out.push_str(&format!("{:<16} {}\n", s.name, spread(&s.apgr, 1.0, 3)));
+    }
+    out.push_str(&format!(
+        "\nthe router's scores ranked below the prior's in {} of {} runs\n",
+        r.router_below_prior,
+        r.seeds.len()
+    ));
     out
 }

@@ -89,6 +89,7 @@ fn args(dir: &Path, seed: u64) -> ReplayArgs {
         scores_out: Some(dir.join(format!("scores-{seed}.jsonl"))),
         json: true,
         seed,
+        seeds: 0,
     }
 }
 
@@ -166,4 +167,83 @@ fn bad_rows_name_file_line_and_column() {
         panic!("an unknown model must be refused")
     };
     assert!(e.contains("mystery-model") && e.contains("data.jsonl:1"), "{e}");
+}
+
+#[test]
+fn the_prior_and_the_learned_scores_are_shown_side_by_side_by_fifth() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("rules.toml"), RULES).expect("rules");
+    std::fs::write(dir.path().join("data.jsonl"), data()).expect("data");
+    let r = run(&args(dir.path(), 7)).expect("replays");
+    assert_eq!(r.order, "file");
+    let names: Vec<&str> = r.scores.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["prior", "router", "router+cascade"]);
+    for s in &r.scores {
+        assert_eq!(s.fifths.len(), 5, "{s:?}");
+    }
+    let cascade = &r.scores[2];
+    assert_eq!(Some(cascade.apgr), r.apgr, "the headline is the cascade's scores");
+    // Learning shows over time: the last fifth ranks better than the first,
+    // when the first fifth's scores were mostly the cold model's prior.
+    let (first, last) = (cascade.fifths[0].expect("a gap"), cascade.fifths[4].expect("a gap"));
+    assert!(last > first, "fifths {:?}", cascade.fifths);
+    let text = super::show::table(&r);
+    assert!(text.contains("APGR by fifth"), "{text}");
+}
+
+#[test]
+fn seeds_replay_shuffles_of_the_rows_and_summarise_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("rules.toml"), RULES).expect("rules");
+    std::fs::write(dir.path().join("data.jsonl"), data()).expect("data");
+    let a = ReplayArgs {
+        seeds: 3,
+        ..args(dir.path(), 5)
+    };
+    let r = run_seeds(&a).expect("replays");
+    assert_eq!(r.seeds, [5, 6, 7]);
+    assert_eq!(r.runs.len(), 3);
+    assert!(r.runs.iter().all(|run| run.order == "shuffled" && run.rows == 300));
+    let again = run_seeds(&a).expect("replays");
+    assert_eq!(
+        serde_json::to_string(&r).expect("json"),
+        serde_json::to_string(&again).expect("json"),
+        "the same seeds give the same report"
+    );
+    let router = r.scores.iter().find(|s| s.name == "router").expect("router");
+    let each: Vec<f64> = r
+        .runs
+        .iter()
+        .map(|run| run.scores.iter().find(|s| s.name == "router").expect("router").apgr)
+        .collect();
+    let mean = each.iter().sum::<f64>() / 3.0;
+    assert!((router.apgr.mean - mean).abs() < 1e-12, "{router:?} {each:?}");
+    assert_eq!(router.apgr.min, each.iter().copied().fold(f64::INFINITY, f64::min));
+    // Fixed policies do not depend on the order.
+    let strong = r
+        .policies
+        .iter()
+        .find(|p| p.name == "always-strong")
+        .expect("always-strong");
+    assert_eq!(strong.success_rate.sd, 0.0);
+    let text = super::show::seeds_table(&r);
+    assert!(
+        text.contains("3 shuffles") && text.contains("below the prior's in"),
+        "{text}"
+    );
+    // The first run's scores were written, one line per row.
+    let scores = std::fs::read_to_string(dir.path().join("scores-5.jsonl")).expect("scores");
+    assert_eq!(scores.lines().count(), 300);
+}
+
+#[test]
+fn a_shuffle_is_a_permutation_and_depends_on_its_seed() {
+    let mut a: Vec<u32> = (0..100).collect();
+    let mut b = a.clone();
+    shuffle(&mut a, 1);
+    shuffle(&mut b, 2);
+    assert_ne!(a, b);
+    assert_ne!(a, (0..100).collect::<Vec<_>>());
+    a.sort_unstable();
+    assert_eq!(a, (0..100).collect::<Vec<_>>());
 }
