@@ -15,6 +15,8 @@ use super::*;
 pub(super) struct ScoreLine<'a> {
     pub(super) id: &'a str,
     pub(super) score: f64,
+    /// The rule table's complexity score of the row: the learned score's prior.
+    pub(super) prior: f64,
     pub(super) model: &'a str,
     pub(super) success: bool,
     pub(super) cost_usd: f64,
@@ -124,6 +126,7 @@ pub(super) fn write_scores(path: &Path, table: &RuleTable, cases: &[Case], score
         let line = ScoreLine {
             id: &c.id,
             score: s.score,
+            prior: s.prior,
             model: &table.models[s.first_model].name,
             success: s.success,
             cost_usd: nanos_to_usd(s.cost),

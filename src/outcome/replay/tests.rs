@@ -145,7 +145,7 @@ fn replay_is_deterministic_for_a_seed_and_learns_the_failing_kind() {
     };
     assert!(mean(0) > mean(1) + 0.3, "algebra {} vs trivia {}", mean(0), mean(1));
     assert!(a.apgr.expect("a gap") > 0.6, "{:?}", a.apgr);
-    for key in ["id", "score", "model", "success", "cost_usd"] {
+    for key in ["id", "score", "prior", "model", "success", "cost_usd"] {
         assert!(lines[0].get(key).is_some(), "scores line lacks {key}: {}", lines[0]);
     }
 }
