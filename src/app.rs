@@ -403,7 +403,11 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     // One plain line on stdout, for people and for scripts that start the
     // server on port 0 and need to know where it is. It comes after the
     // readiness latch, so whoever reads it finds /readyz answering 200.
-    println!("switchyard listening: grpc={grpc_addr} admin=http://{admin_addr}");
+    // Tests and supervisors wait for this line; a closed stdout must not
+    // stop the server.
+    crate::cli::print_text(&format!(
+        "switchyard listening: grpc={grpc_addr} admin=http://{admin_addr}"
+    ));
 
     tokio::select! {
         res = &mut server => {

@@ -104,6 +104,17 @@ fn main() -> ExitCode {
             out,
             dry_run,
         }) as u8),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "switchyard",
+                &mut script,
+            );
+            cli::print_text(String::from_utf8_lossy(&script).trim_end_matches('\n'));
+            ExitCode::SUCCESS
+        }
         Command::Audit {
             state_dir,
             identity,

@@ -164,19 +164,22 @@ pub fn import(a: &ImportArgs) -> i32 {
         }
     };
     for c in &changes {
-        println!(
+        crate::cli::print_text(&format!(
             "{}: {} {} -> {}",
             c.model,
             c.key,
             c.old.as_deref().unwrap_or("(unset)"),
             c.new
-        );
+        ));
     }
     for m in &missing {
         eprintln!("{m}: not in the price map; left as it is");
     }
     if changes.is_empty() {
-        println!("no changes: {} already matches the price map", a.rules.display());
+        crate::cli::print_text(&format!(
+            "no changes: {} already matches the price map",
+            a.rules.display()
+        ));
         return 0;
     }
     // The result must still be valid rules on its own (a model now below its
@@ -186,7 +189,7 @@ pub fn import(a: &ImportArgs) -> i32 {
         return 1;
     }
     if a.dry_run {
-        println!("{} change(s); --dry-run: nothing written", changes.len());
+        crate::cli::print_text(&format!("{} change(s); --dry-run: nothing written", changes.len()));
         return 0;
     }
     let target = a.out.as_deref().unwrap_or(&a.rules);
@@ -196,7 +199,7 @@ pub fn import(a: &ImportArgs) -> i32 {
     let written = std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, target));
     match written {
         Ok(()) => {
-            println!("{} change(s) written to {}", changes.len(), target.display());
+            crate::cli::print_text(&format!("{} change(s) written to {}", changes.len(), target.display()));
             0
         }
         Err(e) => {

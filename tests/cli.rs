@@ -262,3 +262,60 @@ fn prices_import_prints_the_diff_and_writes_only_prices() {
         .expect("check");
     assert!(check.status.success());
 }
+
+/// `switchyard … | head`: a reader that stops reading ends the output
+/// quietly, with the command's own exit status and no panic.
+#[test]
+fn a_closed_stdout_ends_each_command_quietly() {
+    let rules = repo_path("routing-rules");
+    let cases: [Vec<std::ffi::OsString>; 3] = [
+        vec!["check".into(), "--rules".into(), rules.clone().into()],
+        vec![
+            "explain".into(),
+            "--rules".into(),
+            rules.clone().into(),
+            "hello there".into(),
+        ],
+        vec!["completions".into(), "bash".into()],
+    ];
+    for args in cases {
+        // A pipe whose reading end is closed before the command writes.
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = Command::new(BIN)
+            .args(&args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn completions_cover_every_command_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(BIN).args(["completions", shell]).output().expect("run");
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        for command in [
+            "serve",
+            "check",
+            "explain",
+            "replay",
+            "report",
+            "escalations",
+            "completions",
+        ] {
+            assert!(script.contains(command), "{shell} completions lack {command}");
+        }
+    }
+    let out = Command::new(BIN).args(["completions", "tcsh"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(2), "an unknown shell is a usage error");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bash"),
+        "the error lists the shells"
+    );
+}

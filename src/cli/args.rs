@@ -248,6 +248,11 @@ pub enum Command {
         /// The prompt, or - to read it from stdin.
         text: Option<String>,
     },
+    /// Print a shell completion script: `switchyard completions bash > /etc/bash_completion.d/switchyard`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]

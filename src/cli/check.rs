@@ -9,7 +9,7 @@ use crate::rules::{summary, RuleTable};
 pub fn check(rules: &Path) -> i32 {
     match RuleTable::load(rules) {
         Ok(table) => {
-            println!("ok: {}: {}", rules.display(), summary(&table));
+            super::print_text(&format!("ok: {}: {}", rules.display(), summary(&table)));
             0
         }
         Err(e) => {

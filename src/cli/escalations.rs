@@ -76,12 +76,12 @@ pub async fn escalations(server: &str, api_key: Option<&str>, cmd: EscalationCom
                             })
                         })
                         .collect();
-                    println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+                    super::print_json(&rows);
                 } else if list.is_empty() {
-                    println!("no escalations");
+                    super::print_text("no escalations");
                 } else {
                     for e in &list {
-                        println!("{}", shown(e));
+                        super::print_text(&shown(e));
                     }
                 }
             }),
@@ -103,12 +103,12 @@ pub async fn escalations(server: &str, api_key: Option<&str>, cmd: EscalationCom
             client
                 .resolve_escalation(pb::ResolveEscalationRequest { escalation_id: id, approve: true, add_nanousd: add, reason })
                 .await
-                .map(|r| println!("approved: {}", shown(&r.into_inner())))
+                .map(|r| super::print_text(&format!("approved: {}", shown(&r.into_inner()))))
         }
         EscalationCommand::Deny { id, reason } => client
             .resolve_escalation(pb::ResolveEscalationRequest { escalation_id: id, approve: false, add_nanousd: 0, reason })
             .await
-            .map(|r| println!("denied: {}", shown(&r.into_inner()))),
+            .map(|r| super::print_text(&format!("denied: {}", shown(&r.into_inner())))),
     };
     match result {
         Ok(()) => 0,

@@ -20,17 +20,19 @@ pub use escalations::{escalations, EscalationCommand};
 pub use explain::{explain, ExplainArgs};
 pub use report::{report, ReportArgs, ReportSource};
 
-/// Prints `value` as pretty JSON on stdout. A reader that stopped reading
-/// (`| head`) ends the output quietly: a closed pipe is not an error here.
+/// Prints `value` as pretty JSON on stdout, as [`print_text`] does.
 pub fn print_json(value: &impl serde::Serialize) {
+    match serde_json::to_string_pretty(value) {
+        Ok(t) => print_text(&t),
+        Err(e) => eprintln!("cannot render the output as JSON: {e}"),
+    }
+}
+
+/// Prints `text` and a newline on stdout. A reader that stopped reading
+/// (`| head`) ends the output quietly: a closed pipe is not an error here,
+/// where `println!` would panic with a backtrace.
+pub fn print_text(text: &str) {
     use std::io::Write;
-    let text = match serde_json::to_string_pretty(value) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("cannot render the output as JSON: {e}");
-            return;
-        }
-    };
     let mut out = std::io::stdout().lock();
     if let Err(e) = writeln!(out, "{text}").and_then(|()| out.flush()) {
         if e.kind() != std::io::ErrorKind::BrokenPipe {

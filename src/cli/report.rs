@@ -63,7 +63,7 @@ pub async fn report(a: ReportArgs) -> i32 {
             .await
         {
             Ok(r) => {
-                print!("{}", r.into_inner().text);
+                super::print_text(r.into_inner().text.trim_end_matches('\n'));
                 0
             }
             Err(s) => {
@@ -130,10 +130,7 @@ pub async fn report(a: ReportArgs) -> i32 {
     match crate::outcome::report::gather(store.as_ref(), &table, &spec).await {
         Ok(r) => match crate::outcome::report::render(&r, &a.format) {
             Ok(text) => {
-                print!("{text}");
-                if a.format == "json" {
-                    println!();
-                }
+                super::print_text(text.trim_end_matches('\n'));
                 0
             }
             Err(e) => {

@@ -127,7 +127,7 @@ pub fn replay(a: ReplayArgs) -> u8 {
     };
     match printed {
         Ok(Ok(s)) => {
-            println!("{}", s.trim_end());
+            crate::cli::print_text(s.trim_end());
             0
         }
         Ok(Err(e)) => {
