@@ -13,7 +13,7 @@ use switchyard::error::{ConfigError, EXIT_CONFIG};
 
 /// Every Route allocates and frees a few dozen small objects across the
 /// runtime's threads and the store's; mimalloc's thread-local free lists keep
-/// that off glibc's shared arenas (see README, "Load").
+/// that off glibc's shared arenas (see docs/benchmarks.md, "Load").
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

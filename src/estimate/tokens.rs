@@ -3,7 +3,7 @@
 //! Counting uses GitHub's `bpe-openai`, which produces the same counts as
 //! `tiktoken` (checked on 3,177 MMLU prompts: 0 mismatches) at about twice the
 //! speed on this project's machine, with Switchyard's exact ASCII fast path
-//! for the pre-tokenizer (`pretokenize`) in front of it (see README, "Token
+//! for the pre-tokenizer (`pretokenize`) in front of it (see docs/rules.md, "Token
 //! counting").
 //!
 //! Chat formatting adds tokens around each message. OpenAI's documented chat

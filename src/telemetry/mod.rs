@@ -13,7 +13,7 @@
 //! the values it records, and a finished span is one push onto the export
 //! queue. At full sampling the SDK's span objects, attribute lists and
 //! conversion to protobuf had cost more CPU than the rest of a Route's
-//! decision; the README's "Export cost" gives the measurement.
+//! decision; docs/benchmarks.md, "Export cost", gives the measurement.
 //!
 //! Prompt text is never an attribute; only counts, names, IDs and money.
 

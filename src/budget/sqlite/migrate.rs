@@ -143,7 +143,7 @@ fn repair_money(conn: &Connection) -> Result<(), StoreError> {
             tracing::error!(
                 scopes = n,
                 column = what,
-                "budget store: repaired money columns an older build left out of range (see README, Budgets)"
+                "budget store: repaired money columns an older build left out of range (see docs/budgets.md)"
             );
         }
     }
