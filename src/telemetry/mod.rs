@@ -149,20 +149,25 @@ impl SpanIds {
         if b.len() < 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
             return None;
         }
-        let version = hex_byte(&b[0..2])?;
-        if version == 0xff || (version == 0 && b.len() != 55) || (b.len() > 55 && b[55] != b'-') {
+        // The fields are lower-case hex only; the hex crate would also take
+        // upper case.
+        let lower_hex = |s: &[u8]| s.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+        if !(lower_hex(&b[0..2]) && lower_hex(&b[3..35]) && lower_hex(&b[36..52]) && lower_hex(&b[53..55])) {
             return None;
         }
+        let (mut version, mut flags) = ([0u8; 1], [0u8; 1]);
         let mut ids = SpanIds {
             trace_id: [0; 16],
             span_id: [0; 8],
-            flags: hex_byte(&b[53..55])?,
+            flags: 0,
         };
-        for (i, out) in ids.trace_id.iter_mut().enumerate() {
-            *out = hex_byte(&b[3 + 2 * i..5 + 2 * i])?;
-        }
-        for (i, out) in ids.span_id.iter_mut().enumerate() {
-            *out = hex_byte(&b[36 + 2 * i..38 + 2 * i])?;
+        hex::decode_to_slice(&b[0..2], &mut version).ok()?;
+        hex::decode_to_slice(&b[3..35], &mut ids.trace_id).ok()?;
+        hex::decode_to_slice(&b[36..52], &mut ids.span_id).ok()?;
+        hex::decode_to_slice(&b[53..55], &mut flags).ok()?;
+        ids.flags = flags[0];
+        if version[0] == 0xff || (version[0] == 0 && b.len() != 55) || (b.len() > 55 && b[55] != b'-') {
+            return None;
         }
         (ids.trace_id != [0; 16] && ids.span_id != [0; 8]).then_some(ids)
     }
@@ -171,37 +176,19 @@ impl SpanIds {
         self.flags & 1 == 1
     }
 
-    /// The W3C `traceparent` (version 00).
+    /// The W3C `traceparent` (version 00), written into a stack buffer:
+    /// this runs on every traced Route, where the formatting machinery cost
+    /// more than the rest of building the string.
     pub fn traceparent(&self) -> String {
-        // Hex by hand: this runs on every traced Route, and the formatting
-        // machinery cost more than the rest of building the string.
-        let mut out = String::with_capacity(55);
-        out.push_str("00-");
-        push_hex(&mut out, &self.trace_id);
-        out.push('-');
-        push_hex(&mut out, &self.span_id);
-        out.push('-');
-        push_hex(&mut out, &[self.flags]);
-        out
-    }
-}
-
-/// Two lower-case hex digits.
-fn hex_byte(b: &[u8]) -> Option<u8> {
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    Some(digit(b[0])? << 4 | digit(b[1])?)
-}
-
-/// Appends `bytes` in lower-case hex.
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for &b in bytes {
-        out.push(HEX[usize::from(b >> 4)] as char);
-        out.push(HEX[usize::from(b & 0xf)] as char);
+        let mut b = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        // The lengths are fixed: each slice is exactly twice its bytes.
+        let (trace, span, flags) = (
+            hex::encode_to_slice(self.trace_id, &mut b[3..35]),
+            hex::encode_to_slice(self.span_id, &mut b[36..52]),
+            hex::encode_to_slice([self.flags], &mut b[53..55]),
+        );
+        debug_assert!(trace.is_ok() && span.is_ok() && flags.is_ok());
+        String::from_utf8_lossy(&b).into_owned()
     }
 }
 
@@ -559,11 +546,10 @@ pub fn incoming_traceparent(metadata: &tonic::metadata::MetadataMap) -> String {
         .to_string()
 }
 
-/// The trace and span IDs, in hex, that a `traceparent` names (for tests and tools).
+/// The trace and span IDs, in hex, that a valid `traceparent` names (for
+/// tests and tools): [`SpanIds::parse`], the one parser.
 pub fn parse_traceparent(tp: &str) -> Option<(String, String)> {
-    let parts: Vec<&str> = tp.split('-').collect();
-    (parts.len() == 4 && parts[1].len() == 32 && parts[2].len() == 16)
-        .then(|| (parts[1].to_string(), parts[2].to_string()))
+    SpanIds::parse(tp).map(|ids| (hex::encode(ids.trace_id), hex::encode(ids.span_id)))
 }
 
 #[cfg(test)]

@@ -110,9 +110,7 @@ fn a_span_is_a_child_of_the_callers_with_its_attributes_times_and_flags() {
 }
 
 fn hex(b: &[u8]) -> String {
-    let mut s = String::new();
-    push_hex(&mut s, b);
-    s
+    hex::encode(b)
 }
 
 #[test]
