@@ -464,15 +464,16 @@ mod tests {
         }
     }
 
+    /// Real prompts: the shipped fixture always, and the whole replay data
+    /// set beside the repository when it is there.
     #[test]
     fn matches_the_regex_on_real_prompts() {
-        let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bench-data/replay/mmlu.jsonl");
-        let Ok(text) = std::fs::read_to_string(&data) else {
-            eprintln!("skipping: {} not present", data.display());
-            return;
-        };
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let fixture = std::fs::read_to_string(root.join("tests/fixtures/mmlu-prompts.jsonl"))
+            .expect("tests/fixtures/mmlu-prompts.jsonl ships with the repository");
+        let full = std::fs::read_to_string(root.join("../shared/bench-data/replay/mmlu.jsonl")).unwrap_or_default();
         let mut checked = 0;
-        for line in text.lines().step_by(7) {
+        for line in fixture.lines().chain(full.lines().step_by(7)) {
             let v: serde_json::Value = serde_json::from_str(line).expect("jsonl");
             let prompt = v["prompt"].as_str().expect("prompt");
             for e in Encoding::ALL {
@@ -480,6 +481,6 @@ mod tests {
             }
             checked += 1;
         }
-        assert!(checked > 1000);
+        assert!(checked >= 100, "only {checked} prompts checked");
     }
 }
