@@ -113,6 +113,11 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         ))
         .into());
     }
+    let telemetry = Arc::new(crate::telemetry::Telemetry::from_env(cfg.reservation_ttl).map_err(|e| {
+        ConfigError(format!(
+            "the OpenTelemetry settings are not valid; nothing was started: {e}"
+        ))
+    })?);
     // The audit log first: a fresh start of the store is one of its records.
     let audit = Arc::new(Audit::open(&cfg.state_dir, cfg.audit).map_err(ConfigError)?);
     let store: SharedStore = match &cfg.redis {
@@ -224,7 +229,6 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
 
     let counters = Arc::new(RouteCounters::default());
     let metrics = Arc::new(crate::metrics::Metrics::default());
-    let telemetry = Arc::new(crate::telemetry::Telemetry::from_env(cfg.reservation_ttl));
     let cache = Arc::new(ContextCache::new(cfg.context_cache));
     let admin_state = Arc::new(AdminState {
         rules: rules.clone(),

@@ -450,3 +450,69 @@ async fn metrics_parse_as_prometheus_text_with_the_promised_series() {
     }
     assert!(queried >= 20, "the dashboard queries the series ({queried})");
 }
+
+/// A tracing variable that cannot be used stops `serve` with exit 64 before
+/// any port is bound, naming the variable and what to write instead.
+#[test]
+fn bad_opentelemetry_settings_stop_serve_before_binding() {
+    let cases = [
+        ("OTEL_TRACES_SAMPLER", "sometimes", "is not a sampler"),
+        // Read, as the SDK reads it, only by a ratio sampler (set below).
+        ("OTEL_TRACES_SAMPLER_ARG", "1.5", "expected a ratio from 0 to 1"),
+        (
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "http/protobuf",
+            "set OTEL_EXPORTER_OTLP_PROTOCOL=grpc or unset it",
+        ),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon", "OTEL_EXPORTER_OTLP_TIMEOUT"),
+    ];
+    for (name, value, says) in cases {
+        let dir = tempfile::tempdir().expect("tmp");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("probe")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let mut cmd = std::process::Command::new(common::BIN);
+        cmd.arg("serve")
+            .arg("--rules")
+            .arg(common::repo_path("routing-rules"))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--state-dir",
+            ])
+            .arg(dir.path())
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+            .env(name, value)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if name == "OTEL_TRACES_SAMPLER_ARG" {
+            cmd.env("OTEL_TRACES_SAMPLER", "traceidratio");
+        }
+        let mut child = cmd.spawn().expect("run");
+        // A server that started anyway is a failure, not a hung test.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while child.try_wait().expect("wait").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{name}={value}: serve started instead of refusing the setting");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().expect("output");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{name}={value}: {stderr}");
+        assert!(
+            stderr.contains(name) && stderr.contains(says),
+            "{name}={value}: {stderr}"
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).is_empty(),
+            "{name}={value}: nothing listened"
+        );
+        std::net::TcpListener::bind(("127.0.0.1", port)).expect("the gRPC port was never bound");
+    }
+}

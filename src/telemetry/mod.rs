@@ -314,10 +314,28 @@ impl Telemetry {
 
     /// Starts export if the environment asks for it. Must run inside the
     /// Tokio runtime, which the exporter's gRPC channel uses. A variable
-    /// that cannot be used is logged with what to fix, and traces stay off.
-    pub fn from_env(link_ttl: Duration) -> Telemetry {
+    /// that cannot be used is an error that names it and says what to write
+    /// instead: `serve` exits 64 on it before binding a port, rather than
+    /// run with traces silently off.
+    pub fn from_env(link_ttl: Duration) -> Result<Telemetry, String> {
         if env_is("OTEL_SDK_DISABLED", "true") || env_is("OTEL_TRACES_EXPORTER", "none") {
-            return Telemetry::off();
+            return Ok(Telemetry::off());
+        }
+        for (name, spoken) in [
+            ("OTEL_TRACES_EXPORTER", "otlp"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "none"),
+            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "none"),
+        ] {
+            if let Ok(v) = std::env::var(name) {
+                if !v.trim().is_empty() && !v.trim().eq_ignore_ascii_case(spoken) {
+                    return Err(format!(
+                        "{name}={v} is not supported: Switchyard sends spans over OTLP/gRPC, uncompressed; \
+                         set {name}={spoken} or unset it"
+                    ));
+                }
+            }
         }
         let env = |name: &str| std::env::var(name).ok();
         let started = (|| -> Result<Option<Pipeline>, String> {
@@ -334,32 +352,14 @@ impl Telemetry {
                 exporter: Some(exporter),
             }))
         })();
-        let pipeline = match started {
-            Ok(Some(p)) => p,
-            Ok(None) => return Telemetry::off(),
-            Err(e) => {
-                tracing::warn!("traces are off: {e}");
-                return Telemetry::off();
-            }
+        let Some(pipeline) = started? else {
+            return Ok(Telemetry::off());
         };
-        for (name, spoken) in [
-            ("OTEL_TRACES_EXPORTER", "otlp"),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
-            ("OTEL_EXPORTER_OTLP_COMPRESSION", "none"),
-            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "none"),
-        ] {
-            if let Ok(v) = std::env::var(name) {
-                if !v.trim().is_empty() && !v.trim().eq_ignore_ascii_case(spoken) {
-                    tracing::warn!("{name}={v} is not supported: spans go over OTLP/gRPC, uncompressed");
-                }
-            }
-        }
         tracing::info!(sampler = ?pipeline.sampler, "traces are exported over OTLP/gRPC");
-        Telemetry {
+        Ok(Telemetry {
             pipeline: Some(pipeline),
             route_spans: RouteSpans::new(link_ttl),
-        }
+        })
     }
 
     pub fn enabled(&self) -> bool {
