@@ -204,6 +204,9 @@ async fn spans_reach_a_real_otlp_receiver_inside_the_callers_trace() {
     assert!((est - r.estimated_cost_nanousd as f64 / 1e9).abs() < 1e-12);
     assert!(a.contains_key("switchyard.complexity") && a.contains_key("gen_ai.usage.cache_read.input_tokens"));
     assert!(a.contains_key("switchyard.budget.remaining.usd"), "{a:?}");
+    assert_eq!(a["gen_ai.request.max_tokens"], "300", "the request's own limit");
+    assert_eq!(a["gen_ai.usage.cost.amount"], a["switchyard.cost.usd"]);
+    assert_eq!(a["gen_ai.usage.cost.currency"], "USD");
 
     let (_, report) = find("ReportUsage");
     let a = attrs(report);
@@ -214,6 +217,11 @@ async fn spans_reach_a_real_otlp_receiver_inside_the_callers_trace() {
     assert_eq!(a["switchyard.outcome.id"], "ticket-42");
     let actual: f64 = a["switchyard.cost.usd"].parse().expect("cost");
     assert!((actual - cost as f64 / 1e9).abs() < 1e-12, "the actual cost");
+    assert_eq!(
+        a["gen_ai.response.model"], r.model,
+        "the model the usage was reported for"
+    );
+    assert_eq!(a["gen_ai.usage.cost.currency"], "USD");
     assert!(
         report
             .links

@@ -118,6 +118,8 @@ impl Router for RouterService {
                         output_tokens: d.output_tokens,
                         cached_input_tokens: d.cached_tokens,
                         cost_nanos: d.cost_nanos,
+                        max_tokens: (routed.max_output_tokens > 0).then_some(routed.max_output_tokens),
+                        response_model: None,
                     }
                     .set_on(span);
                     span.set(attr::ROUTE_STATUS, routed.status.as_str());
@@ -166,6 +168,8 @@ impl Router for RouterService {
                         output_tokens: s.usage.output_tokens,
                         cached_input_tokens: s.usage.cached_input_tokens,
                         cost_nanos: s.cost_nanos,
+                        max_tokens: None,
+                        response_model: Some(&s.model),
                     }
                     .set_on(span);
                     span.set(attr::USAGE_FAILED, s.usage.failed);

@@ -84,6 +84,8 @@ pub struct Routed {
     pub reason: String,
     pub workflow: String,
     pub outcome_id: String,
+    /// The request's own output limit; 0 when it set none.
+    pub max_output_tokens: u32,
     /// Boxed: a plan is several hundred bytes (the estimate and the learned
     /// predictions), and a Routed moves through every layer above. Its
     /// decision's reason has moved to [`Routed::reason`].
@@ -295,6 +297,7 @@ impl Router {
             escalation_id,
             reason,
             outcome_id: call.outcome_id,
+            max_output_tokens: call.max_output_tokens,
             planned,
             candidates,
         })

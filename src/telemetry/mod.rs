@@ -32,6 +32,11 @@ pub mod attr {
     pub const GEN_AI_OPERATION_NAME: &str = "gen_ai.operation.name";
     pub const GEN_AI_PROVIDER_NAME: &str = "gen_ai.provider.name";
     pub const GEN_AI_REQUEST_MODEL: &str = "gen_ai.request.model";
+    pub const GEN_AI_REQUEST_MAX_TOKENS: &str = "gen_ai.request.max_tokens";
+    pub const GEN_AI_RESPONSE_MODEL: &str = "gen_ai.response.model";
+    /// Proposed in the GenAI conventions, beside `switchyard.cost.usd`.
+    pub const GEN_AI_USAGE_COST_AMOUNT: &str = "gen_ai.usage.cost.amount";
+    pub const GEN_AI_USAGE_COST_CURRENCY: &str = "gen_ai.usage.cost.currency";
     pub const GEN_AI_USAGE_INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
     pub const GEN_AI_USAGE_OUTPUT_TOKENS: &str = "gen_ai.usage.output_tokens";
     pub const GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: &str = "gen_ai.usage.cache_read.input_tokens";
@@ -114,6 +119,10 @@ pub struct CallAttrs<'a> {
     pub cached_input_tokens: u64,
     /// The estimate on Route, the actual cost on ReportUsage.
     pub cost_nanos: i64,
+    /// Route: the request's output limit, when it set one.
+    pub max_tokens: Option<u32>,
+    /// ReportUsage: the model the provider answered with.
+    pub response_model: Option<&'a str>,
 }
 
 impl CallAttrs<'_> {
@@ -127,7 +136,16 @@ impl CallAttrs<'_> {
         span.set(attr::WORKFLOW, self.workflow);
         span.set(attr::OUTCOME_ID, self.outcome_id);
         span.set(attr::DECISION_ID, self.decision_id);
-        span.set(attr::COST_USD, crate::money::nanos_to_usd(self.cost_nanos));
+        let usd = crate::money::nanos_to_usd(self.cost_nanos);
+        span.set(attr::COST_USD, usd);
+        span.set(attr::GEN_AI_USAGE_COST_AMOUNT, usd);
+        span.set(attr::GEN_AI_USAGE_COST_CURRENCY, "USD");
+        if let Some(n) = self.max_tokens {
+            span.set(attr::GEN_AI_REQUEST_MAX_TOKENS, i64::from(n));
+        }
+        if let Some(m) = self.response_model {
+            span.set(attr::GEN_AI_RESPONSE_MODEL, m);
+        }
     }
 }
 

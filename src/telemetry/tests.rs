@@ -61,6 +61,8 @@ fn a_span_is_a_child_of_the_callers_with_its_attributes_times_and_flags() {
         output_tokens: 300,
         cached_input_tokens: 1024,
         cost_nanos: 123_456,
+        max_tokens: Some(400),
+        response_model: Some("gpt-4o-mini-2024-07-18"),
     }
     .set_on(&mut span);
     span.set(attr::COMPLEXITY, 0.25);
@@ -106,7 +108,15 @@ fn a_span_is_a_child_of_the_callers_with_its_attributes_times_and_flags() {
     assert_eq!(a["switchyard.outcome.id"], Any::StringValue("ticket-42".into()));
     assert_eq!(a["switchyard.cost.usd"], Any::DoubleValue(0.000123456));
     assert_eq!(a["switchyard.complexity"], Any::DoubleValue(0.25));
-    assert_eq!(a.len(), 11);
+    // The GenAI conventions' newer names, beside Switchyard's own.
+    assert_eq!(a["gen_ai.request.max_tokens"], Any::IntValue(400));
+    assert_eq!(
+        a["gen_ai.response.model"],
+        Any::StringValue("gpt-4o-mini-2024-07-18".into())
+    );
+    assert_eq!(a["gen_ai.usage.cost.amount"], Any::DoubleValue(0.000123456));
+    assert_eq!(a["gen_ai.usage.cost.currency"], Any::StringValue("USD".into()));
+    assert_eq!(a.len(), 15);
 }
 
 fn hex(b: &[u8]) -> String {
