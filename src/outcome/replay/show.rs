@@ -4,57 +4,59 @@ use std::io::IsTerminal;
 
 use super::*;
 
-/// A progress bar on stderr: redrawn in place on a terminal, a line every
-/// 10% otherwise.
+/// Progress on stderr: an `indicatif` bar redrawn in place on a terminal;
+/// otherwise (CI logs, files) a line every 10%, which a bar cannot give.
 pub(super) struct Progress {
     pub(super) total: u64,
     pub(super) done: u64,
-    pub(super) tty: bool,
-    pub(super) last: std::time::Instant,
-    pub(super) last_decile: u64,
-    pub(super) started: std::time::Instant,
+    bar: Option<indicatif::ProgressBar>,
+    last_decile: u64,
 }
 
 impl Progress {
     pub(super) fn new(total: u64) -> Progress {
+        let total = total.max(1);
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "replay [{bar:30}] {percent:>3}% {pos}/{len} rows  {msg:<16} {elapsed}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar
+        });
         Progress {
-            total: total.max(1),
+            total,
             done: 0,
-            tty: std::io::stderr().is_terminal(),
-            last: std::time::Instant::now(),
+            bar,
             last_decile: 0,
-            started: std::time::Instant::now(),
         }
     }
     pub(super) fn tick(&mut self, policy: &str) {
         self.done += 1;
-        let decile = self.done * 10 / self.total;
-        if self.tty {
-            if self.last.elapsed().as_millis() >= 100 || self.done == self.total {
-                self.last = std::time::Instant::now();
-                let filled = (self.done * 30 / self.total) as usize;
-                eprint!(
-                    "\rreplay [{}{}] {:>3}% {}/{} rows  {policy:<16}",
-                    "=".repeat(filled),
-                    " ".repeat(30 - filled),
-                    self.done * 100 / self.total,
-                    self.done,
-                    self.total
-                );
+        match &self.bar {
+            Some(bar) => {
+                // indicatif redraws at most 20 times a second; the message is
+                // set only when the policy changes.
+                if bar.message() != policy {
+                    bar.set_message(policy.to_string());
+                }
+                bar.inc(1);
             }
-        } else if decile > self.last_decile {
-            self.last_decile = decile;
-            eprintln!("replay: {}% ({}/{} rows, {policy})", decile * 10, self.done, self.total);
+            None => {
+                let decile = self.done * 10 / self.total;
+                if decile > self.last_decile {
+                    self.last_decile = decile;
+                    eprintln!("replay: {}% ({}/{} rows, {policy})", decile * 10, self.done, self.total);
+                }
+            }
         }
     }
     pub(super) fn done(&mut self) {
-        if self.tty {
-            eprintln!(
-                "\rreplay: {} rows in {:.1} s{}",
-                self.total,
-                self.started.elapsed().as_secs_f64(),
-                " ".repeat(40)
-            );
+        if let Some(bar) = self.bar.take() {
+            let took = bar.elapsed();
+            bar.finish_and_clear();
+            eprintln!("replay: {} rows in {:.1} s", self.total, took.as_secs_f64());
         }
     }
 }
