@@ -35,9 +35,11 @@ use crate::rules::{Encoding, RuleTable, Workflow};
 /// bytes with padding), the value (56) and the hash table's slack.
 const WORK_ENTRY_BYTES: u64 = 128;
 /// Bytes one warm-prefix entry is charged: the key (16), the list's header
-/// (24), two models in it (32) and the hash table's slack. A prefix shared by
-/// more models is rarer; one holds at most [`PREFIX_MAX_MODELS`].
-const PREFIX_ENTRY_BYTES: u64 = 112;
+/// (24), the most models it can hold ([`PREFIX_MAX_MODELS`], 16 bytes each)
+/// and the hash table's slack. Charging the most an entry can hold keeps
+/// the configured bound a bound, though most prefixes name one or two
+/// models.
+const PREFIX_ENTRY_BYTES: u64 = 16 + 24 + 16 * PREFIX_MAX_MODELS as u64 + 48;
 /// The most models one warm prefix remembers (the most recent ones).
 const PREFIX_MAX_MODELS: usize = 8;
 /// The warm-prefix store's share of the configured bound.

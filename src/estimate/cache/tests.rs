@@ -190,3 +190,17 @@ fn short_prefixes_are_not_cached() {
     cache.record("warmable", &fps);
     assert_eq!(cache.cached_tokens(&table, wf, &fps, &work)[0], 0, "under 1024 tokens");
 }
+
+/// The bound is in bytes: each entry is charged at least what it can hold,
+/// the map's slack included, so the caches never outgrow `--context-cache-mib`.
+#[test]
+fn entries_are_charged_at_least_their_size() {
+    use std::mem::size_of;
+    let work = size_of::<((u128, u8), MessageWork)>() as u64;
+    assert!(WORK_ENTRY_BYTES >= work + 16, "{WORK_ENTRY_BYTES} < {work} + slack");
+    let prefix = (size_of::<u128>() + size_of::<Vec<Seen>>() + PREFIX_MAX_MODELS * size_of::<Seen>()) as u64;
+    assert!(
+        PREFIX_ENTRY_BYTES >= prefix + 16,
+        "{PREFIX_ENTRY_BYTES} < {prefix} + slack"
+    );
+}
