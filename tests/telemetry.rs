@@ -524,3 +524,73 @@ fn bad_opentelemetry_settings_stop_serve_before_binding() {
         std::net::TcpListener::bind(("127.0.0.1", port)).expect("the gRPC port was never bound");
     }
 }
+
+/// With `--log-format json` and debug logs, each RPC logs a line carrying
+/// the trace and span IDs of the span it exported, so logs and traces join;
+/// a refused call's error line carries them too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_carry_the_trace_of_their_exported_span() {
+    let (receiver, endpoint) = start_receiver().await;
+    let server = Server::start_with_env(
+        &repo_path("routing-rules"),
+        &["--log-format", "json"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("RUST_LOG", "switchyard=debug"),
+        ],
+    );
+    let mut c = server.client().await;
+    c.route(request("general", "What is the capital of France?"))
+        .await
+        .expect("route");
+    let refused = c
+        .route(request("no-such-workflow", "hello"))
+        .await
+        .expect_err("an unknown workflow is refused");
+    assert_eq!(refused.code(), tonic::Code::NotFound);
+    let both = eventually(Duration::from_secs(15), || {
+        let spans = receiver.spans.clone();
+        async move {
+            spans
+                .lock()
+                .expect("lock")
+                .iter()
+                .filter(|(_, s)| s.name == "Route")
+                .count()
+                >= 2
+        }
+    })
+    .await;
+    assert!(both, "two Route spans exported");
+    let spans = receiver.spans.lock().expect("lock").clone();
+    let lines: Vec<serde_json::Value> = server
+        .stderr()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    for (_, span) in spans.iter().filter(|(_, s)| s.name == "Route") {
+        let (trace, id) = (hex(&span.trace_id), hex(&span.span_id));
+        let answered = lines.iter().find(|l| {
+            l["fields"]["message"] == "rpc answered"
+                && l["fields"]["trace_id"] == trace.as_str()
+                && l["fields"]["span_id"] == id.as_str()
+        });
+        assert!(
+            answered.is_some(),
+            "no log line for the Route span {trace}/{id}: {lines:?}"
+        );
+    }
+    // The refusal's own line sits inside the RPC's span, with its IDs.
+    let refusal = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "request refused")
+        .expect("the refusal is logged at debug");
+    let trace = refusal["span"]["trace_id"]
+        .as_str()
+        .expect("the refusal carries a trace ID");
+    assert!(
+        spans.iter().any(|(_, s)| hex(&s.trace_id) == trace),
+        "the refusal's trace {trace} is an exported span's"
+    );
+}

@@ -79,16 +79,49 @@ impl RouterService {
         handle: impl AsyncFnOnce(&Identity, Req, &mut RpcSpan) -> Result<Resp, Error>,
     ) -> Result<Response<Resp>, Status> {
         let mut span = self.telemetry.start(name, request.metadata(), link);
+        // Log lines about this RPC carry its trace and span IDs, so a log
+        // search and a trace join up. Disabled levels build nothing.
+        let ids = span.ids();
+        let log_span = match ids {
+            Some(ids) => tracing::debug_span!(
+                "rpc",
+                rpc = name,
+                trace_id = %hex::encode(ids.trace_id),
+                span_id = %hex::encode(ids.span_id)
+            ),
+            None => tracing::debug_span!("rpc", rpc = name),
+        };
         let result = match self.admit(&request, action) {
-            Ok(admitted) => handle(&admitted.identity, request.into_inner(), &mut span).await,
+            Ok(admitted) => {
+                tracing::Instrument::instrument(
+                    handle(&admitted.identity, request.into_inner(), &mut span),
+                    log_span.clone(),
+                )
+                .await
+            }
             Err(e) => Err(e),
         };
-        result.map(Response::new).map_err(|e| {
+        let _in_rpc = log_span.enter();
+        let answer = result.map(Response::new).map_err(|e| {
             e.log(name);
             let status = Status::from(e);
             span.fail(&status);
             status
-        })
+        });
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let code = answer.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+            match ids {
+                Some(ids) => tracing::debug!(
+                    rpc = name,
+                    code = ?code,
+                    trace_id = %hex::encode(ids.trace_id),
+                    span_id = %hex::encode(ids.span_id),
+                    "rpc answered"
+                ),
+                None => tracing::debug!(rpc = name, code = ?code, "rpc answered"),
+            }
+        }
+        answer
     }
 }
 

@@ -524,6 +524,11 @@ impl RpcSpan {
         }
     }
 
+    /// The span's IDs, when there is a span (export on), sampled or not.
+    pub fn ids(&self) -> Option<SpanIds> {
+        self.live.as_ref().map(|l| l.ids)
+    }
+
     /// The W3C `traceparent` of this span.
     pub fn traceparent(&self) -> Option<String> {
         self.live.as_ref().map(|l| l.ids.traceparent())
