@@ -20,7 +20,6 @@
 mod otlp;
 mod sampler;
 
-use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -210,32 +209,10 @@ impl SpanIds {
     }
 }
 
-thread_local! {
-    /// Per-thread state for span and trace IDs, seeded from the OS.
-    static ID_STATE: Cell<u64> = Cell::new(id_seed());
-}
-
-fn id_seed() -> u64 {
-    let mut b = [0u8; 8];
-    if getrandom::fill(&mut b).is_err() {
-        // No OS randomness: the clock, which still differs per thread and start.
-        let nanos = otlp::unix_nanos(SystemTime::now());
-        b = nanos.to_le_bytes();
-    }
-    u64::from_le_bytes(b)
-}
-
-/// A random non-zero 64-bit value (wyrand): IDs must be unique, not secret.
+/// A random non-zero 64-bit value for span and trace IDs (fastrand's
+/// per-thread wyrand, seeded from the OS): IDs must be unique, not secret.
 fn random_id() -> u64 {
-    ID_STATE.with(|s| loop {
-        let x = s.get().wrapping_add(0xa076_1d64_78bd_642f);
-        s.set(x);
-        let t = u128::from(x) * u128::from(x ^ 0xe703_7ed1_a0b4_28db);
-        let v = (t >> 64) as u64 ^ t as u64;
-        if v != 0 {
-            return v;
-        }
-    })
+    fastrand::u64(1..)
 }
 
 /// The tracer, or nothing when export is off.

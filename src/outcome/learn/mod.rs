@@ -362,18 +362,6 @@ impl TierModel {
     }
 }
 
-/// SplitMix64's step, for the draws `serve` and `replay` make.
-pub const SPLITMIX_STEP: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// SplitMix64's output function on a state, as a uniform draw in 0..1.
-pub fn splitmix_unit(state: u64) -> f64 {
-    let mut z = state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> 11) as f64 / (1u64 << 53) as f64
-}
-
 fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z.clamp(-30.0, 30.0)).exp())
 }

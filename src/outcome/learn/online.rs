@@ -89,15 +89,11 @@ pub struct Online {
     seed: u64,
     tx: tokio::sync::mpsc::Sender<LearnEvent>,
     rx: Mutex<Option<tokio::sync::mpsc::Receiver<LearnEvent>>>,
-    rng: AtomicU64,
 }
 
 impl Online {
     pub fn new(learner: Arc<Learner>, store: Arc<dyn LearningStore>) -> Online {
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
         Online {
             learner,
             counters: LearnCounters::default(),
@@ -107,7 +103,6 @@ impl Online {
             seed: crate::hashing::random_seed(),
             tx,
             rx: Mutex::new(Some(rx)),
-            rng: AtomicU64::new(seed),
         }
     }
 
@@ -122,9 +117,9 @@ impl Online {
         xxhash_rust::xxh3::xxh3_128_with_seed(outcome_id.as_bytes(), workflow)
     }
 
-    /// A uniform draw in 0..1 (SplitMix64 over a shared counter).
+    /// A uniform draw in 0..1 (fastrand's per-thread generator).
     pub fn draw(&self) -> f64 {
-        super::splitmix_unit(self.rng.fetch_add(super::SPLITMIX_STEP, Ordering::Relaxed))
+        fastrand::f64()
     }
 
     /// Remembers a routed call so that its feedback or outcome can label it.

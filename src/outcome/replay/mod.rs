@@ -228,13 +228,9 @@ fn run_seeds(a: &ReplayArgs) -> Result<SeedsReport, String> {
     Ok(SeedsReport::of(&runs))
 }
 
-/// Fisher-Yates with replay's SplitMix draws.
+/// The rows in an order drawn from `seed`.
 fn shuffle<T>(v: &mut [T], seed: u64) {
-    let mut rng = SplitMix(seed ^ 0x05A1_F0DE);
-    for i in (1..v.len()).rev() {
-        let j = ((rng.next_f64() * (i + 1) as f64) as usize).min(i);
-        v.swap(i, j);
-    }
+    fastrand::Rng::with_seed(seed ^ 0x05A1_F0DE).shuffle(v);
 }
 
 /// Rows each policy replays once: always-strong, always-weak, rules,
@@ -286,10 +282,10 @@ fn replay_rows(
 
     // Random, at the learned router's strong share.
     let share = router.strong as f64 / router.tasks.max(1) as f64;
-    let mut rng = SplitMix(seed ^ 0x5EED);
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x5EED);
     let mut random = Tally::new("random");
     for c in cases {
-        let m = if rng.next_f64() < share { strong } else { weak };
+        let m = if rng.f64() < share { strong } else { weak };
         random.call(c, m, strong);
         random.finish(c.outcome[m].is_some_and(|o| o.0));
         progress.tick("random");
@@ -469,7 +465,7 @@ struct Scored {
 /// of the row being cascaded, and the features of the call just routed.
 struct ReplayLearning {
     learner: Learner,
-    rng: Mutex<SplitMix>,
+    rng: Mutex<fastrand::Rng>,
     rejected: Mutex<Option<u8>>,
     routed: Mutex<Option<Features>>,
 }
@@ -481,7 +477,7 @@ impl LearningGate for ReplayLearning {
     }
 
     fn draw(&self) -> f64 {
-        self.rng.lock().unwrap_or_else(PoisonError::into_inner).next_f64()
+        self.rng.lock().unwrap_or_else(PoisonError::into_inner).f64()
     }
 
     async fn rejected_tier(&self, _: &str, _: &str) -> Result<Option<u8>, crate::error::StoreError> {
@@ -504,7 +500,7 @@ impl<'a> Replayer<'a> {
     fn new(rules: &Arc<Rules>, rt: &'a tokio::runtime::Runtime, seed: u64) -> Replayer<'a> {
         let learning = Arc::new(ReplayLearning {
             learner: Learner::new(),
-            rng: Mutex::new(SplitMix(seed)),
+            rng: Mutex::new(fastrand::Rng::with_seed(seed)),
             rejected: Mutex::new(None),
             routed: Mutex::new(None),
         });
@@ -629,16 +625,6 @@ fn learned(
         progress.tick(name);
     }
     Ok((tally, scored))
-}
-
-/// A seeded SplitMix64: replay's draws, the same for the same seed.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next_f64(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(crate::outcome::learn::SPLITMIX_STEP);
-        crate::outcome::learn::splitmix_unit(self.0)
-    }
 }
 
 #[cfg(test)]
