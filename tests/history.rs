@@ -356,13 +356,6 @@ async fn run(addr: &str, chaos: impl std::future::Future<Output = ()>) -> Arc<Mu
     history
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 fn flags<'a>(listen: &'a str, state: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut f = vec!["--listen", listen, "--state-dir", state, "--reservation-ttl-s", "2"];
     f.extend_from_slice(extra);

@@ -248,11 +248,7 @@ async fn serve_refuses_bad_rules_before_binding() {
     let dir = tempfile::tempdir().expect("tmp");
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[[models]]\nname = \"x\"\nprovider = \"p\"\ncolour = 1\n").expect("write");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("probe")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = common::free_port();
     let out = std::process::Command::new(BIN)
         .arg("serve")
         .arg("--rules")

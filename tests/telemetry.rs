@@ -476,11 +476,7 @@ fn bad_opentelemetry_settings_stop_serve_before_binding() {
     ];
     for (name, value, says) in cases {
         let dir = tempfile::tempdir().expect("tmp");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("probe")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let port = common::free_port();
         let mut cmd = std::process::Command::new(common::BIN);
         cmd.arg("serve")
             .arg("--rules")

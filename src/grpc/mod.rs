@@ -80,17 +80,15 @@ impl RouterService {
     ) -> Result<Response<Resp>, Status> {
         let mut span = self.telemetry.start(name, request.metadata(), link);
         // Log lines about this RPC carry its trace and span IDs, so a log
-        // search and a trace join up. Disabled levels build nothing.
-        let ids = span.ids();
-        let log_span = match ids {
-            Some(ids) => tracing::debug_span!(
-                "rpc",
-                rpc = name,
-                trace_id = %hex::encode(ids.trace_id),
-                span_id = %hex::encode(ids.span_id)
-            ),
-            None => tracing::debug_span!("rpc", rpc = name),
-        };
+        // search and a trace join up. The IDs are written out only when
+        // debug lines are kept; otherwise the log span is a no-op.
+        let hex_ids = span
+            .ids()
+            .filter(|_| tracing::enabled!(tracing::Level::DEBUG))
+            .map(|ids| (hex::encode(ids.trace_id), hex::encode(ids.span_id)));
+        let trace_id = hex_ids.as_ref().map(|h| h.0.as_str());
+        let span_id = hex_ids.as_ref().map(|h| h.1.as_str());
+        let log_span = tracing::debug_span!("rpc", rpc = name, trace_id, span_id);
         let result = match self.admit(&request, action) {
             Ok(admitted) => {
                 tracing::Instrument::instrument(
@@ -108,19 +106,8 @@ impl RouterService {
             span.fail(&status);
             status
         });
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            let code = answer.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
-            match ids {
-                Some(ids) => tracing::debug!(
-                    rpc = name,
-                    code = ?code,
-                    trace_id = %hex::encode(ids.trace_id),
-                    span_id = %hex::encode(ids.span_id),
-                    "rpc answered"
-                ),
-                None => tracing::debug!(rpc = name, code = ?code, "rpc answered"),
-            }
-        }
+        let code = answer.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        tracing::debug!(rpc = name, code = ?code, trace_id, span_id, "rpc answered");
         answer
     }
 }
