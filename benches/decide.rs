@@ -141,12 +141,15 @@ fn bench(c: &mut Criterion) {
 
     {
         use switchyard::decide::available_tiers;
-        use switchyard::outcome::learn::{Features, LearnEvent, Learned, Learner};
+        use switchyard::outcome::learn::{Features, LearnEvent, Learned, Learner, Request};
         let learner = Learner::new();
         let tiers = available_tiers(&rules, wf, 0);
         let prompts: Vec<String> = corpus.split("\n\n").take(5_000).map(str::to_string).collect();
         for (i, p) in prompts.iter().enumerate() {
-            let f = Features::extract(std::iter::once(p.as_str()), "general", &Default::default());
+            let f = Features::extract(
+                std::iter::once(p.as_str()),
+                &Request::new("general", &Default::default()),
+            );
             learner.apply(&LearnEvent {
                 workflow: wf.name.clone(),
                 tier: tiers[i % tiers.len()],
@@ -167,13 +170,22 @@ fn bench(c: &mut Criterion) {
             group.throughput(Throughput::Elements(n));
             group.bench_with_input(BenchmarkId::from_parameter(n), &text, |b, text| {
                 b.iter(|| {
-                    let f = Features::extract(std::iter::once(black_box(text.as_str())), "general", &est.features);
+                    let request = Request {
+                        task_kind: "general",
+                        complexity: &est.features,
+                        prior: est.complexity,
+                        tokens: est.input_tokens[0],
+                    };
+                    let f = Features::extract(std::iter::once(black_box(text.as_str())), &request);
                     Learned::gather(&learner, &wf.name, &tiers, &f, &wf.learning, 0.5)
                 })
             });
         }
         group.finish();
-        let f = Features::extract(std::iter::once(prompts[7].as_str()), "general", &Default::default());
+        let f = Features::extract(
+            std::iter::once(prompts[7].as_str()),
+            &Request::new("general", &Default::default()),
+        );
         let event = LearnEvent {
             workflow: wf.name.clone(),
             tier: tiers[0],

@@ -87,8 +87,11 @@ pub struct Decision {
     pub adequate: usize,
     /// The tier came from the learned model rather than the rule.
     pub learned: bool,
-    /// The learned model sent this call to a random tier, to keep learning.
+    /// The learned model sent this call to another tier, to keep learning.
     pub explored: bool,
+    /// When the workflow learns: the probability that the policy in force
+    /// (the rules or the model, with its exploration) chose this tier.
+    pub propensity: Option<f64>,
     pub reason: String,
 }
 
@@ -136,15 +139,15 @@ pub fn decide(
             Requirement::Tier(t) => {
                 let mut asked = t.max(workflow.quality_floor).min(workflow.max_tier);
                 let mut notes: Vec<String> = Vec::new();
-                let (mut learned, mut explored) = (false, false);
+                let (mut learned, mut explored, mut propensity) = (false, false, None);
                 let available = available_tiers(table, workflow, est.class);
                 if let Some(l) = input.learned.as_ref().filter(|_| workflow.learning.enabled) {
-                    if let Some((tier, why)) = choose(l, &available, &workflow.learning) {
-                        asked = tier;
-                        learned = true;
-                        explored = l.explore == Some(tier);
-                        notes.push(why);
+                    let c = choose(l, &available, &workflow.learning, asked);
+                    if c.learned || c.explored {
+                        asked = c.tier;
                     }
+                    (learned, explored, propensity) = (c.learned, c.explored, Some(c.propensity));
+                    notes.extend(c.reason);
                 }
                 if let Some(r) = input.rejected_tier.filter(|_| input.attempt > 1) {
                     if asked <= r && available.iter().any(|&a| a > r) {
@@ -163,6 +166,7 @@ pub fn decide(
                 let mut d = pick(&ctx, required, None, &rule.name, &skipped_pins, trace)?;
                 d.learned = learned;
                 d.explored = explored;
+                d.propensity = propensity;
                 if required < asked {
                     d.downgraded_from = Some(asked);
                     notes.push(format!(
@@ -392,6 +396,7 @@ fn pick(
         adequate,
         learned: false,
         explored: false,
+        propensity: None,
         reason,
     })
 }

@@ -140,6 +140,9 @@ async fn explain_decides_as_serve_does() {
     let explained = explain(rules.path(), state.path(), "learn", "proof", probe, &[]);
     same(&served, &explained);
     assert_eq!(explained["decision"]["learned"], true);
+    // A learned choice carries the probability that the policy made it.
+    let propensity = explained["decision"]["propensity"].as_f64().expect("a propensity");
+    assert!(propensity > 0.0 && propensity <= 1.0, "{propensity}");
     assert!(explained["learning"]["labelled_calls"].as_u64() >= Some(labelled));
 
     // 2. A retry after a rejection: the rules alone send it a tier up.

@@ -205,6 +205,8 @@ async fn run(args: &ExplainArgs<'_>, text: &str) -> Result<serde_json::Value, St
             "rule": d.rule,
             "required_tier": d.required_tier,
             "learned": d.learned,
+            "explored": d.explored,
+            "propensity": d.propensity,
             "input_tokens": d.input_tokens,
             "cached_input_tokens": d.cached_tokens,
             "estimated_cost_nanousd": d.cost_nanos,

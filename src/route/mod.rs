@@ -36,7 +36,7 @@ use crate::error::Error;
 use crate::estimate::cache::{ContextCache, Fingerprints};
 use crate::estimate::{compute_work, estimate, Estimate, Role};
 use crate::metrics::Metrics;
-use crate::outcome::learn::{Features, Learned, Learner, LearningGate, RoutedCall};
+use crate::outcome::learn::{Features, Learned, Learner, LearningGate, Request, RoutedCall};
 use crate::rules::reload::Rules;
 use crate::rules::{Model, RuleTable, Workflow};
 
@@ -402,7 +402,13 @@ pub fn plan(
             .rev()
             .filter(|m| !has_user || m.role == Role::User)
             .map(|m| m.content);
-        let f = Features::extract(texts, &est.task_kind, &est.features);
+        let request = Request {
+            task_kind: &est.task_kind,
+            complexity: &est.features,
+            prior: est.complexity,
+            tokens: est.input_tokens.into_iter().max().unwrap_or(0),
+        };
+        let f = Features::extract(texts, &request);
         let available = available_tiers(table, workflow, est.class);
         input.learned = Some(Learned::gather(
             l.learner,

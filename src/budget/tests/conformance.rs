@@ -169,7 +169,7 @@ async fn the_ledger_holds_settled_calls_outcomes_and_feedback(store: &Arc<dyn St
 }
 
 async fn labelled_calls_are_kept_in_order_within_the_window(store: &Arc<dyn LearningStore>, ns: &str) {
-    use crate::outcome::learn::{Features, LearnEvent};
+    use crate::outcome::learn::{Features, LearnEvent, Request};
     let wf = format!("{ns}learn");
     let event = |i: usize| LearnEvent {
         workflow: wf.clone(),
@@ -178,8 +178,7 @@ async fn labelled_calls_are_kept_in_order_within_the_window(store: &Arc<dyn Lear
         label: (i % 4) as f32 / 4.0,
         features: Features::extract(
             std::iter::once(format!("call number {i}").as_str()),
-            "k",
-            &Default::default(),
+            &Request::new("k", &Default::default()),
         ),
     };
     let all: Vec<LearnEvent> = (0..250).map(event).collect();

@@ -1,57 +1,130 @@
-//! Learning from outcomes: for each workflow and tier, an online logistic
-//! model of P(accepted | request features, tier).
+//! Learning from outcomes: for each workflow and tier, an online Bayesian
+//! logistic model of P(accepted | request, tier) that corrects the rule
+//! table's prior.
 //!
-//! - [`Features`]: what a request looks like to the model: the complexity
-//!   features, hashed word unigrams and bigrams, the task kind, and length
-//!   and digit buckets. Only hashed bucket numbers and counts, never text.
-//! - [`Learner`]: the weights. Route reads them without a lock (relaxed
-//!   atomics); updates are applied by one task, off the hot path, in the
-//!   order the store holds the learning events, so every sidecar that reads
-//!   the same events holds the same model.
-//! - [`choose`]: the pure tier choice `decide` makes from the predictions:
-//!   the cheapest tier whose predicted acceptance meets the workflow's
-//!   target; if none does, the cheapest tier within `min_gain` of the best.
-//!
-//! The update is AdaGrad on the logistic loss: each weight has its own step
-//! size, large while it has seen little, so a new task kind or word moves the
-//! model after a few examples and a common one settles.
+//! - [`Features`]: what a request looks like to the model: the prior (the
+//!   rule table's complexity score), the complexity features, structural
+//!   counts (numbers, operators, sentences, questions, list items, code
+//!   fences, constraint words, tokens) in log buckets, hashed word unigrams
+//!   and bigrams, and the task kind. Only bucket numbers and counts, never
+//!   text.
+//! - [`model`]: the weights, with a diagonal Gaussian posterior per weight,
+//!   each tier reading the logit of the tier below it (what a stronger tier
+//!   adds is learned as a correction to what the weaker one predicts); the
+//!   evidence gate that keeps the learned score at the prior until labels
+//!   show it predicts better; the tier choice with exploration scaled by the
+//!   model's uncertainty, and the propensity of every choice.
+//! - [`online`]: learning inside `serve`, from the store's labelled calls.
 
+pub mod model;
 pub mod online;
+
+pub use model::{choose, Choice, Learned, Learner, TierPrediction};
 
 pub use online::{Folded, Online, RoutedCall};
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
-
 use crate::estimate::Features as Complexity;
-use crate::rules::{Learning, MAX_TIER};
+use crate::rules::MAX_TIER;
 
 /// Hash buckets per tier model (2^18 = 262,144 weights, 1 MiB each of
 /// weights and of AdaGrad sums).
 pub const BUCKETS: usize = 1 << 18;
 const MASK: u64 = (BUCKETS as u64) - 1;
 /// Fixed slots below the hashed range: the bias, the nine complexity
-/// features, and the retry flag.
+/// features, the retry flag, the prior's logit and the logit of the tier
+/// below.
 const BIAS: u32 = 0;
 const DENSE: u32 = 1;
 const RETRY: u32 = 10;
+const PRIOR: u32 = 11;
+const BELOW: u32 = 12;
 const FIXED: u64 = 16;
 /// Words read from a request's user messages, newest first.
 pub const MAX_WORDS: usize = 256;
-/// The base step size of the AdaGrad update.
-const LEARNING_RATE: f32 = 0.2;
 const TIERS: usize = MAX_TIER as usize + 1;
+/// The prior's logit is clamped to this: a score of 0 or 1 is not certainty.
+const PRIOR_LOGIT: f32 = 4.0;
 
 /// A request as the model sees it. `grams` share one value, `1/sqrt(n)`, so
 /// that a long prompt weighs no more than a short one.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Features {
-    /// Buckets valued 1: the task kind, the length bucket, the digit bucket.
+    /// Buckets valued 1: the task kind, and the log2 buckets of the word,
+    /// digit, number, operator, sentence, question, list-item, code-fence,
+    /// constraint-word and token counts.
     pub ones: Vec<u32>,
     /// The complexity features, 0 to 1, in `Complexity` field order.
     pub dense: [f32; 9],
     /// Sorted, distinct buckets of the word unigrams and bigrams.
     pub grams: Vec<u32>,
+    /// The rule table's complexity score of the request, 0 to 1: the prior
+    /// that learning corrects.
+    pub prior: f32,
+}
+
+impl Default for Features {
+    fn default() -> Features {
+        Features {
+            ones: Vec::new(),
+            dense: [0.0; 9],
+            grams: Vec::new(),
+            prior: 0.5,
+        }
+    }
+}
+
+/// What a request is, besides its text, when its features are extracted.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub task_kind: &'a str,
+    /// The complexity features.
+    pub complexity: &'a Complexity,
+    /// The complexity score, 0 to 1.
+    pub prior: f64,
+    /// Input tokens.
+    pub tokens: u64,
+}
+
+impl<'a> Request<'a> {
+    /// A request known only by its task kind and complexity features, with
+    /// a neutral prior and no token count.
+    pub fn new(task_kind: &'a str, complexity: &'a Complexity) -> Request<'a> {
+        Request {
+            task_kind,
+            complexity,
+            prior: 0.5,
+            tokens: 0,
+        }
+    }
+}
+
+/// Structural counts from the same pass that hashes the words.
+#[derive(Debug, Default, Clone, Copy)]
+struct Shape {
+    words: usize,
+    digits: u32,
+    numbers: u32,
+    operators: u32,
+    sentences: u32,
+    questions: u32,
+    list_items: u32,
+    fences: u32,
+}
+
+/// Whether a line starting at `b[i..]` is a list item: `-`, `*` or `•`, or
+/// a marker of one or two letters or digits closed by `.` or `)`.
+fn list_item(b: &[u8], mut i: usize) -> bool {
+    while i < b.len() && (b[i] == b' ' || b[i] == b'\t') {
+        i += 1;
+    }
+    match b.get(i..) {
+        Some([b'-' | b'*', b' ', ..]) | Some([0xE2, 0x80, 0xA2, ..]) => true,
+        Some(rest) => {
+            let n = rest.iter().take(3).take_while(|c| c.is_ascii_alphanumeric()).count();
+            (1..=2).contains(&n) && matches!(rest.get(n), Some(b'.' | b')'))
+        }
+        None => false,
+    }
 }
 
 /// The bucket of a feature hash `h` of a given kind: MurmurHash3's 64-bit
@@ -127,12 +200,12 @@ fn sort_buckets(v: &mut Vec<u32>, out: &mut Vec<u32>) {
 
 impl Features {
     /// Extracts the features of a request from its texts (the user's
-    /// messages, newest first), its task kind and its complexity features.
-    pub fn extract<'a>(texts: impl Iterator<Item = &'a str>, task_kind: &str, cx: &Complexity) -> Features {
+    /// messages, newest first) and what else is known of it.
+    pub fn extract<'a>(texts: impl Iterator<Item = &'a str>, r: &Request<'_>) -> Features {
         GRAMS.with(|scratch| {
             let (grams, spare) = &mut *scratch.borrow_mut();
             grams.clear();
-            Features::extract_into(grams, spare, texts, task_kind, cx)
+            Features::extract_into(grams, spare, texts, r)
         })
     }
 
@@ -142,25 +215,42 @@ impl Features {
         grams: &mut Vec<u32>,
         spare: &mut Vec<u32>,
         texts: impl Iterator<Item = &'a str>,
-        task_kind: &str,
-        cx: &Complexity,
+        r: &Request<'_>,
     ) -> Features {
-        let (mut words, mut digits) = (0usize, 0u32);
+        let mut n = Shape::default();
         'texts: for text in texts {
             let mut prev: Option<u64> = None;
             let b = text.as_bytes();
+            if list_item(b, 0) {
+                n.list_items += 1;
+            }
             let mut i = 0;
             while i < b.len() {
                 let c = b[i];
                 if !(c.is_ascii_alphanumeric() || c >= 0x80) {
+                    // Between words: the punctuation that gives a prompt its shape.
+                    match c {
+                        b'+' | b'-' | b'*' | b'/' | b'=' | b'<' | b'>' | b'^' | b'%' => n.operators += 1,
+                        b'.' | b'!' | b'?' => {
+                            n.questions += u32::from(c == b'?');
+                            n.sentences += u32::from(b.get(i + 1).is_none_or(|d| d.is_ascii_whitespace()));
+                        }
+                        b'\n' => n.list_items += u32::from(list_item(b, i + 1)),
+                        b'`' if b.get(i + 1..i + 3) == Some(b"``") => {
+                            n.fences += 1;
+                            i += 2;
+                        }
+                        _ => {}
+                    }
                     i += 1;
                     continue;
                 }
                 // One word: ASCII letters folded to lower case, digits, and
                 // any non-ASCII bytes (so other scripts make words too).
+                n.numbers += u32::from(c.is_ascii_digit());
                 let mut h: u64 = 0xcbf2_9ce4_8422_2325;
                 while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] >= 0x80) {
-                    digits += u32::from(b[i].is_ascii_digit());
+                    n.digits += u32::from(b[i].is_ascii_digit());
                     h = (h ^ b[i].to_ascii_lowercase() as u64).wrapping_mul(0x0100_0000_01b3);
                     i += 1;
                 }
@@ -169,20 +259,31 @@ impl Features {
                     grams.push(bucket(2, p.rotate_left(17) ^ h));
                 }
                 prev = Some(h);
-                words += 1;
-                if words >= MAX_WORDS {
+                n.words += 1;
+                if n.words >= MAX_WORDS {
                     break 'texts;
                 }
             }
         }
         sort_buckets(grams, spare);
         grams.dedup();
-        let log2 = |n: usize| usize::BITS - n.leading_zeros();
+        let log2 = |n: u64| u64::BITS - n.leading_zeros();
+        let cx = r.complexity;
+        // The complexity scan counts constraint words up to 6.
+        let constraints = (cx.constraints * 6.0).round() as u64;
         Features {
             ones: vec![
-                named(3, task_kind),
-                numbered(4, b"len", log2(words)),
-                numbered(5, b"dig", log2(digits as usize)),
+                named(3, r.task_kind),
+                numbered(4, b"len", log2(n.words as u64)),
+                numbered(5, b"dig", log2(u64::from(n.digits))),
+                numbered(6, b"num", log2(u64::from(n.numbers))),
+                numbered(6, b"ops", log2(u64::from(n.operators))),
+                numbered(6, b"snt", log2(u64::from(n.sentences))),
+                numbered(6, b"qst", log2(u64::from(n.questions))),
+                numbered(6, b"lst", log2(u64::from(n.list_items))),
+                numbered(6, b"fen", log2(u64::from(n.fences))),
+                numbered(6, b"cns", log2(constraints)),
+                numbered(6, b"tok", log2(r.tokens)),
             ],
             dense: [
                 cx.length as f32,
@@ -196,6 +297,7 @@ impl Features {
                 cx.task_prior as f32,
             ],
             grams: grams.to_vec(),
+            prior: r.prior.clamp(0.0, 1.0) as f32,
         }
     }
 
@@ -203,11 +305,22 @@ impl Features {
         1.0 / (self.grams.len().max(1) as f32).sqrt()
     }
 
-    /// Every (bucket, value) pair, the bias included and the retry flag if set.
-    fn each(&self, retry: bool, mut f: impl FnMut(usize, f32)) {
+    /// The prior's logit, clamped.
+    fn prior_logit(&self) -> f32 {
+        let p = self.prior.clamp(1e-3, 1.0 - 1e-3);
+        (p / (1.0 - p)).ln().clamp(-PRIOR_LOGIT, PRIOR_LOGIT)
+    }
+
+    /// Every (bucket, value) pair: the bias, the retry flag if set, the
+    /// prior's logit, `below` (the logit of the tier below) and the rest.
+    fn each(&self, retry: bool, below: f32, mut f: impl FnMut(usize, f32)) {
         f(BIAS as usize, 1.0);
         if retry {
             f(RETRY as usize, 1.0);
+        }
+        f(PRIOR as usize, self.prior_logit());
+        if below != 0.0 {
+            f(BELOW as usize, below);
         }
         for (i, v) in self.dense.iter().enumerate() {
             if *v != 0.0 {
@@ -236,6 +349,7 @@ impl Features {
         for i in &self.grams {
             out.extend_from_slice(&i.to_le_bytes());
         }
+        out.extend_from_slice(&self.prior.to_le_bytes());
     }
 
     /// Decodes [`Features::encode`]'s bytes; `None` if they are damaged.
@@ -252,9 +366,20 @@ impl Features {
             return None;
         }
         let grams = (0..n).map(|_| r.u32()).collect::<Option<Vec<_>>>()?;
+        // Calls labelled before the prior was kept end here: a neutral prior.
+        let prior = if r.0.is_empty() { 0.5 } else { f32::from_bits(r.u32()?) };
         let valid = |i: &u32| (*i as usize) < BUCKETS;
-        (r.0.is_empty() && ones.iter().all(valid) && grams.iter().all(valid) && dense.iter().all(|v| v.is_finite()))
-            .then_some(Features { ones, dense, grams })
+        (r.0.is_empty()
+            && ones.iter().all(valid)
+            && grams.iter().all(valid)
+            && dense.iter().all(|v| v.is_finite())
+            && (0.0..=1.0).contains(&prior))
+        .then_some(Features {
+            ones,
+            dense,
+            grams,
+            prior,
+        })
     }
 }
 
@@ -314,197 +439,6 @@ impl LearnEvent {
     }
 }
 
-/// The logistic model of one workflow's tier.
-struct TierModel {
-    /// f32 weights as bits: Route reads them while the learner writes.
-    w: Box<[AtomicU32]>,
-    /// AdaGrad's sums of squared gradients; only the learner touches them.
-    g: Mutex<Box<[f32]>>,
-    seen: AtomicU64,
-}
-
-impl TierModel {
-    fn new() -> TierModel {
-        TierModel {
-            w: (0..BUCKETS).map(|_| AtomicU32::new(0)).collect(),
-            g: Mutex::new(vec![0f32; BUCKETS].into_boxed_slice()),
-            seen: AtomicU64::new(0),
-        }
-    }
-
-    fn weight(&self, i: usize) -> f32 {
-        f32::from_bits(self.w[i].load(Ordering::Relaxed))
-    }
-
-    /// The logit of a first attempt; a retry adds the retry weight.
-    fn logit(&self, f: &Features) -> f32 {
-        let mut z = 0f32;
-        f.each(false, |i, v| z += self.weight(i) * v);
-        z
-    }
-
-    fn predict(&self, f: &Features, retry: bool) -> f64 {
-        let z = self.logit(f) + if retry { self.weight(RETRY as usize) } else { 0.0 };
-        sigmoid(z as f64)
-    }
-
-    fn update(&self, f: &Features, retry: bool, label: f32) {
-        let mut g = self.g.lock().unwrap_or_else(PoisonError::into_inner);
-        let err = (self.predict(f, retry) - label as f64) as f32;
-        f.each(retry, |i, v| {
-            let grad = err * v;
-            g[i] += grad * grad;
-            let step = LEARNING_RATE * grad / (g[i] + 1e-6).sqrt();
-            let w = (self.weight(i) - step).clamp(-30.0, 30.0);
-            self.w[i].store(w.to_bits(), Ordering::Relaxed);
-        });
-        self.seen.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-fn sigmoid(z: f64) -> f64 {
-    1.0 / (1.0 + (-z.clamp(-30.0, 30.0)).exp())
-}
-
-#[derive(Default)]
-struct WorkflowModel {
-    tiers: [OnceLock<TierModel>; TIERS],
-}
-
-impl WorkflowModel {
-    fn predict(&self, tier: u8, f: &Features) -> Option<TierPrediction> {
-        let m = self.tiers.get(tier as usize)?.get()?;
-        let z = m.logit(f);
-        Some(TierPrediction {
-            p: sigmoid(z as f64),
-            p_retry: sigmoid((z + m.weight(RETRY as usize)) as f64),
-            seen: m.seen.load(Ordering::Relaxed),
-        })
-    }
-}
-
-/// Every workflow's models.
-#[derive(Default)]
-pub struct Learner {
-    workflows: RwLock<crate::hashing::FastMap<String, Arc<WorkflowModel>>>,
-}
-
-/// What the model predicts for one tier.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TierPrediction {
-    /// P(accepted) on a first attempt.
-    pub p: f64,
-    /// P(accepted) after a rejected attempt one tier down.
-    pub p_retry: f64,
-    /// Labelled calls the tier has learned from.
-    pub seen: u64,
-}
-
-impl Learner {
-    pub fn new() -> Learner {
-        Learner::default()
-    }
-
-    fn workflow(&self, name: &str) -> Option<Arc<WorkflowModel>> {
-        self.workflows
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-            .cloned()
-    }
-
-    /// The prediction for `tier` of `workflow`, or `None` if that tier has
-    /// learned nothing yet.
-    pub fn predict(&self, workflow: &str, tier: u8, f: &Features) -> Option<TierPrediction> {
-        self.workflow(workflow)?.predict(tier, f)
-    }
-
-    /// Folds in one labelled call.
-    pub fn apply(&self, e: &LearnEvent) {
-        let slot = e.tier as usize;
-        if slot >= TIERS {
-            return;
-        }
-        let wf = match self.workflow(&e.workflow) {
-            Some(wf) => wf,
-            None => self
-                .workflows
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(e.workflow.clone())
-                .or_default()
-                .clone(),
-        };
-        wf.tiers[slot]
-            .get_or_init(TierModel::new)
-            .update(&e.features, e.retry, e.label);
-    }
-
-    /// Labelled calls learned, per workflow and tier (for metrics and `explain`).
-    pub fn seen(&self) -> Vec<(String, u8, u64)> {
-        let map = self.workflows.read().unwrap_or_else(PoisonError::into_inner);
-        let mut out = Vec::new();
-        for (name, wf) in map.iter() {
-            for (t, m) in wf.tiers.iter().enumerate() {
-                if let Some(m) = m.get() {
-                    out.push((name.clone(), t as u8, m.seen.load(Ordering::Relaxed)));
-                }
-            }
-        }
-        out.sort();
-        out
-    }
-}
-
-/// The learned state `decide` reads: a prediction per tier (`None`: cold),
-/// and the tier to explore, if this call explores. Plain data, so the
-/// decision stays pure.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Learned {
-    pub tiers: [Option<TierPrediction>; TIERS],
-    pub explore: Option<u8>,
-}
-
-impl Learned {
-    /// Predictions for the tiers of `available` (ascending), with `explore`
-    /// chosen from `draw` (uniform in 0..1) at the workflow's rate, once the
-    /// workflow has any labelled call.
-    pub fn gather(
-        learner: &Learner,
-        workflow: &str,
-        available: &[u8],
-        f: &Features,
-        cfg: &Learning,
-        draw: f64,
-    ) -> Learned {
-        let mut out = Learned::default();
-        if let Some(wf) = learner.workflow(workflow) {
-            for &t in available {
-                out.tiers[t as usize] = wf.predict(t, f);
-            }
-        }
-        // Explore only where feedback flows: a workflow nobody labels would
-        // pay for exploration and learn nothing from it.
-        let labelled = out.tiers.iter().flatten().any(|p| p.seen > 0);
-        if labelled && available.len() > 1 && draw < cfg.exploration {
-            // The draw is uniform below the rate: rescale it to pick a tier.
-            let k = ((draw / cfg.exploration) * available.len() as f64) as usize;
-            out.explore = available.get(k.min(available.len() - 1)).copied();
-        }
-        out
-    }
-
-    /// How much a row needs a stronger model than the cheapest: the chance
-    /// that the cheapest tier is rejected and the strongest would then be
-    /// accepted. `None` until both have learned something.
-    pub fn score(&self, available: &[u8]) -> Option<f64> {
-        let (lo, hi) = (*available.first()?, *available.last()?);
-        let weak = self.tiers[lo as usize]?;
-        let strong = self.tiers[hi as usize]?;
-        Some((1.0 - weak.p) * strong.p_retry)
-    }
-}
-
 /// What Route asks of learning: the model to consult, a draw for
 /// exploration, the tier an outcome's earlier attempt was rejected at, and
 /// where to hand a routed call's features so that its feedback can label it.
@@ -515,45 +449,6 @@ pub trait LearningGate: Send + Sync {
     fn draw(&self) -> f64;
     async fn rejected_tier(&self, workflow: &str, outcome_id: &str) -> Result<Option<u8>, crate::error::StoreError>;
     fn remember(&self, call: RoutedCall<'_>, features: Features);
-}
-
-/// The tier the learned model picks among `available` (ascending), with the
-/// reason; `None` while any of them is cold (the static rules decide).
-pub fn choose(learned: &Learned, available: &[u8], cfg: &Learning) -> Option<(u8, String)> {
-    if let Some(t) = learned.explore.filter(|t| available.contains(t)) {
-        return Some((
-            t,
-            format!("exploring tier {t} ({:.0}% of calls)", cfg.exploration * 100.0),
-        ));
-    }
-    let mut preds: Vec<(u8, f64)> = Vec::with_capacity(available.len());
-    for &t in available {
-        let p = learned.tiers[t as usize].filter(|p| p.seen >= cfg.cold_start)?;
-        preds.push((t, p.p));
-    }
-    let shown = preds
-        .iter()
-        .map(|(t, p)| format!("tier {t} {p:.2}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    if let Some(&(t, _)) = preds.iter().find(|(_, p)| *p >= cfg.target) {
-        return Some((
-            t,
-            format!(
-                "learned: P(accepted) {shown}; tier {t} meets the target {:.2}",
-                cfg.target
-            ),
-        ));
-    }
-    let best = preds.iter().map(|(_, p)| *p).fold(0.0, f64::max);
-    let &(t, _) = preds.iter().find(|(_, p)| best - p < cfg.min_gain)?;
-    Some((
-        t,
-        format!(
-            "learned: P(accepted) {shown}; none meets {:.2}, tier {t} is within {:.2} of the best",
-            cfg.target, cfg.min_gain
-        ),
-    ))
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 use super::*;
 use crate::route::{plan, LearnWith, RawRoute, RouteCall};
-use crate::rules::RuleTable;
+use crate::rules::{Learning, RuleTable};
 
 /// The integration tests' rules: a weak and a strong tier, first attempts
 /// to the weak one.
@@ -14,10 +14,10 @@ fn cx() -> Complexity {
 fn features_are_hashed_counts_not_text_and_round_trip() {
     let f = Features::extract(
         ["Prove that 17 is prime", "earlier message"].into_iter(),
-        "proof",
-        &cx(),
+        &Request::new("proof", &cx()),
     );
-    assert_eq!(f.ones.len(), 3);
+    // The task kind and ten log buckets of counts.
+    assert_eq!(f.ones.len(), 11);
     // Five words and four bigrams from the first text, two words and one bigram from the second.
     assert_eq!(f.grams.len(), 12);
     assert!(f.grams.windows(2).all(|w| w[0] < w[1]), "sorted and distinct");
@@ -30,10 +30,10 @@ fn features_are_hashed_counts_not_text_and_round_trip() {
     f.encode(&mut bytes);
     assert_eq!(Features::decode(&bytes), Some(f.clone()));
     // Case and punctuation do not matter; order of words does.
-    let g = Features::extract(["prove THAT 17, is prime!"].into_iter(), "proof", &cx());
-    let h = Features::extract(["Prove that 17 is prime"].into_iter(), "proof", &cx());
-    assert_eq!(g, h);
-    let k = Features::extract(["prime is 17 that prove"].into_iter(), "proof", &cx());
+    let g = Features::extract(["prove THAT 17, is prime!"].into_iter(), &Request::new("proof", &cx()));
+    let h = Features::extract(["Prove that 17 is prime"].into_iter(), &Request::new("proof", &cx()));
+    assert_eq!(g.grams, h.grams);
+    let k = Features::extract(["prime is 17 that prove"].into_iter(), &Request::new("proof", &cx()));
     assert_ne!(k.grams, h.grams);
     // Damaged bytes are refused, not misread.
     assert_eq!(Features::decode(&bytes[..bytes.len() - 1]), None);
@@ -49,7 +49,7 @@ fn events_round_trip_and_damaged_ones_are_refused() {
         tier: 4,
         retry: true,
         label: 0.5,
-        features: Features::extract(["a b c"].into_iter(), "chat", &cx()),
+        features: Features::extract(["a b c"].into_iter(), &Request::new("chat", &cx())),
     };
     let body = e.encode_body();
     assert_eq!(LearnEvent::decode_body("w", &body), Some(e));
@@ -62,7 +62,7 @@ fn events_round_trip_and_damaged_ones_are_refused() {
 #[test]
 fn learning_moves_toward_the_label() {
     let l = Learner::new();
-    let f = Features::extract(["hard question"].into_iter(), "proof", &cx());
+    let f = Features::extract(["hard question"].into_iter(), &Request::new("proof", &cx()));
     assert_eq!(l.predict("w", 2, &f), None, "nothing learned: cold");
     for _ in 0..30 {
         l.apply(&LearnEvent {
@@ -81,79 +81,199 @@ fn learning_moves_toward_the_label() {
 }
 
 fn pred(p: f64, seen: u64) -> Option<TierPrediction> {
-    Some(TierPrediction { p, p_retry: p, seen })
+    Some(TierPrediction {
+        p,
+        p_retry: p,
+        sd: 0.1,
+        seen,
+    })
+}
+
+fn learned(tiers: &[(u8, Option<TierPrediction>)], gate: f64, explore: f64, draw: f64) -> Learned {
+    let mut l = Learned {
+        tiers: [None; MAX_TIER as usize + 1],
+        gate,
+        prior: 0.3,
+        prior_gain: 0.2,
+        explore,
+        draw,
+    };
+    for (t, p) in tiers {
+        l.tiers[*t as usize] = *p;
+    }
+    l
 }
 
 #[test]
 fn choose_takes_the_cheapest_tier_meeting_the_target_or_near_the_best() {
     let cfg = Learning {
         target: 0.9,
-        min_gain: 0.2,
-        cold_start: 10,
+        min_gain: 0.1,
+        cold_start: 20,
         ..Learning::default()
     };
-    let mut l = Learned::default();
-    l.tiers[2] = pred(0.95, 50);
-    l.tiers[4] = pred(0.97, 50);
-    assert_eq!(
-        choose(&l, &[2, 4], &cfg).map(|c| c.0),
-        Some(2),
-        "both meet: the cheaper"
-    );
-    l.tiers[2] = pred(0.5, 50);
-    assert_eq!(
-        choose(&l, &[2, 4], &cfg).map(|c| c.0),
-        Some(4),
-        "only the strong one meets"
-    );
-    l.tiers[4] = pred(0.6, 50);
-    assert_eq!(
-        choose(&l, &[2, 4], &cfg).map(|c| c.0),
-        Some(2),
-        "none meets; 0.1 gain is not worth it"
-    );
-    l.tiers[4] = pred(0.8, 50);
-    let (t, why) = choose(&l, &[2, 4], &cfg).expect("warm");
-    assert_eq!(t, 4, "none meets; a 0.3 gain is");
-    assert!(why.contains("tier 2 0.50, tier 4 0.80"), "{why}");
-    l.tiers[4] = pred(0.8, 5);
-    assert_eq!(choose(&l, &[2, 4], &cfg), None, "a cold tier: the rules decide");
-    l.explore = Some(4);
-    assert_eq!(
-        choose(&l, &[2, 4], &cfg).map(|c| c.0),
-        Some(4),
-        "exploring works even when cold"
-    );
+    let tier = |l: &Learned| {
+        let c = choose(l, &[2, 4], &cfg, 2);
+        c.learned.then_some(c.tier)
+    };
+    let l = learned(&[(2, pred(0.95, 50)), (4, pred(0.99, 50))], 1.0, 0.0, 0.5);
+    assert_eq!(tier(&l), Some(2), "the weak tier meets the target");
+    let l = learned(&[(2, pred(0.5, 50)), (4, pred(0.95, 50))], 1.0, 0.0, 0.5);
+    assert_eq!(tier(&l), Some(4), "only the strong tier meets it");
+    let l = learned(&[(2, pred(0.8, 50)), (4, pred(0.85, 50))], 1.0, 0.0, 0.5);
+    assert_eq!(tier(&l), Some(2), "none meets it; the weak tier is within 0.1");
+    let c = choose(&l, &[2, 4], &cfg, 2);
+    let why = c.reason.expect("a reason");
+    assert!(why.contains("none meets 0.90"), "{why}");
+    assert_eq!(c.propensity, 1.0, "no exploration: the choice is certain");
+    let cold = learned(&[(2, pred(0.8, 50)), (4, pred(0.85, 5))], 1.0, 0.0, 0.5);
+    assert_eq!(tier(&cold), None, "a cold tier: the rules decide");
+    assert_eq!(choose(&cold, &[2, 4], &cfg, 4).tier, 4, "the rule's tier stands");
+    let shut = learned(&[(2, pred(0.5, 50)), (4, pred(0.95, 50))], 0.0, 0.0, 0.5);
+    assert_eq!(tier(&shut), None, "a shut gate: the rules decide");
 }
 
 #[test]
-fn gather_explores_at_the_configured_rate() {
+fn exploration_is_scaled_by_uncertainty_and_every_choice_has_its_propensity() {
     let cfg = Learning {
-        exploration: 0.1,
+        exploration: 0.2,
         ..Learning::default()
     };
     let l = Learner::new();
-    let f = Features::default();
+    let f = Features::extract(
+        ["What is the capital of France?"].into_iter(),
+        &Request::new("chat", &cx()),
+    );
     assert_eq!(
-        Learned::gather(&l, "w", &[2, 4], &f, &cfg, 0.01).explore,
-        None,
+        Learned::gather(&l, "w", &[2, 4], &f, &cfg, 0.0).explore,
+        0.0,
         "no feedback yet: no exploration"
     );
-    l.apply(&LearnEvent {
+    let event = |tier: u8, label: f32| LearnEvent {
         workflow: "w".into(),
-        tier: 2,
+        tier,
         retry: false,
-        label: 1.0,
+        label,
         features: f.clone(),
-    });
-    assert_eq!(Learned::gather(&l, "w", &[2, 4], &f, &cfg, 0.5).explore, None);
-    assert_eq!(Learned::gather(&l, "w", &[2, 4], &f, &cfg, 0.01).explore, Some(2));
-    assert_eq!(Learned::gather(&l, "w", &[2, 4], &f, &cfg, 0.09).explore, Some(4));
-    assert_eq!(
-        Learned::gather(&l, "w", &[4], &f, &cfg, 0.01).explore,
-        None,
-        "nothing to explore"
+    };
+    l.apply(&event(2, 1.0));
+    let unsure = Learned::gather(&l, "w", &[2, 4], &f, &cfg, 0.0);
+    assert!(
+        (unsure.explore - 0.2).abs() < 1e-9,
+        "a tier never tried: explore at the cap, {}",
+        unsure.explore
     );
+    for _ in 0..300 {
+        l.apply(&event(2, 1.0));
+        l.apply(&event(4, 1.0));
+    }
+    let known = Learned::gather(&l, "w", &[2, 4], &f, &cfg, 0.0);
+    assert!(
+        known.explore < unsure.explore / 2.0,
+        "a request like many seen explores less: {} vs {}",
+        known.explore,
+        unsure.explore
+    );
+    // The propensities of a call's possible tiers sum to 1, and each is the
+    // share of draws that lead to it.
+    let tiers = [1u8, 2, 4];
+    let mut l3 = learned(
+        &[(1, pred(0.3, 50)), (2, pred(0.95, 50)), (4, pred(0.97, 50))],
+        1.0,
+        0.3,
+        0.0,
+    );
+    l3.tiers[4] = Some(TierPrediction {
+        sd: 0.3,
+        ..pred(0.97, 50).expect("a prediction")
+    });
+    let draws = 100_000;
+    let mut counts = [0u32; 5];
+    let mut propensity = [0f64; 5];
+    for k in 0..draws {
+        l3.draw = (k as f64 + 0.5) / draws as f64;
+        let c = choose(&l3, &tiers, &cfg, 1);
+        counts[c.tier as usize] += 1;
+        propensity[c.tier as usize] = c.propensity;
+        assert_eq!(
+            c.explored,
+            c.tier != 2,
+            "tier 2 meets the target: others are exploration"
+        );
+    }
+    let total: f64 = tiers.iter().map(|&t| propensity[t as usize]).sum();
+    assert!((total - 1.0).abs() < 1e-9, "{propensity:?}");
+    for t in tiers {
+        let share = counts[t as usize] as f64 / draws as f64;
+        assert!(
+            (share - propensity[t as usize]).abs() < 1e-3,
+            "tier {t}: {share} vs {propensity:?}"
+        );
+    }
+    assert!(
+        propensity[4] > propensity[1],
+        "the more uncertain tier is explored more: {propensity:?}"
+    );
+}
+
+/// Requests of five kinds whose prior (complexity) differs.
+fn varied(i: usize) -> Features {
+    let kinds = ["alpha", "beta", "gamma", "delta", "epsilon"];
+    let text = format!("request {i} about {} with {} words", kinds[i % 5], i % 13);
+    let cx = cx();
+    let mut r = Request::new(kinds[i % 5], &cx);
+    r.prior = (i % 97) as f64 / 100.0;
+    Features::extract([text.as_str()].into_iter(), &r)
+}
+
+fn scores(l: &Learner, n: usize) -> Vec<(f64, f64)> {
+    (0..n)
+        .map(|i| {
+            let f = varied(i);
+            let g = Learned::gather(l, "w", &[2, 4], &f, &Learning::default(), 0.5);
+            (g.score(&[2, 4]).expect("a score"), f64::from(f.prior))
+        })
+        .collect()
+}
+
+fn ranks_as_the_prior(s: &[(f64, f64)]) -> bool {
+    s.iter()
+        .all(|a| s.iter().all(|b| a.1.total_cmp(&b.1) == a.0.total_cmp(&b.0)))
+}
+
+#[test]
+fn with_no_labels_or_noise_for_labels_the_score_ranks_as_the_prior() {
+    let l = Learner::new();
+    assert!(ranks_as_the_prior(&scores(&l, 200)), "no labels: the prior itself");
+    // Labels that are coin flips, whatever the request: nothing to learn.
+    let mut rng = fastrand::Rng::with_seed(5);
+    for i in 0..3000 {
+        l.apply(&LearnEvent {
+            workflow: "w".into(),
+            tier: if rng.bool() { 2 } else { 4 },
+            retry: false,
+            label: f32::from(u8::from(rng.f64() < 0.7)),
+            features: varied(i),
+        });
+    }
+    assert_eq!(l.gate("w"), 0.0, "noise does not open the gate");
+    assert!(
+        ranks_as_the_prior(&scores(&l, 200)),
+        "noise: the score stays at the prior"
+    );
+    // Labels that follow the kind open it.
+    let m = Learner::new();
+    for i in 0..3000 {
+        let hard = i % 5 < 2;
+        m.apply(&LearnEvent {
+            workflow: "w".into(),
+            tier: 2,
+            retry: false,
+            label: f32::from(u8::from(!hard)),
+            features: varied(i),
+        });
+    }
+    assert_eq!(m.gate("w"), 1.0, "labels that carry signal open the gate");
 }
 
 /// Synthetic traffic: the weak model always fails proofs and nearly always
@@ -279,9 +399,51 @@ fn features_hold_only_their_own_buckets() {
     // Learning keeps a call's features for up to a day: a short request's
     // must not keep the buffer a long one needed.
     let long = "many different words ".repeat(200);
-    let big = Features::extract(std::iter::once(long.as_str()), "k", &cx());
-    let f = Features::extract(std::iter::once("Is order 7 late?"), "k", &cx());
+    let big = Features::extract(std::iter::once(long.as_str()), &Request::new("k", &cx()));
+    let f = Features::extract(std::iter::once("Is order 7 late?"), &Request::new("k", &cx()));
     assert_eq!(f.grams.len(), 7, "4 words and 3 bigrams: {:?}", f.grams);
     assert_eq!(f.grams.capacity(), f.grams.len());
     assert_eq!(big.grams.capacity(), big.grams.len());
+}
+
+#[test]
+fn the_shape_of_a_prompt_is_counted_in_log_buckets() {
+    let shaped = "Compute 3 + 4 * 5 = ? Then 10 / 2.\n- first item\n- second item\n1. numbered\n```\ncode\n```\nIs it done? Yes!";
+    let plain =
+        "compute three plus four times five then ten over two first item second item numbered code is it done yes";
+    let r = Request {
+        task_kind: "k",
+        complexity: &cx(),
+        prior: 0.5,
+        tokens: 40,
+    };
+    let a = Features::extract([shaped].into_iter(), &r);
+    let b = Features::extract([plain].into_iter(), &r);
+    let bucket = |prefix: &[u8; 3], n: u32| numbered(6, prefix, n);
+    // 3, 4, 5, 10, 2 and 1: six numbers (log2 bucket 3); `+ * = /` and two
+    // list dashes: six operators; `?` twice; three list items; two fences.
+    for (name, want) in [
+        (b"num", bucket(b"num", 3)),
+        (b"ops", bucket(b"ops", 3)),
+        (b"qst", bucket(b"qst", 2)),
+        (b"lst", bucket(b"lst", 2)),
+        (b"fen", bucket(b"fen", 2)),
+        (b"tok", bucket(b"tok", 6)),
+    ] {
+        assert!(
+            a.ones.contains(&want),
+            "{}: {:?}",
+            String::from_utf8_lossy(name),
+            a.ones
+        );
+    }
+    for prefix in [b"num", b"ops", b"qst", b"lst", b"fen"] {
+        assert!(
+            b.ones.contains(&bucket(prefix, 0)),
+            "no {}",
+            String::from_utf8_lossy(prefix)
+        );
+    }
+    assert_eq!(b.ones.len(), a.ones.len());
+    assert_eq!(a.prior, 0.5);
 }

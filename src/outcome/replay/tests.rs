@@ -60,7 +60,9 @@ workflow = "replay"
 tier = 2
 "#;
 
-/// Rows where the weak model fails every `algebra` question.
+/// Rows where the weak model fails every `trivia` question. The rules'
+/// complexity score ranks the algebra rows (math words) above the trivia
+/// ones, so the prior is wrong here and only learning can set it right.
 fn data() -> String {
     let mut out = String::new();
     for i in 0..300 {
@@ -69,7 +71,7 @@ fn data() -> String {
         } else {
             ("trivia", "Name the capital city of the country")
         };
-        let weak_ok = kind == "trivia" && i % 7 != 0;
+        let weak_ok = kind == "algebra" && i % 7 != 0;
         let strong_ok = i % 11 != 0;
         let response = if i % 2 == 0 { r#", "response": "B""# } else { "" };
         out.push_str(&format!(
@@ -143,8 +145,14 @@ fn replay_is_deterministic_for_a_seed_and_learns_the_failing_kind() {
             .collect();
         late.iter().sum::<f64>() / late.len() as f64
     };
-    assert!(mean(0) > mean(1) + 0.3, "algebra {} vs trivia {}", mean(0), mean(1));
-    assert!(a.apgr.expect("a gap") > 0.6, "{:?}", a.apgr);
+    assert!(mean(1) > mean(0), "trivia {} vs algebra {}", mean(1), mean(0));
+    let prior = a.scores.iter().find(|s| s.name == "prior").expect("the prior");
+    assert!(
+        a.apgr.expect("a gap") > prior.apgr + 0.1,
+        "{:?} vs the prior's {}",
+        a.apgr,
+        prior.apgr
+    );
     for key in ["id", "score", "prior", "model", "success", "cost_usd"] {
         assert!(lines[0].get(key).is_some(), "scores line lacks {key}: {}", lines[0]);
     }
@@ -246,4 +254,123 @@ fn a_shuffle_is_a_permutation_and_depends_on_its_seed() {
     assert_ne!(a, (0..100).collect::<Vec<_>>());
     a.sort_unstable();
     assert_eq!(a, (0..100).collect::<Vec<_>>());
+}
+
+/// Three models, and three kinds of request whose acceptance at each tier
+/// is known: `easy` is answered well by the cheapest tier, `medium` needs
+/// the middle one and `hard` the strongest. The learned router, seeing only
+/// the answer of the model it called, must recover the cheapest tier that
+/// meets the target for each kind.
+#[test]
+fn the_learned_router_recovers_the_best_of_three_tiers_for_each_kind() {
+    const THREE: &str = r#"
+[[models]]
+name = "small"
+provider = "p"
+input_per_mtok = 0.1
+cached_input_per_mtok = 0.1
+output_per_mtok = 0.1
+context_window = 100000
+max_output_tokens = 4000
+tiers = { general = 1 }
+
+[[models]]
+name = "medium"
+provider = "p"
+input_per_mtok = 1.0
+cached_input_per_mtok = 1.0
+output_per_mtok = 2.0
+context_window = 100000
+max_output_tokens = 4000
+tiers = { general = 2 }
+
+[[models]]
+name = "large"
+provider = "p"
+input_per_mtok = 10.0
+cached_input_per_mtok = 10.0
+output_per_mtok = 30.0
+context_window = 100000
+max_output_tokens = 4000
+tiers = { general = 3 }
+
+[[workflows]]
+name = "replay"
+quality_floor = 1
+learning = { cold_start = 20, exploration = 0.2, target = 0.8, min_gain = 0.15 }
+
+[[rules]]
+name = "retry-up"
+workflow = "replay"
+min_attempt = 2
+tier = 3
+
+[[rules]]
+name = "rest"
+workflow = "replay"
+tier = 1
+"#;
+    // P(accepted) by kind at tiers 1, 2 and 3, and the tier that should win:
+    // the cheapest whose acceptance meets the target of 0.8.
+    let kinds = [
+        ("easy", "Name the colour of the sky", [0.95, 0.97, 0.98], "small"),
+        (
+            "medium",
+            "Summarise the argument of the essay below",
+            [0.3, 0.9, 0.93],
+            "medium",
+        ),
+        (
+            "hard",
+            "Prove the conjecture about prime gaps",
+            [0.1, 0.3, 0.92],
+            "large",
+        ),
+    ];
+    let mut rng = fastrand::Rng::with_seed(19);
+    let mut data = String::new();
+    let rows = 3000;
+    for i in 0..rows {
+        let (kind, words, p, _) = kinds[i % 3];
+        let ok: Vec<bool> = p.iter().map(|&p| rng.f64() < p).collect();
+        data.push_str(&format!(
+            r#"{{"id": "r{i}", "task_kind": "{kind}", "prompt": "{words}, case {i}.", "models": {{"small": {{"success": {}}}, "medium": {{"success": {}}}, "large": {{"success": {}}}}}}}"#,
+            ok[0], ok[1], ok[2]
+        ));
+        data.push('\n');
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("rules.toml"), THREE).expect("rules");
+    std::fs::write(dir.path().join("data.jsonl"), data).expect("data");
+    let report = run(&args(dir.path(), 3)).expect("replays");
+    assert_eq!(report.strong_model, "large");
+    assert_eq!(report.weak_model, "small");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("scores-3.jsonl"))
+        .expect("scores")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    // Over the last third of the rows, each kind's first attempt goes to its
+    // best tier more often than to any other, and on most rows. (The middle
+    // kind still spends stretches on the strongest tier: once a tier is
+    // believed worse it is only seen again through exploration.)
+    for (k, (kind, _, _, best)) in kinds.iter().enumerate() {
+        let late: Vec<&str> = lines
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i >= rows * 2 / 3 && i % 3 == k)
+            .map(|(_, v)| v["model"].as_str().expect("model"))
+            .collect();
+        let share = |name: &str| late.iter().filter(|m| **m == name).count() as f64 / late.len() as f64;
+        let modal = ["small", "medium", "large"]
+            .into_iter()
+            .max_by(|a, b| share(a).total_cmp(&share(b)))
+            .expect("three models");
+        assert_eq!(modal, *best, "{kind}: {late:?}");
+        assert!(
+            share(best) >= 0.6,
+            "{kind}: {best} on {:.0}% of late rows",
+            share(best) * 100.0
+        );
+    }
 }

@@ -1,0 +1,529 @@
+//! The learned model: what it holds, how a label moves it, what Route reads
+//! from it, and the tier choice.
+//!
+//! **Each tier** of a workflow has a logistic model of P(accepted) with a
+//! diagonal Gaussian posterior over its weights (the Laplace approximation,
+//! updated one label at a time): a mean and a precision per weight, every
+//! weight starting at N(0, 1/[`Q0`]). A label moves a weight by its error
+//! over its precision, so a weight that has seen little moves far and a
+//! well-known one barely moves; the precision is also what makes the model's
+//! uncertainty about a request known.
+//!
+//! **The prior is a feature**, the logit of the rule table's complexity
+//! score, and **each tier reads the logit of the tier below it**: a stronger
+//! tier's model learns what it adds over the weaker one's prediction, which
+//! is learned from every call the weaker tier answers. That is how the gain
+//! of a stronger tier is learned from few labels at that tier. A retry
+//! after a rejection one tier down (a cascade pair) has its own weight.
+//!
+//! **The evidence gate** keeps the learned score at the prior until labels
+//! show that the model predicts them better than the prior alone does; the
+//! score is then the prior plus the gate times the difference between the
+//! learned gain and the gain the prior alone predicts. Each
+//! label is first predicted both by the model and by a three-weight model
+//! of the prior (bias, retry, the prior's logit); the difference of their
+//! log-losses is summed, and its z-score opens the gate from 0 to 1. With no
+//! labels, or with labels that are noise, the gate stays shut: the score
+//! ranks requests exactly as the complexity score does, and the rules decide.
+//!
+//! **Exploration** is scaled by uncertainty: a call explores with
+//! probability `exploration × min(1, σ / 0.25)`, where σ is the largest
+//! posterior standard deviation of a tier's predicted acceptance for this
+//! request, and then goes to another tier in proportion to each tier's σ. A request like many seen
+//! before rarely explores; a new kind of request explores at the cap. Every
+//! choice carries its propensity, the probability that this policy made it.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+
+use super::{Features, LearnEvent, BUCKETS, RETRY, TIERS};
+use crate::rules::Learning;
+
+/// A weight's prior precision: every weight starts as N(0, 1/Q0).
+const Q0: f32 = 2.0;
+/// Weights are kept within this: a logit of 30 is certainty in f32.
+const LIMIT: f32 = 30.0;
+/// Exploration is at its cap while a tier's predicted acceptance has a
+/// standard deviation of this or more (a coin flip's own).
+const UNSURE: f64 = 0.25;
+/// The gate opens from a z-score of `GATE_FROM` and is fully open `GATE_SPAN` later.
+const GATE_FROM: f64 = 0.0;
+const GATE_SPAN: f64 = 1.0;
+/// The gate weighs recent labels most: each label's evidence decays by this
+/// per later label (a memory of about a thousand labels), so a model that
+/// started badly, or a workflow whose traffic changed, is judged on now.
+const GATE_DECAY: f64 = 0.999;
+
+fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z.clamp(-30.0, 30.0)).exp())
+}
+
+/// The log-loss of predicting `p` for `label` (0 to 1).
+fn log_loss(p: f64, label: f64) -> f64 {
+    let p = p.clamp(1e-6, 1.0 - 1e-6);
+    -(label * p.ln() + (1.0 - label) * (1.0 - p).ln())
+}
+
+/// The logistic model of one workflow's tier.
+struct TierModel {
+    /// Posterior means, as f32 bits: Route reads them while the learner writes.
+    mean: Box<[AtomicU32]>,
+    /// Precision gained from labels, as f32 bits; a weight's posterior
+    /// precision is [`Q0`] plus this.
+    gained: Box<[AtomicU32]>,
+    seen: AtomicU64,
+}
+
+fn load(v: &AtomicU32) -> f32 {
+    f32::from_bits(v.load(Ordering::Relaxed))
+}
+
+impl TierModel {
+    fn new() -> TierModel {
+        TierModel {
+            mean: (0..BUCKETS).map(|_| AtomicU32::new(0)).collect(),
+            gained: (0..BUCKETS).map(|_| AtomicU32::new(0)).collect(),
+            seen: AtomicU64::new(0),
+        }
+    }
+
+    fn logit(&self, f: &Features, retry: bool, below: f32) -> f32 {
+        let mut z = 0f32;
+        f.each(retry, below, |i, v| z += load(&self.mean[i]) * v);
+        z
+    }
+
+    /// The logit of a first attempt and its posterior variance.
+    fn moments(&self, f: &Features, below: f32) -> (f32, f32) {
+        let (mut z, mut var) = (0f32, 0f32);
+        f.each(false, below, |i, v| {
+            z += load(&self.mean[i]) * v;
+            var += v * v / (Q0 + load(&self.gained[i]));
+        });
+        (z, var)
+    }
+
+    /// One label, by the one writer ([`Learner`]'s lock).
+    fn update(&self, f: &Features, retry: bool, below: f32, label: f32) {
+        let p = sigmoid(self.logit(f, retry, below) as f64) as f32;
+        let (err, curvature) = (p - label, p * (1.0 - p));
+        f.each(retry, below, |i, v| {
+            let precision = Q0 + load(&self.gained[i]) + curvature * v * v;
+            self.gained[i].store((precision - Q0).to_bits(), Ordering::Relaxed);
+            let m = (load(&self.mean[i]) - err * v / precision).clamp(-LIMIT, LIMIT);
+            self.mean[i].store(m.to_bits(), Ordering::Relaxed);
+        });
+        self.seen.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The prior alone, per tier: bias, retry and the prior's logit, the
+/// baseline the gate holds the model to.
+#[derive(Default, Clone, Copy)]
+struct Baseline {
+    mean: [f32; 3],
+    gained: [f32; 3],
+}
+
+impl Baseline {
+    fn inputs(f: &Features, retry: bool) -> [f32; 3] {
+        [1.0, f32::from(u8::from(retry)), f.prior_logit()]
+    }
+
+    fn predict(&self, x: &[f32; 3]) -> f64 {
+        sigmoid(self.mean.iter().zip(x).map(|(m, v)| m * v).sum::<f32>() as f64)
+    }
+
+    fn update(&mut self, x: &[f32; 3], label: f32) {
+        let p = self.predict(x) as f32;
+        for ((m, g), v) in self.mean.iter_mut().zip(&mut self.gained).zip(x) {
+            *g += p * (1.0 - p) * v * v;
+            *m -= (p - label) * v / (Q0 + *g);
+        }
+    }
+}
+
+/// The evidence gate's running sums.
+#[derive(Default)]
+struct GateSums {
+    baseline: [Baseline; TIERS],
+    /// Σ and Σ² of (baseline's log-loss − the model's), each label predicted
+    /// before either learned from it.
+    sum: f64,
+    sum_sq: f64,
+}
+
+impl GateSums {
+    /// The gate, 0 (the prior alone) to 1 (the learned score alone).
+    fn weight(&self) -> f64 {
+        if self.sum_sq <= 0.0 {
+            return 0.0;
+        }
+        ((self.sum / self.sum_sq.sqrt() - GATE_FROM) / GATE_SPAN).clamp(0.0, 1.0)
+    }
+}
+
+#[derive(Default)]
+struct WorkflowModel {
+    tiers: [OnceLock<TierModel>; TIERS],
+    /// [`GateSums::weight`] as f32 bits, for Route.
+    gate: AtomicU32,
+    /// Each tier's [`Baseline`] means as f32 bits, for Route.
+    baseline: [[AtomicU32; 3]; TIERS],
+    sums: Mutex<GateSums>,
+}
+
+impl WorkflowModel {
+    /// Calls `each(tier, model, below)` for every tier below `upto` that has
+    /// learned, in ascending order, with the first-attempt logit of the
+    /// nearest such tier beneath it (0 for the lowest).
+    fn chain(&self, upto: usize, mut each: impl FnMut(usize, &TierModel, f32) -> f32) -> f32 {
+        let mut below = 0f32;
+        for (t, m) in self.tiers.iter().enumerate().take(upto) {
+            if let Some(m) = m.get() {
+                below = each(t, m, below);
+            }
+        }
+        below
+    }
+
+    /// The logit `tier`'s model reads as the tier below.
+    fn below(&self, tier: usize, f: &Features) -> f32 {
+        self.chain(tier, |_, m, below| m.logit(f, false, below))
+    }
+
+    fn gate(&self) -> f64 {
+        f64::from(f32::from_bits(self.gate.load(Ordering::Relaxed)))
+    }
+
+    /// What the prior alone predicts for `tier`: (first attempt, retry).
+    fn baseline(&self, tier: usize, f: &Features) -> (f64, f64) {
+        let b = Baseline {
+            mean: self.baseline[tier].each_ref().map(load),
+            gained: [0.0; 3],
+        };
+        (
+            b.predict(&Baseline::inputs(f, false)),
+            b.predict(&Baseline::inputs(f, true)),
+        )
+    }
+}
+
+/// Every workflow's models.
+#[derive(Default)]
+pub struct Learner {
+    workflows: RwLock<crate::hashing::FastMap<String, Arc<WorkflowModel>>>,
+    /// One writer at a time: labels are folded in the store's order.
+    write: Mutex<()>,
+}
+
+/// What the model predicts for one tier.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TierPrediction {
+    /// P(accepted) on a first attempt.
+    pub p: f64,
+    /// P(accepted) after a rejected attempt one tier down.
+    pub p_retry: f64,
+    /// The posterior standard deviation of `p` (by the delta method: the
+    /// logit's, times p(1 − p)).
+    pub sd: f64,
+    /// Labelled calls the tier has learned from.
+    pub seen: u64,
+}
+
+impl TierPrediction {
+    /// A tier that has learned nothing: even odds, and as unsure as the prior.
+    fn cold(f: &Features) -> TierPrediction {
+        let mut var = 0f32;
+        f.each(false, 0.0, |_, v| var += v * v / Q0);
+        TierPrediction {
+            p: 0.5,
+            p_retry: 0.5,
+            sd: 0.25 * f64::from(var.sqrt()),
+            seen: 0,
+        }
+    }
+}
+
+impl Learner {
+    pub fn new() -> Learner {
+        Learner::default()
+    }
+
+    fn workflow(&self, name: &str) -> Option<Arc<WorkflowModel>> {
+        self.workflows
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    /// The prediction for `tier` of `workflow`, or `None` if that tier has
+    /// learned nothing yet.
+    pub fn predict(&self, workflow: &str, tier: u8, f: &Features) -> Option<TierPrediction> {
+        let wf = self.workflow(workflow)?;
+        let t = tier as usize;
+        let m = wf.tiers.get(t)?.get()?;
+        let below = wf.below(t, f);
+        Some(predict(m, f, below))
+    }
+
+    /// The evidence gate of `workflow`: 0 while its labels have not shown
+    /// the model to predict better than the prior, up to 1.
+    pub fn gate(&self, workflow: &str) -> f64 {
+        self.workflow(workflow).map_or(0.0, |wf| wf.gate())
+    }
+
+    /// Folds in one labelled call.
+    pub fn apply(&self, e: &LearnEvent) {
+        let t = e.tier as usize;
+        if t >= TIERS {
+            return;
+        }
+        let _one_writer = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        let wf = match self.workflow(&e.workflow) {
+            Some(wf) => wf,
+            None => self
+                .workflows
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(e.workflow.clone())
+                .or_default()
+                .clone(),
+        };
+        let below = wf.below(t, &e.features);
+        let m = wf.tiers[t].get_or_init(TierModel::new);
+        let label = e.label.clamp(0.0, 1.0);
+        // The gate scores both predictions before either learns the label.
+        let ours = sigmoid(m.logit(&e.features, e.retry, below) as f64);
+        let mut sums = wf.sums.lock().unwrap_or_else(PoisonError::into_inner);
+        let x = Baseline::inputs(&e.features, e.retry);
+        let theirs = sums.baseline[t].predict(&x);
+        let d = log_loss(theirs, label as f64) - log_loss(ours, label as f64);
+        sums.sum = sums.sum * GATE_DECAY + d;
+        sums.sum_sq = sums.sum_sq * GATE_DECAY + d * d;
+        sums.baseline[t].update(&x, label);
+        for (k, m) in sums.baseline[t].mean.iter().enumerate() {
+            wf.baseline[t][k].store(m.to_bits(), Ordering::Relaxed);
+        }
+        wf.gate.store((sums.weight() as f32).to_bits(), Ordering::Relaxed);
+        drop(sums);
+        m.update(&e.features, e.retry, below, label);
+    }
+
+    /// Labelled calls learned, per workflow and tier (for metrics and `explain`).
+    pub fn seen(&self) -> Vec<(String, u8, u64)> {
+        let map = self.workflows.read().unwrap_or_else(PoisonError::into_inner);
+        let mut out = Vec::new();
+        for (name, wf) in map.iter() {
+            for (t, m) in wf.tiers.iter().enumerate() {
+                if let Some(m) = m.get() {
+                    out.push((name.clone(), t as u8, m.seen.load(Ordering::Relaxed)));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+fn predict(m: &TierModel, f: &Features, below: f32) -> TierPrediction {
+    let (z, var) = m.moments(f, below);
+    let p = sigmoid(z as f64);
+    TierPrediction {
+        p,
+        p_retry: sigmoid((z + load(&m.mean[RETRY as usize])) as f64),
+        sd: p * (1.0 - p) * f64::from(var.sqrt()),
+        seen: m.seen.load(Ordering::Relaxed),
+    }
+}
+
+/// The learned state `decide` reads: plain data, so the decision stays pure.
+#[derive(Debug, Clone, Copy)]
+pub struct Learned {
+    /// A prediction for each available tier (`None`: not available).
+    pub tiers: [Option<TierPrediction>; TIERS],
+    /// The evidence gate, 0 to 1.
+    pub gate: f64,
+    /// The rule table's complexity score of the request.
+    pub prior: f64,
+    /// The gain the prior alone predicts (the gate's baseline): what the
+    /// learned gain corrects.
+    pub prior_gain: f64,
+    /// The probability that this call explores.
+    pub explore: f64,
+    /// Uniform in 0..1: below `explore`, the call explores.
+    pub draw: f64,
+}
+
+impl Learned {
+    /// Predictions for the tiers of `available` (ascending), and how likely
+    /// this call is to explore: once the workflow has any labelled call, at
+    /// the workflow's rate scaled by the model's uncertainty.
+    pub fn gather(
+        learner: &Learner,
+        workflow: &str,
+        available: &[u8],
+        f: &Features,
+        cfg: &Learning,
+        draw: f64,
+    ) -> Learned {
+        let mut out = Learned {
+            tiers: [None; TIERS],
+            gate: 0.0,
+            prior: f64::from(f.prior),
+            prior_gain: 0.0,
+            explore: 0.0,
+            draw,
+        };
+        let Some(&top) = available.last() else {
+            return out;
+        };
+        let mut labelled = false;
+        if let Some(wf) = learner.workflow(workflow) {
+            out.gate = wf.gate();
+            let lo = available.first().map_or(0, |&t| t as usize);
+            out.prior_gain = (1.0 - wf.baseline(lo, f).0) * wf.baseline(top as usize, f).1;
+            wf.chain(top as usize + 1, |t, m, below| {
+                let p = predict(m, f, below);
+                labelled |= p.seen > 0;
+                if available.contains(&(t as u8)) {
+                    out.tiers[t] = Some(p);
+                }
+                m.logit(f, false, below)
+            });
+        }
+        let mut sd = 0f64;
+        for &t in available {
+            let p = out.tiers[t as usize].get_or_insert_with(|| TierPrediction::cold(f));
+            sd = sd.max(p.sd);
+        }
+        // Explore only where feedback flows: a workflow nobody labels would
+        // pay for exploration and learn nothing from it.
+        if labelled && available.len() > 1 {
+            out.explore = cfg.exploration * (sd / UNSURE).min(1.0);
+        }
+        out
+    }
+
+    /// How much a request needs a stronger model than the cheapest: the
+    /// prior, corrected (as far as the gate is open) by how much the learned
+    /// gain differs from what the prior alone predicts. The gain is the
+    /// chance that the cheapest tier is rejected and the strongest would then
+    /// be accepted. A correction, not a blend of two scales: requests scored
+    /// while the gate was shut keep their place among those scored after.
+    pub fn score(&self, available: &[u8]) -> Option<f64> {
+        let (lo, hi) = (*available.first()?, *available.last()?);
+        let weak = self.tiers[lo as usize]?;
+        let strong = self.tiers[hi as usize]?;
+        let learned = (1.0 - weak.p) * strong.p_retry;
+        Some(self.prior + self.gate * (learned - self.prior_gain))
+    }
+}
+
+/// The tier for a call, as [`choose`] made it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Choice {
+    pub tier: u8,
+    /// The learned model chose it (not the rule, not exploration).
+    pub learned: bool,
+    /// Exploration chose it.
+    pub explored: bool,
+    /// The probability that this policy chose this tier for this call.
+    pub propensity: f64,
+    /// Why, when learning chose or explored.
+    pub reason: Option<String>,
+}
+
+/// The tier for a call among `available` (ascending), given the tier the
+/// rule asks for.
+///
+/// Once the gate is open and every available tier has `cold_start` labels,
+/// the model chooses: the cheapest tier whose predicted acceptance meets
+/// the workflow's target, or if none does, the cheapest within `min_gain` of
+/// the best. Otherwise the rule's tier stands. Then, with probability
+/// [`Learned::explore`], the call goes to another tier, each in proportion
+/// to how unsure the model is of it.
+pub fn choose(learned: &Learned, available: &[u8], cfg: &Learning, rule_tier: u8) -> Choice {
+    // The tier the rule's requirement lands on: the cheapest available tier
+    // that meets it, or the strongest there is.
+    let rule_lands = available
+        .iter()
+        .copied()
+        .find(|&t| t >= rule_tier)
+        .or(available.last().copied())
+        .unwrap_or(rule_tier);
+    let greedy = greedy(learned, available, cfg);
+    let (tier, reason) = match &greedy {
+        Some((t, why)) => (*t, Some(why.clone())),
+        None => (rule_lands, None),
+    };
+    let others = || available.iter().copied().filter(move |&t| t != tier);
+    let weight = |t: u8| learned.tiers[t as usize].map_or(1.0, |p| p.sd.max(1e-9));
+    let total: f64 = others().map(weight).sum();
+    let eps = if total > 0.0 { learned.explore } else { 0.0 };
+    if learned.draw < eps {
+        // The draw is uniform below eps: rescaled, it picks the tier.
+        let mut at = learned.draw / eps * total;
+        let mut pick = tier;
+        for t in others() {
+            pick = t;
+            at -= weight(t);
+            if at < 0.0 {
+                break;
+            }
+        }
+        return Choice {
+            tier: pick,
+            learned: false,
+            explored: true,
+            propensity: eps * weight(pick) / total,
+            reason: Some(format!(
+                "exploring tier {pick} (the model is unsure; {:.1}% of such calls explore)",
+                eps * 100.0
+            )),
+        };
+    }
+    Choice {
+        tier,
+        learned: greedy.is_some(),
+        explored: false,
+        propensity: 1.0 - eps,
+        reason,
+    }
+}
+
+/// The model's own choice, once it may choose.
+fn greedy(learned: &Learned, available: &[u8], cfg: &Learning) -> Option<(u8, String)> {
+    if learned.gate <= 0.0 {
+        return None;
+    }
+    let mut preds: Vec<(u8, f64)> = Vec::with_capacity(available.len());
+    for &t in available {
+        let p = learned.tiers[t as usize].filter(|p| p.seen >= cfg.cold_start)?;
+        preds.push((t, p.p));
+    }
+    let shown = preds
+        .iter()
+        .map(|(t, p)| format!("tier {t} {p:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let Some(&(t, _)) = preds.iter().find(|(_, p)| *p >= cfg.target) {
+        return Some((
+            t,
+            format!(
+                "learned: P(accepted) {shown}; tier {t} meets the target {:.2}",
+                cfg.target
+            ),
+        ));
+    }
+    let best = preds.iter().map(|(_, p)| *p).fold(0.0, f64::max);
+    let &(t, _) = preds.iter().find(|(_, p)| best - p < cfg.min_gain)?;
+    Some((
+        t,
+        format!(
+            "learned: P(accepted) {shown}; none meets {:.2}, tier {t} is within {:.2} of the best",
+            cfg.target, cfg.min_gain
+        ),
+    ))
+}
