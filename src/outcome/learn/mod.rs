@@ -49,9 +49,9 @@ const PRIOR_LOGIT: f32 = 4.0;
 /// that a long prompt weighs no more than a short one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Features {
-    /// Buckets valued 1: the task kind, and the log2 buckets of the word,
+    /// The task kind's bucket (valued 1), then the log2 buckets of the word,
     /// digit, number, operator, sentence, question, list-item, code-fence,
-    /// constraint-word and token counts.
+    /// constraint-word and token counts (sharing one unit of weight).
     pub ones: Vec<u32>,
     /// The complexity features, 0 to 1, in `Complexity` field order.
     pub dense: [f32; 9],
@@ -322,13 +322,23 @@ impl Features {
         if below != 0.0 {
             f(BELOW as usize, below);
         }
+        // Each group of inputs weighs at most about one input valued 1: the
+        // nine complexity features (0 to 1 each) by a third, the ten count
+        // buckets by 1/sqrt(10), the grams by 1/sqrt(n). A label moves the
+        // logit by the sum of the squared values over the precisions, so
+        // ungrouped, the buckets that every request has would take most of
+        // each step and drown the task kind and the words.
         for (i, v) in self.dense.iter().enumerate() {
             if *v != 0.0 {
-                f(DENSE as usize + i, *v);
+                f(DENSE as usize + i, *v / 3.0);
             }
         }
-        for &i in &self.ones {
-            f(i as usize, 1.0);
+        if let Some((&kind, counts)) = self.ones.split_first() {
+            f(kind as usize, 1.0);
+            let c = 1.0 / (counts.len().max(1) as f32).sqrt();
+            for &i in counts {
+                f(i as usize, c);
+            }
         }
         let g = self.gram_value();
         for &i in &self.grams {

@@ -18,18 +18,18 @@
 //!
 //! **The evidence gate** keeps the learned score at the prior until labels
 //! show that the model predicts them better than the prior alone does; the
-//! score is then the prior plus the gate times the difference between the
-//! learned gain and the gain the prior alone predicts. Each
+//! score is then the prior and the learned gain, blended by the gate. Each
 //! label is first predicted both by the model and by a three-weight model
 //! of the prior (bias, retry, the prior's logit); the difference of their
 //! log-losses is summed, and its z-score opens the gate from 0 to 1. With no
 //! labels, or with labels that are noise, the gate stays shut: the score
 //! ranks requests exactly as the complexity score does, and the rules decide.
 //!
-//! **Exploration** is scaled by uncertainty: a call explores with
-//! probability `exploration × min(1, σ / 0.25)`, where σ is the largest
-//! posterior standard deviation of a tier's predicted acceptance for this
-//! request, and then goes to another tier in proportion to each tier's σ. A request like many seen
+//! **Exploration** is scaled by doubt: a call explores with probability
+//! `exploration × d`, where d is how likely, under the posterior, the
+//! model's choice for this request is to be wrong (for each test the choice
+//! makes, twice the probability that it comes out the other way), and then
+//! goes to another tier in proportion to that doubt for each tier. A request like many seen
 //! before rarely explores; a new kind of request explores at the cap. Every
 //! choice carries its propensity, the probability that this policy made it.
 
@@ -43,9 +43,6 @@ use crate::rules::Learning;
 const Q0: f32 = 2.0;
 /// Weights are kept within this: a logit of 30 is certainty in f32.
 const LIMIT: f32 = 30.0;
-/// Exploration is at its cap while a tier's predicted acceptance has a
-/// standard deviation of this or more (a coin flip's own).
-const UNSURE: f64 = 0.25;
 /// The gate opens from a z-score of `GATE_FROM` and is fully open `GATE_SPAN` later.
 const GATE_FROM: f64 = 0.0;
 const GATE_SPAN: f64 = 1.0;
@@ -56,6 +53,16 @@ const GATE_DECAY: f64 = 0.999;
 
 fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z.clamp(-30.0, 30.0)).exp())
+}
+
+/// Twice the probability that a normal variable with this mean and
+/// standard deviation has the other sign: 1 at the boundary, 0 far from it.
+/// Φ is taken as the logistic σ(1.702 x), within 0.01 of it everywhere.
+fn flip(margin: f64, sd: f64) -> f64 {
+    if sd <= 0.0 {
+        return 0.0;
+    }
+    2.0 * sigmoid(-1.702 * margin.abs() / sd)
 }
 
 /// The log-loss of predicting `p` for `label` (0 to 1).
@@ -168,8 +175,6 @@ struct WorkflowModel {
     tiers: [OnceLock<TierModel>; TIERS],
     /// [`GateSums::weight`] as f32 bits, for Route.
     gate: AtomicU32,
-    /// Each tier's [`Baseline`] means as f32 bits, for Route.
-    baseline: [[AtomicU32; 3]; TIERS],
     sums: Mutex<GateSums>,
 }
 
@@ -195,18 +200,6 @@ impl WorkflowModel {
     fn gate(&self) -> f64 {
         f64::from(f32::from_bits(self.gate.load(Ordering::Relaxed)))
     }
-
-    /// What the prior alone predicts for `tier`: (first attempt, retry).
-    fn baseline(&self, tier: usize, f: &Features) -> (f64, f64) {
-        let b = Baseline {
-            mean: self.baseline[tier].each_ref().map(load),
-            gained: [0.0; 3],
-        };
-        (
-            b.predict(&Baseline::inputs(f, false)),
-            b.predict(&Baseline::inputs(f, true)),
-        )
-    }
 }
 
 /// Every workflow's models.
@@ -229,6 +222,9 @@ pub struct TierPrediction {
     pub sd: f64,
     /// Labelled calls the tier has learned from.
     pub seen: u64,
+    /// How unsure the model is of this tier's part in the choice, 0 to 1
+    /// (set by [`Learned::gather`]): exploration goes to the most doubtful.
+    pub doubt: f64,
 }
 
 impl TierPrediction {
@@ -241,6 +237,7 @@ impl TierPrediction {
             p_retry: 0.5,
             sd: 0.25 * f64::from(var.sqrt()),
             seen: 0,
+            doubt: 1.0,
         }
     }
 }
@@ -303,9 +300,6 @@ impl Learner {
         sums.sum = sums.sum * GATE_DECAY + d;
         sums.sum_sq = sums.sum_sq * GATE_DECAY + d * d;
         sums.baseline[t].update(&x, label);
-        for (k, m) in sums.baseline[t].mean.iter().enumerate() {
-            wf.baseline[t][k].store(m.to_bits(), Ordering::Relaxed);
-        }
         wf.gate.store((sums.weight() as f32).to_bits(), Ordering::Relaxed);
         drop(sums);
         m.update(&e.features, e.retry, below, label);
@@ -335,6 +329,7 @@ fn predict(m: &TierModel, f: &Features, below: f32) -> TierPrediction {
         p_retry: sigmoid((z + load(&m.mean[RETRY as usize])) as f64),
         sd: p * (1.0 - p) * f64::from(var.sqrt()),
         seen: m.seen.load(Ordering::Relaxed),
+        doubt: 0.0,
     }
 }
 
@@ -347,9 +342,6 @@ pub struct Learned {
     pub gate: f64,
     /// The rule table's complexity score of the request.
     pub prior: f64,
-    /// The gain the prior alone predicts (the gate's baseline): what the
-    /// learned gain corrects.
-    pub prior_gain: f64,
     /// The probability that this call explores.
     pub explore: f64,
     /// Uniform in 0..1: below `explore`, the call explores.
@@ -372,7 +364,6 @@ impl Learned {
             tiers: [None; TIERS],
             gate: 0.0,
             prior: f64::from(f.prior),
-            prior_gain: 0.0,
             explore: 0.0,
             draw,
         };
@@ -382,8 +373,6 @@ impl Learned {
         let mut labelled = false;
         if let Some(wf) = learner.workflow(workflow) {
             out.gate = wf.gate();
-            let lo = available.first().map_or(0, |&t| t as usize);
-            out.prior_gain = (1.0 - wf.baseline(lo, f).0) * wf.baseline(top as usize, f).1;
             wf.chain(top as usize + 1, |t, m, below| {
                 let p = predict(m, f, below);
                 labelled |= p.seen > 0;
@@ -393,31 +382,59 @@ impl Learned {
                 m.logit(f, false, below)
             });
         }
-        let mut sd = 0f64;
         for &t in available {
-            let p = out.tiers[t as usize].get_or_insert_with(|| TierPrediction::cold(f));
-            sd = sd.max(p.sd);
+            out.tiers[t as usize].get_or_insert_with(|| TierPrediction::cold(f));
         }
         // Explore only where feedback flows: a workflow nobody labels would
         // pay for exploration and learn nothing from it.
         if labelled && available.len() > 1 {
-            out.explore = cfg.exploration * (sd / UNSURE).min(1.0);
+            out.explore = cfg.exploration * out.doubt(available, cfg);
         }
         out
     }
 
+    /// How unsure the model is of each tier's part in the choice for this
+    /// call, 0 to 1, kept in [`TierPrediction::doubt`]: for each test
+    /// [`choose`] makes of the tier (does it meet the target; is it within
+    /// `min_gain` of the best), twice the probability, under the posterior,
+    /// that the test comes out the other way; the larger of the two. A tier
+    /// that has learned nothing is a guess: 1. Returns the largest.
+    fn doubt(&mut self, available: &[u8], cfg: &Learning) -> f64 {
+        let preds = available.iter().filter_map(|&t| self.tiers[t as usize]);
+        let Some(best) = preds.max_by(|a, b| a.p.total_cmp(&b.p)) else {
+            return 0.0;
+        };
+        let mut most = 0f64;
+        for &t in available {
+            let Some(p) = self.tiers[t as usize].as_mut() else {
+                continue;
+            };
+            let gap = best.p - p.p;
+            p.doubt = if p.seen == 0 {
+                1.0
+            } else {
+                let target = flip(p.p - cfg.target, p.sd);
+                let near = if gap > 0.0 {
+                    flip(gap - cfg.min_gain, p.sd.hypot(best.sd))
+                } else {
+                    0.0
+                };
+                target.max(near).min(1.0)
+            };
+            most = most.max(p.doubt);
+        }
+        most
+    }
+
     /// How much a request needs a stronger model than the cheapest: the
-    /// prior, corrected (as far as the gate is open) by how much the learned
-    /// gain differs from what the prior alone predicts. The gain is the
-    /// chance that the cheapest tier is rejected and the strongest would then
-    /// be accepted. A correction, not a blend of two scales: requests scored
-    /// while the gate was shut keep their place among those scored after.
+    /// prior, blended by the gate with the learned gain, the chance that the
+    /// cheapest tier is rejected and the strongest would then be accepted.
     pub fn score(&self, available: &[u8]) -> Option<f64> {
         let (lo, hi) = (*available.first()?, *available.last()?);
         let weak = self.tiers[lo as usize]?;
         let strong = self.tiers[hi as usize]?;
         let learned = (1.0 - weak.p) * strong.p_retry;
-        Some(self.prior + self.gate * (learned - self.prior_gain))
+        Some((1.0 - self.gate) * self.prior + self.gate * learned)
     }
 }
 
@@ -459,7 +476,7 @@ pub fn choose(learned: &Learned, available: &[u8], cfg: &Learning, rule_tier: u8
         None => (rule_lands, None),
     };
     let others = || available.iter().copied().filter(move |&t| t != tier);
-    let weight = |t: u8| learned.tiers[t as usize].map_or(1.0, |p| p.sd.max(1e-9));
+    let weight = |t: u8| learned.tiers[t as usize].map_or(1.0, |p| p.doubt.max(1e-9));
     let total: f64 = others().map(weight).sum();
     let eps = if total > 0.0 { learned.explore } else { 0.0 };
     if learned.draw < eps {

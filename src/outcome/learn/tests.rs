@@ -86,6 +86,7 @@ fn pred(p: f64, seen: u64) -> Option<TierPrediction> {
         p_retry: p,
         sd: 0.1,
         seen,
+        doubt: 0.1,
     })
 }
 
@@ -94,7 +95,6 @@ fn learned(tiers: &[(u8, Option<TierPrediction>)], gate: f64, explore: f64, draw
         tiers: [None; MAX_TIER as usize + 1],
         gate,
         prior: 0.3,
-        prior_gain: 0.2,
         explore,
         draw,
     };
@@ -184,7 +184,7 @@ fn exploration_is_scaled_by_uncertainty_and_every_choice_has_its_propensity() {
         0.0,
     );
     l3.tiers[4] = Some(TierPrediction {
-        sd: 0.3,
+        doubt: 0.3,
         ..pred(0.97, 50).expect("a prediction")
     });
     let draws = 100_000;

@@ -297,7 +297,7 @@ tiers = { general = 3 }
 [[workflows]]
 name = "replay"
 quality_floor = 1
-learning = { cold_start = 20, exploration = 0.2, target = 0.8, min_gain = 0.15 }
+learning = { cold_start = 20, exploration = 0.3, target = 0.8, min_gain = 0.15 }
 
 [[rules]]
 name = "retry-up"
@@ -351,9 +351,7 @@ tier = 1
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
     // Over the last third of the rows, each kind's first attempt goes to its
-    // best tier more often than to any other, and on most rows. (The middle
-    // kind still spends stretches on the strongest tier: once a tier is
-    // believed worse it is only seen again through exploration.)
+    // best tier, but for exploration.
     for (k, (kind, _, _, best)) in kinds.iter().enumerate() {
         let late: Vec<&str> = lines
             .iter()
@@ -368,7 +366,7 @@ tier = 1
             .expect("three models");
         assert_eq!(modal, *best, "{kind}: {late:?}");
         assert!(
-            share(best) >= 0.6,
+            share(best) >= 0.8,
             "{kind}: {best} on {:.0}% of late rows",
             share(best) * 100.0
         );
