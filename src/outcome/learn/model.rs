@@ -28,9 +28,10 @@
 //! **Exploration** is scaled by doubt: a call explores with probability
 //! `exploration × d`, where d is how likely, under the posterior, the
 //! model's choice for this request is to be wrong (for each test the choice
-//! makes, twice the probability that it comes out the other way), and then
-//! goes to another tier in proportion to that doubt for each tier. A request like many seen
-//! before rarely explores; a new kind of request explores at the cap. Every
+//! makes of a tier, twice the probability that it comes out the other way),
+//! and then goes to another tier in proportion to that tier's doubt. A
+//! request far from every boundary rarely explores; a tier that has learned
+//! nothing, or sits near the target, is explored at up to the cap. Every
 //! choice carries its propensity, the probability that this policy made it.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -262,7 +263,7 @@ impl Learner {
         let t = tier as usize;
         let m = wf.tiers.get(t)?.get()?;
         let below = wf.below(t, f);
-        Some(predict(m, f, below))
+        Some(predict(m, f, below).0)
     }
 
     /// The evidence gate of `workflow`: 0 while its labels have not shown
@@ -321,16 +322,19 @@ impl Learner {
     }
 }
 
-fn predict(m: &TierModel, f: &Features, below: f32) -> TierPrediction {
+/// The prediction of `m` for a request, and its first-attempt logit (what
+/// the tier above reads).
+fn predict(m: &TierModel, f: &Features, below: f32) -> (TierPrediction, f32) {
     let (z, var) = m.moments(f, below);
     let p = sigmoid(z as f64);
-    TierPrediction {
+    let prediction = TierPrediction {
         p,
         p_retry: sigmoid((z + load(&m.mean[RETRY as usize])) as f64),
         sd: p * (1.0 - p) * f64::from(var.sqrt()),
         seen: m.seen.load(Ordering::Relaxed),
         doubt: 0.0,
-    }
+    };
+    (prediction, z)
 }
 
 /// The learned state `decide` reads: plain data, so the decision stays pure.
@@ -374,12 +378,12 @@ impl Learned {
         if let Some(wf) = learner.workflow(workflow) {
             out.gate = wf.gate();
             wf.chain(top as usize + 1, |t, m, below| {
-                let p = predict(m, f, below);
+                let (p, z) = predict(m, f, below);
                 labelled |= p.seen > 0;
                 if available.contains(&(t as u8)) {
                     out.tiers[t] = Some(p);
                 }
-                m.logit(f, false, below)
+                z
             });
         }
         for &t in available {
