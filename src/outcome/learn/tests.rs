@@ -59,6 +59,33 @@ fn events_round_trip_and_damaged_ones_are_refused() {
     assert_eq!(LearnEvent::decode_body("w", &body[..3]), None);
 }
 
+/// Calls labelled by a build that did not keep the prior end after the
+/// grams: they still fold in, with a neutral prior, so an upgraded sidecar
+/// rebuilds its model from the store it already has.
+#[test]
+fn events_stored_before_the_prior_was_kept_still_decode() {
+    let cx = cx();
+    let mut r = Request::new("chat", &cx);
+    r.prior = 0.8;
+    let e = LearnEvent {
+        workflow: "w".into(),
+        tier: 2,
+        retry: false,
+        label: 1.0,
+        features: Features::extract(["an older call"].into_iter(), &r),
+    };
+    let body = e.encode_body();
+    let older = &body[..body.len() - 4];
+    let decoded = LearnEvent::decode_body("w", older).expect("an older event");
+    assert_eq!(decoded.features.prior, 0.5);
+    assert_eq!(decoded.features.grams, e.features.grams);
+    // A prior outside 0..1 is damage, not a prior.
+    let mut bad = body.clone();
+    let n = bad.len();
+    bad[n - 4..].copy_from_slice(&2.0f32.to_le_bytes());
+    assert_eq!(LearnEvent::decode_body("w", &bad), None);
+}
+
 #[test]
 fn learning_moves_toward_the_label() {
     let l = Learner::new();
