@@ -89,7 +89,7 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
         .map_or(0, |d| d.as_secs());
     let store = s.store.health();
     let lc = &s.learning.counters;
-    let series: [(&str, &str, &str, u64); 24] = [
+    let series: [(&str, &str, &str, u64); 25] = [
         (
             "switchyard_learning_store_errors_total",
             "counter",
@@ -123,8 +123,14 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
         (
             "switchyard_learning_explorations_total",
             "counter",
-            "Routed calls sent to a random tier so that learning keeps seeing every tier.",
+            "Routed calls sent to another tier than the model's choice, where the model doubts it, so that learning keeps seeing every tier.",
             lc.explored.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_learning_repeated_feedback_total",
+            "counter",
+            "Feedback for a call that was already labelled: recorded, not learned again.",
+            lc.repeated.load(Ordering::Relaxed),
         ),
         (
             "switchyard_learning_unmatched_total",

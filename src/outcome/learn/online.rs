@@ -58,6 +58,8 @@ pub struct LearnCounters {
     pub labelled: AtomicU64,
     /// Feedback or outcomes for calls this sidecar no longer remembers.
     pub unmatched: AtomicU64,
+    /// Feedback for a call already labelled, not learned again.
+    pub repeated: AtomicU64,
     /// Labelled calls dropped because the store was behind.
     pub dropped: AtomicU64,
     /// Labelled calls folded into the model (this sidecar's and others').
@@ -152,13 +154,19 @@ impl Online {
         }
     }
 
-    /// RecordFeedback: labels one call.
+    /// RecordFeedback: labels one call, once; the first feedback stands.
     pub fn feedback(&self, decision_id: &str, accepted: bool) {
         let Some(ex) = self.pending.get(&self.decision_key(decision_id)) else {
             self.counters.unmatched.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        ex.labelled.store(true, Ordering::Relaxed);
+        // One label per call: feedback sent again (a client's retry, or a
+        // caller leaning on the model) is recorded in the ledger but does
+        // not teach the model twice.
+        if ex.labelled.swap(true, Ordering::Relaxed) {
+            self.counters.repeated.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         self.send(&ex, if accepted { 1.0 } else { 0.0 });
     }
 
@@ -363,4 +371,44 @@ impl LearningGate for Folded {
     }
 
     fn remember(&self, _: RoutedCall<'_>, _: Features) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::sqlite::SqliteStore;
+
+    /// A caller that sends feedback for one call many times, at once, teaches
+    /// the model once: the first label stands.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn repeated_feedback_for_a_call_labels_it_once() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Arc::new(SqliteStore::open(dir.path()).expect("store"));
+        let online = Arc::new(Online::new(Arc::new(Learner::new()), store));
+        online.remember_call(
+            RoutedCall {
+                decision_id: "d-1",
+                workflow: "w",
+                outcome_id: "o-1",
+                tier: 2,
+                retry: false,
+                explored: false,
+            },
+            Features::default(),
+        );
+        let tasks: Vec<_> = (0..32)
+            .map(|i| {
+                let online = online.clone();
+                tokio::spawn(async move { online.feedback("d-1", i % 2 == 0) })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("feedback");
+        }
+        online.outcome("w", "o-1", OutcomeStatus::Rejected);
+        let c = &online.counters;
+        assert_eq!(c.labelled.load(Ordering::Relaxed), 1);
+        assert_eq!(c.repeated.load(Ordering::Relaxed), 31);
+        assert_eq!(c.unmatched.load(Ordering::Relaxed), 0);
+    }
 }
