@@ -143,6 +143,17 @@ async fn explain_decides_as_serve_does() {
     // A learned choice carries the probability that the policy made it.
     let propensity = explained["decision"]["propensity"].as_f64().expect("a propensity");
     assert!(propensity > 0.0 && propensity <= 1.0, "{propensity}");
+    // And what the model saw: an open gate and a prediction for each tier.
+    assert!(
+        explained["learning"]["gate"].as_f64() > Some(0.0),
+        "{}",
+        explained["learning"]
+    );
+    let tiers = explained["learning"]["tiers"].as_array().expect("tiers");
+    assert!(tiers.len() >= 2, "{}", explained["learning"]);
+    assert!(tiers
+        .iter()
+        .all(|t| t["p_accepted"].as_f64().is_some_and(|p| (0.0..=1.0).contains(&p))));
     assert!(explained["learning"]["labelled_calls"].as_u64() >= Some(labelled));
 
     // 2. A retry after a rejection: the rules alone send it a tier up.

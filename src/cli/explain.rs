@@ -217,6 +217,25 @@ async fn run(args: &ExplainArgs<'_>, text: &str) -> Result<serde_json::Value, St
         "learning": {
             "labelled_calls": learned_calls,
             "store": store,
+            // What the model saw for this request: how far its evidence gate
+            // is open, how likely the call was to explore, and each tier's
+            // prediction with its uncertainty and doubt.
+            "gate": routed.planned.learned.map(|l| l.gate),
+            "explore_probability": routed.planned.learned.map(|l| l.explore),
+            "tiers": routed.planned.learned.map(|l| {
+                l.tiers
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(t, p)| p.map(|p| serde_json::json!({
+                        "tier": t,
+                        "p_accepted": p.p,
+                        "p_accepted_after_rejection": p.p_retry,
+                        "sd": p.sd,
+                        "labelled_calls": p.seen,
+                        "doubt": p.doubt,
+                    })))
+                    .collect::<Vec<_>>()
+            }),
         },
         "budget": budget,
         "candidates": routed.candidates,

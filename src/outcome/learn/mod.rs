@@ -297,7 +297,12 @@ impl Features {
                 cx.task_prior as f32,
             ],
             grams: grams.to_vec(),
-            prior: r.prior.clamp(0.0, 1.0) as f32,
+            // A score that is not a number is no evidence: a neutral prior.
+            prior: if r.prior.is_finite() {
+                r.prior.clamp(0.0, 1.0) as f32
+            } else {
+                0.5
+            },
         }
     }
 
