@@ -263,53 +263,18 @@ fn a_shuffle_is_a_permutation_and_depends_on_its_seed() {
 /// meets the target for each kind.
 #[test]
 fn the_learned_router_recovers_the_best_of_three_tiers_for_each_kind() {
-    const THREE: &str = r#"
-[[models]]
-name = "small"
-provider = "p"
-input_per_mtok = 0.1
-cached_input_per_mtok = 0.1
-output_per_mtok = 0.1
-context_window = 100000
-max_output_tokens = 4000
-tiers = { general = 1 }
-
-[[models]]
-name = "medium"
-provider = "p"
-input_per_mtok = 1.0
-cached_input_per_mtok = 1.0
-output_per_mtok = 2.0
-context_window = 100000
-max_output_tokens = 4000
-tiers = { general = 2 }
-
-[[models]]
-name = "large"
-provider = "p"
-input_per_mtok = 10.0
-cached_input_per_mtok = 10.0
-output_per_mtok = 30.0
-context_window = 100000
-max_output_tokens = 4000
-tiers = { general = 3 }
-
-[[workflows]]
-name = "replay"
-quality_floor = 1
-learning = { cold_start = 20, exploration = 0.3, target = 0.8, min_gain = 0.15 }
-
-[[rules]]
-name = "retry-up"
-workflow = "replay"
-min_attempt = 2
-tier = 3
-
-[[rules]]
-name = "rest"
-workflow = "replay"
-tier = 1
-"#;
+    use crate::testing::{model, RulesBuilder};
+    let three = RulesBuilder::new()
+        .model(model("small", 0.1, 0.1, 1))
+        .model(model("medium", 1.0, 2.0, 2))
+        .model(model("large", 10.0, 30.0, 3))
+        .workflow(
+            "replay",
+            "quality_floor = 1\nlearning = { cold_start = 20, exploration = 0.3, target = 0.8, min_gain = 0.15 }",
+        )
+        .raw("[[rules]]\nname = \"retry-up\"\nworkflow = \"replay\"\nmin_attempt = 2\ntier = 3")
+        .raw("[[rules]]\nname = \"rest\"\nworkflow = \"replay\"\ntier = 1")
+        .build();
     // P(accepted) by kind at tiers 1, 2 and 3, and the tier that should win:
     // the cheapest whose acceptance meets the target of 0.8.
     let kinds = [
@@ -340,7 +305,7 @@ tier = 1
         data.push('\n');
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("rules.toml"), THREE).expect("rules");
+    std::fs::write(dir.path().join("rules.toml"), three).expect("rules");
     std::fs::write(dir.path().join("data.jsonl"), data).expect("data");
     let report = run(&args(dir.path(), 3)).expect("replays");
     assert_eq!(report.strong_model, "large");
