@@ -379,6 +379,8 @@ fn decision_ids_are_version_7_unique_and_time_ordered() {
     let ids: Vec<String> = (0..1000).map(|_| new_decision_id()).collect();
     let unique: std::collections::HashSet<&String> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len());
+    // In the order made, even within one millisecond.
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
     for id in &ids {
         let u = uuid::Uuid::parse_str(id).expect("a UUID");
         assert_eq!(u.get_version_num(), 7, "{id}");
