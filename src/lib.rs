@@ -72,10 +72,6 @@ pub mod metrics;
 pub mod money;
 pub mod outcome;
 pub mod prices;
-#[cfg(not(any(feature = "cache-moka", feature = "cache-quick")))]
-pub mod recent;
-#[cfg(any(feature = "cache-moka", feature = "cache-quick"))]
-#[path = "recent_alt.rs"]
 pub mod recent;
 pub mod route;
 pub mod rules;
