@@ -6,8 +6,8 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::UNIX_EPOCH;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -31,6 +31,58 @@ pub struct AdminState {
     /// Released once the rules are loaded, the tokenizers warm and the gRPC
     /// port bound; set back to false when shutdown begins.
     pub ready: AtomicBool,
+    /// The gauges read from the store, kept by a task of their own.
+    pub store_gauges: StoreGauges,
+}
+
+/// How often the gauges read from the store (open escalations, what is left
+/// of each budget) are recomputed, while someone scrapes.
+const STORE_GAUGES_EVERY: Duration = Duration::from_secs(5);
+/// With no scrape for this long, the store is left alone until the next.
+const STORE_GAUGES_IDLE: Duration = Duration::from_secs(120);
+
+/// The gauges read from the store, computed off the scrape path: a scrape
+/// serves the last computed lines and never waits on the store, so any
+/// number of scrapers cost the store one read every few seconds.
+#[derive(Default)]
+pub struct StoreGauges {
+    /// The rendered lines, and when they were computed.
+    lines: Mutex<(Arc<str>, Option<Instant>)>,
+    /// When `/metrics` was last scraped.
+    scraped: Mutex<Option<Instant>>,
+}
+
+impl StoreGauges {
+    fn current(&self) -> (Arc<str>, Option<Instant>) {
+        self.lines.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn scraped_now(&self) {
+        *self.scraped.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+    }
+
+    /// Whether the lines are worth recomputing: never computed yet, or
+    /// scraped lately.
+    fn wanted(&self) -> bool {
+        let computed = self.lines.lock().unwrap_or_else(PoisonError::into_inner).1.is_some();
+        let scraped = *self.scraped.lock().unwrap_or_else(PoisonError::into_inner);
+        !computed || scraped.is_some_and(|t| t.elapsed() < STORE_GAUGES_IDLE)
+    }
+}
+
+/// Recomputes the store's gauges every [`STORE_GAUGES_EVERY`] while they are
+/// wanted, until shutdown.
+async fn keep_store_gauges(s: Arc<AdminState>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if s.store_gauges.wanted() {
+            let lines: Arc<str> = store_gauges(&s).await.into();
+            *s.store_gauges.lines.lock().unwrap_or_else(PoisonError::into_inner) = (lines, Some(Instant::now()));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(STORE_GAUGES_EVERY) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 pub fn router(state: Arc<AdminState>) -> axum::Router {
@@ -260,6 +312,27 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
             );
         }
     }
+    // What the store holds, as of its last reading off this path.
+    s.store_gauges.scraped_now();
+    let (lines, at) = s.store_gauges.current();
+    out.push_str(&lines);
+    if let Some(at) = at {
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_store_gauges_age_seconds How old the gauges read from the store (escalations open, budget remaining) are.\n\
+             # TYPE switchyard_store_gauges_age_seconds gauge\nswitchyard_store_gauges_age_seconds {:.3}",
+            at.elapsed().as_secs_f64()
+        );
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// The gauges read from the store: open escalations by workflow, and per
+/// budgeted workflow what is left and how long it lasts at this period's
+/// burn rate.
+async fn store_gauges(s: &AdminState) -> String {
+    let table = s.rules.current();
+    let mut out = String::new();
     // Escalations waiting for a person, by workflow.
     if let Ok(all) = s.store.list_escalations(None).await {
         let mut open: std::collections::BTreeMap<&str, u64> =
@@ -316,7 +389,7 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
         Ok(_) => {}
         Err(e) => tracing::debug!(error = %e, "budget gauges skipped: the store cannot be read"),
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    out
 }
 
 async fn index(State(s): State<Arc<AdminState>>) -> Html<String> {
@@ -400,6 +473,7 @@ pub fn spawn(
                         return;
                     }
                 };
+                tokio::spawn(keep_store_gauges(state.clone(), shutdown.clone()));
                 let stop = async move {
                     let _ = shutdown.wait_for(|s| *s).await;
                 };

@@ -239,6 +239,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         learning: learning.clone(),
         audit: audit.clone(),
         ready: Default::default(),
+        store_gauges: Default::default(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin_thread = admin::spawn(admin_listener, admin_state.clone(), stop_rx.clone())?;

@@ -8,6 +8,8 @@ mod common;
 #[path = "common/redis.rs"]
 mod redis_server;
 
+use std::time::Duration;
+
 use common::*;
 use redis_server::RedisServer;
 use switchyard::grpc::pb;
@@ -330,8 +332,14 @@ async fn the_dashboard_shows_the_seeded_workflow_in_a_real_browser() {
 
     // The forecast as a metric: +Inf when the budget lasts the (UTC) day at
     // this rate. Early in the day the rate is extrapolated from a few minutes
-    // of spend, and then it must run out before the day ends.
-    let (_, metrics) = server.admin_get("/metrics");
+    // of spend, and then it must run out before the day ends. The gauges
+    // read from the store are recomputed every few seconds off the scrape
+    // path: wait for a reading that includes the spend.
+    let remaining = format!(
+        "switchyard_budget_remaining_nanousd{{workflow=\"budget-demo\"}} {}",
+        1_000_000_000 - e.spend
+    );
+    let metrics = server.admin_get_until("/metrics", Duration::from_secs(15), |m| m.contains(&remaining));
     let forecast = metrics
         .lines()
         .find_map(|l| l.strip_prefix("switchyard_budget_exhausted_in_seconds{workflow=\"budget-demo\"} "))
@@ -348,10 +356,6 @@ async fn the_dashboard_shows_the_seeded_workflow_in_a_real_browser() {
                 .parse::<f64>()
                 .is_ok_and(|s| s > 0.0 && s <= day_left as f64 + 5.0),
         "forecast {forecast} s with {day_left} s of the day left:\n{metrics}"
-    );
-    let remaining = format!(
-        "switchyard_budget_remaining_nanousd{{workflow=\"budget-demo\"}} {}",
-        1_000_000_000 - e.spend
     );
     assert!(metrics.contains(&remaining), "{remaining} not in\n{metrics}");
 

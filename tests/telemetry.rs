@@ -402,8 +402,14 @@ async fn metrics_parse_as_prometheus_text_with_the_promised_series() {
     })
     .await
     .expect("outcome");
-    let (code, text) = server.admin_get("/metrics");
+    let (code, _) = server.admin_get("/metrics");
     assert_eq!(code, 200);
+    // The gauges read from the store come from a task of their own: the
+    // first reading is taken as the server starts.
+    let text = server.admin_get_until("/metrics", Duration::from_secs(10), |m| {
+        m.contains("switchyard_escalations_open{workflow=\"budget-demo\"}")
+    });
+    assert!(text.contains("switchyard_store_gauges_age_seconds "), "{text}");
     let m = parse_prometheus(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert_eq!(
         m["switchyard_outcomes_total{workflow=\"budget-demo\",status=\"accepted\"}"],

@@ -126,6 +126,20 @@ impl Server {
         http_get(&self.admin, path)
     }
 
+    /// GETs `path` until its body satisfies `ok` or `within` passes; returns
+    /// the last body. For what the server computes off the request path,
+    /// such as the gauges it reads from the store every few seconds.
+    pub fn admin_get_until(&self, path: &str, within: Duration, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let (_, body) = http_get(&self.admin, path);
+            if ok(&body) || Instant::now() >= deadline {
+                return body;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Kills the process with SIGKILL, as a crash or an OOM kill would.
     pub fn kill9(mut self) {
         let _ = Command::new("kill")
