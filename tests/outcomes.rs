@@ -233,6 +233,37 @@ async fn a_scripted_day_reports_to_the_nano_dollar_on_redis() {
     check(&report_json(&["--redis-url", &redis.url()]), &e);
 }
 
+/// A scrape serves the gauges the store gave at its last reading, taken off
+/// the scrape path: with Redis frozen, `/metrics` still answers at once (it
+/// used to wait on the store for each scrape, up to the Redis timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrape_answers_at_once_while_the_store_hangs() {
+    let redis = RedisServer::start();
+    let server = Server::start(&rules(), &["--redis-url", &redis.url(), "--redis-timeout-ms", "5000"]);
+    let gauge = "switchyard_budget_remaining_nanousd{workflow=\"budget-demo\"}";
+    let first = server.admin_get_until("/metrics", Duration::from_secs(15), |m| m.contains(gauge));
+    assert!(first.contains(gauge), "{first}");
+    redis.signal("STOP");
+    // Past the next reading, which now hangs on the frozen store.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let started = std::time::Instant::now();
+    let (code, text) = server.admin_get("/metrics");
+    let took = started.elapsed();
+    redis.signal("CONT");
+    assert_eq!(code, 200);
+    assert!(
+        took < Duration::from_secs(1),
+        "a scrape took {took:?} with the store frozen"
+    );
+    assert!(text.contains(gauge), "the last reading is still served:\n{text}");
+    let age = text
+        .lines()
+        .find_map(|l| l.strip_prefix("switchyard_store_gauges_age_seconds "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("the reading's age");
+    assert!(age >= 1.0, "the reading is older than the freeze's start: {age}");
+}
+
 #[test]
 fn a_report_on_an_empty_store_says_so() {
     let dir = tempfile::tempdir().expect("tmp");

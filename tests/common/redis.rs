@@ -85,6 +85,19 @@ impl RedisServer {
         false
     }
 
+    /// Sends a signal by name (`STOP` freezes it without closing its
+    /// connections, as a hung host would; `CONT` thaws it).
+    #[allow(dead_code)]
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{name} {pid}");
+    }
+
     /// kill -9: no shutdown, no final save.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
