@@ -355,7 +355,7 @@ pub struct Learned {
 impl Learned {
     /// Predictions for the tiers of `available` (ascending), and how likely
     /// this call is to explore: once the workflow has any labelled call, at
-    /// the workflow's rate scaled by the model's uncertainty.
+    /// the workflow's rate scaled by the model's doubt about its choice.
     pub fn gather(
         learner: &Learner,
         workflow: &str,
@@ -386,8 +386,10 @@ impl Learned {
                 z
             });
         }
+        // Every tier that has learned nothing predicts the same: one pass.
+        let mut cold = None;
         for &t in available {
-            out.tiers[t as usize].get_or_insert_with(|| TierPrediction::cold(f));
+            out.tiers[t as usize].get_or_insert_with(|| *cold.get_or_insert_with(|| TierPrediction::cold(f)));
         }
         // Explore only where feedback flows: a workflow nobody labels would
         // pay for exploration and learn nothing from it.
@@ -464,7 +466,7 @@ pub struct Choice {
 /// the workflow's target, or if none does, the cheapest within `min_gain` of
 /// the best. Otherwise the rule's tier stands. Then, with probability
 /// [`Learned::explore`], the call goes to another tier, each in proportion
-/// to how unsure the model is of it.
+/// to its doubt.
 pub fn choose(learned: &Learned, available: &[u8], cfg: &Learning, rule_tier: u8) -> Choice {
     // The tier the rule's requirement lands on: the cheapest available tier
     // that meets it, or the strongest there is.
