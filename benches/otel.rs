@@ -7,6 +7,10 @@
 //!
 //! Run: `cargo bench --bench otel` (about 30 s); `BENCH_SAMPLER_RATIO=0.1` samples a tenth
 //! of traces (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`).
+//!
+//! `BENCH_BASELINE_BIN=/path/to/switchyard` adds a third server: that build,
+//! exporting too, in every round after the other two, so two exporters are
+//! compared in one run against the same export-off baseline.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -132,18 +136,44 @@ async fn main() {
         env.push(("OTEL_TRACES_SAMPLER_ARG", r.as_str()));
     }
     let on = common::Server::start_with_env(&rules, &[], &env);
+    let baseline_bin = std::env::var("BENCH_BASELINE_BIN").ok();
+    let other = baseline_bin
+        .as_deref()
+        .map(|bin| common::Server::start_bin(bin, &rules, &[], &env));
     let (c_off, c_on) = (off.client().await, on.client().await);
-    // Warm both.
-    for c in [&c_off, &c_on] {
+    let c_other = match &other {
+        Some(s) => Some(s.client().await),
+        None => None,
+    };
+    // Warm them all.
+    for c in [Some(&c_off), Some(&c_on), c_other.as_ref()].into_iter().flatten() {
         let mut c = c.clone();
         for _ in 0..200 {
             c.route(common::request("general", "warm up")).await.expect("route");
         }
     }
     let (mut ratios, mut cpu_ratios) = (Vec::new(), Vec::new());
-    for round in 1..=4 {
+    let (mut other_ratios, mut other_cpu_ratios) = (Vec::new(), Vec::new());
+    let rounds: u32 = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(4);
+    for round in 1..=rounds {
         let (a, ca) = load(&c_off, &off).await;
+        // The two exporters swap places every round, so neither always
+        // runs on the heels of the other.
+        let mut other_run = None;
+        if round % 2 == 0 {
+            if let (Some(c), Some(s)) = (&c_other, &other) {
+                other_run = Some(load(c, s).await);
+            }
+        }
         let (b, cb) = load(&c_on, &on).await;
+        if round % 2 == 1 {
+            if let (Some(c), Some(s)) = (&c_other, &other) {
+                other_run = Some(load(c, s).await);
+            }
+        }
         ratios.push(b / a);
         cpu_ratios.push(cb.as_secs_f64() / ca.as_secs_f64());
         println!(
@@ -152,6 +182,15 @@ async fn main() {
             cb.as_secs_f64() * 1e6,
             b / a
         );
+        if let Some((o, co)) = other_run {
+            other_ratios.push(o / a);
+            other_cpu_ratios.push(co.as_secs_f64() / ca.as_secs_f64());
+            println!(
+                "         baseline build, export on {o:>7.0} routes/s {:>5.1} µs CPU/route   throughput on/off {:.3}",
+                co.as_secs_f64() * 1e6,
+                o / a
+            );
+        }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
@@ -168,4 +207,18 @@ async fn main() {
         receiver.exports.load(Ordering::Relaxed),
         receiver.bytes.load(Ordering::Relaxed) / 1_000_000
     );
+    if !other_ratios.is_empty() {
+        let n = other_ratios.len() as f64;
+        let (om, ocpu) = (
+            other_ratios.iter().sum::<f64>() / n,
+            other_cpu_ratios.iter().sum::<f64>() / n,
+        );
+        println!(
+            "the baseline build: export costs {:.1}% of Route throughput, {:.1}% more CPU per Route; \
+             this build loses {:.1} points of throughput more than the baseline",
+            (1.0 - om) * 100.0,
+            (ocpu - 1.0) * 100.0,
+            (om - mean) * 100.0
+        );
+    }
 }

@@ -596,3 +596,53 @@ async fn log_lines_carry_the_trace_of_their_exported_span() {
         "the refusal's trace {trace} is an exported span's"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sampler_variables_are_read_as_the_sdk_reads_them() {
+    let (receiver, endpoint) = start_receiver().await;
+    let server = Server::start_with_env(
+        &repo_path("routing-rules"),
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "3600000"),
+        ],
+    );
+    let mut c = server.client().await;
+    const CALLS: usize = 2000;
+    let mut sampled_flags = 0;
+    for i in 0..CALLS {
+        let r = c
+            .route(request("general", &format!("question {i}")))
+            .await
+            .expect("route")
+            .into_inner();
+        sampled_flags += usize::from(r.traceparent.ends_with("-01"));
+    }
+    // A caller's sampled flag wins over the ratio.
+    let mut req = tonic::Request::new(request("general", "a sampled caller"));
+    req.metadata_mut().insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .expect("metadata"),
+    );
+    assert!(c
+        .route(req)
+        .await
+        .expect("route")
+        .into_inner()
+        .traceparent
+        .ends_with("-01"));
+    assert!(server.terminate().success());
+    let spans = receiver.spans.lock().expect("lock");
+    let exported = spans.iter().filter(|(_, s)| s.name == "Route").count();
+    assert_eq!(exported, sampled_flags + 1, "exactly the sampled Routes are exported");
+    // 10% of 2000: 200, with a standard deviation of about 13.
+    assert!(
+        (140..=260).contains(&sampled_flags),
+        "{sampled_flags} of {CALLS} sampled at 0.1"
+    );
+}

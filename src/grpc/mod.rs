@@ -85,7 +85,7 @@ impl RouterService {
         let hex_ids = span
             .ids()
             .filter(|_| tracing::enabled!(tracing::Level::DEBUG))
-            .map(|ids| (hex::encode(ids.trace_id), hex::encode(ids.span_id)));
+            .map(|ids| (ids.trace_id().to_string(), ids.span_id().to_string()));
         let trace_id = hex_ids.as_ref().map(|h| h.0.as_str());
         let span_id = hex_ids.as_ref().map(|h| h.1.as_str());
         let log_span = tracing::debug_span!("rpc", rpc = name, trace_id, span_id);

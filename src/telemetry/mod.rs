@@ -8,23 +8,26 @@
 //! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` and `_ARG` (`sampler`),
 //! and the exporter's and batch processor's (`otlp`).
 //!
-//! Switchyard writes its spans itself rather than through the OpenTelemetry
-//! SDK: each span's OTLP bytes are written while its RPC runs, straight from
-//! the values it records, and a finished span is one push onto the export
-//! queue. At full sampling the SDK's span objects, attribute lists and
-//! conversion to protobuf had cost more CPU than the rest of a Route's
-//! decision; docs/benchmarks.md, "Export cost", gives the measurement.
+//! Spans are made through the OpenTelemetry API and SDK and exported by
+//! `opentelemetry-otlp` over gRPC (tonic), with the SDK's batch processor.
+//! The SDK reads the variables itself; `vars` checks them first, so that a
+//! value the SDK would ignore with a warning stops `serve` instead.
+//! docs/benchmarks.md, "Export cost", gives what export costs a Route.
 //!
 //! Prompt text is never an attribute; only counts, names, IDs and money.
 
-mod otlp;
-mod sampler;
+mod vars;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
+
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{Link, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
+use opentelemetry::{Context, InstrumentationScope, Key, KeyValue};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::Resource;
 
 use crate::recent::Recent;
-use sampler::Sampler;
 
 /// Every attribute name Switchyard puts on a span.
 pub mod attr {
@@ -54,8 +57,8 @@ pub mod attr {
     pub const USAGE_FAILED: &str = "switchyard.usage.failed";
 }
 
-/// An attribute's value. Strings are borrowed: a span writes them into its
-/// bytes at once, so nothing is copied to keep them.
+/// An attribute's value. Strings are borrowed, and copied only when the
+/// span is recording.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Value<'a> {
     Str(&'a str),
@@ -148,71 +151,51 @@ impl CallAttrs<'_> {
     }
 }
 
-/// A span's identity, as `traceparent` carries it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SpanIds {
-    pub trace_id: [u8; 16],
-    pub span_id: [u8; 8],
-    /// W3C trace flags: bit 0 is "sampled".
-    pub flags: u8,
+/// A span's identity and trace flags, as `traceparent` carries them.
+pub type SpanIds = SpanContext;
+
+/// The W3C `traceparent` (version 00) of a span, written into a stack
+/// buffer: this runs on every traced Route.
+pub fn traceparent(ids: &SpanContext) -> String {
+    let mut b = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    // The lengths are fixed: each slice is exactly twice its bytes.
+    let (trace, span, flags) = (
+        hex::encode_to_slice(ids.trace_id().to_bytes(), &mut b[3..35]),
+        hex::encode_to_slice(ids.span_id().to_bytes(), &mut b[36..52]),
+        hex::encode_to_slice([ids.trace_flags().to_u8()], &mut b[53..55]),
+    );
+    debug_assert!(trace.is_ok() && span.is_ok() && flags.is_ok());
+    String::from_utf8_lossy(&b).into_owned()
 }
 
-impl SpanIds {
-    /// Parses a W3C `traceparent`: version, 32 and 16 lower-case hex digits
-    /// (not all zero), flags. Version `ff` is invalid; a later version may
-    /// carry more fields after the flags.
-    pub fn parse(tp: &str) -> Option<SpanIds> {
-        let b = tp.as_bytes();
-        if b.len() < 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
-            return None;
-        }
-        // The fields are lower-case hex only; the hex crate would also take
-        // upper case.
-        let lower_hex = |s: &[u8]| s.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
-        if !(lower_hex(&b[0..2]) && lower_hex(&b[3..35]) && lower_hex(&b[36..52]) && lower_hex(&b[53..55])) {
-            return None;
-        }
-        let (mut version, mut flags) = ([0u8; 1], [0u8; 1]);
-        let mut ids = SpanIds {
-            trace_id: [0; 16],
-            span_id: [0; 8],
-            flags: 0,
-        };
-        hex::decode_to_slice(&b[0..2], &mut version).ok()?;
-        hex::decode_to_slice(&b[3..35], &mut ids.trace_id).ok()?;
-        hex::decode_to_slice(&b[36..52], &mut ids.span_id).ok()?;
-        hex::decode_to_slice(&b[53..55], &mut flags).ok()?;
-        ids.flags = flags[0];
-        if version[0] == 0xff || (version[0] == 0 && b.len() != 55) || (b.len() > 55 && b[55] != b'-') {
-            return None;
-        }
-        (ids.trace_id != [0; 16] && ids.span_id != [0; 8]).then_some(ids)
+/// gRPC metadata as the propagator reads it.
+struct Metadata<'a>(&'a tonic::metadata::MetadataMap);
+
+impl Extractor for Metadata<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
     }
 
-    pub fn sampled(&self) -> bool {
-        self.flags & 1 == 1
-    }
-
-    /// The W3C `traceparent` (version 00), written into a stack buffer:
-    /// this runs on every traced Route, where the formatting machinery cost
-    /// more than the rest of building the string.
-    pub fn traceparent(&self) -> String {
-        let mut b = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        // The lengths are fixed: each slice is exactly twice its bytes.
-        let (trace, span, flags) = (
-            hex::encode_to_slice(self.trace_id, &mut b[3..35]),
-            hex::encode_to_slice(self.span_id, &mut b[36..52]),
-            hex::encode_to_slice([self.flags], &mut b[53..55]),
-        );
-        debug_assert!(trace.is_ok() && span.is_ok() && flags.is_ok());
-        String::from_utf8_lossy(&b).into_owned()
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
+                tonic::metadata::KeyRef::Binary(_) => None,
+            })
+            .collect()
     }
 }
 
-/// A random non-zero 64-bit value for span and trace IDs (fastrand's
-/// per-thread wyrand, seeded from the OS): IDs must be unique, not secret.
-fn random_id() -> u64 {
-    fastrand::u64(1..)
+/// The caller's trace context from `traceparent` and `tracestate`: the
+/// SDK's W3C propagator is the one parser.
+fn caller_context(metadata: &tonic::metadata::MetadataMap) -> Option<SpanContext> {
+    if !metadata.contains_key("traceparent") {
+        return None;
+    }
+    let cx = TraceContextPropagator::new().extract(&Metadata(metadata));
+    let parent = cx.span().span_context().clone();
+    parent.is_valid().then_some(parent)
 }
 
 /// The tracer, or nothing when export is off.
@@ -223,16 +206,14 @@ pub struct Telemetry {
 }
 
 struct Pipeline {
-    sampler: Sampler,
-    queue: Arc<otlp::Queue>,
-    /// The batch thread (none in unit tests, which read the queue).
-    exporter: Option<otlp::Exporter>,
+    provider: SdkTracerProvider,
+    tracer: SdkTracer,
 }
 
 /// Recent Route spans by decision ID, with when they were made: at most
 /// this many, each kept for the link TTL.
 struct RouteSpans {
-    recent: Recent<u128, (SpanIds, Instant)>,
+    recent: Recent<u128, (SpanContext, Instant)>,
     ttl: Duration,
 }
 
@@ -254,48 +235,18 @@ impl RouteSpans {
         uuid::Uuid::try_parse(decision_id).ok().map(|u| u.as_u128())
     }
 
-    fn insert(&self, decision_id: &str, ids: SpanIds) {
+    fn insert(&self, decision_id: &str, ids: SpanContext) {
         if let Some(k) = RouteSpans::key(decision_id) {
             self.recent.insert(k, (ids, Instant::now()));
         }
     }
 
-    fn get(&self, decision_id: &str) -> Option<SpanIds> {
+    fn get(&self, decision_id: &str) -> Option<SpanContext> {
         let k = RouteSpans::key(decision_id)?;
         self.recent
-            .read(&k, |(ids, at)| (at.elapsed() < self.ttl).then_some(*ids))
+            .read(&k, |(ids, at)| (at.elapsed() < self.ttl).then(|| ids.clone()))
             .flatten()
     }
-}
-
-fn env_is(name: &str, value: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| v.trim().eq_ignore_ascii_case(value))
-}
-
-/// The resource's attributes: `OTEL_RESOURCE_ATTRIBUTES`, then
-/// `service.name` from `OTEL_SERVICE_NAME` (or `switchyard`), and what wrote
-/// the spans.
-fn resource_from_vars(env: impl Fn(&str) -> Option<String>) -> Result<Vec<(String, String)>, String> {
-    let mut attrs = match env("OTEL_RESOURCE_ATTRIBUTES") {
-        Some(v) => otlp::parse_pairs(&v).map_err(|e| format!("OTEL_RESOURCE_ATTRIBUTES: {e}"))?,
-        None => Vec::new(),
-    };
-    let named = env("OTEL_SERVICE_NAME")
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty());
-    let mut set = |k: &str, v: String, replace: bool| match attrs.iter_mut().find(|(key, _)| key == k) {
-        Some(slot) if replace => slot.1 = v,
-        Some(_) => {}
-        None => attrs.push((k.to_string(), v)),
-    };
-    match named {
-        Some(name) => set("service.name", name, true),
-        None => set("service.name", "switchyard".to_string(), false),
-    }
-    set("telemetry.sdk.name", "switchyard".to_string(), true);
-    set("telemetry.sdk.language", "rust".to_string(), true);
-    set("telemetry.sdk.version", env!("CARGO_PKG_VERSION").to_string(), true);
-    Ok(attrs)
 }
 
 impl Telemetry {
@@ -307,54 +258,47 @@ impl Telemetry {
         }
     }
 
+    /// Spans made by `provider` (tests give it an in-memory exporter).
+    fn with_provider(provider: SdkTracerProvider, link_ttl: Duration) -> Telemetry {
+        let scope = InstrumentationScope::builder("switchyard")
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build();
+        let tracer = provider.tracer_with_scope(scope);
+        Telemetry {
+            pipeline: Some(Pipeline { provider, tracer }),
+            route_spans: RouteSpans::new(link_ttl),
+        }
+    }
+
     /// Starts export if the environment asks for it. Must run inside the
     /// Tokio runtime, which the exporter's gRPC channel uses. A variable
     /// that cannot be used is an error that names it and says what to write
     /// instead: `serve` exits 64 on it before binding a port, rather than
     /// run with traces silently off.
     pub fn from_env(link_ttl: Duration) -> Result<Telemetry, String> {
-        if env_is("OTEL_SDK_DISABLED", "true") || env_is("OTEL_TRACES_EXPORTER", "none") {
-            return Ok(Telemetry::off());
-        }
-        for (name, spoken) in [
-            ("OTEL_TRACES_EXPORTER", "otlp"),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
-            ("OTEL_EXPORTER_OTLP_COMPRESSION", "none"),
-            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "none"),
-        ] {
-            if let Ok(v) = std::env::var(name) {
-                if !v.trim().is_empty() && !v.trim().eq_ignore_ascii_case(spoken) {
-                    return Err(format!(
-                        "{name}={v} is not supported: Switchyard sends spans over OTLP/gRPC, uncompressed; \
-                         set {name}={spoken} or unset it"
-                    ));
-                }
-            }
-        }
         let env = |name: &str| std::env::var(name).ok();
-        let started = (|| -> Result<Option<Pipeline>, String> {
-            let Some(config) = otlp::Config::from_vars(env)? else {
-                return Ok(None);
-            };
-            let sampler = Sampler::from_vars(env)?;
-            let resource = resource_from_vars(env)?;
-            let queue = Arc::new(otlp::Queue::new(config.max_queue, config.max_batch));
-            let exporter = otlp::Exporter::start(config, queue.clone(), &resource)?;
-            Ok(Some(Pipeline {
-                sampler,
-                queue,
-                exporter: Some(exporter),
-            }))
-        })();
-        let Some(pipeline) = started? else {
+        if !vars::export_wanted(env)? {
             return Ok(Telemetry::off());
-        };
-        tracing::info!(sampler = ?pipeline.sampler, "traces are exported over OTLP/gRPC");
-        Ok(Telemetry {
-            pipeline: Some(pipeline),
-            route_spans: RouteSpans::new(link_ttl),
-        })
+        }
+        // The exporter reads OTEL_EXPORTER_OTLP_*, the batch processor
+        // OTEL_BSP_*, the sampler OTEL_TRACES_SAMPLER[_ARG], the resource
+        // OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES. The collector is
+        // connected to lazily: an unreachable one costs failed exports,
+        // never a failed start.
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+            .map_err(|e| format!("the OTLP exporter cannot be built: {e}"))?;
+        let mut resource = Resource::builder();
+        if !vars::service_named(env) {
+            resource = resource.with_service_name("switchyard");
+        }
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource.build())
+            .build();
+        tracing::info!("traces are exported over OTLP/gRPC");
+        Ok(Telemetry::with_provider(provider, link_ttl))
     }
 
     pub fn enabled(&self) -> bool {
@@ -363,64 +307,48 @@ impl Telemetry {
 
     /// Starts a server span for `rpc`, a child of the caller's trace context
     /// when the metadata carries one, linked to `link` if given.
-    pub fn start(&self, rpc: &'static str, metadata: &tonic::metadata::MetadataMap, link: Option<SpanIds>) -> RpcSpan {
+    pub fn start(
+        &self,
+        rpc: &'static str,
+        metadata: &tonic::metadata::MetadataMap,
+        link: Option<SpanContext>,
+    ) -> RpcSpan {
         let Some(p) = &self.pipeline else {
             return RpcSpan { live: None };
         };
-        let parent = metadata
-            .get(&*TRACEPARENT)
-            .and_then(|v| v.to_str().ok())
-            .and_then(SpanIds::parse);
-        let trace_id = match parent {
-            Some(parent) => parent.trace_id,
-            None => {
-                let mut t = [0u8; 16];
-                t[..8].copy_from_slice(&random_id().to_be_bytes());
-                t[8..].copy_from_slice(&random_id().to_be_bytes());
-                t
-            }
+        let parent = match caller_context(metadata) {
+            Some(sc) => Context::new().with_remote_span_context(sc),
+            None => Context::new(),
         };
-        let sampled = p.sampler.keeps(&trace_id, parent.map(|p| p.sampled()));
-        let ids = SpanIds {
-            trace_id,
-            span_id: random_id().to_be_bytes(),
-            flags: u8::from(sampled),
-        };
-        let recording = sampled.then(|| {
-            let tracestate = parent
-                .and_then(|_| metadata.get("tracestate"))
-                .and_then(|v| v.to_str().ok())
-                .filter(|s| s.len() <= 512);
-            Recording::begin(p.queue.clone(), rpc, &ids, parent, tracestate, link)
-        });
+        let mut builder = p.tracer.span_builder(rpc).with_kind(SpanKind::Server);
+        if let Some(link) = link {
+            builder = builder.with_links(vec![Link::with_context(link)]);
+        }
         RpcSpan {
-            live: Some(Live {
-                ids,
-                remote_parent: parent.is_some(),
-                recording,
-            }),
+            live: Some(p.tracer.build_with_context(builder, &parent)),
         }
     }
 
     /// Remembers a Route span for the decision's later ReportUsage.
     pub fn remember_route(&self, decision_id: &str, span: &RpcSpan) {
-        if let Some(live) = &span.live {
-            self.route_spans.insert(decision_id, live.ids);
+        if let Some(ids) = span.ids() {
+            self.route_spans.insert(decision_id, ids);
         }
     }
 
     /// The Route span that made the decision, if this sidecar did.
-    pub fn route_link(&self, decision_id: &str) -> Option<SpanIds> {
+    pub fn route_link(&self, decision_id: &str) -> Option<SpanContext> {
         if !self.enabled() {
             return None;
         }
         self.route_spans.get(decision_id)
     }
 
-    /// Exports what is queued and stops, within `grace`.
+    /// Exports what is queued and stops, within `grace`. Blocks: call it
+    /// off the runtime's workers (the export itself runs on the runtime).
     pub fn shutdown(&self, grace: Duration) {
-        if let Some(exporter) = self.pipeline.as_ref().and_then(|p| p.exporter.as_ref()) {
-            if let Err(e) = exporter.shutdown(grace) {
+        if let Some(p) = &self.pipeline {
+            if let Err(e) = p.provider.shutdown_with_timeout(grace) {
                 tracing::warn!("flushing traces at shutdown: {e}");
             }
         }
@@ -429,127 +357,71 @@ impl Telemetry {
 
 /// One RPC's span (or nothing). Ends, and is queued for export, when dropped.
 pub struct RpcSpan {
-    live: Option<Live>,
-}
-
-struct Live {
-    ids: SpanIds,
-    remote_parent: bool,
-    /// The span's bytes so far, when it is sampled.
-    recording: Option<Recording>,
-}
-
-/// A sampled span being written: an OTLP `Span` body whose fields are
-/// appended as they become known (protobuf fields may come in any order).
-struct Recording {
-    buf: Vec<u8>,
-    queue: Arc<otlp::Queue>,
-    error: Option<String>,
-}
-
-/// Room for a Route span's bytes: IDs, times, 14 attributes and a link.
-const SPAN_BYTES: usize = 768;
-
-impl Recording {
-    fn begin(
-        queue: Arc<otlp::Queue>,
-        name: &str,
-        ids: &SpanIds,
-        parent: Option<SpanIds>,
-        tracestate: Option<&str>,
-        link: Option<SpanIds>,
-    ) -> Recording {
-        let mut buf = Vec::with_capacity(SPAN_BYTES);
-        otlp::put_ids(&mut buf, ids);
-        if let Some(ts) = tracestate {
-            otlp::put_str(&mut buf, 3, ts);
-        }
-        if let Some(parent) = parent {
-            otlp::put_bytes(&mut buf, 4, &parent.span_id);
-        }
-        otlp::put_str(&mut buf, 5, name);
-        otlp::put_varint(&mut buf, 6, 2); // SPAN_KIND_SERVER
-        otlp::put_fixed64(&mut buf, 7, otlp::unix_nanos(SystemTime::now()));
-        if let Some(link) = link {
-            otlp::put_link(&mut buf, &link);
-        }
-        Recording {
-            buf,
-            queue,
-            error: None,
-        }
-    }
+    live: Option<opentelemetry_sdk::trace::Span>,
 }
 
 impl RpcSpan {
     /// Whether attributes set now are kept (the span exists and was sampled).
     pub fn is_recording(&self) -> bool {
-        self.live.as_ref().is_some_and(|l| l.recording.is_some())
+        use opentelemetry::trace::Span as _;
+        self.live.as_ref().is_some_and(|s| s.is_recording())
     }
 
     /// Records an attribute.
     pub fn set<'a>(&mut self, key: &'static str, value: impl Into<Value<'a>>) {
-        if let Some(Live { recording: Some(r), .. }) = &mut self.live {
-            otlp::put_attribute(&mut r.buf, 9, key, &value.into());
-        }
+        use opentelemetry::trace::Span as _;
+        let Some(span) = self.live.as_mut().filter(|s| s.is_recording()) else {
+            return;
+        };
+        let value = match value.into() {
+            Value::Str(s) => opentelemetry::Value::from(s.to_string()),
+            Value::Int(i) => opentelemetry::Value::I64(i),
+            Value::Double(d) => opentelemetry::Value::F64(d),
+            Value::Bool(b) => opentelemetry::Value::Bool(b),
+        };
+        span.set_attribute(KeyValue::new(Key::from_static_str(key), value));
     }
 
     /// Marks the span failed with the status's message (never prompt text).
     pub fn fail(&mut self, status: &tonic::Status) {
-        if let Some(Live { recording: Some(r), .. }) = &mut self.live {
-            r.error = Some(format!("{:?}: {}", status.code(), status.message()));
+        use opentelemetry::trace::Span as _;
+        if let Some(span) = self.live.as_mut().filter(|s| s.is_recording()) {
+            span.set_status(Status::error(format!("{:?}: {}", status.code(), status.message())));
         }
     }
 
     /// The span's IDs, when there is a span (export on), sampled or not.
-    pub fn ids(&self) -> Option<SpanIds> {
-        self.live.as_ref().map(|l| l.ids)
+    pub fn ids(&self) -> Option<SpanContext> {
+        use opentelemetry::trace::Span as _;
+        self.live.as_ref().map(|s| s.span_context().clone())
     }
 
     /// The W3C `traceparent` of this span.
     pub fn traceparent(&self) -> Option<String> {
-        self.live.as_ref().map(|l| l.ids.traceparent())
+        use opentelemetry::trace::Span as _;
+        self.live.as_ref().map(|s| traceparent(s.span_context()))
     }
 }
-
-impl Drop for RpcSpan {
-    fn drop(&mut self) {
-        let Some(Live {
-            ids,
-            remote_parent,
-            recording: Some(r),
-        }) = self.live.take()
-        else {
-            return;
-        };
-        let Recording { mut buf, queue, error } = r;
-        otlp::put_fixed64(&mut buf, 8, otlp::unix_nanos(SystemTime::now()));
-        otlp::put_status(&mut buf, error.as_deref());
-        otlp::put_fixed32(&mut buf, 16, otlp::span_flags(ids.flags, remote_parent));
-        queue.push(buf);
-    }
-}
-
-/// The trace context header's key, made once: looking one up by `&str`
-/// parses the name on every call.
-static TRACEPARENT: std::sync::LazyLock<tonic::metadata::MetadataKey<tonic::metadata::Ascii>> =
-    std::sync::LazyLock::new(|| tonic::metadata::MetadataKey::from_static("traceparent"));
 
 /// The caller's `traceparent`, echoed when Switchyard does not trace, so the
-/// agent's provider call still joins the agent's own trace.
+/// agent's provider call still joins the agent's own trace. Only a valid one.
 pub fn incoming_traceparent(metadata: &tonic::metadata::MetadataMap) -> String {
-    metadata
-        .get(&*TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| SpanIds::parse(v).is_some())
-        .unwrap_or_default()
-        .to_string()
+    match caller_context(metadata) {
+        Some(_) => metadata
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+        None => String::new(),
+    }
 }
 
 /// The trace and span IDs, in hex, that a valid `traceparent` names (for
-/// tests and tools): [`SpanIds::parse`], the one parser.
+/// tests and tools), read by the same propagator as every RPC's.
 pub fn parse_traceparent(tp: &str) -> Option<(String, String)> {
-    SpanIds::parse(tp).map(|ids| (hex::encode(ids.trace_id), hex::encode(ids.span_id)))
+    let mut m = tonic::metadata::MetadataMap::new();
+    m.insert("traceparent", tp.parse().ok()?);
+    caller_context(&m).map(|sc| (sc.trace_id().to_string(), sc.span_id().to_string()))
 }
 
 #[cfg(test)]

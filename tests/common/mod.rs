@@ -44,10 +44,15 @@ impl Server {
 
     /// `start`, with extra environment variables for the server.
     pub fn start_with_env(rules: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::start_bin(BIN, rules, extra, env)
+    }
+
+    /// `start_with_env` for another build of `switchyard` (benches compare two).
+    pub fn start_bin(bin: &str, rules: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let state = tempfile::tempdir().expect("state dir");
         let stderr_log = state.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_log).expect("stderr log");
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(bin)
             .arg("serve")
             .arg("--rules")
             .arg(rules)
