@@ -46,14 +46,14 @@ const STORE_GAUGES_IDLE: Duration = Duration::from_secs(120);
 /// number of scrapers cost the store one read every few seconds.
 #[derive(Default)]
 pub struct StoreGauges {
-    /// The rendered lines, and when they were computed.
-    lines: Mutex<(Arc<str>, Option<Instant>)>,
+    /// The readings, and when they were taken.
+    lines: Mutex<(Arc<Vec<Readings>>, Option<Instant>)>,
     /// When `/metrics` was last scraped.
     scraped: Mutex<Option<Instant>>,
 }
 
 impl StoreGauges {
-    fn current(&self) -> (Arc<str>, Option<Instant>) {
+    fn current(&self) -> (Arc<Vec<Readings>>, Option<Instant>) {
         self.lines.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
@@ -75,7 +75,7 @@ impl StoreGauges {
 async fn keep_store_gauges(s: Arc<AdminState>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     loop {
         if s.store_gauges.wanted() {
-            let lines: Arc<str> = store_gauges(&s).await.into();
+            let lines = Arc::new(store_gauges(&s).await);
             *s.store_gauges.lines.lock().unwrap_or_else(PoisonError::into_inner) = (lines, Some(Instant::now()));
         }
         tokio::select! {
@@ -141,198 +141,203 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
         .map_or(0, |d| d.as_secs());
     let store = s.store.health();
     let lc = &s.learning.counters;
-    let series: [(&str, &str, &str, u64); 25] = [
-        (
+    let series: Vec<Readings> = vec![
+        Readings::one(
             "switchyard_learning_store_errors_total",
-            "counter",
+            MetricType::Counter,
             "Rounds of the learning loop whose store read or write failed (labelled calls are held and retried).",
-            lc.store_errors.load(Ordering::Relaxed),
+            Reading::Count(lc.store_errors.load(Ordering::Relaxed)),
         ),
-        (
+        Readings::one(
             "switchyard_audit_records_total",
-            "counter",
+            MetricType::Counter,
             "Records written (and fsync'd) to audit.jsonl.",
-            s.audit.written.load(Ordering::Relaxed),
+            Reading::Count(s.audit.written.load(Ordering::Relaxed)),
         ),
-        (
+        Readings::one(
             "switchyard_audit_dropped_total",
-            "counter",
+            MetricType::Counter,
             "Audit records dropped because the writer fell behind or the file was not writable.",
-            s.audit.dropped.load(Ordering::Relaxed),
+            Reading::Count(s.audit.dropped.load(Ordering::Relaxed)),
         ),
-        (
+        Readings::one(
             "switchyard_learning_labelled_total",
-            "counter",
+            MetricType::Counter,
             "Routed calls labelled by feedback or an outcome and sent to the store for learning.",
-            lc.labelled.load(Ordering::Relaxed),
+            Reading::Count(lc.labelled.load(Ordering::Relaxed)),
         ),
-        (
+        Readings::one(
             "switchyard_learning_applied_total",
-            "counter",
+            MetricType::Counter,
             "Labelled calls folded into the learned model (from this sidecar and others sharing the store).",
-            lc.applied.load(Ordering::Relaxed),
+            Reading::Count(lc.applied.load(Ordering::Relaxed)),
         ),
-        (
+        Readings::one(
             "switchyard_learning_explorations_total",
-            "counter",
+            MetricType::Counter,
             "Routed calls sent to another tier than the model's choice, where the model doubts it, so that learning keeps seeing every tier.",
-            lc.explored.load(Ordering::Relaxed),
+            Reading::Count(lc.explored.load(Ordering::Relaxed)),
         ),
-        (
+        Readings::one(
             "switchyard_learning_repeated_feedback_total",
-            "counter",
+            MetricType::Counter,
             "Feedback for a call that was already labelled: recorded, not learned again.",
-            lc.repeated.load(Ordering::Relaxed),
+            Reading::Count(lc.repeated.load(Ordering::Relaxed)),
         ),
-        (
+        Readings::one(
             "switchyard_learning_unmatched_total",
-            "counter",
+            MetricType::Counter,
             "Feedback or outcomes for calls this sidecar no longer remembers (not learned from).",
-            lc.unmatched.load(Ordering::Relaxed),
+            Reading::Count(lc.unmatched.load(Ordering::Relaxed)),
         ),
-        (
+        Readings::one(
             "switchyard_learning_dropped_total",
-            "counter",
+            MetricType::Counter,
             "Labelled calls dropped because the store fell behind.",
-            lc.dropped.load(Ordering::Relaxed),
+            Reading::Count(lc.dropped.load(Ordering::Relaxed)),
         ),
-        (
+        Readings::one(
             "switchyard_budget_store_unavailable_total",
-            "counter",
+            MetricType::Counter,
             "Budget store calls that failed because the store could not serve them (Redis unreachable; SQLite unable to read or write).",
-            store.unavailable_total,
+            Reading::Count(store.unavailable_total),
         ),
-        (
+        Readings::one(
             "switchyard_budget_fail_open_admitted_total",
-            "counter",
+            MetricType::Counter,
             "Calls admitted under the local fail-open cap while the budget store was unreachable.",
-            store.fail_open_admitted_total,
+            Reading::Count(store.fail_open_admitted_total),
         ),
-        (
+        Readings::one(
             "switchyard_budget_journal_pending",
-            "gauge",
+            MetricType::Gauge,
             "ReportUsage settlements journaled locally, waiting for the budget store.",
-            store.journal_pending,
+            Reading::Count(store.journal_pending),
         ),
-        (
+        Readings::one(
             "switchyard_budget_store_failing",
-            "gauge",
+            MetricType::Gauge,
             "1 while the budget store cannot serve budgeted calls (they fail closed); /readyz answers 503.",
-            u64::from(store.failing.is_some()),
+            Reading::Count(u64::from(store.failing.is_some())),
         ),
-        (
+        Readings::one(
             "switchyard_route_decisions_total",
-            "counter",
+            MetricType::Counter,
             "Route calls answered with a model.",
-            s.counters.routed.load(Ordering::Relaxed),
+            Reading::Count(s.counters.routed.load(Ordering::Relaxed)),
         ),
-        (
+        Readings::one(
             "switchyard_route_rejections_total",
-            "counter",
+            MetricType::Counter,
             "Route calls refused with an error status.",
-            s.counters.rejected.load(Ordering::Relaxed),
+            Reading::Count(s.counters.rejected.load(Ordering::Relaxed)),
         ),
-        (
+        Readings::one(
             "switchyard_rules_reload_failing",
-            "gauge",
+            MetricType::Gauge,
             "1 while the rules files are broken and the last good rules are in use.",
-            u64::from(st.failing),
+            Reading::Count(u64::from(st.failing)),
         ),
-        (
+        Readings::one(
             "switchyard_rules_reloads_total",
-            "counter",
+            MetricType::Counter,
             "Successful rules reloads since start.",
-            s.rules.reloads_ok.load(Ordering::Relaxed),
+            Reading::Count(s.rules.reloads_ok.load(Ordering::Relaxed)),
         ),
-        (
+        Readings::one(
             "switchyard_rules_reload_failures_total",
-            "counter",
+            MetricType::Counter,
             "Failed rules reloads since start (one per distinct broken content).",
-            s.rules.reloads_failed.load(Ordering::Relaxed),
+            Reading::Count(s.rules.reloads_failed.load(Ordering::Relaxed)),
         ),
-        (
+        Readings::one(
             "switchyard_rules_loaded_timestamp_seconds",
-            "gauge",
+            MetricType::Gauge,
             "When the rules in use were loaded.",
-            loaded,
+            Reading::Count(loaded),
         ),
-        (
+        Readings::one(
             "switchyard_rules_models",
-            "gauge",
+            MetricType::Gauge,
             "Models in the rules in use.",
-            table.models.len() as u64,
+            Reading::Count(table.models.len() as u64),
         ),
-        (
+        Readings::one(
             "switchyard_context_cache_hits_total",
-            "counter",
+            MetricType::Counter,
             "Messages whose token counts and features came from the context cache.",
-            cache.hits,
+            Reading::Count(cache.hits),
         ),
-        (
+        Readings::one(
             "switchyard_context_cache_misses_total",
-            "counter",
+            MetricType::Counter,
             "Messages counted and scanned afresh.",
-            cache.misses,
+            Reading::Count(cache.misses),
         ),
-        (
+        Readings::one(
             "switchyard_context_cache_entries",
-            "gauge",
+            MetricType::Gauge,
             "Entries in the context caches (message work and warm prefixes).",
-            cache.entries,
+            Reading::Count(cache.entries),
         ),
-        (
+        Readings::one(
             "switchyard_context_cache_weight_bytes",
-            "gauge",
+            MetricType::Gauge,
             "Bytes the context caches are charged against --context-cache-mib.",
-            cache.weight_bytes,
+            Reading::Count(cache.weight_bytes),
         ),
-        (
+        Readings::one(
             "switchyard_prefix_cache_hits_total",
-            "counter",
+            MetricType::Counter,
             "Routes priced with a prefix warm on the chosen model.",
-            cache.prefix_hits,
+            Reading::Count(cache.prefix_hits),
         ),
     ];
-    let mut out = String::with_capacity(2048);
-    for (name, kind, help, value) in series {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
-    }
-    s.metrics.render(&mut out);
+    let mut registry = Registry::default();
+    s.metrics.register(&mut registry);
+    registry.register_collector(Box::new(ReadingsCollector(Arc::new(series))));
     let seen = s.learning.learner.seen();
     if !seen.is_empty() {
-        let _ = writeln!(
-            out,
-            "# HELP switchyard_learned_calls Labelled calls the learned model holds, by workflow and tier.\n# TYPE switchyard_learned_calls gauge"
+        let mut learned = Readings::family(
+            "switchyard_learned_calls",
+            MetricType::Gauge,
+            "Labelled calls the learned model holds, by workflow and tier.",
         );
         for (w, tier, n) in seen {
-            let _ = writeln!(
-                out,
-                "switchyard_learned_calls{{workflow=\"{}\",tier=\"{tier}\"}} {n}",
-                escape_label(&w)
+            learned.push(
+                vec![("workflow", w.to_string()), ("tier", tier.to_string())],
+                Reading::Count(n),
             );
         }
+        registry.register_collector(Box::new(ReadingsCollector(Arc::new(vec![learned]))));
     }
     // What the store holds, as of its last reading off this path.
     s.store_gauges.scraped_now();
-    let (lines, at) = s.store_gauges.current();
-    out.push_str(&lines);
+    let (readings, at) = s.store_gauges.current();
+    registry.register_collector(Box::new(ReadingsCollector(readings)));
     if let Some(at) = at {
-        let _ = writeln!(
-            out,
-            "# HELP switchyard_store_gauges_age_seconds How old the gauges read from the store (escalations open, budget remaining) are.\n\
-             # TYPE switchyard_store_gauges_age_seconds gauge\nswitchyard_store_gauges_age_seconds {:.3}",
-            at.elapsed().as_secs_f64()
-        );
+        registry.register_collector(Box::new(ReadingsCollector(Arc::new(vec![Readings::one(
+            "switchyard_store_gauges_age_seconds",
+            MetricType::Gauge,
+            "How old the gauges read from the store (escalations open, budget remaining) are.",
+            Reading::Real(at.elapsed().as_secs_f64()),
+        )]))));
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::encode(&registry),
+    )
 }
 
 /// The gauges read from the store: open escalations by workflow, and per
 /// budgeted workflow what is left and how long it lasts at this period's
 /// burn rate.
-async fn store_gauges(s: &AdminState) -> String {
+async fn store_gauges(s: &AdminState) -> Vec<Readings> {
     let table = s.rules.current();
-    let mut out = String::new();
+    let mut out = Vec::new();
     // Escalations waiting for a person, by workflow.
     if let Ok(all) = s.store.list_escalations(None).await {
         let mut open: std::collections::BTreeMap<&str, u64> =
@@ -343,48 +348,42 @@ async fn store_gauges(s: &AdminState) -> String {
         {
             *open.entry(e.workflow.as_str()).or_default() += 1;
         }
-        let _ = writeln!(
-            out,
-            "# HELP switchyard_escalations_open Escalations waiting for a person.\n# TYPE switchyard_escalations_open gauge"
+        let mut gauge = Readings::family(
+            "switchyard_escalations_open",
+            MetricType::Gauge,
+            "Escalations waiting for a person.",
         );
         for (w, n) in open {
-            let _ = writeln!(
-                out,
-                "switchyard_escalations_open{{workflow=\"{}\"}} {n}",
-                escape_label(w)
-            );
+            gauge.push(vec![("workflow", w.to_string())], Reading::Count(n));
         }
+        out.push(gauge);
     }
     // Per budgeted workflow: what is left and, at the current burn rate,
     // how long it lasts (+Inf when it lasts the period).
     let now = jiff::Timestamp::now();
     match crate::outcome::report::budget_inputs(s.store.as_ref(), &table, None, now).await {
         Ok(budgets) if !budgets.is_empty() => {
-            let lines: Vec<(String, crate::outcome::report::BudgetLine)> = budgets
-                .iter()
-                .map(|b| (escape_label(&b.workflow), crate::outcome::report::budget_line(b, now)))
-                .collect();
-            let _ = writeln!(
-                out,
-                "# HELP switchyard_budget_remaining_nanousd What is left of the workflow's budget this period.\n\
-                 # TYPE switchyard_budget_remaining_nanousd gauge"
+            let mut remaining = Readings::family(
+                "switchyard_budget_remaining_nanousd",
+                MetricType::Gauge,
+                "What is left of the workflow's budget this period.",
             );
-            for (b, (w, _)) in budgets.iter().zip(&lines) {
-                let _ = writeln!(
-                    out,
-                    "switchyard_budget_remaining_nanousd{{workflow=\"{w}\"}} {}",
-                    b.state.remaining()
+            let mut exhausted = Readings::family(
+                "switchyard_budget_exhausted_in_seconds",
+                MetricType::Gauge,
+                "Seconds until the budget runs out at this period's burn rate; +Inf if it lasts the period.",
+            );
+            for b in &budgets {
+                let line = crate::outcome::report::budget_line(b, now);
+                let labels = vec![("workflow", b.workflow.to_string())];
+                remaining.push(labels.clone(), Reading::Int(b.state.remaining()));
+                exhausted.push(
+                    labels,
+                    Reading::Real(line.runs_out_in_s.map_or(f64::INFINITY, |s| s.round())),
                 );
             }
-            let _ = writeln!(
-                out,
-                "# HELP switchyard_budget_exhausted_in_seconds Seconds until the budget runs out at this period's burn rate; +Inf if it lasts the period.\n\
-                 # TYPE switchyard_budget_exhausted_in_seconds gauge"
-            );
-            for (w, l) in &lines {
-                let v = l.runs_out_in_s.map_or("+Inf".to_string(), |s| format!("{s:.0}"));
-                let _ = writeln!(out, "switchyard_budget_exhausted_in_seconds{{workflow=\"{w}\"}} {v}");
-            }
+            out.push(remaining);
+            out.push(exhausted);
         }
         Ok(_) => {}
         Err(e) => tracing::debug!(error = %e, "budget gauges skipped: the store cannot be read"),
@@ -443,8 +442,10 @@ async fn index(State(s): State<Arc<AdminState>>) -> Html<String> {
     }
 }
 
-use crate::metrics::escape_label;
+use crate::metrics::{Reading, Readings, ReadingsCollector};
 use crate::outcome::dashboard::escape;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 /// Serves the admin port on a dedicated thread and runtime until `shutdown`
 /// flips to true. Binding happens before this returns, so a taken port fails

@@ -1,25 +1,44 @@
-//! Labelled Prometheus series for the hot path: counters by workflow, model
-//! and status, and Route's latency histogram. Labels come only from the
-//! rules (workflow and model names, which validation bounds) and from fixed
-//! sets (status, token kind): an outcome ID or decision ID is never a label,
-//! so cardinality stays bounded.
+//! Labelled series for the hot path, kept in `prometheus-client` metrics:
+//! counters by workflow, model and status, and Route's latency histogram
+//! with the trace of a recent call in each bucket (an OpenMetrics exemplar),
+//! so a latency panel links to a trace. Labels come only from the rules
+//! (workflow and model names, which validation bounds) and from fixed sets
+//! (status, token kind): an outcome ID or decision ID is never a label, so
+//! cardinality stays bounded.
+//!
+//! `/metrics` (admin.rs) registers these with the values read at scrape
+//! time and encodes them as OpenMetrics text.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 use std::time::Duration;
 
-/// The series of one family that share a hash of their label values.
-type Bucket = Vec<(Vec<String>, Arc<AtomicU64>)>;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
+use prometheus_client::metrics::family::Family as Series;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
 
-/// One counter family, keyed by its label values. Counting an existing
-/// series allocates nothing: a hash of the values finds it under a read lock.
+/// A series' labels: each label's name and value, in the family's order.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// The series of one family that share a hash of their label values.
+type Bucket = Vec<(Vec<String>, Counter)>;
+
+/// One counter family. The series live in a `prometheus-client` family;
+/// counting an existing series allocates nothing: a hash of the label values
+/// finds its counter under a read lock, where the family itself would need
+/// its label set built (a `String` per label) to look it up.
 pub struct Family {
     name: &'static str,
     help: &'static str,
     labels: &'static [&'static str],
+    series: Series<Labels, Counter>,
     /// Keyed by the labels' own hash: the map's hasher only spreads it.
-    series: RwLock<crate::hashing::FastMap<u64, Bucket>>,
+    handles: RwLock<crate::hashing::FastMap<u64, Bucket>>,
 }
 
 /// Each value hashed in one shot, seeded by the hash so far: the streaming
@@ -32,11 +51,21 @@ fn hash(values: &[&str]) -> u64 {
     })
 }
 
-fn find<'a>(bucket: &'a Bucket, values: &[&str]) -> Option<&'a Arc<AtomicU64>> {
+fn find<'a>(bucket: &'a Bucket, values: &[&str]) -> Option<&'a Counter> {
     bucket
         .iter()
         .find(|(labels, _)| labels.iter().map(String::as_str).eq(values.iter().copied()))
         .map(|(_, c)| c)
+}
+
+/// `registry.register` appends the period itself.
+fn help_text(help: &str) -> &str {
+    help.strip_suffix('.').unwrap_or(help)
+}
+
+/// OpenMetrics names a counter's family without the `_total` its samples carry.
+fn counter_family(name: &str) -> &str {
+    name.strip_suffix("_total").unwrap_or(name)
 }
 
 impl Family {
@@ -45,7 +74,8 @@ impl Family {
             name,
             help,
             labels,
-            series: RwLock::new(Default::default()),
+            series: Series::default(),
+            handles: RwLock::new(Default::default()),
         }
     }
 
@@ -53,52 +83,34 @@ impl Family {
     pub fn add(&self, values: &[&str], v: u64) {
         let h = hash(values);
         {
-            let series = self.series.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(c) = series.get(&h).and_then(|b| find(b, values)) {
-                c.fetch_add(v, Ordering::Relaxed);
+            let handles = self.handles.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(c) = handles.get(&h).and_then(|b| find(b, values)) {
+                c.inc_by(v);
                 return;
             }
         }
-        let mut series = self.series.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let bucket = series.entry(h).or_default();
-        match find(bucket, values) {
-            Some(c) => c.fetch_add(v, Ordering::Relaxed),
+        let mut handles = self.handles.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let bucket = handles.entry(h).or_default();
+        let counter = match find(bucket, values) {
+            Some(c) => c.clone(),
             None => {
-                bucket.push((
-                    values.iter().map(|s| s.to_string()).collect(),
-                    Arc::new(AtomicU64::new(v)),
-                ));
-                0
+                let labels: Labels = self
+                    .labels
+                    .iter()
+                    .copied()
+                    .zip(values.iter().map(|s| s.to_string()))
+                    .collect();
+                let c = self.series.get_or_create_owned(&labels);
+                bucket.push((values.iter().map(|s| s.to_string()).collect(), c.clone()));
+                c
             }
         };
+        counter.inc_by(v);
     }
 
-    fn render(&self, out: &mut String) {
-        let _ = writeln!(out, "# HELP {} {}\n# TYPE {} counter", self.name, self.help, self.name);
-        let series = self.series.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut all: Vec<&(Vec<String>, Arc<AtomicU64>)> = series.values().flatten().collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        for (values, counter) in all {
-            let labels: Vec<String> = self
-                .labels
-                .iter()
-                .zip(values)
-                .map(|(l, v)| format!("{l}=\"{}\"", escape_label(v)))
-                .collect();
-            let _ = writeln!(
-                out,
-                "{}{{{}}} {}",
-                self.name,
-                labels.join(","),
-                counter.load(Ordering::Relaxed)
-            );
-        }
+    fn register(&self, registry: &mut Registry) {
+        registry.register(counter_family(self.name), help_text(self.help), self.series.clone());
     }
-}
-
-/// A Prometheus label value, escaped.
-pub fn escape_label(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// Upper bounds of Route's latency buckets, in seconds.
@@ -106,42 +118,15 @@ const BUCKETS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
-/// Route's decision latency, from request decoded to answer ready.
-pub struct Histogram {
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_nanos: AtomicU64,
-}
+/// Route's decision latency, from request decoded to answer ready, with the
+/// trace ID of the latest traced call in each bucket.
+pub struct Latency(HistogramWithExemplars<Labels>);
 
-impl Histogram {
-    pub fn observe(&self, d: Duration) {
-        let s = d.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| s <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_nanos.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String) {
-        let name = "switchyard_route_latency_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Time Route takes to decide, from the decoded request to the answer.\n# TYPE {name} histogram"
-        );
-        let mut cumulative = 0;
-        for (b, n) in BUCKETS.iter().zip(&self.buckets) {
-            cumulative += n.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9
-        );
-        let _ = writeln!(out, "{name}_count {count}");
+impl Latency {
+    /// Records one Route; `trace_id` (32 hex digits) when its span is recorded.
+    pub fn observe(&self, d: Duration, trace_id: Option<String>) {
+        self.0
+            .observe(d.as_secs_f64(), trace_id.map(|t| vec![("trace_id", t)]), None);
     }
 }
 
@@ -154,7 +139,7 @@ pub struct Metrics {
     pub outcomes: Family,
     pub usage_model_mismatch: Family,
     pub usage_overshoot: Family,
-    pub route_latency: Histogram,
+    pub route_latency: Latency,
 }
 
 impl Default for Metrics {
@@ -195,17 +180,14 @@ impl Default for Metrics {
                 "Settled calls whose cost went past the workflow's usage_overshoot_factor times the Route estimate, by workflow.",
                 &["workflow"],
             ),
-            route_latency: Histogram {
-                buckets: Default::default(),
-                count: AtomicU64::new(0),
-                sum_nanos: AtomicU64::new(0),
-            },
+            route_latency: Latency(HistogramWithExemplars::new(BUCKETS.into_iter())),
         }
     }
 }
 
 impl Metrics {
-    pub fn render(&self, out: &mut String) {
+    /// Adds every series to `registry`: the families are shared, not copied.
+    pub fn register(&self, registry: &mut Registry) {
         for f in [
             &self.decisions,
             &self.estimated_spend,
@@ -215,10 +197,100 @@ impl Metrics {
             &self.usage_model_mismatch,
             &self.usage_overshoot,
         ] {
-            f.render(out);
+            f.register(registry);
         }
-        self.route_latency.render(out);
+        registry.register_with_unit(
+            "switchyard_route_latency",
+            "Time Route takes to decide, from the decoded request to the answer",
+            Unit::Seconds,
+            self.route_latency.0.clone(),
+        );
     }
+}
+
+/// A value read at scrape time, or by the task that reads the store.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Reading {
+    Count(u64),
+    Int(i64),
+    Real(f64),
+}
+
+/// A family of readings: a counter or gauge whose values live elsewhere
+/// (atomics, the store), encoded as they are when `/metrics` is scraped.
+#[derive(Debug, Clone)]
+pub struct Readings {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: MetricType,
+    pub series: Vec<(Labels, Reading)>,
+}
+
+impl Readings {
+    /// One unlabelled series.
+    pub fn one(name: &'static str, kind: MetricType, help: &'static str, value: Reading) -> Readings {
+        Readings {
+            name,
+            help,
+            kind,
+            series: vec![(Vec::new(), value)],
+        }
+    }
+
+    /// A labelled family, empty until `push`.
+    pub fn family(name: &'static str, kind: MetricType, help: &'static str) -> Readings {
+        Readings {
+            name,
+            help,
+            kind,
+            series: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, labels: Labels, value: Reading) {
+        self.series.push((labels, value));
+    }
+
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counter = self.kind == MetricType::Counter;
+        let name = if counter { counter_family(self.name) } else { self.name };
+        let mut family = encoder.encode_descriptor(name, self.help, None, self.kind)?;
+        for (labels, value) in &self.series {
+            let series = family.encode_family(labels)?;
+            match (*value, counter) {
+                (Reading::Count(n), true) => ConstCounter::new(n).encode(series)?,
+                (Reading::Real(x), true) => ConstCounter::new(x).encode(series)?,
+                (Reading::Int(i), true) => ConstCounter::new(i.max(0).unsigned_abs()).encode(series)?,
+                (Reading::Count(n), false) => ConstGauge::new(n).encode(series)?,
+                (Reading::Int(i), false) => ConstGauge::new(i).encode(series)?,
+                (Reading::Real(x), false) => ConstGauge::new(x).encode(series)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Families of readings, as a `prometheus-client` collector.
+#[derive(Debug, Clone, Default)]
+pub struct ReadingsCollector(pub std::sync::Arc<Vec<Readings>>);
+
+impl Collector for ReadingsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for r in self.0.iter() {
+            r.encode(&mut encoder)?;
+        }
+        Ok(())
+    }
+}
+
+/// The OpenMetrics text of `registry`, ending in `# EOF`.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::with_capacity(8192);
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, registry) {
+        // Writing to a String does not fail; say so if it ever does.
+        let _ = writeln!(out, "# encoding failed: {e}");
+    }
+    out
 }
 
 #[cfg(test)]
@@ -233,10 +305,61 @@ mod tests {
         f.add(&["w", "n\"x"], 1);
         // Values that join to the same text stay apart.
         f.add(&["w\u{1f}m", ""], 7);
-        let mut out = String::new();
-        f.render(&mut out);
+        let mut registry = Registry::default();
+        f.register(&mut registry);
+        let out = encode(&registry);
+        assert!(out.contains("# TYPE t counter\n"), "{out}");
         assert!(out.contains("t_total{workflow=\"w\",model=\"m\"} 5\n"), "{out}");
         assert!(out.contains("t_total{workflow=\"w\",model=\"n\\\"x\"} 1\n"), "{out}");
         assert_eq!(out.lines().filter(|l| l.starts_with("t_total{")).count(), 3, "{out}");
+        assert!(out.ends_with("# EOF\n"), "{out}");
+    }
+
+    #[test]
+    fn latency_buckets_carry_the_trace_of_a_traced_call() {
+        let m = Metrics::default();
+        m.route_latency.observe(
+            Duration::from_micros(300),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+        );
+        m.route_latency.observe(Duration::from_micros(80), None);
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        let out = encode(&registry);
+        assert!(
+            out.contains("# TYPE switchyard_route_latency_seconds histogram\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("# UNIT switchyard_route_latency_seconds seconds\n"),
+            "{out}"
+        );
+        let bucket = out
+            .lines()
+            .find(|l| l.starts_with("switchyard_route_latency_seconds_bucket{le=\"0.0005\"}"))
+            .expect("the 0.5 ms bucket");
+        assert!(
+            bucket.ends_with("} 2 # {trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"} 0.0003"),
+            "{bucket}"
+        );
+        assert!(out.contains("switchyard_route_latency_seconds_count 2\n"), "{out}");
+    }
+
+    #[test]
+    fn readings_encode_as_counters_and_gauges_with_their_labels() {
+        let mut budgets = Readings::family("b_remaining", MetricType::Gauge, "Left");
+        budgets.push(vec![("workflow", "a\"b".into())], Reading::Int(-5));
+        budgets.push(vec![("workflow", "c".into())], Reading::Real(f64::INFINITY));
+        let all = vec![
+            Readings::one("x_total", MetricType::Counter, "Xs", Reading::Count(3)),
+            budgets,
+        ];
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(ReadingsCollector(std::sync::Arc::new(all))));
+        let out = encode(&registry);
+        assert!(out.contains("# TYPE x counter\nx_total 3\n"), "{out}");
+        assert!(out.contains("b_remaining{workflow=\"a\\\"b\"} -5\n"), "{out}");
+        // OpenMetrics spells infinity case-insensitively, with the sign optional.
+        assert!(out.contains("b_remaining{workflow=\"c\"} inf\n"), "{out}");
     }
 }

@@ -361,7 +361,7 @@ async fn the_dashboard_shows_the_seeded_workflow_in_a_real_browser() {
         "no chart drawn:\n{html}"
     );
 
-    // The forecast as a metric: +Inf when the budget lasts the (UTC) day at
+    // The forecast as a metric: infinity (OpenMetrics `inf`) when the budget lasts the (UTC) day at
     // this rate. Early in the day the rate is extrapolated from a few minutes
     // of spend, and then it must run out before the day ends. The gauges
     // read from the store are recomputed every few seconds off the scrape
@@ -382,7 +382,7 @@ async fn the_dashboard_shows_the_seeded_workflow_in_a_real_browser() {
             .as_secs()
             % 86_400;
     assert!(
-        forecast == "+Inf"
+        forecast == "inf"
             || forecast
                 .parse::<f64>()
                 .is_ok_and(|s| s > 0.0 && s <= day_left as f64 + 5.0),

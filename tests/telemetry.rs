@@ -239,8 +239,18 @@ async fn spans_reach_a_real_otlp_receiver_inside_the_callers_trace() {
             assert!(!v.contains("zebra-violet-quartz"), "prompt text in {}.{k}", s.name);
         }
     }
-    // The collector going away never fails a Route.
     drop(spans);
+
+    // The latency histogram links to the trace: the bucket this Route fell
+    // in carries its trace ID as an exemplar.
+    let (_, text) = server.admin_get("/metrics");
+    let (_, exemplars) = parse_openmetrics(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let linked: Vec<_> = exemplars
+        .iter()
+        .filter(|(series, _)| series.starts_with("switchyard_route_latency_seconds_bucket"))
+        .collect();
+    assert_eq!(linked.len(), 1, "one Route, one exemplar: {exemplars:?}");
+    assert_eq!(linked[0].1, &format!("trace_id=\"{caller_trace}\""));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,74 +316,142 @@ async fn an_unreachable_collector_never_fails_a_route() {
     );
 }
 
-/// A strict reading of the Prometheus text exposition format (0.0.4).
-fn parse_prometheus(text: &str) -> Result<HashMap<String, f64>, String> {
-    let mut samples = HashMap::new();
+/// An OpenMetrics number: a float, or infinity or NaN spelt any case.
+fn om_number(v: &str) -> Option<f64> {
+    match v.to_ascii_lowercase().as_str() {
+        "+inf" | "inf" | "+infinity" | "infinity" => Some(f64::INFINITY),
+        "-inf" | "-infinity" => Some(f64::NEG_INFINITY),
+        "nan" => Some(f64::NAN),
+        _ => v.parse().ok(),
+    }
+}
+
+/// `{k="v",…}`, checked: label names, quoted values with only `\\`, `\"`
+/// and `\n` escaped.
+fn om_labels(s: &str) -> Result<(), String> {
+    let inner = s
+        .strip_prefix('{')
+        .and_then(|l| l.strip_suffix('}'))
+        .ok_or("labels not in braces")?;
+    let mut rest = inner;
+    while !rest.is_empty() {
+        let (k, after) = rest.split_once("=\"").ok_or("a label is not k=\"v\"")?;
+        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("bad label name {k}"));
+        }
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next() {
+                Some((_, '\\')) => match chars.next() {
+                    Some((_, '\\' | '"' | 'n')) => {}
+                    _ => return Err("a bad escape in a label value".into()),
+                },
+                Some((i, '"')) => break i,
+                Some((_, '\n')) | None => return Err("an unterminated label value".into()),
+                Some(_) => {}
+            }
+        };
+        rest = &after[end + 1..];
+        rest = match rest.strip_prefix(',') {
+            Some(r) if !r.is_empty() => r,
+            Some(_) => return Err("a trailing comma".into()),
+            None if rest.is_empty() => rest,
+            None => return Err("labels not separated by commas".into()),
+        };
+    }
+    Ok(())
+}
+
+/// Samples by series, and each exemplar's labels by the series it sits on.
+type Exposition = (HashMap<String, f64>, HashMap<String, String>);
+
+/// A strict reading of the OpenMetrics text format (1.0): every family
+/// typed once before its samples, counters' samples suffixed `_total`,
+/// exemplars only on counters and histogram buckets, `# EOF` last.
+fn parse_openmetrics(text: &str) -> Result<Exposition, String> {
+    let (mut samples, mut exemplars) = (HashMap::new(), HashMap::new());
     let mut typed: HashMap<String, String> = HashMap::new();
-    for (i, line) in text.lines().enumerate() {
+    let body = text
+        .strip_suffix("# EOF\n")
+        .ok_or("the exposition does not end with # EOF")?;
+    for (i, line) in body.lines().enumerate() {
         let at = |why: &str| format!("line {}: {why}: {line}", i + 1);
         if line.is_empty() {
-            continue;
+            return Err(at("an empty line"));
         }
         if let Some(rest) = line.strip_prefix("# ") {
             let mut parts = rest.splitn(3, ' ');
             match (parts.next(), parts.next(), parts.next()) {
-                (Some("HELP"), Some(_), Some(_)) => {}
+                (Some("HELP" | "UNIT"), Some(_), Some(_)) => {}
                 (Some("TYPE"), Some(name), Some(kind)) => {
-                    if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+                    if ![
+                        "counter",
+                        "gauge",
+                        "histogram",
+                        "summary",
+                        "unknown",
+                        "info",
+                        "stateset",
+                        "gaugehistogram",
+                    ]
+                    .contains(&kind)
+                    {
                         return Err(at("unknown type"));
                     }
                     if typed.insert(name.to_string(), kind.to_string()).is_some() {
                         return Err(at("a family typed twice"));
                     }
                 }
-                _ => return Err(at("a comment that is neither HELP nor TYPE")),
+                _ => return Err(at("a comment that is neither HELP, TYPE nor UNIT")),
             }
             continue;
         }
-        let (series, value) = line.rsplit_once(' ').ok_or_else(|| at("no value"))?;
-        let v: f64 = match value {
-            "+Inf" => f64::INFINITY,
-            "-Inf" => f64::NEG_INFINITY,
-            v => v.parse().map_err(|_| at("value is not a number"))?,
+        let (sample, exemplar) = match line.split_once(" # ") {
+            Some((s, e)) => (s, Some(e)),
+            None => (line, None),
         };
+        let (series, value) = sample.rsplit_once(' ').ok_or_else(|| at("no value"))?;
+        let v = om_number(value).ok_or_else(|| at("value is not a number"))?;
         let name = series.split('{').next().unwrap_or_default();
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
             return Err(at("bad metric name"));
         }
-        if let Some(labels) = series.strip_prefix(name) {
-            if !labels.is_empty() {
-                let inner = labels
-                    .strip_prefix('{')
-                    .and_then(|l| l.strip_suffix('}'))
-                    .ok_or_else(|| at("labels not in braces"))?;
-                for pair in inner.split("\",").filter(|p| !p.is_empty()) {
-                    let (k, v) = pair.split_once("=\"").ok_or_else(|| at("label is not k=\"v\""))?;
-                    if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || v.contains('\n') {
-                        return Err(at("bad label"));
-                    }
-                }
-            }
+        if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {
+            om_labels(labels).map_err(|e| at(&e))?;
         }
-        let family = ["_bucket", "_sum", "_count"]
+        let (family, kind) = typed
             .iter()
-            .find_map(|s| {
-                name.strip_suffix(s)
-                    .filter(|f| typed.get(*f).is_some_and(|t| t == "histogram"))
-            })
-            .unwrap_or(name);
-        if !typed.contains_key(family) {
-            return Err(at("a sample before its TYPE line"));
+            .filter(|(f, _)| name.starts_with(f.as_str()))
+            .max_by_key(|(f, _)| f.len())
+            .ok_or_else(|| at("a sample before its TYPE line"))?;
+        let suffix = &name[family.len()..];
+        let allowed: &[&str] = match kind.as_str() {
+            "counter" => &["_total", "_created"],
+            "histogram" => &["_bucket", "_sum", "_count", "_created"],
+            _ => &[""],
+        };
+        if !allowed.contains(&suffix) {
+            return Err(at(&format!("a {kind} sample named {name}")));
+        }
+        if let Some(e) = exemplar {
+            if !matches!(suffix, "_total" | "_bucket") {
+                return Err(at("an exemplar off a counter or bucket"));
+            }
+            let (labels, rest) = e.split_once("} ").ok_or_else(|| at("an exemplar without a value"))?;
+            om_labels(&format!("{labels}}}")).map_err(|e| at(&e))?;
+            let value = rest.split(' ').next().unwrap_or_default();
+            om_number(value).ok_or_else(|| at("an exemplar value is not a number"))?;
+            exemplars.insert(series.to_string(), labels.trim_start_matches('{').to_string());
         }
         if samples.insert(series.to_string(), v).is_some() {
             return Err(at("a series given twice"));
         }
     }
-    Ok(samples)
+    Ok((samples, exemplars))
 }
 
 #[tokio::test]
-async fn metrics_parse_as_prometheus_text_with_the_promised_series() {
+async fn metrics_parse_as_openmetrics_with_the_promised_series() {
     let server = Server::start(&repo_path("routing-rules/examples/budgets.toml"), &[]);
     let mut c = server.client().await;
     let r = c
@@ -404,13 +482,19 @@ async fn metrics_parse_as_prometheus_text_with_the_promised_series() {
     .expect("outcome");
     let (code, _) = server.admin_get("/metrics");
     assert_eq!(code, 200);
+    let content_type = server.admin_header("/metrics", "content-type");
+    assert!(
+        content_type.starts_with("application/openmetrics-text; version=1.0.0"),
+        "{content_type}"
+    );
     // The gauges read from the store come from a task of their own: the
     // first reading is taken as the server starts.
     let text = server.admin_get_until("/metrics", Duration::from_secs(10), |m| {
         m.contains("switchyard_escalations_open{workflow=\"budget-demo\"}")
     });
     assert!(text.contains("switchyard_store_gauges_age_seconds "), "{text}");
-    let m = parse_prometheus(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let (m, exemplars) = parse_openmetrics(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert!(exemplars.is_empty(), "no trace, no exemplar: {exemplars:?}");
     assert_eq!(
         m["switchyard_outcomes_total{workflow=\"budget-demo\",status=\"accepted\"}"],
         1.0

@@ -123,10 +123,13 @@ impl Router for RouterService {
         } else {
             crate::telemetry::incoming_traceparent(request.metadata())
         };
+        // The latency histogram's exemplar: the trace of a recorded Route.
+        let mut exemplar = None;
         let answer = self
             .rpc("Route", Action::Route, request, None, async |who, req, span| {
                 let routed = self.sidecar.route(who, RouteCall::try_from(req)?).await?;
                 if span.is_recording() {
+                    exemplar = span.ids().map(|ids| ids.trace_id().to_string());
                     let (m, d) = (routed.model(), &routed.planned.decision);
                     CallAttrs {
                         provider: &m.provider,
@@ -157,7 +160,7 @@ impl Router for RouterService {
                 })
             })
             .await;
-        self.sidecar.metrics.route_latency.observe(started.elapsed());
+        self.sidecar.metrics.route_latency.observe(started.elapsed(), exemplar);
         let counter = if answer.is_ok() {
             &self.counters.routed
         } else {

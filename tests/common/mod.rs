@@ -131,6 +131,16 @@ impl Server {
         http_get(&self.admin, path)
     }
 
+    /// The value of response header `name` (lower case) for a GET of `path`.
+    pub fn admin_header(&self, path: &str, name: &str) -> String {
+        let (_, head, _) = http_get_with_head(&self.admin, path);
+        head.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default()
+    }
+
     /// GETs `path` until its body satisfies `ok` or `within` passes; returns
     /// the last body. For what the server computes off the request path,
     /// such as the gauges it reads from the store every few seconds.
@@ -216,6 +226,12 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
 
 /// A minimal HTTP/1.1 GET, enough for the admin port.
 pub fn http_get(base: &str, path: &str) -> (u16, String) {
+    let (status, _, body) = http_get_with_head(base, path);
+    (status, body)
+}
+
+/// A GET's status, response head (status line and headers) and body.
+pub fn http_get_with_head(base: &str, path: &str) -> (u16, String, String) {
     use std::io::{Read, Write};
     let host = base.trim_start_matches("http://");
     let mut s = std::net::TcpStream::connect(host).expect("connect admin");
@@ -228,11 +244,8 @@ pub fn http_get(base: &str, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .expect("status");
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    (status, head.to_string(), body.to_string())
 }
 
 pub fn message(role: &str, content: &str) -> pb::Message {
