@@ -83,8 +83,12 @@ fn hex(b: &[u8]) -> String {
 
 /// A real OTLP/gRPC trace receiver on a free port, and its endpoint URL.
 async fn start_receiver() -> (Receiver, String) {
+    start_receiver_on("127.0.0.1:0").await
+}
+
+async fn start_receiver_on(addr: &str) -> (Receiver, String) {
     let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let svc = receiver.clone();
     tokio::spawn(async move {
@@ -729,4 +733,38 @@ async fn the_sampler_variables_are_read_as_the_sdk_reads_them() {
         (140..=260).contains(&sampled_flags),
         "{sampled_flags} of {CALLS} sampled at 0.1"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_flow_again_once_a_collector_that_was_down_comes_up() {
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let server = Server::start_with_env(
+        &repo_path("routing-rules"),
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "500"),
+        ],
+    );
+    let mut c = server.client().await;
+    for i in 0..20 {
+        c.route(request("general", &format!("while down {i}")))
+            .await
+            .expect("a Route succeeds while the collector is down");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (receiver, _) = start_receiver_on(&format!("127.0.0.1:{port}")).await;
+    let arrived = eventually(Duration::from_secs(20), || {
+        let (mut c, spans) = (c.clone(), receiver.spans.clone());
+        async move {
+            c.route(request("general", "after the collector came up"))
+                .await
+                .expect("route");
+            !spans.lock().expect("lock").is_empty()
+        }
+    })
+    .await;
+    assert!(arrived, "no span reached the collector after it came up");
 }

@@ -213,3 +213,35 @@ fn traceparent_parsing_follows_the_w3c_rules() {
         Some((ids.trace_id().to_string(), ids.span_id().to_string()))
     );
 }
+
+#[test]
+fn hostile_trace_context_starts_a_new_trace_or_is_bounded() {
+    let (t, exporter) = recorder(parent_based());
+    // A huge tracestate with a valid traceparent: the caller's trace is kept,
+    // and the state the SDK keeps is bounded by its own rules (32 members).
+    let members: Vec<String> = (0..2000).map(|i| format!("k{i}=v{i}")).collect();
+    let huge = members.join(",");
+    let span = t.start(
+        "Route",
+        &metadata(&[("traceparent", CALLER), ("tracestate", &huge)]),
+        None,
+    );
+    let ids = span.ids().expect("ids");
+    assert_eq!(ids.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert!(
+        ids.trace_state().header().len() <= 512 * 32,
+        "{}",
+        ids.trace_state().header().len()
+    );
+    drop(span);
+    // Garbage: a new trace, not an error.
+    for bad in ["\u{7f}", "00-zz", &"9".repeat(8192)] {
+        let Ok(v) = bad.parse() else { continue };
+        let mut m = tonic::metadata::MetadataMap::new();
+        m.insert("traceparent", v);
+        let span = t.start("Route", &m, None);
+        let ids = span.ids().expect("ids");
+        assert!(ids.is_valid() && ids.trace_id().to_string() != "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+    assert_eq!(finished(&exporter).len(), 3);
+}
