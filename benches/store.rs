@@ -47,6 +47,7 @@ async fn load(store: SharedStore, name: &str) {
                         caller: "bench".into(),
                         prices: Default::default(),
                         tier: 0,
+                        snapshot: Vec::new(),
                     };
                     assert_eq!(store.reserve(&r).await.expect("reserve"), Reserved::Ok);
                     store.settle(&id, 900, &Usage::default(), 1).await.expect("settle");

@@ -78,6 +78,7 @@ fn reservation(id: String) -> NewReservation {
         caller: "agent".into(),
         prices: Default::default(),
         tier: 0,
+        snapshot: Vec::new(),
     }
 }
 

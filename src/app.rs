@@ -46,6 +46,8 @@ pub struct ServeConfig {
     pub context_cache: CacheConfig,
     /// How long a reservation waits for its ReportUsage before it is released.
     pub reservation_ttl: Duration,
+    /// How long each decision's snapshot is kept for `whatif`.
+    pub decision_retention: Duration,
     /// Share budgets through Redis instead of the embedded store.
     pub redis: Option<RedisServe>,
     /// The API keys file; `None` accepts loopback callers as `local`.
@@ -144,6 +146,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                     what,
                 ));
             }
+            crate::budget::LedgerStore::set_decision_retention(&store, cfg.decision_retention);
             Arc::new(store)
         }
         Some(r) => {
@@ -157,6 +160,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             })
             .await
             .map_err(|e| ConfigError(e.to_string()))?;
+            crate::budget::LedgerStore::set_decision_retention(&store, cfg.decision_retention);
             // Not fatal: a sidecar that starts before Redis serves (failing
             // closed or open, as configured) and recovers when Redis answers.
             match store.ping().await {

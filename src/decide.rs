@@ -92,6 +92,9 @@ pub struct Decision {
     /// When the workflow learns: the probability that the policy in force
     /// (the rules or the model, with its exploration) chose this tier.
     pub propensity: Option<f64>,
+    /// When the workflow learns: the tier the policy picks when it does not
+    /// explore (with `propensity`, what an off-policy estimate needs).
+    pub policy_tier: Option<u8>,
     pub reason: String,
 }
 
@@ -139,14 +142,15 @@ pub fn decide(
             Requirement::Tier(t) => {
                 let mut asked = t.max(workflow.quality_floor).min(workflow.max_tier);
                 let mut notes: Vec<String> = Vec::new();
-                let (mut learned, mut explored, mut propensity) = (false, false, None);
+                let (mut learned, mut explored, mut propensity, mut policy_tier) = (false, false, None, None);
                 let available = available_tiers(table, workflow, est.class);
                 if let Some(l) = input.learned.as_ref().filter(|_| workflow.learning.enabled) {
                     let c = choose(l, &available, &workflow.learning, asked);
                     if c.learned || c.explored {
                         asked = c.tier;
                     }
-                    (learned, explored, propensity) = (c.learned, c.explored, Some(c.propensity));
+                    (learned, explored, propensity, policy_tier) =
+                        (c.learned, c.explored, Some(c.propensity), Some(c.policy_tier));
                     notes.extend(c.reason);
                 }
                 if let Some(r) = input.rejected_tier.filter(|_| input.attempt > 1) {
@@ -167,6 +171,7 @@ pub fn decide(
                 d.learned = learned;
                 d.explored = explored;
                 d.propensity = propensity;
+                d.policy_tier = policy_tier;
                 if required < asked {
                     d.downgraded_from = Some(asked);
                     notes.push(format!(
@@ -397,6 +402,7 @@ fn pick(
         learned: false,
         explored: false,
         propensity: None,
+        policy_tier: None,
         reason,
     })
 }

@@ -8,7 +8,7 @@ use clap::Parser;
 
 use switchyard::app::{self, ServeConfig};
 use switchyard::cli;
-use switchyard::cli::args::{Cli, Command, EscalationAction, PricesAction};
+use switchyard::cli::args::{Cli, Command, EscalationAction, PricesAction, StoreFlags};
 use switchyard::error::{ConfigError, EXIT_CONFIG};
 
 /// Every Route allocates and frees a few dozen small objects across the
@@ -50,6 +50,39 @@ fn main() -> ExitCode {
             };
             match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => ExitCode::from(rt.block_on(cli::escalations(&server, api_key.as_deref(), cmd)) as u8),
+                Err(e) => {
+                    eprintln!("cannot start the async runtime: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Whatif {
+            rules,
+            store:
+                StoreFlags {
+                    state_dir,
+                    redis_url,
+                    redis_key_prefix,
+                },
+            workflow,
+            since,
+            format,
+            seed,
+        } => {
+            let source = match redis_url {
+                Some(url) => cli::ReportSource::Redis(url, redis_key_prefix),
+                None => cli::ReportSource::StateDir(state_dir),
+            };
+            let args = cli::WhatifArgs {
+                source,
+                rules,
+                workflow,
+                since,
+                format,
+                seed,
+            };
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => ExitCode::from(rt.block_on(cli::whatif(args)) as u8),
                 Err(e) => {
                     eprintln!("cannot start the async runtime: {e}");
                     ExitCode::FAILURE
@@ -170,9 +203,12 @@ fn main() -> ExitCode {
         }
         Command::Explain {
             rules,
-            state_dir,
-            redis_url,
-            redis_key_prefix,
+            store:
+                StoreFlags {
+                    state_dir,
+                    redis_url,
+                    redis_key_prefix,
+                },
             workflow,
             task_kind,
             system,
@@ -213,6 +249,7 @@ fn main() -> ExitCode {
             context_cache_mib,
             context_cache_ttl_s,
             reservation_ttl_s,
+            decision_retention_days,
             shutdown_grace_s,
             log_format,
             accept_fresh_store,
@@ -268,6 +305,7 @@ fn main() -> ExitCode {
                 max_request_bytes,
                 shutdown_grace: Duration::from_secs_f64(shutdown_grace_s),
                 reservation_ttl: Duration::from_secs(reservation_ttl_s.max(1)),
+                decision_retention: Duration::from_secs(u64::from(decision_retention_days) * 86_400),
                 redis,
                 context_cache: switchyard::estimate::cache::CacheConfig {
                     max_bytes: context_cache_mib.saturating_mul(1024 * 1024),

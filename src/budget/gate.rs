@@ -70,6 +70,9 @@ pub struct Call<'a> {
     pub prices: Prices,
     /// The routed model's tier for the request's task class.
     pub tier: u8,
+    /// The decision as `whatif` needs it (`Snapshot`, encoded); empty for
+    /// the operator's own tools.
+    pub snapshot: &'a [u8],
 }
 
 /// What happens when `call` would cross `scope` (in `state`): the message,
@@ -220,6 +223,7 @@ impl BudgetGate for Budgets {
             caller: call.caller.clone(),
             prices: call.prices,
             tier: call.tier,
+            snapshot: call.snapshot.to_vec(),
         };
         if r.scopes.is_empty() {
             // Nothing to enforce: keep the decision for its ReportUsage, but

@@ -101,7 +101,15 @@ pub struct NewReservation {
     /// of the call sends the outcome's next attempt above it.
     #[serde(default)]
     pub tier: u8,
+    /// The decision as off-policy estimates need it (an encoded
+    /// `outcome::whatif::Snapshot`); empty where nothing was logged.
+    #[serde(default)]
+    pub snapshot: Vec<u8>,
 }
+
+/// How long a decision's snapshot is kept for `whatif`, unless the operator
+/// says otherwise (`--decision-retention-days`).
+pub const DEFAULT_DECISION_RETENTION_MS: i64 = 30 * 24 * 3600 * 1000;
 
 /// Labels in the canonical form the ledger keeps.
 pub fn canonical_labels<'a>(labels: impl Iterator<Item = (&'a str, &'a str)>) -> String {
@@ -305,6 +313,9 @@ pub trait LedgerStore: Send + Sync {
     /// Settled calls made at or after `since_ms`, and outcome and feedback
     /// events recorded at or after it, of one workflow or all.
     async fn ledger(&self, workflow: Option<&str>, since_ms: i64) -> Result<Ledger, StoreError>;
+    /// How long each decision's snapshot (what `whatif` replays) is kept;
+    /// older ones are removed by the store's sweep.
+    fn set_decision_retention(&self, retention: std::time::Duration);
 }
 
 /// What learning keeps: labelled calls, and the tier each outcome's

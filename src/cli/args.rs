@@ -91,6 +91,10 @@ pub enum Command {
         /// Seconds a budget reservation waits for its ReportUsage before it is released.
         #[arg(long, env = "SWITCHYARD_RESERVATION_TTL_S", default_value_t = 600)]
         reservation_ttl_s: u64,
+        /// Days each decision's snapshot (what `switchyard whatif` replays) is kept, in either store.
+        #[arg(long, env = "SWITCHYARD_DECISION_RETENTION_DAYS", default_value_t = 30,
+              value_parser = clap::value_parser!(u32).range(1..=3650))]
+        decision_retention_days: u32,
         /// Seconds to drain calls in flight after SIGTERM.
         #[arg(long, env = "SWITCHYARD_SHUTDOWN_GRACE_S", default_value_t = 10.0)]
         shutdown_grace_s: f64,
@@ -154,6 +158,26 @@ pub enum Command {
         #[arg(long, default_value = "table")]
         format: String,
     },
+    /// What a candidate rule table would have cost and delivered on the decisions the store logged.
+    Whatif {
+        /// The candidate rules (a file or folder); they must pass `switchyard check`.
+        #[arg(long)]
+        rules: PathBuf,
+        #[command(flatten)]
+        store: StoreFlags,
+        /// Only this workflow's decisions.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Only decisions made since this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// table or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+        /// The bootstrap's seed: the same seed, the same intervals.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
     /// Keep model prices current from LiteLLM's public price map.
     Prices {
         #[command(subcommand)]
@@ -216,15 +240,8 @@ pub enum Command {
     Explain {
         #[arg(long, default_value = "routing-rules")]
         rules: PathBuf,
-        /// Where `serve` keeps its state, to show budgets as they stand.
-        #[arg(long, env = "SWITCHYARD_STATE_DIR", default_value = "state")]
-        state_dir: PathBuf,
-        /// Read budgets from this Redis instead, as `serve --redis-url` keeps them.
-        #[arg(long, env = "SWITCHYARD_REDIS_URL")]
-        redis_url: Option<String>,
-        /// The key prefix `serve` uses in Redis.
-        #[arg(long, env = "SWITCHYARD_REDIS_KEY_PREFIX", default_value = "sy")]
-        redis_key_prefix: String,
+        #[command(flatten)]
+        store: StoreFlags,
         #[arg(long, default_value = "general")]
         workflow: String,
         #[arg(long, default_value = "")]
@@ -280,4 +297,19 @@ pub enum EscalationAction {
         #[arg(long, default_value = "")]
         reason: String,
     },
+}
+
+/// The store a command reads, as `serve` keeps it: the embedded store in a
+/// folder (safe to read beside a running server), or Redis.
+#[derive(clap::Args, Debug)]
+pub struct StoreFlags {
+    /// The folder `serve` keeps its state in.
+    #[arg(long, env = "SWITCHYARD_STATE_DIR", default_value = "state")]
+    pub state_dir: PathBuf,
+    /// Read the fleet store in this Redis instead, as `serve --redis-url` keeps it.
+    #[arg(long, env = "SWITCHYARD_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// The key prefix `serve` uses in Redis.
+    #[arg(long, env = "SWITCHYARD_REDIS_KEY_PREFIX", default_value = "sy")]
+    pub redis_key_prefix: String,
 }

@@ -94,32 +94,10 @@ pub async fn report(a: ReportArgs) -> i32 {
             return 64;
         }
     }
-    let store: crate::budget::SharedStore = match &a.source {
-        ReportSource::StateDir(dir) => {
-            if !dir.join("budget.sqlite3").exists() {
-                eprintln!(
-                    "no store in {}: nothing has been recorded there yet. Run `switchyard serve --state-dir {}` and send it calls, or pass the --state-dir serve uses.",
-                    dir.display(),
-                    dir.display()
-                );
-                return 0;
-            }
-            match crate::budget::sqlite::SqliteStore::open(dir) {
-                Ok(s) => std::sync::Arc::new(s),
-                Err(e) => {
-                    eprintln!("cannot read the store in {}: {e}", dir.display());
-                    return 1;
-                }
-            }
-        }
-        ReportSource::Redis(url, prefix) => match redis_reader(url, prefix, &std::env::temp_dir()).await {
-            Ok(s) => std::sync::Arc::new(s),
-            Err(e) => {
-                eprintln!("{e}");
-                return 1;
-            }
-        },
-        ReportSource::Server(_) => return 1,
+    let store = match open_store(&a.source).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return 0,
+        Err(code) => return code,
     };
     let spec = crate::outcome::report::Spec {
         period: crate::outcome::report::parse_period(&a.period).unwrap_or(crate::rules::Period::Day),
@@ -142,5 +120,38 @@ pub async fn report(a: ReportArgs) -> i32 {
             eprintln!("cannot read the ledger: {e}");
             1
         }
+    }
+}
+
+/// The store a reading command reads: the embedded store in a folder (safe
+/// beside a running server) or Redis. `Ok(None)` when the folder holds no
+/// store yet (said on stderr); `Err` is the exit code, the reason said.
+pub(crate) async fn open_store(source: &ReportSource) -> Result<Option<crate::budget::SharedStore>, i32> {
+    match source {
+        ReportSource::StateDir(dir) => {
+            if !dir.join("budget.sqlite3").exists() {
+                eprintln!(
+                    "no store in {}: nothing has been recorded there yet. Run `switchyard serve --state-dir {}` and send it calls, or pass the --state-dir serve uses.",
+                    dir.display(),
+                    dir.display()
+                );
+                return Ok(None);
+            }
+            match crate::budget::sqlite::SqliteStore::open(dir) {
+                Ok(s) => Ok(Some(std::sync::Arc::new(s))),
+                Err(e) => {
+                    eprintln!("cannot read the store in {}: {e}", dir.display());
+                    Err(1)
+                }
+            }
+        }
+        ReportSource::Redis(url, prefix) => match redis_reader(url, prefix, &std::env::temp_dir()).await {
+            Ok(s) => Ok(Some(std::sync::Arc::new(s))),
+            Err(e) => {
+                eprintln!("{e}");
+                Err(1)
+            }
+        },
+        ReportSource::Server(_) => Err(1),
     }
 }

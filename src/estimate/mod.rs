@@ -259,7 +259,7 @@ pub fn estimate(
 /// The kind a request is estimated as: its own, or, when the rules list it
 /// neither as a task kind nor as a class, the workflow's default kind (the
 /// request's name for it is still what learning and reports see).
-fn estimated_as<'a>(table: &RuleTable, workflow: &'a Workflow, task_kind: &'a str) -> &'a str {
+pub(crate) fn estimated_as<'a>(table: &RuleTable, workflow: &'a Workflow, task_kind: &'a str) -> &'a str {
     let task_kind = if task_kind.is_empty() {
         workflow.default_task_kind.as_str()
     } else {

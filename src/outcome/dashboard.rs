@@ -110,7 +110,8 @@ fn workflow(out: &mut String, w: &WorkflowReport) {
     }
     let _ = write!(
         out,
-        "<p>Maturity: <b>{}</b>{}</p><p class=\"muted\">cached input {} · downgrades {} · escalations {}</p></div>",
+        "<p>Maturity: <b>{}</b>{}</p><p class=\"muted\">cached input {} · downgrades {} · escalations {}</p>\
+         <p class=\"muted\">what-if coverage: {} of calls labelled · {} with a logged decision and propensity</p></div>",
         w.maturity.rung,
         match (&w.maturity.next, &w.maturity.needs) {
             (Some(n), Some(why)) => format!(" → next, {n}: {}", escape(why)),
@@ -118,7 +119,9 @@ fn workflow(out: &mut String, w: &WorkflowReport) {
         },
         pct(w.cached_token_share),
         w.downgrades,
-        w.escalations
+        w.escalations,
+        pct(w.labelled_call_share),
+        pct(w.logged_decision_share)
     );
     out.push_str("<div class=\"panel\"><b>Spend against budget</b>");
     match &w.budget {

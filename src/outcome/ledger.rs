@@ -27,6 +27,11 @@ pub struct CallRecord {
     pub downgraded: bool,
     /// Canonical `k=v` pairs, sorted, joined by `\u{1e}`.
     pub labels: String,
+    /// The decision as logged for `whatif` (an encoded
+    /// `outcome::whatif::Snapshot`), while the decision log keeps it; empty
+    /// after its retention or for calls made before it was logged.
+    #[serde(skip)]
+    pub snapshot: Vec<u8>,
 }
 
 impl CallRecord {

@@ -7,3 +7,4 @@ pub mod learn;
 pub mod ledger;
 pub mod replay;
 pub mod report;
+pub mod whatif;

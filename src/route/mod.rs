@@ -37,6 +37,7 @@ use crate::estimate::cache::{ContextCache, Fingerprints};
 use crate::estimate::{compute_work, estimate, Estimate, Role};
 use crate::metrics::Metrics;
 use crate::outcome::learn::{Features, Learned, Learner, LearningGate, Request, RoutedCall};
+use crate::outcome::whatif::{Logged, Snapshot};
 use crate::rules::reload::Rules;
 use crate::rules::{Model, RuleTable, Workflow};
 
@@ -212,6 +213,25 @@ impl Router {
         let decision_id = crate::budget::new_decision_id();
         // The operator's own tools route as `-`.
         let caller_name = caller.map_or_else(|| Arc::from("-"), |w| w.name.clone());
+        // What `whatif` will need of this decision; `serve` logs it.
+        let snapshot = match &self.effects {
+            Some(_) => Snapshot::of(&Logged {
+                table: &table,
+                workflow,
+                est: &planned.est,
+                decision: d,
+                learned: planned.learned.as_ref(),
+                features: planned.features.as_ref(),
+                attempt: call.attempt,
+                deferrable: call.deferrable,
+                capabilities: call.capabilities,
+                downgrade: steer.downgrade,
+                rejected_tier: steer.rejected_tier,
+                max_output_tokens: call.max_output_tokens,
+            })
+            .to_bytes(),
+            None => Vec::new(),
+        };
         let admission = self
             .budgets
             .admit(
@@ -227,6 +247,7 @@ impl Router {
                     downgraded: d.downgraded_from.is_some(),
                     prices: model.prices(),
                     tier: model.tiers[planned.est.class],
+                    snapshot: &snapshot,
                 },
                 now,
             )

@@ -249,6 +249,8 @@ pub struct Learning {
     pub target: f64,
     pub min_gain: f64,
     pub exploration: f64,
+    /// The floor under exploration once labels flow (0 to `exploration`).
+    pub min_exploration: f64,
     pub cold_start: u64,
     pub window: u64,
 }
@@ -260,6 +262,7 @@ impl Default for Learning {
             target: 0.9,
             min_gain: 0.15,
             exploration: 0.02,
+            min_exploration: 0.0,
             cold_start: 50,
             window: 20_000,
         }

@@ -111,6 +111,10 @@ pub struct RawLearning {
     pub min_gain: Option<f64>,
     /// Share of calls sent to a random tier to keep learning, 0 to 0.5.
     pub exploration: Option<f64>,
+    /// The least share of calls that explore, however sure the model is,
+    /// 0 to `exploration`: what keeps every tier's propensity above zero,
+    /// so that `whatif` can weigh any candidate.
+    pub min_exploration: Option<f64>,
     /// Labelled calls each tier needs before the model decides.
     pub cold_start: Option<u64>,
     /// Labelled calls kept per workflow; the model is the fold of these.

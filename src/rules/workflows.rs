@@ -167,6 +167,13 @@ impl Validator<'_> {
         share(self, "target", r.target, 1.0, &mut l.target);
         share(self, "min_gain", r.min_gain, 1.0, &mut l.min_gain);
         share(self, "exploration", r.exploration, 0.5, &mut l.exploration);
+        share(
+            self,
+            "min_exploration",
+            r.min_exploration,
+            l.exploration,
+            &mut l.min_exploration,
+        );
         l.enabled = r.enabled.unwrap_or(true);
         l.cold_start = r.cold_start.unwrap_or(l.cold_start);
         match r.window {

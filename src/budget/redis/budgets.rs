@@ -31,6 +31,11 @@ impl BudgetStore for RedisStore {
             self.tag(&r.workflow),
             self.index_key(&r.decision_id),
         );
+        // Reports and the sweep find workflows through this set; a workflow
+        // without a budget is added by its first decision, as one with a
+        // budget is by its first reservation.
+        let new_workflow = self.known_workflows().insert(r.workflow.clone());
+        let workflows = self.workflows_key();
         tokio::spawn(async move {
             let mut c = conn;
             let mut inv = reserve.prepare_invoke();
@@ -41,14 +46,19 @@ impl BudgetStore for RedisStore {
                 .arg(r.expires_ms)
                 .arg(RETAIN_MS)
                 .arg("")
-                .arg(meta(&r));
-            let set = redis::cmd("SET")
+                .arg(meta(&r))
+                .arg(hex::encode(&r.snapshot));
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET")
                 .arg(&index)
                 .arg(&r.workflow)
                 .arg("PX")
                 .arg(RETAIN_MS)
-                .query_async::<()>(&mut c)
-                .await;
+                .ignore();
+            if new_workflow {
+                pipe.cmd("SADD").arg(&workflows).arg(&r.workflow).ignore();
+            }
+            let set = pipe.query_async::<()>(&mut c).await;
             let run = match set {
                 Ok(()) => inv.invoke_async::<Value>(&mut c).await.map(drop),
                 Err(e) => Err(e),
@@ -99,6 +109,17 @@ impl BudgetStore for RedisStore {
             let mut inv = self.expire.prepare_invoke();
             inv.key(format!("{tag}open")).arg(now_ms).arg(&tag).arg(EXPIRE_BATCH);
             let mut pipe = redis::pipe();
+            // The decision log's retention, enforced whether or not calls
+            // are still being settled.
+            pipe.cmd("XTRIM")
+                .arg(format!("{tag}decisions"))
+                .arg("MINID")
+                .arg(
+                    now_ms
+                        .saturating_sub(self.decision_retention_ms.load(Ordering::Relaxed))
+                        .max(0),
+                )
+                .ignore();
             pipe.invoke_script(&inv);
             released += int(Some(&self.pipeline_with_script(&pipe, &self.expire).await?)) as u64;
         }

@@ -9,6 +9,12 @@ use crate::outcome::ledger::{FeedbackEvent, Ledger, OutcomeEvent, OutcomeStatus}
 
 #[async_trait::async_trait]
 impl LedgerStore for RedisStore {
+    fn set_decision_retention(&self, retention: std::time::Duration) {
+        let ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        self.decision_retention_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
     async fn record_outcome(&self, o: &OutcomeEvent) -> Result<(), StoreError> {
         let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
         self.append(
@@ -41,63 +47,49 @@ impl LedgerStore for RedisStore {
         let workflows = self.workflows(workflow).await?;
         let mut ledger = Ledger::default();
         for wf in workflows {
-            let key = format!("{}events", self.tag(&wf));
             // Entry IDs start with the append time in ms: a call made since
             // `since_ms` was settled since then too.
-            let mut start = format!("{}", since_ms.max(0));
-            loop {
-                let (mut c, k, from) = (self.conn.clone(), key.clone(), start.clone());
-                let page: Vec<Value> = self
-                    .bounded(async move {
-                        redis::cmd("XRANGE")
-                            .arg(k)
-                            .arg(from)
-                            .arg("+")
-                            .arg("COUNT")
-                            .arg(LEDGER_PAGE)
-                            .query_async(&mut c)
-                            .await
-                    })
-                    .await?;
-                for entry in &page {
-                    let Some(f) = entry_fields(entry) else { continue };
-                    let at = |k: &str| f.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
-                    match f.get("k").map(String::as_str) {
-                        Some("call") => ledger.calls.extend(call_of(&f).filter(|c| c.created_ms >= since_ms)),
-                        Some("outcome") => {
-                            ledger
-                                .outcomes
-                                .extend(
-                                    f.get("s")
-                                        .and_then(|s| OutcomeStatus::parse(s))
-                                        .map(|status| OutcomeEvent {
-                                            workflow: wf.clone(),
-                                            outcome_id: f.get("o").cloned().unwrap_or_default(),
-                                            status,
-                                            value_usd: f.get("v").and_then(|v| v.parse().ok()),
-                                            human_minutes: f.get("h").and_then(|v| v.parse().ok()),
-                                            at_ms: at("at"),
-                                        }),
-                                )
-                        }
-                        Some("feedback") => ledger.feedback.push(FeedbackEvent {
-                            workflow: wf.clone(),
-                            decision_id: f.get("d").cloned().unwrap_or_default(),
-                            model: f.get("m").cloned().unwrap_or_default(),
-                            accepted: f.get("a").map(String::as_str) == Some("1"),
-                            at_ms: at("at"),
-                        }),
-                        _ => {}
-                    }
+            let first_call = ledger.calls.len();
+            self.scan(&format!("{}events", self.tag(&wf)), since_ms, |f| {
+                let at = |k: &str| f.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+                match f.get("k").map(String::as_str) {
+                    Some("call") => ledger.calls.extend(call_of(f).filter(|c| c.created_ms >= since_ms)),
+                    Some("outcome") => ledger
+                        .outcomes
+                        .extend(
+                            f.get("s")
+                                .and_then(|s| OutcomeStatus::parse(s))
+                                .map(|status| OutcomeEvent {
+                                    workflow: wf.clone(),
+                                    outcome_id: f.get("o").cloned().unwrap_or_default(),
+                                    status,
+                                    value_usd: f.get("v").and_then(|v| v.parse().ok()),
+                                    human_minutes: f.get("h").and_then(|v| v.parse().ok()),
+                                    at_ms: at("at"),
+                                }),
+                        ),
+                    Some("feedback") => ledger.feedback.push(FeedbackEvent {
+                        workflow: wf.clone(),
+                        decision_id: f.get("d").cloned().unwrap_or_default(),
+                        model: f.get("m").cloned().unwrap_or_default(),
+                        accepted: f.get("a").map(String::as_str) == Some("1"),
+                        at_ms: at("at"),
+                    }),
+                    _ => {}
                 }
-                let last = page.last().and_then(|e| match e {
-                    Value::Array(parts) => parts.first().map(text),
-                    _ => None,
-                });
-                match last {
-                    // The next page starts after the last entry read.
-                    Some(last) if page.len() == LEDGER_PAGE => start = format!("({last}"),
-                    _ => break,
+            })
+            .await?;
+            // The decision log's snapshots, for the calls that still have one.
+            let mut snapshots = std::collections::HashMap::new();
+            self.scan(&format!("{}decisions", self.tag(&wf)), since_ms, |f| {
+                if let (Some(d), Some(snap)) = (f.get("d"), f.get("snap").and_then(|h| hex::decode(h).ok())) {
+                    snapshots.insert(d.clone(), snap);
+                }
+            })
+            .await?;
+            for call in &mut ledger.calls[first_call..] {
+                if let Some(snap) = snapshots.remove(&call.decision_id) {
+                    call.snapshot = snap;
                 }
             }
         }
@@ -105,5 +97,46 @@ impl LedgerStore for RedisStore {
             .calls
             .sort_by(|a, b| (a.created_ms, &a.decision_id).cmp(&(b.created_ms, &b.decision_id)));
         Ok(ledger)
+    }
+}
+
+impl RedisStore {
+    /// Every entry of stream `key` appended since `since_ms`, a page at a time.
+    async fn scan(
+        &self,
+        key: &str,
+        since_ms: i64,
+        mut each: impl FnMut(&std::collections::HashMap<String, String>),
+    ) -> Result<(), StoreError> {
+        let mut start = format!("{}", since_ms.max(0));
+        loop {
+            let (mut c, k, from) = (self.conn.clone(), key.to_string(), start.clone());
+            let page: Vec<Value> = self
+                .bounded(async move {
+                    redis::cmd("XRANGE")
+                        .arg(k)
+                        .arg(from)
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(LEDGER_PAGE)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            for entry in &page {
+                if let Some(f) = entry_fields(entry) {
+                    each(&f);
+                }
+            }
+            let last = page.last().and_then(|e| match e {
+                Value::Array(parts) => parts.first().map(text),
+                _ => None,
+            });
+            match last {
+                // The next page starts after the last entry read.
+                Some(last) if page.len() == LEDGER_PAGE => start = format!("({last}"),
+                _ => return Ok(()),
+            }
+        }
     }
 }

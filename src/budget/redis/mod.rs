@@ -105,6 +105,8 @@ pub struct RedisConfig {
 
 pub struct RedisStore {
     conn: ConnectionManager,
+    /// How long the decision log keeps a decision's snapshot (what-if).
+    decision_retention_ms: std::sync::atomic::AtomicI64,
     cfg: RedisConfig,
     reserve: Script,
     settle: Script,
@@ -168,6 +170,7 @@ impl RedisStore {
         );
         Ok(RedisStore {
             conn,
+            decision_retention_ms: std::sync::atomic::AtomicI64::new(crate::budget::DEFAULT_DECISION_RETENTION_MS),
             reserve: Script::new(RESERVE),
             settle: Script::new(SETTLE),
             expire: Script::new(EXPIRE),
@@ -300,7 +303,7 @@ impl RedisStore {
                         .pop()
                         .ok_or_else(|| StoreError::Unavailable("redis: empty reply".into()))
                 }
-                Err(StoreError::Unavailable(m)) if attempt == 0 && m.contains("NOSCRIPT") => {
+                Err(StoreError::Unavailable(m)) if attempt == 0 && m.to_ascii_uppercase().contains("NOSCRIPT") => {
                     let mut c = self.conn.clone();
                     self.bounded(script.prepare_invoke().load_async(&mut c)).await?;
                 }
@@ -328,7 +331,8 @@ impl RedisStore {
             .arg(r.expires_ms)
             .arg(RETAIN_MS)
             .arg(&joined)
-            .arg(meta(r));
+            .arg(meta(r))
+            .arg(hex::encode(&r.snapshot));
         for s in &r.scopes {
             inv.arg(s.limit_nanos);
         }
@@ -396,7 +400,8 @@ impl RedisStore {
         let mut inv = self.settle.prepare_invoke();
         inv.key(format!("{tag}r:{}", p.decision_id))
             .key(format!("{tag}open"))
-            .key(format!("{tag}events"));
+            .key(format!("{tag}events"))
+            .key(format!("{tag}decisions"));
         for s in &scopes {
             inv.key(format!("{tag}s:{s}"));
         }
@@ -421,7 +426,12 @@ impl RedisStore {
                 inv.arg("0").arg("0").arg("").arg("");
             }
         }
-        inv.arg(LEDGER_MAXLEN);
+        inv.arg(LEDGER_MAXLEN)
+            .arg(p.record.as_ref().map(|r| hex::encode(&r.snapshot)).unwrap_or_default())
+            .arg(
+                p.now_ms
+                    .saturating_sub(self.decision_retention_ms.load(Ordering::Relaxed)),
+            );
         let mut pipe = redis::pipe();
         pipe.invoke_script(&inv);
         let reply = strings(self.pipeline_with_script(&pipe, &self.settle).await?);

@@ -131,6 +131,7 @@ pub(super) fn call_of(f: &std::collections::HashMap<String, String>) -> Option<C
         failed: u(3) == 1,
         downgraded: m(6) == "1",
         labels: m(7).to_string(),
+        snapshot: Vec::new(),
     })
 }
 

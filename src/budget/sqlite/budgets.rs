@@ -124,8 +124,8 @@ fn reserve_job(r: NewReservation) -> impl FnOnce(&mut Connection) -> Result<Rese
 /// The reservation's row, `scopes` joined by [`SCOPE_SEP`].
 pub(super) const INSERT_RESERVATION: &str =
     "INSERT INTO reservations (decision_id, workflow, outcome_id, model, is_deferrable, amount_nanos, scopes,
-                               created_ms, expires_ms, state, downgraded, labels, terms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'reserved', ?10, ?11, ?12)";
+                               created_ms, expires_ms, state, downgraded, labels, terms, snapshot)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'reserved', ?10, ?11, ?12, ?13)";
 
 fn insert_reservation(conn: &Connection, r: &NewReservation, scopes: &str) -> Result<(), StoreError> {
     let mut insert = conn.prepare_cached(INSERT_RESERVATION).map_err(unavailable)?;
@@ -150,7 +150,8 @@ pub(super) fn bind_reservation(
             r.expires_ms,
             r.downgraded,
             r.labels,
-            terms
+            terms,
+            (!r.snapshot.is_empty()).then_some(r.snapshot.as_slice())
         ])
     })
     .map(drop)
@@ -277,6 +278,8 @@ impl BudgetStore for SqliteStore {
         .await
     }
     async fn expire(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let retention_ms = self.decision_retention_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let trimmed = self.snapshots_trimmed_to.clone();
         self.with(move |conn| {
             let tx = Savepoint::new(conn)?;
             let expired: Vec<(String, i64, String)> = {
@@ -304,6 +307,22 @@ impl BudgetStore for SqliteStore {
                     "UPDATE reservations SET state = 'expired' WHERE decision_id = ?1",
                     [id],
                 )?;
+            }
+            // The decision log's retention: snapshots older than it go, a
+            // minute's worth at a time, by the time-ordered primary key.
+            let keep_from = now_ms.saturating_sub(retention_ms);
+            let trimmed_to = trimmed.load(std::sync::atomic::Ordering::Relaxed);
+            if keep_from - trimmed_to >= 60_000 {
+                exec(
+                    &tx,
+                    "UPDATE reservations SET snapshot = NULL
+                     WHERE decision_id >= ?1 AND decision_id < ?2 AND snapshot IS NOT NULL",
+                    params![
+                        super::ledger::uuid_v7_floor(trimmed_to),
+                        super::ledger::uuid_v7_floor(keep_from)
+                    ],
+                )?;
+                trimmed.store(keep_from, std::sync::atomic::Ordering::Relaxed);
             }
             tx.commit().map_err(unavailable)?;
             Ok(expired.len() as u64)

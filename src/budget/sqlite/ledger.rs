@@ -14,7 +14,7 @@ use crate::outcome::ledger::{CallRecord, FeedbackEvent, Ledger, OutcomeEvent, Ou
 /// the primary key.
 pub const LEDGER_CALLS: &str =
     "SELECT decision_id, workflow, outcome_id, model, created_ms, settled_ms, actual_nanos, input_tokens,
-            cached_input_tokens, output_tokens, failed, downgraded, labels
+            cached_input_tokens, output_tokens, failed, downgraded, labels, snapshot
      FROM reservations
      WHERE decision_id >= ?3 AND +state = 'settled' AND created_ms >= ?1 AND (?2 IS NULL OR workflow = ?2)
      ORDER BY created_ms, decision_id";
@@ -37,6 +37,7 @@ fn ledger_of(conn: &Connection, workflow: Option<&str>, since_ms: i64) -> rusqli
             failed: r.get::<_, Option<bool>>(10)?.unwrap_or_default(),
             downgraded: r.get(11)?,
             labels: r.get(12)?,
+            snapshot: r.get::<_, Option<Vec<u8>>>(13)?.unwrap_or_default(),
         })
     })? {
         calls.push(row?);
@@ -102,6 +103,12 @@ pub fn read_ledger(state_dir: &Path, workflow: Option<&str>, since_ms: i64) -> R
 
 #[async_trait::async_trait]
 impl LedgerStore for SqliteStore {
+    fn set_decision_retention(&self, retention: std::time::Duration) {
+        let ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        self.decision_retention_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
     async fn record_outcome(&self, o: &OutcomeEvent) -> Result<(), StoreError> {
         let o = o.clone();
         self.with(move |conn| {

@@ -8,13 +8,16 @@ use super::{unavailable, StoreError};
 
 /// Columns added to `reservations` after its first release, with their
 /// definitions: added in place to a store an older build created.
-const ADDED_COLUMNS: [(&str, &str); 3] = [
+const ADDED_COLUMNS: [(&str, &str); 4] = [
     ("downgraded", "INTEGER NOT NULL DEFAULT 0"),
     ("labels", "TEXT NOT NULL DEFAULT ''"),
     // Who routed the call, and the prices and tier it was routed at, packed
     // as one `Terms` blob (NULL in rows older than the column: those are
     // priced by the rules in force).
     ("terms", "BLOB"),
+    // The decision as `whatif` needs it (an encoded Snapshot), NULL once
+    // past the decision log's retention.
+    ("snapshot", "BLOB"),
 ];
 
 /// One pending escalation per scope, enforced by the schema as well as by

@@ -121,6 +121,10 @@ pub struct SqliteStore {
     health: std::sync::Arc<Health>,
     /// The WAL file, for [`SqliteStore::wal_bytes`].
     wal: std::path::PathBuf,
+    /// How long decision snapshots are kept for `whatif`.
+    decision_retention_ms: std::sync::atomic::AtomicI64,
+    /// Snapshots of decisions made before this (ms) are gone.
+    snapshots_trimmed_to: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 type Records = std::sync::Arc<std::sync::Mutex<Vec<NewReservation>>>;
@@ -330,6 +334,8 @@ impl SqliteStore {
             records,
             health,
             wal,
+            decision_retention_ms: std::sync::atomic::AtomicI64::new(crate::budget::DEFAULT_DECISION_RETENTION_MS),
+            snapshots_trimmed_to: Default::default(),
         })
     }
 

@@ -33,6 +33,7 @@ pub(super) fn reservation(id: &str, amount: i64, scopes: &[(&str, i64)], now_ms:
         caller: "local".into(),
         prices: Default::default(),
         tier: 0,
+        snapshot: Vec::new(),
     }
 }
 
@@ -59,6 +60,54 @@ pub async fn escalations_conform(store: Arc<dyn Store>, ns: &str) {
 /// What every [`LedgerStore`] must do, with the settlements it reads.
 pub async fn ledger_conforms(store: Arc<dyn Store>, ns: &str) {
     the_ledger_holds_settled_calls_outcomes_and_feedback(&store, ns).await;
+    decision_snapshots_are_kept_for_their_retention(&store, ns).await;
+}
+
+/// A decision's snapshot reaches the ledger with its call, and the sweep
+/// removes it once it is older than the retention.
+async fn decision_snapshots_are_kept_for_their_retention(store: &Arc<dyn Store>, ns: &str) {
+    let wf = format!("{ns}retained");
+    let now = || jiff::Timestamp::now().as_millisecond();
+    let usage = Usage {
+        input_tokens: 10,
+        cached_input_tokens: 0,
+        output_tokens: 5,
+        failed: false,
+    };
+    store.set_decision_retention(std::time::Duration::from_millis(1000));
+    let mut ids = Vec::new();
+    for (i, snap) in [b"older".as_slice(), b"newer".as_slice()].into_iter().enumerate() {
+        if i == 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+        }
+        let mut r = reservation(&crate::budget::new_decision_id(), 0, &[], now());
+        r.workflow = wf.clone();
+        r.snapshot = snap.to_vec();
+        ids.push(r.decision_id.clone());
+        store.record_detached(r);
+        store.sync().await.expect("sync");
+        store.settle(&ids[i], 7, &usage, now()).await.expect("settle");
+    }
+    let snapshot_of = |l: &crate::outcome::ledger::Ledger, id: &str| {
+        l.calls
+            .iter()
+            .find(|c| c.decision_id == id)
+            .map(|c| c.snapshot.clone())
+            .expect("the call is in the ledger")
+    };
+    // Found without naming the workflow: a workflow without a budget, whose
+    // calls had no feedback or outcome, is still one the store lists.
+    let before = store.ledger(None, 0).await.expect("ledger");
+    assert_eq!(snapshot_of(&before, &ids[1]), b"newer");
+    store.expire(now()).await.expect("sweep");
+    let after = store.ledger(Some(&wf), 0).await.expect("ledger");
+    assert_eq!(after.calls.len(), 2, "the calls stay in the ledger");
+    assert!(
+        snapshot_of(&after, &ids[0]).is_empty(),
+        "the older snapshot is past its retention"
+    );
+    assert_eq!(snapshot_of(&after, &ids[1]), b"newer", "the newer one is kept");
+    store.set_decision_retention(std::time::Duration::from_millis(DEFAULT_DECISION_RETENTION_MS as u64));
 }
 
 /// What every [`LearningStore`] must do.

@@ -302,6 +302,7 @@ async fn rollover_starts_a_new_counter(store: SharedStore) {
                 downgraded: false,
                 prices: Default::default(),
                 tier: 0,
+                snapshot: &[],
             };
             budgets.admit(&call, at).await.expect("admit")
         }

@@ -394,9 +394,43 @@ impl Learned {
         // Explore only where feedback flows: a workflow nobody labels would
         // pay for exploration and learn nothing from it.
         if labelled && available.len() > 1 {
-            out.explore = cfg.exploration * out.doubt(available, cfg);
+            out.explore = (cfg.exploration * out.doubt(available, cfg)).max(cfg.min_exploration);
         }
         out
+    }
+
+    /// How much exploration favours `tier` over the other alternatives.
+    fn exploration_weight(&self, tier: u8) -> f64 {
+        self.tiers[tier as usize].map_or(1.0, |p| p.doubt.max(1e-9))
+    }
+
+    /// The chance this call explores away from `policy_tier`, and the total
+    /// weight of the tiers it may explore to.
+    fn exploring(&self, available: &[u8], policy_tier: u8) -> (f64, f64) {
+        let total: f64 = available
+            .iter()
+            .filter(|&&t| t != policy_tier)
+            .map(|&t| self.exploration_weight(t))
+            .sum();
+        (if total > 0.0 { self.explore } else { 0.0 }, total)
+    }
+
+    /// The probability that [`choose`] sends this call to each of
+    /// `available`, given the tier it picks when it does not explore: the
+    /// propensities an off-policy estimate weighs logged calls by.
+    pub fn probabilities(&self, available: &[u8], policy_tier: u8) -> Vec<(u8, f64)> {
+        let (eps, total) = self.exploring(available, policy_tier);
+        available
+            .iter()
+            .map(|&t| {
+                let p = if t == policy_tier {
+                    1.0 - eps
+                } else {
+                    eps * self.exploration_weight(t) / total
+                };
+                (t, p)
+            })
+            .collect()
     }
 
     /// How unsure the model is of each tier's part in the choice for this
@@ -448,6 +482,8 @@ impl Learned {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Choice {
     pub tier: u8,
+    /// The tier the policy picks when it does not explore.
+    pub policy_tier: u8,
     /// The learned model chose it (not the rule, not exploration).
     pub learned: bool,
     /// Exploration chose it.
@@ -482,9 +518,8 @@ pub fn choose(learned: &Learned, available: &[u8], cfg: &Learning, rule_tier: u8
         None => (rule_lands, None),
     };
     let others = || available.iter().copied().filter(move |&t| t != tier);
-    let weight = |t: u8| learned.tiers[t as usize].map_or(1.0, |p| p.doubt.max(1e-9));
-    let total: f64 = others().map(weight).sum();
-    let eps = if total > 0.0 { learned.explore } else { 0.0 };
+    let weight = |t: u8| learned.exploration_weight(t);
+    let (eps, total) = learned.exploring(available, tier);
     if learned.draw < eps {
         // The draw is uniform below eps: rescaled, it picks the tier.
         let mut at = learned.draw / eps * total;
@@ -498,6 +533,7 @@ pub fn choose(learned: &Learned, available: &[u8], cfg: &Learning, rule_tier: u8
         }
         return Choice {
             tier: pick,
+            policy_tier: tier,
             learned: false,
             explored: true,
             propensity: eps * weight(pick) / total,
@@ -509,6 +545,7 @@ pub fn choose(learned: &Learned, available: &[u8], cfg: &Learning, rule_tier: u8
     }
     Choice {
         tier,
+        policy_tier: tier,
         learned: greedy.is_some(),
         explored: false,
         propensity: 1.0 - eps,

@@ -241,6 +241,27 @@ fn exploration_is_scaled_by_uncertainty_and_every_choice_has_its_propensity() {
         propensity[4] > propensity[1],
         "the more uncertain tier is explored more: {propensity:?}"
     );
+    // What the decision log records: every tier's probability, which is
+    // what `choose` gives the tier it lands on.
+    let c = choose(&l3, &tiers, &cfg, 1);
+    for (t, p) in l3.probabilities(&tiers, c.policy_tier) {
+        assert!(
+            (p - propensity[t as usize]).abs() < 1e-12,
+            "tier {t}: {p} vs {propensity:?}"
+        );
+    }
+    // A floor under exploration keeps a sure model exploring.
+    let floored = Learning {
+        min_exploration: 0.1,
+        ..cfg
+    };
+    let sure = Learned::gather(&l, "w", &[2, 4], &f, &floored, 0.0);
+    assert!(
+        (sure.explore - known.explore.max(0.1)).abs() < 1e-12,
+        "{} vs {}",
+        sure.explore,
+        known.explore
+    );
 }
 
 /// Requests of five kinds whose prior (complexity) differs.

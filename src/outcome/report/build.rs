@@ -51,6 +51,8 @@ pub fn build(
         names.retain(|n| n == w);
     }
     let label_ok = |c: &CallRecord| spec.label.as_deref().is_none_or(|l| c.has_label(l));
+    // The calls a `whatif` could learn from: those with a label.
+    let labelled = crate::outcome::whatif::estimate::labels(ledger);
     let total_spend: i64 = ledger
         .calls
         .iter()
@@ -190,6 +192,17 @@ pub fn build(
             cached_input_tokens: cached,
             output_tokens: in_cur.iter().map(|c| c.output_tokens).sum(),
             cached_token_share: ratio(cached as f64, input as f64),
+            labelled_call_share: ratio(
+                in_cur
+                    .iter()
+                    .filter(|c| labelled.contains_key(c.decision_id.as_str()))
+                    .count() as f64,
+                in_cur.len() as f64,
+            ),
+            logged_decision_share: ratio(
+                in_cur.iter().filter(|c| !c.snapshot.is_empty()).count() as f64,
+                in_cur.len() as f64,
+            ),
             outcomes_by_status,
             outcome_changes: out_cur
                 .iter()

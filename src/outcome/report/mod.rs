@@ -219,6 +219,11 @@ pub struct WorkflowReport {
     pub cached_input_tokens: u64,
     pub output_tokens: u64,
     pub cached_token_share: Option<f64>,
+    /// The share of calls with a label (their own feedback, or their
+    /// outcome's status), and with a logged decision and propensity: how far
+    /// a `whatif` over this traffic can be trusted.
+    pub labelled_call_share: Option<f64>,
+    pub logged_decision_share: Option<f64>,
     pub outcomes_by_status: BTreeMap<&'static str, u64>,
     /// Outcomes whose status was recorded again (the later one counts).
     pub outcome_changes: u64,

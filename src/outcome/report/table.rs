@@ -100,6 +100,12 @@ pub fn table(r: &Report) -> String {
             w.human_minutes,
             w.median_cycle_time_s.map_or("–".into(), |s| format!("{s:.0} s"))
         );
+        let _ = writeln!(
+            out,
+            "  what-if coverage: {} of calls labelled, {} with a logged decision and propensity",
+            pct(w.labelled_call_share),
+            pct(w.logged_decision_share)
+        );
         if let Some(v) = w.value_usd {
             let _ = writeln!(
                 out,

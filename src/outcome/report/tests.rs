@@ -40,6 +40,7 @@ fn call(wf: &str, id: &str, outcome: &str, model: &str, at: i64, cost: i64, toke
         failed: false,
         downgraded: false,
         labels: String::new(),
+        snapshot: Vec::new(),
     }
 }
 

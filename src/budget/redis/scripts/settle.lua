@@ -1,15 +1,19 @@
--- KEYS: 1 the reservation, 2 the workflow's open reservations, 3 the workflow's ledger stream, 4.. the scopes
+-- KEYS: 1 the reservation, 2 the workflow's open reservations, 3 the workflow's ledger stream,
+--       4 the workflow's decision log (snapshots for what-if), 5.. the scopes
 -- ARGV: 1 decision id, 2 cost, 3 retain ms, 4 the usage (tokens, failed, when),
 --       5 '1' when 6.. describe the decision (it may never have reached this store),
---       6 amount, 7 scope names, 8 the decision's description, 9 the ledger's approximate length cap
-local v = redis.call('HMGET', KEYS[1], 'state', 'amount', 'actual', 'meta')
+--       6 amount, 7 scope names, 8 the decision's description, 9 the ledger's approximate length cap,
+--       10 the decision's snapshot (with 5), 11 the oldest decision-log entry to keep (ms)
+local v = redis.call('HMGET', KEYS[1], 'state', 'amount', 'actual', 'meta', 'snap')
 local release = '0'
 local meta = v[4]
+local snap = v[5]
 if not v[1] then
   if ARGV[5] ~= '1' then
     return {'unknown'}
   end
   meta = ARGV[8]
+  snap = ARGV[10]
   redis.call('HSET', KEYS[1], 'amount', ARGV[6], 'scopes', ARGV[7], 'meta', meta)
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
 elseif v[1] == 'settled' then
@@ -19,7 +23,7 @@ elseif v[1] == 'reserved' then
   redis.call('ZREM', KEYS[2], ARGV[1])
 end
 local cost, top = nanos(ARGV[2]), nanos(I64_MAX)
-for i = 4, #KEYS do
+for i = 5, #KEYS do
   if release ~= '0' then
     redis.call('HINCRBY', KEYS[i], 'reserved', '-' .. release)
   end
@@ -33,4 +37,9 @@ end
 redis.call('HSET', KEYS[1], 'state', 'settled', 'actual', ARGV[2], 'usage', ARGV[4])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', 'k', 'call', 'd', ARGV[1], 'meta', meta or '',
   'cost', ARGV[2], 'usage', ARGV[4])
+-- The decision log keeps snapshots for the retention period: entries older
+-- than ARGV[11] go as new ones arrive.
+if snap and snap ~= '' then
+  redis.call('XADD', KEYS[4], 'MINID', '~', ARGV[11], '*', 'd', ARGV[1], 'snap', snap)
+end
 return {'charged'}
