@@ -47,7 +47,7 @@ impl BudgetStore for RedisStore {
                 .arg(RETAIN_MS)
                 .arg("")
                 .arg(meta(&r))
-                .arg(hex::encode(&r.snapshot));
+                .arg(r.snapshot.as_slice());
             let mut pipe = redis::pipe();
             pipe.cmd("SET")
                 .arg(&index)

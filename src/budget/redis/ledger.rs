@@ -50,7 +50,8 @@ impl LedgerStore for RedisStore {
             // Entry IDs start with the append time in ms: a call made since
             // `since_ms` was settled since then too.
             let first_call = ledger.calls.len();
-            self.scan(&format!("{}events", self.tag(&wf)), since_ms, |f| {
+            self.scan(&format!("{}events", self.tag(&wf)), since_ms, |entry| {
+                let Some(f) = &entry_fields(entry) else { return };
                 let at = |k: &str| f.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
                 match f.get("k").map(String::as_str) {
                     Some("call") => ledger.calls.extend(call_of(f).filter(|c| c.created_ms >= since_ms)),
@@ -81,9 +82,9 @@ impl LedgerStore for RedisStore {
             .await?;
             // The decision log's snapshots, for the calls that still have one.
             let mut snapshots = std::collections::HashMap::new();
-            self.scan(&format!("{}decisions", self.tag(&wf)), since_ms, |f| {
-                if let (Some(d), Some(snap)) = (f.get("d"), f.get("snap").and_then(|h| hex::decode(h).ok())) {
-                    snapshots.insert(d.clone(), snap);
+            self.scan(&format!("{}decisions", self.tag(&wf)), since_ms, |entry| {
+                if let (Some(d), Some(snap)) = (entry_bytes(entry, "d"), entry_bytes(entry, "snap")) {
+                    snapshots.insert(String::from_utf8_lossy(d).into_owned(), snap.to_vec());
                 }
             })
             .await?;
@@ -102,12 +103,7 @@ impl LedgerStore for RedisStore {
 
 impl RedisStore {
     /// Every entry of stream `key` appended since `since_ms`, a page at a time.
-    async fn scan(
-        &self,
-        key: &str,
-        since_ms: i64,
-        mut each: impl FnMut(&std::collections::HashMap<String, String>),
-    ) -> Result<(), StoreError> {
+    async fn scan(&self, key: &str, since_ms: i64, mut each: impl FnMut(&Value)) -> Result<(), StoreError> {
         let mut start = format!("{}", since_ms.max(0));
         loop {
             let (mut c, k, from) = (self.conn.clone(), key.to_string(), start.clone());
@@ -124,9 +120,7 @@ impl RedisStore {
                 })
                 .await?;
             for entry in &page {
-                if let Some(f) = entry_fields(entry) {
-                    each(&f);
-                }
+                each(entry);
             }
             let last = page.last().and_then(|e| match e {
                 Value::Array(parts) => parts.first().map(text),

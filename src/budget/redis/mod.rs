@@ -332,7 +332,7 @@ impl RedisStore {
             .arg(RETAIN_MS)
             .arg(&joined)
             .arg(meta(r))
-            .arg(hex::encode(&r.snapshot));
+            .arg(r.snapshot.as_slice());
         for s in &r.scopes {
             inv.arg(s.limit_nanos);
         }
@@ -427,7 +427,7 @@ impl RedisStore {
             }
         }
         inv.arg(LEDGER_MAXLEN)
-            .arg(p.record.as_ref().map(|r| hex::encode(&r.snapshot)).unwrap_or_default())
+            .arg(p.record.as_ref().map_or(&[][..], |r| r.snapshot.as_slice()))
             .arg(
                 p.now_ms
                     .saturating_sub(self.decision_retention_ms.load(Ordering::Relaxed)),

@@ -108,6 +108,19 @@ pub(super) fn entry_fields(v: &Value) -> Option<std::collections::HashMap<String
     }
 }
 
+/// A stream entry's field, as the bytes stored (binary-safe, unlike
+/// [`entry_fields`]).
+pub(super) fn entry_bytes<'v>(entry: &'v Value, name: &str) -> Option<&'v [u8]> {
+    let Value::Array(parts) = entry else { return None };
+    let Some(Value::Array(kv)) = parts.get(1) else {
+        return None;
+    };
+    kv.chunks(2).find_map(|c| match (&c[0], c.get(1)) {
+        (Value::BulkString(k), Some(Value::BulkString(v))) if k == name.as_bytes() => Some(v.as_slice()),
+        _ => None,
+    })
+}
+
 /// The call a ledger entry records, if it is one.
 pub(super) fn call_of(f: &std::collections::HashMap<String, String>) -> Option<CallRecord> {
     if f.get("k").map(String::as_str) != Some("call") {
