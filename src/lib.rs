@@ -38,12 +38,14 @@
 //!
 //! **What calls come to**
 //! - [`outcome`]: the ledger, the report and dashboard built from it, the
-//!   learned routing model outcomes train, and replay, which measures it.
+//!   learned routing model outcomes train, replay, which measures it, and
+//!   whatif, which estimates a candidate rule table on the logged decisions.
 //!
 //! **Around the process**
 //! - [`app`]: wiring for `serve`, signals, ordered shutdown.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and `/`, on their own runtime.
-//! - [`telemetry`]: spans and their OTLP export; [`metrics`]: the Prometheus series.
+//! - [`telemetry`]: spans through the OpenTelemetry SDK and their OTLP export;
+//!   [`metrics`]: the series, through prometheus-client.
 //! - [`audit`]: the append-only audit log, rotated, with refusals aggregated.
 //! - [`cli`]: the commands other than `serve` (`check`, `explain`, `report`,
 //!   `escalations`) and the command line's definitions.

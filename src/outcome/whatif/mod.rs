@@ -268,7 +268,15 @@ pub fn render_table(w: &WhatIf) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let pct = |x: f64| format!("{:.1}%", x * 100.0);
-    let money = |x: f64| format!("${x:.4}");
+    let money = |x: f64| {
+        if x < 0.0 {
+            format!("-${:.4}", -x)
+        } else {
+            format!("${x:.4}")
+        }
+    };
+    let signed = |x: f64| if x < 0.0 { money(x) } else { format!("+{}", money(x)) };
+    let points = |x: f64| format!("{:+.1}", x * 100.0);
     let ci_pct = |c: Ci| format!("[{}, {}]", pct(c.low), pct(c.high));
     let ci_money = |c: Ci| format!("[{}, {}]", money(c.low), money(c.high));
     let _ = writeln!(
@@ -284,13 +292,13 @@ pub fn render_table(w: &WhatIf) -> String {
     );
     let _ = writeln!(
         out,
-        "\n{:<22} {:>9} {:>18} {:>12} {:>26} {:>14} {:>26}",
-        "", "calls", "acceptance", "95% CI", "", "spend", "95% CI"
+        "\n{:<18} {:>7} {:>10} {:>16} {:>10} {:>22}",
+        "", "calls", "acceptance", "95% CI", "spend", "95% CI"
     );
     for (name, a) in [("current", &w.current), ("candidate (SNIPS)", &w.candidate)] {
         let _ = writeln!(
             out,
-            "{:<22} {:>9} {:>18} {:>26} {:>14} {:>26}",
+            "{:<18} {:>7} {:>10} {:>16} {:>10} {:>22}",
             name,
             a.calls,
             pct(a.acceptance_rate),
@@ -301,7 +309,7 @@ pub fn render_table(w: &WhatIf) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<22} {:>9} {:>18} {:>26}",
+        "{:<18} {:>7} {:>10} {:>16}",
         "candidate (DR)",
         "",
         pct(w.candidate_doubly_robust.acceptance_rate),
@@ -315,18 +323,22 @@ pub fn render_table(w: &WhatIf) -> String {
         money(w.candidate.cost_per_accepted_outcome_usd),
         ci_money(w.candidate.ci95.cost_per_accepted_outcome_usd)
     );
+    let c = &w.change;
     let _ = writeln!(
         out,
-        "change: acceptance {:+.1} points {}, spend {:+.4} USD {}, cost per accepted outcome {:+.4} USD {}",
-        w.change.acceptance_rate * 100.0,
-        ci_pct(w.change.ci95.acceptance_rate),
-        w.change.spend_usd,
-        ci_money(w.change.ci95.spend_usd),
-        w.change.cost_per_accepted_outcome_usd,
-        ci_money(w.change.ci95.cost_per_accepted_outcome_usd)
+        "change: acceptance {} points [{}, {}], spend {} [{}, {}], cost per accepted outcome {} [{}, {}]",
+        points(c.acceptance_rate),
+        points(c.ci95.acceptance_rate.low),
+        points(c.ci95.acceptance_rate.high),
+        signed(c.spend_usd),
+        signed(c.ci95.spend_usd.low),
+        signed(c.ci95.spend_usd.high),
+        signed(c.cost_per_accepted_outcome_usd),
+        signed(c.ci95.cost_per_accepted_outcome_usd.low),
+        signed(c.ci95.cost_per_accepted_outcome_usd.high)
     );
     for n in &w.notes {
-        let _ = writeln!(out, "\nnote: {n}");
+        let _ = writeln!(out, "note: {n}");
     }
     out
 }
