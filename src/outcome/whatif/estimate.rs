@@ -160,11 +160,15 @@ pub fn rows(table: &RuleTable, ledger: &Ledger, skipped: &mut Skipped) -> Vec<Ro
     let labels = labels(ledger);
     // The direct model's fallback: each tier's mean label as logged.
     let mut by_tier: HashMap<u8, (f64, f64)> = HashMap::new();
+    // A snapshot that does not decode, or names a tier or probability no
+    // Route could have logged (the store is written by sidecars, but Redis
+    // by anyone with its password), is left out rather than trusted.
     let logged: Vec<(&CallRecord, Snapshot)> = ledger
         .calls
         .iter()
+        .filter(|c| !c.snapshot.is_empty())
         .filter_map(|c| Snapshot::from_bytes(&c.snapshot).map(|s| (c, s)))
-        .filter(|(c, _)| !c.snapshot.is_empty())
+        .filter(|(_, s)| s.is_plausible())
         .collect();
     for (c, s) in &logged {
         if let Some(l) = labels.get(c.decision_id.as_str()) {

@@ -171,11 +171,61 @@ impl Snapshot {
         Snapshot::decode(b).ok()
     }
 
+    /// Whether every tier is one a rule table can hold and every
+    /// probability is one: what a Route logs, and nothing else.
+    pub fn is_plausible(&self) -> bool {
+        let tier_ok = |t: u32| t <= u32::from(crate::rules::MAX_TIER);
+        let p_ok = |p: f64| p.is_finite() && (0.0..=1.0).contains(&p);
+        tier_ok(self.tier)
+            && p_ok(self.propensity)
+            && self.rejected_tier.is_none_or(tier_ok)
+            && self.tiers.len() <= usize::from(crate::rules::MAX_TIER) + 1
+            && self
+                .tiers
+                .iter()
+                .all(|t| tier_ok(t.tier) && p_ok(t.probability) && t.p.is_none_or(p_ok))
+    }
+
     /// The logged policy's probability of `tier` (0 where it was not available).
     pub fn probability_of(&self, tier: u8) -> f64 {
         self.tiers
             .iter()
             .find(|t| t.tier == u32::from(tier))
             .map_or(0.0, |t| t.probability)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logged(tier: u32, propensity: f64) -> Snapshot {
+        Snapshot {
+            tier,
+            propensity,
+            tiers: vec![TierLog {
+                tier,
+                probability: propensity,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_snapshot_survives_its_bytes_and_a_hostile_one_is_refused() {
+        let s = logged(4, 0.25);
+        let back = Snapshot::from_bytes(&s.to_bytes()).expect("decodes");
+        assert_eq!(back, s);
+        assert!(back.is_plausible());
+        assert_eq!(back.probability_of(4), 0.25);
+        assert_eq!(back.probability_of(3), 0.0);
+        for bad in [logged(300, 0.5), logged(4, f64::NAN), logged(4, -0.1), logged(4, 7.0)] {
+            assert!(!bad.is_plausible(), "{bad:?}");
+        }
+        assert!(
+            Snapshot::from_bytes(&[0xff, 0xff, 0xff]).is_none(),
+            "garbage does not decode"
+        );
     }
 }
