@@ -58,6 +58,30 @@ fn count(v: &Option<serde_json::Value>) -> Option<i64> {
 }
 
 /// Applies the price map to the rules text; returns the new text and what changed.
+/// The map's entry for a model: under its name, `provider/name`, or else
+/// the newest dated ID of it (`name-YYYYMMDD`, as Anthropic names models),
+/// with the ID the provider's API takes.
+fn lookup(map: &BTreeMap<String, serde_json::Value>, name: &str, provider: &str) -> Option<(String, Entry)> {
+    let entry = |v: &serde_json::Value| serde_json::from_value::<Entry>(v.clone()).ok();
+    if let Some(e) = map
+        .get(name)
+        .or_else(|| map.get(&format!("{provider}/{name}")))
+        .and_then(entry)
+    {
+        return Some((name.to_string(), e));
+    }
+    let prefixed = format!("{provider}/");
+    let dated = |key: &str| {
+        let id = key.strip_prefix(&prefixed).unwrap_or(key);
+        let date = id.strip_prefix(name)?.strip_prefix('-')?;
+        (date.len() == 8 && date.bytes().all(|b| b.is_ascii_digit())).then(|| id.to_string())
+    };
+    map.iter()
+        .filter_map(|(k, v)| Some((dated(k)?, v)))
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .and_then(|(id, v)| Some((id, entry(v)?)))
+}
+
 pub fn apply(rules_text: &str, rules_name: &str, map_json: &str) -> Result<(String, Vec<Change>, Vec<String>), String> {
     let map: BTreeMap<String, serde_json::Value> =
         serde_json::from_str(map_json).map_err(|e| format!("the price map is not JSON: {e} (line {})", e.line()))?;
@@ -80,11 +104,7 @@ pub fn apply(rules_text: &str, rules_name: &str, map_json: &str) -> Result<(Stri
             .and_then(Item::as_str)
             .unwrap_or_default()
             .to_string();
-        let found = map
-            .get(&name)
-            .or_else(|| map.get(&format!("{provider}/{name}")))
-            .and_then(|v| serde_json::from_value::<Entry>(v.clone()).ok());
-        let Some(e) = found else {
+        let Some((api_id, e)) = lookup(&map, &name, &provider) else {
             missing.push(name);
             continue;
         };
@@ -99,6 +119,7 @@ pub fn apply(rules_text: &str, rules_name: &str, map_json: &str) -> Result<(Stri
                 (Some(Value::Float(a)), Value::Float(b)) => (a.value() - b.value()).abs() < 1e-12,
                 (Some(Value::Integer(a)), Value::Integer(b)) => a.value() == b.value(),
                 (Some(Value::Integer(a)), Value::Float(b)) => (*a.value() as f64 - b.value()).abs() < 1e-12,
+                (Some(Value::String(a)), Value::String(b)) => a.value() == b.value(),
                 _ => false,
             };
             if !same {
@@ -117,6 +138,11 @@ pub fn apply(rules_text: &str, rules_name: &str, map_json: &str) -> Result<(Stri
                 });
             }
         };
+        // The map knows the model only by a dated ID: that is the ID its
+        // provider's API expects.
+        if api_id != name {
+            set("api_model", Value::from(api_id));
+        }
         if let Some(x) = e.input_cost_per_token {
             set("input_per_mtok", Value::from(per_mtok(x)));
             if let Some(b) = e.input_cost_per_token_batches.filter(|b| *b > 0.0 && x > 0.0 && *b < x) {
@@ -237,6 +263,16 @@ max_output_tokens = 64000
 tiers = { general = 3 }
 
 [[models]]
+name = "claude-sonnet-4-5"
+provider = "anthropic"
+input_per_mtok = 3.0
+cached_input_per_mtok = 0.3
+output_per_mtok = 15.0
+context_window = 200000
+max_output_tokens = 64000
+tiers = { general = 4 }
+
+[[models]]
 name = "in-house"
 provider = "self"
 input_per_mtok = 0.0
@@ -273,6 +309,9 @@ name = "general"
                 ("gpt-5", "context_window", "272000"),
                 ("gpt-5", "max_output_tokens", "128000"),
                 ("claude-haiku-4-5", "batch_discount", "0.5"),
+                // Known to the map only by its dated IDs: the newest one is
+                // the ID to send, and its prices match the rules already.
+                ("claude-sonnet-4-5", "api_model", "\"claude-sonnet-4-5-20250929\""),
             ]
         );
         assert_eq!(changes[0].old.as_deref(), Some("1.0"));

@@ -331,3 +331,72 @@ async fn logs_to_a_file_carry_no_terminal_colour_codes() {
         status.1
     );
 }
+
+#[tokio::test]
+async fn route_names_the_id_to_send_the_provider() {
+    let rules = rules_dir(
+        r#"
+[[models]]
+name = "sonnet"
+provider = "anthropic"
+api_model = "claude-sonnet-4-5-20250929"
+input_per_mtok = 3.0
+cached_input_per_mtok = 0.3
+output_per_mtok = 15.0
+context_window = 200000
+max_output_tokens = 64000
+tiers = { general = 4 }
+
+[[models]]
+name = "gpt-5-mini"
+provider = "openai"
+input_per_mtok = 0.25
+cached_input_per_mtok = 0.025
+output_per_mtok = 2.0
+context_window = 400000
+max_output_tokens = 128000
+tiers = { general = 3 }
+
+[[workflows]]
+name = "w"
+
+[[rules]]
+name = "strong"
+workflow = "w"
+min_attempt = 2
+tier = 4
+"#,
+    );
+    let server = Server::start(rules.path(), &[]);
+    let mut c = server.client().await;
+    let first = c.route(request("w", "hello")).await.expect("route").into_inner();
+    assert_eq!(
+        (first.model.as_str(), first.provider_model.as_str()),
+        ("gpt-5-mini", "gpt-5-mini"),
+        "defaults to the name"
+    );
+    let retry = c
+        .route(pb::RouteRequest {
+            attempt: 2,
+            ..request("w", "hello")
+        })
+        .await
+        .expect("route")
+        .into_inner();
+    assert_eq!(
+        (retry.model.as_str(), retry.provider_model.as_str()),
+        ("sonnet", "claude-sonnet-4-5-20250929")
+    );
+    // An ID with a space is refused with its place in the file.
+    let bad = rules_dir("[[models]]\nname = \"m\"\nprovider = \"p\"\napi_model = \"two words\"\ninput_per_mtok = 1.0\ncached_input_per_mtok = 1.0\noutput_per_mtok = 1.0\ncontext_window = 1000\nmax_output_tokens = 100\ntiers = { general = 1 }\n[[workflows]]\nname = \"w\"\n");
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--rules"])
+        .arg(bad.path())
+        .output()
+        .expect("check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("api_model") && err.contains(":4:"),
+        "{err}"
+    );
+}

@@ -202,6 +202,7 @@ async fn run(args: &ExplainArgs<'_>, text: &str) -> Result<serde_json::Value, St
         "decision": {
             "model": model.name,
             "provider": model.provider,
+            "provider_model": model.api_model,
             "rule": d.rule,
             "required_tier": d.required_tier,
             "learned": d.learned,

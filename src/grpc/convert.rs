@@ -39,9 +39,9 @@ impl From<RouteStatus> for pb::RouteStatus {
 
 impl From<Routed> for pb::RouteResponse {
     fn from(r: Routed) -> pb::RouteResponse {
-        let (model, provider) = {
+        let (model, provider, provider_model) = {
             let m = r.model();
-            (m.name.clone(), m.provider.clone())
+            (m.name.clone(), m.provider.clone(), m.api_model.clone())
         };
         let task_class = r.task_class().to_string();
         let d = r.planned.decision;
@@ -62,6 +62,7 @@ impl From<Routed> for pb::RouteResponse {
             traceparent: String::new(),
             required_tier: d.required_tier as u32,
             task_class,
+            provider_model,
         }
     }
 }

@@ -113,6 +113,8 @@ impl Capabilities {
 pub struct Model {
     pub name: String,
     pub provider: String,
+    /// The ID the provider's API expects: `api_model`, or `name`.
+    pub api_model: String,
     pub description: String,
     /// Nano-dollars per million input tokens.
     pub input_nanos_per_mtok: i64,

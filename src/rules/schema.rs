@@ -34,6 +34,9 @@ pub struct RawSettings {
 pub struct RawModel {
     pub name: String,
     pub provider: String,
+    /// The ID the provider's API expects, such as `claude-sonnet-4-5-20250929`;
+    /// `name` when not given.
+    pub api_model: Option<String>,
     pub description: Option<String>,
     pub input_per_mtok: f64,
     pub cached_input_per_mtok: f64,

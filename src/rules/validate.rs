@@ -207,6 +207,17 @@ impl Validator<'_> {
                 }),
             };
             let scale = m.token_scale.unwrap_or(1.0);
+            if let Some(id) = &m.api_model {
+                if id.trim().is_empty() || id.len() > 256 || id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                    e(
+                        self,
+                        &["api_model"],
+                        "the provider's model ID: 1 to 256 characters without spaces or control characters, \
+                         e.g. \"claude-sonnet-4-5-20250929\"; omit it to send `name`"
+                            .into(),
+                    );
+                }
+            }
             if m.prefix_cache_ttl_s > 7 * 24 * 3600 {
                 e(
                     self,
@@ -254,6 +265,7 @@ impl Validator<'_> {
             out.push(Model {
                 name: m.name.clone(),
                 provider: m.provider.clone(),
+                api_model: m.api_model.clone().unwrap_or_else(|| m.name.clone()),
                 description: m.description.clone().unwrap_or_default(),
                 input_nanos_per_mtok: input,
                 cached_input_nanos_per_mtok: cached,
