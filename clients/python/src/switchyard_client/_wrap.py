@@ -1,0 +1,243 @@
+"""What the provider wrappers share: a proxy over the provider's client
+whose one method (`chat.completions.create`, `messages.create`) routes the
+call, calls the provider with the routed model, reports its usage, and hands
+back the provider's own response with the decision attached."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens of one call as Switchyard counts them: cached tokens are part
+    of the input."""
+
+    input_tokens: int
+    cached_input_tokens: int
+    output_tokens: int
+
+    def merged(self, other: "Usage") -> "Usage":
+        """The larger of each count: a stream reports some counts early and
+        the rest at its end."""
+        return Usage(
+            max(self.input_tokens, other.input_tokens),
+            max(self.cached_input_tokens, other.cached_input_tokens),
+            max(self.output_tokens, other.output_tokens),
+        )
+
+
+@dataclass(frozen=True)
+class Call:
+    """How one provider method is routed."""
+
+    path: Tuple[str, ...]
+    messages: Callable[[dict], list]
+    max_output_tokens: Callable[[dict], Optional[int]]
+    usage: Callable[[Any], Optional[Usage]]
+    streams: Callable[[dict], bool]
+
+
+def attach(response: Any, decision: Any) -> Any:
+    """Sets `response.switchyard` to the decision, on the provider's own object."""
+    try:
+        setattr(response, "switchyard", decision)
+    except (AttributeError, TypeError, ValueError):
+        object.__setattr__(response, "switchyard", decision)
+    return response
+
+
+def _event_usage(call: Call, event: Any) -> Optional[Usage]:
+    """Usage a stream event carries, on itself or on its message."""
+    found = call.usage(event)
+    message = getattr(event, "message", None)
+    if message is not None:
+        inner = call.usage(message)
+        if inner is not None:
+            found = inner if found is None else found.merged(inner)
+    return found
+
+
+def _route_args(call: Call, workflow: str, kwargs: dict) -> dict:
+    opts = kwargs.pop("switchyard", None) or {}
+    return dict(
+        workflow=workflow,
+        messages=call.messages(kwargs),
+        outcome_id=opts.get("outcome_id"),
+        task_kind=opts.get("task_kind"),
+        max_output_tokens=call.max_output_tokens(kwargs),
+        attempt=opts.get("attempt", 1),
+        labels=opts.get("labels"),
+        deferrable=opts.get("deferrable", False),
+    )
+
+
+def _provider_kwargs(kwargs: dict, decision: Any) -> dict:
+    kwargs["model"] = decision.provider_model
+    if decision.traceparent:
+        headers = dict(kwargs.get("extra_headers") or {})
+        headers.setdefault("traceparent", decision.traceparent)
+        kwargs["extra_headers"] = headers
+    return kwargs
+
+
+def _missing_usage(decision: Any) -> None:
+    warnings.warn(
+        f"the provider's response for decision {decision.decision_id} carries no usage: reported as 0 tokens; "
+        "for streams, pass stream_options={'include_usage': True}",
+        stacklevel=3,
+    )
+
+
+class _Stream:
+    """A provider stream that reports the call's usage when it ends."""
+
+    def __init__(self, inner: Any, decision: Any, sidecar: Any, call: Call) -> None:
+        self._inner = inner
+        self._decision = decision
+        self._sidecar = sidecar
+        self._call = call
+        self._usage: Optional[Usage] = None
+        self._reported = False
+        self.switchyard = decision
+
+    def _report(self, failed: bool) -> None:
+        if self._reported:
+            return
+        self._reported = True
+        u = self._usage or Usage(0, 0, 0)
+        if self._usage is None and not failed:
+            _missing_usage(self._decision)
+        self._sidecar.report_usage(
+            self._decision, u.input_tokens, u.output_tokens, cached_input_tokens=u.cached_input_tokens, failed=failed
+        )
+
+    def __iter__(self):
+        try:
+            for event in self._inner:
+                u = _event_usage(self._call, event)
+                if u is not None:
+                    self._usage = u if self._usage is None else self._usage.merged(u)
+                yield event
+        except GeneratorExit:
+            # The caller stopped reading: what was used so far is charged.
+            self._report(failed=False)
+            raise
+        except BaseException:
+            self._report(failed=True)
+            raise
+        self._report(failed=False)
+
+    def __enter__(self) -> "_Stream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        close = getattr(self._inner, "close", None)
+        if close is not None:
+            close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _AsyncStream(_Stream):
+    """`_Stream` for the async clients, reporting through an async sidecar."""
+
+    async def _areport(self, failed: bool) -> None:
+        if self._reported:
+            return
+        self._reported = True
+        u = self._usage or Usage(0, 0, 0)
+        if self._usage is None and not failed:
+            _missing_usage(self._decision)
+        await self._sidecar.report_usage(
+            self._decision, u.input_tokens, u.output_tokens, cached_input_tokens=u.cached_input_tokens, failed=failed
+        )
+
+    async def __aiter__(self):
+        try:
+            async for event in self._inner:
+                u = _event_usage(self._call, event)
+                if u is not None:
+                    self._usage = u if self._usage is None else self._usage.merged(u)
+                yield event
+        except GeneratorExit:
+            await self._areport(failed=False)
+            raise
+        except BaseException:
+            await self._areport(failed=True)
+            raise
+        await self._areport(failed=False)
+
+
+def _sync_create(create: Callable, sidecar: Any, workflow: str, call: Call) -> Callable:
+    def routed_create(*args: Any, **kwargs: Any) -> Any:
+        decision = sidecar.route(**_route_args(call, workflow, kwargs))
+        kwargs = _provider_kwargs(kwargs, decision)
+        try:
+            response = create(*args, **kwargs)
+        except BaseException:
+            sidecar.report_usage(decision, 0, 0, failed=True)
+            raise
+        if call.streams(kwargs):
+            return _Stream(response, decision, sidecar, call)
+        u = call.usage(response)
+        if u is None:
+            _missing_usage(decision)
+            u = Usage(0, 0, 0)
+        sidecar.report_usage(decision, u.input_tokens, u.output_tokens, cached_input_tokens=u.cached_input_tokens)
+        return attach(response, decision)
+
+    return routed_create
+
+
+def _async_create(create: Callable, sidecar: Any, workflow: str, call: Call) -> Callable:
+    async def routed_create(*args: Any, **kwargs: Any) -> Any:
+        decision = await sidecar.route(**_route_args(call, workflow, kwargs))
+        kwargs = _provider_kwargs(kwargs, decision)
+        try:
+            response = await create(*args, **kwargs)
+        except BaseException:
+            await sidecar.report_usage(decision, 0, 0, failed=True)
+            raise
+        if call.streams(kwargs):
+            return _AsyncStream(response, decision, sidecar, call)
+        u = call.usage(response)
+        if u is None:
+            _missing_usage(decision)
+            u = Usage(0, 0, 0)
+        await sidecar.report_usage(
+            decision, u.input_tokens, u.output_tokens, cached_input_tokens=u.cached_input_tokens
+        )
+        return attach(response, decision)
+
+    return routed_create
+
+
+class _Proxy:
+    """The provider's object, except the attribute on the routed path."""
+
+    def __init__(self, inner: Any, rest: Tuple[str, ...], make: Callable[[Callable], Callable]) -> None:
+        self._inner = inner
+        self._rest = rest
+        self._make = make
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._inner, name)
+        if name != self._rest[0]:
+            return value
+        if len(self._rest) == 1:
+            return self._make(value)
+        return _Proxy(value, self._rest[1:], self._make)
+
+
+def routed_client(client: Any, sidecar: Any, workflow: str, call: Call) -> Any:
+    def make(create: Callable) -> Callable:
+        if inspect.iscoroutinefunction(create) or inspect.iscoroutinefunction(getattr(sidecar, "route", None)):
+            return _async_create(create, sidecar, workflow, call)
+        return _sync_create(create, sidecar, workflow, call)
+
+    return _Proxy(client, call.path, make)
