@@ -43,8 +43,10 @@ def outcome() -> str:
 def test_three_lines_route_an_openai_call_and_the_report_shows_its_exact_cost(server, provider):
     p, url = provider
     before = server.report("support")["spend_nanousd"] if _has_calls(server, "support") else 0
+    sidecar = Sidecar(server.target)
+    budget_before = sidecar.budget("support")
     client = sy_openai.routed(openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0),
-                              Sidecar(server.target), workflow="support")
+                              sidecar, workflow="support")
     reply = client.chat.completions.create(
         model="anything", messages=[{"role": "user", "content": "Where is my order?"}],
         switchyard={"outcome_id": outcome(), "task_kind": "chat"},
@@ -58,6 +60,9 @@ def test_three_lines_route_an_openai_call_and_the_report_shows_its_exact_cost(se
     assert seen["headers"].get("traceparent") == d.traceparent and d.traceparent.startswith("00-")
     w = server.report("support")
     assert w["spend_nanousd"] - before == SMALL_CALL
+    budget = sidecar.budget("support")
+    assert budget.spent_nanousd - budget_before.spent_nanousd == SMALL_CALL, "the budget is charged the same"
+    assert budget.reserved_nanousd == 0, "the reservation was settled"
 
 
 def _has_calls(server, workflow) -> bool:

@@ -8,7 +8,7 @@ Or wrap the provider's own client (`switchyard_client.openai.routed`,
 `switchyard_client.anthropic.routed`) and call it as before.
 """
 
-from ._sidecar import AsyncSidecar, Decision, Denied, EscalationRequired, Sidecar, SwitchyardError
+from ._sidecar import AsyncSidecar, Budget, Decision, Denied, EscalationRequired, Sidecar, SwitchyardError
 
-__all__ = ["AsyncSidecar", "Decision", "Denied", "EscalationRequired", "Sidecar", "SwitchyardError"]
+__all__ = ["AsyncSidecar", "Budget", "Decision", "Denied", "EscalationRequired", "Sidecar", "SwitchyardError"]
 __version__ = "0.1.0"

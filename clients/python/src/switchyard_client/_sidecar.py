@@ -78,6 +78,21 @@ class Decision:
     workflow: str = ""
 
 
+@dataclass(frozen=True)
+class Budget:
+    """A workflow's budget this period, in nano-USD."""
+
+    workflow: str
+    limit_nanousd: int
+    spent_nanousd: int
+    reserved_nanousd: int
+    remaining_nanousd: int
+
+
+def _budget(b: pb.BudgetStatus) -> Budget:
+    return Budget(b.workflow, b.limit_nanousd, b.spent_nanousd, b.reserved_nanousd, b.remaining_nanousd)
+
+
 def _text(content: Any) -> str:
     """A message's text: a string, or the text parts of a list of content parts."""
     if content is None:
@@ -235,6 +250,10 @@ class Sidecar:
         """How the work ended: "accepted", "rejected", "corrected" or "abandoned"."""
         self._call(self._stub.RecordOutcome, _outcome(outcome_id, workflow, status, value_usd, human_minutes))
 
+    def budget(self, workflow: str) -> Budget:
+        """The workflow's budget this period, as the sidecar's store holds it."""
+        return _budget(self._call(self._stub.GetBudget, pb.GetBudgetRequest(workflow=workflow)))
+
     def close(self) -> None:
         self._channel.close()
 
@@ -305,6 +324,9 @@ class AsyncSidecar:
         human_minutes: Optional[float] = None,
     ) -> None:
         await self._call(self._stub.RecordOutcome, _outcome(outcome_id, workflow, status, value_usd, human_minutes))
+
+    async def budget(self, workflow: str) -> Budget:
+        return _budget(await self._call(self._stub.GetBudget, pb.GetBudgetRequest(workflow=workflow)))
 
     async def close(self) -> None:
         await self._channel.close()
