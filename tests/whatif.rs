@@ -152,8 +152,8 @@ fn check(store: &[&str], label: &str, routed: &[String]) -> Vec<String> {
         let at = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
         let (acc, lo, hi) = (
             at(&c["acceptance_rate"]),
-            at(&c["ci95"]["acceptance_rate"]["low"]),
-            at(&c["ci95"]["acceptance_rate"]["high"]),
+            at(&c["ci95"]["acceptance_rate"][0]),
+            at(&c["ci95"]["acceptance_rate"][1]),
         );
         let context = format!("{label}, candidate {candidate}: {w:#}");
         assert_eq!(w["decisions"].as_u64(), Some(CALLS as u64), "{context}");
@@ -189,7 +189,7 @@ fn check(store: &[&str], label: &str, routed: &[String]) -> Vec<String> {
             "current spend is the logged spend {}: {context}",
             spent as f64 / 1e9
         );
-        let (slo, shi) = (at(&c["ci95"]["spend_usd"]["low"]), at(&c["ci95"]["spend_usd"]["high"]));
+        let (slo, shi) = (at(&c["ci95"]["spend_usd"][0]), at(&c["ci95"]["spend_usd"][1]));
         assert!(
             slo <= truth_spend * 1.0001 && truth_spend * 0.9999 <= shi,
             "the spend interval [{slo}, {shi}] covers {truth_spend}: {context}"

@@ -22,11 +22,17 @@ use estimate::{Figures, Row, Skipped};
 /// Bootstrap resamples behind each interval.
 const RESAMPLES: usize = 1000;
 
-/// A value and its 95% interval.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+/// A 95% interval; in JSON `[low, high]`, as CONTRACT.md promises.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Ci {
     pub low: f64,
     pub high: f64,
+}
+
+impl Serialize for Ci {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        [self.low, self.high].serialize(s)
+    }
 }
 
 /// One policy's figures with their intervals.
