@@ -129,10 +129,13 @@ impl Snapshot {
             })
             .collect();
         let f = &l.est.features;
-        let mut learner_features = Vec::new();
-        if let Some(lf) = l.features {
-            lf.encode(&mut learner_features);
-        }
+        // Sized as the learning log sizes it: growing it a push at a time
+        // cost a Route over a thousand instructions.
+        let learner_features = l.features.map_or_else(Vec::new, |lf| {
+            let mut out = Vec::with_capacity(64 + 4 * lf.grams.len());
+            lf.encode(&mut out);
+            out
+        });
         Snapshot {
             task_kind: l.est.task_kind.clone(),
             input_tokens: l.est.input_tokens.to_vec(),
