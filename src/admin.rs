@@ -33,6 +33,8 @@ pub struct AdminState {
     pub ready: AtomicBool,
     /// The gauges read from the store, kept by a task of their own.
     pub store_gauges: StoreGauges,
+    /// Spans the OTLP exporter sent and lost.
+    pub spans: Arc<crate::telemetry::ExportCounts>,
 }
 
 /// How often the gauges read from the store (open escalations, what is left
@@ -285,6 +287,18 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
             MetricType::Gauge,
             "Bytes the context caches are charged against --context-cache-mib.",
             Reading::Count(cache.weight_bytes),
+        ),
+        Readings::one(
+            "switchyard_spans_exported_total",
+            MetricType::Counter,
+            "Spans the OTLP collector accepted.",
+            Reading::Count(s.spans.exported.load(Ordering::Relaxed)),
+        ),
+        Readings::one(
+            "switchyard_spans_export_failed_total",
+            MetricType::Counter,
+            "Spans in OTLP exports that failed after the exporter's retries (lost; logged at most once a minute).",
+            Reading::Count(s.spans.failed.load(Ordering::Relaxed)),
         ),
         Readings::one(
             "switchyard_prefix_cache_hits_total",

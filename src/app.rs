@@ -244,6 +244,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         audit: audit.clone(),
         ready: Default::default(),
         store_gauges: Default::default(),
+        spans: telemetry.counts.clone(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin_thread = admin::spawn(admin_listener, admin_state.clone(), stop_rx.clone())?;

@@ -245,6 +245,16 @@ async fn spans_reach_a_real_otlp_receiver_inside_the_callers_trace() {
     }
     drop(spans);
 
+    // The collector's acceptances are counted (once its answer is back).
+    let exported = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("switchyard_spans_exported_total "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let text = server.admin_get_until("/metrics", Duration::from_secs(10), |m| exported(m) >= 4);
+    assert!(exported(&text) >= 4, "{text}");
+
     // The latency histogram links to the trace: the bucket this Route fell
     // in carries its trace ID as an exemplar.
     let (_, text) = server.admin_get("/metrics");
@@ -304,6 +314,7 @@ async fn an_unreachable_collector_never_fails_a_route() {
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
             ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "300"),
         ],
     );
     let mut c = server.client().await;
@@ -314,6 +325,26 @@ async fn an_unreachable_collector_never_fails_a_route() {
             .expect("route");
         assert!(!r.into_inner().traceparent.is_empty());
     }
+    // The spans lost are counted, and said once.
+    let counter = |m: &str, name: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let metrics = server.admin_get_until("/metrics", Duration::from_secs(15), |m| {
+        counter(m, "switchyard_spans_export_failed_total") == Some(50)
+    });
+    assert_eq!(
+        counter(&metrics, "switchyard_spans_export_failed_total"),
+        Some(50),
+        "every Route span is counted lost"
+    );
+    assert_eq!(counter(&metrics, "switchyard_spans_exported_total"), Some(0));
+    let warned = server
+        .stderr()
+        .matches("exporting spans to the OTLP collector failed")
+        .count();
+    assert_eq!(warned, 1, "logged once a minute, not per batch: {}", server.stderr());
     assert!(
         server.terminate().success(),
         "shuts down cleanly with spans it cannot send"

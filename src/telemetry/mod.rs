@@ -17,6 +17,9 @@
 //! Prompt text is never an attribute; only counts, names, IDs and money.
 
 mod vars;
+mod watch;
+
+pub use watch::ExportCounts;
 
 use std::time::{Duration, Instant};
 
@@ -201,6 +204,8 @@ fn caller_context(metadata: &tonic::metadata::MetadataMap) -> Option<SpanContext
 /// The tracer, or nothing when export is off.
 pub struct Telemetry {
     pipeline: Option<Pipeline>,
+    /// Spans exported and lost, for `/metrics`.
+    pub counts: std::sync::Arc<ExportCounts>,
     /// Each recent Route span, by decision ID, so ReportUsage can link to it.
     route_spans: RouteSpans,
 }
@@ -254,18 +259,24 @@ impl Telemetry {
     pub fn off() -> Telemetry {
         Telemetry {
             pipeline: None,
+            counts: Default::default(),
             route_spans: RouteSpans::new(Duration::ZERO),
         }
     }
 
     /// Spans made by `provider` (tests give it an in-memory exporter).
-    fn with_provider(provider: SdkTracerProvider, link_ttl: Duration) -> Telemetry {
+    fn with_provider(
+        provider: SdkTracerProvider,
+        link_ttl: Duration,
+        counts: std::sync::Arc<ExportCounts>,
+    ) -> Telemetry {
         let scope = InstrumentationScope::builder("switchyard")
             .with_version(env!("CARGO_PKG_VERSION"))
             .build();
         let tracer = provider.tracer_with_scope(scope);
         Telemetry {
             pipeline: Some(Pipeline { provider, tracer }),
+            counts,
             route_spans: RouteSpans::new(link_ttl),
         }
     }
@@ -293,12 +304,13 @@ impl Telemetry {
         if !vars::service_named(env) {
             resource = resource.with_service_name("switchyard");
         }
+        let counts = std::sync::Arc::new(ExportCounts::default());
         let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
+            .with_batch_exporter(watch::Watched::new(exporter, counts.clone()))
             .with_resource(resource.build())
             .build();
         tracing::info!("traces are exported over OTLP/gRPC");
-        Ok(Telemetry::with_provider(provider, link_ttl))
+        Ok(Telemetry::with_provider(provider, link_ttl, counts))
     }
 
     pub fn enabled(&self) -> bool {

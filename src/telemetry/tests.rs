@@ -12,7 +12,10 @@ fn recorder(sampler: Sampler) -> (Telemetry, InMemorySpanExporter) {
         .with_simple_exporter(exporter.clone())
         .with_sampler(sampler)
         .build();
-    (Telemetry::with_provider(provider, Duration::from_secs(60)), exporter)
+    (
+        Telemetry::with_provider(provider, Duration::from_secs(60), Default::default()),
+        exporter,
+    )
 }
 
 fn parent_based() -> Sampler {
