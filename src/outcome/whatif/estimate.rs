@@ -46,6 +46,9 @@ pub struct Row {
     pub predicted_candidate: f64,
     /// The candidate routed to another model than the logged one.
     pub other_model: bool,
+    /// The outcome the call worked towards (empty: its own): calls of one
+    /// outcome share its label, so the bootstrap resamples them together.
+    pub outcome: String,
 }
 
 /// A label for each decision: its own feedback, else its outcome's status.
@@ -246,6 +249,11 @@ pub fn rows(table: &RuleTable, ledger: &Ledger, skipped: &mut Skipped) -> Vec<Ro
             predicted_logged: prediction(tier),
             predicted_candidate: prediction(candidate_tier),
             other_model,
+            outcome: if c.outcome_id.is_empty() {
+                c.decision_id.clone()
+            } else {
+                format!("{}\u{1f}{}", c.workflow, c.outcome_id)
+            },
         });
     }
     out

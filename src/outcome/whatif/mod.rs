@@ -173,12 +173,21 @@ pub fn run(table: &RuleTable, ledger: &Ledger, seed: u64) -> Result<WhatIf, Noth
     let cur = estimate::current(&rows, &all);
     let (cand, dr) = estimate::candidate(&rows, &all);
 
+    // Resampled by outcome: the calls of one outcome (a first attempt and
+    // its retry, say) share its label, so they go in and out together.
+    let mut groups: std::collections::HashMap<&str, Vec<usize>> = std::collections::HashMap::new();
+    for (i, r) in rows.iter().enumerate() {
+        groups.entry(r.outcome.as_str()).or_default().push(i);
+    }
+    let mut groups: Vec<Vec<usize>> = groups.into_values().collect();
+    groups.sort_unstable();
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut pick = vec![0usize; rows.len()];
+    let mut pick = Vec::with_capacity(rows.len());
     let mut samples: [Vec<f64>; 10] = Default::default();
     for _ in 0..RESAMPLES {
-        for p in pick.iter_mut() {
-            *p = rng.usize(..rows.len());
+        pick.clear();
+        for _ in 0..groups.len() {
+            pick.extend_from_slice(&groups[rng.usize(..groups.len())]);
         }
         let c = estimate::current(&rows, &pick);
         let (k, d) = estimate::candidate(&rows, &pick);
@@ -352,4 +361,109 @@ pub fn render_table(w: &WhatIf) -> String {
 /// Rows for tests and tools: every logged decision decided again.
 pub fn decided_again(table: &RuleTable, ledger: &Ledger) -> Vec<Row> {
     estimate::rows(table, ledger, &mut Skipped::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::ledger::{CallRecord, OutcomeEvent, OutcomeStatus};
+
+    const RULES: &str = r#"
+[[models]]
+name = "m"
+provider = "p"
+input_per_mtok = 1.0
+cached_input_per_mtok = 1.0
+output_per_mtok = 1.0
+context_window = 100000
+max_output_tokens = 1000
+tiers = { general = 2 }
+
+[[workflows]]
+name = "w"
+learning = { enabled = false }
+"#;
+
+    fn call(i: usize, outcome: &str) -> CallRecord {
+        let snapshot = Snapshot {
+            tier: 2,
+            propensity: 1.0,
+            tiers: vec![TierLog {
+                tier: 2,
+                probability: 1.0,
+                ..Default::default()
+            }],
+            input_tokens: vec![100, 0],
+            output_tokens: 10,
+            ..Default::default()
+        };
+        CallRecord {
+            decision_id: format!("d-{i}"),
+            workflow: "w".into(),
+            outcome_id: outcome.into(),
+            model: "m".into(),
+            created_ms: i as i64,
+            settled_ms: i as i64,
+            cost_nanos: 110,
+            input_tokens: 100,
+            cached_input_tokens: 0,
+            output_tokens: 10,
+            failed: false,
+            downgraded: false,
+            labels: String::new(),
+            snapshot: snapshot.to_bytes(),
+        }
+    }
+
+    fn ended(outcome: &str, status: OutcomeStatus) -> OutcomeEvent {
+        OutcomeEvent {
+            workflow: "w".into(),
+            outcome_id: outcome.into(),
+            status,
+            value_usd: None,
+            human_minutes: None,
+            at_ms: 1_000,
+        }
+    }
+
+    #[test]
+    fn calls_of_one_outcome_are_resampled_together() {
+        let table = RuleTable::from_str("rules.toml", RULES).expect("rules");
+        // Two outcomes of fifty calls each, one accepted and one rejected:
+        // two independent labels, not a hundred.
+        let ledger = Ledger {
+            calls: (0..100).map(|i| call(i, if i < 50 { "a" } else { "b" })).collect(),
+            outcomes: vec![ended("a", OutcomeStatus::Accepted), ended("b", OutcomeStatus::Rejected)],
+            feedback: Vec::new(),
+        };
+        let w = run(&table, &ledger, 42).expect("an estimate");
+        assert_eq!((w.decisions, w.labelled), (100, 100));
+        assert_eq!(w.current.acceptance_rate, 0.5);
+        let ci = w.current.ci95.acceptance_rate;
+        assert!(ci.low == 0.0 && ci.high == 1.0, "two outcomes say little: {ci:?}");
+        // The candidate is the same table: it changes nothing, exactly.
+        assert_eq!(w.changed, 0.0);
+        assert_eq!(w.candidate.spend_usd, w.current.spend_usd);
+        // A hundred outcomes of one call each say much more.
+        let many = Ledger {
+            calls: (0..100).map(|i| call(i, &format!("o{i}"))).collect(),
+            outcomes: (0..100)
+                .map(|i| {
+                    let status = if i % 2 == 0 {
+                        OutcomeStatus::Accepted
+                    } else {
+                        OutcomeStatus::Rejected
+                    };
+                    ended(&format!("o{i}"), status)
+                })
+                .collect(),
+            feedback: Vec::new(),
+        };
+        let ci = run(&table, &many, 42)
+            .expect("an estimate")
+            .current
+            .ci95
+            .acceptance_rate;
+        assert!(ci.low > 0.35 && ci.high < 0.65, "{ci:?}");
+    }
 }
