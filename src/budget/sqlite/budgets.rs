@@ -121,6 +121,9 @@ fn reserve_job(r: NewReservation) -> impl FnOnce(&mut Connection) -> Result<Rese
     }
 }
 
+/// The most reservations one sweep clears the snapshot of.
+const TRIM_BATCH: i64 = 2000;
+
 /// The reservation's row, `scopes` joined by [`SCOPE_SEP`].
 pub(super) const INSERT_RESERVATION: &str =
     "INSERT INTO reservations (decision_id, workflow, outcome_id, model, is_deferrable, amount_nanos, scopes,
@@ -308,21 +311,38 @@ impl BudgetStore for SqliteStore {
                     [id],
                 )?;
             }
-            // The decision log's retention: snapshots older than it go, a
-            // minute's worth at a time, by the time-ordered primary key.
-            let keep_from = now_ms.saturating_sub(retention_ms);
-            let trimmed_to = trimmed.load(std::sync::atomic::Ordering::Relaxed);
-            if keep_from - trimmed_to >= 60_000 {
-                exec(
-                    &tx,
-                    "UPDATE reservations SET snapshot = NULL
-                     WHERE decision_id >= ?1 AND decision_id < ?2 AND snapshot IS NOT NULL",
-                    params![
-                        super::ledger::uuid_v7_floor(trimmed_to),
-                        super::ledger::uuid_v7_floor(keep_from)
-                    ],
-                )?;
-                trimmed.store(keep_from, std::sync::atomic::Ordering::Relaxed);
+            // The decision log's retention: snapshots older than it go, by
+            // the time-ordered primary key, from where the last sweep
+            // stopped and at most a batch a sweep, so a store opened with
+            // months to clear never holds Routes up for long.
+            let until = super::ledger::uuid_v7_floor(now_ms.saturating_sub(retention_ms));
+            let from = trimmed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            if from < until {
+                let last: Option<String> = tx
+                    .query_row(
+                        "SELECT max(decision_id) FROM (SELECT decision_id FROM reservations
+                         WHERE decision_id >= ?1 AND decision_id < ?2 ORDER BY decision_id LIMIT ?3)",
+                        params![from, until, TRIM_BATCH],
+                        |r| r.get(0),
+                    )
+                    .map_err(unavailable)?;
+                let next = match last {
+                    Some(last) => {
+                        exec(
+                            &tx,
+                            "UPDATE reservations SET snapshot = NULL
+                             WHERE decision_id >= ?1 AND decision_id <= ?2 AND snapshot IS NOT NULL",
+                            params![from, last],
+                        )?;
+                        // Past the last row cleared (IDs are unique).
+                        format!("{last}\u{0}")
+                    }
+                    None => until,
+                };
+                *trimmed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = next;
             }
             tx.commit().map_err(unavailable)?;
             Ok(expired.len() as u64)

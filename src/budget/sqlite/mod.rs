@@ -123,8 +123,8 @@ pub struct SqliteStore {
     wal: std::path::PathBuf,
     /// How long decision snapshots are kept for `whatif`.
     decision_retention_ms: std::sync::atomic::AtomicI64,
-    /// Snapshots of decisions made before this (ms) are gone.
-    snapshots_trimmed_to: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// Snapshots of decisions before this decision ID are gone.
+    snapshots_trimmed_to: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 type Records = std::sync::Arc<std::sync::Mutex<Vec<NewReservation>>>;

@@ -206,3 +206,41 @@ fn a_missing_or_empty_store_beside_existing_state_is_refused() {
     assert!(e.contains("not a SQLite database or it is damaged"), "{e}");
     assert!(!e.contains("writable"), "{e}");
 }
+
+/// A store with more snapshots past their retention than one sweep clears
+/// is cleared a batch a sweep, the calls staying in the ledger.
+#[tokio::test]
+async fn snapshots_past_retention_are_cleared_a_batch_a_sweep() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Arc::new(sqlite::SqliteStore::open(dir.path()).expect("open"));
+    let now = || jiff::Timestamp::now().as_millisecond();
+    for _ in 0..4500 {
+        let mut r = reservation(&new_decision_id(), 0, &[], now());
+        r.workflow = "kept".into();
+        r.snapshot = b"snapshot".to_vec();
+        store.record_detached(r);
+    }
+    store.sync().await.expect("sync");
+    LedgerStore::set_decision_retention(store.as_ref(), std::time::Duration::from_millis(1));
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let count = || {
+        let conn = rusqlite::Connection::open(dir.path().join(sqlite::FILE)).expect("read");
+        conn.query_row(
+            "SELECT count(*) FROM reservations WHERE snapshot IS NOT NULL",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .expect("count")
+    };
+    assert_eq!(count(), 4500);
+    store.expire(now()).await.expect("sweep");
+    assert_eq!(count(), 2500, "one batch a sweep");
+    store.expire(now()).await.expect("sweep");
+    store.expire(now()).await.expect("sweep");
+    assert_eq!(count(), 0);
+    let total: i64 = rusqlite::Connection::open(dir.path().join(sqlite::FILE))
+        .expect("read")
+        .query_row("SELECT count(*) FROM reservations", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(total, 4500, "the decisions stay");
+}
