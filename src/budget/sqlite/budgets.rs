@@ -122,7 +122,7 @@ fn reserve_job(r: NewReservation) -> impl FnOnce(&mut Connection) -> Result<Rese
 }
 
 /// The most reservations one sweep clears the snapshot of.
-const TRIM_BATCH: i64 = 2000;
+const TRIM_BATCH: i64 = 10_000;
 
 /// The reservation's row, `scopes` joined by [`SCOPE_SEP`].
 pub(super) const INSERT_RESERVATION: &str =

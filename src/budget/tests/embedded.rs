@@ -214,7 +214,7 @@ async fn snapshots_past_retention_are_cleared_a_batch_a_sweep() {
     let dir = tempfile::tempdir().expect("tmp");
     let store = Arc::new(sqlite::SqliteStore::open(dir.path()).expect("open"));
     let now = || jiff::Timestamp::now().as_millisecond();
-    for _ in 0..4500 {
+    for _ in 0..22_000 {
         let mut r = reservation(&new_decision_id(), 0, &[], now());
         r.workflow = "kept".into();
         r.snapshot = b"snapshot".to_vec();
@@ -232,9 +232,9 @@ async fn snapshots_past_retention_are_cleared_a_batch_a_sweep() {
         )
         .expect("count")
     };
-    assert_eq!(count(), 4500);
+    assert_eq!(count(), 22_000);
     store.expire(now()).await.expect("sweep");
-    assert_eq!(count(), 2500, "one batch a sweep");
+    assert_eq!(count(), 12_000, "one batch a sweep");
     store.expire(now()).await.expect("sweep");
     store.expire(now()).await.expect("sweep");
     assert_eq!(count(), 0);
@@ -242,5 +242,5 @@ async fn snapshots_past_retention_are_cleared_a_batch_a_sweep() {
         .expect("read")
         .query_row("SELECT count(*) FROM reservations", [], |r| r.get(0))
         .expect("count");
-    assert_eq!(total, 4500, "the decisions stay");
+    assert_eq!(total, 22_000, "the decisions stay");
 }
