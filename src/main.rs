@@ -360,9 +360,13 @@ fn redis_settings(
         }
         return Ok(None);
     };
-    if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://")) {
+    if !(url.starts_with("redis://")
+        || url.starts_with("rediss://")
+        || url.starts_with("redis+unix://")
+        || url.starts_with(switchyard::budget::redis::CLUSTER_SCHEME))
+    {
         return Err(format!(
-            "--redis-url `{}` must start with redis:// (or rediss://, redis+unix://)",
+            "--redis-url `{}` must start with redis:// (or rediss://, redis+unix://, or redis+cluster://host:port,host:port for a Redis Cluster)",
             switchyard::budget::redis::redact_url(&url)
         ));
     }

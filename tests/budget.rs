@@ -171,6 +171,36 @@ fn metric(server: &Server, name: &str) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_sharing_a_redis_cluster_never_overspend_a_dollar() {
+    let cluster = redis_server::RedisCluster::start();
+    let dir = rules_dir(&race_rules());
+    let url = cluster.url();
+    let flags = ["--redis-url", url.as_str(), "--redis-timeout-ms", "5000"];
+    let a = Server::start(&dir.path().join("rules.toml"), &flags);
+    let b = Server::start(&dir.path().join("rules.toml"), &flags);
+    race_for_a_dollar(&[a.client().await, b.client().await]).await;
+    // The report reads the cluster too.
+    let out = std::process::Command::new(BIN)
+        .args([
+            "report",
+            "--workflow",
+            "race",
+            "--format",
+            "json",
+            "--redis-url",
+            &url,
+            "--rules",
+        ])
+        .arg(dir.path().join("rules.toml"))
+        .output()
+        .expect("report");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let spent = budget(&mut a.client().await, "race").await.spent_nanousd;
+    assert_eq!(json["workflows"][0]["spend_nanousd"].as_i64(), Some(spent), "{json}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_run_fails_closed_and_counts_nothing_twice_after_it_returns() {
     let mut redis = RedisServer::start();
     let dir = rules_dir(&race_rules());

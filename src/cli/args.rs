@@ -53,7 +53,7 @@ pub enum Command {
         /// The folder for the embedded store and the audit log.
         #[arg(long, env = "SWITCHYARD_STATE_DIR", default_value = "state")]
         state_dir: PathBuf,
-        /// Share budgets across a fleet through this Redis (redis://host:port) instead of the embedded store.
+        /// Share budgets across a fleet through this Redis (redis://host:port, or a Redis Cluster as redis+cluster://host:port,host:port) instead of the embedded store.
         #[arg(long, env = "SWITCHYARD_REDIS_URL")]
         redis_url: Option<String>,
         /// While Redis is unreachable, admit calls until this sidecar's estimated spend reaches this many USD

@@ -122,3 +122,69 @@ impl Drop for RedisServer {
         self.kill9();
     }
 }
+
+/// A real Redis Cluster on loopback: three primaries (`--cluster-enabled
+/// yes`) joined by `redis-cli --cluster create`, no replicas.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                let dir = tempfile::tempdir().expect("dir");
+                let conf = dir.path().join("nodes.conf");
+                let node = RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    conf.to_str().expect("utf-8 path"),
+                    "--cluster-node-timeout",
+                    "5000",
+                ]);
+                // The node keeps its own config file under its own folder.
+                std::mem::forget(dir);
+                node
+            })
+            .collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run redis-cli ({e}); it comes with redis-server (apt-get install redis-server)")
+            });
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Every node must agree the cluster is up before it serves.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for a in &addrs {
+            let port = a.rsplit(':').next().expect("port");
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", port, "cluster", "info"])
+                    .output()
+                    .expect("redis-cli");
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the cluster did not come up at {a}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        RedisCluster { nodes }
+    }
+
+    /// `redis+cluster://` with every node as a seed.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+}

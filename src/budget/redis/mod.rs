@@ -39,6 +39,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+mod conn;
+use conn::Conn;
+pub use conn::CLUSTER_SCHEME;
 use redis::{RedisError, Script, Value};
 
 use super::{
@@ -104,7 +108,7 @@ pub struct RedisConfig {
 }
 
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     /// How long the decision log keeps a decision's snapshot (what-if).
     decision_retention_ms: std::sync::atomic::AtomicI64,
     cfg: RedisConfig,
@@ -141,18 +145,25 @@ impl RedisStore {
     /// Connects (lazily: a Redis that is down at start is retried on every
     /// call) and loads the journal left by an earlier run.
     pub async fn connect(cfg: RedisConfig) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(cfg.url.as_str()).map_err(|e| {
+        let bad_url = |e: &dyn std::fmt::Display| {
             StoreError::Unavailable(format!(
-                "--redis-url `{}` is not a Redis URL ({e}); use redis://host:port",
+                "--redis-url `{}` is not a Redis URL ({e}); use redis://host:port, or \
+                 redis+cluster://host:port,host:port for a Redis Cluster",
                 redact_url(&cfg.url)
             ))
-        })?;
-        let mc = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.timeout))
-            .set_response_timeout(Some(cfg.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, mc).map_err(unavailable)?;
+        };
+        let conn = if cfg.url.starts_with(CLUSTER_SCHEME) {
+            let nodes = conn::cluster_nodes(&cfg.url).ok_or_else(|| bad_url(&"no host:port after the scheme"))?;
+            Conn::cluster(nodes, cfg.timeout).map_err(|e| bad_url(&e))?
+        } else {
+            let client = redis::Client::open(cfg.url.as_str()).map_err(|e| bad_url(&e))?;
+            let mc = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(cfg.timeout))
+                .set_response_timeout(Some(cfg.timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(500));
+            Conn::Single(ConnectionManager::new_lazy_with_config(client, mc).map_err(unavailable)?)
+        };
         let journal = Journal::load(cfg.journal.clone())?;
         let pending = journal.pending.len();
         if !journal.pending.is_empty() {

@@ -748,3 +748,21 @@ async fn redis_learning_conforms() {
     let (_server, _dir, store) = redis_store().await;
     learning_conforms(store, "t").await;
 }
+
+/// Every suite again on a real three-primary Redis Cluster: each workflow's
+/// keys share one hash slot, so the scripts stay atomic across the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_cluster_conforms() {
+    let cluster = redis_server::RedisCluster::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Arc::new(
+        redis::RedisStore::connect(redis_config(cluster.url(), dir.path(), None))
+            .await
+            .expect("connect"),
+    );
+    store.ping().await.expect("ping");
+    budgets_conform(store.clone(), "c").await;
+    escalations_conform(store.clone(), "c").await;
+    ledger_conforms(store.clone(), "c").await;
+    learning_conforms(store, "c").await;
+}
