@@ -51,9 +51,11 @@ async fn the_wal_stays_bounded_under_load_and_empties_when_idle_and_at_shutdown(
     let (pairs, peak) = drive_sqlite(store.clone(), 8, std::time::Duration::from_secs(3)).await;
     assert!(pairs > 1000, "the load ran: {pairs} pairs");
     // Between two checks (100 ms) the store writes at most a few MB more
-    // than the limit; unbounded, 3 s of this load writes tens of MB.
+    // than the limit, more when other tests starve the checkpoint thread of
+    // the machine's two cores (5.3 MB seen beside the Redis Cluster tests);
+    // unbounded, 3 s of this load writes tens of MB.
     assert!(
-        peak < 4 * limit,
+        peak < 8 * limit,
         "the WAL peaked at {peak} bytes against a {limit}-byte limit after {pairs} pairs"
     );
     // Idle: the checkpoint thread sees the WAL stop growing and truncates it.
