@@ -157,6 +157,25 @@ def _decision_id(decision: Union[Decision, str]) -> str:
     return decision.decision_id if isinstance(decision, Decision) else decision
 
 
+def _usage_report(
+    decision: Union[Decision, str],
+    input_tokens: int,
+    output_tokens: int,
+    cached_input_tokens: int,
+    failed: bool,
+    model: Optional[str],
+) -> pb.UsageReport:
+    """The report of one call's usage; the model defaults to the routed one."""
+    return pb.UsageReport(
+        decision_id=_decision_id(decision),
+        model=model or (decision.model if isinstance(decision, Decision) else ""),
+        input_tokens=input_tokens,
+        cached_input_tokens=cached_input_tokens,
+        output_tokens=output_tokens,
+        failed=failed,
+    )
+
+
 def _outcome(outcome_id: str, workflow: str, status: str, value_usd: Optional[float], human_minutes: Optional[float]):
     if status not in _OUTCOMES:
         raise ValueError(f"status {status!r} is not one of {', '.join(_OUTCOMES)}")
@@ -225,14 +244,7 @@ class Sidecar:
     ) -> int:
         """Settles the call; returns its cost in nano-USD. `cached_input_tokens`
         are the part of `input_tokens` the provider served from its cache."""
-        report = pb.UsageReport(
-            decision_id=_decision_id(decision),
-            model=model or (decision.model if isinstance(decision, Decision) else ""),
-            input_tokens=input_tokens,
-            cached_input_tokens=cached_input_tokens,
-            output_tokens=output_tokens,
-            failed=failed,
-        )
+        report = _usage_report(decision, input_tokens, output_tokens, cached_input_tokens, failed, model)
         return self._call(self._stub.ReportUsage, report).cost_nanousd
 
     def feedback(self, decision: Union[Decision, str], accepted: bool) -> None:
@@ -302,14 +314,7 @@ class AsyncSidecar:
         failed: bool = False,
         model: Optional[str] = None,
     ) -> int:
-        report = pb.UsageReport(
-            decision_id=_decision_id(decision),
-            model=model or (decision.model if isinstance(decision, Decision) else ""),
-            input_tokens=input_tokens,
-            cached_input_tokens=cached_input_tokens,
-            output_tokens=output_tokens,
-            failed=failed,
-        )
+        report = _usage_report(decision, input_tokens, output_tokens, cached_input_tokens, failed, model)
         return (await self._call(self._stub.ReportUsage, report)).cost_nanousd
 
     async def feedback(self, decision: Union[Decision, str], accepted: bool) -> None:
