@@ -92,6 +92,21 @@ def _missing_usage(decision: Any) -> None:
     )
 
 
+def _report_args(decision: Any, usage: Optional[Usage], failed: bool) -> dict:
+    """What `report_usage` is called with for a call's usage (no usage:
+    zero tokens, and a warning unless the call failed)."""
+    if usage is None and not failed:
+        _missing_usage(decision)
+    u = usage or Usage(0, 0, 0)
+    return dict(
+        decision=decision,
+        input_tokens=u.input_tokens,
+        output_tokens=u.output_tokens,
+        cached_input_tokens=u.cached_input_tokens,
+        failed=failed,
+    )
+
+
 class _Stream:
     """A provider stream that reports the call's usage when it ends."""
 
@@ -104,23 +119,27 @@ class _Stream:
         self._reported = False
         self.switchyard = decision
 
-    def _report(self, failed: bool) -> None:
+    def _absorb(self, event: Any) -> None:
+        u = _event_usage(self._call, event)
+        if u is not None:
+            self._usage = u if self._usage is None else self._usage.merged(u)
+
+    def _final(self, failed: bool) -> Optional[dict]:
+        """The report's arguments, the first time only."""
         if self._reported:
-            return
+            return None
         self._reported = True
-        u = self._usage or Usage(0, 0, 0)
-        if self._usage is None and not failed:
-            _missing_usage(self._decision)
-        self._sidecar.report_usage(
-            self._decision, u.input_tokens, u.output_tokens, cached_input_tokens=u.cached_input_tokens, failed=failed
-        )
+        return _report_args(self._decision, self._usage, failed)
+
+    def _report(self, failed: bool) -> None:
+        args = self._final(failed)
+        if args is not None:
+            self._sidecar.report_usage(**args)
 
     def __iter__(self):
         try:
             for event in self._inner:
-                u = _event_usage(self._call, event)
-                if u is not None:
-                    self._usage = u if self._usage is None else self._usage.merged(u)
+                self._absorb(event)
                 yield event
         except GeneratorExit:
             # The caller stopped reading: what was used so far is charged.
@@ -147,22 +166,14 @@ class _AsyncStream(_Stream):
     """`_Stream` for the async clients, reporting through an async sidecar."""
 
     async def _areport(self, failed: bool) -> None:
-        if self._reported:
-            return
-        self._reported = True
-        u = self._usage or Usage(0, 0, 0)
-        if self._usage is None and not failed:
-            _missing_usage(self._decision)
-        await self._sidecar.report_usage(
-            self._decision, u.input_tokens, u.output_tokens, cached_input_tokens=u.cached_input_tokens, failed=failed
-        )
+        args = self._final(failed)
+        if args is not None:
+            await self._sidecar.report_usage(**args)
 
     async def __aiter__(self):
         try:
             async for event in self._inner:
-                u = _event_usage(self._call, event)
-                if u is not None:
-                    self._usage = u if self._usage is None else self._usage.merged(u)
+                self._absorb(event)
                 yield event
         except GeneratorExit:
             await self._areport(failed=False)
@@ -180,15 +191,11 @@ def _sync_create(create: Callable, sidecar: Any, workflow: str, call: Call) -> C
         try:
             response = create(*args, **kwargs)
         except BaseException:
-            sidecar.report_usage(decision, 0, 0, failed=True)
+            sidecar.report_usage(**_report_args(decision, None, failed=True))
             raise
         if call.streams(kwargs):
             return _Stream(response, decision, sidecar, call)
-        u = call.usage(response)
-        if u is None:
-            _missing_usage(decision)
-            u = Usage(0, 0, 0)
-        sidecar.report_usage(decision, u.input_tokens, u.output_tokens, cached_input_tokens=u.cached_input_tokens)
+        sidecar.report_usage(**_report_args(decision, call.usage(response), failed=False))
         return attach(response, decision)
 
     return routed_create
@@ -201,17 +208,11 @@ def _async_create(create: Callable, sidecar: Any, workflow: str, call: Call) -> 
         try:
             response = await create(*args, **kwargs)
         except BaseException:
-            await sidecar.report_usage(decision, 0, 0, failed=True)
+            await sidecar.report_usage(**_report_args(decision, None, failed=True))
             raise
         if call.streams(kwargs):
             return _AsyncStream(response, decision, sidecar, call)
-        u = call.usage(response)
-        if u is None:
-            _missing_usage(decision)
-            u = Usage(0, 0, 0)
-        await sidecar.report_usage(
-            decision, u.input_tokens, u.output_tokens, cached_input_tokens=u.cached_input_tokens
-        )
+        await sidecar.report_usage(**_report_args(decision, call.usage(response), failed=False))
         return attach(response, decision)
 
     return routed_create
