@@ -217,6 +217,30 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
             Reading::Count(store.journal_pending),
         ),
         Readings::one(
+            "switchyard_lease_routes_total",
+            MetricType::Counter,
+            "Budgeted Routes reserved against this sidecar's lease slice, with no store round trip.",
+            Reading::Count(store.leased_routes_total),
+        ),
+        Readings::one(
+            "switchyard_lease_renewals_total",
+            MetricType::Counter,
+            "Lease slice renewals sent to the budget store (each one store operation).",
+            Reading::Count(store.lease_renewals_total),
+        ),
+        Readings::one(
+            "switchyard_lease_renewals_failed_total",
+            MetricType::Counter,
+            "Lease slice renewals that failed; a slice is spent only until it expires.",
+            Reading::Count(store.lease_renewals_failed_total),
+        ),
+        Readings::one(
+            "switchyard_lease_held_nanousd",
+            MetricType::Gauge,
+            "What this sidecar's lease slices hold of their budgets, in nano-dollars.",
+            Reading::Int(store.lease_held_nanos),
+        ),
+        Readings::one(
             "switchyard_budget_store_failing",
             MetricType::Gauge,
             "1 while the budget store cannot serve budgeted calls (they fail closed); /readyz answers 503.",

@@ -80,6 +80,9 @@ const KEYS_POLL: Duration = Duration::from_secs(1);
 /// How often expired reservations are looked for.
 const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 
+/// The longest the lease renewer sleeps between looks at its schedule.
+const LEASE_TICK: Duration = Duration::from_millis(500);
+
 /// How often a failing sweep is reported.
 const SWEEP_WARN_EVERY: Duration = Duration::from_secs(60);
 
@@ -336,6 +339,27 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             }
         })
     };
+    // Leased budget slices are renewed on their schedule, or at once when a
+    // Route wants one it does not have.
+    let (renewer_stop, mut rx) = tokio::sync::watch::channel(false);
+    let renewer = {
+        let store = budgets.store.clone();
+        tokio::spawn(async move {
+            let Some(wake) = store.lease_wake() else { return };
+            let mut wait = LEASE_TICK;
+            loop {
+                tokio::select! {
+                    _ = rx.wait_for(|s| *s) => return,
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = match store.renew_leases(false).await {
+                    Ok(Some(ms)) => Duration::from_millis(ms).clamp(Duration::from_millis(5), LEASE_TICK),
+                    _ => LEASE_TICK,
+                };
+            }
+        })
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RouterServer<RouterService>>().await;
     // Both reflection versions: grpcurl asks for v1 and falls back to
@@ -444,6 +468,13 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             );
             server.abort();
         }
+    }
+    // Give back what the lease slices hold, with the last settlements.
+    // The renewer finishes a renewal it is in the middle of, then stops.
+    let _ = renewer_stop.send(true);
+    let _ = renewer.await;
+    if let Err(e) = budgets.store.renew_leases(true).await {
+        tracing::warn!(error = %e, "the lease slices could not be returned; Redis releases them when they expire");
     }
     // The decisions of the calls just drained are durable before we exit.
     if let Err(e) = budgets.store.sync().await {

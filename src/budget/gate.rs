@@ -231,6 +231,13 @@ impl BudgetGate for Budgets {
             self.store.record_detached(r);
             return Ok(Admission::Routed);
         }
+        // A leased period budget: against this sidecar's slice, in memory.
+        if let (1, Some(terms)) = (r.scopes.len(), call.workflow.budget.as_ref().and_then(|b| b.lease)) {
+            if self.store.reserve_leased(&r, terms) {
+                self.note_reserved(&r.scopes, r.amount_nanos);
+                return Ok(Admission::Routed);
+            }
+        }
         let (scope, state) = match self.store.reserve(&r).await? {
             Reserved::Ok => {
                 self.note_reserved(&r.scopes, r.amount_nanos);

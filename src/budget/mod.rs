@@ -18,6 +18,7 @@
 //! Reservations never settled expire and release their amount.
 
 mod gate;
+pub mod lease;
 pub mod redis;
 pub mod sqlite;
 mod store;

@@ -245,6 +245,13 @@ pub struct StoreHealth {
     pub fail_open_admitted_total: u64,
     /// Settlements journaled locally, waiting for the store.
     pub journal_pending: u64,
+    /// Routes reserved against this sidecar's lease slices (no round trip).
+    pub leased_routes_total: u64,
+    /// Lease renewals sent, and those that failed.
+    pub lease_renewals_total: u64,
+    pub lease_renewals_failed_total: u64,
+    /// What this sidecar's slices hold, in nano-dollars.
+    pub lease_held_nanos: i64,
 }
 
 /// Scope counters and reservations: reserve at Route, settle at ReportUsage.
@@ -256,6 +263,21 @@ pub trait BudgetStore: Send + Sync {
     /// waiting for it to be durable. It must be ordered before any later
     /// call on the same store, so that its ReportUsage finds it.
     fn record_detached(&self, r: NewReservation);
+    /// Reserves against this sidecar's slice of the call's leased period
+    /// budget, with no round trip, if one is valid and has room (`r` has that
+    /// one scope). `false`: reserve exactly. Stores that do not lease say no.
+    fn reserve_leased(&self, _r: &NewReservation, _terms: crate::rules::LeaseTerms) -> bool {
+        false
+    }
+    /// Renews the slices that are due, or gives them all back (`returning`,
+    /// at shutdown); the milliseconds until the next is due, if any.
+    async fn renew_leases(&self, _returning: bool) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+    /// Woken when a slice is wanted before its schedule.
+    fn lease_wake(&self) -> Option<&tokio::sync::Notify> {
+        None
+    }
     /// Waits until every decision recorded so far is durable (at shutdown).
     async fn sync(&self) -> Result<(), StoreError> {
         Ok(())

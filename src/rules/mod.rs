@@ -302,6 +302,17 @@ pub struct Budget {
     pub soft_threshold_bp: Option<u32>,
     pub on_limit: OnLimit,
     pub labels: Vec<LabelBudget>,
+    /// Leased slices of the period budget (fleet stores only).
+    pub lease: Option<LeaseTerms>,
+}
+
+/// How a workflow's period budget is leased to sidecars in slices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTerms {
+    /// Milliseconds between a sidecar's renewals of its slice.
+    pub refresh_ms: u64,
+    /// The largest share of what remains one slice may take, in basis points.
+    pub max_share_bp: u32,
 }
 
 /// A budget for the requests of a workflow that carry `label = value`.

@@ -142,6 +142,18 @@ pub struct RawBudget {
     /// Budgets for requests carrying a label value, e.g. per team.
     #[serde(default)]
     pub labels: Vec<RawLabelBudget>,
+    /// Leased slices of the period budget, for a workflow shared by many
+    /// sidecars through Redis: `{ refresh_s = 10, max_share = 0.05 }`.
+    pub lease: Option<RawLease>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLease {
+    /// Seconds between a sidecar's lease renewals (1 to 300).
+    pub refresh_s: f64,
+    /// The largest share of what remains one sidecar may lease (0 to 0.5).
+    pub max_share: f64,
 }
 
 #[derive(Debug, Deserialize)]

@@ -290,6 +290,37 @@ impl Validator<'_> {
                 limit_nanos,
             });
         }
+        let lease = b.lease.as_ref().and_then(|l| {
+            let mut ok = true;
+            if !(l.refresh_s.is_finite() && (1.0..=300.0).contains(&l.refresh_s)) {
+                self.error(
+                    o,
+                    "workflows",
+                    &["budget", "lease"],
+                    format!(
+                        "refresh_s = {} is not between 1 and 300 seconds; 10 suits most fleets",
+                        l.refresh_s
+                    ),
+                );
+                ok = false;
+            }
+            if !(l.max_share.is_finite() && l.max_share > 0.0 && l.max_share <= 0.5) {
+                self.error(
+                    o,
+                    "workflows",
+                    &["budget", "lease"],
+                    format!(
+                        "max_share = {} is not a share above 0 and at most 0.5 of what remains; 0.05 suits most fleets",
+                        l.max_share
+                    ),
+                );
+                ok = false;
+            }
+            ok.then(|| LeaseTerms {
+                refresh_ms: (l.refresh_s * 1000.0).round() as u64,
+                max_share_bp: ((l.max_share * 10_000.0).round() as u32).max(1),
+            })
+        });
         (self.diagnostics.len() == before).then_some(Budget {
             limit_nanos,
             period,
@@ -299,6 +330,7 @@ impl Validator<'_> {
             soft_threshold_bp,
             on_limit,
             labels,
+            lease,
         })
     }
 }

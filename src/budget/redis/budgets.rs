@@ -68,7 +68,19 @@ impl BudgetStore for RedisStore {
             }
         });
     }
+    fn reserve_leased(&self, r: &NewReservation, terms: crate::rules::LeaseTerms) -> bool {
+        self.take_leased(r, terms)
+    }
+    async fn renew_leases(&self, returning: bool) -> Result<Option<u64>, StoreError> {
+        self.renew_due(returning).await
+    }
+    fn lease_wake(&self) -> Option<&tokio::sync::Notify> {
+        Some(&self.leases.wake)
+    }
     async fn settle(&self, decision_id: &str, cost: i64, usage: &Usage, now_ms: i64) -> Result<Settled, StoreError> {
+        if let Some(settled) = self.settle_leased(decision_id, cost, usage, now_ms).await {
+            return settled;
+        }
         let p = PendingSettle {
             decision_id: decision_id.to_string(),
             cost_nanos: cost,
@@ -107,7 +119,11 @@ impl BudgetStore for RedisStore {
         for wf in workflows {
             let tag = self.tag(&wf);
             let mut inv = self.expire.prepare_invoke();
-            inv.key(format!("{tag}open")).arg(now_ms).arg(&tag).arg(EXPIRE_BATCH);
+            inv.key(format!("{tag}open"))
+                .key(format!("{tag}leases"))
+                .arg(now_ms)
+                .arg(&tag)
+                .arg(EXPIRE_BATCH);
             let mut pipe = redis::pipe();
             // The decision log's retention, enforced whether or not calls
             // are still being settled.
@@ -153,6 +169,10 @@ impl BudgetStore for RedisStore {
         })
     }
     async fn reservation(&self, decision_id: &str) -> Result<Option<ReservationRecord>, StoreError> {
+        // Routed under a slice and not settled: Redis has not seen it yet.
+        if let Some(r) = self.leases.record(decision_id) {
+            return Ok(Some(unconfirmed(&r)));
+        }
         let local = self.recent.get(decision_id);
         let workflow = match &local {
             Some(r) => Some(r.workflow.clone()),
@@ -188,9 +208,20 @@ impl BudgetStore for RedisStore {
             model: next(),
             deferrable: next() == "1",
             amount_nanos: n("amount").unwrap_or(0),
-            state: f.get("state").and_then(|s| ReservationState::parse(s)).ok_or_else(|| {
-                StoreError::Unavailable(format!("redis: reservation {decision_id} has no known state"))
-            })?,
+            // Routed under a lease slice that has since been renewed or
+            // returned: reserved, for its usage to settle.
+            state: f
+                .get("state")
+                .and_then(|s| {
+                    if s == "leased" {
+                        Some(ReservationState::Reserved)
+                    } else {
+                        ReservationState::parse(s)
+                    }
+                })
+                .ok_or_else(|| {
+                    StoreError::Unavailable(format!("redis: reservation {decision_id} has no known state"))
+                })?,
             actual_nanos: n("actual"),
             caller,
             prices,
@@ -212,6 +243,10 @@ impl BudgetStore for RedisStore {
             unavailable_total: self.unavailable_total.load(Ordering::Relaxed),
             fail_open_admitted_total: self.fail_open_total.load(Ordering::Relaxed),
             journal_pending: self.journal_pending.load(Ordering::Relaxed),
+            leased_routes_total: self.leased_routes.load(Ordering::Relaxed),
+            lease_renewals_total: self.lease_renewals.load(Ordering::Relaxed),
+            lease_renewals_failed_total: self.lease_renewals_failed.load(Ordering::Relaxed),
+            lease_held_nanos: self.lease_held.load(Ordering::Relaxed),
         }
     }
 }

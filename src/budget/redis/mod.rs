@@ -30,6 +30,7 @@ mod budgets;
 mod escalations;
 mod journal;
 mod learning;
+mod leases;
 mod ledger;
 mod wire;
 
@@ -135,6 +136,34 @@ pub struct RedisStore {
     journal_pending: AtomicU64,
     /// Workflows already added to the workflows set by this process.
     workflows_seen: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// This sidecar's slices of leased budgets.
+    leases: crate::budget::lease::Leases,
+    lease: Script,
+    /// Settlements made against a slice and not yet carried to Redis.
+    lease_journal: tokio::sync::Mutex<Journal>,
+    /// The origin of [`RedisStore::mono_ms`].
+    started: crate::clock::Instant,
+    leased_routes: AtomicU64,
+    lease_renewals: AtomicU64,
+    lease_renewals_failed: AtomicU64,
+    lease_held: AtomicI64,
+}
+
+/// This sidecar's name as a lease holder: kept in `--state-dir`, so that a
+/// restart renews (and replaces) the slices it held, rather than stranding
+/// them until they expire.
+fn holder_id(dir: &std::path::Path) -> Result<String, StoreError> {
+    let path = dir.join("sidecar-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() && id.trim().len() <= 64 => return Ok(id.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(StoreError::Unavailable(format!("cannot read {}: {e}", path.display()))),
+    }
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    std::fs::write(&path, format!("{id}\n"))
+        .map_err(|e| StoreError::Unavailable(format!("cannot write {}: {e}; check --state-dir", path.display())))?;
+    Ok(id)
 }
 
 fn unavailable(e: RedisError) -> StoreError {
@@ -165,6 +194,13 @@ impl RedisStore {
             Conn::Single(ConnectionManager::new_lazy_with_config(client, mc).map_err(unavailable)?)
         };
         let journal = Journal::load(cfg.journal.clone())?;
+        let dir = cfg
+            .journal
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        let lease_journal = Journal::load(dir.join("lease-journal.jsonl"))?;
+        let holder = holder_id(&dir)?;
         let pending = journal.pending.len();
         if !journal.pending.is_empty() {
             tracing::warn!(
@@ -179,7 +215,7 @@ impl RedisStore {
             200_000,
             Duration::from_millis(cfg.reservation_ttl_ms.max(1000) as u64) * 2,
         );
-        Ok(RedisStore {
+        let store = RedisStore {
             conn,
             decision_retention_ms: std::sync::atomic::AtomicI64::new(crate::budget::DEFAULT_DECISION_RETENTION_MS),
             reserve: Script::new(RESERVE),
@@ -197,8 +233,18 @@ impl RedisStore {
             fail_open_total: AtomicU64::new(0),
             journal_pending: AtomicU64::new(pending as u64),
             workflows_seen: Default::default(),
+            leases: crate::budget::lease::Leases::new(holder),
+            lease: Script::new(leases::LEASE),
+            lease_journal: tokio::sync::Mutex::new(lease_journal),
+            started: crate::clock::Instant::now(),
+            leased_routes: AtomicU64::new(0),
+            lease_renewals: AtomicU64::new(0),
+            lease_renewals_failed: AtomicU64::new(0),
+            lease_held: AtomicI64::new(0),
             cfg,
-        })
+        };
+        store.adopt_lease_journal().await?;
+        Ok(store)
     }
 
     /// Sends one PING; for start-up diagnostics.
@@ -416,15 +462,7 @@ impl RedisStore {
         for s in &scopes {
             inv.key(format!("{tag}s:{s}"));
         }
-        let u = &p.usage;
-        let usage = format!(
-            "{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}",
-            u.input_tokens,
-            u.cached_input_tokens,
-            u.output_tokens,
-            u8::from(u.failed),
-            p.now_ms
-        );
+        let usage = usage_field(&p.usage, p.now_ms);
         inv.arg(&p.decision_id).arg(p.cost_nanos).arg(RETAIN_MS).arg(usage);
         match &p.record {
             Some(r) => {

@@ -81,6 +81,18 @@ pub(super) fn meta(r: &NewReservation) -> String {
     )
 }
 
+/// A settlement's usage, packed into one field: tokens, failed, when.
+pub(super) fn usage_field(u: &crate::budget::Usage, now_ms: i64) -> String {
+    format!(
+        "{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}",
+        u.input_tokens,
+        u.cached_input_tokens,
+        u.output_tokens,
+        u8::from(u.failed),
+        now_ms
+    )
+}
+
 /// The caller, prices and tier in a decision's description (fields 8 to
 /// 13), `None` for those older records lack.
 pub(super) fn meta_caller_prices(meta: &str) -> (String, Option<crate::rules::Prices>, Option<u8>) {

@@ -764,5 +764,135 @@ async fn redis_cluster_conforms() {
     budgets_conform(store.clone(), "c").await;
     escalations_conform(store.clone(), "c").await;
     ledger_conforms(store.clone(), "c").await;
+    leases_conform(store.as_ref(), "c").await;
     learning_conforms(store, "c").await;
+}
+
+/// What every [`LeaseStore`] must do: `lease.lua` and [`MemLeaseStore`]
+/// (the simulation's) give the same answers, the numbers
+/// [`lease::renewal_arithmetic`] gives.
+pub async fn leases_conform(store: &dyn lease::LeaseStore, ns: &str) {
+    use lease::*;
+    let scope = ScopeCharge {
+        key: format!("{ns}lw|day"),
+        limit_nanos: 1_000_000,
+    };
+    let renewal =
+        |holder: &str, keep: i64, want: i64, settled: Vec<LeasedSettlement>, routed: Vec<Arc<NewReservation>>| {
+            LeaseRenewal {
+                workflow: format!("{ns}lw"),
+                scope: scope.clone(),
+                holder: holder.into(),
+                keep_nanos: keep,
+                want_nanos: want,
+                max_share_bp: 1_000,
+                settled,
+                routed,
+                now_ms: 1_000,
+                expires_ms: 31_000,
+            }
+        };
+    // A slice is capped at a tenth of what remains.
+    let a = store
+        .renew_lease(&renewal("a", 0, 500_000, vec![], vec![]))
+        .await
+        .expect("renew");
+    assert_eq!((a.fresh_nanos, a.stopped), (100_000, false));
+    assert_eq!((a.state.spent_nanos, a.state.reserved_nanos), (0, 100_000));
+    // Below the cap, the slice is what was asked.
+    let b = store
+        .renew_lease(&renewal("b", 0, 50_000, vec![], vec![]))
+        .await
+        .expect("renew");
+    assert_eq!((b.fresh_nanos, b.state.reserved_nanos), (50_000, 150_000));
+    // `a` settles two calls (one of them twice), keeps 30,000 for calls in
+    // flight and asks for 20,000 more: spend is charged once, the hold
+    // becomes keep + fresh.
+    let call = |id: &str, cost: i64| {
+        let mut r = reservation(id, 40_000, &[(&scope.key, scope.limit_nanos)], 1_000);
+        r.workflow = format!("{ns}lw");
+        LeasedSettlement {
+            record: Arc::new(r),
+            cost_nanos: cost,
+            usage: Usage::default(),
+            now_ms: 1_000,
+        }
+    };
+    let settled = vec![
+        call(&format!("{ns}l1"), 35_000),
+        call(&format!("{ns}l2"), 45_000),
+        call(&format!("{ns}l1"), 35_000),
+    ];
+    let routed = vec![call(&format!("{ns}l3"), 0).record];
+    let a2 = store
+        .renew_lease(&renewal("a", 30_000, 20_000, settled.clone(), routed))
+        .await
+        .expect("renew");
+    assert_eq!(a2.fresh_nanos, 20_000);
+    assert_eq!((a2.state.spent_nanos, a2.state.reserved_nanos), (80_000, 100_000));
+    // The same renewal again (a lost reply) changes nothing more.
+    let again = store
+        .renew_lease(&renewal("a", 30_000, 20_000, settled, vec![]))
+        .await
+        .expect("renew");
+    assert_eq!((again.state.spent_nanos, again.state.reserved_nanos), (80_000, 100_000));
+    // Returning gives the hold back.
+    let back = store
+        .renew_lease(&renewal("a", 0, 0, vec![], vec![]))
+        .await
+        .expect("renew");
+    assert_eq!((back.fresh_nanos, back.state.reserved_nanos), (0, 50_000));
+    // When what is free no longer covers what the slices hold, leasing
+    // stops: nothing is added, and what is kept stays held.
+    let huge = store
+        .renew_lease(&renewal("c", 0, 1_000_000, vec![], vec![]))
+        .await
+        .expect("renew");
+    assert_eq!(huge.fresh_nanos, (1_000_000 - 80_000 - 50_000) / 10);
+    let mut big = vec![];
+    for i in 0..20 {
+        big.push(call(&format!("{ns}big{i}"), 40_000));
+    }
+    let stop = store
+        .renew_lease(&renewal("b", 10_000, 50_000, big, vec![]))
+        .await
+        .expect("renew");
+    // spent 880,000, reserved 10,000 (b) + 87,000 (c): free 23,000 < leased 97,000.
+    assert!(stop.stopped, "{stop:?}");
+    assert_eq!(stop.fresh_nanos, 0);
+    assert_eq!((stop.state.spent_nanos, stop.state.reserved_nanos), (880_000, 97_000));
+}
+
+#[tokio::test]
+async fn mem_leases_conform() {
+    leases_conform(&lease::MemLeaseStore::default(), "").await;
+}
+
+#[tokio::test]
+async fn redis_leases_conform() {
+    let (_server, _dir, store) = redis_store().await;
+    leases_conform(store.as_ref(), "").await;
+    // A slice its sidecar stopped renewing is released by the sweep once
+    // it expires (31,000 ms here); the spend stays.
+    let key = "lw|day";
+    let before = store.scope(key).await.expect("scope");
+    assert_eq!(before.reserved_nanos, 97_000);
+    store.expire(30_999).await.expect("sweep");
+    assert_eq!(store.scope(key).await.expect("scope").reserved_nanos, 97_000);
+    store.expire(31_000).await.expect("sweep");
+    let after = store.scope(key).await.expect("scope");
+    assert_eq!((after.spent_nanos, after.reserved_nanos), (880_000, 0));
+    // The calls settled under a slice are in the ledger, once each.
+    let ledger = store.ledger(Some("lw"), 0).await.expect("ledger");
+    assert_eq!(ledger.calls.len(), 22);
+    assert_eq!(ledger.calls.iter().map(|c| c.cost_nanos).sum::<i64>(), 880_000);
+    // A call routed under a slice, then settled after a restart, is charged
+    // straight to spend (its slice no longer holds it).
+    let r = store.reservation("l3").await.expect("read").expect("kept");
+    assert_eq!(r.state, ReservationState::Reserved);
+    assert_eq!(
+        store.settle("l3", 7, &Usage::default(), 2_000).await.expect("settle"),
+        Settled::Charged { cost_nanos: 7 }
+    );
+    assert_eq!(store.scope(key).await.expect("scope").spent_nanos, 880_007);
 }

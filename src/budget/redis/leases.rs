@@ -1,0 +1,211 @@
+//! Leased slices on Redis ([`LeaseStore`]): the renewal script, and the
+//! sidecar's side of it: taking from the slice at Route, settling against it
+//! at ReportUsage, renewing on schedule, returning at shutdown.
+//!
+//! A settlement made against a slice is acknowledged before Redis has it, so
+//! it is first appended to `lease-journal.jsonl` in `--state-dir`. The
+//! journal is rewritten once a renewal carried it to Redis; left by a crash,
+//! it is replayed at start like any journaled settlement (once each, by
+//! decision ID).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::*;
+use crate::budget::lease::{LeaseGrant, LeaseRenewal, LeaseStore, Take};
+use crate::budget::{Settled, Usage};
+use crate::rules::LeaseTerms;
+
+/// The script: `scripts/lease.lua`, after the money helpers.
+pub(super) const LEASE: &str = concat!(include_str!("scripts/money.lua"), include_str!("scripts/lease.lua"));
+
+impl RedisStore {
+    /// Milliseconds on the monotonic clock since this store was made.
+    pub(super) fn mono_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Route under this sidecar's slice, with no round trip; `false`: reserve
+    /// exactly.
+    pub(super) fn take_leased(&self, r: &NewReservation, terms: LeaseTerms) -> bool {
+        let r = Arc::new(r.clone());
+        if self.leases.take(&r, terms, self.mono_ms()) != Take::Taken {
+            return false;
+        }
+        self.recent.insert(r.decision_id.clone(), r);
+        self.leased_routes.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// ReportUsage for a call routed under a slice: settled against it, and
+    /// journaled until a renewal carries it to Redis. `None`: not such a call.
+    pub(super) async fn settle_leased(
+        &self,
+        decision_id: &str,
+        cost: i64,
+        usage: &Usage,
+        now_ms: i64,
+    ) -> Option<Result<Settled, StoreError>> {
+        let record = self.leases.record(decision_id);
+        let settled = self.leases.settle(decision_id, cost, usage, now_ms)?;
+        if let (Settled::Charged { .. }, Some(record)) = (settled, record) {
+            let p = PendingSettle {
+                decision_id: decision_id.to_string(),
+                cost_nanos: cost,
+                usage: *usage,
+                now_ms,
+                record: Some((*record).clone()),
+            };
+            if let Err(e) = self.lease_journal.lock().await.append(p) {
+                // The settlement is in the slice's batch and goes to Redis
+                // with the next renewal; only a crash before then loses it.
+                tracing::warn!(decision = %decision_id, error = %e, "cannot journal a settlement made against a lease slice");
+            }
+        }
+        Some(Ok(settled))
+    }
+
+    /// Renews the slices that are due (or, `returning`, gives every slice
+    /// back); returns how many milliseconds until the next is due.
+    pub(super) async fn renew_due(&self, returning: bool) -> Result<Option<u64>, StoreError> {
+        let now = self.mono_ms();
+        let keys = if returning {
+            self.leases.keys()
+        } else {
+            self.leases.due(now)
+        };
+        let mut first_err = None;
+        for key in keys {
+            let Some(p) = self.leases.begin(&key, now, crate::budget::now_ms(), returning) else {
+                continue;
+            };
+            let answer = self.renew_lease(&p.renewal).await;
+            self.lease_renewals.fetch_add(1, Ordering::Relaxed);
+            match &answer {
+                Ok(_) if !p.renewal.settled.is_empty() => self.forget_journaled(&p.renewal).await,
+                Ok(_) => {}
+                Err(e) => {
+                    self.lease_renewals_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(scope = %key, error = %e, "renewing a lease slice failed; it is spent only until it expires");
+                    first_err.get_or_insert_with(|| e.clone());
+                }
+            }
+            self.leases.finish(p, &answer);
+        }
+        let (held, _) = self.leases.totals();
+        self.lease_held.store(held, Ordering::Relaxed);
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(self.leases.next_due().map(|at| at.saturating_sub(self.mono_ms()))),
+        }
+    }
+
+    /// Drops from the lease journal what a renewal carried to Redis.
+    async fn forget_journaled(&self, sent: &LeaseRenewal) {
+        let ids: std::collections::HashSet<&str> = sent.settled.iter().map(|s| s.record.decision_id.as_str()).collect();
+        let mut j = self.lease_journal.lock().await;
+        j.pending.retain(|p| !ids.contains(p.decision_id.as_str()));
+        if let Err(e) = j.rewrite() {
+            tracing::warn!(file = %j.path.display(), error = %e, "cannot rewrite the lease journal; a restart replays it harmlessly (once each, by decision ID)");
+        }
+    }
+
+    /// Hands settlements a crash left in the lease journal to the main
+    /// journal, which replays them to Redis.
+    pub(super) async fn adopt_lease_journal(&self) -> Result<(), StoreError> {
+        let mut lj = self.lease_journal.lock().await;
+        if lj.pending.is_empty() {
+            return Ok(());
+        }
+        let mut j = self.journal.lock().await;
+        tracing::warn!(
+            settlements = lj.pending.len(),
+            file = %lj.path.display(),
+            "settlements made against a lease slice before a crash are replayed to Redis"
+        );
+        for p in std::mem::take(&mut lj.pending) {
+            j.append(p)?;
+        }
+        self.journal_pending.store(j.pending.len() as u64, Ordering::Relaxed);
+        lj.rewrite()
+            .map_err(|e| StoreError::Unavailable(format!("cannot clear {}: {e}", lj.path.display())))
+    }
+}
+
+#[async_trait::async_trait]
+impl LeaseStore for RedisStore {
+    async fn renew_lease(&self, r: &LeaseRenewal) -> Result<LeaseGrant, StoreError> {
+        let tag = self.tag(&r.workflow);
+        let member = format!("{}{SEP}{}", r.holder, r.scope.key);
+        let mut inv = self.lease.prepare_invoke();
+        inv.key(format!("{tag}s:{}", r.scope.key))
+            .key(format!("{tag}l:{member}"))
+            .key(format!("{tag}leases"))
+            .key(format!("{tag}events"))
+            .key(format!("{tag}decisions"));
+        inv.arg(&member)
+            .arg(r.scope.limit_nanos)
+            .arg(r.keep_nanos)
+            .arg(r.want_nanos)
+            .arg(r.max_share_bp)
+            .arg(r.expires_ms)
+            .arg(RETAIN_MS)
+            .arg(LEDGER_MAXLEN)
+            .arg(
+                r.now_ms
+                    .saturating_sub(self.decision_retention_ms.load(Ordering::Relaxed))
+                    .max(0),
+            )
+            .arg(&tag)
+            .arg(r.settled.len())
+            .arg(r.routed.len());
+        for d in &r.routed {
+            inv.arg(&d.decision_id)
+                .arg(d.amount_nanos)
+                .arg(&r.scope.key)
+                .arg(meta(d))
+                .arg(d.snapshot.as_slice());
+        }
+        for s in &r.settled {
+            let d = &s.record;
+            inv.arg(&d.decision_id)
+                .arg(s.cost_nanos)
+                .arg(usage_field(&s.usage, s.now_ms))
+                .arg(d.amount_nanos)
+                .arg(&r.scope.key)
+                .arg(meta(d))
+                .arg(d.snapshot.as_slice());
+        }
+        let mut pipe = redis::pipe();
+        // Each call's index entry, so that its usage settles on any sidecar
+        // (or this one after a restart), as for an exact reservation.
+        for d in r.routed.iter().chain(r.settled.iter().map(|s| &s.record)) {
+            pipe.cmd("SET")
+                .arg(self.index_key(&d.decision_id))
+                .arg(format!("{}{SEP}{}", r.workflow, r.scope.key))
+                .arg("PX")
+                .arg(RETAIN_MS)
+                .ignore();
+        }
+        if !self.known_workflows().contains(&r.workflow) {
+            pipe.cmd("SADD").arg(self.workflows_key()).arg(&r.workflow).ignore();
+        }
+        pipe.invoke_script(&inv);
+        let reply = strings(self.pipeline_with_script(&pipe, &self.lease).await?);
+        self.known_workflows().insert(r.workflow.clone());
+        let n = |i: usize| reply.get(i).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+        match reply.first().map(String::as_str) {
+            Some("ok") => Ok(LeaseGrant {
+                fresh_nanos: n(1),
+                stopped: n(2) == 1,
+                state: ScopeState {
+                    limit_nanos: n(3).saturating_add(n(4)),
+                    extra_nanos: n(4),
+                    spent_nanos: n(5),
+                    reserved_nanos: n(6),
+                },
+            }),
+            _ => Err(StoreError::Unavailable(format!("redis: unexpected reply {reply:?}"))),
+        }
+    }
+}
