@@ -78,8 +78,6 @@ pub struct RedisServe {
 const KEYS_POLL: Duration = Duration::from_secs(1);
 
 /// How often expired reservations are looked for.
-const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
-
 /// The longest the lease renewer sleeps between looks at its schedule.
 const LEASE_TICK: Duration = Duration::from_millis(500);
 
@@ -153,7 +151,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             Arc::new(store)
         }
         Some(r) => {
-            let store = RedisStore::connect(RedisConfig {
+            let mut store = RedisStore::connect(RedisConfig {
                 url: r.url.clone(),
                 prefix: r.key_prefix.clone(),
                 timeout: r.timeout,
@@ -163,6 +161,10 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             })
             .await
             .map_err(|e| ConfigError(e.to_string()))?;
+            store
+                .serve_from_state_dir()
+                .await
+                .map_err(|e| ConfigError(e.to_string()))?;
             crate::budget::LedgerStore::set_decision_retention(&store, cfg.decision_retention);
             // Not fatal: a sidecar that starts before Redis serves (failing
             // closed or open, as configured) and recovers when Redis answers.
@@ -316,7 +318,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             loop {
                 tokio::select! {
                     _ = rx.wait_for(|s| *s) => return,
-                    _ = tokio::time::sleep(EXPIRY_SWEEP) => {}
+                    _ = tokio::time::sleep(budgets.store.sweep_every()) => {}
                 }
                 match budgets.store.expire(clock.now_ms()).await {
                     Ok(n) => {

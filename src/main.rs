@@ -89,6 +89,37 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Simulate {
+            sidecars,
+            refresh_s,
+            max_share,
+            seeds,
+            seed,
+            duration_s,
+            calls_per_sidecar_s,
+            crash_share,
+            cut_off_share,
+            rtt_us,
+            format,
+        } => {
+            let cfg = switchyard::budget::lease::sim::SimConfig {
+                sidecars,
+                refresh_s,
+                max_share,
+                duration_s,
+                calls_per_sidecar_s,
+                crash_share,
+                cut_off_share,
+                rtt_us,
+                leases: true,
+            };
+            ExitCode::from(cli::simulate(cli::SimulateArgs {
+                cfg,
+                seeds,
+                seed,
+                format,
+            }) as u8)
+        }
         Command::Report {
             state_dir,
             redis_url,

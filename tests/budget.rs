@@ -163,6 +163,26 @@ async fn assert_spend_becomes(c: &RouterClient<Channel>, acked: i64) {
     );
 }
 
+/// `switchyard report --workflow race --format json` on the Redis at `url`.
+fn race_report(url: &str, rules: &std::path::Path) -> serde_json::Value {
+    let out = std::process::Command::new(BIN)
+        .args([
+            "report",
+            "--workflow",
+            "race",
+            "--format",
+            "json",
+            "--redis-url",
+            url,
+            "--rules",
+        ])
+        .arg(rules.join("rules.toml"))
+        .output()
+        .expect("report");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
 fn metric(server: &Server, name: &str) -> u64 {
     let (_, body) = server.admin_get("/metrics");
     body.lines()
@@ -180,22 +200,7 @@ async fn two_servers_sharing_a_redis_cluster_never_overspend_a_dollar() {
     let b = Server::start(&dir.path().join("rules.toml"), &flags);
     race_for_a_dollar(&[a.client().await, b.client().await]).await;
     // The report reads the cluster too.
-    let out = std::process::Command::new(BIN)
-        .args([
-            "report",
-            "--workflow",
-            "race",
-            "--format",
-            "json",
-            "--redis-url",
-            &url,
-            "--rules",
-        ])
-        .arg(dir.path().join("rules.toml"))
-        .output()
-        .expect("report");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let json = race_report(&url, dir.path());
     let spent = budget(&mut a.client().await, "race").await.spent_nanousd;
     assert_eq!(json["workflows"][0]["spend_nanousd"].as_i64(), Some(spent), "{json}");
 }
@@ -673,4 +678,193 @@ async fn explain_shows_the_budget_as_it_stands() {
         .as_str()
         .expect("scope")
         .starts_with("race|day|"));
+}
+
+/// `race_rules` with the budget leased in slices renewed every second, and
+/// a "steady" workflow with room for everything sent to it.
+fn leased_race_rules() -> String {
+    let lease = "lease = { refresh_s = 1, max_share = 0.5 }";
+    RulesBuilder::new()
+        .model(model("m", 10.0, 30.0, 3).max_output(4000))
+        .budgeted(
+            "race",
+            "",
+            &format!("limit_usd = 1.0\nperiod = \"day\"\non_limit = \"deny\"\n{lease}"),
+        )
+        .budgeted(
+            "steady",
+            "",
+            &format!("limit_usd = 1000.0\nperiod = \"day\"\non_limit = \"deny\"\n{lease}"),
+        )
+        .build()
+}
+
+/// Requests Redis has read from its clients, from INFO: a pipeline or a
+/// script is one, however many commands it runs (those count as commands).
+fn redis_requests(redis: &RedisServer) -> u64 {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "INFO", "stats"])
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("total_reads_processed:")?.trim().parse().ok())
+        .expect("total_reads_processed")
+}
+
+/// Waits for the servers to have charged what they acknowledged and
+/// returned what their slices held.
+async fn assert_settles_to(c: &RouterClient<Channel>, workflow: &str, acked: i64) -> pb::BudgetStatus {
+    let done = eventually(Duration::from_secs(15), || {
+        let mut c = c.clone();
+        async move {
+            let b = budget(&mut c, workflow).await;
+            b.spent_nanousd == acked && b.reserved_nanousd == 0
+        }
+    })
+    .await;
+    let b = budget(&mut c.clone(), workflow).await;
+    assert!(done, "acknowledged {acked}, store has {b:?}");
+    b
+}
+
+/// `clients` callers on `servers` route and report `calls` calls each of
+/// `workflow`, until denied; returns (acknowledged cost, calls routed).
+async fn callers(
+    servers: &[RouterClient<Channel>],
+    workflow: &'static str,
+    clients: usize,
+    calls: usize,
+    pause: Duration,
+) -> (i64, u64) {
+    let tasks: Vec<_> = (0..clients)
+        .map(|i| {
+            let mut c = servers[i % servers.len()].clone();
+            tokio::spawn(async move {
+                let (mut acked, mut routed) = (0i64, 0u64);
+                for j in 0..calls {
+                    let r = c
+                        .route(call(workflow, &format!("t-{i}-{j}")))
+                        .await
+                        .expect("route")
+                        .into_inner();
+                    if r.status == pb::RouteStatus::Denied as i32 {
+                        assert!(r.reason.contains("would exceed"), "{}", r.reason);
+                        break;
+                    }
+                    assert_eq!(r.status, pb::RouteStatus::Routed as i32, "{r:?}");
+                    routed += 1;
+                    // Below the 500-token estimate: the bound on overspend is zero.
+                    acked += report(&mut c, &r, 300 + (i * 7 + j) as u64 % 200).await;
+                    tokio::time::sleep(pause).await;
+                }
+                (acked, routed)
+            })
+        })
+        .collect();
+    let (mut acked, mut routed) = (0, 0);
+    for t in tasks {
+        let (a, r) = t.await.expect("client");
+        acked += a;
+        routed += r;
+    }
+    (acked, routed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_leasing_slices_mostly_skip_redis_and_never_overspend() {
+    let redis = RedisServer::start();
+    let dir = rules_dir(&leased_race_rules());
+    let url = redis.url();
+    let flags = ["--redis-url", url.as_str(), "--redis-timeout-ms", "5000"];
+    let a = Server::start(&dir.path().join("rules.toml"), &flags);
+    let b = Server::start(&dir.path().join("rules.toml"), &flags);
+    let servers = [a.client().await, b.client().await];
+
+    // Steady traffic for about three refresh periods: most Routes take from
+    // a slice, and Redis reads fewer requests than there are calls, where
+    // exact reservations need two or more a call (reserve, settle).
+    let requests_before = redis_requests(&redis);
+    let (acked, routed) = callers(&servers, "steady", 8, 60, Duration::from_millis(40)).await;
+    let requests = redis_requests(&redis) - requests_before;
+    let leased = metric(&a, "switchyard_lease_routes_total") + metric(&b, "switchyard_lease_routes_total");
+    assert!(
+        leased * 10 >= routed * 8,
+        "{leased} of {routed} Routes took from a slice"
+    );
+    assert!(
+        requests < routed,
+        "{requests} requests to Redis for {routed} calls, {leased} of them from a slice"
+    );
+    assert!(metric(&a, "switchyard_lease_renewals_total") > 0);
+    // Acknowledged spend reaches Redis with the next renewals.
+    let spent = eventually(Duration::from_secs(10), || {
+        let mut c = servers[0].clone();
+        async move { budget(&mut c, "steady").await.spent_nanousd == acked }
+    })
+    .await;
+    assert!(
+        spent,
+        "{:?} against {acked} acknowledged",
+        budget(&mut servers[0].clone(), "steady").await
+    );
+
+    // 32 callers race for a dollar: never more than the dollar, and little
+    // of it left stranded in slices.
+    let (acked, routed) = callers(&servers, "race", 32, 40, Duration::ZERO).await;
+    let st = assert_settles_to(&servers[0], "race", acked).await;
+    assert!(st.spent_nanousd <= DOLLAR, "overspent: {st:?}");
+    assert!(
+        st.spent_nanousd > DOLLAR * 8 / 10,
+        "the budget was used, not stranded in slices: {st:?}"
+    );
+    // Every call is in the ledger once.
+    let json = race_report(&url, dir.path());
+    assert_eq!(json["workflows"][0]["spend_nanousd"].as_i64(), Some(acked), "{json}");
+    assert_eq!(json["workflows"][0]["calls"].as_u64(), Some(routed), "{json}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_holding_a_slice_loses_no_spend_and_strands_it_only_until_it_expires() {
+    let redis = RedisServer::start();
+    let dir = rules_dir(&leased_race_rules());
+    let url = redis.url();
+    let state = tempfile::tempdir().expect("state");
+    let state_dir = state.path().to_str().expect("utf-8").to_string();
+    let flags = [
+        "--redis-url",
+        url.as_str(),
+        "--redis-timeout-ms",
+        "5000",
+        "--state-dir",
+        &state_dir,
+    ];
+    let a = Server::start(&dir.path().join("rules.toml"), &flags);
+    let mut c = a.client().await;
+    let mut acked = route_and_report(&mut c, "first").await.1;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let a = &a;
+            async move { metric(a, "switchyard_lease_held_nanousd") > 0 }
+        })
+        .await,
+        "a slice was leased"
+    );
+    // Routed and reported against the slice: acknowledged, not yet in Redis.
+    for i in 0..5 {
+        acked += route_and_report(&mut c, &format!("leased-{i}")).await.1;
+    }
+    assert!(metric(&a, "switchyard_lease_routes_total") >= 1);
+    a.kill9();
+    // The slice is still held in Redis, until it expires (3 × refresh_s).
+    let observer = Server::start(&dir.path().join("rules.toml"), &["--redis-url", url.as_str()]);
+    let mut o = observer.client().await;
+    // The killed server's acknowledged settlements come back with it, from
+    // its journal, once each.
+    let back = Server::start(&dir.path().join("rules.toml"), &flags);
+    let st = assert_settles_to(&back.client().await, "race", acked).await;
+    assert_eq!(st.spent_nanousd, acked);
+    // And routing goes on.
+    acked += route_and_report(&mut o, "after").await.1;
+    assert_settles_to(&o, "race", acked).await;
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 
+use super::lease::Take;
 use super::*;
 use crate::money::format_usd;
 use crate::rules::{OnLimit, Prices, Workflow};
@@ -85,12 +86,7 @@ fn at_limit(call: &Call<'_>, scope: String, state: &ScopeState, now_ms: i64) -> 
         format_usd(state.limit_nanos),
         format_usd(call.cost_nanos)
     );
-    let escalate = call
-        .workflow
-        .budget
-        .as_ref()
-        .is_some_and(|b| b.on_limit == OnLimit::Escalate);
-    if !escalate {
+    if !escalates(call) {
         return (format!("{at_limit}; the workflow denies at its limit"), None);
     }
     let fresh = Escalation {
@@ -109,6 +105,14 @@ fn at_limit(call: &Call<'_>, scope: String, state: &ScopeState, now_ms: i64) -> 
         reason: at_limit.clone(),
     };
     (at_limit, Some(fresh))
+}
+
+/// Whether the call's workflow escalates at its limit (rather than deny).
+fn escalates(call: &Call<'_>) -> bool {
+    call.workflow
+        .budget
+        .as_ref()
+        .is_some_and(|b| b.on_limit == OnLimit::Escalate)
 }
 
 /// The answer an escalation in force gives: wait for it, or denied.
@@ -146,6 +150,7 @@ impl Budgets {
     /// Forgets every cached scope state (after an approval raises a limit).
     pub fn refresh_view(&self) {
         self.view().clear();
+        self.store.clear_refusals();
     }
 
     /// Counts a reservation this sidecar just made in the cached view.
@@ -232,10 +237,25 @@ impl BudgetGate for Budgets {
             return Ok(Admission::Routed);
         }
         // A leased period budget: against this sidecar's slice, in memory.
-        if let (1, Some(terms)) = (r.scopes.len(), call.workflow.budget.as_ref().and_then(|b| b.lease)) {
-            if self.store.reserve_leased(&r, terms) {
-                self.note_reserved(&r.scopes, r.amount_nanos);
-                return Ok(Admission::Routed);
+        let lease = call
+            .workflow
+            .budget
+            .as_ref()
+            .and_then(|b| b.lease)
+            .filter(|_| r.scopes.len() == 1);
+        if let Some(terms) = lease {
+            match self.store.reserve_leased(&r, terms) {
+                Take::Taken => {
+                    self.note_reserved(&r.scopes, r.amount_nanos);
+                    return Ok(Admission::Routed);
+                }
+                // Found used up lately: a workflow that denies is answered
+                // here; one that escalates asks the store for its escalation.
+                Take::Refused(state) if !escalates(call) => {
+                    let (message, _) = at_limit(call, r.scopes[0].key.clone(), &state, now_ms);
+                    return Ok(Admission::Denied(message));
+                }
+                Take::Refused(_) | Take::Exact => {}
             }
         }
         let (scope, state) = match self.store.reserve(&r).await? {
@@ -245,6 +265,9 @@ impl BudgetGate for Budgets {
             }
             Reserved::OverLimit { scope, state } => (scope, state),
         };
+        if lease.is_some() {
+            self.store.note_refused(&scope, state);
+        }
         let (message, escalation) = at_limit(call, scope, &state, now_ms);
         let Some(fresh) = escalation else {
             return Ok(Admission::Denied(message));

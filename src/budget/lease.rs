@@ -125,6 +125,10 @@ pub enum Take {
     Taken,
     /// No valid slice with room: reserve exactly.
     Exact,
+    /// The budget was found used up within the last refresh period and this
+    /// call does not fit what was left: refuse it without asking again
+    /// (the state the store last gave).
+    Refused(ScopeState),
 }
 
 /// This sidecar's slices, one per leased period scope.
@@ -171,6 +175,9 @@ struct Lease {
     /// The largest estimate seen lately: a slice holds at least two.
     largest: i64,
     last_demand: u64,
+    /// The store refused a call for the budget at this state; calls that do
+    /// not fit it are refused here until `refused_until` (monotonic ms).
+    refused: Option<(ScopeState, u64)>,
 }
 
 impl Lease {
@@ -180,7 +187,7 @@ impl Lease {
 
     /// What this sidecar would like available after a renewal.
     fn target(&self, mono_ms: u64) -> i64 {
-        let elapsed_s = (mono_ms.saturating_sub(self.demand_since) as f64 / 1000.0).max(1.0);
+        let elapsed_s = (mono_ms.saturating_sub(self.demand_since) as f64 / 1000.0).max(0.1);
         let observed = self.demand as f64 / elapsed_s;
         let rate = if self.rate == 0.0 {
             observed
@@ -258,6 +265,7 @@ impl Leases {
             rate: 0.0,
             largest: 0,
             last_demand: mono_ms,
+            refused: None,
         });
         lease.terms = terms;
         lease.scope.limit_nanos = scope.limit_nanos;
@@ -269,6 +277,11 @@ impl Leases {
             lease.routed.push(r.clone());
             book.open.insert(r.decision_id.clone(), (scope.key.clone(), r.clone()));
             return Take::Taken;
+        }
+        if let Some((state, until)) = lease.refused {
+            if mono_ms < until && !state.fits(r.amount_nanos) {
+                return Take::Refused(state);
+            }
         }
         // Out of room or not yet leased: ask sooner, but not more than four
         // times a refresh period, and not while leasing has stopped.
@@ -285,6 +298,22 @@ impl Leases {
             }
         }
         Take::Exact
+    }
+
+    /// The store refused a call of this leased scope for its budget: calls
+    /// that do not fit `state` are refused without a round trip for one
+    /// refresh period (an approval on this sidecar clears it sooner).
+    pub fn note_refused(&self, key: &str, state: ScopeState, mono_ms: u64) {
+        if let Some(l) = self.book().leases.get_mut(key) {
+            l.refused = Some((state, mono_ms + l.terms.refresh_ms));
+        }
+    }
+
+    /// Forgets every refusal (an approval raised a limit).
+    pub fn clear_refusals(&self) {
+        for l in self.book().leases.values_mut() {
+            l.refused = None;
+        }
     }
 
     /// The record of a call routed under a slice and not yet settled.
@@ -418,7 +447,7 @@ impl Leases {
                 for s in &p.renewal.settled {
                     settled.remove(&s.record.decision_id);
                 }
-                let elapsed_s = (p.sent_mono.saturating_sub(lease.demand_since) as f64 / 1000.0).max(1.0);
+                let elapsed_s = (p.sent_mono.saturating_sub(lease.demand_since) as f64 / 1000.0).max(0.1);
                 let observed = lease.demand as f64 / elapsed_s;
                 lease.rate = if p.rate == 0.0 {
                     observed
@@ -593,5 +622,6 @@ impl LeaseStore for MemLeaseStore {
     }
 }
 
+pub mod sim;
 #[cfg(test)]
 mod tests;

@@ -265,14 +265,24 @@ pub trait BudgetStore: Send + Sync {
     fn record_detached(&self, r: NewReservation);
     /// Reserves against this sidecar's slice of the call's leased period
     /// budget, with no round trip, if one is valid and has room (`r` has that
-    /// one scope). `false`: reserve exactly. Stores that do not lease say no.
-    fn reserve_leased(&self, _r: &NewReservation, _terms: crate::rules::LeaseTerms) -> bool {
-        false
+    /// one scope); or refuses it, if the budget was found used up lately.
+    /// `Exact`: reserve exactly. Stores that do not lease always say so.
+    fn reserve_leased(&self, _r: &NewReservation, _terms: crate::rules::LeaseTerms) -> super::lease::Take {
+        super::lease::Take::Exact
     }
+    /// The store refused a call of a leased scope for its budget (`state`):
+    /// calls that do not fit it may be refused without asking for a while.
+    fn note_refused(&self, _scope: &str, _state: ScopeState) {}
+    /// An approval raised a limit: forget what [`BudgetStore::note_refused`] noted.
+    fn clear_refusals(&self) {}
     /// Renews the slices that are due, or gives them all back (`returning`,
     /// at shutdown); the milliseconds until the next is due, if any.
     async fn renew_leases(&self, _returning: bool) -> Result<Option<u64>, StoreError> {
         Ok(None)
+    }
+    /// How long the sweep waits before its next pass.
+    fn sweep_every(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(1)
     }
     /// Woken when a slice is wanted before its schedule.
     fn lease_wake(&self) -> Option<&tokio::sync::Notify> {

@@ -178,6 +178,41 @@ pub enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// A fleet sharing one hot workflow's budget, simulated with the real lease code, with and without leases.
+    Simulate {
+        /// Sidecars in the fleet (1 to 100,000).
+        #[arg(long, default_value_t = 1000)]
+        sidecars: usize,
+        /// Seconds between a sidecar's lease renewals.
+        #[arg(long, default_value_t = 10.0)]
+        refresh_s: f64,
+        /// The largest share of what remains one slice may take.
+        #[arg(long, default_value_t = 0.05)]
+        max_share: f64,
+        /// Runs, one world each (seeds --seed, --seed + 1, ...).
+        #[arg(long, default_value_t = 10)]
+        seeds: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The budget period simulated, in seconds.
+        #[arg(long, default_value_t = 600.0)]
+        duration_s: f64,
+        /// Calls a second per sidecar, on average over the fleet.
+        #[arg(long, default_value_t = 0.5)]
+        calls_per_sidecar_s: f64,
+        /// The share of sidecars that crash during the period.
+        #[arg(long, default_value_t = 0.01)]
+        crash_share: f64,
+        /// The share of sidecars cut off from the store for 5 to 60 s.
+        #[arg(long, default_value_t = 0.01)]
+        cut_off_share: f64,
+        /// A store round trip in microseconds, for the latency figure.
+        #[arg(long, default_value_t = 500)]
+        rtt_us: u64,
+        /// table or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
     /// Keep model prices current from LiteLLM's public price map.
     Prices {
         #[command(subcommand)]

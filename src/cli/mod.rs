@@ -12,6 +12,7 @@ mod check;
 mod escalations;
 mod explain;
 mod report;
+mod simulate;
 mod whatif;
 
 use std::path::Path;
@@ -20,6 +21,7 @@ pub use check::check;
 pub use escalations::{escalations, EscalationCommand};
 pub use explain::{explain, ExplainArgs};
 pub use report::{report, ReportArgs, ReportSource};
+pub use simulate::{simulate, SimulateArgs};
 pub use whatif::{whatif, WhatifArgs};
 
 /// Prints `value` as pretty JSON on stdout, as [`print_text`] does.

@@ -68,14 +68,26 @@ impl BudgetStore for RedisStore {
             }
         });
     }
-    fn reserve_leased(&self, r: &NewReservation, terms: crate::rules::LeaseTerms) -> bool {
+    fn reserve_leased(&self, r: &NewReservation, terms: crate::rules::LeaseTerms) -> crate::budget::lease::Take {
         self.take_leased(r, terms)
+    }
+    fn note_refused(&self, scope: &str, state: ScopeState) {
+        self.leases.note_refused(scope, state, self.mono_ms());
+    }
+    fn clear_refusals(&self) {
+        self.leases.clear_refusals();
     }
     async fn renew_leases(&self, returning: bool) -> Result<Option<u64>, StoreError> {
         self.renew_due(returning).await
     }
     fn lease_wake(&self) -> Option<&tokio::sync::Notify> {
         Some(&self.leases.wake)
+    }
+    fn sweep_every(&self) -> std::time::Duration {
+        if self.journal_pending.load(Ordering::Relaxed) > 0 || self.degraded.load(Ordering::Relaxed) {
+            return std::time::Duration::from_secs(1);
+        }
+        std::time::Duration::from_millis(self.sweep_every_ms.load(Ordering::Relaxed))
     }
     async fn settle(&self, decision_id: &str, cost: i64, usage: &Usage, now_ms: i64) -> Result<Settled, StoreError> {
         if let Some(settled) = self.settle_leased(decision_id, cost, usage, now_ms).await {
@@ -112,9 +124,25 @@ impl BudgetStore for RedisStore {
         self.known_workflows().clear();
         let mut c = self.conn.clone();
         let key = self.workflows_key();
-        let workflows: Vec<String> = self
-            .bounded(async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await })
-            .await?;
+        // Count this sweep in the fleet's ten-second window, and read the
+        // last window's count: the fleet paces its sweeps from it.
+        let window = now_ms.div_euclid(10_000);
+        let counter = |w: i64| format!("{}:sweeps:{w}", self.cfg.prefix);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SMEMBERS")
+            .arg(key)
+            .cmd("INCR")
+            .arg(counter(window))
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(counter(window))
+            .arg(60_000)
+            .ignore()
+            .cmd("GET")
+            .arg(counter(window - 1));
+        let (workflows, last_window): (Vec<String>, Option<u64>) =
+            self.bounded(async move { pipe.query_async(&mut c).await }).await?;
+        self.pace_sweeps(last_window.unwrap_or(0));
         let mut released = 0u64;
         for wf in workflows {
             let tag = self.tag(&wf);

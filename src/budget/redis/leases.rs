@@ -25,16 +25,16 @@ impl RedisStore {
         self.started.elapsed().as_millis() as u64 + 1
     }
 
-    /// Route under this sidecar's slice, with no round trip; `false`: reserve
-    /// exactly.
-    pub(super) fn take_leased(&self, r: &NewReservation, terms: LeaseTerms) -> bool {
+    /// Route under this sidecar's slice, with no round trip, or refused
+    /// without one; `Exact`: reserve exactly.
+    pub(super) fn take_leased(&self, r: &NewReservation, terms: LeaseTerms) -> Take {
         let r = Arc::new(r.clone());
-        if self.leases.take(&r, terms, self.mono_ms()) != Take::Taken {
-            return false;
+        let take = self.leases.take(&r, terms, self.mono_ms());
+        if take == Take::Taken {
+            self.recent.insert(r.decision_id.clone(), r);
+            self.leased_routes.fetch_add(1, Ordering::Relaxed);
         }
-        self.recent.insert(r.decision_id.clone(), r);
-        self.leased_routes.fetch_add(1, Ordering::Relaxed);
-        true
+        take
     }
 
     /// ReportUsage for a call routed under a slice: settled against it, and

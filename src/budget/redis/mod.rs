@@ -147,23 +147,27 @@ pub struct RedisStore {
     lease_renewals: AtomicU64,
     lease_renewals_failed: AtomicU64,
     lease_held: AtomicI64,
+    /// How often this sidecar sweeps (see [`RedisStore::pace_sweeps`]).
+    sweep_every_ms: AtomicU64,
 }
 
 /// This sidecar's name as a lease holder: kept in `--state-dir`, so that a
 /// restart renews (and replaces) the slices it held, rather than stranding
-/// them until they expire.
-fn holder_id(dir: &std::path::Path) -> Result<String, StoreError> {
+/// them until they expire. Where the folder cannot keep it (the read-only
+/// tools), a fresh name serves: they never lease.
+fn holder_id(dir: &std::path::Path) -> String {
     let path = dir.join("sidecar-id");
-    match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() && id.trim().len() <= 64 => return Ok(id.trim().to_string()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(StoreError::Unavailable(format!("cannot read {}: {e}", path.display()))),
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() && id.len() <= 64 {
+            return id.to_string();
+        }
     }
     let id = uuid::Uuid::now_v7().simple().to_string();
-    std::fs::write(&path, format!("{id}\n"))
-        .map_err(|e| StoreError::Unavailable(format!("cannot write {}: {e}; check --state-dir", path.display())))?;
-    Ok(id)
+    if let Err(e) = std::fs::write(&path, format!("{id}\n")) {
+        tracing::debug!(file = %path.display(), error = %e, "the lease holder name is not kept");
+    }
+    id
 }
 
 fn unavailable(e: RedisError) -> StoreError {
@@ -200,7 +204,7 @@ impl RedisStore {
             .map(std::path::Path::to_path_buf)
             .unwrap_or_default();
         let lease_journal = Journal::load(dir.join("lease-journal.jsonl"))?;
-        let holder = holder_id(&dir)?;
+
         let pending = journal.pending.len();
         if !journal.pending.is_empty() {
             tracing::warn!(
@@ -233,7 +237,7 @@ impl RedisStore {
             fail_open_total: AtomicU64::new(0),
             journal_pending: AtomicU64::new(pending as u64),
             workflows_seen: Default::default(),
-            leases: crate::budget::lease::Leases::new(holder),
+            leases: crate::budget::lease::Leases::new(uuid::Uuid::now_v7().simple().to_string()),
             lease: Script::new(leases::LEASE),
             lease_journal: tokio::sync::Mutex::new(lease_journal),
             started: crate::clock::Instant::now(),
@@ -241,10 +245,40 @@ impl RedisStore {
             lease_renewals: AtomicU64::new(0),
             lease_renewals_failed: AtomicU64::new(0),
             lease_held: AtomicI64::new(0),
+            sweep_every_ms: AtomicU64::new(1_000),
             cfg,
         };
-        store.adopt_lease_journal().await?;
         Ok(store)
+    }
+
+    /// Makes this store a serving sidecar's (the read-only tools skip this):
+    /// takes the lease holder name kept in `--state-dir`, and hands
+    /// settlements a crash left in the lease journal to the replay.
+    pub async fn serve_from_state_dir(&mut self) -> Result<(), StoreError> {
+        let dir = self
+            .cfg
+            .journal
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        self.leases = crate::budget::lease::Leases::new(holder_id(&dir));
+        self.adopt_lease_journal().await
+    }
+
+    /// Sets how often this sidecar sweeps, from how many sweeps the whole
+    /// fleet made in the last ten seconds: about two a second in all,
+    /// however many sidecars share the Redis, so a fleet of thousands does
+    /// not sweep each workflow thousands of times a second. Each sidecar
+    /// sweeps at least every ten minutes, and every second while it has
+    /// settlements to replay.
+    fn pace_sweeps(&self, fleet_sweeps_last_10s: u64) {
+        const FLEET_SWEEPS_PER_10S: u64 = 20;
+        let every = self.sweep_every_ms.load(Ordering::Relaxed);
+        let next = (every as u128 * fleet_sweeps_last_10s.max(1) as u128 / FLEET_SWEEPS_PER_10S as u128)
+            .clamp(1_000, 600_000) as u64;
+        // Jitter, so that sidecars started together spread out.
+        let next = next - next / 10 + fastrand::u64(0..=next / 5);
+        self.sweep_every_ms.store(next, Ordering::Relaxed);
     }
 
     /// Sends one PING; for start-up diagnostics.
