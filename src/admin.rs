@@ -217,6 +217,12 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
             Reading::Count(store.journal_pending),
         ),
         Readings::one(
+            "switchyard_budget_state_lost",
+            MetricType::Gauge,
+            "Workflows whose acknowledged budget state the store lost (Redis failover or restart without persistence); their budgeted calls fail closed until `switchyard budget reconcile`.",
+            Reading::Count(store.state_lost.len() as u64),
+        ),
+        Readings::one(
             "switchyard_lease_routes_total",
             MetricType::Counter,
             "Budgeted Routes reserved against this sidecar's lease slice, with no store round trip.",

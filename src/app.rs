@@ -309,17 +309,33 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     );
 
     let sweeper = {
-        let (budgets, clock, mut rx) = (budgets.clone(), clock.clone(), stop_rx.clone());
+        let (budgets, clock, mut rx, audit) = (budgets.clone(), clock.clone(), stop_rx.clone(), audit.clone());
         tokio::spawn(async move {
             // While the store is down the sweep fails every second: say so
             // once a minute, and say when it works again.
             let mut failing_since: Option<std::time::Instant> = None;
             let mut last_warned = std::time::Instant::now();
+            let mut lost_seen: std::collections::BTreeSet<String> = Default::default();
             loop {
                 tokio::select! {
                     _ = rx.wait_for(|s| *s) => return,
                     _ = tokio::time::sleep(budgets.store.sweep_every()) => {}
                 }
+                // Each workflow found with lost state is audited once a spell.
+                let lost = budgets.store.health().state_lost;
+                for (workflow, why) in &lost {
+                    if lost_seen.insert(workflow.clone()) {
+                        audit.record(AuditRecord::new(
+                            "-",
+                            Action::StoreStateLost,
+                            workflow,
+                            "",
+                            Verdict::Failed,
+                            why,
+                        ));
+                    }
+                }
+                lost_seen.retain(|w| lost.iter().any(|(l, _)| l == w));
                 match budgets.store.expire(clock.now_ms()).await {
                     Ok(n) => {
                         if let Some(since) = failing_since.take() {

@@ -150,13 +150,17 @@ pub enum StoreError {
     /// An amount the store will not take; the message says the bound.
     #[error("{0}")]
     InvalidAmount(String),
+    /// The store came back without state it had acknowledged: budgeted
+    /// calls fail closed until an operator reconciles it.
+    #[error("{0}")]
+    StateLost(String),
 }
 
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Error {
         let msg = e.to_string();
         match e {
-            StoreError::Unavailable(_) => Error::Unavailable(msg),
+            StoreError::Unavailable(_) | StoreError::StateLost(_) => Error::Unavailable(msg),
             StoreError::UnknownDecision(id) => {
                 Error::NotFound(StoreError::UnknownDecision(truncate(&id, 64).to_string()).to_string())
             }

@@ -8,7 +8,7 @@ use clap::Parser;
 
 use switchyard::app::{self, ServeConfig};
 use switchyard::cli;
-use switchyard::cli::args::{Cli, Command, EscalationAction, PricesAction, StoreFlags};
+use switchyard::cli::args::{BudgetAction, Cli, Command, EscalationAction, PricesAction, StoreFlags};
 use switchyard::error::{ConfigError, EXIT_CONFIG};
 
 /// Every Route allocates and frees a few dozen small objects across the
@@ -83,6 +83,31 @@ fn main() -> ExitCode {
             };
             match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => ExitCode::from(rt.block_on(cli::whatif(args)) as u8),
+                Err(e) => {
+                    eprintln!("cannot start the async runtime: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Budget {
+            action:
+                BudgetAction::Reconcile {
+                    redis_url,
+                    redis_key_prefix,
+                    journals,
+                    dry_run,
+                    format,
+                },
+        } => {
+            let args = cli::ReconcileArgs {
+                redis_url,
+                prefix: redis_key_prefix,
+                journals,
+                dry_run,
+                format,
+            };
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => ExitCode::from(rt.block_on(cli::reconcile(args)) as u8),
                 Err(e) => {
                     eprintln!("cannot start the async runtime: {e}");
                     ExitCode::FAILURE

@@ -868,3 +868,90 @@ async fn a_server_killed_holding_a_slice_loses_no_spend_and_strands_it_only_unti
     acked += route_and_report(&mut o, "after").await.1;
     assert_settles_to(&o, "race", acked).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_that_lost_acknowledged_state_fails_closed_until_reconciled_from_the_journals() {
+    let redis = RedisServer::start();
+    let dir = rules_dir(&race_rules());
+    let url = redis.url();
+    let state = tempfile::tempdir().expect("state");
+    let state_dir = state.path().to_str().expect("utf-8").to_string();
+    let a = Server::start(
+        &dir.path().join("rules.toml"),
+        &[
+            "--redis-url",
+            url.as_str(),
+            "--redis-timeout-ms",
+            "5000",
+            "--state-dir",
+            &state_dir,
+        ],
+    );
+    let b = Server::start(&dir.path().join("rules.toml"), &["--redis-url", url.as_str()]);
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    let mut acked = 0;
+    for i in 0..5 {
+        acked += route_and_report(&mut ca, &format!("before-{i}")).await.1;
+    }
+    let before = acked;
+    let in_flight = ca.route(call("race", "in-flight")).await.expect("route").into_inner();
+
+    // Redis restarts empty, as one without persistence would.
+    let flushed = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "FLUSHALL"])
+        .output()
+        .expect("redis-cli");
+    assert!(flushed.status.success());
+    // The sidecar that was acknowledged settlements notices, and refuses.
+    let err = ca.route(call("race", "after-loss")).await.expect_err("fails closed");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("switchyard budget reconcile"),
+        "{}",
+        err.message()
+    );
+    // So does every other sidecar, through the mark it left.
+    let err = cb.route(call("race", "other")).await.expect_err("fails closed too");
+    assert!(err.message().contains("lost budget state"), "{}", err.message());
+    assert_eq!(metric(&a, "switchyard_budget_state_lost"), 1);
+    let (status, _) = a.admin_get("/readyz");
+    assert_eq!(status, 503);
+    // Usage still arrives and is kept (journaled), not lost.
+    acked += report(&mut ca, &in_flight, 250).await;
+    let audited = eventually(Duration::from_secs(10), || {
+        let path = state.path().to_path_buf();
+        async move { !audit(&path, &["--action", "store_state_lost"]).is_empty() }
+    })
+    .await;
+    assert!(audited, "the loss is in the audit log");
+
+    // Reconcile from the journal: a dry run first changes nothing.
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args(["budget", "reconcile", "--redis-url", &url, "--journal", &state_dir])
+            .args(extra)
+            .output()
+            .expect("reconcile");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
+    };
+    let dry = run(&["--dry-run", "--format", "json"]);
+    assert_eq!(dry["workflows"][0]["scopes"][0]["spent_before_nanousd"], 0, "{dry}");
+    assert!(ca.route(call("race", "still-lost")).await.is_err());
+    let done = run(&["--format", "json"]);
+    let scope = &done["workflows"][0]["scopes"][0];
+    assert_eq!(
+        done["workflows"][0]["lost_noticed_by"].as_str().map(str::len),
+        Some(32),
+        "{done}"
+    );
+    // The journal holds what Redis acknowledged before it lost it.
+    assert_eq!(scope["journals_nanousd"].as_i64(), Some(before), "{done}");
+    assert_eq!(scope["spent_after_nanousd"].as_i64(), Some(before), "{done}");
+    // Routing resumes, and the counters hold everything acknowledged: the
+    // journaled report is replayed on top of what reconcile restored.
+    acked += route_and_report(&mut ca, "after-reconcile").await.1;
+    assert_spend_becomes(&ca, acked).await;
+    route_and_report(&mut cb, "b-after").await;
+    assert_eq!(metric(&a, "switchyard_budget_state_lost"), 0);
+}

@@ -75,6 +75,8 @@ pub enum Action {
     RulesReload,
     KeysReload,
     StoreFreshStart,
+    /// The budget store was found without state it had acknowledged.
+    StoreStateLost,
 }
 
 /// How it ended, as the audit log names it.
@@ -126,6 +128,7 @@ names!(Action {
     RulesReload => "rules_reload",
     KeysReload => "keys_reload",
     StoreFreshStart => "store_fresh_start",
+    StoreStateLost => "store_state_lost",
 });
 
 names!(Verdict {

@@ -309,6 +309,14 @@ impl Leases {
         }
     }
 
+    /// Stops spending the slice of `key` at once (the store lost state): its
+    /// calls reserve exactly, and fail closed, until it is renewed.
+    pub fn invalidate(&self, key: &str) {
+        if let Some(l) = self.book().leases.get_mut(key) {
+            l.valid_until = 0;
+        }
+    }
+
     /// Forgets every refusal (an approval raised a limit).
     pub fn clear_refusals(&self) {
         for l in self.book().leases.values_mut() {

@@ -252,6 +252,9 @@ pub struct StoreHealth {
     pub lease_renewals_failed_total: u64,
     /// What this sidecar's slices hold, in nano-dollars.
     pub lease_held_nanos: i64,
+    /// Workflows whose acknowledged state the store lost, with why:
+    /// budgeted calls of these fail closed until reconciled.
+    pub state_lost: Vec<(String, String)>,
 }
 
 /// Scope counters and reservations: reserve at Route, settle at ReportUsage.

@@ -178,6 +178,11 @@ pub enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Budgets kept in a fleet store (Redis).
+    Budget {
+        #[command(subcommand)]
+        action: BudgetAction,
+    },
     /// A fleet sharing one hot workflow's budget, simulated with the real lease code, with and without leases.
     Simulate {
         /// Sidecars in the fleet (1 to 100,000).
@@ -331,6 +336,26 @@ pub enum EscalationAction {
         id: String,
         #[arg(long, default_value = "")]
         reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BudgetAction {
+    /// After Redis lost acknowledged state (a failover, a restart without persistence), rebuild its budget counters from the sidecars' journals.
+    Reconcile {
+        #[arg(long, env = "SWITCHYARD_REDIS_URL")]
+        redis_url: String,
+        #[arg(long, env = "SWITCHYARD_REDIS_KEY_PREFIX", default_value = "sy")]
+        redis_key_prefix: String,
+        /// A sidecar's --state-dir (or its acks.jsonl); repeat for every sidecar of the fleet.
+        #[arg(long = "journal", required = true)]
+        journals: Vec<PathBuf>,
+        /// Show what would change; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// table or json.
+        #[arg(long, default_value = "table")]
+        format: String,
     },
 }
 

@@ -58,13 +58,14 @@ async fn routes_take_from_a_slice_without_the_store_and_renewals_charge_what_the
     assert_eq!(leases.due(1), vec!["w|day".to_string()]);
     let grants = renew(&leases, &store, 1).await;
     let fresh = grants[0].as_ref().expect("granted").fresh_nanos;
-    // The demand seen (1,000 over the first second) × 10 s × 1.5 headroom.
-    assert_eq!(fresh, 15_000);
+    // The demand seen (1,000, over at least a tenth of a second) × 10 s ×
+    // 1.5 headroom.
+    assert_eq!(fresh, 150_000);
     assert_eq!(store.ops(), 1);
     // Two calls fit; the third does not, and goes exact.
     assert_eq!(leases.take(&call("d1", 1_000), TERMS, 2), Take::Taken);
-    assert_eq!(leases.take(&call("d2", 13_000), TERMS, 3), Take::Taken);
-    assert_eq!(leases.take(&call("d3", 2_000), TERMS, 4), Take::Exact);
+    assert_eq!(leases.take(&call("d2", 130_000), TERMS, 3), Take::Taken);
+    assert_eq!(leases.take(&call("d3", 20_000), TERMS, 4), Take::Exact);
     assert_eq!(store.ops(), 1, "no store operation while the slice had room");
     // Settling is local, once.
     let u = Usage::default();
@@ -84,7 +85,7 @@ async fn routes_take_from_a_slice_without_the_store_and_renewals_charge_what_the
     let st = store.scope("w|day");
     assert_eq!(st.spent_nanos, 1_500);
     let view = leases.view("w|day", mono).expect("slice");
-    assert_eq!(view.in_flight, 13_000);
+    assert_eq!(view.in_flight, 130_000);
     assert_eq!(
         st.reserved_nanos, view.held,
         "the store holds what the sidecar thinks it holds"

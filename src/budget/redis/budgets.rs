@@ -39,15 +39,19 @@ impl BudgetStore for RedisStore {
         tokio::spawn(async move {
             let mut c = conn;
             let mut inv = reserve.prepare_invoke();
+            // No budget, no counters: no epoch check ('' as the sidecar).
             inv.key(format!("{tag}r:{}", r.decision_id))
                 .key(format!("{tag}open"))
+                .key(format!("{tag}epoch"))
                 .arg(&r.decision_id)
                 .arg(r.amount_nanos)
                 .arg(r.expires_ms)
                 .arg(RETAIN_MS)
                 .arg("")
                 .arg(meta(&r))
-                .arg(r.snapshot.as_slice());
+                .arg(r.snapshot.as_slice())
+                .arg("")
+                .arg(0);
             let mut pipe = redis::pipe();
             pipe.cmd("SET")
                 .arg(&index)
@@ -103,7 +107,7 @@ impl BudgetStore for RedisStore {
         // Settlements keep their order behind any that wait in the journal.
         if self.journal.lock().await.pending.is_empty() {
             match self.settle_remote(&p).await {
-                Err(StoreError::Unavailable(why)) => {
+                Err(StoreError::Unavailable(why) | StoreError::StateLost(why)) => {
                     tracing::warn!(decision = %decision_id, error = %why, "Redis unreachable: ReportUsage journaled for replay");
                 }
                 other => return other,
@@ -259,6 +263,11 @@ impl BudgetStore for RedisStore {
     fn health(&self) -> StoreHealth {
         // Failing open, the sidecar still serves budgeted calls (up to its
         // cap): only a sidecar that fails closed cannot.
+        let lost = self
+            .lost
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         let failing = (self.degraded.load(Ordering::Relaxed) && self.cfg.fail_open_cap_nanos.is_none()).then(|| {
             self.last_error
                 .lock()
@@ -266,6 +275,7 @@ impl BudgetStore for RedisStore {
                 .clone()
                 .unwrap_or_else(|| "Redis is unreachable".into())
         });
+        let failing = failing.or_else(|| lost.values().next().cloned());
         StoreHealth {
             failing,
             unavailable_total: self.unavailable_total.load(Ordering::Relaxed),
@@ -275,6 +285,7 @@ impl BudgetStore for RedisStore {
             lease_renewals_total: self.lease_renewals.load(Ordering::Relaxed),
             lease_renewals_failed_total: self.lease_renewals_failed.load(Ordering::Relaxed),
             lease_held_nanos: self.lease_held.load(Ordering::Relaxed),
+            state_lost: lost.into_iter().collect(),
         }
     }
 }

@@ -16,8 +16,12 @@ use crate::budget::lease::{LeaseGrant, LeaseRenewal, LeaseStore, Take};
 use crate::budget::{Settled, Usage};
 use crate::rules::LeaseTerms;
 
-/// The script: `scripts/lease.lua`, after the money helpers.
-pub(super) const LEASE: &str = concat!(include_str!("scripts/money.lua"), include_str!("scripts/lease.lua"));
+/// The script: `scripts/lease.lua`, after the money and epoch helpers.
+pub(super) const LEASE: &str = concat!(
+    include_str!("scripts/money.lua"),
+    include_str!("scripts/epoch.lua"),
+    include_str!("scripts/lease.lua")
+);
 
 impl RedisStore {
     /// Milliseconds on the monotonic clock since this store was made.
@@ -86,6 +90,9 @@ impl RedisStore {
                 Ok(_) => {}
                 Err(e) => {
                     self.lease_renewals_failed.fetch_add(1, Ordering::Relaxed);
+                    if let StoreError::StateLost(_) = e {
+                        self.leases.invalidate(&key);
+                    }
                     tracing::warn!(scope = %key, error = %e, "renewing a lease slice failed; it is spent only until it expires");
                     first_err.get_or_insert_with(|| e.clone());
                 }
@@ -143,6 +150,8 @@ impl LeaseStore for RedisStore {
             .key(format!("{tag}leases"))
             .key(format!("{tag}events"))
             .key(format!("{tag}decisions"));
+        let (epoch, holder, acked) = self.epoch_args(&r.workflow);
+        inv.key(epoch);
         inv.arg(&member)
             .arg(r.scope.limit_nanos)
             .arg(r.keep_nanos)
@@ -158,7 +167,9 @@ impl LeaseStore for RedisStore {
             )
             .arg(&tag)
             .arg(r.settled.len())
-            .arg(r.routed.len());
+            .arg(r.routed.len())
+            .arg(holder)
+            .arg(acked);
         for d in &r.routed {
             inv.arg(&d.decision_id)
                 .arg(d.amount_nanos)
@@ -194,6 +205,19 @@ impl LeaseStore for RedisStore {
         let reply = strings(self.pipeline_with_script(&pipe, &self.lease).await?);
         self.known_workflows().insert(r.workflow.clone());
         let n = |i: usize| reply.get(i).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+        if reply.first().map(String::as_str) == Some("lost") {
+            return Err(self.state_lost(&r.workflow, reply.get(1).map_or("", String::as_str)));
+        }
+        self.state_sound(&r.workflow);
+        if n(7) > 0 {
+            self.acked().record(
+                &r.workflow,
+                std::slice::from_ref(&r.scope.key),
+                n(8),
+                n(7) as u64,
+                r.now_ms,
+            );
+        }
         match reply.first().map(String::as_str) {
             Some("ok") => Ok(LeaseGrant {
                 fresh_nanos: n(1),

@@ -26,11 +26,14 @@
 //! local journal of settlements waiting for Redis), then one file per store
 //! trait: `budgets.rs`, `escalations.rs`, `ledger.rs`, `learning.rs`.
 
+pub mod acks;
 mod budgets;
 mod escalations;
 mod journal;
 mod learning;
 mod leases;
+mod reconcile;
+pub use reconcile::{ReconciledScope, ReconciledWorkflow};
 mod ledger;
 mod wire;
 
@@ -75,8 +78,16 @@ const EXPIRE_BATCH: usize = 1000;
 /// 19 digits and Lua's numbers are doubles, exact only below 2^53 (about $9
 /// million), so it splits each amount into billions and units, both exact,
 /// and decides before any write whether a change fits.
-const RESERVE: &str = concat!(include_str!("scripts/money.lua"), include_str!("scripts/reserve.lua"));
-const SETTLE: &str = concat!(include_str!("scripts/money.lua"), include_str!("scripts/settle.lua"));
+const RESERVE: &str = concat!(
+    include_str!("scripts/money.lua"),
+    include_str!("scripts/epoch.lua"),
+    include_str!("scripts/reserve.lua")
+);
+const SETTLE: &str = concat!(
+    include_str!("scripts/money.lua"),
+    include_str!("scripts/epoch.lua"),
+    include_str!("scripts/settle.lua")
+);
 /// Reads each expired reservation's scopes from its record. Those keys are
 /// not declared, but they carry the same hash tag as KEYS[1], so they are in
 /// its slot.
@@ -149,6 +160,10 @@ pub struct RedisStore {
     lease_held: AtomicI64,
     /// How often this sidecar sweeps (see [`RedisStore::pace_sweeps`]).
     sweep_every_ms: AtomicU64,
+    /// Settlements Redis acknowledged to this sidecar (`acks.jsonl`).
+    acks: std::sync::Mutex<acks::Acks>,
+    /// Workflows whose state Redis lost, as last found, with why.
+    lost: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 /// This sidecar's name as a lease holder: kept in `--state-dir`, so that a
@@ -246,6 +261,8 @@ impl RedisStore {
             lease_renewals_failed: AtomicU64::new(0),
             lease_held: AtomicI64::new(0),
             sweep_every_ms: AtomicU64::new(1_000),
+            acks: std::sync::Mutex::new(acks::Acks::none()),
+            lost: Default::default(),
             cfg,
         };
         Ok(store)
@@ -262,6 +279,8 @@ impl RedisStore {
             .map(std::path::Path::to_path_buf)
             .unwrap_or_default();
         self.leases = crate::budget::lease::Leases::new(holder_id(&dir));
+        *self.acks.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            acks::Acks::load(dir.join("acks.jsonl"))?;
         self.adopt_lease_journal().await
     }
 
@@ -279,6 +298,47 @@ impl RedisStore {
         // Jitter, so that sidecars started together spread out.
         let next = next - next / 10 + fastrand::u64(0..=next / 5);
         self.sweep_every_ms.store(next, Ordering::Relaxed);
+    }
+
+    fn acked(&self) -> std::sync::MutexGuard<'_, acks::Acks> {
+        self.acks.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The epoch record's key, this sidecar's name, and the settlements of
+    /// `workflow` Redis acknowledged to it: what every script checks.
+    fn epoch_args(&self, workflow: &str) -> (String, String, u64) {
+        (
+            format!("{}epoch", self.tag(workflow)),
+            self.leases.holder().to_string(),
+            self.acked().count(workflow),
+        )
+    }
+
+    /// A script found the workflow's state lost (`by`: the sidecar that
+    /// noticed first): remembered for readiness and metrics, logged once.
+    fn state_lost(&self, workflow: &str, by: &str) -> StoreError {
+        let why = format!(
+            "Redis lost budget state of workflow `{workflow}` that it had acknowledged (a failover or a restart \
+             without persistence; sidecar {by} noticed its settlements missing); budgeted calls fail closed until an \
+             operator runs `switchyard budget reconcile`, which rebuilds the counters from the sidecars' journals"
+        );
+        let mut lost = self.lost.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if lost.insert(workflow.to_string(), why.clone()).is_none() {
+            tracing::error!(
+                workflow,
+                noticed_by = by,
+                "Redis lost acknowledged budget state; budgeted calls fail closed until `switchyard budget reconcile`"
+            );
+        }
+        StoreError::StateLost(why)
+    }
+
+    /// A script ran for `workflow` without finding its state lost.
+    fn state_sound(&self, workflow: &str) {
+        let mut lost = self.lost.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !lost.is_empty() && lost.remove(workflow).is_some() {
+            tracing::info!(workflow, "the workflow's budget state is sound again");
+        }
     }
 
     /// Sends one PING; for start-up diagnostics.
@@ -417,6 +477,8 @@ impl RedisStore {
         for s in &r.scopes {
             inv.key(format!("{tag}s:{}", s.key));
         }
+        let (epoch, holder, acked) = self.epoch_args(&r.workflow);
+        inv.key(epoch);
         inv.arg(&r.decision_id)
             .arg(r.amount_nanos)
             .arg(r.expires_ms)
@@ -427,6 +489,7 @@ impl RedisStore {
         for s in &r.scopes {
             inv.arg(s.limit_nanos);
         }
+        inv.arg(holder).arg(acked);
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(self.index_key(&r.decision_id))
@@ -444,6 +507,11 @@ impl RedisStore {
         let reply = strings(self.pipeline_with_script(&pipe, &self.reserve).await?);
         if new_workflow {
             self.known_workflows().insert(r.workflow.clone());
+        }
+        match reply.first().map(String::as_str) {
+            Some("lost") => return Err(self.state_lost(&r.workflow, reply.get(1).map_or("", String::as_str))),
+            Some(_) => self.state_sound(&r.workflow),
+            None => {}
         }
         match reply.first().map(String::as_str) {
             Some("ok") | Some("dup") => Ok(Reserved::Ok),
@@ -496,6 +564,8 @@ impl RedisStore {
         for s in &scopes {
             inv.key(format!("{tag}s:{s}"));
         }
+        let (epoch, holder, acked) = self.epoch_args(&workflow);
+        inv.key(epoch);
         let usage = usage_field(&p.usage, p.now_ms);
         inv.arg(&p.decision_id).arg(p.cost_nanos).arg(RETAIN_MS).arg(usage);
         match &p.record {
@@ -514,14 +584,23 @@ impl RedisStore {
             .arg(
                 p.now_ms
                     .saturating_sub(self.decision_retention_ms.load(Ordering::Relaxed)),
-            );
+            )
+            .arg(holder)
+            .arg(acked);
         let mut pipe = redis::pipe();
         pipe.invoke_script(&inv);
         let reply = strings(self.pipeline_with_script(&pipe, &self.settle).await?);
+        if reply.first().map(String::as_str) == Some("lost") {
+            return Err(self.state_lost(&workflow, reply.get(1).map_or("", String::as_str)));
+        }
+        self.state_sound(&workflow);
         match reply.first().map(String::as_str) {
-            Some("charged") => Ok(Settled::Charged {
-                cost_nanos: p.cost_nanos,
-            }),
+            Some("charged") => {
+                self.acked().record(&workflow, &scopes, p.cost_nanos, 1, p.now_ms);
+                Ok(Settled::Charged {
+                    cost_nanos: p.cost_nanos,
+                })
+            }
             Some("settled") => Ok(Settled::AlreadySettled {
                 cost_nanos: reply.get(1).and_then(|s| s.parse().ok()).unwrap_or(0),
             }),

@@ -2,16 +2,22 @@
 -- charges what its calls spent, keeps held what it still needs, adds more
 -- if enough remains. `budget::lease::renewal_arithmetic` is the same in Rust.
 -- KEYS: 1 the period scope, 2 the holder's slice, 3 the workflow's slices (by expiry),
---       4 the workflow's ledger stream, 5 the workflow's decision log
+--       4 the workflow's ledger stream, 5 the workflow's decision log, 6 the workflow's epoch record
 -- ARGV: 1 the slice's member name (holder, scope), 2 the scope's limit from the rules,
 --       3 keep, 4 want, 5 max share (basis points), 6 expires ms, 7 retain ms,
 --       8 the ledger's approximate length cap, 9 the oldest decision-log entry to keep (ms),
 --       10 the workflow's key prefix, 11 settled count, 12 routed count,
+--       13 the sidecar, 14 the settlements acknowledged to it,
 --       then per routed call: id, amount, scope names, description, snapshot;
 --       then per settled call: id, cost, usage, amount, scope names, description, snapshot
 local scope, slice = KEYS[1], KEYS[2]
+local lost = state_lost(KEYS[6], ARGV[13], ARGV[14])
+if lost then
+  return {'lost', lost}
+end
 local nsettled, nrouted = tonumber(ARGV[11]), tonumber(ARGV[12])
-local at = 13
+local at = 15
+local charged_n, charged = 0, {0, 0}
 for _ = 1, nrouted do
   local r = ARGV[10] .. 'r:' .. ARGV[at]
   if redis.call('EXISTS', r) == 0 then
@@ -43,8 +49,13 @@ for _ = 1, nsettled do
     if snap ~= '' then
       redis.call('XADD', KEYS[5], 'MINID', '~', ARGV[9], '*', 'd', id, 'snap', snap)
     end
+    charged_n = charged_n + 1
+    charged = plus(charged, nanos(ARGV[at + 1]))
   end
   at = at + 7
+end
+if charged_n > 0 then
+  redis.call('HINCRBY', KEYS[6], 'a:' .. ARGV[13], charged_n)
 end
 -- The hold becomes `keep`, whatever it was: a repeated renewal changes nothing more.
 local before = redis.call('HGET', slice, 'held') or '0'
@@ -88,4 +99,5 @@ else
   redis.call('ZADD', KEYS[3], ARGV[6], ARGV[1])
 end
 local after = redis.call('HMGET', scope, 'spent', 'reserved')
-return {'ok', fresh_s, stopped and '1' or '0', ARGV[2], s[1] or '0', after[1] or '0', after[2] or '0'}
+return {'ok', fresh_s, stopped and '1' or '0', ARGV[2], s[1] or '0', after[1] or '0', after[2] or '0',
+  tostring(charged_n), string.format('%.0f', charged[1] * 1e9 + charged[2])}

@@ -3,7 +3,14 @@
 -- ARGV: 1 decision id, 2 cost, 3 retain ms, 4 the usage (tokens, failed, when),
 --       5 '1' when 6.. describe the decision (it may never have reached this store),
 --       6 amount, 7 scope names, 8 the decision's description, 9 the ledger's approximate length cap,
---       10 the decision's snapshot (with 5), 11 the oldest decision-log entry to keep (ms)
+--       10 the decision's snapshot (with 5), 11 the oldest decision-log entry to keep (ms),
+--       12 the sidecar ('' to skip the check), 13 the settlements acknowledged to it
+-- The last KEY is the workflow's epoch record.
+local epoch = KEYS[#KEYS]
+local lost = state_lost(epoch, ARGV[12], ARGV[13])
+if lost then
+  return {'lost', lost}
+end
 local v = redis.call('HMGET', KEYS[1], 'state', 'amount', 'actual', 'meta', 'snap')
 local release = '0'
 local meta = v[4]
@@ -23,7 +30,7 @@ elseif v[1] == 'reserved' then
   redis.call('ZREM', KEYS[2], ARGV[1])
 end
 local cost, top = nanos(ARGV[2]), nanos(I64_MAX)
-for i = 5, #KEYS do
+for i = 5, #KEYS - 1 do
   if release ~= '0' then
     redis.call('HINCRBY', KEYS[i], 'reserved', '-' .. release)
   end
@@ -41,5 +48,8 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', 'k', 'call', 'd', ARGV[
 -- than ARGV[11] go as new ones arrive.
 if snap and snap ~= '' then
   redis.call('XADD', KEYS[4], 'MINID', '~', ARGV[11], '*', 'd', ARGV[1], 'snap', snap)
+end
+if ARGV[12] ~= '' then
+  redis.call('HINCRBY', epoch, 'a:' .. ARGV[12], 1)
 end
 return {'charged'}
