@@ -48,13 +48,7 @@ fn main() -> ExitCode {
                 }
                 EscalationAction::Deny { id, reason } => cli::EscalationCommand::Deny { id, reason },
             };
-            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => ExitCode::from(rt.block_on(cli::escalations(&server, api_key.as_deref(), cmd)) as u8),
-                Err(e) => {
-                    eprintln!("cannot start the async runtime: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            run_async(cli::escalations(&server, api_key.as_deref(), cmd))
         }
         Command::Whatif {
             rules,
@@ -81,13 +75,7 @@ fn main() -> ExitCode {
                 format,
                 seed,
             };
-            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => ExitCode::from(rt.block_on(cli::whatif(args)) as u8),
-                Err(e) => {
-                    eprintln!("cannot start the async runtime: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            run_async(cli::whatif(args))
         }
         Command::Budget {
             action:
@@ -106,13 +94,7 @@ fn main() -> ExitCode {
                 dry_run,
                 format,
             };
-            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => ExitCode::from(rt.block_on(cli::reconcile(args)) as u8),
-                Err(e) => {
-                    eprintln!("cannot start the async runtime: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            run_async(cli::reconcile(args))
         }
         Command::Simulate {
             sidecars,
@@ -171,13 +153,7 @@ fn main() -> ExitCode {
                 format,
                 api_key,
             };
-            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => ExitCode::from(rt.block_on(cli::report(args)) as u8),
-                Err(e) => {
-                    eprintln!("cannot start the async runtime: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            run_async(cli::report(args))
         }
         Command::Prices {
             action:
@@ -447,4 +423,15 @@ fn redis_settings(
         timeout: Duration::from_millis(timeout_ms),
         fail_open_cap_nanos,
     }))
+}
+
+/// Runs a command on a single-threaded runtime; its result is the exit code.
+fn run_async(command: impl std::future::Future<Output = i32>) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => ExitCode::from(rt.block_on(command) as u8),
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
