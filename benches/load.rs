@@ -10,7 +10,14 @@
 //! - `route-usage-sqlite`: Route then ReportUsage in a budgeted workflow,
 //!   on the embedded store;
 //! - `route-usage-redis`: the same on Redis (a `redis-server` started here,
-//!   append-only file fsync'd every second).
+//!   append-only file fsync'd every second);
+//! - `route-usage-redis-leased`: the same with the budget leased in slices
+//!   (`lease = { refresh_s = 10, max_share = 0.05 }`).
+//!
+//! The Redis scenarios also report, per call, the scripts Redis ran
+//! (`EVALSHA` in `INFO commandstats`: every reservation, settlement and
+//! lease renewal is one) and the reads it processed (`INFO stats`
+//! `total_reads_processed`: requests that arrive together are read at once).
 //!
 //! ```sh
 //! cargo bench --bench load                                   # every scenario, closed loop, 32 in flight, 5 s each
@@ -43,13 +50,14 @@ mod common;
 #[path = "../tests/common/redis.rs"]
 mod redis_server;
 
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 7] = [
     "health",
     "route-short",
     "route-repeated-1k",
     "route-unique-4k",
     "route-usage-sqlite",
     "route-usage-redis",
+    "route-usage-redis-leased",
 ];
 
 struct Args {
@@ -207,9 +215,10 @@ impl Work {
                     ))
                     .await?;
             }
-            _ => {
+            s => {
+                let workflow = if s.ends_with("-leased") { "leased" } else { "budgeted" };
                 let r = router
-                    .route(req("budgeted", None, format!("Summarize ticket {i} in one line.")))
+                    .route(req(workflow, None, format!("Summarize ticket {i} in one line.")))
                     .await?
                     .into_inner();
                 router
@@ -246,6 +255,12 @@ struct Result_ {
     health_ratio_rounds: Vec<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     health_ratio_median: Option<f64>,
+    /// Reads Redis processed per call, for the Redis scenarios.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_reads_per_call: Option<f64>,
+    /// Scripts Redis ran per call, for the Redis scenarios.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_scripts_per_call: Option<f64>,
 }
 
 /// One stretch of load on one scenario.
@@ -255,6 +270,9 @@ struct Slice {
     errors: u64,
     seconds: f64,
     hist: Histogram<u64>,
+    /// Reads Redis processed and scripts it ran during the slice, for the
+    /// Redis scenarios.
+    redis_reads: Option<(u64, u64)>,
 }
 
 impl Slice {
@@ -285,7 +303,41 @@ fn combine(scenario: &str, slices: &[Slice]) -> Result_ {
         max_us: hist.max(),
         health_ratio_rounds: Vec::new(),
         health_ratio_median: None,
+        redis_reads_per_call: slices
+            .iter()
+            .map(|s| s.redis_reads.map(|r| r.0))
+            .sum::<Option<u64>>()
+            .map(|r| r as f64 / requests.max(1) as f64),
+        redis_scripts_per_call: slices
+            .iter()
+            .map(|s| s.redis_reads.map(|r| r.1))
+            .sum::<Option<u64>>()
+            .map(|r| r as f64 / requests.max(1) as f64),
     }
+}
+
+/// Reads a Redis has processed, and scripts it has run (`INFO`).
+fn redis_reads(port: u16) -> (u64, u64) {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "INFO", "all"])
+        .output()
+        .expect("redis-cli");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let reads = text
+        .lines()
+        .find_map(|l| l.strip_prefix("total_reads_processed:")?.trim().parse().ok())
+        .unwrap_or(0);
+    let scripts = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("cmdstat_evalsha:calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    (reads, scripts)
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -375,6 +427,7 @@ async fn run(work: Arc<Work>, c: Clients, a: &Args, duration: Duration) -> Slice
         errors: errors.load(Ordering::Relaxed),
         seconds,
         hist,
+        redis_reads: None,
     }
 }
 
@@ -390,9 +443,10 @@ async fn main() {
     let rules = tempfile::tempdir().expect("tmp");
     let mut text = std::fs::read_to_string(common::repo_path("routing-rules/default.toml")).expect("rules");
     text.push_str("\n[[workflows]]\nname = \"budgeted\"\n[workflows.budget]\nlimit_usd = 1000000\nperiod = \"day\"\nsoft_threshold_pct = 80\n");
+    text.push_str("\n[[workflows]]\nname = \"leased\"\n[workflows.budget]\nlimit_usd = 1000000\nperiod = \"day\"\nsoft_threshold_pct = 80\nlease = { refresh_s = 10, max_share = 0.05 }\n");
     let path = rules.path().join("rules.toml");
     std::fs::write(&path, text).expect("write");
-    let needs_redis = a.target.is_none() && a.scenarios.iter().any(|s| s == "route-usage-redis");
+    let needs_redis = a.target.is_none() && a.scenarios.iter().any(|s| s.starts_with("route-usage-redis"));
     let redis = needs_redis.then(|| redis_server::RedisServer::start_with(&["--appendfsync", "everysec"]));
     let sqlite_server = a.target.is_none().then(|| common::Server::start(&path, &[]));
     let redis_server = redis
@@ -404,7 +458,7 @@ async fn main() {
     for s in &a.scenarios {
         let addr = match (s.as_str(), &redis_server, &sqlite_server, &a.target) {
             (_, _, _, Some(t)) => t.clone(),
-            ("route-usage-redis", Some(r), _, _) => r.grpc.clone(),
+            (s, Some(r), _, _) if s.starts_with("route-usage-redis") => r.grpc.clone(),
             (_, _, Some(l), _) => l.grpc.clone(),
             _ => unreachable!("a server is started when no --target is given"),
         };
@@ -427,7 +481,17 @@ async fn main() {
     let slice = a.duration / a.rounds as u32;
     for _ in 0..a.rounds {
         for (work, c, slices) in scenarios.iter_mut() {
-            slices.push(run(work.clone(), c.clone(), &a, slice).await);
+            let port = redis
+                .as_ref()
+                .filter(|_| work.scenario.starts_with("route-usage-redis"))
+                .map(|r| r.port);
+            let before = port.map(redis_reads);
+            let mut done = run(work.clone(), c.clone(), &a, slice).await;
+            done.redis_reads = port.zip(before).map(|(p, b)| {
+                let a = redis_reads(p);
+                (a.0 - b.0, a.1 - b.1)
+            });
+            slices.push(done);
         }
     }
     let health = scenarios
@@ -456,12 +520,23 @@ async fn main() {
         );
     }
     println!(
-        "{:<20} {:<12} {:>9} {:>7} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9}",
-        "scenario", "mode", "requests", "errors", "rate/s", "p50 µs", "p90 µs", "p99 µs", "max µs", "÷ health"
+        "{:<26} {:<12} {:>9} {:>7} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>13} {:>11}",
+        "scenario",
+        "mode",
+        "requests",
+        "errors",
+        "rate/s",
+        "p50 µs",
+        "p90 µs",
+        "p99 µs",
+        "max µs",
+        "÷ health",
+        "scripts/call",
+        "reads/call"
     );
     for r in &results {
         println!(
-            "{:<20} {:<12} {:>9} {:>7} {:>10.0} {:>8} {:>8} {:>8} {:>9} {:>9}",
+            "{:<26} {:<12} {:>9} {:>7} {:>10.0} {:>8} {:>8} {:>8} {:>9} {:>9} {:>13} {:>11}",
             r.scenario,
             r.mode,
             r.requests,
@@ -473,7 +548,9 @@ async fn main() {
             r.max_us,
             r.health_ratio_median
                 .or(health.map(|h| r.rate / h))
-                .map_or("-".into(), |x| format!("{x:.2}"))
+                .map_or("-".into(), |x| format!("{x:.2}")),
+            r.redis_scripts_per_call.map_or("-".into(), |x| format!("{x:.3}")),
+            r.redis_reads_per_call.map_or("-".into(), |x| format!("{x:.3}"))
         );
     }
 }

@@ -935,6 +935,25 @@ async fn redis_that_lost_acknowledged_state_fails_closed_until_reconciled_from_t
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
     };
+    let table = std::process::Command::new(BIN)
+        .args([
+            "budget",
+            "reconcile",
+            "--redis-url",
+            &url,
+            "--journal",
+            &state_dir,
+            "--dry-run",
+        ])
+        .output()
+        .expect("reconcile");
+    let table = String::from_utf8_lossy(&table.stdout);
+    eprintln!("{table}");
+    assert!(
+        table.contains("would reconcile from 1 sidecar journals (dry run: nothing written)"),
+        "{table}"
+    );
+    assert!(table.contains("(state lost; noticed by sidecar "), "{table}");
     let dry = run(&["--dry-run", "--format", "json"]);
     assert_eq!(dry["workflows"][0]["scopes"][0]["spent_before_nanousd"], 0, "{dry}");
     assert!(ca.route(call("race", "still-lost")).await.is_err());
