@@ -185,9 +185,11 @@ impl Lease {
         self.held - self.in_flight - self.spent
     }
 
-    /// What this sidecar would like available after a renewal.
+    /// What this sidecar would like available after a renewal. Demand is
+    /// averaged over at least a second: a first slice sized from one call's
+    /// milliseconds would lease a quiet sidecar far more than it spends.
     fn target(&self, mono_ms: u64) -> i64 {
-        let elapsed_s = (mono_ms.saturating_sub(self.demand_since) as f64 / 1000.0).max(0.1);
+        let elapsed_s = (mono_ms.saturating_sub(self.demand_since) as f64 / 1000.0).max(1.0);
         let observed = self.demand as f64 / elapsed_s;
         let rate = if self.rate == 0.0 {
             observed
@@ -399,7 +401,13 @@ impl Leases {
         if lease.renewing {
             return None;
         }
-        let target = if returning || lease.stopped && lease.valid_until > 0 {
+        // Nothing asked of the slice for three periods (the workflow went
+        // quiet, its period ended, or a reload took `lease` away): give it
+        // back rather than hold budget nobody spends. (Sooner would cost a
+        // sidecar with a call every few periods a return and a new lease
+        // each time.)
+        let idle = mono_ms.saturating_sub(lease.last_demand) >= 3 * lease.terms.refresh_ms;
+        let target = if returning || idle || lease.stopped && lease.valid_until > 0 {
             0
         } else {
             lease.target(mono_ms)
@@ -455,7 +463,7 @@ impl Leases {
                 for s in &p.renewal.settled {
                     settled.remove(&s.record.decision_id);
                 }
-                let elapsed_s = (p.sent_mono.saturating_sub(lease.demand_since) as f64 / 1000.0).max(0.1);
+                let elapsed_s = (p.sent_mono.saturating_sub(lease.demand_since) as f64 / 1000.0).max(1.0);
                 let observed = lease.demand as f64 / elapsed_s;
                 lease.rate = if p.rate == 0.0 {
                     observed

@@ -58,14 +58,13 @@ async fn routes_take_from_a_slice_without_the_store_and_renewals_charge_what_the
     assert_eq!(leases.due(1), vec!["w|day".to_string()]);
     let grants = renew(&leases, &store, 1).await;
     let fresh = grants[0].as_ref().expect("granted").fresh_nanos;
-    // The demand seen (1,000, over at least a tenth of a second) × 10 s ×
-    // 1.5 headroom.
-    assert_eq!(fresh, 150_000);
+    // The demand seen (1,000, over at least a second) × 10 s × 1.5 headroom.
+    assert_eq!(fresh, 15_000);
     assert_eq!(store.ops(), 1);
     // Two calls fit; the third does not, and goes exact.
     assert_eq!(leases.take(&call("d1", 1_000), TERMS, 2), Take::Taken);
-    assert_eq!(leases.take(&call("d2", 130_000), TERMS, 3), Take::Taken);
-    assert_eq!(leases.take(&call("d3", 20_000), TERMS, 4), Take::Exact);
+    assert_eq!(leases.take(&call("d2", 13_000), TERMS, 3), Take::Taken);
+    assert_eq!(leases.take(&call("d3", 2_000), TERMS, 4), Take::Exact);
     assert_eq!(store.ops(), 1, "no store operation while the slice had room");
     // Settling is local, once.
     let u = Usage::default();
@@ -85,7 +84,7 @@ async fn routes_take_from_a_slice_without_the_store_and_renewals_charge_what_the
     let st = store.scope("w|day");
     assert_eq!(st.spent_nanos, 1_500);
     let view = leases.view("w|day", mono).expect("slice");
-    assert_eq!(view.in_flight, 130_000);
+    assert_eq!(view.in_flight, 13_000);
     assert_eq!(
         st.reserved_nanos, view.held,
         "the store holds what the sidecar thinks it holds"
@@ -160,4 +159,27 @@ async fn leasing_stops_when_what_remains_is_less_than_the_slices_hold() {
         granted < 30,
         "leasing stopped before every sidecar got a slice ({granted})"
     );
+}
+
+#[tokio::test]
+async fn a_slice_nobody_asks_of_for_three_periods_is_given_back_and_then_forgotten() {
+    let store = MemLeaseStore::default();
+    let leases = Leases::new("a");
+    leases.take(&call("d0", 1_000), TERMS, 1);
+    renew(&leases, &store, 1).await;
+    assert!(store.scope("w|day").reserved_nanos > 0);
+    // No call for three periods (a reload took `lease` away, say): the
+    // renewal then returns the slice.
+    for mono in [10_001, 20_001] {
+        renew(&leases, &store, mono).await;
+        assert!(store.scope("w|day").reserved_nanos > 0);
+    }
+    renew(&leases, &store, 30_001).await;
+    assert_eq!(store.scope("w|day").reserved_nanos, 0);
+    // Idle past that with nothing held: forgotten, and no more renewals
+    // are sent.
+    let ops = store.ops();
+    assert!(leases.due(40_002).is_empty());
+    assert!(leases.keys().is_empty());
+    assert_eq!(store.ops(), ops);
 }
