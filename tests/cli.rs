@@ -319,3 +319,77 @@ fn completions_cover_every_command_for_each_shell() {
         "the error lists the shells"
     );
 }
+
+#[test]
+fn simulate_runs_the_lease_code_over_a_fleet_and_holds_every_run_to_the_bound() {
+    let out = Command::new(BIN)
+        .args([
+            "simulate",
+            "--sidecars",
+            "200",
+            "--seeds",
+            "3",
+            "--duration-s",
+            "300",
+            "--format",
+            "json",
+        ])
+        .output()
+        .expect("run");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let runs = json["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 3);
+    for r in runs {
+        let (over, bound) = (
+            r["overspend_nanousd"].as_i64().expect("overspend"),
+            r["bound_nanousd"].as_i64().expect("bound"),
+        );
+        assert!(over <= bound, "{r}");
+        assert!(r["calls"].as_u64().expect("calls") > 10_000, "{r}");
+        assert_eq!(r["round_trips_with_valid_lease"], 0, "{r}");
+    }
+    // Leases take most round trips off the Route path, and most operations
+    // off the store.
+    let leased = json["store_ops_per_s"].as_f64().expect("ops");
+    let exact = json["without_leases"]["store_ops_per_s"].as_f64().expect("ops");
+    assert!(leased * 2.0 < exact, "{leased} against {exact}");
+    assert!(
+        json["route_round_trips_per_call"].as_f64().expect("trips") < 0.5,
+        "{json}"
+    );
+    assert_eq!(json["without_leases"]["route_round_trips_per_call"].as_f64(), Some(1.0));
+    for key in [
+        "stranded_share",
+        "overspend_nanousd",
+        "bound_nanousd",
+        "p99_added_latency_us",
+        "targets_met",
+    ] {
+        assert!(json.get(key).is_some(), "no {key}: {json}");
+    }
+    // The exit code says whether the targets were met.
+    let met = json["targets_met"]
+        .as_object()
+        .expect("targets")
+        .values()
+        .all(|v| v == true);
+    assert_eq!(out.status.success(), met, "{json}");
+}
+
+#[test]
+fn simulate_refuses_flags_out_of_range_with_the_range() {
+    for (flag, value, says) in [
+        ("--sidecars", "0", "1 to 100,000"),
+        ("--refresh-s", "0.5", "1 to 300"),
+        ("--max-share", "0.9", "at most 0.5"),
+        ("--format", "yaml", "table or json"),
+    ] {
+        let out = Command::new(BIN).args(["simulate", flag, value]).output().expect("run");
+        assert_eq!(out.status.code(), Some(64), "{flag} {value}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{flag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

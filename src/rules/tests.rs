@@ -210,3 +210,28 @@ fn workflow_names_keep_to_a_store_safe_alphabet() {
     assert!(!valid_workflow_name("a|b"));
     assert!(!valid_workflow_name(&"a".repeat(65)));
 }
+
+#[test]
+fn a_lease_outside_its_ranges_is_refused_at_its_line_and_a_good_one_loads() {
+    let budget =
+        |lease: &str| format!("{MINIMAL}[workflows.budget]\nlimit_usd = 10\nperiod = \"day\"\nlease = {lease}\n");
+    let d = diags(&budget("{ refresh_s = 0.2, max_share = 0.9 }"));
+    let lease: Vec<&Diagnostic> = d.iter().filter(|d| d.key == "workflows[0].budget.lease").collect();
+    assert_eq!(lease.len(), 2, "{d:?}");
+    assert!(lease[0].message.contains("between 1 and 300"), "{}", lease[0].message);
+    assert!(lease[1].message.contains("at most 0.5"), "{}", lease[1].message);
+    assert_eq!(lease[0].line, 29, "the line of `lease`");
+    assert!(
+        RuleTable::from_str("r.toml", &budget("{ refresh_s = 10 }")).is_err(),
+        "max_share is required"
+    );
+    let t = RuleTable::from_str("r.toml", &budget("{ refresh_s = 10, max_share = 0.05 }")).expect("valid");
+    let terms = t.workflow("w").and_then(|w| w.budget.as_ref()).and_then(|b| b.lease);
+    assert_eq!(
+        terms,
+        Some(LeaseTerms {
+            refresh_ms: 10_000,
+            max_share_bp: 500
+        })
+    );
+}
