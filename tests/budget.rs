@@ -974,3 +974,35 @@ async fn redis_that_lost_acknowledged_state_fails_closed_until_reconciled_from_t
     route_and_report(&mut cb, "b-after").await;
     assert_eq!(metric(&a, "switchyard_budget_state_lost"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_takes_lease_away_mid_flight_loses_nothing_and_returns_the_slices() {
+    let redis = RedisServer::start();
+    let dir = rules_dir(&leased_race_rules());
+    let rules = dir.path().join("rules.toml");
+    let url = redis.url();
+    let server = Server::start(&rules, &["--redis-url", url.as_str(), "--redis-timeout-ms", "5000"]);
+    let c = server.client().await;
+    // Steady calls, and half a second in, the rules lose `lease`.
+    let reload = {
+        let (rules, text) = (rules.clone(), leased_race_rules());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let tmp = rules.with_extension("tmp");
+            std::fs::write(&tmp, text.replace("lease = { refresh_s = 1, max_share = 0.5 }", "")).expect("write");
+            std::fs::rename(&tmp, &rules).expect("rename");
+        })
+    };
+    let (acked, _) = callers(&[c.clone()], "steady", 4, 40, Duration::from_millis(25)).await;
+    reload.await.expect("reload");
+    let leased = metric(&server, "switchyard_lease_routes_total");
+    assert!(leased > 0, "some calls took from a slice before the reload");
+    // Everything acknowledged is charged, and once idle for three refresh
+    // periods the slice is given back.
+    assert_settles_to(&c, "steady", acked).await;
+    // From now on the workflow reserves exactly.
+    let (more, routed) = callers(&[c.clone()], "steady", 2, 10, Duration::ZERO).await;
+    assert_eq!(routed, 20);
+    assert_eq!(metric(&server, "switchyard_lease_routes_total"), leased);
+    assert_settles_to(&c, "steady", acked + more).await;
+}
