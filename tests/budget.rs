@@ -993,7 +993,7 @@ async fn a_reload_that_takes_lease_away_mid_flight_loses_nothing_and_returns_the
             std::fs::rename(&tmp, &rules).expect("rename");
         })
     };
-    let (acked, _) = callers(&[c.clone()], "steady", 4, 40, Duration::from_millis(25)).await;
+    let (acked, _) = callers(std::slice::from_ref(&c), "steady", 4, 40, Duration::from_millis(25)).await;
     reload.await.expect("reload");
     let leased = metric(&server, "switchyard_lease_routes_total");
     assert!(leased > 0, "some calls took from a slice before the reload");
@@ -1001,7 +1001,7 @@ async fn a_reload_that_takes_lease_away_mid_flight_loses_nothing_and_returns_the
     // periods the slice is given back.
     assert_settles_to(&c, "steady", acked).await;
     // From now on the workflow reserves exactly.
-    let (more, routed) = callers(&[c.clone()], "steady", 2, 10, Duration::ZERO).await;
+    let (more, routed) = callers(std::slice::from_ref(&c), "steady", 2, 10, Duration::ZERO).await;
     assert_eq!(routed, 20);
     assert_eq!(metric(&server, "switchyard_lease_routes_total"), leased);
     assert_settles_to(&c, "steady", acked + more).await;
