@@ -235,7 +235,16 @@ async fn whatif_recovers_a_known_world_on_redis() {
         let prefix = format!("world{run}");
         let server = Server::start(
             &repo_path("tests/fixtures/whatif/logging"),
-            &["--redis-url", &url, "--redis-key-prefix", &prefix],
+            // Generous: 20,000 calls with 16 in flight on a loaded CI
+            // machine can keep Redis from answering within the default.
+            &[
+                "--redis-url",
+                &url,
+                "--redis-key-prefix",
+                &prefix,
+                "--redis-timeout-ms",
+                "5000",
+            ],
         );
         let routed = drive(&server).await;
         check(&["--redis-url", &url, "--redis-key-prefix", &prefix], "Redis", &routed)

@@ -77,6 +77,9 @@ pub fn fold_file(path: &Path) -> Result<Folded, String> {
 /// This sidecar's journal of acknowledged settlements.
 pub(super) struct Acks {
     path: PathBuf,
+    /// Open for appending, so that a settlement costs one write, not an
+    /// open as well; reopened after a compaction replaces the file.
+    file: Option<std::fs::File>,
     folded: Folded,
     lines: usize,
 }
@@ -87,6 +90,7 @@ impl Acks {
     pub(super) fn none() -> Acks {
         Acks {
             path: PathBuf::new(),
+            file: None,
             folded: Folded::default(),
             lines: 0,
         }
@@ -98,7 +102,12 @@ impl Acks {
         } else {
             Folded::default()
         };
-        Ok(Acks { path, folded, lines: 0 })
+        Ok(Acks {
+            path,
+            file: None,
+            folded,
+            lines: 0,
+        })
     }
 
     /// Settlements of `workflow` Redis acknowledged to this sidecar.
@@ -130,6 +139,7 @@ impl Acks {
                     .write_all(text.as_bytes())
             });
         if let Err(e) = written {
+            self.file = None;
             // Not counted either: the check stays sound (Redis may hold
             // more than the journal says, never less), but reconcile cannot
             // restore this charge from this file.
@@ -170,6 +180,7 @@ impl Acks {
             text.push_str(&serde_json::to_string(&l).unwrap_or_default());
             text.push('\n');
         }
+        self.file = None;
         let tmp = self.path.with_extension("jsonl.tmp");
         if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &self.path)) {
             tracing::warn!(file = %self.path.display(), error = %e, "cannot compact the journal of acknowledged settlements; it keeps growing until it can");
