@@ -61,6 +61,13 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Whether this is a Redis Cluster, where a pipeline cannot span slots.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Conn::Cluster(_))
+    }
+}
+
 impl Cluster {
     async fn connection(&self) -> redis::RedisResult<ClusterConnection> {
         self.conn

@@ -139,6 +139,33 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Writes index entries on a cluster: sixteen streams of commands at
+    /// once, since no pipeline spans their slots. A failure is logged: the
+    /// entries only let another sidecar (or this one after a restart) find
+    /// a call whose usage it is sent.
+    async fn write_index(&self, index: Vec<redis::Cmd>) {
+        let mut streams = tokio::task::JoinSet::new();
+        let per = index.len().div_ceil(16).max(1);
+        let mut index = index.into_iter().peekable();
+        while index.peek().is_some() {
+            let chunk: Vec<redis::Cmd> = index.by_ref().take(per).collect();
+            let mut c = self.conn.clone();
+            streams.spawn(async move {
+                for set in chunk {
+                    set.query_async::<()>(&mut c).await?;
+                }
+                Ok::<(), RedisError>(())
+            });
+        }
+        while let Some(done) = streams.join_next().await {
+            if let Ok(Err(e)) = done {
+                tracing::warn!(error = %e, "writing decision index entries after a lease renewal failed; those calls' usage settles only on this sidecar until it restarts");
+            }
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl LeaseStore for RedisStore {
     async fn renew_lease(&self, r: &LeaseRenewal) -> Result<LeaseGrant, StoreError> {
@@ -189,20 +216,36 @@ impl LeaseStore for RedisStore {
         }
         let mut pipe = redis::pipe();
         // Each call's index entry, so that its usage settles on any sidecar
-        // (or this one after a restart), as for an exact reservation.
-        for d in r.routed.iter().chain(r.settled.iter().map(|s| &s.record)) {
-            pipe.cmd("SET")
-                .arg(self.index_key(&d.decision_id))
-                .arg(format!("{}{SEP}{}", r.workflow, r.scope.key))
-                .arg("PX")
-                .arg(RETAIN_MS)
-                .ignore();
+        // (or this one after a restart), as for an exact reservation. On a
+        // single Redis they ride in the script's pipeline; a cluster keeps
+        // them in other slots, so they go after it, many at once.
+        let index: Vec<redis::Cmd> = r
+            .routed
+            .iter()
+            .chain(r.settled.iter().map(|s| &s.record))
+            .map(|d| {
+                let mut set = redis::cmd("SET");
+                set.arg(self.index_key(&d.decision_id))
+                    .arg(format!("{}{SEP}{}", r.workflow, r.scope.key))
+                    .arg("PX")
+                    .arg(RETAIN_MS);
+                set
+            })
+            .collect();
+        let cluster = self.conn.is_cluster();
+        if !cluster {
+            for set in &index {
+                pipe.add_command(set.clone()).ignore();
+            }
         }
         if !self.known_workflows().contains(&r.workflow) {
             pipe.cmd("SADD").arg(self.workflows_key()).arg(&r.workflow).ignore();
         }
         pipe.invoke_script(&inv);
         let reply = strings(self.pipeline_with_script(&pipe, &self.lease).await?);
+        if cluster {
+            self.write_index(index).await;
+        }
         self.known_workflows().insert(r.workflow.clone());
         let n = |i: usize| reply.get(i).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
         if reply.first().map(String::as_str) == Some("lost") {
