@@ -1006,3 +1006,40 @@ async fn a_reload_that_takes_lease_away_mid_flight_loses_nothing_and_returns_the
     assert_eq!(metric(&server, "switchyard_lease_routes_total"), leased);
     assert_settles_to(&c, "steady", acked + more).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_concurrent_reports_of_a_leased_call_are_charged_once() {
+    let redis = RedisServer::start();
+    let dir = rules_dir(&leased_race_rules());
+    let url = redis.url();
+    let server = Server::start(&dir.path().join("rules.toml"), &["--redis-url", url.as_str()]);
+    let mut c = server.client().await;
+    let mut acked = route_and_report(&mut c, "first").await.1;
+    let leased = eventually(Duration::from_secs(5), || {
+        let s = &server;
+        async move { metric(s, "switchyard_lease_held_nanousd") > 0 }
+    })
+    .await;
+    assert!(leased, "a slice was leased");
+    let before = metric(&server, "switchyard_lease_routes_total");
+    let r = c.route(call("race", "dup")).await.expect("route").into_inner();
+    assert_eq!(
+        metric(&server, "switchyard_lease_routes_total"),
+        before + 1,
+        "routed from the slice"
+    );
+    // Eight reports of the same call at once, as retries racing would.
+    let reports: Vec<_> = (0..8)
+        .map(|_| {
+            let (mut c, r) = (c.clone(), r.clone());
+            tokio::spawn(async move { report(&mut c, &r, 300).await })
+        })
+        .collect();
+    let mut costs = Vec::new();
+    for t in reports {
+        costs.push(t.await.expect("report"));
+    }
+    assert!(costs.iter().all(|&x| x == costs[0]), "{costs:?}");
+    acked += costs[0];
+    assert_settles_to(&c, "race", acked).await;
+}
