@@ -183,6 +183,14 @@ fn race_report(url: &str, rules: &std::path::Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("json")
 }
 
+/// A state folder for a server the test restarts on it, and its path as
+/// a flag value.
+fn state_folder() -> (tempfile::TempDir, String) {
+    let state = tempfile::tempdir().expect("state");
+    let path = state.path().to_str().expect("utf-8 path").to_string();
+    (state, path)
+}
+
 fn metric(server: &Server, name: &str) -> u64 {
     let (_, body) = server.admin_get("/metrics");
     body.lines()
@@ -418,8 +426,7 @@ async fn soft_threshold_then_escalation(args: &[&str]) {
 async fn kill_9_and_restart_keep_every_acknowledged_cent() {
     let dir = rules_dir(&race_rules());
     let rules = dir.path().join("rules.toml");
-    let state = tempfile::tempdir().expect("state");
-    let state_arg = state.path().to_str().expect("utf-8 path").to_string();
+    let (_state, state_arg) = state_folder();
     let mut acked = 0i64;
     let decision;
     {
@@ -638,8 +645,7 @@ async fn per_outcome_and_label_caps_stop_their_own_calls_only() {
 async fn explain_shows_the_budget_as_it_stands() {
     let dir = rules_dir(&race_rules());
     let rules = dir.path().join("rules.toml");
-    let state = tempfile::tempdir().expect("state");
-    let state_arg = state.path().to_str().expect("utf-8 path").to_string();
+    let (_state, state_arg) = state_folder();
     let explain = || {
         let out = std::process::Command::new(BIN)
             .args(["explain", "--workflow", "race", "--max-output-tokens", "500", "--rules"])
@@ -829,8 +835,7 @@ async fn a_server_killed_holding_a_slice_loses_no_spend_and_strands_it_only_unti
     let redis = RedisServer::start();
     let dir = rules_dir(&leased_race_rules());
     let url = redis.url();
-    let state = tempfile::tempdir().expect("state");
-    let state_dir = state.path().to_str().expect("utf-8").to_string();
+    let (_state, state_dir) = state_folder();
     let flags = [
         "--redis-url",
         url.as_str(),
@@ -874,8 +879,7 @@ async fn redis_that_lost_acknowledged_state_fails_closed_until_reconciled_from_t
     let redis = RedisServer::start();
     let dir = rules_dir(&race_rules());
     let url = redis.url();
-    let state = tempfile::tempdir().expect("state");
-    let state_dir = state.path().to_str().expect("utf-8").to_string();
+    let (state, state_dir) = state_folder();
     let a = Server::start(
         &dir.path().join("rules.toml"),
         &[

@@ -591,6 +591,19 @@ impl MemLeaseStore {
         }
     }
 
+    /// Settles a call whose slice was returned before its usage came:
+    /// straight to the spend of `scope`, once, as the store's settlement
+    /// does for a `leased` record.
+    pub fn settle_orphan(&self, decision_id: &str, scope: &str, cost: i64) {
+        let mut m = self.inner();
+        m.ops += 1;
+        if m.charged.insert(decision_id.to_string()) {
+            if let Some((st, _)) = m.scopes.get_mut(scope) {
+                st.spent_nanos += cost;
+            }
+        }
+    }
+
     /// Releases the holds that expired by `now_ms`, as the sweep does.
     pub fn expire(&self, now_ms: i64) {
         let mut m = self.inner();

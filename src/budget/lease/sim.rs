@@ -291,7 +291,7 @@ pub async fn run(cfg: &SimConfig, seed: u64) -> SimRun {
                 if call.leased {
                     // Returned with its slice: settles straight to spend,
                     // as the store's settle does for a `leased` record.
-                    store.settle_orphan(id, call.actual);
+                    store.settle_orphan(id, SCOPE, call.actual);
                 } else {
                     store.settle(id, call.actual);
                 }
@@ -353,17 +353,4 @@ pub async fn run(cfg: &SimConfig, seed: u64) -> SimRun {
     };
     out.bound_nanousd = overrun + cut_off_held;
     out
-}
-
-impl MemLeaseStore {
-    /// Settles a call whose slice was returned: straight to spend, once.
-    pub fn settle_orphan(&self, decision_id: &str, cost: i64) {
-        let mut m = self.inner();
-        m.ops += 1;
-        if m.charged.insert(decision_id.to_string()) {
-            if let Some((st, _)) = m.scopes.get_mut(SCOPE) {
-                st.spent_nanos += cost;
-            }
-        }
-    }
 }
