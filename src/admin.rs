@@ -35,6 +35,12 @@ pub struct AdminState {
     pub store_gauges: StoreGauges,
     /// Spans the OTLP exporter sent and lost.
     pub spans: Arc<crate::telemetry::ExportCounts>,
+    /// Each port's protocol, limits and connection counts.
+    pub ports: [(
+        crate::listener::Protocol,
+        crate::listener::Limits,
+        Arc<crate::listener::PortStats>,
+    ); 2],
 }
 
 /// How often the gauges read from the store (open escalations, what is left
@@ -340,6 +346,34 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     let mut registry = Registry::default();
     s.metrics.register(&mut registry);
     registry.register_collector(Box::new(ReadingsCollector(Arc::new(series))));
+    registry.register_collector(Box::new(ReadingsCollector(Arc::new(port_readings(&s.ports)))));
+    let held = s.learning.learner.held();
+    registry.register_collector(Box::new(ReadingsCollector(Arc::new(vec![
+        Readings::one(
+            "switchyard_learning_memory_bytes",
+            MetricType::Gauge,
+            "Learned routing state held in memory (weights kept, about 16 bytes each).",
+            Reading::Count(held.bytes),
+        ),
+        Readings::one(
+            "switchyard_learning_memory_ceiling_bytes",
+            MetricType::Gauge,
+            "The most learned routing state held in memory (--learning-memory-mib).",
+            Reading::Count(held.ceiling_bytes),
+        ),
+        Readings::one(
+            "switchyard_learning_evicted_workflows",
+            MetricType::Gauge,
+            "Workflows whose learned state was evicted from memory to stay under the ceiling; reloaded from the store when next routed.",
+            Reading::Count(held.evicted_workflows),
+        ),
+        Readings::one(
+            "switchyard_learning_evictions_total",
+            MetricType::Counter,
+            "Workflow models evicted from memory to stay under the ceiling.",
+            Reading::Count(held.evictions_total),
+        ),
+    ]))));
     let seen = s.learning.learner.seen();
     if !seen.is_empty() {
         let mut learned = Readings::family(
@@ -374,6 +408,49 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
         )],
         crate::metrics::encode(&registry),
     )
+}
+
+/// Each port's open connections, their cap, and what its limits refused.
+fn port_readings(
+    ports: &[(
+        crate::listener::Protocol,
+        crate::listener::Limits,
+        Arc<crate::listener::PortStats>,
+    )],
+) -> Vec<Readings> {
+    let mut open = Readings::family(
+        "switchyard_connections_open",
+        MetricType::Gauge,
+        "Connections open on each port (grpc, admin).",
+    );
+    let mut cap = Readings::family(
+        "switchyard_connections_max",
+        MetricType::Gauge,
+        "The cap on open connections of each port, after fitting the descriptor limit.",
+    );
+    let mut accepted = Readings::family(
+        "switchyard_connections_accepted_total",
+        MetricType::Counter,
+        "Connections accepted on each port.",
+    );
+    let mut refused = Readings::family(
+        "switchyard_connection_refusals_total",
+        MetricType::Counter,
+        "Connections and calls a port's limits refused or closed, by reason (max_connections, accept_failed, \
+         max_in_flight, connection_concurrency, request_timeout, idle, header_read_timeout, close_grace_exceeded).",
+    );
+    for (protocol, limits, stats) in ports {
+        let port = || vec![("port", protocol.port_name().to_string())];
+        open.push(port(), Reading::Count(stats.open.load(Ordering::Relaxed) as u64));
+        cap.push(port(), Reading::Count(limits.max_connections as u64));
+        accepted.push(port(), Reading::Count(stats.accepted.load(Ordering::Relaxed)));
+        for why in crate::listener::Refusal::ALL {
+            let mut labels = port();
+            labels.push(("reason", why.label().to_string()));
+            refused.push(labels, Reading::Count(stats.refused(why)));
+        }
+    }
+    vec![open, cap, accepted, refused]
 }
 
 /// The gauges read from the store: open escalations by workflow, and per
@@ -497,6 +574,8 @@ use prometheus_client::registry::Registry;
 pub fn spawn(
     listener: std::net::TcpListener,
     state: Arc<AdminState>,
+    limits: crate::listener::Limits,
+    stats: Arc<crate::listener::PortStats>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     listener.set_nonblocking(true)?;
@@ -522,9 +601,16 @@ pub fn spawn(
                 let stop = async move {
                     let _ = shutdown.wait_for(|s| *s).await;
                 };
-                if let Err(e) = axum::serve(listener, router(state)).with_graceful_shutdown(stop).await {
-                    tracing::error!(error = %e, "admin server failed");
-                }
+                let service = router(state);
+                crate::listener::serve::<_, crate::listener::HttpRefusal, _>(
+                    listener,
+                    crate::listener::Protocol::Http1,
+                    limits,
+                    stats,
+                    service,
+                    stop,
+                )
+                .await;
             });
         })
 }

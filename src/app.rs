@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tonic::transport::server::TcpIncoming;
 
 use crate::access::Access;
 use crate::admin::{self, AdminState};
@@ -62,6 +61,16 @@ pub struct ServeConfig {
     /// The audit log's rotation: the size at which it rotates, and how many
     /// rotated files are kept.
     pub audit: crate::audit::Rotation,
+    /// Connection and call limits of the gRPC port and of the admin port.
+    pub grpc_limits: crate::listener::Limits,
+    pub admin_limits: crate::listener::Limits,
+    /// Threads that count the tokens of large prompts.
+    pub tokenize_threads: usize,
+    /// The most learned routing state held in memory.
+    pub learning_memory_bytes: u64,
+    /// A change of a budget's period or time zone starts a fresh scope
+    /// (audited) instead of being refused.
+    pub allow_scope_reset: bool,
 }
 
 /// The fleet store's settings, from `--redis-*`.
@@ -89,19 +98,20 @@ pub use crate::error::ConfigError;
 /// Runs the sidecar until SIGTERM or Ctrl-C.
 pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     // 1. Everything that can be wrong with the configuration, before binding.
-    let rules = Rules::load(&cfg.rules).map_err(|e| {
-        ConfigError(format!(
-            "the rules at {} are not valid; nothing was started:\n{e}",
-            cfg.rules.display()
-        ))
-    })?;
-    let rules = Arc::new(rules);
     std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
         ConfigError(format!(
             "cannot create the state folder {}: {e}; pass --state-dir with a writable folder",
             cfg.state_dir.display()
         ))
     })?;
+    let (rules, scope_resets) =
+        Rules::load_serving(&cfg.rules, &cfg.state_dir, cfg.allow_scope_reset).map_err(|e| {
+            ConfigError(format!(
+                "the rules at {} are not valid; nothing was started:\n{e}",
+                cfg.rules.display()
+            ))
+        })?;
+    let rules = Arc::new(rules);
     if cfg.context_cache.max_bytes < 1024 * 1024 {
         return Err(ConfigError(format!(
             "--context-cache-mib must be at least 1 (got {} bytes)",
@@ -158,6 +168,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 reservation_ttl_ms: cfg.reservation_ttl.as_millis() as i64,
                 fail_open_cap_nanos: r.fail_open_cap_nanos,
                 journal: cfg.state_dir.join("redis-journal.jsonl"),
+                accept_fresh: cfg.accept_fresh_store,
             })
             .await
             .map_err(|e| ConfigError(e.to_string()))?;
@@ -166,6 +177,24 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 .await
                 .map_err(|e| ConfigError(e.to_string()))?;
             crate::budget::LedgerStore::set_decision_retention(&store, cfg.decision_retention);
+            // An empty Redis is refused here; an unreachable one is asked
+            // again before the first budget is spent from it.
+            match store.ensure_known().await {
+                Ok(crate::budget::redis::FreshStart::FreshAccepted) => {
+                    tracing::warn!(redis = %redact_url(&r.url), "--accept-fresh-store: Redis held no budget state; budgets start empty");
+                    audit.record(AuditRecord::new(
+                        "-",
+                        Action::StoreFreshStart,
+                        "",
+                        &redact_url(&r.url),
+                        Verdict::Ok,
+                        "Redis held no budget state; --accept-fresh-store started it empty",
+                    ));
+                }
+                Ok(_) => {}
+                Err(crate::error::StoreError::StateLost(why)) => return Err(ConfigError(why).into()),
+                Err(_) => {}
+            }
             // Not fatal: a sidecar that starts before Redis serves (failing
             // closed or open, as configured) and recovers when Redis answers.
             match store.ping().await {
@@ -208,10 +237,31 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             audit.record(AuditRecord::new("-", Action::RulesReload, "", &path, result, &reason));
         }));
     }
+    {
+        let scope_reset = |audit: &Audit, workflow: &str, was: &str, now: &str| {
+            audit.record(AuditRecord::new(
+                "-",
+                Action::BudgetScopeReset,
+                workflow,
+                "",
+                Verdict::Ok,
+                &format!("--allow-scope-reset: the budget's scope changed from {was} to {now}; spend so far stays in the old scope"),
+            ));
+        };
+        for (workflow, was, now) in &scope_resets {
+            tracing::warn!(workflow = %workflow, was = %was, now = %now, "--allow-scope-reset: a budget starts a fresh scope");
+            scope_reset(&audit, workflow, was, now);
+        }
+        let audit = audit.clone();
+        rules.on_scope_reset(Box::new(move |w, was, now| scope_reset(&audit, w, was, now)));
+    }
 
     // The learned routing state is the fold of the labelled calls the store
     // keeps: rebuild it before serving, so a restart routes as before.
-    let learning = Arc::new(Online::new(Arc::new(Learner::new()), store.clone()));
+    let learning = Arc::new(Online::new(
+        Arc::new(Learner::with_ceiling(cfg.learning_memory_bytes)),
+        store.clone(),
+    ));
     let mut learn_cursors = std::collections::HashMap::new();
     let started = std::time::Instant::now();
     match learning.catch_up(&store, &rules, &mut learn_cursors).await {
@@ -235,6 +285,9 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let grpc_addr = grpc_listener.local_addr()?;
     let admin_listener = admin::bind(cfg.admin_listen)?;
     let admin_addr = admin_listener.local_addr()?;
+    let (grpc_limits, admin_limits) = fit_fd_limit(cfg.grpc_limits, cfg.admin_limits);
+    let grpc_stats = Arc::new(crate::listener::PortStats::default());
+    let admin_stats = Arc::new(crate::listener::PortStats::default());
 
     let counters = Arc::new(RouteCounters::default());
     let metrics = Arc::new(crate::metrics::Metrics::default());
@@ -250,9 +303,19 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         ready: Default::default(),
         store_gauges: Default::default(),
         spans: telemetry.counts.clone(),
+        ports: [
+            (crate::listener::Protocol::Grpc, grpc_limits, grpc_stats.clone()),
+            (crate::listener::Protocol::Http1, admin_limits, admin_stats.clone()),
+        ],
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let admin_thread = admin::spawn(admin_listener, admin_state.clone(), stop_rx.clone())?;
+    let admin_thread = admin::spawn(
+        admin_listener,
+        admin_state.clone(),
+        admin_limits,
+        admin_stats,
+        stop_rx.clone(),
+    )?;
 
     let watcher = {
         let mut rx = stop_rx.clone();
@@ -409,6 +472,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 metrics: metrics.clone(),
             }),
             trace: false,
+            large_requests: Some(Arc::new(tokio::sync::Semaphore::new(cfg.tokenize_threads))),
         },
         learning,
         access: Access { audit: audit.clone() },
@@ -435,18 +499,30 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     );
 
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .layer(tower::util::MapResponseLayer::new(move |resp| {
-            grpc::edge_status::rewrite(resp, limit)
-        }))
-        .add_service(health_service)
+    let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(router)
-        .serve_with_incoming_shutdown(TcpIncoming::from(grpc_listener).with_nodelay(Some(true)), async move {
-            let _ = drain_rx.await;
-        });
+        .add_service(router);
+    let grpc_service = tower::ServiceBuilder::new()
+        .map_response(move |resp| grpc::edge_status::rewrite(resp, limit))
+        .service(routes);
+    let server = {
+        let (limits, stats) = (grpc_limits, grpc_stats.clone());
+        async move {
+            crate::listener::serve::<_, crate::listener::GrpcRefusal, _>(
+                grpc_listener,
+                crate::listener::Protocol::Grpc,
+                limits,
+                stats,
+                grpc_service,
+                async move {
+                    let _ = drain_rx.await;
+                },
+            )
+            .await;
+            anyhow::Ok(())
+        }
+    };
     let mut server = tokio::spawn(server);
     let mut shutdown = ShutdownSignal::register();
     // Ready only now: the port is bound (connections queue in its backlog)
@@ -466,7 +542,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             // The server stopped by itself: that is an error worth exiting on.
             let _ = stop_tx.send(true);
             res.context("gRPC server task")?.context("gRPC server")?;
-            return Ok(());
+            anyhow::bail!("the gRPC server stopped by itself");
         }
         sig = shutdown.recv() => {
             tracing::info!(signal = sig, grace_s = cfg.shutdown_grace.as_secs_f64(), "shutting down: draining calls in flight");
@@ -514,6 +590,33 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let _ = tokio::task::spawn_blocking(move || admin_thread.join()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Both ports' connection caps, lowered where the process's descriptor limit
+/// would not leave room for the store, the audit log, the rules watcher and
+/// the state files (128 descriptors) beside them.
+fn fit_fd_limit(
+    mut grpc: crate::listener::Limits,
+    mut admin: crate::listener::Limits,
+) -> (crate::listener::Limits, crate::listener::Limits) {
+    const RESERVE: u64 = 128;
+    if let Some(fds) = crate::listener::fd_soft_limit() {
+        if let Some(n) = admin.fit_fd_limit(fds / 8, 0, 0) {
+            tracing::warn!(
+                fd_limit = fds,
+                admin_max_connections = n,
+                "admin connections capped to fit the descriptor limit"
+            );
+        }
+        if let Some(n) = grpc.fit_fd_limit(fds, admin.max_connections, RESERVE) {
+            tracing::warn!(
+                fd_limit = fds,
+                max_connections = n,
+                "--max-connections lowered to leave file descriptors for the store and the admin port; raise the limit (ulimit -n) to allow more"
+            );
+        }
+    }
+    (grpc, admin)
 }
 
 /// SIGTERM and Ctrl-C, registered with the OS when built. Building it before

@@ -43,7 +43,9 @@
 //!
 //! **Around the process**
 //! - [`app`]: wiring for `serve`, signals, ordered shutdown.
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and `/`, on their own runtime.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and `/`, on their own runtime;
+//!   [`listener`]: the accept loop both ports share, with their connection,
+//!   stream, header, idle and in-flight limits.
 //! - [`telemetry`]: spans through the OpenTelemetry SDK and their OTLP export;
 //!   [`metrics`]: the series, through prometheus-client.
 //! - [`audit`]: the append-only audit log, rotated, with refusals aggregated.
@@ -70,6 +72,7 @@ pub mod estimate;
 pub mod fuzz;
 pub mod grpc;
 pub mod hashing;
+pub mod listener;
 pub mod metrics;
 pub mod money;
 pub mod outcome;

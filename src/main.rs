@@ -35,7 +35,11 @@ fn init_logging(json: bool) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { rules } => ExitCode::from(cli::check(&rules) as u8),
+        Command::Check {
+            rules,
+            state_dir,
+            allow_scope_reset,
+        } => ExitCode::from(cli::check(&rules, state_dir.as_deref(), allow_scope_reset) as u8),
         Command::Escalations {
             server,
             api_key,
@@ -96,6 +100,12 @@ fn main() -> ExitCode {
             };
             run_async(cli::reconcile(args))
         }
+        Command::Budget {
+            action: BudgetAction::Init {
+                redis_url,
+                redis_key_prefix,
+            },
+        } => run_async(cli::budget_init(redis_url, redis_key_prefix)),
         Command::Simulate {
             sidecars,
             refresh_s,
@@ -288,6 +298,7 @@ fn main() -> ExitCode {
             audit_max_mib,
             audit_keep,
             wal_limit_mib,
+            limits,
         } => {
             let json = match log_format.as_str() {
                 "json" => true,
@@ -317,7 +328,22 @@ fn main() -> ExitCode {
                 eprintln!("--wal-limit-mib {wal_limit_mib} must be 1 to 1048576");
                 return ExitCode::from(EXIT_CONFIG);
             }
+            let (grpc_limits, admin_limits) = match limits.limits() {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
             let cfg = ServeConfig {
+                grpc_limits,
+                admin_limits,
+                tokenize_threads: match limits.tokenize_threads {
+                    0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+                    n => n,
+                },
+                learning_memory_bytes: limits.learning_memory_mib * 1024 * 1024,
+                allow_scope_reset: limits.allow_scope_reset,
                 accept_fresh_store,
                 wal_limit_bytes: wal_limit_mib * 1024 * 1024,
                 audit: switchyard::audit::Rotation {

@@ -114,6 +114,8 @@ pub enum Command {
         /// The embedded store's write-ahead log is reset once it grows past this many MiB.
         #[arg(long, env = "SWITCHYARD_WAL_LIMIT_MIB", default_value_t = 64)]
         wal_limit_mib: u64,
+        #[command(flatten)]
+        limits: LimitFlags,
     },
     /// List, approve or deny budget escalations on a running server.
     Escalations {
@@ -249,6 +251,13 @@ pub enum Command {
     Check {
         #[arg(long, default_value = "routing-rules")]
         rules: PathBuf,
+        /// Also check the rules against the budget scopes the server with this state folder serves:
+        /// a changed period or time zone is an error unless --allow-scope-reset.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// With --state-dir: accept a changed budget period or time zone (a fresh scope).
+        #[arg(long, requires = "state_dir")]
+        allow_scope_reset: bool,
     },
     /// Evaluate routing on recorded per-prompt outcomes (one JSON row a line):
     /// always-strong, always-weak, random, the rules, the learned router, and
@@ -357,6 +366,14 @@ pub enum BudgetAction {
         #[arg(long, default_value = "table")]
         format: String,
     },
+    /// Mark a new Redis as this deployment's budget store, so that sidecars trust it; they refuse an
+    /// empty Redis otherwise (it may have lost its data).
+    Init {
+        #[arg(long, env = "SWITCHYARD_REDIS_URL")]
+        redis_url: String,
+        #[arg(long, env = "SWITCHYARD_REDIS_KEY_PREFIX", default_value = "sy")]
+        redis_key_prefix: String,
+    },
 }
 
 /// The store a command reads, as `serve` keeps it: the embedded store in a
@@ -372,4 +389,97 @@ pub struct StoreFlags {
     /// The key prefix `serve` uses in Redis.
     #[arg(long, env = "SWITCHYARD_REDIS_KEY_PREFIX", default_value = "sy")]
     pub redis_key_prefix: String,
+}
+
+/// The limits that keep the process bounded: connections and calls per
+/// port, the tokenizer pool, the learned state in memory (docs/operations.md).
+#[derive(clap::Args, Debug, Clone)]
+pub struct LimitFlags {
+    /// Open gRPC connections at most; one more is closed at accept. Lowered at start to leave
+    /// file descriptors for the store and the rest when the descriptor limit is lower.
+    #[arg(long, env = "SWITCHYARD_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// gRPC calls running at once on the port; more are answered RESOURCE_EXHAUSTED at once.
+    #[arg(long, env = "SWITCHYARD_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
+    /// gRPC calls running at once on one connection; more are answered RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SWITCHYARD_PER_CONNECTION_CONCURRENCY", default_value_t = 256)]
+    pub per_connection_concurrency: usize,
+    /// HTTP/2 streams a client may open at once on one connection (advertised in SETTINGS).
+    #[arg(long, env = "SWITCHYARD_HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2 streams reset by the client and not yet accepted, before the connection is closed.
+    #[arg(long, env = "SWITCHYARD_HTTP2_MAX_PENDING_RESET_STREAMS", default_value_t = 32)]
+    pub http2_max_pending_reset_streams: usize,
+    /// The largest header list (metadata) a request may carry, in bytes, on both ports.
+    #[arg(long, env = "SWITCHYARD_MAX_HEADER_LIST_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_list_bytes: u32,
+    /// Seconds a new connection has to complete its first request before it is closed.
+    #[arg(long, env = "SWITCHYARD_HEADER_READ_TIMEOUT_S", default_value_t = 10)]
+    pub header_read_timeout_s: u64,
+    /// Seconds a connection with no call in flight stays open (clients reconnect on demand).
+    #[arg(long, env = "SWITCHYARD_IDLE_TIMEOUT_S", default_value_t = 300)]
+    pub idle_timeout_s: u64,
+    /// Seconds between HTTP/2 keepalive pings on a gRPC connection.
+    #[arg(long, env = "SWITCHYARD_KEEPALIVE_INTERVAL_S", default_value_t = 30)]
+    pub keepalive_interval_s: u64,
+    /// Seconds to wait for a keepalive ping's answer before the connection is closed.
+    #[arg(long, env = "SWITCHYARD_KEEPALIVE_TIMEOUT_S", default_value_t = 10)]
+    pub keepalive_timeout_s: u64,
+    /// Seconds one call may take, from its headers to its answer (DEADLINE_EXCEEDED after).
+    #[arg(long, env = "SWITCHYARD_REQUEST_TIMEOUT_S", default_value_t = 30)]
+    pub request_timeout_s: u64,
+    /// Open admin-port connections at most (probes and scrapes).
+    #[arg(long, env = "SWITCHYARD_ADMIN_MAX_CONNECTIONS", default_value_t = 64)]
+    pub admin_max_connections: usize,
+    /// Large prompts (over 64 KiB) estimated at once, each on a blocking thread; the rest wait their
+    /// turn, so small Routes keep a core. 0: half the cores, at least one.
+    #[arg(long, env = "SWITCHYARD_TOKENIZE_THREADS", default_value_t = 0)]
+    pub tokenize_threads: usize,
+    /// The most learned routing state held in memory, in MiB; past it, the workflows used least
+    /// lately are evicted (their labels stay in the store) and reloaded when next routed.
+    #[arg(long, env = "SWITCHYARD_LEARNING_MEMORY_MIB", default_value_t = 256)]
+    pub learning_memory_mib: u64,
+    /// Accept rules that change a budget's period or time zone: its new scope starts at $0 spent
+    /// (audited as budget_scope_reset). Without it such rules are refused at the key.
+    #[arg(long, env = "SWITCHYARD_ALLOW_SCOPE_RESET")]
+    pub allow_scope_reset: bool,
+}
+
+impl LimitFlags {
+    /// The two ports' limits, checked.
+    pub fn limits(&self) -> Result<(crate::listener::Limits, crate::listener::Limits), String> {
+        let secs = std::time::Duration::from_secs;
+        let grpc = crate::listener::Limits {
+            max_connections: self.max_connections,
+            max_in_flight: self.max_in_flight,
+            per_connection_concurrency: self.per_connection_concurrency,
+            max_concurrent_streams: self.http2_max_concurrent_streams,
+            max_pending_reset_streams: self.http2_max_pending_reset_streams,
+            max_header_list_bytes: self.max_header_list_bytes,
+            header_read_timeout: secs(self.header_read_timeout_s),
+            idle_timeout: secs(self.idle_timeout_s),
+            keepalive_interval: secs(self.keepalive_interval_s),
+            keepalive_timeout: secs(self.keepalive_timeout_s),
+            request_timeout: secs(self.request_timeout_s),
+        };
+        grpc.validate("")?;
+        let admin = crate::listener::Limits {
+            max_connections: self.admin_max_connections,
+            max_header_list_bytes: self.max_header_list_bytes,
+            header_read_timeout: secs(self.header_read_timeout_s.min(5)),
+            ..crate::listener::Limits::admin()
+        };
+        admin.validate("admin-")?;
+        if self.learning_memory_mib == 0 {
+            return Err("--learning-memory-mib must be at least 1".into());
+        }
+        if self.tokenize_threads > 64 {
+            return Err(format!(
+                "--tokenize-threads {} must be 0 (half the cores) to 64",
+                self.tokenize_threads
+            ));
+        }
+        Ok((grpc, admin))
+    }
 }

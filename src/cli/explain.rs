@@ -128,6 +128,7 @@ async fn run(args: &ExplainArgs<'_>, text: &str) -> Result<serde_json::Value, St
         learning: Arc::new(learning),
         effects: None,
         trace: true,
+        large_requests: None,
     };
     let mut messages: Vec<(String, String)> = Vec::new();
     if let Some(s) = args.system {

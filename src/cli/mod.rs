@@ -21,7 +21,7 @@ use std::path::Path;
 pub use check::check;
 pub use escalations::{escalations, EscalationCommand};
 pub use explain::{explain, ExplainArgs};
-pub use reconcile::{reconcile, ReconcileArgs};
+pub use reconcile::{budget_init, reconcile, ReconcileArgs};
 pub use report::{report, ReportArgs, ReportSource};
 pub use simulate::{simulate, SimulateArgs};
 pub use whatif::{whatif, WhatifArgs};
@@ -61,6 +61,7 @@ pub(crate) async fn redis_reader(
         reservation_ttl_ms: 1000,
         fail_open_cap_nanos: None,
         journal: state_dir.join("redis-journal.jsonl"),
+        accept_fresh: false,
     })
     .await
 }

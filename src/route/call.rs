@@ -12,9 +12,9 @@ pub mod limits {
     pub const MAX_NAME_BYTES: usize = 128;
     pub const MAX_OUTCOME_ID_BYTES: usize = 256;
     pub const MAX_MESSAGES: usize = 4096;
-    pub const MAX_LABELS: usize = 64;
-    pub const MAX_LABEL_KEY_BYTES: usize = 128;
-    pub const MAX_LABEL_VALUE_BYTES: usize = 1024;
+    pub const MAX_LABELS: usize = 16;
+    pub const MAX_LABEL_KEY_BYTES: usize = 64;
+    pub const MAX_LABEL_VALUE_BYTES: usize = 256;
     pub const MAX_ATTEMPT: u32 = 1000;
 }
 
@@ -112,14 +112,25 @@ impl RouteCall {
             ));
         }
         if raw.labels.len() > MAX_LABELS {
-            return bad(format!("{} labels; at most {MAX_LABELS}", raw.labels.len()));
+            return bad(format!(
+                "{} labels; at most {MAX_LABELS} labels per request: keep labels for what reports group by",
+                raw.labels.len()
+            ));
         }
         let mut labels = Vec::with_capacity(raw.labels.len());
         for (k, v) in raw.labels {
-            if k.is_empty() || k.len() > MAX_LABEL_KEY_BYTES || v.len() > MAX_LABEL_VALUE_BYTES {
+            if k.is_empty() || k.len() > MAX_LABEL_KEY_BYTES {
                 return bad(format!(
-                    "label `{}` is empty or too long: keys 1 to {MAX_LABEL_KEY_BYTES} bytes, values up to {MAX_LABEL_VALUE_BYTES}",
-                    truncate(&k, 64)
+                    "label key `{}` is {} bytes; label keys are 1 to {MAX_LABEL_KEY_BYTES} bytes",
+                    truncate(&k, 64),
+                    k.len()
+                ));
+            }
+            if v.len() > MAX_LABEL_VALUE_BYTES {
+                return bad(format!(
+                    "label `{}` has a value of {} bytes; label values are at most {MAX_LABEL_VALUE_BYTES} bytes",
+                    truncate(&k, 64),
+                    v.len()
                 ));
             }
             if k.chars().chain(v.chars()).any(char::is_control) || k.contains('=') {

@@ -128,6 +128,10 @@ pub struct Router {
     pub effects: Option<Effects>,
     /// Keep every candidate model with its cost or rejection (`explain`).
     pub trace: bool,
+    /// Requests larger than [`INLINE_CONTENT_BYTES`] are estimated on the
+    /// blocking pool, at most this many at once (the rest wait their turn,
+    /// holding no thread), so that small Routes keep a core; `None`: no bound.
+    pub large_requests: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// What the budget and the outcome's history add to a request.
@@ -175,7 +179,17 @@ impl Router {
         let trace = self.trace;
         let (call, planned, candidates) = if call.content_bytes() > INLINE_CONTENT_BYTES {
             let (t, cache, learning) = (table.clone(), self.cache.clone(), self.learning.clone());
+            let turn = match &self.large_requests {
+                Some(s) => Some(
+                    s.clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| Error::Unavailable("the server is shutting down".into()))?,
+                ),
+                None => None,
+            };
             tokio::task::spawn_blocking(move || {
+                let _turn = turn;
                 let mut candidates = Vec::new();
                 // The table moved here, so the workflow is found in it again.
                 let p = find_workflow(&t, &call.workflow).and_then(|w| {
