@@ -85,6 +85,7 @@ async fn main() {
         reservation_ttl_ms: 600_000,
         fail_open_cap_nanos: None,
         journal: dir.path().join("redis-journal.jsonl"),
+        accept_fresh: true,
     })
     .await
     .expect("connect");

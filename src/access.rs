@@ -70,6 +70,29 @@ impl Access {
         Ok(())
     }
 
+    /// RecordOutcome on an outcome `routed` says whether `who` routed under:
+    /// an outcome belongs to the identities that routed its calls, to the
+    /// workflow's `outcome_recorders`, and to admins.
+    pub fn may_record_outcome(
+        &self,
+        who: &Identity,
+        workflow: &Workflow,
+        outcome_id: &str,
+        routed: bool,
+    ) -> Result<(), Error> {
+        if who.admin || routed || workflow.outcome_recorders.iter().any(|c| **c == *who.name) {
+            return Ok(());
+        }
+        let why = format!(
+            "`{}` routed no call under outcome `{}` of workflow `{}`; only the identities that routed it, \
+             the workflow's outcome_recorders, or an admin may record its outcome",
+            who.name,
+            crate::error::truncate(outcome_id, 128),
+            workflow.name
+        );
+        Err(self.refuse(who, Action::RecordOutcome, &workflow.name, outcome_id, why))
+    }
+
     /// An admin RPC: the identity needs the admin role.
     pub fn must_admin(&self, who: &Identity, action: Action, target: &str) -> Result<(), Error> {
         if who.admin {

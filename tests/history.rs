@@ -437,6 +437,7 @@ async fn the_redis_store_is_the_fold_of_what_it_acknowledged_across_kills_of_bot
         reservation_ttl_ms: 2000,
         fail_open_cap_nanos: None,
         journal: state.path().join("redis-journal.jsonl"),
+        accept_fresh: false,
     })
     .await
     .expect("connect");

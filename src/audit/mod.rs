@@ -77,6 +77,9 @@ pub enum Action {
     StoreFreshStart,
     /// The budget store was found without state it had acknowledged.
     StoreStateLost,
+    /// A budget's period or time zone changed and `--allow-scope-reset`
+    /// let it start a fresh scope.
+    BudgetScopeReset,
 }
 
 /// How it ended, as the audit log names it.
@@ -102,6 +105,8 @@ pub enum Verdict {
     OutsidePolicy,
     /// A cost past the workflow's overshoot factor times the estimate.
     UsageOvershoot,
+    /// An outcome recorded again, over what another record said.
+    Overwritten,
 }
 
 macro_rules! names {
@@ -129,6 +134,7 @@ names!(Action {
     KeysReload => "keys_reload",
     StoreFreshStart => "store_fresh_start",
     StoreStateLost => "store_state_lost",
+    BudgetScopeReset => "budget_scope_reset",
 });
 
 names!(Verdict {
@@ -145,6 +151,7 @@ names!(Verdict {
     OtherModel => "other_model",
     OutsidePolicy => "outside_policy",
     UsageOvershoot => "usage_overshoot",
+    Overwritten => "overwritten",
 });
 
 fn is_one(n: &u64) -> bool {

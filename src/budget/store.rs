@@ -337,12 +337,24 @@ pub trait EscalationStore: Send + Sync {
     ) -> Result<Escalation, StoreError>;
 }
 
+/// What an outcome's last record said, when it is recorded again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriorOutcome {
+    pub status: String,
+    /// Who recorded it (empty in records older than this field).
+    pub recorded_by: String,
+}
+
 /// The ledger: settled calls (from [`BudgetStore::settle`]), outcomes and
 /// feedback. Reports are aggregations of it.
 #[async_trait::async_trait]
 pub trait LedgerStore: Send + Sync {
-    /// Appends an outcome event (durable before it returns).
-    async fn record_outcome(&self, o: &OutcomeEvent) -> Result<(), StoreError>;
+    /// Appends an outcome event recorded by `recorder` (durable before it
+    /// returns), and says what the outcome's last record was, if any.
+    async fn record_outcome(&self, o: &OutcomeEvent, recorder: &str) -> Result<Option<PriorOutcome>, StoreError>;
+    /// Whether `caller` routed a call under the outcome, among the decisions
+    /// the store keeps (their retention).
+    async fn outcome_routed_by(&self, workflow: &str, outcome_id: &str, caller: &str) -> Result<bool, StoreError>;
     /// Appends a feedback event (durable before it returns).
     async fn record_feedback(&self, f: &FeedbackEvent) -> Result<(), StoreError>;
     /// Settled calls made at or after `since_ms`, and outcome and feedback

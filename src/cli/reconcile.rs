@@ -39,6 +39,38 @@ fn journal_of(path: &Path) -> Result<(String, Folded), String> {
     Ok((holder, fold_file(&file)?))
 }
 
+/// `switchyard budget init`: marks Redis as this deployment's budget store.
+/// Returns 0 (also when it already was), or 1 when Redis cannot be reached.
+pub async fn budget_init(redis_url: String, prefix: String) -> i32 {
+    let store = match super::redis_reader(&redis_url, &prefix, Path::new("")).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    match store.write_store_record("initialised by switchyard budget init").await {
+        Ok(true) => {
+            super::print_text(&format!(
+                "initialised: {} is now this deployment's budget store",
+                store.store_key()
+            ));
+            0
+        }
+        Ok(false) => {
+            super::print_text(&format!(
+                "already initialised: {} exists; nothing changed",
+                store.store_key()
+            ));
+            0
+        }
+        Err(e) => {
+            eprintln!("cannot write {}: {e}", store.store_key());
+            1
+        }
+    }
+}
+
 /// Returns the exit code: 0; 1 when Redis cannot be reconciled; 64 for bad
 /// flags or journals.
 pub async fn reconcile(a: ReconcileArgs) -> i32 {
@@ -68,7 +100,16 @@ pub async fn reconcile(a: ReconcileArgs) -> i32 {
         }
     };
     let done = match store.reconcile(&journals, a.dry_run).await {
-        Ok(d) => d,
+        Ok(d) => {
+            // Rebuilt from the journals: the store holds the deployment's state again.
+            if !a.dry_run {
+                if let Err(e) = store.write_store_record("reconciled").await {
+                    eprintln!("cannot write {}: {e}", store.store_key());
+                    return 1;
+                }
+            }
+            d
+        }
         Err(e) => {
             eprintln!("cannot reconcile: {e}");
             return 1;

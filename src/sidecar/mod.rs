@@ -258,6 +258,13 @@ impl Sidecar {
         let workflow = find_workflow(&table, &o.workflow)?;
         self.access
             .may_call(who, workflow, Action::RecordOutcome, &o.outcome_id)?;
+        let routed = who.admin
+            || workflow.outcome_recorders.iter().any(|c| **c == *who.name)
+            || self
+                .store
+                .outcome_routed_by(&workflow.name, &o.outcome_id, &who.name)
+                .await?;
+        self.access.may_record_outcome(who, workflow, &o.outcome_id, routed)?;
         let status = o.status.ok_or_else(|| {
             Error::InvalidArgument(
                 "status is not an outcome: use OUTCOME_STATUS_ACCEPTED, _REJECTED, _CORRECTED or _ABANDONED".into(),
@@ -277,7 +284,26 @@ impl Sidecar {
             human_minutes: check("human_minutes", o.human_minutes)?,
             at_ms: self.clock.now_ms(),
         };
-        self.store.record_outcome(&event).await?;
+        if let Some(prior) = self.store.record_outcome(&event, &who.name).await? {
+            let by = if prior.recorded_by.is_empty() {
+                "an earlier build"
+            } else {
+                prior.recorded_by.as_str()
+            };
+            self.audit().record(Record::new(
+                &who.name,
+                Action::RecordOutcome,
+                &event.workflow,
+                &event.outcome_id,
+                Verdict::Overwritten,
+                &format!(
+                    "outcome was {} (recorded by {by}); now {} (recorded by {})",
+                    prior.status,
+                    event.status.name(),
+                    who.name
+                ),
+            ));
+        }
         self.learning.outcome(&event.workflow, &event.outcome_id, event.status);
         self.metrics.outcomes.add(&[&event.workflow, event.status.name()], 1);
         tracing::debug!(workflow = %event.workflow, outcome = %event.outcome_id, status = event.status.name(), "outcome recorded");
@@ -327,6 +353,17 @@ impl Sidecar {
                 workflow.name
             )));
         };
+        // A store that lost this workflow's state would report its counters
+        // emptied: the whole limit remaining. Refuse, as Route does.
+        if let Some((_, why)) = self
+            .store
+            .health()
+            .state_lost
+            .into_iter()
+            .find(|(w, _)| *w == workflow.name || w == "*")
+        {
+            return Err(crate::error::StoreError::StateLost(why).into());
+        }
         let stored = self.store.scope(&period_scope(workflow, b, self.clock.now())).await?;
         Ok((workflow.name.clone(), ScopeState::of_period(b, stored)))
     }

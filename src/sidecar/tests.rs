@@ -52,6 +52,7 @@ fn fixture(at: &str) -> Fixture {
             learning: learning.clone(),
             effects: None,
             trace: false,
+            large_requests: None,
         },
         rules,
         store,

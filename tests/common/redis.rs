@@ -42,6 +42,7 @@ impl RedisServer {
         for _ in 0..5 {
             server.port = free_port();
             if server.spawn() {
+                server.init_store();
                 return server;
             }
         }
@@ -50,6 +51,16 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Marks the new Redis as the deployment's budget store, as an operator
+    /// does once (`switchyard budget init`): sidecars refuse an empty Redis.
+    /// A cluster node is left alone (the cluster is marked once it is up).
+    pub fn init_store(&self) {
+        if self.extra.iter().any(|e| e == "--cluster-enabled") {
+            return;
+        }
+        mark_store(&["-p", &self.port.to_string()]);
     }
 
     fn log(&self) -> PathBuf {
@@ -117,6 +128,20 @@ impl RedisServer {
     }
 }
 
+/// Writes the store record `switchyard budget init` writes (prefix `sy`).
+fn mark_store(args: &[&str]) {
+    let out = Command::new("redis-cli")
+        .args(args)
+        .args(["SET", "sy:store", "initialised by the test", "NX"])
+        .output()
+        .expect("redis-cli");
+    assert!(
+        out.status.success(),
+        "redis-cli SET sy:store: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill9();
@@ -179,7 +204,9 @@ impl RedisCluster {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        RedisCluster { nodes }
+        let cluster = RedisCluster { nodes };
+        mark_store(&["-c", "-p", &cluster.nodes[0].port.to_string()]);
+        cluster
     }
 
     /// `redis+cluster://` with every node as a seed.

@@ -35,7 +35,17 @@ impl BudgetStore for RedisStore {
         // without a budget is added by its first decision, as one with a
         // budget is by its first reservation.
         let new_workflow = self.known_workflows().insert(r.workflow.clone());
-        let workflows = self.workflows_key();
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(&index)
+            .arg(&r.workflow)
+            .arg("PX")
+            .arg(RETAIN_MS)
+            .ignore();
+        if new_workflow {
+            pipe.cmd("SADD").arg(self.workflows_key()).arg(&r.workflow).ignore();
+        }
+        self.note_outcome_caller(&mut pipe, &r);
         tokio::spawn(async move {
             let mut c = conn;
             let mut inv = reserve.prepare_invoke();
@@ -52,16 +62,6 @@ impl BudgetStore for RedisStore {
                 .arg(r.snapshot.as_slice())
                 .arg("")
                 .arg(0);
-            let mut pipe = redis::pipe();
-            pipe.cmd("SET")
-                .arg(&index)
-                .arg(&r.workflow)
-                .arg("PX")
-                .arg(RETAIN_MS)
-                .ignore();
-            if new_workflow {
-                pipe.cmd("SADD").arg(&workflows).arg(&r.workflow).ignore();
-            }
             let set = pipe.query_async::<()>(&mut c).await;
             let run = match set {
                 Ok(()) => inv.invoke_async::<Value>(&mut c).await.map(drop),

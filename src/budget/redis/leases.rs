@@ -32,9 +32,17 @@ impl RedisStore {
     /// Route under this sidecar's slice, with no round trip, or refused
     /// without one; `Exact`: reserve exactly.
     pub(super) fn take_leased(&self, r: &NewReservation, terms: LeaseTerms) -> Take {
+        // Not yet seen Redis hold this deployment's state: the exact path asks.
+        if !self.known.load(Ordering::Acquire) {
+            return Take::Exact;
+        }
         let r = Arc::new(r.clone());
         let take = self.leases.take(&r, terms, self.mono_ms());
         if take == Take::Taken {
+            if !r.outcome_id.is_empty() {
+                self.leased_outcomes
+                    .insert(format!("{}{SEP}{}{SEP}{}", r.workflow, r.outcome_id, r.caller), ());
+            }
             self.recent.insert(r.decision_id.clone(), r);
             self.leased_routes.fetch_add(1, Ordering::Relaxed);
         }
@@ -240,6 +248,11 @@ impl LeaseStore for RedisStore {
         }
         if !self.known_workflows().contains(&r.workflow) {
             pipe.cmd("SADD").arg(self.workflows_key()).arg(&r.workflow).ignore();
+        }
+        // Who routed under each outcome: in the workflow's slot, so these
+        // ride the script's pipeline on a cluster too.
+        for d in &r.routed {
+            self.note_outcome_caller(&mut pipe, d);
         }
         pipe.invoke_script(&inv);
         let reply = strings(self.pipeline_with_script(&pipe, &self.lease).await?);

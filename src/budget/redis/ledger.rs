@@ -4,7 +4,7 @@
 use redis::Value;
 
 use super::*;
-use crate::budget::LedgerStore;
+use crate::budget::{LedgerStore, PriorOutcome};
 use crate::outcome::ledger::{FeedbackEvent, Ledger, OutcomeEvent, OutcomeStatus};
 
 #[async_trait::async_trait]
@@ -15,8 +15,24 @@ impl LedgerStore for RedisStore {
             .store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
-    async fn record_outcome(&self, o: &OutcomeEvent) -> Result<(), StoreError> {
+    async fn record_outcome(&self, o: &OutcomeEvent, recorder: &str) -> Result<Option<PriorOutcome>, StoreError> {
         let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
+        // The outcome's last record, swapped atomically for this one.
+        let mut c = self.conn.clone();
+        let last = format!("{}oo:{}", self.tag(&o.workflow), o.outcome_id);
+        let record = format!("{}{SEP}{recorder}", o.status.name());
+        let prior: Option<String> = self
+            .bounded(async move {
+                redis::cmd("SET")
+                    .arg(&last)
+                    .arg(&record)
+                    .arg("GET")
+                    .arg("PX")
+                    .arg(RETAIN_MS)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
         self.append(
             &o.workflow,
             &[
@@ -26,9 +42,31 @@ impl LedgerStore for RedisStore {
                 ("v", opt(o.value_usd)),
                 ("h", opt(o.human_minutes)),
                 ("at", o.at_ms.to_string()),
+                ("by", recorder.to_string()),
             ],
         )
-        .await
+        .await?;
+        Ok(prior.map(|p| {
+            let (status, by) = p.split_once(SEP).unwrap_or((p.as_str(), ""));
+            PriorOutcome {
+                status: status.to_string(),
+                recorded_by: by.to_string(),
+            }
+        }))
+    }
+    async fn outcome_routed_by(&self, workflow: &str, outcome_id: &str, caller: &str) -> Result<bool, StoreError> {
+        if self
+            .leased_outcomes
+            .get(&format!("{workflow}{SEP}{outcome_id}{SEP}{caller}"))
+            .is_some()
+        {
+            return Ok(true);
+        }
+        let mut c = self.conn.clone();
+        let key = self.outcome_callers_key(workflow, outcome_id);
+        let caller = caller.to_string();
+        self.bounded(async move { redis::cmd("SISMEMBER").arg(&key).arg(&caller).query_async(&mut c).await })
+            .await
     }
     async fn record_feedback(&self, f: &FeedbackEvent) -> Result<(), StoreError> {
         self.append(

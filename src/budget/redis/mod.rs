@@ -99,6 +99,16 @@ const ESCALATE: &str = include_str!("scripts/escalate.lua");
 /// An outcome's rejected tier, kept at its highest.
 const REJECT: &str = include_str!("scripts/reject.lua");
 
+/// What [`RedisStore::ensure_known`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FreshStart {
+    Known,
+    /// State from an older build, given its store record.
+    Adopted,
+    /// Empty, and a fresh start was accepted.
+    FreshAccepted,
+}
+
 /// How the Redis store is set up.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
@@ -117,6 +127,9 @@ pub struct RedisConfig {
     pub fail_open_cap_nanos: Option<i64>,
     /// The journal of settlements waiting for Redis (JSON lines).
     pub journal: PathBuf,
+    /// Accept a Redis that holds no budget state as a fresh start
+    /// (`--accept-fresh-store`); otherwise it is refused.
+    pub accept_fresh: bool,
 }
 
 pub struct RedisStore {
@@ -136,6 +149,9 @@ pub struct RedisStore {
     /// priced and settled even if Redis never saw the decision (fail-open,
     /// or a record written in the background) or is down right now.
     recent: crate::recent::Recent<String, Arc<NewReservation>>,
+    /// `workflow \x1f outcome \x1f caller` of calls routed under a lease
+    /// slice whose renewal has not yet told Redis who routed them.
+    leased_outcomes: crate::recent::Recent<String, ()>,
     journal: tokio::sync::Mutex<Journal>,
     /// Set when a call found Redis unreachable; cleared by the next
     /// successful maintenance pass.
@@ -164,6 +180,10 @@ pub struct RedisStore {
     acks: std::sync::Mutex<acks::Acks>,
     /// Workflows whose state Redis lost, as last found, with why.
     lost: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+    /// Whether Redis was seen to hold this deployment's state (its store
+    /// record, `<prefix>:store`), or a fresh start was accepted: until then
+    /// budgeted calls ask, and an empty Redis fails them closed.
+    known: AtomicBool,
 }
 
 /// This sidecar's name as a lease holder: kept in `--state-dir`, so that a
@@ -245,6 +265,7 @@ impl RedisStore {
             reject: Script::new(REJECT),
             last_error: std::sync::Mutex::new(None),
             recent,
+            leased_outcomes: crate::recent::Recent::new(100_000, std::time::Duration::from_secs(3600)),
             journal: tokio::sync::Mutex::new(journal),
             degraded: AtomicBool::new(false),
             open_admitted: AtomicI64::new(0),
@@ -263,6 +284,7 @@ impl RedisStore {
             sweep_every_ms: AtomicU64::new(1_000),
             acks: std::sync::Mutex::new(acks::Acks::none()),
             lost: Default::default(),
+            known: AtomicBool::new(false),
             cfg,
         };
         Ok(store)
@@ -400,12 +422,111 @@ impl RedisStore {
         format!("{}:{{{workflow}}}:", self.cfg.prefix)
     }
 
+    /// The identities that routed under an outcome (RecordOutcome's check),
+    /// in the workflow's hash slot.
+    fn outcome_callers_key(&self, workflow: &str, outcome_id: &str) -> String {
+        format!("{}oc:{outcome_id}", self.tag(workflow))
+    }
+
+    /// Adds to `pipe` the note that `r`'s caller routed under its outcome.
+    fn note_outcome_caller(&self, pipe: &mut redis::Pipeline, r: &NewReservation) {
+        if r.outcome_id.is_empty() {
+            return;
+        }
+        let key = self.outcome_callers_key(&r.workflow, &r.outcome_id);
+        pipe.cmd("SADD").arg(&key).arg(&*r.caller).ignore();
+        pipe.cmd("PEXPIRE").arg(&key).arg(RETAIN_MS).ignore();
+    }
+
     fn index_key(&self, decision_id: &str) -> String {
         format!("{}:d:{decision_id}", self.cfg.prefix)
     }
 
     fn escalation_index(&self, id: &str) -> String {
         format!("{}:ei:{id}", self.cfg.prefix)
+    }
+
+    /// The record that says Redis holds this deployment's budget state.
+    pub fn store_key(&self) -> String {
+        format!("{}:store", self.cfg.prefix)
+    }
+
+    /// Makes sure Redis holds this deployment's state before any budget is
+    /// spent from it. A Redis with the store record is known; one without it
+    /// but with workflows recorded (a store from a build before the record)
+    /// gets the record; an empty one (new, flushed, or restarted without
+    /// persistence) is refused unless a fresh start is accepted
+    /// (`--accept-fresh-store`, or `switchyard budget init`), so that a
+    /// sidecar cannot start a second budget on emptied counters.
+    pub async fn ensure_known(&self) -> Result<FreshStart, StoreError> {
+        if self.known.load(Ordering::Acquire) {
+            return Ok(FreshStart::Known);
+        }
+        let mut c = self.conn.clone();
+        let (store_key, workflows_key) = (self.store_key(), self.workflows_key());
+        let (record, workflows): (Option<String>, i64) = self
+            .bounded(async move {
+                redis::pipe()
+                    .cmd("GET")
+                    .arg(&store_key)
+                    .cmd("SCARD")
+                    .arg(&workflows_key)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let start = match (record, workflows) {
+            (Some(_), _) => FreshStart::Known,
+            (None, n) if n > 0 => {
+                self.write_store_record("adopted").await?;
+                FreshStart::Adopted
+            }
+            (None, _) if self.cfg.accept_fresh => {
+                self.write_store_record("fresh start accepted").await?;
+                FreshStart::FreshAccepted
+            }
+            (None, _) => {
+                let why = format!(
+                    "Redis holds no Switchyard budget state (no `{}` record): it is new, was flushed, or restarted \
+                     without persistence. Budgets are not started afresh silently: for a new deployment run \
+                     `switchyard budget init --redis-url ...` once (or start serve with --accept-fresh-store); if Redis \
+                     lost its data, run `switchyard budget reconcile` from the sidecars' journals first",
+                    self.store_key()
+                );
+                self.lost
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert("*".into(), why.clone());
+                return Err(StoreError::StateLost(why));
+            }
+        };
+        self.lost
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove("*");
+        self.known.store(true, Ordering::Release);
+        Ok(start)
+    }
+
+    /// Writes the store record, if there is none; whether it wrote it.
+    pub async fn write_store_record(&self, how: &str) -> Result<bool, StoreError> {
+        let mut c = self.conn.clone();
+        let key = self.store_key();
+        let value = format!(
+            "{how} at {} by {}",
+            crate::clock::Clock::now_ms(&crate::clock::SystemClock),
+            self.leases.holder()
+        );
+        self.bounded(async move {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(&value)
+                .arg("NX")
+                .query_async::<Option<String>>(&mut c)
+                .await
+        })
+        .await
+        .map(|v| v.is_some())
     }
 
     fn workflows_key(&self) -> String {
@@ -465,6 +586,7 @@ impl RedisStore {
     }
 
     async fn reserve_remote(&self, r: &NewReservation) -> Result<Reserved, StoreError> {
+        self.ensure_known().await?;
         debug_assert!(
             r.scopes.iter().all(|s| workflow_of(&s.key) == r.workflow),
             "a call's scopes share its workflow's hash tag"
@@ -503,6 +625,7 @@ impl RedisStore {
         if new_workflow {
             pipe.cmd("SADD").arg(self.workflows_key()).arg(&r.workflow).ignore();
         }
+        self.note_outcome_caller(&mut pipe, r);
         pipe.invoke_script(&inv);
         let reply = strings(self.pipeline_with_script(&pipe, &self.reserve).await?);
         if new_workflow {

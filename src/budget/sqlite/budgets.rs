@@ -127,19 +127,36 @@ const TRIM_BATCH: i64 = 10_000;
 /// The reservation's row, `scopes` joined by [`SCOPE_SEP`].
 pub(super) const INSERT_RESERVATION: &str =
     "INSERT INTO reservations (decision_id, workflow, outcome_id, model, is_deferrable, amount_nanos, scopes,
-                               created_ms, expires_ms, state, downgraded, labels, terms, snapshot)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'reserved', ?10, ?11, ?12, ?13)";
+                               created_ms, expires_ms, state, downgraded, labels, terms, snapshot, label_set)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'reserved', ?10, '', ?11, ?12, ?13)";
 
 fn insert_reservation(conn: &Connection, r: &NewReservation, scopes: &str) -> Result<(), StoreError> {
     let mut insert = conn.prepare_cached(INSERT_RESERVATION).map_err(unavailable)?;
-    bind_reservation(&mut insert, r, scopes)
+    bind_reservation(conn, &mut insert, r, scopes)
+}
+
+/// The ID of a label set's one stored copy, stored now if it is new: a
+/// decision row holds the ID, not the labels' text.
+fn label_set(conn: &Connection, labels: &str) -> Result<Option<i64>, StoreError> {
+    if labels.is_empty() {
+        return Ok(None);
+    }
+    conn.prepare_cached("INSERT OR IGNORE INTO label_sets (text) VALUES (?1)")
+        .and_then(|mut st| st.execute([labels]))
+        .map_err(unavailable)?;
+    conn.prepare_cached("SELECT id FROM label_sets WHERE text = ?1")
+        .and_then(|mut st| st.query_row([labels], |r| r.get(0)))
+        .map(Some)
+        .map_err(unavailable)
 }
 
 pub(super) fn bind_reservation(
+    conn: &Connection,
     insert: &mut rusqlite::Statement<'_>,
     r: &NewReservation,
     scopes: &str,
 ) -> Result<(), StoreError> {
+    let set = label_set(conn, &r.labels)?;
     Terms::with_encoded(&r.prices, r.tier, &r.caller, |terms| {
         insert.execute(params![
             r.decision_id,
@@ -152,9 +169,9 @@ pub(super) fn bind_reservation(
             r.now_ms,
             r.expires_ms,
             r.downgraded,
-            r.labels,
             terms,
-            (!r.snapshot.is_empty()).then_some(r.snapshot.as_slice())
+            (!r.snapshot.is_empty()).then_some(r.snapshot.as_slice()),
+            set
         ])
     })
     .map(drop)

@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{exec, open_read_only, unavailable, SqliteStore};
-use crate::budget::{LedgerStore, StoreError};
+use crate::budget::{LedgerStore, PriorOutcome, StoreError};
 use crate::outcome::ledger::{CallRecord, FeedbackEvent, Ledger, OutcomeEvent, OutcomeStatus};
 
 /// The ledger's calls: ?1 since (ms), ?2 the workflow or NULL, ?3 the
@@ -14,7 +14,8 @@ use crate::outcome::ledger::{CallRecord, FeedbackEvent, Ledger, OutcomeEvent, Ou
 /// the primary key.
 pub const LEDGER_CALLS: &str =
     "SELECT decision_id, workflow, outcome_id, model, created_ms, settled_ms, actual_nanos, input_tokens,
-            cached_input_tokens, output_tokens, failed, downgraded, labels, snapshot
+            cached_input_tokens, output_tokens, failed, downgraded,
+            COALESCE((SELECT text FROM label_sets WHERE id = label_set), labels), snapshot
      FROM reservations
      WHERE decision_id >= ?3 AND +state = 'settled' AND created_ms >= ?1 AND (?2 IS NULL OR workflow = ?2)
      ORDER BY created_ms, decision_id";
@@ -109,23 +110,64 @@ impl LedgerStore for SqliteStore {
             .store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
-    async fn record_outcome(&self, o: &OutcomeEvent) -> Result<(), StoreError> {
-        let o = o.clone();
+    async fn record_outcome(&self, o: &OutcomeEvent, recorder: &str) -> Result<Option<PriorOutcome>, StoreError> {
+        let (o, recorder) = (o.clone(), recorder.to_string());
+        // Jobs run inside the store thread's batch transaction: the read and
+        // the insert are atomic together.
         self.with(move |conn| {
+            let prior = conn
+                .query_row(
+                    "SELECT status, recorded_by FROM outcome_events WHERE workflow = ?1 AND outcome_id = ?2
+                     ORDER BY id DESC LIMIT 1",
+                    params![o.workflow, o.outcome_id],
+                    |r| {
+                        Ok(PriorOutcome {
+                            status: r.get(0)?,
+                            recorded_by: r.get(1)?,
+                        })
+                    },
+                )
+                .optional()
+                .map_err(unavailable)?;
             exec(
                 conn,
-                "INSERT INTO outcome_events (workflow, outcome_id, status, value_usd, human_minutes, at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO outcome_events (workflow, outcome_id, status, value_usd, human_minutes, at_ms, recorded_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     o.workflow,
                     o.outcome_id,
                     o.status.name(),
                     o.value_usd,
                     o.human_minutes,
-                    o.at_ms
+                    o.at_ms,
+                    recorder
                 ],
-            )
-            .map(drop)
+            )?;
+            Ok(prior)
+        })
+        .await
+    }
+    async fn outcome_routed_by(&self, workflow: &str, outcome_id: &str, caller: &str) -> Result<bool, StoreError> {
+        let (workflow, outcome_id, caller) = (workflow.to_string(), outcome_id.to_string(), caller.to_string());
+        self.with(move |conn| {
+            let mut st = conn
+                .prepare_cached(
+                    "SELECT terms FROM reservations WHERE workflow = ?1 AND outcome_id = ?2 AND outcome_id != ''",
+                )
+                .map_err(unavailable)?;
+            let mut rows = st.query(params![workflow, outcome_id]).map_err(unavailable)?;
+            while let Some(row) = rows.next().map_err(unavailable)? {
+                let terms: Option<Vec<u8>> = row.get(0).map_err(unavailable)?;
+                // A row older than the caller column: anyone who may call
+                // the workflow routed it, as far as the store can tell.
+                let Some(terms) = terms else { return Ok(true) };
+                match super::budgets::Terms::decode(&terms) {
+                    Some((_, _, who)) if who == caller || who.is_empty() => return Ok(true),
+                    Some(_) => {}
+                    None => return Ok(true),
+                }
+            }
+            Ok(false)
         })
         .await
     }

@@ -8,7 +8,7 @@ use super::{unavailable, StoreError};
 
 /// Columns added to `reservations` after its first release, with their
 /// definitions: added in place to a store an older build created.
-const ADDED_COLUMNS: [(&str, &str); 4] = [
+const ADDED_COLUMNS: [(&str, &str); 5] = [
     ("downgraded", "INTEGER NOT NULL DEFAULT 0"),
     ("labels", "TEXT NOT NULL DEFAULT ''"),
     // Who routed the call, and the prices and tier it was routed at, packed
@@ -18,6 +18,9 @@ const ADDED_COLUMNS: [(&str, &str); 4] = [
     // The decision as `whatif` needs it (an encoded Snapshot), NULL once
     // past the decision log's retention.
     ("snapshot", "BLOB"),
+    // The row's labels as the ID of their one copy in `label_sets` (rows
+    // older than the column keep their text in `labels`).
+    ("label_set", "INTEGER"),
 ];
 
 /// One pending escalation per scope, enforced by the schema as well as by
@@ -47,6 +50,17 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
             conn.execute_batch(&format!("ALTER TABLE reservations ADD COLUMN {name} {def}"))
                 .map_err(unavailable)?;
         }
+    }
+    let outcome_columns: Vec<String> = {
+        let mut st = conn
+            .prepare("SELECT name FROM pragma_table_info('outcome_events')")
+            .map_err(unavailable)?;
+        let rows = st.query_map([], |r| r.get(0)).map_err(unavailable)?;
+        rows.collect::<Result<_, _>>().map_err(unavailable)?
+    };
+    if !outcome_columns.iter().any(|h| h == "recorded_by") {
+        conn.execute_batch("ALTER TABLE outcome_events ADD COLUMN recorded_by TEXT NOT NULL DEFAULT ''")
+            .map_err(unavailable)?;
     }
     if have.iter().any(|h| h == "price_input") {
         carry_terms(conn)?;

@@ -423,7 +423,7 @@ fn commit_batch(conn: &mut Connection, records: &[NewReservation], batch: Vec<Jo
         match conn.prepare_cached(INSERT_RESERVATION) {
             Ok(mut insert) => {
                 for r in records {
-                    if let Err(e) = bind_reservation(&mut insert, r, "") {
+                    if let Err(e) = bind_reservation(conn, &mut insert, r, "") {
                         tracing::warn!(error = %e, decision = %r.decision_id, "recording a decision without a budget failed");
                     }
                 }

@@ -27,6 +27,11 @@ CREATE TABLE IF NOT EXISTS reservations (
     settled_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS reservations_held ON reservations (expires_ms) WHERE state = 'reserved' AND scopes != '';
+-- Each distinct label set once; decision rows name it by ID.
+CREATE TABLE IF NOT EXISTS label_sets (
+    id INTEGER PRIMARY KEY,
+    text TEXT NOT NULL UNIQUE
+);
 CREATE TABLE IF NOT EXISTS escalations (
     id TEXT PRIMARY KEY,
     workflow TEXT NOT NULL,
@@ -50,9 +55,15 @@ CREATE TABLE IF NOT EXISTS outcome_events (
     status TEXT NOT NULL,
     value_usd REAL,
     human_minutes REAL,
-    at_ms INTEGER NOT NULL
+    at_ms INTEGER NOT NULL,
+    recorded_by TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS outcome_events_at ON outcome_events (at_ms);
+-- An outcome's last record, read when it is recorded again.
+CREATE INDEX IF NOT EXISTS outcome_events_outcome ON outcome_events (workflow, outcome_id);
+-- Who routed under an outcome, read by RecordOutcome; only calls that name
+-- an outcome pay for it.
+CREATE INDEX IF NOT EXISTS reservations_outcome ON reservations (workflow, outcome_id) WHERE outcome_id != '';
 CREATE TABLE IF NOT EXISTS feedback_events (
     id INTEGER PRIMARY KEY,
     workflow TEXT NOT NULL,

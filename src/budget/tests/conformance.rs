@@ -157,17 +157,38 @@ async fn the_ledger_holds_settled_calls_outcomes_and_feedback(store: &Arc<dyn St
             store.settle(&id, 90 + i, &usage, 2_000 + i).await.expect("settle");
         }
     }
-    store
-        .record_outcome(&OutcomeEvent {
-            workflow: wf.clone(),
-            outcome_id: "o".into(),
-            status: OutcomeStatus::Accepted,
-            value_usd: Some(12.5),
-            human_minutes: None,
-            at_ms: 3_000,
-        })
+    // Who routed under the outcome: its callers, and no one else.
+    assert!(store.outcome_routed_by(&wf, "o", "local").await.expect("read"));
+    assert!(!store.outcome_routed_by(&wf, "o", "intruder").await.expect("read"));
+    assert!(!store.outcome_routed_by(&wf, "other", "local").await.expect("read"));
+    assert!(!store
+        .outcome_routed_by(&format!("{ns}none"), "o", "local")
         .await
-        .expect("outcome");
+        .expect("read"));
+    let mut ended = OutcomeEvent {
+        workflow: wf.clone(),
+        outcome_id: "o".into(),
+        status: OutcomeStatus::Rejected,
+        value_usd: None,
+        human_minutes: None,
+        at_ms: 2_900,
+    };
+    assert_eq!(
+        store.record_outcome(&ended, "grader").await.expect("outcome"),
+        None,
+        "the first record"
+    );
+    ended.status = OutcomeStatus::Accepted;
+    ended.value_usd = Some(12.5);
+    ended.at_ms = 3_000;
+    assert_eq!(
+        store.record_outcome(&ended, "local").await.expect("outcome"),
+        Some(crate::budget::PriorOutcome {
+            status: "rejected".into(),
+            recorded_by: "grader".into()
+        }),
+        "a record again says what it replaced, and who recorded that"
+    );
     store
         .record_feedback(&FeedbackEvent {
             workflow: wf.clone(),
@@ -199,9 +220,13 @@ async fn the_ledger_holds_settled_calls_outcomes_and_feedback(store: &Arc<dyn St
         (10, 1, 5)
     );
     assert!(l.calls[0].has_label("team=search"));
-    assert_eq!(l.outcomes.len(), 1);
     assert_eq!(
-        (l.outcomes[0].status, l.outcomes[0].value_usd),
+        l.outcomes.len(),
+        2,
+        "both records; the later replaces the earlier in reports"
+    );
+    assert_eq!(
+        (l.outcomes[1].status, l.outcomes[1].value_usd),
         (OutcomeStatus::Accepted, Some(12.5))
     );
     assert_eq!(l.feedback.len(), 1);
@@ -711,6 +736,7 @@ pub fn redis_config(url: String, dir: &std::path::Path, fail_open_nanos: Option<
         reservation_ttl_ms: 600_000,
         fail_open_cap_nanos: fail_open_nanos,
         journal: dir.join("redis-journal.jsonl"),
+        accept_fresh: true,
     }
 }
 
