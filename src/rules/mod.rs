@@ -22,6 +22,7 @@ use std::time::Duration;
 pub use locate::{line_col, Diagnostic};
 use locate::{read_source, Source};
 use schema::RawFile;
+pub use validate::ScopeGuard;
 use validate::Validator;
 
 use crate::hashing::FastMap;
@@ -216,6 +217,8 @@ pub struct Workflow {
     pub allowed: Vec<usize>,
     /// Identities that may call it; empty: any caller.
     pub allowed_callers: Vec<String>,
+    /// Identities that may record any of its outcomes (graders).
+    pub outcome_recorders: Vec<String>,
     pub outcome_unit: String,
     /// Encodings used by the allowed models: only these are counted.
     pub encodings: Vec<Encoding>,
@@ -469,7 +472,29 @@ impl RuleTable {
         }])
     }
 
+    /// Loads `path`, refusing (at the key) a budget whose period or time
+    /// zone differs from `scopes` unless it allows a reset.
+    pub fn load_guarded(path: &Path, scopes: &ScopeGuard) -> Result<RuleTable, RulesError> {
+        let files = rule_files(path)?;
+        let mut sources = Vec::with_capacity(files.len());
+        let mut diagnostics = Vec::new();
+        for file in &files {
+            match read_source(file) {
+                Ok(s) => sources.push(s),
+                Err(d) => diagnostics.push(d),
+            }
+        }
+        if !diagnostics.is_empty() {
+            return Err(RulesError { diagnostics });
+        }
+        Self::from_sources_with(sources, Some(scopes))
+    }
+
     fn from_sources(sources: Vec<Source>) -> Result<RuleTable, RulesError> {
+        Self::from_sources_with(sources, None)
+    }
+
+    fn from_sources_with(sources: Vec<Source>, scopes: Option<&ScopeGuard>) -> Result<RuleTable, RulesError> {
         let mut diagnostics = Vec::new();
         let mut parsed = Vec::with_capacity(sources.len());
         for (i, src) in sources.iter().enumerate() {
@@ -484,6 +509,7 @@ impl RuleTable {
         let mut v = Validator {
             sources: &sources,
             diagnostics: Vec::new(),
+            scopes,
         };
         let table = v.build(parsed);
         if v.diagnostics.is_empty() {

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 
-use super::{content_hash, rule_files, RuleTable, RulesError};
+use super::{content_hash, rule_files, RuleTable, RulesError, ScopeGuard};
 
 /// How often the files are re-read even without an event.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -51,7 +51,21 @@ pub struct Rules {
     last_failed_hash: AtomicU64,
     /// Told of every reload: whether it took, and the files' SHA-256 or the error.
     on_reload: std::sync::OnceLock<ReloadHook>,
+    /// Where the budget scopes in force are recorded (`serve`'s state
+    /// folder), and whether a change of period or time zone may start a
+    /// fresh scope.
+    scope_file: Option<PathBuf>,
+    allow_scope_reset: bool,
+    /// Told of each budget scope a load started afresh: workflow, was, now.
+    on_scope_reset: std::sync::OnceLock<ScopeHook>,
 }
+
+/// Called with (workflow, the scope it had, the scope it has) for each
+/// budget whose period or time zone changed with `--allow-scope-reset`.
+pub type ScopeHook = Box<dyn Fn(&str, &str, &str) + Send + Sync>;
+
+/// The file in a state folder that records the budget scopes in force.
+pub const SCOPES_FILE: &str = "budget-scopes.json";
 
 /// Called after each reload attempt with `Ok(sha256 of the files)` or `Err(why)`.
 pub type ReloadHook = Box<dyn Fn(Result<&str, &str>) + Send + Sync>;
@@ -59,8 +73,31 @@ pub type ReloadHook = Box<dyn Fn(Result<&str, &str>) + Send + Sync>;
 impl Rules {
     /// Loads the table for the first time. A failure here is fatal to `serve`.
     pub fn load(path: &Path) -> Result<Rules, RulesError> {
-        let table = RuleTable::load(path)?;
-        Ok(Rules {
+        Ok(Rules::load_table(path, RuleTable::load(path)?))
+    }
+
+    /// Loads the table for `serve`: a budget whose period or time zone
+    /// differs from what `state_dir` last served is refused at its key unless
+    /// `allow_scope_reset`; returns the rules and the scopes started afresh.
+    pub fn load_serving(
+        path: &Path,
+        state_dir: &Path,
+        allow_scope_reset: bool,
+    ) -> Result<(Rules, Vec<(String, String, String)>), String> {
+        let scope_file = state_dir.join(SCOPES_FILE);
+        let guard = ScopeGuard::read(&scope_file, allow_scope_reset)?;
+        let table = RuleTable::load_guarded(path, &guard).map_err(|e| e.to_string())?;
+        let changes = guard.changes(&table);
+        ScopeGuard::write(&table, &scope_file)
+            .map_err(|e| format!("cannot record the budget scopes in {}: {e}", scope_file.display()))?;
+        let mut rules = Rules::load_table(path, table);
+        rules.scope_file = Some(scope_file);
+        rules.allow_scope_reset = allow_scope_reset;
+        Ok((rules, changes))
+    }
+
+    fn load_table(path: &Path, table: RuleTable) -> Rules {
+        Rules {
             path: path.to_path_buf(),
             current: ArcSwap::from_pointee(table),
             status: Mutex::new(ReloadStatus {
@@ -71,7 +108,15 @@ impl Rules {
             reloads_failed: AtomicU64::new(0),
             last_failed_hash: AtomicU64::new(0),
             on_reload: std::sync::OnceLock::new(),
-        })
+            scope_file: None,
+            allow_scope_reset: false,
+            on_scope_reset: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Sets the function told of each budget scope a reload starts afresh.
+    pub fn on_scope_reset(&self, hook: ScopeHook) {
+        let _ = self.on_scope_reset.set(hook);
     }
 
     /// The table in use. Cheap: one atomic load and a reference count.
@@ -129,8 +174,25 @@ impl Rules {
         if hash == self.last_failed_hash.load(Ordering::Relaxed) {
             return false;
         }
-        match RuleTable::load(&self.path) {
+        let guard = ScopeGuard::of(&self.current.load(), self.allow_scope_reset);
+        let loaded = if self.scope_file.is_some() {
+            RuleTable::load_guarded(&self.path, &guard)
+        } else {
+            RuleTable::load(&self.path)
+        };
+        match loaded {
             Ok(table) => {
+                for (workflow, was, now) in guard.changes(&table) {
+                    tracing::warn!(workflow = %workflow, was = %was, now = %now, "--allow-scope-reset: a budget starts a fresh scope; its spend so far stays in the old one");
+                    if let Some(h) = self.on_scope_reset.get() {
+                        h(&workflow, &was, &now);
+                    }
+                }
+                if let Some(file) = &self.scope_file {
+                    if let Err(e) = ScopeGuard::write(&table, file) {
+                        tracing::warn!(file = %file.display(), error = %e, "cannot record the budget scopes in force");
+                    }
+                }
                 tracing::info!(
                     rules = %self.path.display(),
                     summary = %super::summary(&table),

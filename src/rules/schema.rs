@@ -83,6 +83,11 @@ pub struct RawWorkflow {
     /// Identities (from the API keys file) that may call this workflow; empty: any caller.
     #[serde(default)]
     pub allowed_callers: Vec<String>,
+    /// Identities that may record any of this workflow's outcomes, though they
+    /// routed none of its calls (a grader); others record only outcomes
+    /// they routed under.
+    #[serde(default)]
+    pub outcome_recorders: Vec<String>,
     /// Only models whose provider has a data processing agreement.
     #[serde(default)]
     pub require_data_processing_agreement: bool,

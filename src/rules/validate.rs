@@ -17,6 +17,87 @@ use crate::money::usd_to_nanos;
 pub(super) struct Validator<'a> {
     pub(super) sources: &'a [Source],
     pub(super) diagnostics: Vec<Diagnostic>,
+    /// The budget scopes in force before, to refuse a silent reset.
+    pub(super) scopes: Option<&'a ScopeGuard>,
+}
+
+/// The period and time zone each workflow's budget had in the table in force
+/// (or the one a state folder last served), and whether changing them may
+/// start a fresh scope. A change is otherwise an error at the key.
+#[derive(Debug, Clone, Default)]
+pub struct ScopeGuard {
+    /// Workflow -> (period, time zone).
+    pub previous: std::collections::HashMap<String, (String, String)>,
+    pub allow_reset: bool,
+}
+
+impl ScopeGuard {
+    /// The scopes of `table`'s budgets.
+    pub fn of(table: &super::RuleTable, allow_reset: bool) -> ScopeGuard {
+        ScopeGuard {
+            previous: scopes_of(table),
+            allow_reset,
+        }
+    }
+
+    /// The workflows whose period or time zone differ in `table`, with
+    /// what they were and are.
+    pub fn changes(&self, table: &super::RuleTable) -> Vec<(String, String, String)> {
+        let now = scopes_of(table);
+        let mut out: Vec<_> = now
+            .iter()
+            .filter_map(|(w, (p, tz))| {
+                let (wp, wtz) = self.previous.get(w)?;
+                (wp != p || wtz != tz).then(|| (w.clone(), format!("{wp} in {wtz}"), format!("{p} in {tz}")))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Reads the scopes a state folder's `budget-scopes.json` recorded; an
+    /// absent file is no scopes, a damaged one an error naming it.
+    pub fn read(path: &std::path::Path, allow_reset: bool) -> Result<ScopeGuard, String> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map(|previous| ScopeGuard { previous, allow_reset })
+                .map_err(|e| {
+                    format!(
+                        "{}: not a budget scopes file ({e}); delete it to start over",
+                        path.display()
+                    )
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ScopeGuard {
+                previous: Default::default(),
+                allow_reset,
+            }),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+
+    /// Records `table`'s scopes in `path` (written whole, then renamed).
+    pub fn write(table: &super::RuleTable, path: &std::path::Path) -> std::io::Result<()> {
+        let text = serde_json::to_string_pretty(&scopes_of(table)).map_err(std::io::Error::other)?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
+fn scopes_of(table: &super::RuleTable) -> std::collections::HashMap<String, (String, String)> {
+    table
+        .workflows
+        .iter()
+        .filter_map(|w| {
+            let b = w.budget.as_ref()?;
+            let period = match b.period {
+                super::Period::Day => "day",
+                super::Period::Week => "week",
+                super::Period::Month => "month",
+            };
+            Some((w.name.clone(), (period.to_string(), b.timezone_name.clone())))
+        })
+        .collect()
 }
 
 /// Where an item came from: file index and position in its array.

@@ -78,14 +78,19 @@ impl Validator<'_> {
                     );
                 }
             }
-            for c in &w.allowed_callers {
-                if c.is_empty() || c.chars().any(char::is_control) {
-                    self.error(
-                        o,
-                        "workflows",
-                        &["allowed_callers"],
-                        "a caller identity must be printable, non-empty text",
-                    );
+            for (key, list) in [
+                ("allowed_callers", &w.allowed_callers),
+                ("outcome_recorders", &w.outcome_recorders),
+            ] {
+                for c in list {
+                    if c.is_empty() || c.chars().any(char::is_control) {
+                        self.error(
+                            o,
+                            "workflows",
+                            &[key],
+                            "a caller identity must be printable, non-empty text",
+                        );
+                    }
                 }
             }
             let allowed: Vec<usize> = models
@@ -108,7 +113,7 @@ impl Validator<'_> {
             let mut encodings: Vec<Encoding> = allowed.iter().map(|&i| models[i].encoding).collect();
             encodings.sort();
             encodings.dedup();
-            let budget = w.budget.as_ref().and_then(|b| self.budget(o, b));
+            let budget = w.budget.as_ref().and_then(|b| self.budget(o, &w.name, b));
             let learning = self.learning(o, w.learning.as_ref());
             let other_model_usage = match w.other_model_usage.as_deref() {
                 None | Some("refuse") => OtherModelUsage::Refuse,
@@ -145,6 +150,7 @@ impl Validator<'_> {
                 max_tier: max_tier.clamp(1, MAX_TIER as i64) as u8,
                 allowed,
                 allowed_callers: w.allowed_callers.clone(),
+                outcome_recorders: w.outcome_recorders.clone(),
                 outcome_unit: w.outcome_unit.clone().unwrap_or_else(|| "outcome".to_string()),
                 encodings,
             });
@@ -189,7 +195,7 @@ impl Validator<'_> {
         l
     }
 
-    fn budget(&mut self, o: Origin, b: &schema::RawBudget) -> Option<Budget> {
+    fn budget(&mut self, o: Origin, workflow: &str, b: &schema::RawBudget) -> Option<Budget> {
         let before = self.diagnostics.len();
         let usd = |v: &mut Self, key: &'static str, x: f64| -> i64 {
             match crate::money::budget_usd_to_nanos(x) {
@@ -238,6 +244,25 @@ impl Validator<'_> {
                 jiff::tz::TimeZone::UTC
             }
         };
+        if let Some(guard) = self.scopes {
+            if let Some((was_period, was_tz)) = guard.previous.get(workflow) {
+                let now_period = b.period.as_str();
+                let key = if was_period != now_period { "period" } else { "timezone" };
+                if (was_period != now_period || *was_tz != timezone_name) && !guard.allow_reset {
+                    self.error(
+                        o,
+                        "workflows",
+                        &["budget", key],
+                        format!(
+                            "the budget's period or time zone changed (was {was_period} in {was_tz}, now {now_period} in \
+                             {timezone_name}): its spend so far would stay behind in the old scope and the new one \
+                             start at $0; keep the old values, or start serve with --allow-scope-reset to accept a \
+                             fresh scope (audited)"
+                        ),
+                    );
+                }
+            }
+        }
         let per_outcome_nanos = b.per_outcome_usd.map(|x| usd(self, "per_outcome_usd", x));
         let soft_threshold_bp = match b.soft_threshold_pct {
             None => None,

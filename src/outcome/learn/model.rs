@@ -35,9 +35,10 @@
 //! choice carries its propensity, the probability that this policy made it.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
-use super::{Features, LearnEvent, BUCKETS, RETRY, TIERS};
+use super::{Features, LearnEvent, RETRY, TIERS};
 use crate::rules::Learning;
 
 /// A weight's prior precision: every weight starts as N(0, 1/Q0).
@@ -72,57 +73,87 @@ fn log_loss(p: f64, label: f64) -> f64 {
     -(label * p.ln() + (1.0 - label) * (1.0 - p).ln())
 }
 
-/// The logistic model of one workflow's tier.
+/// The logistic model of one workflow's tier. Only the weights a label has
+/// moved are kept (a weight never moved is its prior mean, 0, with the prior
+/// precision), so a tier costs memory in proportion to what it learned:
+/// about 16 bytes a weight, a few KiB a label at first, never more than
+/// [`BUCKETS`] weights.
 struct TierModel {
-    /// Posterior means, as f32 bits: Route reads them while the learner writes.
-    mean: Box<[AtomicU32]>,
-    /// Precision gained from labels, as f32 bits; a weight's posterior
-    /// precision is [`Q0`] plus this.
-    gained: Box<[AtomicU32]>,
+    /// Bucket -> (posterior mean, precision gained from labels; a weight's
+    /// posterior precision is [`Q0`] plus this). Route reads under the read
+    /// lock while the one writer updates under the write lock.
+    weights: RwLock<crate::hashing::FastMap<u32, Weight>>,
     seen: AtomicU64,
 }
 
-fn load(v: &AtomicU32) -> f32 {
-    f32::from_bits(v.load(Ordering::Relaxed))
+#[derive(Debug, Default, Clone, Copy)]
+struct Weight {
+    mean: f32,
+    gained: f32,
 }
+
+/// What one kept weight costs, with the map's own share.
+pub const WEIGHT_BYTES: usize = 16;
 
 impl TierModel {
     fn new() -> TierModel {
         TierModel {
-            mean: (0..BUCKETS).map(|_| AtomicU32::new(0)).collect(),
-            gained: (0..BUCKETS).map(|_| AtomicU32::new(0)).collect(),
+            weights: RwLock::new(Default::default()),
             seen: AtomicU64::new(0),
         }
     }
 
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, crate::hashing::FastMap<u32, Weight>> {
+        self.weights.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn mean(&self, i: u32) -> f32 {
+        self.read().get(&i).map_or(0.0, |w| w.mean)
+    }
+
     fn logit(&self, f: &Features, retry: bool, below: f32) -> f32 {
-        let mut z = 0f32;
-        f.each(retry, below, |i, v| z += load(&self.mean[i]) * v);
-        z
+        let w = self.read();
+        logit_of(&w, f, retry, below)
     }
 
     /// The logit of a first attempt and its posterior variance.
     fn moments(&self, f: &Features, below: f32) -> (f32, f32) {
+        let w = self.read();
         let (mut z, mut var) = (0f32, 0f32);
         f.each(false, below, |i, v| {
-            z += load(&self.mean[i]) * v;
-            var += v * v / (Q0 + load(&self.gained[i]));
+            let k = w.get(&(i as u32)).copied().unwrap_or_default();
+            z += k.mean * v;
+            var += v * v / (Q0 + k.gained);
         });
         (z, var)
     }
 
-    /// One label, by the one writer ([`Learner`]'s lock).
-    fn update(&self, f: &Features, retry: bool, below: f32, label: f32) {
-        let p = sigmoid(self.logit(f, retry, below) as f64) as f32;
+    /// Weights kept.
+    fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// One label, by the one writer ([`Learner`]'s lock); the weights it added.
+    fn update(&self, f: &Features, retry: bool, below: f32, label: f32) -> usize {
+        let mut w = self.weights.write().unwrap_or_else(PoisonError::into_inner);
+        let before = w.len();
+        let p = sigmoid(logit_of(&w, f, retry, below) as f64) as f32;
         let (err, curvature) = (p - label, p * (1.0 - p));
         f.each(retry, below, |i, v| {
-            let precision = Q0 + load(&self.gained[i]) + curvature * v * v;
-            self.gained[i].store((precision - Q0).to_bits(), Ordering::Relaxed);
-            let m = (load(&self.mean[i]) - err * v / precision).clamp(-LIMIT, LIMIT);
-            self.mean[i].store(m.to_bits(), Ordering::Relaxed);
+            let k = w.entry(i as u32).or_default();
+            let precision = Q0 + k.gained + curvature * v * v;
+            k.gained = precision - Q0;
+            k.mean = (k.mean - err * v / precision).clamp(-LIMIT, LIMIT);
         });
         self.seen.fetch_add(1, Ordering::Relaxed);
+        w.len() - before
     }
+}
+
+fn logit_of(w: &crate::hashing::FastMap<u32, Weight>, f: &Features, retry: bool, below: f32) -> f32 {
+    let mut z = 0f32;
+    f.each(retry, below, |i, v| z += w.get(&(i as u32)).map_or(0.0, |k| k.mean) * v);
+    z
 }
 
 /// The prior alone, per tier: bias, retry and the prior's logit, the
@@ -173,6 +204,8 @@ impl GateSums {
 
 #[derive(Default)]
 struct WorkflowModel {
+    /// Seconds after the learner started that Route or a label last used it.
+    last_used: AtomicU64,
     tiers: [OnceLock<TierModel>; TIERS],
     /// [`GateSums::weight`] as f32 bits, for Route.
     gate: AtomicU32,
@@ -203,12 +236,58 @@ impl WorkflowModel {
     }
 }
 
-/// Every workflow's models.
-#[derive(Default)]
+/// Every workflow's models, within a ceiling on the weights held: past it,
+/// the workflows used least lately are evicted (their labelled calls stay
+/// in the store) and folded in again from the store when Route next wants
+/// them.
 pub struct Learner {
     workflows: RwLock<crate::hashing::FastMap<String, Arc<WorkflowModel>>>,
     /// One writer at a time: labels are folded in the store's order.
     write: Mutex<()>,
+    started: std::time::Instant,
+    /// Weights held over all workflows, and the most that may be.
+    held: std::sync::atomic::AtomicUsize,
+    ceiling: std::sync::atomic::AtomicUsize,
+    /// Evicted workflows, and those of them Route asked for since.
+    evicted: Mutex<std::collections::HashSet<String>>,
+    wanted: Mutex<std::collections::HashSet<String>>,
+    any_evicted: std::sync::atomic::AtomicBool,
+    evictions: AtomicU64,
+}
+
+impl Default for Learner {
+    fn default() -> Learner {
+        Learner {
+            workflows: Default::default(),
+            write: Mutex::new(()),
+            started: std::time::Instant::now(),
+            held: Default::default(),
+            ceiling: std::sync::atomic::AtomicUsize::new(usize::MAX),
+            evicted: Default::default(),
+            wanted: Default::default(),
+            any_evicted: Default::default(),
+            evictions: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What the learner holds in memory, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Held {
+    pub bytes: u64,
+    pub ceiling_bytes: u64,
+    pub workflows: u64,
+    pub evicted_workflows: u64,
+    pub evictions_total: u64,
+}
+
+/// What [`Learner::skip_evicted`] says of a workflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    No,
+    Yes,
+    /// Wanted again: fold its labels from the oldest kept.
+    Refold,
 }
 
 /// What the model predicts for one tier.
@@ -248,12 +327,118 @@ impl Learner {
         Learner::default()
     }
 
+    /// A learner that holds at most `bytes` of weights in memory.
+    pub fn with_ceiling(bytes: u64) -> Learner {
+        let l = Learner::default();
+        let weights = usize::try_from(bytes / WEIGHT_BYTES as u64).unwrap_or(usize::MAX);
+        l.ceiling.store(weights.max(1), Ordering::Relaxed);
+        l
+    }
+
+    fn now_s(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
     fn workflow(&self, name: &str) -> Option<Arc<WorkflowModel>> {
-        self.workflows
+        let found = self
+            .workflows
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(name)
-            .cloned()
+            .cloned();
+        match &found {
+            Some(wf) => {
+                // Written only when the second changes: Routes on every core
+                // would otherwise contend for the line.
+                let now = self.now_s();
+                if wf.last_used.load(Ordering::Relaxed) != now {
+                    wf.last_used.store(now, Ordering::Relaxed);
+                }
+            }
+            None if self.any_evicted.load(Ordering::Relaxed) => {
+                if self
+                    .evicted
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains(name)
+                {
+                    self.wanted
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(name.to_string());
+                }
+            }
+            None => {}
+        }
+        found
+    }
+
+    /// Whether `workflow` is evicted and should not be folded now: false once
+    /// Route wanted it, which lifts the eviction (its labels are then folded
+    /// again from the oldest the store keeps; the caller restarts its cursor).
+    pub fn skip_evicted(&self, workflow: &str) -> Skip {
+        if !self.any_evicted.load(Ordering::Relaxed) {
+            return Skip::No;
+        }
+        let mut evicted = self.evicted.lock().unwrap_or_else(PoisonError::into_inner);
+        if !evicted.contains(workflow) {
+            return Skip::No;
+        }
+        if self
+            .wanted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(workflow)
+        {
+            evicted.remove(workflow);
+            self.any_evicted.store(!evicted.is_empty(), Ordering::Relaxed);
+            return Skip::Refold;
+        }
+        Skip::Yes
+    }
+
+    /// What the learner holds.
+    pub fn held(&self) -> Held {
+        let weights = self.held.load(Ordering::Relaxed) as u64;
+        let ceiling = self.ceiling.load(Ordering::Relaxed) as u64;
+        Held {
+            bytes: weights * WEIGHT_BYTES as u64,
+            ceiling_bytes: ceiling.saturating_mul(WEIGHT_BYTES as u64),
+            workflows: self.workflows.read().unwrap_or_else(PoisonError::into_inner).len() as u64,
+            evicted_workflows: self.evicted.lock().unwrap_or_else(PoisonError::into_inner).len() as u64,
+            evictions_total: self.evictions.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Evicts the workflows used least lately, other than `keep`, until the
+    /// weights held are within nine tenths of the ceiling.
+    fn evict_over_ceiling(&self, keep: &str) {
+        let ceiling = self.ceiling.load(Ordering::Relaxed);
+        if self.held.load(Ordering::Relaxed) <= ceiling {
+            return;
+        }
+        let target = ceiling / 10 * 9;
+        let mut map = self.workflows.write().unwrap_or_else(PoisonError::into_inner);
+        let mut by_age: Vec<(u64, String, usize)> = map
+            .iter()
+            .filter(|(name, _)| name.as_str() != keep)
+            .map(|(name, wf)| {
+                let weights = wf.tiers.iter().filter_map(OnceLock::get).map(TierModel::len).sum();
+                (wf.last_used.load(Ordering::Relaxed), name.clone(), weights)
+            })
+            .collect();
+        by_age.sort();
+        let mut evicted = self.evicted.lock().unwrap_or_else(PoisonError::into_inner);
+        for (_, name, weights) in by_age {
+            if self.held.load(Ordering::Relaxed) <= target {
+                break;
+            }
+            map.remove(&name);
+            self.held.fetch_sub(weights, Ordering::Relaxed);
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+            evicted.insert(name);
+        }
+        self.any_evicted.store(!evicted.is_empty(), Ordering::Relaxed);
     }
 
     /// The prediction for `tier` of `workflow`, or `None` if that tier has
@@ -303,7 +488,10 @@ impl Learner {
         sums.baseline[t].update(&x, label);
         wf.gate.store((sums.weight() as f32).to_bits(), Ordering::Relaxed);
         drop(sums);
-        m.update(&e.features, e.retry, below, label);
+        let added = m.update(&e.features, e.retry, below, label);
+        wf.last_used.store(self.now_s(), Ordering::Relaxed);
+        self.held.fetch_add(added, Ordering::Relaxed);
+        self.evict_over_ceiling(&e.workflow);
     }
 
     /// Labelled calls learned, per workflow and tier (for metrics and `explain`).
@@ -329,7 +517,7 @@ fn predict(m: &TierModel, f: &Features, below: f32) -> (TierPrediction, f32) {
     let p = sigmoid(z as f64);
     let prediction = TierPrediction {
         p,
-        p_retry: sigmoid((z + load(&m.mean[RETRY as usize])) as f64),
+        p_retry: sigmoid((z + m.mean(RETRY)) as f64),
         sd: p * (1.0 - p) * f64::from(var.sqrt()),
         seen: m.seen.load(Ordering::Relaxed),
         doubt: 0.0,

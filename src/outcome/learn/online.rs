@@ -217,6 +217,11 @@ impl Online {
         let mut n = 0u64;
         for wf in table.workflows.iter().filter(|w| w.learning.enabled) {
             let cursor = cursors.entry(wf.name.clone()).or_default();
+            match self.learner.skip_evicted(&wf.name) {
+                super::model::Skip::Yes => continue,
+                super::model::Skip::Refold => cursor.clear(),
+                super::model::Skip::No => {}
+            }
             loop {
                 let page = store.learning_since(&wf.name, cursor, PAGE).await?;
                 let full = page.len() == PAGE;

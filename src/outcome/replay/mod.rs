@@ -512,6 +512,7 @@ impl<'a> Replayer<'a> {
                 learning: learning.clone(),
                 effects: None,
                 trace: false,
+                large_requests: None,
             },
             learning,
             rt,
