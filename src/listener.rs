@@ -434,7 +434,9 @@ pub async fn serve<S, R, B>(
     h2.timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_pending_accept_reset_streams(limits.max_pending_reset_streams)
-        .max_local_error_reset_streams(limits.max_pending_reset_streams)
+        // Answering a stream before its body ends (a refusal, a timeout)
+        // resets it locally: hyper's default bound on those stays.
+        .max_local_error_reset_streams(Some(1024))
         .max_header_list_size(limits.max_header_list_bytes)
         .keep_alive_interval(limits.keepalive_interval)
         .keep_alive_timeout(limits.keepalive_timeout);

@@ -244,6 +244,8 @@ async fn whatif_recovers_a_known_world_on_redis() {
                 &prefix,
                 "--redis-timeout-ms",
                 "5000",
+                // A new prefix is a new deployment's store.
+                "--accept-fresh-store",
             ],
         );
         let routed = drive(&server).await;

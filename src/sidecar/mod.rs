@@ -256,8 +256,10 @@ impl Sidecar {
         }
         let table = self.rules.current();
         let workflow = find_workflow(&table, &o.workflow)?;
-        self.access
-            .may_call(who, workflow, Action::RecordOutcome, &o.outcome_id)?;
+        if !who.admin {
+            self.access
+                .may_call(who, workflow, Action::RecordOutcome, &o.outcome_id)?;
+        }
         let routed = who.admin
             || workflow.outcome_recorders.iter().any(|c| **c == *who.name)
             || self
