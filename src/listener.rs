@@ -637,10 +637,13 @@ mod tests {
     fn limits_name_the_flag_that_is_wrong() {
         let mut l = Limits::grpc();
         l.max_concurrent_streams = 0;
-        assert!(l.validate("").unwrap_err().contains("--http2-max-concurrent-streams"));
+        assert!(l
+            .validate("")
+            .expect_err("refused")
+            .contains("--http2-max-concurrent-streams"));
         let mut l = Limits::grpc();
         l.idle_timeout = Duration::ZERO;
-        assert!(l.validate("").unwrap_err().contains("--idle-timeout-s"));
+        assert!(l.validate("").expect_err("refused").contains("--idle-timeout-s"));
         assert!(Limits::grpc().validate("").is_ok());
         assert!(Limits::admin().validate("admin-").is_ok());
     }

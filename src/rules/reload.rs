@@ -64,6 +64,9 @@ pub struct Rules {
 /// budget whose period or time zone changed with `--allow-scope-reset`.
 pub type ScopeHook = Box<dyn Fn(&str, &str, &str) + Send + Sync>;
 
+/// A budget scope started afresh: workflow, the scope it had, the one it has.
+pub type ScopeChange = (String, String, String);
+
 /// The file in a state folder that records the budget scopes in force.
 pub const SCOPES_FILE: &str = "budget-scopes.json";
 
@@ -83,7 +86,7 @@ impl Rules {
         path: &Path,
         state_dir: &Path,
         allow_scope_reset: bool,
-    ) -> Result<(Rules, Vec<(String, String, String)>), String> {
+    ) -> Result<(Rules, Vec<ScopeChange>), String> {
         let scope_file = state_dir.join(SCOPES_FILE);
         let guard = ScopeGuard::read(&scope_file, allow_scope_reset)?;
         let table = RuleTable::load_guarded(path, &guard).map_err(|e| e.to_string())?;

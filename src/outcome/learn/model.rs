@@ -355,18 +355,17 @@ impl Learner {
                     wf.last_used.store(now, Ordering::Relaxed);
                 }
             }
-            None if self.any_evicted.load(Ordering::Relaxed) => {
-                if self
+            None if self.any_evicted.load(Ordering::Relaxed)
+                && self
                     .evicted
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .contains(name)
-                {
-                    self.wanted
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(name.to_string());
-                }
+                    .contains(name) =>
+            {
+                self.wanted
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(name.to_string());
             }
             None => {}
         }
