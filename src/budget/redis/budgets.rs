@@ -46,6 +46,7 @@ impl BudgetStore for RedisStore {
             pipe.cmd("SADD").arg(self.workflows_key()).arg(&r.workflow).ignore();
         }
         self.note_outcome_caller(&mut pipe, &r);
+        let packed = self.pack(&r, &mut pipe);
         tokio::spawn(async move {
             let mut c = conn;
             let mut inv = reserve.prepare_invoke();
@@ -58,7 +59,7 @@ impl BudgetStore for RedisStore {
                 .arg(r.expires_ms)
                 .arg(RETAIN_MS)
                 .arg("")
-                .arg(meta(&r))
+                .arg(packed)
                 .arg(r.snapshot.as_slice())
                 .arg("")
                 .arg(0);

@@ -205,11 +205,12 @@ impl LeaseStore for RedisStore {
             .arg(r.routed.len())
             .arg(holder)
             .arg(acked);
+        let mut pipe = redis::pipe();
         for d in &r.routed {
             inv.arg(&d.decision_id)
                 .arg(d.amount_nanos)
                 .arg(&r.scope.key)
-                .arg(meta(d))
+                .arg(self.pack(d, &mut pipe))
                 .arg(d.snapshot.as_slice());
         }
         for s in &r.settled {
@@ -219,10 +220,9 @@ impl LeaseStore for RedisStore {
                 .arg(usage_field(&s.usage, s.now_ms))
                 .arg(d.amount_nanos)
                 .arg(&r.scope.key)
-                .arg(meta(d))
+                .arg(self.pack(d, &mut pipe))
                 .arg(d.snapshot.as_slice());
         }
-        let mut pipe = redis::pipe();
         // Each call's index entry, so that its usage settles on any sidecar
         // (or this one after a restart), as for an exact reservation. On a
         // single Redis they ride in the script's pipeline; a cluster keeps

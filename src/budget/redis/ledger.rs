@@ -131,6 +131,7 @@ impl LedgerStore for RedisStore {
                     call.snapshot = snap;
                 }
             }
+            self.resolve_labels(&wf, &mut ledger.calls[first_call..]).await?;
         }
         ledger
             .calls

@@ -422,6 +422,57 @@ impl RedisStore {
         format!("{}:{{{workflow}}}:", self.cfg.prefix)
     }
 
+    /// A decision's description for a script, with `pipe` keeping its label
+    /// set's one copy (in the workflow's `labels` hash, renewed while used).
+    fn pack(&self, r: &NewReservation, pipe: &mut redis::Pipeline) -> String {
+        if !r.labels.is_empty() {
+            let key = format!("{}labels", self.tag(&r.workflow));
+            let id = label_ref(&r.labels);
+            pipe.cmd("HSETNX")
+                .arg(&key)
+                .arg(id.trim_start_matches(LABEL_REF))
+                .arg(&r.labels)
+                .ignore();
+            pipe.cmd("PEXPIRE").arg(&key).arg(RETAIN_MS).ignore();
+        }
+        meta(r)
+    }
+
+    /// Replaces label references in `calls` (of `workflow`) by their text.
+    async fn resolve_labels(
+        &self,
+        workflow: &str,
+        calls: &mut [crate::outcome::ledger::CallRecord],
+    ) -> Result<(), StoreError> {
+        let mut ids: Vec<String> = calls
+            .iter()
+            .filter_map(|c| c.labels.strip_prefix(LABEL_REF).map(str::to_string))
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        ids.sort();
+        ids.dedup();
+        let mut c = self.conn.clone();
+        let key = format!("{}labels", self.tag(workflow));
+        let ids_q = ids.clone();
+        let texts: Vec<Option<String>> = self
+            .bounded(async move { redis::cmd("HMGET").arg(&key).arg(&ids_q).query_async(&mut c).await })
+            .await?;
+        let found: std::collections::HashMap<String, String> = ids
+            .into_iter()
+            .zip(texts)
+            .filter_map(|(id, t)| t.map(|t| (id, t)))
+            .collect();
+        for call in calls {
+            if let Some(id) = call.labels.strip_prefix(LABEL_REF) {
+                // A set past its retention is gone with its calls' records.
+                call.labels = found.get(id).cloned().unwrap_or_default();
+            }
+        }
+        Ok(())
+    }
+
     /// The identities that routed under an outcome (RecordOutcome's check),
     /// in the workflow's hash slot.
     fn outcome_callers_key(&self, workflow: &str, outcome_id: &str) -> String {
@@ -601,18 +652,18 @@ impl RedisStore {
         }
         let (epoch, holder, acked) = self.epoch_args(&r.workflow);
         inv.key(epoch);
+        let mut pipe = redis::pipe();
         inv.arg(&r.decision_id)
             .arg(r.amount_nanos)
             .arg(r.expires_ms)
             .arg(RETAIN_MS)
             .arg(&joined)
-            .arg(meta(r))
+            .arg(self.pack(r, &mut pipe))
             .arg(r.snapshot.as_slice());
         for s in &r.scopes {
             inv.arg(s.limit_nanos);
         }
         inv.arg(holder).arg(acked);
-        let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(self.index_key(&r.decision_id))
             .arg(format!("{}{SEP}{joined}", r.workflow))
@@ -690,13 +741,14 @@ impl RedisStore {
         let (epoch, holder, acked) = self.epoch_args(&workflow);
         inv.key(epoch);
         let usage = usage_field(&p.usage, p.now_ms);
+        let mut pipe = redis::pipe();
         inv.arg(&p.decision_id).arg(p.cost_nanos).arg(RETAIN_MS).arg(usage);
         match &p.record {
             Some(r) => {
                 inv.arg("1")
                     .arg(r.amount_nanos)
                     .arg(scopes.join(&SEP.to_string()))
-                    .arg(meta(r));
+                    .arg(self.pack(r, &mut pipe));
             }
             None => {
                 inv.arg("0").arg("0").arg("").arg("");
@@ -710,7 +762,6 @@ impl RedisStore {
             )
             .arg(holder)
             .arg(acked);
-        let mut pipe = redis::pipe();
         pipe.invoke_script(&inv);
         let reply = strings(self.pipeline_with_script(&pipe, &self.settle).await?);
         if reply.first().map(String::as_str) == Some("lost") {

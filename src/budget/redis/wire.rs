@@ -71,7 +71,7 @@ pub(super) fn meta(r: &NewReservation) -> String {
         r.now_ms,
         r.expires_ms,
         u8::from(r.downgraded),
-        r.labels,
+        label_ref(&r.labels),
         r.caller,
         p.input_nanos_per_mtok,
         p.cached_input_nanos_per_mtok,
@@ -79,6 +79,18 @@ pub(super) fn meta(r: &NewReservation) -> String {
         p.batch_discount_bp,
         r.tier
     )
+}
+
+/// Marks a label set named by reference (labels hold no control characters).
+pub(super) const LABEL_REF: char = '\u{1e}';
+
+/// How a decision's description names its labels: by the hash of their text,
+/// whose one copy is in the workflow's `labels` hash ([`RedisStore::pack`]).
+pub(super) fn label_ref(labels: &str) -> String {
+    if labels.is_empty() {
+        return String::new();
+    }
+    format!("{LABEL_REF}{:016x}", xxhash_rust::xxh3::xxh3_64(labels.as_bytes()))
 }
 
 /// A settlement's usage, packed into one field: tokens, failed, when.
