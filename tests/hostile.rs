@@ -547,8 +547,12 @@ async fn an_empty_redis_is_not_trusted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_learning_workflows_cost_memory_in_proportion_and_stop_in_time() {
     let mut text = String::from(BUDGETED);
-    const N: usize = 2000;
-    for i in 0..N {
+    // 2,000 in CI; SWITCHYARD_HOSTILE_WORKFLOWS=10000 tries the finding's size.
+    let n: usize = std::env::var("SWITCHYARD_HOSTILE_WORKFLOWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    for i in 0..n {
         text.push_str(&format!(
             "\n[[workflows]]\nname = \"wf{i}\"\n[workflows.learning]\nenabled = true\n"
         ));
@@ -557,7 +561,7 @@ async fn many_learning_workflows_cost_memory_in_proportion_and_stop_in_time() {
     let server = Server::start(&rules.path().join("rules.toml"), &["--learning-memory-mib", "1"]);
     let mut c = server.client().await;
     let before = rss_kib(server.pid());
-    for i in 0..N {
+    for i in 0..n {
         let wf = format!("wf{i}");
         let mut r = request(
             &wf,
@@ -579,7 +583,7 @@ async fn many_learning_workflows_cost_memory_in_proportion_and_stop_in_time() {
     }
     let applied = |s: &Server| metric_at(&s.admin, "switchyard_learning_applied_total");
     assert!(
-        eventually(Duration::from_secs(30), || async { applied(&server) >= N as u64 }).await,
+        eventually(Duration::from_secs(120), || async { applied(&server) >= n as u64 }).await,
         "every label folded in"
     );
     let held = metric_at(&server.admin, "switchyard_learning_memory_bytes");
@@ -589,10 +593,14 @@ async fn many_learning_workflows_cost_memory_in_proportion_and_stop_in_time() {
         "evicted past the ceiling"
     );
     let grown = rss_kib(server.pid()).saturating_sub(before);
-    assert!(grown < 200 * 1024, "{N} one-label workflows grew RSS by {grown} KiB");
+    assert!(grown < 200 * 1024, "{n} one-label workflows grew RSS by {grown} KiB");
     let started = Instant::now();
     let status = server.terminate();
     assert!(status.success());
+    eprintln!(
+        "{n} learning workflows: RSS +{grown} KiB, learned state {held} bytes, SIGTERM took {:?}",
+        started.elapsed()
+    );
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "SIGTERM took {:?}",
