@@ -337,6 +337,15 @@ pub trait EscalationStore: Send + Sync {
     ) -> Result<Escalation, StoreError>;
 }
 
+/// The identity whose ownership of `r`'s outcome the store records, if any:
+/// a keyed caller routing under an outcome. `local` (every caller when no API
+/// keys are configured) is an admin and owns nothing, and the operator's own
+/// tools (`-`) route nothing real.
+pub fn outcome_owner(r: &NewReservation) -> Option<&str> {
+    let who: &str = &r.caller;
+    (!r.outcome_id.is_empty() && who != crate::access::LOCAL && who != "-" && !who.is_empty()).then_some(who)
+}
+
 /// What an outcome's last record said, when it is recorded again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PriorOutcome {

@@ -39,9 +39,9 @@ impl RedisStore {
         let r = Arc::new(r.clone());
         let take = self.leases.take(&r, terms, self.mono_ms());
         if take == Take::Taken {
-            if !r.outcome_id.is_empty() {
+            if let Some(owner) = crate::budget::outcome_owner(&r) {
                 self.leased_outcomes
-                    .insert(format!("{}{SEP}{}{SEP}{}", r.workflow, r.outcome_id, r.caller), ());
+                    .insert(format!("{}{SEP}{}{SEP}{owner}", r.workflow, r.outcome_id), ());
             }
             self.recent.insert(r.decision_id.clone(), r);
             self.leased_routes.fetch_add(1, Ordering::Relaxed);

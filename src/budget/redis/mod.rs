@@ -481,11 +481,11 @@ impl RedisStore {
 
     /// Adds to `pipe` the note that `r`'s caller routed under its outcome.
     fn note_outcome_caller(&self, pipe: &mut redis::Pipeline, r: &NewReservation) {
-        if r.outcome_id.is_empty() {
+        let Some(owner) = crate::budget::outcome_owner(r) else {
             return;
-        }
+        };
         let key = self.outcome_callers_key(&r.workflow, &r.outcome_id);
-        pipe.cmd("SADD").arg(&key).arg(&*r.caller).ignore();
+        pipe.cmd("SADD").arg(&key).arg(owner).ignore();
         pipe.cmd("PEXPIRE").arg(&key).arg(RETAIN_MS).ignore();
     }
 

@@ -127,8 +127,8 @@ const TRIM_BATCH: i64 = 10_000;
 /// The reservation's row, `scopes` joined by [`SCOPE_SEP`].
 pub(super) const INSERT_RESERVATION: &str =
     "INSERT INTO reservations (decision_id, workflow, outcome_id, model, is_deferrable, amount_nanos, scopes,
-                               created_ms, expires_ms, state, downgraded, labels, terms, snapshot, label_set)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'reserved', ?10, '', ?11, ?12, ?13)";
+                               created_ms, expires_ms, state, downgraded, labels, terms, snapshot, label_set, owner)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'reserved', ?10, '', ?11, ?12, ?13, ?14)";
 
 fn insert_reservation(conn: &Connection, r: &NewReservation, scopes: &str) -> Result<(), StoreError> {
     let mut insert = conn.prepare_cached(INSERT_RESERVATION).map_err(unavailable)?;
@@ -171,7 +171,8 @@ pub(super) fn bind_reservation(
             r.downgraded,
             terms,
             (!r.snapshot.is_empty()).then_some(r.snapshot.as_slice()),
-            set
+            set,
+            crate::budget::outcome_owner(r)
         ])
     })
     .map(drop)

@@ -150,24 +150,11 @@ impl LedgerStore for SqliteStore {
     async fn outcome_routed_by(&self, workflow: &str, outcome_id: &str, caller: &str) -> Result<bool, StoreError> {
         let (workflow, outcome_id, caller) = (workflow.to_string(), outcome_id.to_string(), caller.to_string());
         self.with(move |conn| {
-            let mut st = conn
-                .prepare_cached(
-                    "SELECT terms FROM reservations WHERE workflow = ?1 AND outcome_id = ?2 AND outcome_id != ''",
-                )
-                .map_err(unavailable)?;
-            let mut rows = st.query(params![workflow, outcome_id]).map_err(unavailable)?;
-            while let Some(row) = rows.next().map_err(unavailable)? {
-                let terms: Option<Vec<u8>> = row.get(0).map_err(unavailable)?;
-                // A row older than the caller column: anyone who may call
-                // the workflow routed it, as far as the store can tell.
-                let Some(terms) = terms else { return Ok(true) };
-                match super::budgets::Terms::decode(&terms) {
-                    Some((_, _, who)) if who == caller || who.is_empty() => return Ok(true),
-                    Some(_) => {}
-                    None => return Ok(true),
-                }
-            }
-            Ok(false)
+            conn.prepare_cached(
+                "SELECT 1 FROM reservations WHERE workflow = ?1 AND outcome_id = ?2 AND owner = ?3 AND owner IS NOT NULL LIMIT 1",
+            )
+            .and_then(|mut st| st.exists(params![workflow, outcome_id, caller]))
+            .map_err(unavailable)
         })
         .await
     }

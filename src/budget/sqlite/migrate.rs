@@ -8,7 +8,7 @@ use super::{unavailable, StoreError};
 
 /// Columns added to `reservations` after its first release, with their
 /// definitions: added in place to a store an older build created.
-const ADDED_COLUMNS: [(&str, &str); 5] = [
+const ADDED_COLUMNS: [(&str, &str); 6] = [
     ("downgraded", "INTEGER NOT NULL DEFAULT 0"),
     ("labels", "TEXT NOT NULL DEFAULT ''"),
     // Who routed the call, and the prices and tier it was routed at, packed
@@ -21,7 +21,16 @@ const ADDED_COLUMNS: [(&str, &str); 5] = [
     // The row's labels as the ID of their one copy in `label_sets` (rows
     // older than the column keep their text in `labels`).
     ("label_set", "INTEGER"),
+    // The keyed identity that routed a call under an outcome (NULL without
+    // an outcome, or for `local` callers, who are admins): RecordOutcome
+    // asks who routed under it, through `reservations_owner`.
+    ("owner", "TEXT"),
 ];
+
+/// Who routed under an outcome. Only the rows that carry an owner pay for
+/// it: with no API keys every caller is `local`, and Route writes none.
+const OWNER_INDEX: &str =
+    "CREATE INDEX IF NOT EXISTS reservations_owner ON reservations (workflow, outcome_id, owner) WHERE owner IS NOT NULL";
 
 /// One pending escalation per scope, enforced by the schema as well as by
 /// [`escalate_job`]. Created after [`dedup_pending`] has cleaned up stores
@@ -68,6 +77,7 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
     repair_money(conn)?;
     dedup_pending(conn)?;
     conn.execute_batch(ONE_PENDING).map_err(unavailable)?;
+    conn.execute_batch(OWNER_INDEX).map_err(unavailable)?;
     Ok(())
 }
 

@@ -61,9 +61,7 @@ CREATE TABLE IF NOT EXISTS outcome_events (
 CREATE INDEX IF NOT EXISTS outcome_events_at ON outcome_events (at_ms);
 -- An outcome's last record, read when it is recorded again.
 CREATE INDEX IF NOT EXISTS outcome_events_outcome ON outcome_events (workflow, outcome_id);
--- Who routed under an outcome, read by RecordOutcome; only calls that name
--- an outcome pay for it.
-CREATE INDEX IF NOT EXISTS reservations_outcome ON reservations (workflow, outcome_id) WHERE outcome_id != '';
+
 CREATE TABLE IF NOT EXISTS feedback_events (
     id INTEGER PRIMARY KEY,
     workflow TEXT NOT NULL,

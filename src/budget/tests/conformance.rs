@@ -146,6 +146,7 @@ async fn the_ledger_holds_settled_calls_outcomes_and_feedback(store: &Arc<dyn St
         let id = format!("{ns}-led-{i}");
         let mut r = reservation(&id, 100, &[(&s, DOLLAR)], 1_000 + i);
         r.labels = "team=search".into();
+        r.caller = "agent-a".into();
         store.reserve(&r).await.expect("reserve");
         if i < 2 {
             let usage = Usage {
@@ -158,11 +159,11 @@ async fn the_ledger_holds_settled_calls_outcomes_and_feedback(store: &Arc<dyn St
         }
     }
     // Who routed under the outcome: its callers, and no one else.
-    assert!(store.outcome_routed_by(&wf, "o", "local").await.expect("read"));
+    assert!(store.outcome_routed_by(&wf, "o", "agent-a").await.expect("read"));
     assert!(!store.outcome_routed_by(&wf, "o", "intruder").await.expect("read"));
-    assert!(!store.outcome_routed_by(&wf, "other", "local").await.expect("read"));
+    assert!(!store.outcome_routed_by(&wf, "other", "agent-a").await.expect("read"));
     assert!(!store
-        .outcome_routed_by(&format!("{ns}none"), "o", "local")
+        .outcome_routed_by(&format!("{ns}none"), "o", "agent-a")
         .await
         .expect("read"));
     let mut ended = OutcomeEvent {
