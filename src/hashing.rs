@@ -26,3 +26,9 @@ pub fn random_seed() -> u64 {
     h.write_u64(0x5157_4954_4348_5944);
     h.finish()
 }
+
+/// The hex SHA-256 of `bytes`: API keys, rules files, model files.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

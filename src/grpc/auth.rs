@@ -54,9 +54,7 @@ pub struct Keys {
     pub file_sha256: String,
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
+pub use crate::hashing::sha256_hex;
 
 fn unhex32(s: &str) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];

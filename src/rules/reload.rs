@@ -315,7 +315,7 @@ pub fn files_sha256(path: &Path) -> Option<String> {
         all.push(0);
         all.extend_from_slice(&std::fs::read(&f).ok()?);
     }
-    Some(crate::grpc::auth::sha256_hex(&all))
+    Some(crate::hashing::sha256_hex(&all))
 }
 
 /// What the rules path holds now, as reload sees it.
