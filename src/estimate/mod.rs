@@ -12,6 +12,7 @@ pub mod tokens;
 
 use serde::Serialize;
 
+pub mod understand;
 pub use complexity::Features;
 use complexity::{scan, Counts};
 

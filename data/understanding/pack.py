@@ -1,0 +1,91 @@
+"""Packs the training subset that `scripts/train-understanding` reads, from
+the shared bench data (../shared/bench-data/train) and Switchyard's own
+prompts (own_prompts.py). Run once when the subset changes; the result,
+kinds.jsonl.gz, is committed, so a fresh clone trains without the shared data.
+
+Only sources whose licence allows shipping a model trained on them are
+packed (SOURCE.md). Rows are chosen by a hash of their ID, not at random,
+so the same inputs give the same bytes.
+
+usage: python3 data/understanding/pack.py [BENCH_DATA_TRAIN_DIR]
+"""
+
+import gzip
+import hashlib
+import json
+import os
+import sys
+
+here = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, here)
+import own_prompts  # noqa: E402
+
+src = sys.argv[1] if len(sys.argv) > 1 else os.path.join(here, "..", "..", "..", "shared", "bench-data", "train")
+tk = os.path.join(src, "task_kind")
+
+
+def pick(rows, per_group, group):
+    """The `per_group` rows of each group with the smallest ID hashes."""
+    by = {}
+    for r in rows:
+        by.setdefault(group(r), []).append(r)
+    out = []
+    for g in sorted(by, key=str):
+        rs = sorted(by[g], key=lambda r: hashlib.sha256(r["id"].encode()).hexdigest())
+        out.extend(rs[:per_group])
+    return out
+
+
+def load(name):
+    with open(os.path.join(tk, name), encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+rows = []
+# Apache-2.0: real user prompts (v2.0 labelled), and templated P3 tasks.
+rows += [r for r in load("arena_hard.jsonl") if r["kind"]]
+rows += pick([r for r in load("p3_t0_templates.jsonl") if r["kind"]], 500, lambda r: r["kind"])
+# MIT: HumanEval, MATH (with its level), BIG-Bench Hard.
+rows += load("humaneval.jsonl")
+rows += pick(load("hendrycks_math.jsonl"), 40, lambda r: (r["type"], r["level_int"]))
+rows += pick(load("bbh.jsonl"), 40, lambda r: r["task"])
+rows += own_prompts.build()
+# Arena-Hard-Auto v0.1 (Apache-2.0): real user prompts, kinds assigned by hand.
+labels = {}
+with open(os.path.join(here, "arena_v01_labels.tsv"), encoding="utf-8") as f:
+    for line in f:
+        if line.startswith("#") or line.startswith("id\t"):
+            continue
+        i, k = line.rstrip("\n").split("\t")
+        if k != "x":
+            labels[i] = k
+for r in load("arena_hard.jsonl"):
+    if r["id"] in labels:
+        rows.append({"id": r["id"], "source": "arena-hard-v0.1-labelled", "kind": labels[r["id"]], "prompt": r["prompt"]})
+
+seen = set()
+out = []
+for r in rows:
+    norm = " ".join(r["prompt"].lower().split())
+    if norm in seen:
+        continue
+    seen.add(norm)
+    keep = {k: r[k] for k in ("id", "source", "kind", "prompt")}
+    if "level_int" in r:
+        keep["level"] = r["level_int"]
+    if "hard" in r:
+        keep["hard"] = r["hard"]
+    out.append(keep)
+
+dest = os.path.join(here, "kinds.jsonl.gz")
+with open(dest, "wb") as raw:
+    # mtime 0 and no file name: the same rows give the same bytes.
+    with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz:
+        for r in out:
+            gz.write((json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8"))
+counts = {}
+for r in out:
+    counts[(r["source"], r["kind"])] = counts.get((r["source"], r["kind"]), 0) + 1
+print(f"{dest}: {len(out)} rows")
+for k in sorted(counts):
+    print(f"  {k[0]:<24} {k[1]:<15} {counts[k]}")

@@ -1,0 +1,230 @@
+//! Trains the task-kind classifier that ships in `models/understanding.json`,
+//! from the committed subset in `data/understanding/` (run it through
+//! `scripts/train-understanding`, which unpacks the data first).
+//!
+//! Deterministic: one thread, a fixed shuffle, fixed epochs; the same data
+//! gives the same bytes. Before writing the model it holds out each whole
+//! source in turn, trains on the rest and prints the accuracy on the one
+//! held out: a classifier that learned one source's template style has
+//! learned nothing about users, and this is what shows it.
+//!
+//! usage: train_understanding --data KINDS.jsonl --wordfreq TOP100K.tsv --out MODEL.json
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use switchyard::estimate::understand::{
+    extract, rarity_slot, rle, write, Body, Extracted, BUCKETS, DENSE, DENSE_NAMES,
+};
+
+/// The kinds the classifier names (`general` is what low confidence gives).
+const KINDS: [&str; 11] = [
+    "chat",
+    "qa",
+    "writing",
+    "summarize",
+    "extraction",
+    "classification",
+    "translation",
+    "code",
+    "math",
+    "reasoning",
+    "planning",
+];
+const EPOCHS: usize = 14;
+const L2: f32 = 1e-5;
+const MIN_CONFIDENCE: f32 = 0.35;
+
+struct Row {
+    source: String,
+    kind: usize,
+    x: Extracted,
+}
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn xorshift(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
+}
+
+/// Zipf frequency × 10 per hashed slot, from wordfreq's table (the most
+/// frequent word wins a shared slot).
+fn rarity_table(path: &PathBuf) -> Vec<u8> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let mut t = vec![0u8; BUCKETS];
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split('\t').collect();
+        let (Some(word), Some(zipf)) = (f.get(1), f.get(2).and_then(|z| z.parse::<f32>().ok())) else {
+            continue;
+        };
+        let slot = rarity_slot(&word.to_lowercase());
+        let z = (zipf * 10.0).round().clamp(1.0, 255.0) as u8;
+        t[slot] = t[slot].max(z);
+    }
+    t
+}
+
+/// Weights: grams (slot-major, kind-minor), dense, bias.
+fn train(rows: &[&Row]) -> Vec<f32> {
+    let k = KINDS.len();
+    let mut w = vec![0f32; (BUCKETS + DENSE + 1) * k];
+    // Each kind weighs the same in all, however many rows its sources have.
+    let mut per_kind = vec![0usize; k];
+    for r in rows {
+        per_kind[r.kind] += 1;
+    }
+    let class_w: Vec<f32> = per_kind
+        .iter()
+        .map(|&n| {
+            if n == 0 {
+                0.0
+            } else {
+                (rows.len() as f32 / (k as f32 * n as f32)).min(20.0)
+            }
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let (dense_at, bias_at) = (BUCKETS * k, (BUCKETS + DENSE) * k);
+    for epoch in 0..EPOCHS {
+        for i in (1..order.len()).rev() {
+            let j = (xorshift(&mut seed) % (i as u64 + 1)) as usize;
+            order.swap(i, j);
+        }
+        let lr = 0.5 / (1.0 + epoch as f32 * 0.5);
+        for &i in &order {
+            let r = rows[i];
+            let mut z: Vec<f32> = w[bias_at..].to_vec();
+            for &g in &r.x.grams {
+                for (c, zc) in z.iter_mut().enumerate() {
+                    *zc += w[g as usize * k + c] * r.x.gram_value;
+                }
+            }
+            for (d, &v) in r.x.dense.iter().enumerate() {
+                for (c, zc) in z.iter_mut().enumerate() {
+                    *zc += w[dense_at + d * k + c] * v;
+                }
+            }
+            let p = switchyard::estimate::understand::softmax(&z);
+            let step = lr * class_w[r.kind];
+            for c in 0..k {
+                let err = p[c] - if c == r.kind { 1.0 } else { 0.0 };
+                if err.abs() < 1e-4 {
+                    continue;
+                }
+                for &g in &r.x.grams {
+                    let wi = &mut w[g as usize * k + c];
+                    *wi -= step * (err * r.x.gram_value + L2 * *wi);
+                }
+                for (d, &v) in r.x.dense.iter().enumerate() {
+                    let wi = &mut w[dense_at + d * k + c];
+                    *wi -= step * (err * v + L2 * *wi);
+                }
+                w[bias_at + c] -= step * err * 0.1;
+            }
+        }
+    }
+    w
+}
+
+fn predict(w: &[f32], x: &Extracted) -> usize {
+    let k = KINDS.len();
+    let (dense_at, bias_at) = (BUCKETS * k, (BUCKETS + DENSE) * k);
+    let mut z: Vec<f32> = w[bias_at..].to_vec();
+    for &g in &x.grams {
+        for (c, zc) in z.iter_mut().enumerate() {
+            *zc += w[g as usize * k + c] * x.gram_value;
+        }
+    }
+    for (d, &v) in x.dense.iter().enumerate() {
+        for (c, zc) in z.iter_mut().enumerate() {
+            *zc += w[dense_at + d * k + c] * v;
+        }
+    }
+    (0..k).fold(0, |best, c| if z[c] > z[best] { c } else { best })
+}
+
+fn main() {
+    let data = PathBuf::from(arg("--data").expect("--data KINDS.jsonl"));
+    let wordfreq = PathBuf::from(arg("--wordfreq").expect("--wordfreq TOP100K.tsv"));
+    let out = PathBuf::from(arg("--out").expect("--out MODEL.json"));
+    let rarity = rarity_table(&wordfreq);
+    let text = std::fs::read_to_string(&data).unwrap_or_else(|e| panic!("cannot read {}: {e}", data.display()));
+    let mut rows = Vec::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON row");
+        let Some(kind) = v["kind"].as_str().and_then(|k| KINDS.iter().position(|x| *x == k)) else {
+            continue;
+        };
+        rows.push(Row {
+            source: v["source"].as_str().unwrap_or_default().to_string(),
+            kind,
+            x: extract(v["prompt"].as_str().unwrap_or_default(), &rarity),
+        });
+    }
+    eprintln!("{} rows, {} kinds", rows.len(), KINDS.len());
+
+    // Each whole source held out in turn.
+    let sources: Vec<String> = {
+        let mut s: Vec<String> = rows.iter().map(|r| r.source.clone()).collect();
+        s.sort();
+        s.dedup();
+        s
+    };
+    println!("held-out source accuracy (trained on every other source):");
+    println!("| held out | rows | accuracy | by kind |");
+    println!("|---|---|---|---|");
+    for s in &sources {
+        let train_rows: Vec<&Row> = rows.iter().filter(|r| &r.source != s).collect();
+        let test: Vec<&Row> = rows.iter().filter(|r| &r.source == s).collect();
+        let w = train(&train_rows);
+        let mut by: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        for r in &test {
+            let e = by.entry(KINDS[r.kind]).or_default();
+            e.1 += 1;
+            if predict(&w, &r.x) == r.kind {
+                e.0 += 1;
+            }
+        }
+        let right: usize = by.values().map(|v| v.0).sum();
+        let kinds: Vec<String> = by
+            .iter()
+            .map(|(k, (r, n))| format!("{k} {:.0}%", 100.0 * *r as f64 / *n as f64))
+            .collect();
+        println!(
+            "| {s} | {} | {:.1}% | {} |",
+            test.len(),
+            100.0 * right as f64 / test.len().max(1) as f64,
+            kinds.join(", ")
+        );
+    }
+
+    let all: Vec<&Row> = rows.iter().collect();
+    let w = train(&all);
+    let max = w.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    let scale = max / (1 << 22) as f32;
+    let body = Body {
+        provenance: "Trained by examples/train_understanding.rs (scripts/train-understanding) on data/understanding/kinds.jsonl.gz: \
+                     Arena-Hard-Auto v2.0 and P3 templates (Apache-2.0), HumanEval, MATH and BIG-Bench Hard (MIT), and Switchyard's own \
+                     prompts (Apache-2.0); word rarity from wordfreq 3.1.1's English table (data CC-BY-SA-4.0, Robyn Speer et al.). \
+                     See data/understanding/SOURCE.md."
+            .into(),
+        buckets: BUCKETS,
+        dense_names: DENSE_NAMES.iter().map(|s| s.to_string()).collect(),
+        kinds: KINDS.iter().map(|s| s.to_string()).collect(),
+        min_confidence: MIN_CONFIDENCE,
+        scale,
+        kind_weights: w.iter().map(|v| (v / scale).round() as i32).collect(),
+        rarity_rle: rle(&rarity),
+    };
+    write(&out, &body).unwrap_or_else(|e| panic!("cannot write {}: {e}", out.display()));
+    eprintln!("wrote {}", out.display());
+}

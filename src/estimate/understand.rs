@@ -1,0 +1,475 @@
+//! Understanding a request with no model call: the task kind, inferred from
+//! the text by a multinomial logistic regression over hashed word n-grams
+//! and structural counts. The trainer (`examples/train_understanding.rs`,
+//! run by `scripts/train-understanding`) and the server read requests
+//! through this one extractor, so what was trained is what runs.
+//!
+//! **The model file** is one JSON document whose first line is a header,
+//! `{"format": "switchyard-understanding", "version": 1, "sha256": …}`, and
+//! whose rest is the body the checksum covers. A missing, damaged or
+//! foreign file is an error that names the file and what is wrong; nothing
+//! falls back silently.
+//!
+//! Features, all from one pass over the text:
+//! - word unigrams and bigrams (lower-cased letters and digits), hashed into
+//!   [`BUCKETS`] slots, each distinct one valued `1/sqrt(n)` so that a long
+//!   prompt weighs no more than a short one;
+//! - [`DENSE`] structural values: length, digits, numbers, operators, code
+//!   markers, list items, questions, LaTeX, non-ASCII letters, lines, and
+//!   word rarity from a public word-frequency table (shipped in the model).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Hashed n-gram slots.
+pub const BUCKETS: usize = 1 << 15;
+const MASK: u64 = (BUCKETS as u64) - 1;
+/// Words read from a request, from its start.
+pub const MAX_WORDS: usize = 1024;
+const SEED_UNI: u64 = 0x5357_4954_4348_5931;
+const SEED_BI: u64 = 0x5357_4954_4348_5932;
+
+/// The names of the structural features, in order (recorded in the model
+/// file, so that a file and a build that disagree are caught).
+pub const DENSE_NAMES: [&str; 14] = [
+    "log_words",
+    "digit_share",
+    "log_numbers",
+    "log_operators",
+    "log_code_markers",
+    "log_list_items",
+    "log_questions",
+    "log_latex",
+    "non_ascii_share",
+    "log_lines",
+    "mean_word_len",
+    "upper_share",
+    "mean_rarity",
+    "rare_share",
+];
+pub const DENSE: usize = DENSE_NAMES.len();
+
+/// The shipped model, relative to the repository (and the container image).
+pub const SHIPPED: &str = "models/understanding.json";
+
+/// A request as the models read it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Extracted {
+    /// Sorted, distinct n-gram slots.
+    pub grams: Vec<u32>,
+    /// The value each gram carries.
+    pub gram_value: f32,
+    pub dense: [f32; DENSE],
+}
+
+fn word_hash(w: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(w, SEED_UNI)
+}
+
+/// A word's rarity slot in the frequency table (same hash, own range).
+pub fn rarity_slot(word: &str) -> usize {
+    (word_hash(word.as_bytes()) & MASK) as usize
+}
+
+/// Reads `text` once. `rarity` is the model's table (Zipf frequency × 10 per
+/// slot, 0 for a word not in the table); empty reads every word as unknown.
+pub fn extract(text: &str, rarity: &[u8]) -> Extracted {
+    let mut grams: Vec<u32> = Vec::with_capacity(256);
+    let (mut words, mut word_bytes, mut upper, mut letters, mut non_ascii) = (0u32, 0u32, 0u32, 0u32, 0u32);
+    let (mut digits, mut numbers, mut operators, mut code, mut lists, mut questions, mut latex, mut lines) =
+        (0u32, 0u32, 0u32, 0u32, 0u32, 0u32, 0u32, 1u32);
+    let (mut rarity_sum, mut rare, mut known) = (0u32, 0u32, 0u32);
+    let mut prev: Option<u64> = None;
+    let mut word = String::with_capacity(32);
+    let mut at_line_start = true;
+    let mut prev_char = ' ';
+    let mut in_number = false;
+    let mut finish = |word: &mut String, prev: &mut Option<u64>, grams: &mut Vec<u32>| {
+        if word.is_empty() {
+            return;
+        }
+        words += 1;
+        word_bytes += word.len() as u32;
+        if (words as usize) <= MAX_WORDS {
+            let h = word_hash(word.as_bytes());
+            grams.push((h & MASK) as u32);
+            if let Some(p) = *prev {
+                let b = xxhash_rust::xxh3::xxh3_64_with_seed(&p.to_le_bytes(), h ^ SEED_BI);
+                grams.push((b & MASK) as u32);
+            }
+            *prev = Some(h);
+            if !rarity.is_empty() && word.chars().all(|c| c.is_alphabetic()) {
+                let z = rarity[(h & MASK) as usize];
+                if z == 0 {
+                    rare += 1;
+                } else {
+                    known += 1;
+                    rarity_sum += u32::from(z);
+                    if z < 30 {
+                        rare += 1;
+                    }
+                }
+            }
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if c.is_alphanumeric() {
+            if c.is_ascii_digit() {
+                digits += 1;
+                if !in_number && word.is_empty() {
+                    numbers += 1;
+                }
+                in_number = word.is_empty() || in_number;
+            } else {
+                letters += 1;
+                if c.is_uppercase() {
+                    upper += 1;
+                }
+                if !c.is_ascii() {
+                    non_ascii += 1;
+                }
+            }
+            for l in c.to_lowercase() {
+                word.push(l);
+            }
+        } else {
+            in_number = in_number && (c == '.' || c == ',') && prev_char.is_ascii_digit();
+            finish(&mut word, &mut prev, &mut grams);
+            match c {
+                '\n' => {
+                    lines += 1;
+                    at_line_start = true;
+                    prev_char = c;
+                    continue;
+                }
+                '?' => questions += 1,
+                '+' | '*' | '/' | '=' | '^' | '<' | '>' | '%' => operators += 1,
+                '-' if at_line_start => lists += 1,
+                '-' => operators += 1,
+                '{' | '}' | ';' | '`' | '[' | ']' => code += 1,
+                '$' | '\\' => latex += 1,
+                '•' => lists += 1,
+                _ => {}
+            }
+        }
+        if !c.is_whitespace() {
+            if at_line_start && c.is_ascii_digit() {
+                lists += 1;
+            }
+            at_line_start = false;
+        }
+        prev_char = c;
+    }
+    finish(&mut word, &mut prev, &mut grams);
+    grams.sort_unstable();
+    grams.dedup();
+    let ln = |n: u32, scale: f32| ((1.0 + n as f32).ln() / scale).min(2.0);
+    let share = |n: u32, of: u32| if of == 0 { 0.0 } else { n as f32 / of as f32 };
+    let counted = known + rare;
+    let dense = [
+        ln(words, 8.0),
+        share(digits, digits + letters),
+        ln(numbers, 4.0),
+        ln(operators, 4.0),
+        ln(code, 5.0),
+        ln(lists, 3.0),
+        ln(questions, 3.0),
+        ln(latex, 4.0),
+        share(non_ascii, letters),
+        ln(lines, 5.0),
+        if words == 0 {
+            0.0
+        } else {
+            (word_bytes as f32 / words as f32 / 10.0).min(2.0)
+        },
+        share(upper, letters),
+        if known == 0 {
+            0.0
+        } else {
+            rarity_sum as f32 / known as f32 / 80.0
+        },
+        share(rare, counted),
+    ];
+    let gram_value = if grams.is_empty() {
+        0.0
+    } else {
+        1.0 / (grams.len() as f32).sqrt()
+    };
+    Extracted {
+        grams,
+        gram_value,
+        dense,
+    }
+}
+
+/// The header line of a model file.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Header {
+    pub format: String,
+    pub version: u32,
+    /// Hex SHA-256 of the body (everything after the header's line).
+    pub sha256: String,
+}
+
+pub const FORMAT: &str = "switchyard-understanding";
+pub const VERSION: u32 = 1;
+
+/// The body of a model file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Body {
+    /// How the file was made: the trainer, its data and their licences.
+    pub provenance: String,
+    pub buckets: usize,
+    pub dense_names: Vec<String>,
+    /// The task kinds, in the order of the weights.
+    pub kinds: Vec<String>,
+    /// Below this probability of its most likely kind, a request is `general`.
+    pub min_confidence: f32,
+    /// Kind weights: `buckets` × kinds, then `dense` × kinds, then one bias
+    /// per kind; scaled integers (weight = value × `scale`).
+    pub scale: f32,
+    pub kind_weights: Vec<i32>,
+    /// Zipf frequency × 10 per hashed word slot (CC-BY-SA-4.0 data, see
+    /// provenance), run-length encoded as (run, value) pairs.
+    pub rarity_rle: Vec<(u32, u8)>,
+}
+
+/// A loaded model, ready to classify.
+#[derive(Debug, Clone)]
+pub struct Understanding {
+    pub kinds: Vec<String>,
+    pub min_confidence: f32,
+    /// Gram weights, kind-major per slot (`slot * kinds + k`).
+    gram_w: Vec<f32>,
+    dense_w: Vec<f32>,
+    bias: Vec<f32>,
+    pub rarity: Vec<u8>,
+    pub sha256: String,
+}
+
+/// What the classifier says of a request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KindGuess {
+    pub kind: String,
+    /// The probability of `kind`, 0 to 1.
+    pub confidence: f64,
+    /// The probability of every kind, in the model's order.
+    #[serde(skip)]
+    pub probabilities: Vec<f32>,
+}
+
+impl Understanding {
+    /// Loads and checks a model file; every error names the file and the fix.
+    pub fn load(path: &Path) -> Result<Understanding, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "cannot read the understanding model {}: {e}; point `understanding_model` in the rules at the shipped {SHIPPED}, or run scripts/train-understanding",
+                path.display()
+            )
+        })?;
+        Self::parse(&path.display().to_string(), &text)
+    }
+
+    pub fn parse(name: &str, text: &str) -> Result<Understanding, String> {
+        let (head, body) = text
+            .split_once('\n')
+            .ok_or_else(|| format!("{name}: not an understanding model (no header line)"))?;
+        let header: Header =
+            serde_json::from_str(head).map_err(|e| format!("{name}:1: not an understanding model header ({e})"))?;
+        if header.format != FORMAT {
+            return Err(format!("{name}:1: format `{}`, not `{FORMAT}`", header.format));
+        }
+        if header.version != VERSION {
+            return Err(format!(
+                "{name}:1: model version {}, but this build reads version {VERSION}; use the model file that ships with this build",
+                header.version
+            ));
+        }
+        let sha = crate::hashing::sha256_hex(body.as_bytes());
+        if sha != header.sha256 {
+            return Err(format!(
+                "{name}: the body's SHA-256 is {sha}, not the {} its header records: the file is damaged or was edited; restore it or retrain",
+                header.sha256
+            ));
+        }
+        let b: Body =
+            serde_json::from_str(body).map_err(|e| format!("{name}:2: the model body does not parse ({e})"))?;
+        let k = b.kinds.len();
+        if b.buckets != BUCKETS || b.dense_names != DENSE_NAMES || k == 0 {
+            return Err(format!(
+                "{name}: trained for {} slots and features {:?}; this build extracts {BUCKETS} and {DENSE_NAMES:?}: retrain",
+                b.buckets, b.dense_names
+            ));
+        }
+        if b.kind_weights.len() != (BUCKETS + DENSE + 1) * k {
+            return Err(format!(
+                "{name}: {} kind weights, expected {}",
+                b.kind_weights.len(),
+                (BUCKETS + DENSE + 1) * k
+            ));
+        }
+        let w: Vec<f32> = b.kind_weights.iter().map(|&v| v as f32 * b.scale).collect();
+        let mut rarity = Vec::with_capacity(BUCKETS);
+        for &(run, v) in &b.rarity_rle {
+            rarity.extend(std::iter::repeat_n(v, run as usize));
+        }
+        if rarity.len() != BUCKETS {
+            return Err(format!(
+                "{name}: the rarity table has {} slots, expected {BUCKETS}",
+                rarity.len()
+            ));
+        }
+        Ok(Understanding {
+            kinds: b.kinds,
+            min_confidence: b.min_confidence,
+            gram_w: w[..BUCKETS * k].to_vec(),
+            dense_w: w[BUCKETS * k..(BUCKETS + DENSE) * k].to_vec(),
+            bias: w[(BUCKETS + DENSE) * k..].to_vec(),
+            rarity,
+            sha256: header.sha256,
+        })
+    }
+
+    /// The kinds' logits for an extracted request.
+    pub fn logits(&self, x: &Extracted) -> Vec<f32> {
+        let k = self.kinds.len();
+        let mut z = self.bias.clone();
+        for &g in &x.grams {
+            let row = &self.gram_w[g as usize * k..(g as usize + 1) * k];
+            for (zi, w) in z.iter_mut().zip(row) {
+                *zi += w * x.gram_value;
+            }
+        }
+        for (d, &v) in x.dense.iter().enumerate() {
+            if v != 0.0 {
+                let row = &self.dense_w[d * k..(d + 1) * k];
+                for (zi, w) in z.iter_mut().zip(row) {
+                    *zi += w * v;
+                }
+            }
+        }
+        z
+    }
+
+    /// The most likely kind, or `general` below the confidence threshold.
+    pub fn classify(&self, text: &str) -> KindGuess {
+        let x = extract(text, &self.rarity);
+        let p = softmax(&self.logits(&x));
+        let (best, conf) = p
+            .iter()
+            .enumerate()
+            .fold((0, f32::MIN), |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc });
+        let kind = if conf >= self.min_confidence {
+            self.kinds[best].clone()
+        } else {
+            "general".to_string()
+        };
+        KindGuess {
+            kind,
+            confidence: f64::from(conf),
+            probabilities: p,
+        }
+    }
+}
+
+pub fn softmax(z: &[f32]) -> Vec<f32> {
+    let m = z.iter().copied().fold(f32::MIN, f32::max);
+    let e: Vec<f32> = z.iter().map(|v| (v - m).exp()).collect();
+    let s: f32 = e.iter().sum();
+    e.into_iter().map(|v| v / s).collect()
+}
+
+/// Writes a model file: the header with the body's checksum, then the body.
+pub fn write(path: &Path, body: &Body) -> std::io::Result<()> {
+    let body_text = serde_json::to_string(body).map_err(std::io::Error::other)?;
+    let header = Header {
+        format: FORMAT.into(),
+        version: VERSION,
+        sha256: crate::hashing::sha256_hex(body_text.as_bytes()),
+    };
+    let head = serde_json::to_string(&header).map_err(std::io::Error::other)?;
+    std::fs::write(path, format!("{head}\n{body_text}"))
+}
+
+/// Run-length encodes a rarity table.
+pub fn rle(table: &[u8]) -> Vec<(u32, u8)> {
+    let mut out: Vec<(u32, u8)> = Vec::new();
+    for &v in table {
+        match out.last_mut() {
+            Some((n, last)) if *last == v => *n += 1,
+            _ => out.push((1, v)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extraction_is_deterministic_and_reads_structure() {
+        let a = extract("Prove that x^2 + 1 > 0 for every real x?\n1. first\n2. second", &[]);
+        assert_eq!(
+            a,
+            extract("Prove that x^2 + 1 > 0 for every real x?\n1. first\n2. second", &[])
+        );
+        assert!(a.dense[3] > 0.0, "operators");
+        assert!(a.dense[5] > 0.0, "list items");
+        assert!(a.dense[6] > 0.0, "a question");
+        assert!(a.grams.windows(2).all(|w| w[0] < w[1]), "sorted and distinct");
+        assert!((a.gram_value - 1.0 / (a.grams.len() as f32).sqrt()).abs() < 1e-6);
+        assert_eq!(extract("", &[]).grams.len(), 0);
+    }
+
+    /// The shipped file loads, and classifies a handful of fixed prompts.
+    /// (Groundwork: the model is not yet wired into Route.)
+    #[test]
+    fn the_shipped_model_loads_and_classifies_fixed_prompts() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(SHIPPED);
+        let m = Understanding::load(&path).expect("the shipped model loads");
+        assert_eq!(m.kinds.len(), 11);
+        for (text, kind) in [
+            (
+                "Write a Python function that parses a CSV file and returns the rows as dictionaries.",
+                "code",
+            ),
+            ("Find all real x such that x^2 - 5x + 6 = 0.", "math"),
+            (
+                "Translate into French: Where is the nearest train station?",
+                "translation",
+            ),
+        ] {
+            assert_eq!(m.classify(text).kind, kind, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_or_foreign_file_is_refused_with_its_name() {
+        let body = Body {
+            provenance: "test".into(),
+            buckets: BUCKETS,
+            dense_names: DENSE_NAMES.iter().map(|s| s.to_string()).collect(),
+            kinds: vec!["code".into(), "chat".into()],
+            min_confidence: 0.4,
+            scale: 1.0,
+            kind_weights: vec![0; (BUCKETS + DENSE + 1) * 2],
+            rarity_rle: vec![(BUCKETS as u32, 0)],
+        };
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("m.json");
+        write(&path, &body).expect("write");
+        let m = Understanding::load(&path).expect("loads");
+        assert_eq!(m.kinds.len(), 2);
+        let text = std::fs::read_to_string(&path).expect("read");
+        let damaged = text.replacen("\"test\"", "\"tesT\"", 1);
+        let e = Understanding::parse("m.json", &damaged).expect_err("checksum");
+        assert!(e.contains("m.json") && e.contains("SHA-256"), "{e}");
+        let e = Understanding::parse("m.json", "{}").expect_err("no header");
+        assert!(e.contains("m.json"), "{e}");
+        let e = Understanding::load(&dir.path().join("missing.json")).expect_err("missing");
+        assert!(e.contains("missing.json") && e.contains("train-understanding"), "{e}");
+    }
+}
