@@ -397,6 +397,14 @@ where
         let stats = self.stats.clone();
         Box::pin(async move {
             let _guard = guard;
+            let mut fut = std::pin::pin!(fut);
+            // Most calls are answered on their first poll: the timer is armed
+            // only for those that wait (arming and cancelling one costs more
+            // than the rest of this wrapper).
+            let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+            if let Poll::Ready(resp) = first {
+                return resp;
+            }
             match tokio::time::timeout(timeout, fut).await {
                 Ok(resp) => resp,
                 Err(_) => {
