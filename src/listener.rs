@@ -220,6 +220,8 @@ impl Refusal {
 #[derive(Debug, Default)]
 pub struct PortStats {
     pub open: AtomicUsize,
+    /// Requests running on the port now (against `max_in_flight`).
+    pub in_flight: AtomicUsize,
     pub accepted: AtomicU64,
     refusals: [AtomicU64; Refusal::ALL.len()],
 }
@@ -307,14 +309,19 @@ impl Activity {
     }
 }
 
+/// What one connection's requests share: its activity, its address, and the
+/// port's counters and limits (one reference count a request).
+struct Shared {
+    activity: Activity,
+    port: Arc<PortStats>,
+    limits: Limits,
+    info: tonic::transport::server::TcpConnectInfo,
+}
+
 /// The per-request wrapper: connection info, shedding, timeout, activity.
 struct Guarded<S, R> {
     inner: S,
-    activity: Arc<Activity>,
-    in_flight: Arc<Semaphore>,
-    stats: Arc<PortStats>,
-    limits: Limits,
-    info: tonic::transport::server::TcpConnectInfo,
+    shared: Arc<Shared>,
     _refuse: std::marker::PhantomData<fn() -> R>,
 }
 
@@ -322,27 +329,76 @@ impl<S: Clone, R> Clone for Guarded<S, R> {
     fn clone(&self) -> Self {
         Guarded {
             inner: self.inner.clone(),
-            activity: self.activity.clone(),
-            in_flight: self.in_flight.clone(),
-            stats: self.stats.clone(),
-            limits: self.limits,
-            info: self.info.clone(),
+            shared: self.shared.clone(),
             _refuse: std::marker::PhantomData,
         }
     }
 }
 
-/// Ends a request's activity when its future completes or is dropped.
+/// Ends a request's activity, and gives back its place on the port, when its
+/// future completes or is dropped.
 struct InFlight {
-    activity: Arc<Activity>,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    shared: Arc<Shared>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.activity.touch();
-        self.activity.completed.fetch_add(1, Ordering::Relaxed);
-        self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let a = &self.shared.activity;
+        a.touch();
+        a.completed.fetch_add(1, Ordering::Relaxed);
+        a.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.shared.port.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's answer: a refusal made at once, or the service's answer
+    /// within the request timeout. The timer is armed only when the first
+    /// poll does not answer: most calls are answered on it, and arming and
+    /// cancelling a timer costs more than the rest of this wrapper.
+    #[project = GuardedProj]
+    pub enum GuardedFuture<F, B> {
+        Refused { resp: Option<http::Response<B>> },
+        Running {
+            #[pin]
+            inner: F,
+            guard: InFlight,
+            timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+            refuse: fn(Refusal, usize) -> http::Response<B>,
+        },
+    }
+}
+
+impl<F, B> Future for GuardedFuture<F, B>
+where
+    F: Future<Output = Result<http::Response<B>, std::convert::Infallible>>,
+{
+    type Output = Result<http::Response<B>, std::convert::Infallible>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            GuardedProj::Refused { resp } => match resp.take() {
+                Some(r) => Poll::Ready(Ok(r)),
+                None => Poll::Pending,
+            },
+            GuardedProj::Running {
+                inner,
+                guard,
+                timer,
+                refuse,
+            } => {
+                if let Poll::Ready(r) = inner.poll(cx) {
+                    return Poll::Ready(r);
+                }
+                let timeout = guard.shared.limits.request_timeout;
+                let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if sleep.as_mut().poll(cx).is_ready() {
+                    guard.shared.port.count(Refusal::RequestTimeout);
+                    return Poll::Ready(Ok(refuse(Refusal::RequestTimeout, timeout.as_secs() as usize)));
+                }
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -358,61 +414,40 @@ where
 {
     type Response = http::Response<B>;
     type Error = std::convert::Infallible;
-    type Future = std::pin::Pin<Box<dyn Future<Output = Result<http::Response<B>, std::convert::Infallible>> + Send>>;
+    type Future = GuardedFuture<S::Future, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: http::Request<Incoming>) -> Self::Future {
-        let refuse = |stats: &PortStats, why: Refusal, limit: usize| {
-            stats.count(why);
-            let resp = R::refuse(why, limit);
-            Box::pin(async move { Ok(resp) }) as Self::Future
+        let sh = &self.shared;
+        let refused = |why: Refusal, limit: usize| {
+            sh.port.count(why);
+            GuardedFuture::Refused {
+                resp: Some(R::refuse(why, limit)),
+            }
         };
-        let n = self.activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        if n >= self.limits.per_connection_concurrency {
-            self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
-            return refuse(
-                &self.stats,
-                Refusal::ConnectionConcurrency,
-                self.limits.per_connection_concurrency,
-            );
+        let limits = &sh.limits;
+        if sh.activity.in_flight.fetch_add(1, Ordering::Relaxed) >= limits.per_connection_concurrency {
+            sh.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return refused(Refusal::ConnectionConcurrency, limits.per_connection_concurrency);
         }
-        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-            self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
-            return refuse(&self.stats, Refusal::MaxInFlight, self.limits.max_in_flight);
-        };
-        let guard = InFlight {
-            activity: self.activity.clone(),
-            _permit: permit,
-        };
-        req.extensions_mut().insert(self.info.clone());
-        // The clone that was made ready answers this call; a fresh clone
-        // waits for the next (tower's rule for services called by value).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let fut = inner.call(req);
-        let timeout = self.limits.request_timeout;
-        let stats = self.stats.clone();
-        Box::pin(async move {
-            let _guard = guard;
-            let mut fut = std::pin::pin!(fut);
-            // Most calls are answered on their first poll: the timer is armed
-            // only for those that wait (arming and cancelling one costs more
-            // than the rest of this wrapper).
-            let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
-            if let Poll::Ready(resp) = first {
-                return resp;
-            }
-            match tokio::time::timeout(timeout, fut).await {
-                Ok(resp) => resp,
-                Err(_) => {
-                    stats.count(Refusal::RequestTimeout);
-                    Ok(R::refuse(Refusal::RequestTimeout, timeout.as_secs() as usize))
-                }
-            }
-        })
+        if sh.port.in_flight.fetch_add(1, Ordering::Relaxed) >= limits.max_in_flight {
+            sh.port.in_flight.fetch_sub(1, Ordering::Relaxed);
+            sh.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return refused(Refusal::MaxInFlight, limits.max_in_flight);
+        }
+        let guard = InFlight { shared: sh.clone() };
+        req.extensions_mut().insert(sh.info.clone());
+        // hyper calls a fresh clone of this service for each request, made
+        // ready for it: call it as it is.
+        GuardedFuture::Running {
+            inner: self.inner.call(req),
+            guard,
+            timer: None,
+            refuse: R::refuse,
+        }
     }
 }
 
@@ -436,7 +471,6 @@ pub async fn serve<S, R, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
@@ -488,21 +522,22 @@ pub async fn serve<S, R, B>(
             if protocol == Protocol::Grpc {
                 let _ = stream.set_nodelay(true);
             }
-            let activity = Arc::new(Activity::new());
-            let svc = Guarded::<S, R> {
-                inner: service.clone(),
-                activity: activity.clone(),
-                in_flight: in_flight.clone(),
-                stats: stats.clone(),
+            let shared = Arc::new(Shared {
+                activity: Activity::new(),
+                port: stats.clone(),
                 limits,
                 info: tonic::transport::server::TcpConnectInfo {
                     local_addr: stream.local_addr().ok(),
                     remote_addr: Some(peer),
                 },
+            });
+            let svc = Guarded::<S, R> {
+                inner: service.clone(),
+                shared: shared.clone(),
                 _refuse: std::marker::PhantomData,
             };
             let conn = Conn {
-                activity,
+                shared,
                 stats: stats.clone(),
                 limits,
                 stop: stop_rx.clone(),
@@ -566,7 +601,7 @@ where
 /// Watches one connection: idle and header deadlines, shutdown, and the
 /// grace after asking it to close.
 struct Conn {
-    activity: Arc<Activity>,
+    shared: Arc<Shared>,
     stats: Arc<PortStats>,
     limits: Limits,
     stop: tokio::sync::watch::Receiver<bool>,
@@ -576,7 +611,7 @@ impl Conn {
     /// When the connection is due to be closed for want of requests, if it
     /// has none in flight.
     fn idle_deadline(&self) -> (Instant, Refusal) {
-        let a = &self.activity;
+        let a = &self.shared.activity;
         if a.completed.load(Ordering::Relaxed) == 0 && a.in_flight.load(Ordering::Relaxed) == 0 {
             (a.started + self.limits.header_read_timeout, Refusal::HeaderTimeout)
         } else {
@@ -611,13 +646,13 @@ impl Conn {
                     }
                     // Still due (no request came meanwhile) and nothing in flight.
                     let (due, why_now) = self.idle_deadline();
-                    if why_now == why && due <= Instant::now() && self.activity.in_flight.load(Ordering::Relaxed) == 0 {
+                    if why_now == why && due <= Instant::now() && self.shared.activity.in_flight.load(Ordering::Relaxed) == 0 {
                         self.stats.count(why);
                         conn.as_mut().close();
                         closing = Some(Instant::now() + CLOSE_GRACE);
-                    } else if self.activity.in_flight.load(Ordering::Relaxed) > 0 {
+                    } else if self.shared.activity.in_flight.load(Ordering::Relaxed) > 0 {
                         // Busy: look again after the idle period.
-                        self.activity.touch();
+                        self.shared.activity.touch();
                     }
                 }
             }
