@@ -655,3 +655,62 @@ async fn big_prompts_wait_their_turn_and_small_routes_keep_their_latency() {
         alone[17]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_low_descriptor_limit_the_caps_leave_room_and_the_server_keeps_serving() {
+    // The server under `ulimit -n 320`, through a wrapper script.
+    let dir = tempfile::tempdir().expect("tmp");
+    let wrapper = dir.path().join("low-fds.sh");
+    std::fs::write(&wrapper, format!("#!/bin/sh\nulimit -n 320\nexec {BIN} \"$@\"\n")).expect("wrapper");
+    let status = std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&wrapper)
+        .status()
+        .expect("chmod");
+    assert!(status.success());
+    let rules = rules_dir(BUDGETED);
+    let server = Server::start_bin(
+        wrapper.to_str().expect("utf-8"),
+        &rules.path().join("rules.toml"),
+        &["--header-read-timeout-s", "30"],
+        &[],
+    );
+    let cap = metric_at(&server.admin, "switchyard_connections_max{port=\"grpc\"}");
+    let admin_cap = metric_at(&server.admin, "switchyard_connections_max{port=\"admin\"}");
+    assert!(
+        cap > 0 && cap + admin_cap + 128 <= 320,
+        "caps {cap} + {admin_cap} leave 128 of 320 descriptors"
+    );
+    // More connections than the descriptor limit allows: the ones over the
+    // cap are closed at accept, and the server neither spins nor stops.
+    let mut held = Vec::new();
+    for _ in 0..400 {
+        if let Ok(s) = std::net::TcpStream::connect(&server.grpc) {
+            held.push(s);
+        }
+    }
+    let cpu = server.cpu_time();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        server.cpu_time() - cpu < Duration::from_millis(500),
+        "the server spins at the limit"
+    );
+    let ready = server.admin_get_until("/readyz", Duration::from_secs(10), |b| b.contains("ready"));
+    assert!(
+        ready.contains("ready"),
+        "/readyz answers beside {} held connections",
+        held.len()
+    );
+    assert!(
+        metric_at(
+            &server.admin,
+            "switchyard_connection_refusals_total{port=\"grpc\",reason=\"max_connections\"}"
+        ) > 0
+    );
+    // Once the flood lets go, calls are served again.
+    drop(held);
+    let mut c = server.client().await;
+    c.route(request("open", "after the descriptor flood"))
+        .await
+        .expect("route");
+}
