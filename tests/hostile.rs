@@ -351,6 +351,24 @@ async fn labels_over_their_limits_are_refused_naming_the_limit() {
     );
 }
 
+/// `switchyard serve` on free ports with `rules`, `state` and `extra` flags.
+fn serve_command(rules: &std::path::Path, state: &std::path::Path, extra: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--rules",
+    ])
+    .arg(rules)
+    .arg("--state-dir")
+    .arg(state)
+    .args(extra);
+    cmd
+}
+
 /// Runs a command that should exit by itself, killing it after 20 s (a
 /// server that started when it should have refused fails the test, not CI).
 fn briefly(cmd: &mut std::process::Command) -> std::process::Output {
@@ -421,36 +439,11 @@ async fn a_budget_scope_change_is_refused_at_its_key_unless_allowed_and_audited(
     );
     server.terminate();
     // Restarted on the changed rules, it refuses to start.
-    let out = briefly(
-        std::process::Command::new(BIN)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--rules",
-            ])
-            .arg(&path)
-            .arg("--state-dir")
-            .arg(&state),
-    );
+    let out = briefly(&mut serve_command(&path, &state, &[]));
     assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-scope-reset"));
     // With the flag it starts, and the fresh scope is audited.
-    let mut again = std::process::Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--allow-scope-reset",
-            "--rules",
-        ])
-        .arg(&path)
-        .arg("--state-dir")
-        .arg(&state)
+    let mut again = serve_command(&path, &state, &["--allow-scope-reset"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -506,22 +499,7 @@ async fn an_empty_redis_is_not_trusted() {
     assert!(err.message().contains("budget reconcile"), "{}", err.message());
     // A sidecar that never saw this Redis refuses to start on it ...
     let fresh_state = tempfile::tempdir().expect("tmp");
-    let out = briefly(
-        std::process::Command::new(BIN)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--redis-url",
-                &url,
-                "--rules",
-            ])
-            .arg(&path)
-            .arg("--state-dir")
-            .arg(fresh_state.path()),
-    );
+    let out = briefly(&mut serve_command(&path, fresh_state.path(), &["--redis-url", &url]));
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -446,22 +446,27 @@ pub fn rule_files(path: &Path) -> Result<Vec<PathBuf>, RulesError> {
     Ok(files)
 }
 
+/// Every rules file of `path`, read; each one that cannot be is a diagnostic.
+fn read_sources(path: &Path) -> Result<Vec<Source>, RulesError> {
+    let files = rule_files(path)?;
+    let mut sources = Vec::with_capacity(files.len());
+    let mut diagnostics = Vec::new();
+    for file in &files {
+        match read_source(file) {
+            Ok(s) => sources.push(s),
+            Err(d) => diagnostics.push(d),
+        }
+    }
+    if !diagnostics.is_empty() {
+        return Err(RulesError { diagnostics });
+    }
+    Ok(sources)
+}
+
 impl RuleTable {
     /// Loads and validates a rules file or folder.
     pub fn load(path: &Path) -> Result<RuleTable, RulesError> {
-        let files = rule_files(path)?;
-        let mut sources = Vec::with_capacity(files.len());
-        let mut diagnostics = Vec::new();
-        for file in &files {
-            match read_source(file) {
-                Ok(s) => sources.push(s),
-                Err(d) => diagnostics.push(d),
-            }
-        }
-        if !diagnostics.is_empty() {
-            return Err(RulesError { diagnostics });
-        }
-        Self::from_sources(sources)
+        Self::from_sources(read_sources(path)?)
     }
 
     /// Loads from in-memory text, as if from a file named `name`.
@@ -475,19 +480,7 @@ impl RuleTable {
     /// Loads `path`, refusing (at the key) a budget whose period or time
     /// zone differs from `scopes` unless it allows a reset.
     pub fn load_guarded(path: &Path, scopes: &ScopeGuard) -> Result<RuleTable, RulesError> {
-        let files = rule_files(path)?;
-        let mut sources = Vec::with_capacity(files.len());
-        let mut diagnostics = Vec::new();
-        for file in &files {
-            match read_source(file) {
-                Ok(s) => sources.push(s),
-                Err(d) => diagnostics.push(d),
-            }
-        }
-        if !diagnostics.is_empty() {
-            return Err(RulesError { diagnostics });
-        }
-        Self::from_sources_with(sources, Some(scopes))
+        Self::from_sources_with(read_sources(path)?, Some(scopes))
     }
 
     fn from_sources(sources: Vec<Source>) -> Result<RuleTable, RulesError> {
