@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use switchyard::estimate::understand::{
-    extract, rarity_slot, rle, write, Body, Extracted, BUCKETS, DENSE, DENSE_NAMES,
+    difficulty_of, extract, rarity_slot, rle, write, Body, Extracted, BUCKETS, DENSE, DENSE_NAMES,
 };
 
 /// The kinds the classifier names (`general` is what low confidence gives).
@@ -152,6 +152,60 @@ fn predict(w: &[f32], x: &Extracted) -> usize {
     (0..k).fold(0, |best, c| if z[c] > z[best] { c } else { best })
 }
 
+/// The difficulty model: logistic regression on the same features, with
+/// the labels' own base rate (so its output is a probability).
+fn train_difficulty(rows: &[&(String, f32, Extracted)]) -> Vec<f32> {
+    let mut w = vec![0f32; BUCKETS + DENSE + 1];
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    let mut seed = 0xD1B5_4A32_D192_ED03u64;
+    for epoch in 0..8 {
+        for i in (1..order.len()).rev() {
+            let j = (xorshift(&mut seed) % (i as u64 + 1)) as usize;
+            order.swap(i, j);
+        }
+        let lr = 0.2 / (1.0 + epoch as f32 * 0.5);
+        for &i in &order {
+            let (_, y, x) = rows[i];
+            let err = difficulty_of(&w, x) as f32 - y;
+            for &g in &x.grams {
+                let wi = &mut w[g as usize];
+                *wi -= lr * (err * x.gram_value + 1e-4 * *wi);
+            }
+            for (d, &v) in x.dense.iter().enumerate() {
+                let wi = &mut w[BUCKETS + d];
+                *wi -= lr * (err * v + 1e-4 * *wi);
+            }
+            w[BUCKETS + DENSE] -= lr * err;
+        }
+    }
+    w
+}
+
+/// The area under the ROC curve of the scores for the labels (ties count half).
+fn auc(pairs: &mut [(f64, bool)]) -> f64 {
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut rank_sum, mut pos, mut i) = (0f64, 0f64, 0usize);
+    while i < pairs.len() {
+        let mut j = i;
+        while j < pairs.len() && pairs[j].0 == pairs[i].0 {
+            j += 1;
+        }
+        let mid = (i + j + 1) as f64 / 2.0;
+        for p in &pairs[i..j] {
+            if p.1 {
+                rank_sum += mid;
+                pos += 1.0;
+            }
+        }
+        i = j;
+    }
+    let neg = pairs.len() as f64 - pos;
+    if pos == 0.0 || neg == 0.0 {
+        return 0.5;
+    }
+    (rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg)
+}
+
 fn main() {
     let data = PathBuf::from(arg("--data").expect("--data KINDS.jsonl"));
     let wordfreq = PathBuf::from(arg("--wordfreq").expect("--wordfreq TOP100K.tsv"));
@@ -207,6 +261,66 @@ fn main() {
         );
     }
 
+    // The difficulty score, held out by source, and on RouterBench (which,
+    // its licence unverified, is only ever evaluated on).
+    let mut diff_rows: Vec<(String, f32, Extracted)> = Vec::new();
+    if let Some(path) = arg("--difficulty") {
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("a JSON row");
+            diff_rows.push((
+                v["source"].as_str().unwrap_or_default().to_string(),
+                v["hard"].as_f64().unwrap_or(0.0) as f32,
+                extract(v["prompt"].as_str().unwrap_or_default(), &rarity),
+            ));
+        }
+        println!();
+        println!("difficulty, held out by source (AUC of the score; of length alone):");
+        println!("| held out | rows | hard | AUC | length AUC |");
+        println!("|---|---|---|---|---|");
+        for s in ["mmlu", "hendrycks_math", "own"] {
+            let train_rows: Vec<&(String, f32, Extracted)> = diff_rows.iter().filter(|r| r.0 != s).collect();
+            let w = train_difficulty(&train_rows);
+            let test: Vec<&(String, f32, Extracted)> = diff_rows.iter().filter(|r| r.0 == s).collect();
+            let mut by_score: Vec<(f64, bool)> = test.iter().map(|r| (difficulty_of(&w, &r.2), r.1 > 0.5)).collect();
+            let mut by_len: Vec<(f64, bool)> = test.iter().map(|r| (f64::from(r.2.dense[0]), r.1 > 0.5)).collect();
+            let hard = test.iter().filter(|r| r.1 > 0.5).count();
+            println!(
+                "| {s} | {} | {hard} | {:.3} | {:.3} |",
+                test.len(),
+                auc(&mut by_score),
+                auc(&mut by_len)
+            );
+        }
+    }
+    let diff_all: Vec<&(String, f32, Extracted)> = diff_rows.iter().collect();
+    let dw = if diff_all.is_empty() {
+        Vec::new()
+    } else {
+        train_difficulty(&diff_all)
+    };
+    if let (Some(path), false) = (arg("--routerbench"), dw.is_empty()) {
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+        let (mut by_score, mut by_len) = (Vec::new(), Vec::new());
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("a JSON row");
+            let Some(cheap) = v["score"]["mistralai/mistral-7b-chat"].as_f64() else {
+                continue;
+            };
+            let x = extract(v["prompt"].as_str().unwrap_or_default(), &rarity);
+            let failed = cheap < 0.5;
+            by_score.push((difficulty_of(&dw, &x), failed));
+            by_len.push((f64::from(x.dense[0]), failed));
+        }
+        println!();
+        println!(
+            "RouterBench subset (evaluation only): AUC for mistral-7b's failures {:.3} (length alone {:.3}), {} rows",
+            auc(&mut by_score),
+            auc(&mut by_len),
+            by_score.len()
+        );
+    }
+
     let all: Vec<&Row> = rows.iter().collect();
     let w = train(&all);
     let max = w.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
@@ -224,6 +338,12 @@ fn main() {
         scale,
         kind_weights: w.iter().map(|v| (v / scale).round() as i32).collect(),
         rarity_rle: rle(&rarity),
+        difficulty_scale: dw.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6) / (1 << 22) as f32,
+        difficulty_weights: Vec::new(),
+    };
+    let body = Body {
+        difficulty_weights: dw.iter().map(|v| (v / body.difficulty_scale).round() as i32).collect(),
+        ..body
     };
     write(&out, &body).unwrap_or_else(|e| panic!("cannot write {}: {e}", out.display()));
     eprintln!("wrote {}", out.display());

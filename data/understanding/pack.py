@@ -83,6 +83,30 @@ with open(dest, "wb") as raw:
     with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz:
         for r in out:
             gz.write((json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8"))
+# The difficulty score's labels. MMLU (RouteLLM's per-prompt outcomes,
+# Apache-2.0; MMLU MIT): 1 where the cheap model failed and the strong one
+# succeeded. MATH (MIT): levels 4-5 hard, 1-2 easy. Own pairs: as written.
+diff = []
+with open(os.path.join(src, "..", "replay", "mmlu.jsonl"), encoding="utf-8") as f:
+    for line in f:
+        r = json.loads(line)
+        m = r["models"]
+        strong = m["gpt-4-1106-preview"]["success"]
+        weak = m["mixtral-8x7b-instruct-v0.1"]["success"]
+        diff.append({"id": r["id"], "source": "mmlu", "prompt": r["prompt"], "hard": int(strong and not weak)})
+for r in pick(load("hendrycks_math.jsonl"), 40, lambda r: (r["type"], r["level_int"])):
+    if r.get("level_int") in (1, 2, 4, 5):
+        diff.append({"id": r["id"], "source": "hendrycks_math", "prompt": r["prompt"], "hard": int(r["level_int"] >= 4)})
+for r in own_prompts.build():
+    if r["id"].startswith("own/pair/"):
+        diff.append({"id": r["id"], "source": "own", "prompt": r["prompt"], "hard": r["hard"]})
+ddest = os.path.join(here, "difficulty.jsonl.gz")
+with open(ddest, "wb") as raw:
+    with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz:
+        for r in diff:
+            gz.write((json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8"))
+print(f"{ddest}: {len(diff)} rows, {sum(r['hard'] for r in diff)} hard")
+
 counts = {}
 for r in out:
     counts[(r["source"], r["kind"])] = counts.get((r["source"], r["kind"]), 0) + 1

@@ -234,6 +234,12 @@ pub struct Body {
     /// Zipf frequency × 10 per hashed word slot (CC-BY-SA-4.0 data, see
     /// provenance), run-length encoded as (run, value) pairs.
     pub rarity_rle: Vec<(u32, u8)>,
+    /// The difficulty score's weights: `buckets`, then `dense`, then the
+    /// bias, scaled by `difficulty_scale`; empty in a file without one.
+    #[serde(default)]
+    pub difficulty_scale: f32,
+    #[serde(default)]
+    pub difficulty_weights: Vec<i32>,
 }
 
 /// A loaded model, ready to classify.
@@ -246,6 +252,8 @@ pub struct Understanding {
     dense_w: Vec<f32>,
     bias: Vec<f32>,
     pub rarity: Vec<u8>,
+    /// Gram weights, dense weights, bias; empty without a difficulty model.
+    difficulty_w: Vec<f32>,
     pub sha256: String,
 }
 
@@ -321,7 +329,20 @@ impl Understanding {
                 rarity.len()
             ));
         }
+        let difficulty_w: Vec<f32> = b
+            .difficulty_weights
+            .iter()
+            .map(|&v| v as f32 * b.difficulty_scale)
+            .collect();
+        if !difficulty_w.is_empty() && difficulty_w.len() != BUCKETS + DENSE + 1 {
+            return Err(format!(
+                "{name}: {} difficulty weights, expected {}",
+                difficulty_w.len(),
+                BUCKETS + DENSE + 1
+            ));
+        }
         Ok(Understanding {
+            difficulty_w,
             kinds: b.kinds,
             min_confidence: b.min_confidence,
             gram_w: w[..BUCKETS * k].to_vec(),
@@ -353,6 +374,16 @@ impl Understanding {
         z
     }
 
+    /// The probability that a cheap tier's answer is not accepted where a
+    /// strong tier's would be; `None` for a file without a difficulty model.
+    pub fn difficulty(&self, text: &str) -> Option<f64> {
+        if self.difficulty_w.is_empty() {
+            return None;
+        }
+        let x = extract(text, &self.rarity);
+        Some(difficulty_of(&self.difficulty_w, &x))
+    }
+
     /// The most likely kind, or `general` below the confidence threshold.
     pub fn classify(&self, text: &str) -> KindGuess {
         let x = extract(text, &self.rarity);
@@ -372,6 +403,19 @@ impl Understanding {
             probabilities: p,
         }
     }
+}
+
+/// The difficulty model's probability for an extracted request, from its
+/// weights (grams, dense, bias).
+pub fn difficulty_of(w: &[f32], x: &Extracted) -> f64 {
+    let mut z = w[BUCKETS + DENSE];
+    for &g in &x.grams {
+        z += w[g as usize] * x.gram_value;
+    }
+    for (d, &v) in x.dense.iter().enumerate() {
+        z += w[BUCKETS + d] * v;
+    }
+    1.0 / (1.0 + (-f64::from(z)).exp())
 }
 
 pub fn softmax(z: &[f32]) -> Vec<f32> {
@@ -443,6 +487,8 @@ mod tests {
             ),
         ] {
             assert_eq!(m.classify(text).kind, kind, "{text}");
+            let d = m.difficulty(text).expect("the shipped file has a difficulty model");
+            assert!(d > 0.0 && d < 1.0, "{d}");
         }
     }
 
@@ -457,6 +503,8 @@ mod tests {
             scale: 1.0,
             kind_weights: vec![0; (BUCKETS + DENSE + 1) * 2],
             rarity_rle: vec![(BUCKETS as u32, 0)],
+            difficulty_scale: 0.0,
+            difficulty_weights: Vec::new(),
         };
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("m.json");
