@@ -323,6 +323,48 @@ fn main() {
 
     let all: Vec<&Row> = rows.iter().collect();
     let w = train(&all);
+    // The development pairs (data/understanding/dev_pairs.jsonl) are never
+    // trained on: hard above easy, also with the easy one padded with
+    // chatter (other chatter than the training pairs'), and the kind of both.
+    if let (Some(path), false) = (arg("--dev-pairs"), dw.is_empty()) {
+        const PAD: [&str; 4] = [
+            "Hey! Hope everything is good on your side and the weather is nicer than here.",
+            "Sorry if this is a silly one, I have been going back and forth on it all afternoon.",
+            "Many thanks, I owe you a coffee, really appreciate you taking the time.",
+            "Quick question before my next meeting starts, thanks a lot for bearing with me.",
+        ];
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+        let (mut n, mut above, mut above_padded, mut kinds_right) = (0usize, 0usize, 0usize, 0usize);
+        for (i, line) in text.lines().enumerate() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("a JSON row");
+            let kind = v["kind"].as_str().unwrap_or_default();
+            let (easy, hard) = (
+                v["easy"].as_str().unwrap_or_default(),
+                v["hard"].as_str().unwrap_or_default(),
+            );
+            let hard_x = extract(hard, &rarity);
+            let score = |t: &str| difficulty_of(&dw, &extract(t, &rarity));
+            let hard_s = difficulty_of(&dw, &hard_x);
+            let mut padded = format!("{} {} {easy}", PAD[i % 4], PAD[(i + 1) % 4]);
+            while padded.len() < hard.len() {
+                padded = format!("{padded} {}", PAD[(i + 2) % 4]);
+            }
+            n += 1;
+            above += usize::from(hard_s > score(easy));
+            above_padded += usize::from(hard_s > score(&padded));
+            for t in [easy, hard] {
+                kinds_right += usize::from(KINDS[predict(&w, &extract(t, &rarity))] == kind);
+            }
+        }
+        println!();
+        println!(
+            "development pairs ({n}, never trained on): hard above easy {:.0}%, above the padded easy {:.0}%, kind right {:.0}% of {}",
+            100.0 * above as f64 / n.max(1) as f64,
+            100.0 * above_padded as f64 / n.max(1) as f64,
+            100.0 * kinds_right as f64 / (2 * n).max(1) as f64,
+            2 * n
+        );
+    }
     let max = w.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
     let scale = max / (1 << 22) as f32;
     let body = Body {

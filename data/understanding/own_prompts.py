@@ -203,7 +203,7 @@ PAIRS = {
          "Classify each of these support tickets into our 14-category taxonomy, explaining borderline cases where a ticket could belong to two categories and which rule decides."),
     ],
     "qa": [
-        ("What is the capital of France?",
+        ("What is the capital of Spain?",
          "Why did the 2008 financial crisis spread from US subprime mortgages to European banks so quickly? Trace the mechanisms, not just the timeline."),
         ("How many days are in a leap year?",
          "What are the trade-offs between Raft and Paxos for a geo-replicated metadata store with frequent leader changes, and which would you choose?"),
