@@ -39,7 +39,19 @@ struct Row {
     source: String,
     kind: usize,
     x: Extracted,
+    prompt: String,
 }
+
+/// Polite chatter for padding training rows (the development pairs pad with
+/// other sentences), so that the score learns chatter is neither hard nor easy.
+const TRAIN_CHATTER: [&str; 6] = [
+    "Hi there, I hope your week is going well!",
+    "Thanks so much in advance, you're a lifesaver.",
+    "Sorry to bother you again, I know you're busy.",
+    "Hope you had a nice weekend.",
+    "I really appreciate your help with this, it means a lot.",
+    "Good morning! Coffee in hand and ready to go.",
+];
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -222,6 +234,7 @@ fn main() {
             source: v["source"].as_str().unwrap_or_default().to_string(),
             kind,
             x: extract(v["prompt"].as_str().unwrap_or_default(), &rarity),
+            prompt: v["prompt"].as_str().unwrap_or_default().to_string(),
         });
     }
     eprintln!("{} rows, {} kinds", rows.len(), KINDS.len());
@@ -274,6 +287,34 @@ fn main() {
                 extract(v["prompt"].as_str().unwrap_or_default(), &rarity),
             ));
         }
+    }
+    // Real user prompts chosen for being hard (Arena-Hard) against templated
+    // tasks any model does (P3) and easy kinds of our own: a second view of
+    // "a cheap model is not enough", beside MMLU's outcomes.
+    if !diff_rows.is_empty() {
+        for r in &rows {
+            let label = match (r.source.as_str(), KINDS[r.kind]) {
+                ("arena-hard-v2.0" | "arena-hard-v0.1-labelled", _) => 1.0,
+                ("p3_t0_train_template", _) => 0.0,
+                ("own", "chat" | "qa" | "classification" | "extraction" | "translation" | "summarize") => 0.0,
+                _ => continue,
+            };
+            diff_rows.push(("kinds".into(), label, r.x.clone()));
+        }
+        // Every fourth row again, padded with chatter, label unchanged.
+        let mut padded = Vec::new();
+        for (i, r) in rows.iter().enumerate().filter(|(i, _)| i % 4 == 0) {
+            let label = match r.source.as_str() {
+                "arena-hard-v2.0" | "arena-hard-v0.1-labelled" => 1.0,
+                "p3_t0_train_template" => 0.0,
+                _ => continue,
+            };
+            let text = format!("{} {} {}", TRAIN_CHATTER[i % 6], r.prompt, TRAIN_CHATTER[(i + 1) % 6]);
+            padded.push(("padded".to_string(), label, extract(&text, &rarity)));
+        }
+        diff_rows.extend(padded);
+    }
+    if !diff_rows.is_empty() {
         println!();
         println!("difficulty, held out by source (AUC of the score; of length alone):");
         println!("| held out | rows | hard | AUC | length AUC |");
