@@ -70,9 +70,15 @@ impl Access {
         Ok(())
     }
 
+    /// Whether `who` may record any of `workflow`'s outcomes, routed under
+    /// them or not: an admin, or one of the workflow's `outcome_recorders`.
+    pub fn records_any_outcome(who: &Identity, workflow: &Workflow) -> bool {
+        who.admin || workflow.outcome_recorders.iter().any(|c| **c == *who.name)
+    }
+
     /// RecordOutcome on an outcome `routed` says whether `who` routed under:
-    /// an outcome belongs to the identities that routed its calls, to the
-    /// workflow's `outcome_recorders`, and to admins.
+    /// an outcome belongs to the identities that routed its calls, and to
+    /// those [`Access::records_any_outcome`] names.
     pub fn may_record_outcome(
         &self,
         who: &Identity,
@@ -80,7 +86,7 @@ impl Access {
         outcome_id: &str,
         routed: bool,
     ) -> Result<(), Error> {
-        if who.admin || routed || workflow.outcome_recorders.iter().any(|c| **c == *who.name) {
+        if routed || Self::records_any_outcome(who, workflow) {
             return Ok(());
         }
         let why = format!(
