@@ -14,7 +14,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use switchyard::estimate::understand::{
-    difficulty_of, extract, rarity_slot, rle, write, Body, Extracted, BUCKETS, DENSE, DENSE_NAMES,
+    auc, difficulty_of, extract, rarity_slot, rle, score_bin, write, Body, Extracted, BUCKETS, DENSE, DENSE_NAMES,
+    GRAMS, SCORE_BINS,
 };
 
 /// The kinds the classifier names (`general` is what low confidence gives).
@@ -33,7 +34,7 @@ const KINDS: [&str; 11] = [
 ];
 const EPOCHS: usize = 14;
 const L2: f32 = 1e-5;
-const MIN_CONFIDENCE: f32 = 0.35;
+const MIN_CONFIDENCE: f32 = 0.2;
 
 struct Row {
     source: String,
@@ -84,6 +85,16 @@ fn rarity_table(path: &PathBuf) -> Vec<u8> {
     t
 }
 
+/// How much a source's rows count: templated P3 tasks teach a template's
+/// wording more than a kind, written requests read as users write.
+fn source_weight(source: &str) -> f32 {
+    match source {
+        "p3_t0_train_template" | "bbh" => 0.4,
+        "own" | "own_pairs" | "arena-hard-v0.1-labelled" => 2.0,
+        _ => 1.0,
+    }
+}
+
 /// Weights: grams (slot-major, kind-minor), dense, bias.
 fn train(rows: &[&Row]) -> Vec<f32> {
     let k = KINDS.len();
@@ -126,7 +137,7 @@ fn train(rows: &[&Row]) -> Vec<f32> {
                 }
             }
             let p = switchyard::estimate::understand::softmax(&z);
-            let step = lr * class_w[r.kind];
+            let step = lr * class_w[r.kind] * source_weight(&r.source);
             for c in 0..k {
                 let err = p[c] - if c == r.kind { 1.0 } else { 0.0 };
                 if err.abs() < 1e-4 {
@@ -167,6 +178,14 @@ fn predict(w: &[f32], x: &Extracted) -> usize {
 /// The difficulty model: logistic regression on the same features, with
 /// the labels' own base rate (so its output is a probability).
 fn train_difficulty(rows: &[&(String, f32, Extracted)]) -> Vec<f32> {
+    // MMLU's outcome labels are many and noisy (a cheap model's miss on a
+    // multiple-choice question is often luck); written pairs are few and
+    // clean. Each source's rows weigh by how much a label says.
+    let weight = |source: &str| match source {
+        "mmlu" => 0.5,
+        "own" | "own_pairs" => 3.0,
+        _ => 1.0,
+    };
     let mut w = vec![0f32; BUCKETS + DENSE + 1];
     let mut order: Vec<usize> = (0..rows.len()).collect();
     let mut seed = 0xD1B5_4A32_D192_ED03u64;
@@ -177,8 +196,8 @@ fn train_difficulty(rows: &[&(String, f32, Extracted)]) -> Vec<f32> {
         }
         let lr = 0.2 / (1.0 + epoch as f32 * 0.5);
         for &i in &order {
-            let (_, y, x) = rows[i];
-            let err = difficulty_of(&w, x) as f32 - y;
+            let (source, y, x) = rows[i];
+            let err = (difficulty_of(&w, x) as f32 - y) * weight(source);
             for &g in &x.grams {
                 let wi = &mut w[g as usize];
                 *wi -= lr * (err * x.gram_value + 1e-4 * *wi);
@@ -191,31 +210,6 @@ fn train_difficulty(rows: &[&(String, f32, Extracted)]) -> Vec<f32> {
         }
     }
     w
-}
-
-/// The area under the ROC curve of the scores for the labels (ties count half).
-fn auc(pairs: &mut [(f64, bool)]) -> f64 {
-    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (mut rank_sum, mut pos, mut i) = (0f64, 0f64, 0usize);
-    while i < pairs.len() {
-        let mut j = i;
-        while j < pairs.len() && pairs[j].0 == pairs[i].0 {
-            j += 1;
-        }
-        let mid = (i + j + 1) as f64 / 2.0;
-        for p in &pairs[i..j] {
-            if p.1 {
-                rank_sum += mid;
-                pos += 1.0;
-            }
-        }
-        i = j;
-    }
-    let neg = pairs.len() as f64 - pos;
-    if pos == 0.0 || neg == 0.0 {
-        return 0.5;
-    }
-    (rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg)
 }
 
 fn main() {
@@ -319,7 +313,7 @@ fn main() {
         println!("difficulty, held out by source (AUC of the score; of length alone):");
         println!("| held out | rows | hard | AUC | length AUC |");
         println!("|---|---|---|---|---|");
-        for s in ["mmlu", "hendrycks_math", "own"] {
+        for s in ["mmlu", "hendrycks_math", "own", "own_pairs"] {
             let train_rows: Vec<&(String, f32, Extracted)> = diff_rows.iter().filter(|r| r.0 != s).collect();
             let w = train_difficulty(&train_rows);
             let test: Vec<&(String, f32, Extracted)> = diff_rows.iter().filter(|r| r.0 == s).collect();
@@ -376,6 +370,7 @@ fn main() {
         ];
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
         let (mut n, mut above, mut above_padded, mut kinds_right) = (0usize, 0usize, 0usize, 0usize);
+        let mut missed: BTreeMap<String, usize> = BTreeMap::new();
         for (i, line) in text.lines().enumerate() {
             let v: serde_json::Value = serde_json::from_str(line).expect("a JSON row");
             let kind = v["kind"].as_str().unwrap_or_default();
@@ -394,7 +389,11 @@ fn main() {
             above += usize::from(hard_s > score(easy));
             above_padded += usize::from(hard_s > score(&padded));
             for t in [easy, hard] {
-                kinds_right += usize::from(KINDS[predict(&w, &extract(t, &rarity))] == kind);
+                let got = KINDS[predict(&w, &extract(t, &rarity))];
+                kinds_right += usize::from(got == kind);
+                if got != kind {
+                    *missed.entry(format!("{kind}->{got}")).or_insert(0usize) += 1;
+                }
             }
         }
         println!();
@@ -405,7 +404,55 @@ fn main() {
             100.0 * kinds_right as f64 / (2 * n).max(1) as f64,
             2 * n
         );
+        println!("development kinds missed: {missed:?}");
     }
+    // The score's calibration: its histogram over a broad mix, each source
+    // (of kinds and of difficulty labels) weighing the same, 10,000 in all.
+    let mut by_source: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for r in &rows {
+        by_source
+            .entry(r.source.as_str())
+            .or_default()
+            .push(difficulty_of(&dw, &r.x));
+    }
+    for r in diff_rows.iter().filter(|r| r.0 == "mmlu") {
+        by_source.entry("mmlu").or_default().push(difficulty_of(&dw, &r.2));
+    }
+    let mut calibration = vec![0f64; SCORE_BINS];
+    for scores in by_source.values() {
+        for &sc in scores {
+            calibration[score_bin(sc)] += 10_000.0 / (by_source.len() * scores.len()) as f64;
+        }
+    }
+    let calibration: Vec<u32> = calibration.iter().map(|c| c.round() as u32).collect();
+    let mut acc = 0u32;
+    let quant: Vec<String> = calibration
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &c)| {
+            let before = acc;
+            acc += c;
+            [2_000u32, 4_000, 6_000, 8_000, 9_000]
+                .iter()
+                .find(|&&q| before < q && acc >= q)
+                .map(|q| format!("{}%: {:.2}", q / 100, (i + 1) as f64 / SCORE_BINS as f64))
+        })
+        .collect();
+    println!();
+    println!(
+        "calibration mix: {} sources; score at the mix's quantiles {}",
+        by_source.len(),
+        quant.join(", ")
+    );
+
+    let mut dense_means = [0f32; DENSE];
+    for r in &diff_rows {
+        for (m, v) in dense_means.iter_mut().zip(r.2.dense) {
+            *m += v / diff_rows.len().max(1) as f32;
+        }
+    }
+    let dense_means: Vec<f32> = dense_means.iter().map(|m| (m * 1e4).round() / 1e4).collect();
+
     let max = w.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
     let scale = max / (1 << 22) as f32;
     let body = Body {
@@ -415,6 +462,7 @@ fn main() {
                      See data/understanding/SOURCE.md."
             .into(),
         buckets: BUCKETS,
+        grams: GRAMS.into(),
         dense_names: DENSE_NAMES.iter().map(|s| s.to_string()).collect(),
         kinds: KINDS.iter().map(|s| s.to_string()).collect(),
         min_confidence: MIN_CONFIDENCE,
@@ -423,6 +471,8 @@ fn main() {
         rarity_rle: rle(&rarity),
         difficulty_scale: dw.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6) / (1 << 22) as f32,
         difficulty_weights: Vec::new(),
+        calibration,
+        dense_means,
     };
     let body = Body {
         difficulty_weights: dw.iter().map(|v| (v / body.difficulty_scale).round() as i32).collect(),

@@ -92,6 +92,9 @@ const LEASE_TICK: Duration = Duration::from_millis(500);
 
 /// How often a failing sweep is reported.
 const SWEEP_WARN_EVERY: Duration = Duration::from_secs(60);
+/// How often the complexity histograms are added into the store and read
+/// back from it.
+const SKETCH_SYNC_EVERY: Duration = Duration::from_secs(5);
 
 pub use crate::error::ConfigError;
 
@@ -365,6 +368,38 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         })
     };
 
+    // Each workflow's complexity histogram: counted per Route, added into
+    // the store every few seconds and read back from it (the fleet's, with
+    // Redis), so `top_share` rules see the whole workflow's traffic.
+    let sketches = Arc::new(crate::route::sketch::ScoreSketches::new());
+    if let Err(e) = sketches.sync(&*store, &rules.current()).await {
+        tracing::warn!(error = %e, "the complexity histograms could not be read; top_share starts from the model's calibration");
+    }
+    let sketch_task = {
+        let (sketches, store, rules, mut rx) = (sketches.clone(), store.clone(), rules.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let mut failing = false;
+            loop {
+                let stopping = tokio::select! {
+                    _ = rx.wait_for(|s| *s) => true,
+                    _ = tokio::time::sleep(SKETCH_SYNC_EVERY) => false,
+                };
+                match sketches.sync(&*store, &rules.current()).await {
+                    Ok(()) => failing = false,
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(error = %e, "the complexity histograms could not be stored; their counts are kept for the next try");
+                        }
+                        failing = true;
+                    }
+                }
+                if stopping {
+                    return;
+                }
+            }
+        })
+    };
+
     let learner_task = tokio::spawn(
         learning
             .clone()
@@ -473,6 +508,8 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             }),
             trace: false,
             large_requests: Some(Arc::new(tokio::sync::Semaphore::new(cfg.tokenize_threads))),
+            sketches: Some(sketches.clone()),
+            observe_scores: true,
         },
         learning,
         access: Access { audit: audit.clone() },
@@ -584,6 +621,8 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = watcher.await;
     let _ = sweeper.await;
+    // The last counts of the complexity histograms are stored on the way out.
+    let _ = sketch_task.await;
     let _ = keys_watcher.await;
     // The learning loop stores what it holds before it returns.
     let _ = learner_task.await;

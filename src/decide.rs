@@ -135,7 +135,13 @@ pub fn decide(
     };
     let mut skipped_pins: Vec<&str> = Vec::new();
     for rule in &table.rules {
-        if !rule.matches(&workflow.name, &est.task_kind, est.class, est.complexity, input.attempt) {
+        if !rule.matches(
+            &workflow.name,
+            &est.task_kind,
+            est.class,
+            (est.complexity, est.complexity_quantile),
+            input.attempt,
+        ) {
             continue;
         }
         match rule.requirement {

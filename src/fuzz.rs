@@ -35,7 +35,7 @@ pub fn route_request(data: &[u8]) {
         TABLE.get_or_init(|| RuleTable::from_str("default.toml", include_str!("../routing-rules/default.toml")).ok());
     if let Some(t) = table {
         if let Ok(w) = crate::route::find_workflow(t, &call.workflow) {
-            let _ = plan(t, w, &call, Default::default(), None, None, None);
+            let _ = plan(t, w, &call, Default::default(), Default::default(), None, None);
         }
     }
 }

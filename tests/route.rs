@@ -30,7 +30,30 @@ async fn easy_and_hard_prompts_route_to_different_models() {
     assert!(easy.input_tokens > 4 && hard.input_tokens > easy.input_tokens);
     assert!(!easy.decision_id.is_empty() && easy.decision_id != hard.decision_id);
     assert!(easy.reason.contains("cheapest of"), "{}", easy.reason);
-    assert_eq!(easy.estimated_output_tokens, 512, "general task kind default");
+    // No task_kind given: each is inferred from its text, and priced as
+    // its kind (qa's 400 output tokens; code's 1024).
+    assert_eq!(
+        (easy.task_kind.as_str(), easy.task_kind_source.as_str()),
+        ("qa", "inferred")
+    );
+    assert_eq!(easy.estimated_output_tokens, 400, "qa's output length");
+    assert_eq!(
+        (hard.task_kind.as_str(), hard.task_kind_source.as_str()),
+        ("code", "inferred")
+    );
+    assert_eq!(hard.task_class, "code");
+    // A declared kind always wins, whatever the text reads as.
+    let mut declared = request("general", HARD_PROMPT);
+    declared.task_kind = "summarize".into();
+    let declared = client.route(declared).await.expect("routes").into_inner();
+    assert_eq!(
+        (
+            declared.task_kind.as_str(),
+            declared.task_kind_source.as_str(),
+            declared.task_class.as_str()
+        ),
+        ("summarize", "declared", "extraction")
+    );
     assert!(!easy.provider.is_empty() && !easy.rule.is_empty());
 }
 

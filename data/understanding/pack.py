@@ -18,6 +18,7 @@ import sys
 
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, here)
+import own_pairs  # noqa: E402
 import own_prompts  # noqa: E402
 
 src = sys.argv[1] if len(sys.argv) > 1 else os.path.join(here, "..", "..", "..", "shared", "bench-data", "train")
@@ -50,6 +51,8 @@ rows += load("humaneval.jsonl")
 rows += pick(load("hendrycks_math.jsonl"), 40, lambda r: (r["type"], r["level_int"]))
 rows += pick(load("bbh.jsonl"), 40, lambda r: r["task"])
 rows += own_prompts.build()
+for i, (kind, prompt, hard) in enumerate(own_pairs.build()):
+    rows.append({"id": f"own_pairs/{kind}/{i}", "source": "own_pairs", "kind": kind, "prompt": prompt, "hard": hard})
 # Arena-Hard-Auto v0.1 (Apache-2.0): real user prompts, kinds assigned by hand.
 labels = {}
 with open(os.path.join(here, "arena_v01_labels.tsv"), encoding="utf-8") as f:
@@ -100,6 +103,39 @@ for r in pick(load("hendrycks_math.jsonl"), 40, lambda r: (r["type"], r["level_i
 for r in own_prompts.build():
     if r["id"].startswith("own/pair/"):
         diff.append({"id": r["id"], "source": "own", "prompt": r["prompt"], "hard": r["hard"]})
+# Own composed pairs, and copies padded with chatter to a hard request's
+# length (easy stays easy, hard stays hard): length alone must not decide.
+pairs = own_pairs.build()
+hard_by_kind = {}
+for kind, prompt, hard in pairs:
+    if hard:
+        hard_by_kind.setdefault(kind, []).append(prompt)
+chatter = own_prompts.CHATTER
+for i, (kind, prompt, hard) in enumerate(pairs):
+    diff.append({"id": f"own_pairs/{i}", "source": "own_pairs", "prompt": prompt, "hard": hard})
+    target = len(hard_by_kind[kind][i % len(hard_by_kind[kind])]) if not hard else len(prompt) + 80
+    pad, k = [], i
+    while len(" ".join(pad)) + len(prompt) < target:
+        pad.append(chatter[k % len(chatter)])
+        k += 3
+    half = len(pad) // 2
+    text = " ".join(pad[:half] + [prompt] + pad[half:])
+    diff.append({"id": f"own_pairs/{i}/padded", "source": "own_pairs", "prompt": text, "hard": hard})
+
+# No 8-word run of the development pairs may appear in training.
+def runs(text, n=8):
+    w = "".join(c.lower() if c.isalnum() else " " for c in text).split()
+    return {" ".join(w[j:j + n]) for j in range(len(w) - n + 1)}
+dev = set()
+with open(os.path.join(here, "dev_pairs.jsonl"), encoding="utf-8") as f:
+    for line in f:
+        d = json.loads(line)
+        dev |= runs(d["easy"]) | runs(d["hard"])
+for r in diff + rows:
+    shared = runs(r["prompt"]) & dev
+    if shared and r["source"].startswith("own"):
+        sys.exit(f"{r['id']} shares a run with the development pairs: {sorted(shared)[0]!r}")
+
 ddest = os.path.join(here, "difficulty.jsonl.gz")
 with open(ddest, "wb") as raw:
     with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz:

@@ -396,6 +396,10 @@ pub trait LearningStore: Send + Sync {
     async fn note_rejection(&self, workflow: &str, outcome_id: &str, tier: u8, now_ms: i64) -> Result<(), StoreError>;
     /// The highest tier an attempt of the outcome was rejected at.
     async fn rejected_tier(&self, workflow: &str, outcome_id: &str) -> Result<Option<u8>, StoreError>;
+    /// Adds `counts` (Routes per complexity bin; empty adds nothing) to
+    /// `workflow`'s histogram under understanding model `model`, and returns
+    /// its totals: every sidecar's, where the store is shared.
+    async fn merge_score_counts(&self, workflow: &str, model: &str, counts: &[u32]) -> Result<Vec<u64>, StoreError>;
 }
 
 /// How long an outcome's rejected tier is kept.
@@ -422,6 +426,8 @@ pub trait StoreView: Send + Sync {
         max: usize,
     ) -> Result<Vec<(String, Option<LearnEvent>)>, StoreError>;
     async fn view_rejected_tier(&self, workflow: &str, outcome_id: &str) -> Result<Option<u8>, StoreError>;
+    /// A workflow's complexity histogram under `model` (zeros: none yet).
+    async fn view_score_counts(&self, workflow: &str, model: &str) -> Result<Vec<u64>, StoreError>;
 }
 
 /// Every store can be viewed.
@@ -443,5 +449,8 @@ impl<T: Store + ?Sized> StoreView for T {
     }
     async fn view_rejected_tier(&self, workflow: &str, outcome_id: &str) -> Result<Option<u8>, StoreError> {
         self.rejected_tier(workflow, outcome_id).await
+    }
+    async fn view_score_counts(&self, workflow: &str, model: &str) -> Result<Vec<u64>, StoreError> {
+        self.merge_score_counts(workflow, model, &[]).await
     }
 }

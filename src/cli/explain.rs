@@ -56,6 +56,9 @@ impl StoreView for Empty {
     async fn view_rejected_tier(&self, _: &str, _: &str) -> Result<Option<u8>, StoreError> {
         Ok(None)
     }
+    async fn view_score_counts(&self, _: &str, _: &str) -> Result<Vec<u64>, StoreError> {
+        Ok(vec![0; crate::estimate::understand::SCORE_BINS])
+    }
 }
 
 /// `switchyard explain`: prints the decision and every candidate as JSON.
@@ -121,6 +124,15 @@ async fn run(args: &ExplainArgs<'_>, text: &str) -> Result<serde_json::Value, St
     let (learning, learned_calls) = Folded::from_view(view.clone(), &[args.workflow])
         .await
         .map_err(|e| e.to_string())?;
+    // The workflow's complexity histogram as the server left it.
+    let sketches = Arc::new(crate::route::sketch::ScoreSketches::new());
+    let tag = table.understanding.tag().to_string();
+    let counts = view
+        .view_score_counts(args.workflow, &tag)
+        .await
+        .map_err(|e| e.to_string())?;
+    let scored_requests: u64 = counts.iter().sum();
+    sketches.set_stored(&tag, args.workflow, &counts);
     let router = Router {
         rules: Arc::new(rules),
         cache: None,
@@ -129,6 +141,8 @@ async fn run(args: &ExplainArgs<'_>, text: &str) -> Result<serde_json::Value, St
         effects: None,
         trace: true,
         large_requests: None,
+        sketches: Some(sketches),
+        observe_scores: false,
     };
     let mut messages: Vec<(String, String)> = Vec::new();
     if let Some(s) = args.system {
@@ -147,6 +161,11 @@ async fn run(args: &ExplainArgs<'_>, text: &str) -> Result<serde_json::Value, St
         labels: std::iter::empty(),
     })
     .map_err(|e| e.to_string())?;
+    let drivers = {
+        let refs = call.message_refs();
+        let texts: Vec<&str> = crate::estimate::asked(&refs).map(|m| m.content).collect();
+        table.understanding.drivers(&texts, 6)
+    };
     let roles: Vec<&str> = call.messages.iter().map(|m| m.role.name()).collect();
     let roles: Vec<String> = roles.into_iter().map(str::to_string).collect();
     let now = jiff::Timestamp::now();
@@ -192,8 +211,17 @@ async fn run(args: &ExplainArgs<'_>, text: &str) -> Result<serde_json::Value, St
     Ok(json!({
         "workflow": args.workflow,
         "task_kind": est.task_kind,
+        "task_kind_source": est.task_kind_source.as_str(),
+        "task_kind_confidence": est.task_kind_confidence,
         "task_class": routed.task_class(),
         "complexity": est.complexity,
+        "complexity_quantile": est.complexity_quantile,
+        // What moved the score most, in log-odds (positive: harder).
+        "complexity_drivers": drivers,
+        "understanding_model": {
+            "sha256": table.understanding.sha256,
+            "workflow_requests_scored": scored_requests,
+        },
         "features": est.features,
         "input_tokens_by_encoding": input_tokens,
         "estimated_output_tokens": est.output_tokens,
@@ -206,6 +234,7 @@ async fn run(args: &ExplainArgs<'_>, text: &str) -> Result<serde_json::Value, St
             "provider_model": model.api_model,
             "rule": d.rule,
             "required_tier": d.required_tier,
+            "tier": model.tiers[est.class],
             "learned": d.learned,
             "explored": d.explored,
             "propensity": d.propensity,

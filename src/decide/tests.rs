@@ -118,10 +118,11 @@ const HARD: &str = "Design a lock-free queue and explain why it is linearizable.
 #[test]
 fn easy_prompt_goes_cheap_and_hard_prompt_goes_strong() {
     let t = table();
-    let (easy, _) = route(&t, "w", "What is the capital of France?", "", FIRST, 0).expect("easy routes");
+    // Declared `general`: the classifier would read HARD as code.
+    let (easy, _) = route(&t, "w", "What is the capital of France?", "general", FIRST, 0).expect("easy routes");
     assert_eq!(t.models[easy.model].name, "cheap");
     assert_eq!(easy.rule, "easy");
-    let (hard, _) = route(&t, "w", HARD, "", FIRST, 0).expect("hard routes");
+    let (hard, _) = route(&t, "w", HARD, "general", FIRST, 0).expect("hard routes");
     assert_eq!(hard.rule, "hard");
     assert_eq!(hard.required_tier, 4);
     // mid-twin is the only tier-4 general model at the mid price.

@@ -47,6 +47,37 @@ pub const WEIGHTS: Features = Features {
 };
 
 impl Features {
+    /// The fields by name, as snapshots record them.
+    pub fn named(&self) -> [(&'static str, f64); 9] {
+        [
+            ("length", self.length),
+            ("code", self.code),
+            ("math", self.math),
+            ("multi_step", self.multi_step),
+            ("constraints", self.constraints),
+            ("reasoning", self.reasoning),
+            ("questions", self.questions),
+            ("structured", self.structured),
+            ("task_prior", self.task_prior),
+        ]
+    }
+
+    /// Features from their names (absent ones 0).
+    pub fn from_named(get: impl Fn(&str) -> Option<f64>) -> Features {
+        let at = |k: &str| get(k).unwrap_or(0.0);
+        Features {
+            length: at("length"),
+            code: at("code"),
+            math: at("math"),
+            multi_step: at("multi_step"),
+            constraints: at("constraints"),
+            reasoning: at("reasoning"),
+            questions: at("questions"),
+            structured: at("structured"),
+            task_prior: at("task_prior"),
+        }
+    }
+
     /// The weighted score, clamped to 0..1.
     pub fn score(&self) -> f64 {
         let w = WEIGHTS;

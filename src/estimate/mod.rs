@@ -183,18 +183,58 @@ impl MessageWork {
     }
 }
 
+/// Where a request's task kind came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KindSource {
+    /// The request named it.
+    Declared,
+    /// The classifier read it from the text.
+    Inferred,
+    /// The workflow's `default_task_kind`: the workflow names one other
+    /// than `general`, or the classifier was not confident enough.
+    Default,
+}
+
+impl KindSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KindSource::Declared => "declared",
+            KindSource::Inferred => "inferred",
+            KindSource::Default => "default",
+        }
+    }
+}
+
+/// The messages a request's kind and difficulty are read from: the user's,
+/// newest first (the current ask leads), or every message when there is no
+/// user message.
+pub fn asked<'m, 'a>(messages: &'m [MessageRef<'a>]) -> impl Iterator<Item = &'m MessageRef<'a>> {
+    let has_user = messages.iter().any(|m| m.role == Role::User);
+    messages.iter().rev().filter(move |m| !has_user || m.role == Role::User)
+}
+
 /// The estimate for one request, shared by every candidate model.
 #[derive(Debug, Clone, Serialize)]
 pub struct Estimate {
     /// Input tokens per encoding, including chat overhead; 0 where not counted.
     pub input_tokens: [u64; 2],
     pub features: Features,
-    /// The complexity score, 0 to 1.
+    /// The complexity score: the probability, 0 to 1, that a cheap tier's
+    /// answer would not be accepted where a strong tier's would.
     pub complexity: f64,
+    /// The share of the workflow's traffic that scores below this request
+    /// (set when the request is planned; the model's calibration alone
+    /// until the workflow has traffic of its own).
+    pub complexity_quantile: f64,
     /// Predicted output tokens.
     pub output_tokens: u64,
     /// The task kind the request was estimated as.
     pub task_kind: String,
+    pub task_kind_source: KindSource,
+    /// The classifier's probability for its most likely kind (1 for a
+    /// declared kind).
+    pub task_kind_confidence: f64,
     /// The index of the task class (into `RuleTable::classes`).
     pub class: usize,
 }
@@ -218,10 +258,24 @@ pub fn estimate(
     work: &[MessageWork],
     max_output_tokens: u32,
 ) -> Estimate {
-    let task_kind = if task_kind.is_empty() {
-        workflow.default_task_kind.as_str()
+    let understanding = &table.understanding;
+    let texts: Vec<&str> = asked(messages).map(|m| m.content).collect();
+    let reading = understanding.read(&texts);
+    let (task_kind, task_kind_source, task_kind_confidence) = if !task_kind.is_empty() {
+        (task_kind, KindSource::Declared, 1.0)
     } else {
-        task_kind
+        let inferred = reading
+            .kind
+            .map(|i| understanding.kinds[i].as_str())
+            .filter(|k| workflow.default_task_kind == crate::rules::GENERAL_CLASS && table.knows_kind(k));
+        match inferred {
+            Some(k) => (k, KindSource::Inferred, reading.confidence),
+            None => (
+                workflow.default_task_kind.as_str(),
+                KindSource::Default,
+                reading.confidence,
+            ),
+        }
     };
     let like = estimated_as(table, workflow, task_kind);
     let kind = table.task_kind(like);
@@ -238,6 +292,7 @@ pub fn estimate(
     let mut counts = Counts::default();
     let mut read_tokens = 0u64;
     for (m, w) in messages.iter().zip(work) {
+        // The messages `asked` reads.
         if !has_user || m.role == Role::User {
             counts.add(&w.counts);
             read_tokens += w.tokens[primary as usize].unwrap_or(0);
@@ -249,13 +304,33 @@ pub fn estimate(
 
     Estimate {
         input_tokens,
-        complexity: features.score(),
+        complexity: reading.difficulty,
+        complexity_quantile: quantile_in(understanding.calibration(), &[], reading.difficulty),
         features,
         output_tokens,
         task_kind: task_kind.to_string(),
+        task_kind_source,
+        task_kind_confidence,
         class,
     }
 }
+
+/// The share of traffic scoring below `score`: the calibration's shares
+/// weighed as [`PRIOR_REQUESTS`] requests, plus the workflow's own `counts`
+/// per bin (empty: none yet). Half of the score's own bin counts as below.
+pub fn quantile_in(calibration: &[f64], counts: &[u64], score: f64) -> f64 {
+    let bin = understand::score_bin(score);
+    let total: f64 = PRIOR_REQUESTS + counts.iter().sum::<u64>() as f64;
+    let at = |i: usize| {
+        calibration.get(i).copied().unwrap_or(0.0) * PRIOR_REQUESTS + counts.get(i).copied().unwrap_or(0) as f64
+    };
+    let below: f64 = (0..bin).map(at).sum::<f64>() + at(bin) / 2.0;
+    (below / total).clamp(0.0, 1.0)
+}
+
+/// How many requests the model's calibration counts for in a workflow's
+/// quantiles: its own traffic outweighs it after a few hundred requests.
+pub const PRIOR_REQUESTS: f64 = 200.0;
 
 /// The kind a request is estimated as: its own, or, when the rules list it
 /// neither as a task kind nor as a class, the workflow's default kind (the

@@ -29,6 +29,16 @@ const MASK: u64 = (BUCKETS as u64) - 1;
 pub const MAX_WORDS: usize = 1024;
 const SEED_UNI: u64 = 0x5357_4954_4348_5931;
 const SEED_BI: u64 = 0x5357_4954_4348_5932;
+const SEED_STEM: u64 = 0x5357_4954_4348_5933;
+const SEED_LEAD: u64 = 0x5357_4954_4348_5934;
+/// Words longer than this also give their first `STEM` bytes as a gram, so
+/// that "summarise", "summarize" and "summary" share one.
+const STEM: usize = 5;
+/// The first words also give a gram of their own: the ask usually leads.
+const LEAD_WORDS: u32 = 6;
+/// The gram scheme, recorded in the model file: a file trained on other
+/// grams than this build extracts is refused.
+pub const GRAMS: &str = "words+bigrams+stem5+lead6";
 
 /// The names of the structural features, in order (recorded in the model
 /// file, so that a file and a build that disagree are caught).
@@ -50,8 +60,22 @@ pub const DENSE_NAMES: [&str; 14] = [
 ];
 pub const DENSE: usize = DENSE_NAMES.len();
 
-/// The shipped model, relative to the repository (and the container image).
+/// The shipped model, relative to the repository. The binary embeds it, so
+/// a rule table that names no other file needs none on disk.
 pub const SHIPPED: &str = "models/understanding.json";
+static SHIPPED_TEXT: &str = include_str!("../../models/understanding.json");
+
+/// Bins of the score's calibration and of the per-workflow quantile sketch:
+/// bin `i` holds scores in `[i/SCORE_BINS, (i+1)/SCORE_BINS)`.
+pub const SCORE_BINS: usize = 100;
+
+/// The sketch bin of a score.
+pub fn score_bin(score: f64) -> usize {
+    if score.is_nan() {
+        return 0;
+    }
+    ((score * SCORE_BINS as f64) as usize).min(SCORE_BINS - 1)
+}
 
 /// A request as the models read it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -75,6 +99,11 @@ pub fn rarity_slot(word: &str) -> usize {
 /// Reads `text` once. `rarity` is the model's table (Zipf frequency × 10 per
 /// slot, 0 for a word not in the table); empty reads every word as unknown.
 pub fn extract(text: &str, rarity: &[u8]) -> Extracted {
+    extract_all(&[text], rarity)
+}
+
+/// Reads several texts as one, each on its own line (a request's messages).
+pub fn extract_all(texts: &[&str], rarity: &[u8]) -> Extracted {
     let mut grams: Vec<u32> = Vec::with_capacity(256);
     let (mut words, mut word_bytes, mut upper, mut letters, mut non_ascii) = (0u32, 0u32, 0u32, 0u32, 0u32);
     let (mut digits, mut numbers, mut operators, mut code, mut lists, mut questions, mut latex, mut lines) =
@@ -94,6 +123,13 @@ pub fn extract(text: &str, rarity: &[u8]) -> Extracted {
         if (words as usize) <= MAX_WORDS {
             let h = word_hash(word.as_bytes());
             grams.push((h & MASK) as u32);
+            if word.len() > STEM && word.is_char_boundary(STEM) {
+                let st = xxhash_rust::xxh3::xxh3_64_with_seed(&word.as_bytes()[..STEM], SEED_STEM);
+                grams.push((st & MASK) as u32);
+            }
+            if words <= LEAD_WORDS {
+                grams.push(((h ^ SEED_LEAD).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 49) as u32);
+            }
             if let Some(p) = *prev {
                 let b = xxhash_rust::xxh3::xxh3_64_with_seed(&p.to_le_bytes(), h ^ SEED_BI);
                 grams.push((b & MASK) as u32);
@@ -114,7 +150,11 @@ pub fn extract(text: &str, rarity: &[u8]) -> Extracted {
         }
         word.clear();
     };
-    for c in text.chars() {
+    let chars = texts
+        .iter()
+        .enumerate()
+        .flat_map(|(i, t)| (i > 0).then_some('\n').into_iter().chain(t.chars()));
+    for c in chars {
         if c.is_alphanumeric() {
             if c.is_ascii_digit() {
                 digits += 1;
@@ -214,7 +254,7 @@ pub struct Header {
 }
 
 pub const FORMAT: &str = "switchyard-understanding";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// The body of a model file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -222,6 +262,8 @@ pub struct Body {
     /// How the file was made: the trainer, its data and their licences.
     pub provenance: String,
     pub buckets: usize,
+    /// The gram scheme the weights were trained on ([`GRAMS`]).
+    pub grams: String,
     pub dense_names: Vec<String>,
     /// The task kinds, in the order of the weights.
     pub kinds: Vec<String>,
@@ -240,10 +282,21 @@ pub struct Body {
     pub difficulty_scale: f32,
     #[serde(default)]
     pub difficulty_weights: Vec<i32>,
+    /// How the score falls on a broad mix of requests (every training source
+    /// weighing the same): counts per [`SCORE_BINS`] bin. A workflow's
+    /// quantiles start from it, so that `top_share` works from the first
+    /// request.
+    #[serde(default)]
+    pub calibration: Vec<u32>,
+    /// Each structural feature's mean over the difficulty labels: a
+    /// driver's effect is measured from it, so that `explain` shows what
+    /// sets this request apart rather than what every request has.
+    #[serde(default)]
+    pub dense_means: Vec<f32>,
 }
 
 /// A loaded model, ready to classify.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Understanding {
     pub kinds: Vec<String>,
     pub min_confidence: f32,
@@ -254,7 +307,40 @@ pub struct Understanding {
     pub rarity: Vec<u8>,
     /// Gram weights, dense weights, bias; empty without a difficulty model.
     difficulty_w: Vec<f32>,
+    /// Each score bin's share of the calibration mix (sums to 1).
+    calibration: Vec<f64>,
+    dense_means: Vec<f32>,
     pub sha256: String,
+}
+
+impl std::fmt::Debug for Understanding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Understanding")
+            .field("sha256", &self.sha256)
+            .field("kinds", &self.kinds)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the models read in a request, from one pass over its text.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reading {
+    /// The most likely kind (an index into `kinds`), `None` below
+    /// `min_confidence`.
+    pub kind: Option<usize>,
+    /// The probability of the most likely kind.
+    pub confidence: f64,
+    /// The difficulty score, 0 to 1.
+    pub difficulty: f64,
+}
+
+/// One feature's push on the difficulty score, in log-odds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Driver {
+    /// A word (`word:prove`), a pair of words (`pair:lock free`), the
+    /// leading words (`lead:design`) or a structural count by name.
+    pub feature: String,
+    pub effect: f64,
 }
 
 /// What the classifier says of a request.
@@ -305,10 +391,10 @@ impl Understanding {
         let b: Body =
             serde_json::from_str(body).map_err(|e| format!("{name}:2: the model body does not parse ({e})"))?;
         let k = b.kinds.len();
-        if b.buckets != BUCKETS || b.dense_names != DENSE_NAMES || k == 0 {
+        if b.buckets != BUCKETS || b.grams != GRAMS || b.dense_names != DENSE_NAMES || k == 0 {
             return Err(format!(
-                "{name}: trained for {} slots and features {:?}; this build extracts {BUCKETS} and {DENSE_NAMES:?}: retrain",
-                b.buckets, b.dense_names
+                "{name}: trained for {} slots of `{}` grams and features {:?}; this build extracts {BUCKETS} of `{GRAMS}` and {DENSE_NAMES:?}: use the model file that ships with this build, or retrain",
+                b.buckets, b.grams, b.dense_names
             ));
         }
         if b.kind_weights.len() != (BUCKETS + DENSE + 1) * k {
@@ -334,15 +420,31 @@ impl Understanding {
             .iter()
             .map(|&v| v as f32 * b.difficulty_scale)
             .collect();
-        if !difficulty_w.is_empty() && difficulty_w.len() != BUCKETS + DENSE + 1 {
+        if difficulty_w.len() != BUCKETS + DENSE + 1 {
             return Err(format!(
-                "{name}: {} difficulty weights, expected {}",
+                "{name}: {} difficulty weights, expected {}: retrain with scripts/train-understanding",
                 difficulty_w.len(),
                 BUCKETS + DENSE + 1
             ));
         }
+        let total: u64 = b.calibration.iter().map(|&c| u64::from(c)).sum();
+        if b.calibration.len() != SCORE_BINS || total == 0 {
+            return Err(format!(
+                "{name}: the score's calibration has {} bins and {total} requests, expected {SCORE_BINS} bins: retrain with scripts/train-understanding",
+                b.calibration.len()
+            ));
+        }
+        let calibration = b.calibration.iter().map(|&c| f64::from(c) / total as f64).collect();
+        if b.dense_means.len() != DENSE {
+            return Err(format!(
+                "{name}: {} structural means, expected {DENSE}: retrain with scripts/train-understanding",
+                b.dense_means.len()
+            ));
+        }
         Ok(Understanding {
             difficulty_w,
+            calibration,
+            dense_means: b.dense_means,
             kinds: b.kinds,
             min_confidence: b.min_confidence,
             gram_w: w[..BUCKETS * k].to_vec(),
@@ -374,24 +476,119 @@ impl Understanding {
         z
     }
 
-    /// The probability that a cheap tier's answer is not accepted where a
-    /// strong tier's would be; `None` for a file without a difficulty model.
-    pub fn difficulty(&self, text: &str) -> Option<f64> {
-        if self.difficulty_w.is_empty() {
-            return None;
+    /// A model that knows no kind and scores every request 0.5, standing in
+    /// only where loading failed and the table is refused anyway.
+    pub fn empty() -> Understanding {
+        Understanding {
+            kinds: Vec::new(),
+            min_confidence: 1.0,
+            gram_w: Vec::new(),
+            dense_w: Vec::new(),
+            bias: Vec::new(),
+            rarity: Vec::new(),
+            difficulty_w: vec![0.0; BUCKETS + DENSE + 1],
+            calibration: vec![1.0 / SCORE_BINS as f64; SCORE_BINS],
+            dense_means: vec![0.0; DENSE],
+            sha256: "none".into(),
         }
-        let x = extract(text, &self.rarity);
-        Some(difficulty_of(&self.difficulty_w, &x))
+    }
+
+    /// The model the binary embeds (`models/understanding.json`), parsed once.
+    pub fn shipped() -> Result<std::sync::Arc<Understanding>, String> {
+        static SHIPPED_MODEL: std::sync::OnceLock<Result<std::sync::Arc<Understanding>, String>> =
+            std::sync::OnceLock::new();
+        SHIPPED_MODEL
+            .get_or_init(|| Understanding::parse(SHIPPED, SHIPPED_TEXT).map(std::sync::Arc::new))
+            .clone()
+    }
+
+    /// A short name for the model: the first 12 hex digits of its checksum.
+    pub fn tag(&self) -> &str {
+        &self.sha256[..self.sha256.len().min(12)]
+    }
+
+    /// Each score bin's share of the calibration mix.
+    pub fn calibration(&self) -> &[f64] {
+        &self.calibration
+    }
+
+    /// Reads a request's texts once, for both its kind and its score.
+    pub fn read(&self, texts: &[&str]) -> Reading {
+        let x = extract_all(texts, &self.rarity);
+        let p = softmax(&self.logits(&x));
+        let (best, conf) = most_likely(&p);
+        Reading {
+            kind: (conf >= self.min_confidence).then_some(best),
+            confidence: f64::from(conf),
+            difficulty: difficulty_of(&self.difficulty_w, &x),
+        }
+    }
+
+    /// The probability that a cheap tier's answer is not accepted where a
+    /// strong tier's would be.
+    pub fn difficulty(&self, text: &str) -> f64 {
+        difficulty_of(&self.difficulty_w, &extract(text, &self.rarity))
+    }
+
+    /// The `n` features that moved the request's score most, either way:
+    /// a word's weight, or a structural feature's weight times its distance
+    /// from the mean request.
+    /// Words are read back from the texts given (the caller's own request,
+    /// shown to the operator who typed it; nothing is kept).
+    pub fn drivers(&self, texts: &[&str], n: usize) -> Vec<Driver> {
+        let x = extract_all(texts, &self.rarity);
+        let w = &self.difficulty_w;
+        let mut out: Vec<Driver> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut push = |out: &mut Vec<Driver>, slot: u64, name: String| {
+            let slot = slot as usize;
+            if seen.insert(slot) {
+                let effect = f64::from(w[slot] * x.gram_value);
+                if effect != 0.0 {
+                    out.push(Driver { feature: name, effect });
+                }
+            }
+        };
+        let mut prev: Option<(u64, String)> = None;
+        for (i, word) in words(texts).into_iter().enumerate() {
+            let h = word_hash(word.as_bytes());
+            push(&mut out, h & MASK, format!("word:{word}"));
+            if word.len() > STEM && word.is_char_boundary(STEM) {
+                let st = xxhash_rust::xxh3::xxh3_64_with_seed(&word.as_bytes()[..STEM], SEED_STEM);
+                push(&mut out, st & MASK, format!("stem:{}", &word[..STEM]));
+            }
+            if (i as u32) < LEAD_WORDS {
+                push(
+                    &mut out,
+                    (h ^ SEED_LEAD).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 49,
+                    format!("lead:{word}"),
+                );
+            }
+            if let Some((p, pw)) = &prev {
+                let b = xxhash_rust::xxh3::xxh3_64_with_seed(&p.to_le_bytes(), h ^ SEED_BI);
+                push(&mut out, b & MASK, format!("pair:{pw} {word}"));
+            }
+            prev = Some((h, word));
+        }
+        for (d, &v) in x.dense.iter().enumerate() {
+            let effect = f64::from(w[BUCKETS + d] * (v - self.dense_means[d]));
+            if effect != 0.0 {
+                out.push(Driver {
+                    feature: DENSE_NAMES[d].to_string(),
+                    effect,
+                });
+            }
+        }
+        out.sort_by(|a, b| b.effect.abs().total_cmp(&a.effect.abs()));
+        out.truncate(n);
+        out
     }
 
     /// The most likely kind, or `general` below the confidence threshold.
     pub fn classify(&self, text: &str) -> KindGuess {
         let x = extract(text, &self.rarity);
         let p = softmax(&self.logits(&x));
-        let (best, conf) = p
-            .iter()
-            .enumerate()
-            .fold((0, f32::MIN), |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc });
+        let (best, conf) = most_likely(&p);
         let kind = if conf >= self.min_confidence {
             self.kinds[best].clone()
         } else {
@@ -405,6 +602,26 @@ impl Understanding {
     }
 }
 
+/// The words of `texts` as the extractor reads them (lower-cased runs of
+/// letters and digits, at most [`MAX_WORDS`]).
+fn words(texts: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in texts {
+        let mut word = String::new();
+        for c in t.chars().chain(std::iter::once(' ')) {
+            if c.is_alphanumeric() {
+                word.extend(c.to_lowercase());
+            } else if !word.is_empty() {
+                out.push(std::mem::take(&mut word));
+                if out.len() >= MAX_WORDS {
+                    return out;
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The difficulty model's probability for an extracted request, from its
 /// weights (grams, dense, bias).
 pub fn difficulty_of(w: &[f32], x: &Extracted) -> f64 {
@@ -416,6 +633,39 @@ pub fn difficulty_of(w: &[f32], x: &Extracted) -> f64 {
         z += w[BUCKETS + d] * v;
     }
     1.0 / (1.0 + (-f64::from(z)).exp())
+}
+
+/// The index and probability of the most likely kind.
+fn most_likely(p: &[f32]) -> (usize, f32) {
+    p.iter()
+        .enumerate()
+        .fold((0, f32::MIN), |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc })
+}
+
+/// The area under the ROC curve of scores for their labels (ties count
+/// half): how the trainer and the evaluation judge a score.
+pub fn auc(pairs: &mut [(f64, bool)]) -> f64 {
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut rank_sum, mut pos, mut i) = (0f64, 0f64, 0usize);
+    while i < pairs.len() {
+        let mut j = i;
+        while j < pairs.len() && pairs[j].0 == pairs[i].0 {
+            j += 1;
+        }
+        let mid = (i + j + 1) as f64 / 2.0;
+        for p in &pairs[i..j] {
+            if p.1 {
+                rank_sum += mid;
+                pos += 1.0;
+            }
+        }
+        i = j;
+    }
+    let neg = pairs.len() as f64 - pos;
+    if pos == 0.0 || neg == 0.0 {
+        return 0.5;
+    }
+    (rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg)
 }
 
 pub fn softmax(z: &[f32]) -> Vec<f32> {
@@ -487,7 +737,7 @@ mod tests {
             ),
         ] {
             assert_eq!(m.classify(text).kind, kind, "{text}");
-            let d = m.difficulty(text).expect("the shipped file has a difficulty model");
+            let d = m.difficulty(text);
             assert!(d > 0.0 && d < 1.0, "{d}");
         }
     }
@@ -497,14 +747,17 @@ mod tests {
         let body = Body {
             provenance: "test".into(),
             buckets: BUCKETS,
+            grams: GRAMS.into(),
             dense_names: DENSE_NAMES.iter().map(|s| s.to_string()).collect(),
             kinds: vec!["code".into(), "chat".into()],
             min_confidence: 0.4,
             scale: 1.0,
             kind_weights: vec![0; (BUCKETS + DENSE + 1) * 2],
             rarity_rle: vec![(BUCKETS as u32, 0)],
-            difficulty_scale: 0.0,
-            difficulty_weights: Vec::new(),
+            difficulty_scale: 1.0,
+            difficulty_weights: vec![0; BUCKETS + DENSE + 1],
+            calibration: vec![1; SCORE_BINS],
+            dense_means: vec![0.0; DENSE],
         };
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("m.json");

@@ -44,6 +44,8 @@ impl From<Routed> for pb::RouteResponse {
             (m.name.clone(), m.provider.clone(), m.api_model.clone())
         };
         let task_class = r.task_class().to_string();
+        let est = &r.planned.est;
+        let (task_kind, task_kind_source) = (est.task_kind.clone(), est.task_kind_source.as_str().to_string());
         let d = r.planned.decision;
         pb::RouteResponse {
             decision_id: r.decision_id,
@@ -63,6 +65,8 @@ impl From<Routed> for pb::RouteResponse {
             required_tier: d.required_tier as u32,
             task_class,
             provider_model,
+            task_kind,
+            task_kind_source,
         }
     }
 }

@@ -148,6 +148,8 @@ impl Router for RouterService {
                     span.set(attr::ROUTE_STATUS, routed.status.as_str());
                     span.set(attr::ROUTE_RULE, &d.rule);
                     span.set(attr::COMPLEXITY, routed.planned.est.complexity);
+                    span.set(attr::TASK_KIND, &routed.planned.est.task_kind);
+                    span.set(attr::TASK_KIND_SOURCE, routed.planned.est.task_kind_source.as_str());
                     if let Some(left) = self.sidecar.router.budget_remaining(&routed) {
                         span.set(attr::BUDGET_REMAINING_USD, crate::money::nanos_to_usd(left));
                     }

@@ -21,6 +21,7 @@
 //! own), and whether effects (audit, metrics) are recorded.
 
 pub mod call;
+pub mod sketch;
 
 use std::sync::Arc;
 
@@ -34,12 +35,13 @@ use crate::budget::{Admission, BudgetGate, Call};
 use crate::decide::{available_tiers, decide, Candidate, Decision, RouteInput};
 use crate::error::Error;
 use crate::estimate::cache::{ContextCache, Fingerprints};
-use crate::estimate::{compute_work, estimate, Estimate, Role};
+use crate::estimate::{asked, compute_work, estimate, Estimate};
 use crate::metrics::Metrics;
 use crate::outcome::learn::{Features, Learned, Learner, LearningGate, Request, RoutedCall};
 use crate::outcome::whatif::{Logged, Snapshot};
 use crate::rules::reload::Rules;
 use crate::rules::{Model, RuleTable, Workflow};
+use sketch::ScoreSketches;
 
 /// Content above this many bytes is estimated on the blocking pool, so that
 /// one huge request cannot stall the runtime's workers for other callers.
@@ -132,6 +134,12 @@ pub struct Router {
     /// blocking pool, at most this many at once (the rest wait their turn,
     /// holding no thread), so that small Routes keep a core; `None`: no bound.
     pub large_requests: Option<Arc<tokio::sync::Semaphore>>,
+    /// Each workflow's complexity histogram, which `top_share` rules read;
+    /// `None` reads the model's calibration alone.
+    pub sketches: Option<Arc<ScoreSketches>>,
+    /// Count each Route in `sketches` (`serve` and `replay`; `explain` only
+    /// reads).
+    pub observe_scores: bool,
 }
 
 /// What the budget and the outcome's history add to a request.
@@ -178,7 +186,12 @@ impl Router {
         // 3. Estimate and decide.
         let trace = self.trace;
         let (call, planned, candidates) = if call.content_bytes() > INLINE_CONTENT_BYTES {
-            let (t, cache, learning) = (table.clone(), self.cache.clone(), self.learning.clone());
+            let (t, cache, learning, sketches) = (
+                table.clone(),
+                self.cache.clone(),
+                self.learning.clone(),
+                self.sketches.clone(),
+            );
             let turn = match &self.large_requests {
                 Some(s) => Some(
                     s.clone()
@@ -198,7 +211,10 @@ impl Router {
                         w,
                         &call,
                         steer,
-                        cache.as_deref(),
+                        Across {
+                            cache: cache.as_deref(),
+                            sketches: sketches.as_deref(),
+                        },
                         &*learning,
                         trace.then_some(&mut candidates),
                     )
@@ -213,13 +229,19 @@ impl Router {
                 workflow,
                 &call,
                 steer,
-                self.cache.as_deref(),
+                Across {
+                    cache: self.cache.as_deref(),
+                    sketches: self.sketches.as_deref(),
+                },
                 &*self.learning,
                 trace.then_some(&mut candidates),
             );
             (call, p, candidates)
         };
         let mut planned = Box::new(planned?);
+        if let (Some(s), true) = (&self.sketches, self.observe_scores) {
+            s.observe(&table.understanding, &workflow.name, planned.est.complexity);
+        }
 
         // 4. Reserve.
         let d = &planned.decision;
@@ -375,7 +397,7 @@ fn plan_with(
     workflow: &Workflow,
     call: &RouteCall,
     steer: Steer,
-    cache: Option<&ContextCache>,
+    across: Across<'_>,
     learning: &dyn LearningGate,
     trace: Option<&mut Vec<Candidate>>,
 ) -> Result<Planned, Error> {
@@ -383,7 +405,17 @@ fn plan_with(
         learner: learning.learner(),
         draw: learning.draw(),
     };
-    plan(table, workflow, call, steer, cache, Some(learn), trace)
+    plan(table, workflow, call, steer, across, Some(learn), trace)
+}
+
+/// What [`plan`] reads that outlives one call; the default is neither.
+#[derive(Clone, Copy, Default)]
+pub struct Across<'a> {
+    /// Message work reused across calls, and the prefixes warm on each model.
+    pub cache: Option<&'a ContextCache>,
+    /// Places the request's score in its workflow's traffic (`None`: the
+    /// model's calibration alone).
+    pub sketches: Option<&'a ScoreSketches>,
 }
 
 /// Estimates and decides one call: pure CPU, no I/O.
@@ -396,10 +428,11 @@ pub fn plan(
     workflow: &Workflow,
     call: &RouteCall,
     steer: Steer,
-    cache: Option<&ContextCache>,
+    across: Across<'_>,
     learn: Option<LearnWith<'_>>,
     trace: Option<&mut Vec<Candidate>>,
 ) -> Result<Planned, Error> {
+    let Across { cache, sketches } = across;
     let messages = call.message_refs();
     let (work, fingerprints) = match cache {
         Some(c) => {
@@ -408,7 +441,7 @@ pub fn plan(
         }
         None => (compute_work(&messages, &workflow.encodings), None),
     };
-    let est = estimate(
+    let mut est = estimate(
         table,
         workflow,
         &call.task_kind,
@@ -416,6 +449,9 @@ pub fn plan(
         &work,
         call.max_output_tokens,
     );
+    if let Some(s) = sketches {
+        est.complexity_quantile = s.quantile(&table.understanding, &workflow.name, est.complexity);
+    }
     let cached = match (cache, &fingerprints) {
         (Some(c), Some(fps)) => c.cached_tokens(table, workflow, fps, &work),
         _ => Vec::new(),
@@ -430,13 +466,7 @@ pub fn plan(
     };
     let mut features = None;
     if let Some(l) = learn.filter(|_| workflow.learning.enabled) {
-        // The user's messages, newest first: the current ask leads.
-        let has_user = messages.iter().any(|m| m.role == Role::User);
-        let texts = messages
-            .iter()
-            .rev()
-            .filter(|m| !has_user || m.role == Role::User)
-            .map(|m| m.content);
+        let texts = asked(&messages).map(|m| m.content);
         let request = Request {
             task_kind: &est.task_kind,
             complexity: &est.features,

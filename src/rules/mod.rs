@@ -353,6 +353,9 @@ pub struct Rule {
     pub task_classes: Vec<usize>,
     pub min_complexity: f64,
     pub max_complexity: f64,
+    /// Matches the hardest this share of the workflow's traffic: a request
+    /// whose complexity quantile is at least `1 - top_share`.
+    pub top_share: Option<f64>,
     pub min_attempt: u32,
     pub max_attempt: u32,
     pub requirement: Requirement,
@@ -360,14 +363,30 @@ pub struct Rule {
 
 impl Rule {
     /// Whether the rule applies. The complexity band is `[min, max)`, except
-    /// that a band ending at 1.0 includes 1.0.
-    pub fn matches(&self, workflow: &str, task_kind: &str, class: usize, complexity: f64, attempt: u32) -> bool {
+    /// that a band ending at 1.0 includes 1.0. `quantile` is the request's
+    /// complexity quantile within its workflow.
+    pub fn matches(
+        &self,
+        workflow: &str,
+        task_kind: &str,
+        class: usize,
+        (complexity, quantile): (f64, f64),
+        attempt: u32,
+    ) -> bool {
         self.workflow.as_deref().is_none_or(|w| w == workflow)
             && (self.task_kinds.is_empty() || self.task_kinds.iter().any(|k| k == task_kind))
             && (self.task_classes.is_empty() || self.task_classes.contains(&class))
             && complexity >= self.min_complexity
             && (complexity < self.max_complexity || (self.max_complexity >= 1.0 && complexity <= 1.0))
+            && self.top_share.is_none_or(|s| quantile >= 1.0 - s)
             && (self.min_attempt..=self.max_attempt).contains(&attempt)
+    }
+}
+
+impl RuleTable {
+    /// Whether `kind` is a task kind or a class of this table.
+    pub fn knows_kind(&self, kind: &str) -> bool {
+        self.task_kinds.contains_key(kind) || self.classes.iter().any(|c| c == kind)
     }
 }
 
@@ -382,6 +401,9 @@ pub struct RuleTable {
     pub classes: Vec<String>,
     pub rules: Vec<Rule>,
     pub default_output_tokens: u64,
+    /// Reads a request's task kind and difficulty (the shipped model, or the
+    /// file `[settings] understanding_model` names).
+    pub understanding: std::sync::Arc<crate::estimate::understand::Understanding>,
     /// The files it was loaded from, in load order.
     pub files: Vec<PathBuf>,
     /// A fingerprint of the files' bytes, to tell a real change from a touch.

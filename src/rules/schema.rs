@@ -27,6 +27,9 @@ pub struct RawFile {
 pub struct RawSettings {
     /// Output tokens predicted when neither the request nor its task kind says.
     pub default_output_tokens: Option<u64>,
+    /// The understanding model (task kind and difficulty score), relative to
+    /// this file; the model the binary ships with when not given.
+    pub understanding_model: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,6 +196,8 @@ pub struct RawRule {
     pub task_classes: Vec<String>,
     pub min_complexity: Option<f64>,
     pub max_complexity: Option<f64>,
+    /// The hardest such share (0 to 1) of the workflow's traffic.
+    pub top_share: Option<f64>,
     pub min_attempt: Option<u32>,
     pub max_attempt: Option<u32>,
     /// The tier the request's task class needs.

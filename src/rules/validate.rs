@@ -121,6 +121,7 @@ impl Validator<'_> {
         let mut raw_kinds = Vec::new();
         let mut raw_rules = Vec::new();
         let mut default_output_tokens = None;
+        let mut understanding = None;
         let mut settings_origin: Option<usize> = None;
         for (file, raw) in parsed {
             if let Some(s) = raw.settings {
@@ -136,6 +137,17 @@ impl Validator<'_> {
                 }
                 settings_origin = Some(file);
                 default_output_tokens = s.default_output_tokens;
+                if let Some(name) = &s.understanding_model {
+                    let dir = self.sources[file].path.parent().unwrap_or(std::path::Path::new("."));
+                    match crate::estimate::understand::Understanding::load(&dir.join(name)) {
+                        Ok(m) => understanding = Some(std::sync::Arc::new(m)),
+                        Err(e) => {
+                            let d =
+                                self.sources[file].locate(&[Seg::Key("settings"), Seg::Key("understanding_model")], e);
+                            self.diagnostics.push(d);
+                        }
+                    }
+                }
                 if let Some(n) = s.default_output_tokens {
                     if n == 0 || n > MAX_TOKENS_SETTING {
                         let d = self.sources[file].locate(
@@ -184,6 +196,16 @@ impl Validator<'_> {
         let rules = self.rules(&raw_rules, &models, &workflows, &classes);
 
         let workflow_index = workflows.iter().enumerate().map(|(i, w)| (w.name.clone(), i)).collect();
+        let understanding = match understanding {
+            Some(m) => m,
+            None => crate::estimate::understand::Understanding::shipped().unwrap_or_else(|e| {
+                // Only a build whose embedded model is damaged gets here; its
+                // own test catches that before it ships.
+                let d = self.sources[0].locate(&[], format!("the shipped understanding model: {e}"));
+                self.diagnostics.push(d);
+                std::sync::Arc::new(crate::estimate::understand::Understanding::empty())
+            }),
+        };
         RuleTable {
             models,
             workflows,
@@ -192,6 +214,7 @@ impl Validator<'_> {
             classes,
             rules,
             default_output_tokens: default_output_tokens.unwrap_or(DEFAULT_OUTPUT_TOKENS),
+            understanding,
             files: self.sources.iter().map(|s| s.path.clone()).collect(),
             content_hash: content_hash(self.sources.iter().map(|s| (s.path.as_path(), s.text.as_bytes()))),
         }
@@ -484,6 +507,16 @@ impl Validator<'_> {
                     format!("the complexity band [{min_c}, {max_c}] must lie within 0 to 1 with min <= max"),
                 );
             }
+            if let Some(s) = r.top_share {
+                if !(s > 0.0 && s <= 1.0) {
+                    self.error(
+                        o,
+                        "rules",
+                        &["top_share"],
+                        format!("top_share {s} must be above 0 and at most 1 (0.2: the hardest 20% of the workflow's traffic)"),
+                    );
+                }
+            }
             let min_a = r.min_attempt.unwrap_or(1);
             let max_a = r.max_attempt.unwrap_or(u32::MAX);
             if min_a > max_a {
@@ -542,6 +575,7 @@ impl Validator<'_> {
                 task_classes,
                 min_complexity: min_c,
                 max_complexity: max_c,
+                top_share: r.top_share,
                 min_attempt: min_a,
                 max_attempt: max_a,
                 requirement,

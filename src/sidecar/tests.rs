@@ -53,6 +53,8 @@ fn fixture(at: &str) -> Fixture {
             effects: None,
             trace: false,
             large_requests: None,
+            sketches: None,
+            observe_scores: false,
         },
         rules,
         store,

@@ -53,6 +53,8 @@ pub mod attr {
     pub const ROUTE_STATUS: &str = "switchyard.route.status";
     pub const ROUTE_RULE: &str = "switchyard.route.rule";
     pub const COMPLEXITY: &str = "switchyard.complexity";
+    pub const TASK_KIND: &str = "switchyard.task_kind";
+    pub const TASK_KIND_SOURCE: &str = "switchyard.task_kind.source";
     pub const BUDGET_REMAINING_USD: &str = "switchyard.budget.remaining.usd";
     pub const FEEDBACK_ACCEPTED: &str = "switchyard.feedback.accepted";
     pub const ESCALATION_ID: &str = "switchyard.escalation.id";

@@ -9,6 +9,27 @@ use crate::outcome::learn::LearnEvent;
 
 #[async_trait::async_trait]
 impl LearningStore for RedisStore {
+    async fn merge_score_counts(&self, workflow: &str, model: &str, counts: &[u32]) -> Result<Vec<u64>, StoreError> {
+        // One hash per workflow and model, bin -> Routes; every sidecar adds
+        // its counts into it, so each reads the fleet's histogram.
+        let key = format!("{}score:{model}", self.tag(workflow));
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (bin, &n) in counts.iter().enumerate().filter(|(_, &n)| n > 0) {
+            pipe.cmd("HINCRBY").arg(&key).arg(bin).arg(n).ignore();
+        }
+        pipe.cmd("HGETALL").arg(&key);
+        let mut c = self.conn.clone();
+        let (all,): (Vec<(u32, u64)>,) = self.bounded(async move { pipe.query_async(&mut c).await }).await?;
+        let mut out = vec![0u64; crate::estimate::understand::SCORE_BINS];
+        for (bin, n) in all {
+            if let Some(slot) = out.get_mut(bin as usize) {
+                *slot = n;
+            }
+        }
+        Ok(out)
+    }
+
     async fn append_learning(&self, workflow: &str, window: u64, events: &[&LearnEvent]) -> Result<(), StoreError> {
         let key = format!("{}learn", self.tag(workflow));
         let mut pipe = redis::pipe();

@@ -5,6 +5,7 @@ use rusqlite::{params, OptionalExtension};
 
 use super::{exec, unavailable, SqliteStore};
 use crate::budget::{LearningStore, StoreError, REJECTION_TTL_MS};
+use crate::estimate::understand::SCORE_BINS;
 use crate::outcome::learn::LearnEvent;
 
 /// Labelled calls of `workflow` after `cursor` (a sequence number; `""`:
@@ -38,8 +39,44 @@ pub(super) fn since(
     Ok(out)
 }
 
+/// A workflow's complexity histogram under `model`, one count per bin.
+pub(super) fn score_counts(conn: &rusqlite::Connection, workflow: &str, model: &str) -> Result<Vec<u64>, StoreError> {
+    let mut out = vec![0u64; SCORE_BINS];
+    let mut st = conn
+        .prepare_cached("SELECT bin, n FROM score_counts WHERE workflow = ?1 AND model = ?2")
+        .map_err(unavailable)?;
+    let rows = st
+        .query_map(params![workflow, model], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+        })
+        .map_err(unavailable)?;
+    for row in rows {
+        let (bin, n) = row.map_err(unavailable)?;
+        if let Some(slot) = usize::try_from(bin).ok().and_then(|b| out.get_mut(b)) {
+            *slot = n.max(0) as u64;
+        }
+    }
+    Ok(out)
+}
+
 #[async_trait::async_trait]
 impl LearningStore for SqliteStore {
+    async fn merge_score_counts(&self, workflow: &str, model: &str, counts: &[u32]) -> Result<Vec<u64>, StoreError> {
+        let (workflow, model, counts) = (workflow.to_string(), model.to_string(), counts.to_vec());
+        self.with(move |conn| {
+            for (bin, &n) in counts.iter().enumerate().filter(|(_, &n)| n > 0) {
+                exec(
+                    conn,
+                    "INSERT INTO score_counts (workflow, model, bin, n) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (workflow, model, bin) DO UPDATE SET n = n + excluded.n",
+                    params![workflow, model, bin as i64, i64::from(n)],
+                )?;
+            }
+            score_counts(conn, &workflow, &model)
+        })
+        .await
+    }
+
     async fn append_learning(&self, workflow: &str, window: u64, events: &[&LearnEvent]) -> Result<(), StoreError> {
         let workflow = workflow.to_string();
         let bodies: Vec<Vec<u8>> = events.iter().map(|e| e.encode_body()).collect();

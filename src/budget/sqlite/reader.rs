@@ -46,6 +46,14 @@ impl StoreView for Reader {
         super::learning::since(&self.conn(), workflow, cursor, max)
     }
 
+    async fn view_score_counts(&self, workflow: &str, model: &str) -> Result<Vec<u64>, StoreError> {
+        match super::learning::score_counts(&self.conn(), workflow, model) {
+            // A store an older build wrote has no histogram yet.
+            Err(e) if e.to_string().contains("no such table") => Ok(vec![0; crate::estimate::understand::SCORE_BINS]),
+            other => other,
+        }
+    }
+
     async fn view_rejected_tier(&self, workflow: &str, outcome_id: &str) -> Result<Option<u8>, StoreError> {
         self.conn()
             .query_row(

@@ -87,3 +87,14 @@ CREATE TABLE IF NOT EXISTS rejections (
     PRIMARY KEY (workflow, outcome_id)
 );
 CREATE INDEX IF NOT EXISTS rejections_at ON rejections (at_ms);
+
+-- Each workflow's complexity histogram under each understanding model
+-- (its checksum tag): how many Routes scored in each bin, which `top_share`
+-- rules read as quantiles.
+CREATE TABLE IF NOT EXISTS score_counts (
+    workflow TEXT NOT NULL,
+    model TEXT NOT NULL,
+    bin INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (workflow, model, bin)
+);

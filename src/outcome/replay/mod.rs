@@ -513,6 +513,8 @@ impl<'a> Replayer<'a> {
                 effects: None,
                 trace: false,
                 large_requests: None,
+                sketches: Some(Arc::new(crate::route::sketch::ScoreSketches::new())),
+                observe_scores: true,
             },
             learning,
             rt,

@@ -89,18 +89,41 @@ pub fn labels(ledger: &Ledger) -> HashMap<&str, f64> {
 fn estimate_under(table: &RuleTable, workflow: &crate::rules::Workflow, s: &Snapshot) -> Estimate {
     let like = crate::estimate::estimated_as(table, workflow, &s.task_kind);
     let class = table.class_of(like);
-    let f = &s.complexity_features;
-    let at = |i: usize| f.get(i).copied().unwrap_or(0.0);
-    let features = crate::estimate::complexity::Features {
-        length: at(0),
-        code: at(1),
-        math: at(2),
-        multi_step: at(3),
-        constraints: at(4),
-        reasoning: at(5),
-        questions: at(6),
-        structured: at(7),
-        task_prior: table.task_kind(like).map_or(at(8), |k| k.complexity_prior),
+    // By name where the snapshot records names; by position before that.
+    const POSITIONS: [&str; 9] = [
+        "length",
+        "code",
+        "math",
+        "multi_step",
+        "constraints",
+        "reasoning",
+        "questions",
+        "structured",
+        "task_prior",
+    ];
+    let recorded = |k: &str| match s.features.get(k) {
+        Some(v) => Some(*v),
+        None => POSITIONS
+            .iter()
+            .position(|p| *p == k)
+            .and_then(|i| s.complexity_features.get(i).copied()),
+    };
+    let mut features = crate::estimate::complexity::Features::from_named(recorded);
+    if let Some(k) = table.task_kind(like) {
+        features.task_prior = k.complexity_prior;
+    }
+    // The score the decision was made with; a snapshot from before the
+    // understanding model has none, and is scored as it was then.
+    let complexity = s.complexity.unwrap_or_else(|| features.score());
+    let complexity_quantile = if s.complexity.is_some() && s.complexity_model == table.understanding.tag() {
+        s.complexity_quantile
+    } else {
+        crate::estimate::quantile_in(table.understanding.calibration(), &[], complexity)
+    };
+    let task_kind_source = match s.task_kind_source.as_str() {
+        "inferred" => crate::estimate::KindSource::Inferred,
+        "default" => crate::estimate::KindSource::Default,
+        _ => crate::estimate::KindSource::Declared,
     };
     let mut input_tokens = [0u64; 2];
     for (i, t) in s.input_tokens.iter().take(2).enumerate() {
@@ -108,7 +131,10 @@ fn estimate_under(table: &RuleTable, workflow: &crate::rules::Workflow, s: &Snap
     }
     Estimate {
         input_tokens,
-        complexity: features.score(),
+        complexity,
+        complexity_quantile,
+        task_kind_source,
+        task_kind_confidence: s.task_kind_confidence,
         features,
         output_tokens: predicted_output_tokens(table, workflow, &s.task_kind, s.max_output_tokens),
         task_kind: s.task_kind.clone(),

@@ -16,7 +16,8 @@ use crate::rules::{Capabilities, RuleTable, Workflow};
 /// One decision, as logged.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Snapshot {
-    /// The task kind the request named (or the workflow's default).
+    /// The task kind the request was estimated as: named, inferred or the
+    /// workflow's default (`task_kind_source`).
     #[prost(string, tag = "1")]
     pub task_kind: String,
     /// Input tokens per encoding (o200k, cl100k), 0 where not counted.
@@ -28,7 +29,8 @@ pub struct Snapshot {
     /// The predicted output tokens the decision priced.
     #[prost(uint64, tag = "4")]
     pub output_tokens: u64,
-    /// The complexity features, in `complexity::Features` order.
+    /// The complexity features, in `complexity::Features` order: snapshots
+    /// written before `features` was, read as such.
     #[prost(double, repeated, tag = "5")]
     pub complexity_features: Vec<f64>,
     #[prost(uint32, tag = "6")]
@@ -63,6 +65,24 @@ pub struct Snapshot {
     /// The prefix tokens priced at the cached rate.
     #[prost(uint64, tag = "16")]
     pub cached_tokens: u64,
+    /// The complexity score; absent in snapshots from before the
+    /// understanding model, whose score is computed again from
+    /// `complexity_features`.
+    #[prost(double, optional, tag = "17")]
+    pub complexity: Option<f64>,
+    /// The understanding model that scored it (its checksum tag).
+    #[prost(string, tag = "18")]
+    pub complexity_model: String,
+    #[prost(double, tag = "19")]
+    pub complexity_quantile: f64,
+    /// `declared`, `inferred` or `default`; empty before kinds were inferred.
+    #[prost(string, tag = "20")]
+    pub task_kind_source: String,
+    #[prost(double, tag = "21")]
+    pub task_kind_confidence: f64,
+    /// The complexity features by name (`complexity::Features` field names).
+    #[prost(btree_map = "string, double", tag = "22")]
+    pub features: std::collections::BTreeMap<String, f64>,
 }
 
 /// One available tier of a logged decision.
@@ -141,17 +161,13 @@ impl Snapshot {
             input_tokens: l.est.input_tokens.to_vec(),
             max_output_tokens: l.max_output_tokens,
             output_tokens: l.est.output_tokens,
-            complexity_features: vec![
-                f.length,
-                f.code,
-                f.math,
-                f.multi_step,
-                f.constraints,
-                f.reasoning,
-                f.questions,
-                f.structured,
-                f.task_prior,
-            ],
+            complexity_features: Vec::new(),
+            features: f.named().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            complexity: Some(l.est.complexity),
+            complexity_model: l.table.understanding.tag().to_string(),
+            complexity_quantile: l.est.complexity_quantile,
+            task_kind_source: l.est.task_kind_source.as_str().to_string(),
+            task_kind_confidence: l.est.task_kind_confidence,
             attempt: l.attempt,
             deferrable: l.deferrable,
             capabilities: u32::from(l.capabilities.0),

@@ -1,0 +1,222 @@
+//! Where a request's complexity falls in its workflow's traffic: a
+//! histogram of scores per workflow, which `top_share` rules read.
+//!
+//! The score is a probability, so its range is fixed: [`SCORE_BINS`] equal
+//! bins hold it to within 1% of score, and two histograms merge by adding
+//! their counts. That is what lets every sidecar of a fleet add its counts
+//! into one shared histogram per workflow, and what a general-purpose
+//! quantile sketch (t-digest, GK, DDSketch) would give up for a range this
+//! one does not have.
+//!
+//! A workflow's histogram starts from the model's own calibration, weighed
+//! as [`PRIOR_REQUESTS`](crate::estimate::PRIOR_REQUESTS) requests, so that
+//! a `top_share` rule works from the first request; the workflow's own
+//! traffic outweighs it after a few hundred.
+//!
+//! Counts are kept per model (its checksum tag): scores of two models are
+//! not comparable. Each Route adds one to its bin here; the server's flush
+//! task adds the pending counts into the store every few seconds and reads
+//! back the merged totals (the fleet's, with a shared store). Counts that
+//! fail to reach the store stay pending for the next flush.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::estimate::quantile_in;
+use crate::estimate::understand::{score_bin, Understanding, SCORE_BINS};
+use crate::hashing::FastMap;
+
+/// One workflow's histogram under one model.
+struct Sketch {
+    /// Counts added here and not yet in the store.
+    pending: Vec<AtomicU32>,
+    /// The store's totals as last read (including this sidecar's flushed
+    /// counts).
+    stored: Vec<AtomicU64>,
+}
+
+impl Sketch {
+    fn new() -> Sketch {
+        Sketch {
+            pending: (0..SCORE_BINS).map(|_| AtomicU32::new(0)).collect(),
+            stored: (0..SCORE_BINS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn counts(&self) -> Vec<u64> {
+        self.pending
+            .iter()
+            .zip(&self.stored)
+            .map(|(p, s)| u64::from(p.load(Ordering::Relaxed)) + s.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+/// The histograms of every workflow, keyed by model tag and workflow.
+#[derive(Default)]
+pub struct ScoreSketches {
+    by_key: RwLock<FastMap<(String, String), Arc<Sketch>>>,
+}
+
+/// Counts waiting for the store: (model tag, workflow, count per bin).
+pub type Pending = Vec<(String, String, Vec<u32>)>;
+
+impl ScoreSketches {
+    pub fn new() -> ScoreSketches {
+        ScoreSketches::default()
+    }
+
+    fn get(&self, model: &str, workflow: &str) -> Option<Arc<Sketch>> {
+        let map = self.by_key.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Looked up without allocating a key: the map is small, and this is
+        // on every Route.
+        map.iter()
+            .find(|((m, w), _)| m == model && w == workflow)
+            .map(|(_, s)| s.clone())
+    }
+
+    fn get_or_add(&self, model: &str, workflow: &str) -> Arc<Sketch> {
+        if let Some(s) = self.get(model, workflow) {
+            return s;
+        }
+        let mut map = self.by_key.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry((model.to_string(), workflow.to_string()))
+            .or_insert_with(|| Arc::new(Sketch::new()))
+            .clone()
+    }
+
+    /// The share of `workflow`'s traffic scoring below `score`.
+    pub fn quantile(&self, model: &Understanding, workflow: &str, score: f64) -> f64 {
+        match self.get(model.tag(), workflow) {
+            Some(s) => quantile_in(model.calibration(), &s.counts(), score),
+            None => quantile_in(model.calibration(), &[], score),
+        }
+    }
+
+    /// Counts one request of `workflow`.
+    pub fn observe(&self, model: &Understanding, workflow: &str, score: f64) {
+        let s = self.get_or_add(model.tag(), workflow);
+        s.pending[score_bin(score)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes the counts not yet in the store.
+    pub fn take_pending(&self) -> Pending {
+        let map = self.by_key.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out = Vec::new();
+        for ((model, workflow), s) in map.iter() {
+            let counts: Vec<u32> = s.pending.iter().map(|p| p.swap(0, Ordering::Relaxed)).collect();
+            if counts.iter().any(|&c| c > 0) {
+                out.push((model.clone(), workflow.clone(), counts));
+            }
+        }
+        out
+    }
+
+    /// Puts back counts the store did not take, for the next flush.
+    pub fn restore(&self, pending: Pending) {
+        for (model, workflow, counts) in pending {
+            let s = self.get_or_add(&model, &workflow);
+            for (p, c) in s.pending.iter().zip(counts) {
+                p.fetch_add(c, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Sets the store's totals for a workflow (they include every count
+    /// this sidecar flushed).
+    pub fn set_stored(&self, model: &str, workflow: &str, totals: &[u64]) {
+        let s = self.get_or_add(model, workflow);
+        for (slot, &t) in s.stored.iter().zip(totals) {
+            slot.store(t, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds the pending counts into `store` and reads back every workflow's
+    /// totals under `table`'s model (the fleet's, with a shared store).
+    /// Counts the store does not take stay pending; the first error is
+    /// returned after every workflow was tried.
+    pub async fn sync(
+        &self,
+        store: &dyn crate::budget::LearningStore,
+        table: &crate::rules::RuleTable,
+    ) -> Result<(), crate::error::StoreError> {
+        let mut failed = Vec::new();
+        let mut first_error = None;
+        let mut synced: Vec<(String, String)> = Vec::new();
+        for (model, workflow, counts) in self.take_pending() {
+            match store.merge_score_counts(&workflow, &model, &counts).await {
+                Ok(totals) => self.set_stored(&model, &workflow, &totals),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    failed.push((model.clone(), workflow.clone(), counts));
+                }
+            }
+            synced.push((model, workflow));
+        }
+        self.restore(failed);
+        let tag = table.understanding.tag();
+        for w in &table.workflows {
+            if synced.iter().any(|(m, x)| m == tag && x == &w.name) {
+                continue;
+            }
+            match store.merge_score_counts(&w.name, tag, &[]).await {
+                Ok(totals) => self.set_stored(tag, &w.name, &totals),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// A workflow's counts as this sidecar sees them (stored plus pending).
+    pub fn counts(&self, model: &str, workflow: &str) -> Vec<u64> {
+        self.get(model, workflow)
+            .map_or_else(|| vec![0; SCORE_BINS], |s| s.counts())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model() -> Arc<Understanding> {
+        Understanding::shipped().expect("the shipped model")
+    }
+
+    #[test]
+    fn a_workflow_starts_from_the_calibration_and_moves_to_its_own_traffic() {
+        let m = model();
+        let s = ScoreSketches::new();
+        let prior = s.quantile(&m, "w", 0.5);
+        assert!((0.05..0.95).contains(&prior), "{prior}");
+        // A workflow whose traffic all scores 0.9: 0.5 is soon near the bottom.
+        for _ in 0..2_000 {
+            s.observe(&m, "w", 0.9);
+        }
+        let after = s.quantile(&m, "w", 0.5);
+        assert!(after < prior && after < 0.15, "{after} vs {prior}");
+        assert!(s.quantile(&m, "w", 0.95) > 0.9);
+        // Another workflow is untouched.
+        assert_eq!(s.quantile(&m, "v", 0.5), prior);
+    }
+
+    #[test]
+    fn pending_counts_move_to_the_store_and_back_when_it_fails() {
+        let m = model();
+        let s = ScoreSketches::new();
+        s.observe(&m, "w", 0.31);
+        s.observe(&m, "w", 0.31);
+        let p = s.take_pending();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].2[score_bin(0.31)], 2);
+        assert!(s.take_pending().is_empty(), "taken once");
+        s.restore(p);
+        let p = s.take_pending();
+        assert_eq!(p[0].2.iter().sum::<u32>(), 2, "a failed flush loses nothing");
+        let mut totals = vec![0u64; SCORE_BINS];
+        totals[score_bin(0.31)] = 7;
+        s.set_stored(m.tag(), "w", &totals);
+        assert_eq!(s.counts(m.tag(), "w")[score_bin(0.31)], 7);
+    }
+}
