@@ -11,7 +11,9 @@
 //!   (hashed words and bigrams) and a prediction for each of the workflow's
 //!   tiers, on a model that has learned 5,000 calls;
 //! - `learn-update`: one labelled call folded into the model (off the hot
-//!   path: the learning task does this).
+//!   path: the learning task does this);
+//! - `understand/N`: the task kind and the difficulty score of an N-token
+//!   request, from one pass (the shipped understanding model).
 //!
 //! Prompts are real MMLU questions from `../shared/bench-data/replay/` when
 //! that folder is present, otherwise varied generated English.
@@ -93,6 +95,19 @@ fn bench(c: &mut Criterion) {
             b.iter(|| decide(black_box(&rules), wf, &input, black_box(&est), &[], None))
         });
     }
+
+    let mut group = c.benchmark_group("understand");
+    for n in [200u64, 1_000, 8_000] {
+        let text = prompt_of(&corpus, n);
+        group.throughput(Throughput::Elements(n));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &text, |b, text| {
+            b.iter(|| rules.understanding.read(&[black_box(text.as_str())]))
+        });
+        group.bench_with_input(BenchmarkId::new("extract", n), &text, |b, text| {
+            b.iter(|| switchyard::estimate::understand::extract(black_box(text.as_str()), &rules.understanding.rarity))
+        });
+    }
+    group.finish();
 
     let mut group = c.benchmark_group("estimate+decide");
     for n in [200u64, 1_000, 8_000] {

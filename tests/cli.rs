@@ -393,3 +393,99 @@ fn simulate_refuses_flags_out_of_range_with_the_range() {
         );
     }
 }
+
+/// A rules file may name its own understanding model; a missing or damaged
+/// one is an error at its key, and so is a `top_share` outside 0 to 1.
+#[test]
+fn check_refuses_a_missing_or_damaged_model_and_a_bad_top_share() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rules = dir.path().join("rules.toml");
+    let shipped = std::fs::read_to_string(repo_path("routing-rules/default.toml")).expect("read");
+    let check = |text: &str| {
+        std::fs::write(&rules, text).expect("write");
+        let out = Command::new(BIN)
+            .args(["check", "--rules"])
+            .arg(&rules)
+            .output()
+            .expect("run");
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let naming = |file: &str| {
+        shipped.replacen(
+            "[settings]\n",
+            &format!("[settings]\nunderstanding_model = \"{file}\"\n"),
+            1,
+        )
+    };
+
+    let (ok, err) = check(&naming("missing.json"));
+    assert!(!ok);
+    let prefix = format!("{}:", rules.display());
+    let loc: Vec<&str> = err
+        .strip_prefix(&prefix)
+        .expect("the file first")
+        .splitn(3, ':')
+        .collect();
+    assert!(
+        loc[0].parse::<usize>().is_ok() && loc[1].parse::<usize>().is_ok(),
+        "{err}"
+    );
+    assert!(loc[2].contains("`settings.understanding_model`"), "{err}");
+    assert!(
+        err.contains("missing.json") && err.contains("train-understanding"),
+        "{err}"
+    );
+
+    // A copy of the shipped model loads; one edited byte is refused.
+    let model = std::fs::read_to_string(repo_path("models/understanding.json")).expect("model");
+    std::fs::write(dir.path().join("copy.json"), &model).expect("write");
+    let (ok, err) = check(&naming("copy.json"));
+    assert!(ok, "{err}");
+    std::fs::write(
+        dir.path().join("damaged.json"),
+        model.replacen("\"kinds\"", "\"kindz\"", 1),
+    )
+    .expect("write");
+    let (ok, err) = check(&naming("damaged.json"));
+    assert!(!ok && err.contains("SHA-256") && err.contains("damaged.json"), "{err}");
+
+    let (ok, err) = check(&shipped.replacen("top_share = 0.10", "top_share = 1.5", 1));
+    assert!(!ok && err.contains("top_share 1.5") && err.contains("`rules["), "{err}");
+}
+
+/// `explain` says where the kind came from and how sure the classifier is,
+/// where the score falls in the workflow, and what moved it.
+#[test]
+fn explain_shows_the_inferred_kind_its_confidence_and_the_scores_drivers() {
+    let run = |args: &[&str]| -> serde_json::Value {
+        let out = Command::new(BIN)
+            .args(["explain", "--rules"])
+            .arg(repo_path("routing-rules"))
+            .args(args)
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    };
+    let v = run(&["Design a lock-free queue in Rust and prove it linearizable"]);
+    assert_eq!(v["task_kind"], "code");
+    assert_eq!(v["task_kind_source"], "inferred");
+    assert!(v["task_kind_confidence"].as_f64().expect("confidence") > 0.5);
+    assert!(v["decision"]["tier"].as_u64().expect("tier") >= 4, "{v}");
+    let q = v["complexity_quantile"].as_f64().expect("quantile");
+    assert!((0.0..=1.0).contains(&q));
+    let drivers = v["complexity_drivers"].as_array().expect("drivers");
+    assert!(!drivers.is_empty() && drivers.len() <= 6);
+    assert!(drivers.iter().all(|d| d["feature"].is_string() && d["effect"].is_f64()));
+
+    let easy = run(&["What is the capital of France?"]);
+    assert!(easy["decision"]["tier"].as_u64().expect("tier") <= 2, "{easy}");
+    assert!(easy["complexity_quantile"].as_f64() < Some(q));
+
+    let declared = run(&["--task-kind", "translation", "Design a lock-free queue"]);
+    assert_eq!(
+        (declared["task_kind"].as_str(), declared["task_kind_source"].as_str()),
+        (Some("translation"), Some("declared"))
+    );
+    assert_eq!(declared["task_kind_confidence"], 1.0);
+}

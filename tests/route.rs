@@ -423,3 +423,52 @@ tier = 4
         "{err}"
     );
 }
+
+/// Each workflow's complexity histogram is counted per Route, stored when
+/// the server stops, and read back by `explain` (and the next start): the
+/// quantiles `top_share` rules read follow the workflow's own traffic.
+#[tokio::test]
+async fn complexity_quantiles_are_kept_in_the_store_across_a_restart() {
+    let state = tempfile::tempdir().expect("state");
+    let dir = state.path().to_str().expect("utf-8 path");
+    let server = Server::start(&repo_path("routing-rules"), &["--state-dir", dir]);
+    let mut client = server.client().await;
+    for i in 0..40 {
+        client
+            .route(request("general", &format!("What is {i} plus {i}?")))
+            .await
+            .expect("routes");
+    }
+    assert!(server.terminate().success());
+    let explain = |state: &str| -> serde_json::Value {
+        let out = std::process::Command::new(BIN)
+            .args(["explain", "--rules"])
+            .arg(repo_path("routing-rules"))
+            .args(["--state-dir", state, "What is 7 plus 7?"])
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    };
+    let kept = explain(dir);
+    assert_eq!(kept["understanding_model"]["workflow_requests_scored"], 40, "{kept}");
+    let empty = tempfile::tempdir().expect("empty");
+    let fresh = explain(empty.path().to_str().expect("utf-8"));
+    assert_eq!(fresh["understanding_model"]["workflow_requests_scored"], 0);
+    // Forty requests like this one: it is no longer below as much of the
+    // workflow's traffic as the calibration alone says.
+    assert_ne!(
+        kept["complexity_quantile"], fresh["complexity_quantile"],
+        "{kept}\n{fresh}"
+    );
+
+    // The next start reads the histogram back and adds to it.
+    let server = Server::start(&repo_path("routing-rules"), &["--state-dir", dir]);
+    let mut client = server.client().await;
+    client
+        .route(request("general", "What is 1 plus 1?"))
+        .await
+        .expect("routes");
+    assert!(server.terminate().success());
+    assert_eq!(explain(dir)["understanding_model"]["workflow_requests_scored"], 41);
+}

@@ -200,6 +200,8 @@ async fn spans_reach_a_real_otlp_receiver_inside_the_callers_trace() {
         ("switchyard.decision.id", r.decision_id.as_str()),
         ("switchyard.route.status", "routed"),
         ("switchyard.route.rule", r.rule.as_str()),
+        ("switchyard.task_kind", r.task_kind.as_str()),
+        ("switchyard.task_kind.source", r.task_kind_source.as_str()),
     ] {
         assert_eq!(a.get(k).map(String::as_str), Some(v), "{k} on Route: {a:?}");
     }

@@ -46,6 +46,10 @@ pub const WEIGHTS: Features = Features {
     task_prior: 0.10,
 };
 
+/// The names of [`Features::named`], comma-separated, as snapshots record
+/// them beside the values.
+pub const FEATURE_NAMES: &str = "length,code,math,multi_step,constraints,reasoning,questions,structured,task_prior";
+
 impl Features {
     /// The fields by name, as snapshots record them.
     pub fn named(&self) -> [(&'static str, f64); 9] {

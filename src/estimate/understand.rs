@@ -38,7 +38,7 @@ const STEM: usize = 5;
 const LEAD_WORDS: u32 = 6;
 /// The gram scheme, recorded in the model file: a file trained on other
 /// grams than this build extracts is refused.
-pub const GRAMS: &str = "words+bigrams+stem5+lead6";
+pub const GRAMS: &str = "fnv1a-mix: words+bigrams+stem5+lead6";
 
 /// The names of the structural features, in order (recorded in the model
 /// file, so that a file and a build that disagree are caught).
@@ -87,13 +87,66 @@ pub struct Extracted {
     pub dense: [f32; DENSE],
 }
 
-fn word_hash(w: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64_with_seed(w, SEED_UNI)
+/// FNV-1a over a word's lower-cased bytes, finished by a 64-bit mixer: a
+/// word is hashed as it is read, one multiply a byte, with its first
+/// [`STEM`] bytes' state kept for the stem gram (xxh3 per word, stem and
+/// pair was 40% of a 1k-token read).
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+#[inline(always)]
+fn fnv_step(h: u64, b: u8) -> u64 {
+    (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
 }
 
-/// A word's rarity slot in the frequency table (same hash, own range).
+#[inline(always)]
+fn mix(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// A word's hash, from its FNV state.
+#[inline(always)]
+fn word_of(state: u64) -> u64 {
+    mix(state ^ SEED_UNI)
+}
+
+/// The grams one word gives: (slot, what it is) for `drivers`; the
+/// extractor pushes the same slots.
+#[inline(always)]
+fn stem_slot(state_at_stem: u64) -> u32 {
+    (mix(state_at_stem ^ SEED_STEM) & MASK) as u32
+}
+
+#[inline(always)]
+fn lead_slot(h: u64) -> u32 {
+    (mix(h ^ SEED_LEAD) & MASK) as u32
+}
+
+#[inline(always)]
+fn pair_slot(prev: u64, h: u64) -> u32 {
+    (mix(prev.rotate_left(23) ^ h ^ SEED_BI) & MASK) as u32
+}
+
+/// The FNV state of a whole lower-cased word, and of its first [`STEM`]
+/// bytes when it is longer than that and a character ends there.
+fn hash_word(w: &str) -> (u64, Option<u64>) {
+    let (mut h, mut stem) = (FNV_OFFSET, None);
+    for (i, &b) in w.as_bytes().iter().enumerate() {
+        h = fnv_step(h, b);
+        if i + 1 == STEM && w.len() > STEM && w.is_char_boundary(STEM) {
+            stem = Some(h);
+        }
+    }
+    (h, stem)
+}
+
+/// A word's rarity slot in the frequency table (its unigram slot).
 pub fn rarity_slot(word: &str) -> usize {
-    (word_hash(word.as_bytes()) & MASK) as usize
+    (word_of(hash_word(word).0) & MASK) as usize
 }
 
 /// Reads `text` once. `rarity` is the model's table (Zipf frequency × 10 per
@@ -102,135 +155,258 @@ pub fn extract(text: &str, rarity: &[u8]) -> Extracted {
     extract_all(&[text], rarity)
 }
 
-/// Reads several texts as one, each on its own line (a request's messages).
-pub fn extract_all(texts: &[&str], rarity: &[u8]) -> Extracted {
-    let mut grams: Vec<u32> = Vec::with_capacity(256);
-    let (mut words, mut word_bytes, mut upper, mut letters, mut non_ascii) = (0u32, 0u32, 0u32, 0u32, 0u32);
-    let (mut digits, mut numbers, mut operators, mut code, mut lists, mut questions, mut latex, mut lines) =
-        (0u32, 0u32, 0u32, 0u32, 0u32, 0u32, 0u32, 1u32);
-    let (mut rarity_sum, mut rare, mut known) = (0u32, 0u32, 0u32);
-    let mut prev: Option<u64> = None;
-    let mut word = String::with_capacity(32);
-    let mut at_line_start = true;
-    let mut prev_char = ' ';
-    let mut in_number = false;
-    let mut finish = |word: &mut String, prev: &mut Option<u64>, grams: &mut Vec<u32>| {
-        if word.is_empty() {
+/// The counts of one read, and the word being read.
+#[derive(Default)]
+struct Reader {
+    words: u32,
+    word_bytes: u32,
+    upper: u32,
+    letters: u32,
+    non_ascii: u32,
+    digits: u32,
+    numbers: u32,
+    operators: u32,
+    code: u32,
+    lists: u32,
+    questions: u32,
+    latex: u32,
+    lines: u32,
+    rarity_sum: u32,
+    rare: u32,
+    known: u32,
+    /// The word being read: its length in bytes, FNV state, the state at
+    /// its stem, whether it is letters only.
+    len: usize,
+    state: u64,
+    stem: Option<u64>,
+    alpha: bool,
+    prev: Option<u64>,
+    at_line_start: bool,
+    prev_byte: u8,
+    in_number: bool,
+}
+
+/// Each gram once: a short request's few are sorted (cheaper than clearing
+/// a bitset of every slot), a long one's are filtered through the bitset.
+fn distinct(grams: &mut Vec<u32>) {
+    if grams.len() <= 256 {
+        grams.sort_unstable();
+        grams.dedup();
+        return;
+    }
+    let mut seen = [0u64; BUCKETS / 64];
+    grams.retain(|&slot| {
+        let (w, bit) = ((slot >> 6) as usize, 1u64 << (slot & 63));
+        let new = seen[w] & bit == 0;
+        seen[w] |= bit;
+        new
+    });
+}
+
+impl Reader {
+    #[inline(always)]
+    fn push_byte(&mut self, b: u8) {
+        if self.len == 0 {
+            self.state = FNV_OFFSET;
+            self.stem = None;
+            self.alpha = true;
+        }
+        self.state = fnv_step(self.state, b);
+        self.len += 1;
+    }
+
+    /// After a whole character's lower-cased bytes: a stem ends here when
+    /// the word has just reached [`STEM`] bytes.
+    #[inline(always)]
+    fn char_done(&mut self) {
+        if self.len == STEM {
+            self.stem = Some(self.state);
+        }
+    }
+
+    #[inline(always)]
+    fn finish(&mut self, rarity: &[u8], grams: &mut Vec<u32>) {
+        if self.len == 0 {
             return;
         }
-        words += 1;
-        word_bytes += word.len() as u32;
-        if (words as usize) <= MAX_WORDS {
-            let h = word_hash(word.as_bytes());
-            grams.push((h & MASK) as u32);
-            if word.len() > STEM && word.is_char_boundary(STEM) {
-                let st = xxhash_rust::xxh3::xxh3_64_with_seed(&word.as_bytes()[..STEM], SEED_STEM);
-                grams.push((st & MASK) as u32);
-            }
-            if words <= LEAD_WORDS {
-                grams.push(((h ^ SEED_LEAD).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 49) as u32);
-            }
-            if let Some(p) = *prev {
-                let b = xxhash_rust::xxh3::xxh3_64_with_seed(&p.to_le_bytes(), h ^ SEED_BI);
-                grams.push((b & MASK) as u32);
-            }
-            *prev = Some(h);
-            if !rarity.is_empty() && word.chars().all(|c| c.is_alphabetic()) {
-                let z = rarity[(h & MASK) as usize];
-                if z == 0 {
-                    rare += 1;
-                } else {
-                    known += 1;
-                    rarity_sum += u32::from(z);
-                    if z < 30 {
-                        rare += 1;
-                    }
+        let len = std::mem::take(&mut self.len);
+        self.words += 1;
+        self.word_bytes += len as u32;
+        if self.words as usize > MAX_WORDS {
+            return;
+        }
+        let h = word_of(self.state);
+        let mut push = |slot: u32| grams.push(slot);
+        push((h & MASK) as u32);
+        if let (Some(st), true) = (self.stem, len > STEM) {
+            push(stem_slot(st));
+        }
+        if self.words <= LEAD_WORDS {
+            push(lead_slot(h));
+        }
+        if let Some(p) = self.prev {
+            push(pair_slot(p, h));
+        }
+        self.prev = Some(h);
+        if !rarity.is_empty() && self.alpha {
+            let z = rarity[(h & MASK) as usize];
+            if z == 0 {
+                self.rare += 1;
+            } else {
+                self.known += 1;
+                self.rarity_sum += u32::from(z);
+                if z < 30 {
+                    self.rare += 1;
                 }
             }
         }
-        word.clear();
-    };
-    let chars = texts
-        .iter()
-        .enumerate()
-        .flat_map(|(i, t)| (i > 0).then_some('\n').into_iter().chain(t.chars()));
-    for c in chars {
-        if c.is_alphanumeric() {
-            if c.is_ascii_digit() {
-                digits += 1;
-                if !in_number && word.is_empty() {
-                    numbers += 1;
-                }
-                in_number = word.is_empty() || in_number;
-            } else {
-                letters += 1;
-                if c.is_uppercase() {
-                    upper += 1;
-                }
-                if !c.is_ascii() {
-                    non_ascii += 1;
-                }
+    }
+
+    /// A character that is not part of a word.
+    #[inline(always)]
+    fn other(&mut self, c: char) {
+        match c {
+            '\n' => {
+                self.lines += 1;
+                self.at_line_start = true;
+                return;
             }
-            for l in c.to_lowercase() {
-                word.push(l);
-            }
-        } else {
-            in_number = in_number && (c == '.' || c == ',') && prev_char.is_ascii_digit();
-            finish(&mut word, &mut prev, &mut grams);
-            match c {
-                '\n' => {
-                    lines += 1;
-                    at_line_start = true;
-                    prev_char = c;
-                    continue;
-                }
-                '?' => questions += 1,
-                '+' | '*' | '/' | '=' | '^' | '<' | '>' | '%' => operators += 1,
-                '-' if at_line_start => lists += 1,
-                '-' => operators += 1,
-                '{' | '}' | ';' | '`' | '[' | ']' => code += 1,
-                '$' | '\\' => latex += 1,
-                '•' => lists += 1,
-                _ => {}
-            }
+            '?' => self.questions += 1,
+            '+' | '*' | '/' | '=' | '^' | '<' | '>' | '%' => self.operators += 1,
+            '-' if self.at_line_start => self.lists += 1,
+            '-' => self.operators += 1,
+            '{' | '}' | ';' | '`' | '[' | ']' => self.code += 1,
+            '$' | '\\' => self.latex += 1,
+            '•' => self.lists += 1,
+            _ => {}
         }
         if !c.is_whitespace() {
-            if at_line_start && c.is_ascii_digit() {
-                lists += 1;
-            }
-            at_line_start = false;
+            self.at_line_start = false;
         }
-        prev_char = c;
     }
-    finish(&mut word, &mut prev, &mut grams);
-    grams.sort_unstable();
-    grams.dedup();
+}
+
+/// Reads several texts as one, each on its own line (a request's messages),
+/// up to [`MAX_WORDS`] words; past them, only the length is estimated (from
+/// the bytes left), so that a long request costs no more than a 1k-word one.
+pub fn extract_all(texts: &[&str], rarity: &[u8]) -> Extracted {
+    let mut grams: Vec<u32> = Vec::with_capacity(64);
+    let mut r = Reader {
+        lines: 1,
+        at_line_start: true,
+        prev_byte: b' ',
+        ..Reader::default()
+    };
+    let total_bytes: usize = texts.iter().map(|t| t.len() + 1).sum();
+    let mut read_bytes = 0usize;
+    'texts: for (t, text) in texts.iter().enumerate() {
+        if t > 0 {
+            r.finish(rarity, &mut grams);
+            r.in_number = false;
+            r.other('\n');
+            r.prev_byte = b'\n';
+        }
+        let b = text.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if r.words as usize > MAX_WORDS {
+                read_bytes += i;
+                break 'texts;
+            }
+            let c = b[i];
+            if c.is_ascii() {
+                i += 1;
+                if c.is_ascii_alphanumeric() {
+                    if c.is_ascii_digit() {
+                        r.digits += 1;
+                        if !r.in_number && r.len == 0 {
+                            r.numbers += 1;
+                        }
+                        r.in_number = r.len == 0 || r.in_number;
+                        if r.at_line_start {
+                            r.lists += 1;
+                        }
+                        r.push_byte(c);
+                        r.alpha = false;
+                    } else {
+                        r.letters += 1;
+                        if c.is_ascii_uppercase() {
+                            r.upper += 1;
+                        }
+                        r.push_byte(c.to_ascii_lowercase());
+                    }
+                    r.char_done();
+                    r.at_line_start = false;
+                } else {
+                    r.in_number = r.in_number && (c == b'.' || c == b',') && r.prev_byte.is_ascii_digit();
+                    r.finish(rarity, &mut grams);
+                    r.other(c as char);
+                }
+                r.prev_byte = c;
+                continue;
+            }
+            // A character beyond ASCII: decoded, and lower-cased by Unicode.
+            let ch = text[i..].chars().next().unwrap_or(' ');
+            i += ch.len_utf8();
+            if ch.is_alphanumeric() {
+                r.letters += 1;
+                r.non_ascii += 1;
+                if ch.is_uppercase() {
+                    r.upper += 1;
+                }
+                let alpha = ch.is_alphabetic();
+                for l in ch.to_lowercase() {
+                    let mut buf = [0u8; 4];
+                    for &lb in l.encode_utf8(&mut buf).as_bytes() {
+                        r.push_byte(lb);
+                    }
+                }
+                r.alpha &= alpha;
+                r.char_done();
+                r.at_line_start = false;
+            } else {
+                r.in_number = false;
+                r.finish(rarity, &mut grams);
+                r.other(ch);
+            }
+            r.prev_byte = b' ';
+        }
+        read_bytes += b.len() + 1;
+    }
+    r.finish(rarity, &mut grams);
+    distinct(&mut grams);
+    // Past MAX_WORDS, the words not read are estimated from the bytes left.
+    let words = if read_bytes < total_bytes && read_bytes > 0 {
+        (f64::from(r.words) * total_bytes as f64 / read_bytes as f64) as u32
+    } else {
+        r.words
+    };
     let ln = |n: u32, scale: f32| ((1.0 + n as f32).ln() / scale).min(2.0);
     let share = |n: u32, of: u32| if of == 0 { 0.0 } else { n as f32 / of as f32 };
-    let counted = known + rare;
+    let counted = r.known + r.rare;
     let dense = [
         ln(words, 8.0),
-        share(digits, digits + letters),
-        ln(numbers, 4.0),
-        ln(operators, 4.0),
-        ln(code, 5.0),
-        ln(lists, 3.0),
-        ln(questions, 3.0),
-        ln(latex, 4.0),
-        share(non_ascii, letters),
-        ln(lines, 5.0),
-        if words == 0 {
+        share(r.digits, r.digits + r.letters),
+        ln(r.numbers, 4.0),
+        ln(r.operators, 4.0),
+        ln(r.code, 5.0),
+        ln(r.lists, 3.0),
+        ln(r.questions, 3.0),
+        ln(r.latex, 4.0),
+        share(r.non_ascii, r.letters),
+        ln(r.lines, 5.0),
+        if r.words == 0 {
             0.0
         } else {
-            (word_bytes as f32 / words as f32 / 10.0).min(2.0)
+            (r.word_bytes as f32 / r.words as f32 / 10.0).min(2.0)
         },
-        share(upper, letters),
-        if known == 0 {
+        share(r.upper, r.letters),
+        if r.known == 0 {
             0.0
         } else {
-            rarity_sum as f32 / known as f32 / 80.0
+            r.rarity_sum as f32 / r.known as f32 / 80.0
         },
-        share(rare, counted),
+        share(r.rare, counted),
     ];
     let gram_value = if grams.is_empty() {
         0.0
@@ -540,7 +716,7 @@ impl Understanding {
         let w = &self.difficulty_w;
         let mut out: Vec<Driver> = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        let mut push = |out: &mut Vec<Driver>, slot: u64, name: String| {
+        let mut push = |out: &mut Vec<Driver>, slot: u32, name: String| {
             let slot = slot as usize;
             if seen.insert(slot) {
                 let effect = f64::from(w[slot] * x.gram_value);
@@ -551,22 +727,17 @@ impl Understanding {
         };
         let mut prev: Option<(u64, String)> = None;
         for (i, word) in words(texts).into_iter().enumerate() {
-            let h = word_hash(word.as_bytes());
-            push(&mut out, h & MASK, format!("word:{word}"));
-            if word.len() > STEM && word.is_char_boundary(STEM) {
-                let st = xxhash_rust::xxh3::xxh3_64_with_seed(&word.as_bytes()[..STEM], SEED_STEM);
-                push(&mut out, st & MASK, format!("stem:{}", &word[..STEM]));
+            let (state, stem) = hash_word(&word);
+            let h = word_of(state);
+            push(&mut out, (h & MASK) as u32, format!("word:{word}"));
+            if let Some(st) = stem {
+                push(&mut out, stem_slot(st), format!("stem:{}", &word[..STEM]));
             }
             if (i as u32) < LEAD_WORDS {
-                push(
-                    &mut out,
-                    (h ^ SEED_LEAD).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 49,
-                    format!("lead:{word}"),
-                );
+                push(&mut out, lead_slot(h), format!("lead:{word}"));
             }
             if let Some((p, pw)) = &prev {
-                let b = xxhash_rust::xxh3::xxh3_64_with_seed(&p.to_le_bytes(), h ^ SEED_BI);
-                push(&mut out, b & MASK, format!("pair:{pw} {word}"));
+                push(&mut out, pair_slot(*p, h), format!("pair:{pw} {word}"));
             }
             prev = Some((h, word));
         }
@@ -713,7 +884,10 @@ mod tests {
         assert!(a.dense[3] > 0.0, "operators");
         assert!(a.dense[5] > 0.0, "list items");
         assert!(a.dense[6] > 0.0, "a question");
-        assert!(a.grams.windows(2).all(|w| w[0] < w[1]), "sorted and distinct");
+        let mut distinct = a.grams.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), a.grams.len(), "each gram once");
         assert!((a.gram_value - 1.0 / (a.grams.len() as f32).sqrt()).abs() < 1e-6);
         assert_eq!(extract("", &[]).grams.len(), 0);
     }

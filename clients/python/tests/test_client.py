@@ -136,6 +136,8 @@ def test_feedback_and_outcomes_reach_the_report(server):
     sidecar = Sidecar(server.target)
     oid = outcome()
     d = sidecar.route("support", [{"role": "user", "content": "Refund order 77"}], outcome_id=oid)
+    # No task kind was given: the decision says what it was routed as, and why.
+    assert d.task_kind and d.task_kind_source in ("inferred", "default")
     cost = sidecar.report_usage(d, input_tokens=100, output_tokens=10)
     assert cost == nanos(100, 2.0) + nanos(10, 8.0)
     sidecar.feedback(d, accepted=True)

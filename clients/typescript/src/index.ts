@@ -30,6 +30,10 @@ export interface Decision {
   traceparent: string;
   outcomeId: string;
   workflow: string;
+  /** The task kind the call was routed as. */
+  taskKind: string;
+  /** Where taskKind came from: "declared", "inferred" (read from the text) or "default". */
+  taskKindSource: string;
 }
 
 /** A workflow's budget this period, in nano-USD. */
@@ -193,6 +197,8 @@ export class Sidecar {
       traceparent: r.traceparent,
       outcomeId: req.outcomeId ?? "",
       workflow: req.workflow,
+      taskKind: r.taskKind ?? "",
+      taskKindSource: r.taskKindSource ?? "",
     };
   }
 

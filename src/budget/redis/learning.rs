@@ -13,8 +13,9 @@ impl LearningStore for RedisStore {
         // One hash per workflow and model, bin -> Routes; every sidecar adds
         // its counts into it, so each reads the fleet's histogram.
         let key = format!("{}score:{model}", self.tag(workflow));
+        // Each HINCRBY is atomic by itself; in order on the key's node, the
+        // HGETALL after them sees them (a cluster refuses MULTI here).
         let mut pipe = redis::pipe();
-        pipe.atomic();
         for (bin, &n) in counts.iter().enumerate().filter(|(_, &n)| n > 0) {
             pipe.cmd("HINCRBY").arg(&key).arg(bin).arg(n).ignore();
         }

@@ -114,6 +114,42 @@ async fn decision_snapshots_are_kept_for_their_retention(store: &Arc<dyn Store>,
 pub async fn learning_conforms(store: Arc<dyn LearningStore>, ns: &str) {
     labelled_calls_are_kept_in_order_within_the_window(&store, ns).await;
     rejections_keep_the_highest_tier_per_outcome(&store, ns).await;
+    score_histograms_add_up_per_workflow_and_model(&store, ns).await;
+}
+
+/// Counts add into one histogram per workflow and model, whoever adds them;
+/// an empty merge only reads; another workflow or model is apart.
+async fn score_histograms_add_up_per_workflow_and_model(store: &Arc<dyn LearningStore>, ns: &str) {
+    use crate::estimate::understand::SCORE_BINS;
+    let wf = format!("{ns}scores");
+    let empty = store.merge_score_counts(&wf, "m1", &[]).await.expect("read");
+    assert_eq!(empty, vec![0; SCORE_BINS]);
+    let mut counts = vec![0u32; SCORE_BINS];
+    counts[3] = 2;
+    counts[SCORE_BINS - 1] = 5;
+    let once = store.merge_score_counts(&wf, "m1", &counts).await.expect("merge");
+    assert_eq!((once[3], once[SCORE_BINS - 1], once.iter().sum::<u64>()), (2, 5, 7));
+    // Two sidecars adding at once: nothing is lost.
+    let (a, b) = tokio::join!(
+        store.merge_score_counts(&wf, "m1", &counts),
+        store.merge_score_counts(&wf, "m1", &counts)
+    );
+    a.expect("a");
+    b.expect("b");
+    let now = store.merge_score_counts(&wf, "m1", &[]).await.expect("read");
+    assert_eq!((now[3], now[SCORE_BINS - 1]), (6, 15));
+    assert_eq!(
+        store.merge_score_counts(&wf, "m2", &[]).await.expect("read"),
+        vec![0; SCORE_BINS],
+        "another model's scores are not comparable"
+    );
+    assert_eq!(
+        store
+            .merge_score_counts(&format!("{wf}-other"), "m1", &[])
+            .await
+            .expect("read"),
+        vec![0; SCORE_BINS]
+    );
 }
 
 async fn rejections_keep_the_highest_tier_per_outcome(store: &Arc<dyn LearningStore>, ns: &str) {

@@ -101,12 +101,16 @@ fn estimate_under(table: &RuleTable, workflow: &crate::rules::Workflow, s: &Snap
         "structured",
         "task_prior",
     ];
-    let recorded = |k: &str| match s.features.get(k) {
-        Some(v) => Some(*v),
-        None => POSITIONS
+    let names: Vec<&str> = if s.complexity_feature_names.is_empty() {
+        POSITIONS.to_vec()
+    } else {
+        s.complexity_feature_names.split(',').collect()
+    };
+    let recorded = |k: &str| {
+        names
             .iter()
             .position(|p| *p == k)
-            .and_then(|i| s.complexity_features.get(i).copied()),
+            .and_then(|i| s.complexity_features.get(i).copied())
     };
     let mut features = crate::estimate::complexity::Features::from_named(recorded);
     if let Some(k) = table.task_kind(like) {
@@ -369,5 +373,71 @@ pub fn effective_sample(rows: &[Row]) -> (f64, f64) {
         (sum * sum / squares, least)
     } else {
         (0.0, 0.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::estimate::complexity::Features;
+
+    fn table() -> RuleTable {
+        RuleTable::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("routing-rules")).expect("shipped rules")
+    }
+
+    /// A snapshot from before the understanding model has no score and its
+    /// features by position: it is scored as it was then. A new one carries
+    /// its score, its model, and its features by name in any order.
+    #[test]
+    fn old_snapshots_are_scored_as_then_and_new_ones_by_name() {
+        let t = table();
+        let w = t.workflow("general").expect("general");
+        let old_features = vec![0.5, 0.2, 0.0, 0.0, 0.0, 0.5, 0.25, 0.0, 0.0];
+        let old = Snapshot {
+            task_kind: "general".into(),
+            complexity_features: old_features.clone(),
+            ..Default::default()
+        };
+        let est = estimate_under(&t, w, &old);
+        let f = Features {
+            length: 0.5,
+            code: 0.2,
+            reasoning: 0.5,
+            questions: 0.25,
+            ..Default::default()
+        };
+        assert_eq!(est.features, f);
+        assert!((est.complexity - f.score()).abs() < 1e-12, "the old score");
+        assert_eq!(est.task_kind_source, crate::estimate::KindSource::Declared);
+
+        let new = Snapshot {
+            task_kind: "code".into(),
+            complexity_features: vec![0.25, 0.5],
+            complexity_feature_names: "reasoning,length".into(),
+            complexity: Some(0.7),
+            complexity_model: t.understanding.tag().to_string(),
+            complexity_quantile: 0.9,
+            task_kind_source: "inferred".into(),
+            task_kind_confidence: 0.8,
+            ..Default::default()
+        };
+        let est = estimate_under(&t, w, &new);
+        assert_eq!((est.features.reasoning, est.features.length), (0.25, 0.5));
+        assert_eq!((est.complexity, est.complexity_quantile), (0.7, 0.9));
+        assert_eq!(est.task_kind_source, crate::estimate::KindSource::Inferred);
+        // Under another model, the recorded score is placed in that model's
+        // calibration rather than trusted for its quantile.
+        let other = Snapshot {
+            complexity_model: "another".into(),
+            ..new
+        };
+        let q = estimate_under(&t, w, &other).complexity_quantile;
+        assert_eq!(q, crate::estimate::quantile_in(t.understanding.calibration(), &[], 0.7));
+        assert_eq!(
+            crate::estimate::complexity::FEATURE_NAMES
+                .split(',')
+                .collect::<Vec<_>>(),
+            f.named().iter().map(|(k, _)| *k).collect::<Vec<_>>()
+        );
     }
 }

@@ -80,9 +80,11 @@ pub struct Snapshot {
     pub task_kind_source: String,
     #[prost(double, tag = "21")]
     pub task_kind_confidence: f64,
-    /// The complexity features by name (`complexity::Features` field names).
-    #[prost(btree_map = "string, double", tag = "22")]
-    pub features: std::collections::BTreeMap<String, f64>,
+    /// The names of `complexity_features`, in their order, comma-separated
+    /// (empty in snapshots from before names were kept: the original nine,
+    /// in `complexity::Features` order).
+    #[prost(string, tag = "22")]
+    pub complexity_feature_names: String,
 }
 
 /// One available tier of a logged decision.
@@ -161,8 +163,8 @@ impl Snapshot {
             input_tokens: l.est.input_tokens.to_vec(),
             max_output_tokens: l.max_output_tokens,
             output_tokens: l.est.output_tokens,
-            complexity_features: Vec::new(),
-            features: f.named().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            complexity_features: f.named().iter().map(|(_, v)| *v).collect(),
+            complexity_feature_names: crate::estimate::complexity::FEATURE_NAMES.to_string(),
             complexity: Some(l.est.complexity),
             complexity_model: l.table.understanding.tag().to_string(),
             complexity_quantile: l.est.complexity_quantile,

@@ -76,6 +76,10 @@ class Decision:
     #: The outcome the call works towards, and its workflow (for `outcome`).
     outcome_id: str = ""
     workflow: str = ""
+    #: The task kind the call was routed as, and where it came from:
+    #: "declared", "inferred" (read from the text) or "default".
+    task_kind: str = ""
+    task_kind_source: str = ""
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,8 @@ def _decision(r: pb.RouteResponse, outcome_id: Optional[str], workflow: str) -> 
         traceparent=r.traceparent,
         outcome_id=outcome_id or "",
         workflow=workflow,
+        task_kind=r.task_kind,
+        task_kind_source=r.task_kind_source,
     )
 
 

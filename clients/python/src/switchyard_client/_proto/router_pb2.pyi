@@ -71,7 +71,7 @@ class RouteRequest(_message.Message):
     def __init__(self, workflow: _Optional[str] = ..., outcome_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., attempt: _Optional[int] = ..., task_kind: _Optional[str] = ..., max_output_tokens: _Optional[int] = ..., deferrable: bool = ..., labels: _Optional[_Mapping[str, str]] = ..., required_capabilities: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RouteResponse(_message.Message):
-    __slots__ = ("decision_id", "model", "provider", "status", "escalation_id", "complexity", "input_tokens", "cached_input_tokens", "estimated_output_tokens", "estimated_cost_nanousd", "rule", "reason", "traceparent", "required_tier", "task_class", "provider_model")
+    __slots__ = ("decision_id", "model", "provider", "status", "escalation_id", "complexity", "input_tokens", "cached_input_tokens", "estimated_output_tokens", "estimated_cost_nanousd", "rule", "reason", "traceparent", "required_tier", "task_class", "provider_model", "task_kind", "task_kind_source")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +88,8 @@ class RouteResponse(_message.Message):
     REQUIRED_TIER_FIELD_NUMBER: _ClassVar[int]
     TASK_CLASS_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_MODEL_FIELD_NUMBER: _ClassVar[int]
+    TASK_KIND_FIELD_NUMBER: _ClassVar[int]
+    TASK_KIND_SOURCE_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     model: str
     provider: str
@@ -104,7 +106,9 @@ class RouteResponse(_message.Message):
     required_tier: int
     task_class: str
     provider_model: str
-    def __init__(self, decision_id: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., status: _Optional[_Union[RouteStatus, str]] = ..., escalation_id: _Optional[str] = ..., complexity: _Optional[float] = ..., input_tokens: _Optional[int] = ..., cached_input_tokens: _Optional[int] = ..., estimated_output_tokens: _Optional[int] = ..., estimated_cost_nanousd: _Optional[int] = ..., rule: _Optional[str] = ..., reason: _Optional[str] = ..., traceparent: _Optional[str] = ..., required_tier: _Optional[int] = ..., task_class: _Optional[str] = ..., provider_model: _Optional[str] = ...) -> None: ...
+    task_kind: str
+    task_kind_source: str
+    def __init__(self, decision_id: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., status: _Optional[_Union[RouteStatus, str]] = ..., escalation_id: _Optional[str] = ..., complexity: _Optional[float] = ..., input_tokens: _Optional[int] = ..., cached_input_tokens: _Optional[int] = ..., estimated_output_tokens: _Optional[int] = ..., estimated_cost_nanousd: _Optional[int] = ..., rule: _Optional[str] = ..., reason: _Optional[str] = ..., traceparent: _Optional[str] = ..., required_tier: _Optional[int] = ..., task_class: _Optional[str] = ..., provider_model: _Optional[str] = ..., task_kind: _Optional[str] = ..., task_kind_source: _Optional[str] = ...) -> None: ...
 
 class UsageReport(_message.Message):
     __slots__ = ("decision_id", "model", "input_tokens", "cached_input_tokens", "output_tokens", "failed")
