@@ -27,6 +27,28 @@ pub fn random_seed() -> u64 {
     h.finish()
 }
 
+/// FNV-1a's starting state: with [`fnv1a_step`], a word is hashed one
+/// multiply a byte as it is read (the learner's and the understanding
+/// model's grams).
+pub const FNV1A_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// One byte into an FNV-1a state.
+#[inline(always)]
+pub fn fnv1a_step(h: u64, b: u8) -> u64 {
+    (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+}
+
+/// MurmurHash3's 64-bit finaliser: spreads FNV's weak low bits before a
+/// state is cut down to a bucket.
+#[inline(always)]
+pub fn fmix64(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
 /// The hex SHA-256 of `bytes`: API keys, rules files, model files.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;

@@ -305,7 +305,7 @@ pub fn estimate(
     Estimate {
         input_tokens,
         complexity: reading.difficulty,
-        complexity_quantile: quantile_in(understanding.calibration(), &[], reading.difficulty),
+        complexity_quantile: quantile_in(understanding.calibration(), |_| 0, reading.difficulty),
         features,
         output_tokens,
         task_kind: task_kind.to_string(),
@@ -316,16 +316,24 @@ pub fn estimate(
 }
 
 /// The share of traffic scoring below `score`: the calibration's shares
-/// weighed as [`PRIOR_REQUESTS`] requests, plus the workflow's own `counts`
-/// per bin (empty: none yet). Half of the score's own bin counts as below.
-pub fn quantile_in(calibration: &[f64], counts: &[u64], score: f64) -> f64 {
+/// (summing to 1) weighed as [`PRIOR_REQUESTS`] requests, plus the
+/// workflow's own count in each bin (`count(bin)`; `|_| 0` for none yet).
+/// Half of the score's own bin counts as below. One pass, no allocation:
+/// it runs on every Route.
+pub fn quantile_in(calibration: &[f64], count: impl Fn(usize) -> u64, score: f64) -> f64 {
     let bin = understand::score_bin(score);
-    let total: f64 = PRIOR_REQUESTS + counts.iter().sum::<u64>() as f64;
-    let at = |i: usize| {
-        calibration.get(i).copied().unwrap_or(0.0) * PRIOR_REQUESTS + counts.get(i).copied().unwrap_or(0) as f64
-    };
-    let below: f64 = (0..bin).map(at).sum::<f64>() + at(bin) / 2.0;
-    (below / total).clamp(0.0, 1.0)
+    let (mut below, mut seen) = (0.0, 0u64);
+    for i in 0..understand::SCORE_BINS {
+        let n = count(i);
+        seen += n;
+        let at = calibration.get(i).copied().unwrap_or(0.0) * PRIOR_REQUESTS + n as f64;
+        if i < bin {
+            below += at;
+        } else if i == bin {
+            below += at / 2.0;
+        }
+    }
+    (below / (PRIOR_REQUESTS + seen as f64)).clamp(0.0, 1.0)
 }
 
 /// How many requests the model's calibration counts for in a workflow's

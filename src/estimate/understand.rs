@@ -22,6 +22,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::hashing::{fmix64 as mix, fnv1a_step as fnv_step, FNV1A_OFFSET as FNV_OFFSET};
+
 /// Hashed n-gram slots.
 pub const BUCKETS: usize = 1 << 15;
 const MASK: u64 = (BUCKETS as u64) - 1;
@@ -80,33 +82,17 @@ pub fn score_bin(score: f64) -> usize {
 /// A request as the models read it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Extracted {
-    /// Sorted, distinct n-gram slots.
+    /// Distinct n-gram slots (a short request's sorted).
     pub grams: Vec<u32>,
     /// The value each gram carries.
     pub gram_value: f32,
     pub dense: [f32; DENSE],
 }
 
-/// FNV-1a over a word's lower-cased bytes, finished by a 64-bit mixer: a
-/// word is hashed as it is read, one multiply a byte, with its first
-/// [`STEM`] bytes' state kept for the stem gram (xxh3 per word, stem and
-/// pair was 40% of a 1k-token read).
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-
-#[inline(always)]
-fn fnv_step(h: u64, b: u8) -> u64 {
-    (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
-}
-
-#[inline(always)]
-fn mix(mut h: u64) -> u64 {
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
-}
+// Words are hashed as they are read, with FNV-1a over their lower-cased
+// bytes and a 64-bit finaliser (`crate::hashing`), the first [`STEM`] bytes'
+// state kept for the stem gram: xxh3 per word, stem and pair was 40% of a
+// 1k-token read.
 
 /// A word's hash, from its FNV state.
 #[inline(always)]
@@ -519,17 +505,6 @@ pub struct Driver {
     pub effect: f64,
 }
 
-/// What the classifier says of a request.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct KindGuess {
-    pub kind: String,
-    /// The probability of `kind`, 0 to 1.
-    pub confidence: f64,
-    /// The probability of every kind, in the model's order.
-    #[serde(skip)]
-    pub probabilities: Vec<f32>,
-}
-
 impl Understanding {
     /// Loads and checks a model file; every error names the file and the fix.
     pub fn load(path: &Path) -> Result<Understanding, String> {
@@ -700,12 +675,6 @@ impl Understanding {
         }
     }
 
-    /// The probability that a cheap tier's answer is not accepted where a
-    /// strong tier's would be.
-    pub fn difficulty(&self, text: &str) -> f64 {
-        difficulty_of(&self.difficulty_w, &extract(text, &self.rarity))
-    }
-
     /// The `n` features that moved the request's score most, either way:
     /// a word's weight, or a structural feature's weight times its distance
     /// from the mean request.
@@ -753,23 +722,6 @@ impl Understanding {
         out.sort_by(|a, b| b.effect.abs().total_cmp(&a.effect.abs()));
         out.truncate(n);
         out
-    }
-
-    /// The most likely kind, or `general` below the confidence threshold.
-    pub fn classify(&self, text: &str) -> KindGuess {
-        let x = extract(text, &self.rarity);
-        let p = softmax(&self.logits(&x));
-        let (best, conf) = most_likely(&p);
-        let kind = if conf >= self.min_confidence {
-            self.kinds[best].clone()
-        } else {
-            "general".to_string()
-        };
-        KindGuess {
-            kind,
-            confidence: f64::from(conf),
-            probabilities: p,
-        }
     }
 }
 
@@ -910,8 +862,9 @@ mod tests {
                 "translation",
             ),
         ] {
-            assert_eq!(m.classify(text).kind, kind, "{text}");
-            let d = m.difficulty(text);
+            let r = m.read(&[text]);
+            assert_eq!(r.kind.map(|k| m.kinds[k].as_str()), Some(kind), "{text}");
+            let d = r.difficulty;
             assert!(d > 0.0 && d < 1.0, "{d}");
         }
     }

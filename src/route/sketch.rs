@@ -43,19 +43,17 @@ impl Sketch {
         }
     }
 
-    fn counts(&self) -> Vec<u64> {
-        self.pending
-            .iter()
-            .zip(&self.stored)
-            .map(|(p, s)| u64::from(p.load(Ordering::Relaxed)) + s.load(Ordering::Relaxed))
-            .collect()
+    /// Routes in `bin`, stored and pending.
+    fn count(&self, bin: usize) -> u64 {
+        u64::from(self.pending[bin].load(Ordering::Relaxed)) + self.stored[bin].load(Ordering::Relaxed)
     }
 }
 
-/// The histograms of every workflow, keyed by model tag and workflow.
+/// The histograms of every workflow: model tag -> workflow -> histogram.
+/// Two levels, so that a Route finds its own by `&str` in two hash lookups.
 #[derive(Default)]
 pub struct ScoreSketches {
-    by_key: RwLock<FastMap<(String, String), Arc<Sketch>>>,
+    by_model: RwLock<FastMap<String, FastMap<String, Arc<Sketch>>>>,
 }
 
 /// Counts waiting for the store: (model tag, workflow, count per bin).
@@ -67,20 +65,18 @@ impl ScoreSketches {
     }
 
     fn get(&self, model: &str, workflow: &str) -> Option<Arc<Sketch>> {
-        let map = self.by_key.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Looked up without allocating a key: the map is small, and this is
-        // on every Route.
-        map.iter()
-            .find(|((m, w), _)| m == model && w == workflow)
-            .map(|(_, s)| s.clone())
+        let map = self.by_model.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(model)?.get(workflow).cloned()
     }
 
     fn get_or_add(&self, model: &str, workflow: &str) -> Arc<Sketch> {
         if let Some(s) = self.get(model, workflow) {
             return s;
         }
-        let mut map = self.by_key.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.entry((model.to_string(), workflow.to_string()))
+        let mut map = self.by_model.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(model.to_string())
+            .or_default()
+            .entry(workflow.to_string())
             .or_insert_with(|| Arc::new(Sketch::new()))
             .clone()
     }
@@ -88,8 +84,8 @@ impl ScoreSketches {
     /// The share of `workflow`'s traffic scoring below `score`.
     pub fn quantile(&self, model: &Understanding, workflow: &str, score: f64) -> f64 {
         match self.get(model.tag(), workflow) {
-            Some(s) => quantile_in(model.calibration(), &s.counts(), score),
-            None => quantile_in(model.calibration(), &[], score),
+            Some(s) => quantile_in(model.calibration(), |bin| s.count(bin), score),
+            None => quantile_in(model.calibration(), |_| 0, score),
         }
     }
 
@@ -101,12 +97,14 @@ impl ScoreSketches {
 
     /// Takes the counts not yet in the store.
     pub fn take_pending(&self) -> Pending {
-        let map = self.by_key.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let map = self.by_model.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut out = Vec::new();
-        for ((model, workflow), s) in map.iter() {
-            let counts: Vec<u32> = s.pending.iter().map(|p| p.swap(0, Ordering::Relaxed)).collect();
-            if counts.iter().any(|&c| c > 0) {
-                out.push((model.clone(), workflow.clone(), counts));
+        for (model, workflows) in map.iter() {
+            for (workflow, s) in workflows {
+                let counts: Vec<u32> = s.pending.iter().map(|p| p.swap(0, Ordering::Relaxed)).collect();
+                if counts.iter().any(|&c| c > 0) {
+                    out.push((model.clone(), workflow.clone(), counts));
+                }
             }
         }
         out
@@ -171,8 +169,10 @@ impl ScoreSketches {
 
     /// A workflow's counts as this sidecar sees them (stored plus pending).
     pub fn counts(&self, model: &str, workflow: &str) -> Vec<u64> {
-        self.get(model, workflow)
-            .map_or_else(|| vec![0; SCORE_BINS], |s| s.counts())
+        self.get(model, workflow).map_or_else(
+            || vec![0; SCORE_BINS],
+            |s| (0..SCORE_BINS).map(|b| s.count(b)).collect(),
+        )
     }
 }
 

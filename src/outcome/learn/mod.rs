@@ -130,10 +130,7 @@ fn list_item(b: &[u8], mut i: usize) -> bool {
 /// The bucket of a feature hash `h` of a given kind: MurmurHash3's 64-bit
 /// finalizer spreads the bits, then the hashed range is indexed.
 fn bucket(kind: u8, h: u64) -> u32 {
-    let mut z = h ^ (kind as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
-    z = (z ^ (z >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    z ^= z >> 33;
+    let z = crate::hashing::fmix64(h ^ (kind as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     (FIXED + z % (MASK + 1 - FIXED)) as u32
 }
 
@@ -248,10 +245,10 @@ impl Features {
                 // One word: ASCII letters folded to lower case, digits, and
                 // any non-ASCII bytes (so other scripts make words too).
                 n.numbers += u32::from(c.is_ascii_digit());
-                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+                let mut h = crate::hashing::FNV1A_OFFSET;
                 while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] >= 0x80) {
                     n.digits += u32::from(b[i].is_ascii_digit());
-                    h = (h ^ b[i].to_ascii_lowercase() as u64).wrapping_mul(0x0100_0000_01b3);
+                    h = crate::hashing::fnv1a_step(h, b[i].to_ascii_lowercase());
                     i += 1;
                 }
                 grams.push(bucket(1, h));

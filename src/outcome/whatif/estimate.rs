@@ -89,20 +89,10 @@ pub fn labels(ledger: &Ledger) -> HashMap<&str, f64> {
 fn estimate_under(table: &RuleTable, workflow: &crate::rules::Workflow, s: &Snapshot) -> Estimate {
     let like = crate::estimate::estimated_as(table, workflow, &s.task_kind);
     let class = table.class_of(like);
-    // By name where the snapshot records names; by position before that.
-    const POSITIONS: [&str; 9] = [
-        "length",
-        "code",
-        "math",
-        "multi_step",
-        "constraints",
-        "reasoning",
-        "questions",
-        "structured",
-        "task_prior",
-    ];
+    // By the names the snapshot records; a snapshot from before names were
+    // kept holds the same nine in today's order.
     let names: Vec<&str> = if s.complexity_feature_names.is_empty() {
-        POSITIONS.to_vec()
+        crate::estimate::complexity::FEATURE_NAMES.split(',').collect()
     } else {
         s.complexity_feature_names.split(',').collect()
     };
@@ -122,7 +112,7 @@ fn estimate_under(table: &RuleTable, workflow: &crate::rules::Workflow, s: &Snap
     let complexity_quantile = if s.complexity.is_some() && s.complexity_model == table.understanding.tag() {
         s.complexity_quantile
     } else {
-        crate::estimate::quantile_in(table.understanding.calibration(), &[], complexity)
+        crate::estimate::quantile_in(table.understanding.calibration(), |_| 0, complexity)
     };
     let task_kind_source = match s.task_kind_source.as_str() {
         "inferred" => crate::estimate::KindSource::Inferred,
@@ -432,7 +422,10 @@ mod tests {
             ..new
         };
         let q = estimate_under(&t, w, &other).complexity_quantile;
-        assert_eq!(q, crate::estimate::quantile_in(t.understanding.calibration(), &[], 0.7));
+        assert_eq!(
+            q,
+            crate::estimate::quantile_in(t.understanding.calibration(), |_| 0, 0.7)
+        );
         assert_eq!(
             crate::estimate::complexity::FEATURE_NAMES
                 .split(',')
