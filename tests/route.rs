@@ -271,7 +271,11 @@ async fn serve_refuses_bad_rules_before_binding() {
     let dir = tempfile::tempdir().expect("tmp");
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[[models]]\nname = \"x\"\nprovider = \"p\"\ncolour = 1\n").expect("write");
-    let port = common::free_port();
+    // Held by the test throughout: a serve that bound before reading its
+    // rules would fail on the taken port instead, and no parallel test can
+    // take the port in between.
+    let held = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("hold a port");
+    let port = held.local_addr().expect("held port").port();
     let out = std::process::Command::new(BIN)
         .arg("serve")
         .arg("--rules")
@@ -290,8 +294,11 @@ async fn serve_refuses_bad_rules_before_binding() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bad.toml:4:1: `models[0].colour`"), "{stderr}");
     assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "nothing listened");
-    // The port it was given is still free.
-    std::net::TcpListener::bind(("127.0.0.1", port)).expect("the gRPC port was never bound");
+    assert!(
+        !stderr.contains("in use") && !stderr.contains("bind"),
+        "serve tried the port before refusing the rules: {stderr}"
+    );
+    drop(held);
 }
 
 #[tokio::test]

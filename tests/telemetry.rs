@@ -603,7 +603,11 @@ fn bad_opentelemetry_settings_stop_serve_before_binding() {
     ];
     for (name, value, says) in cases {
         let dir = tempfile::tempdir().expect("tmp");
-        let port = common::free_port();
+        // The test holds the gRPC port itself for the whole run: a serve that
+        // bound before it read its settings would fail on the taken port
+        // instead, and no parallel test can take the port in between.
+        let held = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("hold a port");
+        let port = held.local_addr().expect("held port").port();
         let mut cmd = std::process::Command::new(common::BIN);
         cmd.arg("serve")
             .arg("--rules")
@@ -644,7 +648,11 @@ fn bad_opentelemetry_settings_stop_serve_before_binding() {
             String::from_utf8_lossy(&out.stdout).is_empty(),
             "{name}={value}: nothing listened"
         );
-        std::net::TcpListener::bind(("127.0.0.1", port)).expect("the gRPC port was never bound");
+        assert!(
+            !stderr.contains("in use") && !stderr.contains("bind"),
+            "{name}={value}: serve tried the port before refusing the setting: {stderr}"
+        );
+        drop(held);
     }
 }
 
