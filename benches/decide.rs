@@ -79,6 +79,7 @@ fn bench(c: &mut Criterion) {
         downgrade: false,
         learned: None,
         rejected_tier: None,
+        paced: None,
     };
     let corpus = corpus();
     tokens::warm_up();

@@ -25,6 +25,8 @@ pub struct AdminState {
     pub cache: Arc<ContextCache>,
     pub counters: Arc<RouteCounters>,
     pub store: crate::budget::SharedStore,
+    /// The budget gate Route asks: its paced workflows' prices.
+    pub budgets: Arc<crate::budget::Budgets>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub learning: Arc<crate::outcome::learn::online::Online>,
     pub audit: Arc<crate::audit::Audit>,
@@ -508,6 +510,27 @@ async fn store_gauges(s: &AdminState) -> Vec<Readings> {
         }
         Ok(_) => {}
         Err(e) => tracing::debug!(error = %e, "budget gauges skipped: the store cannot be read"),
+    }
+    // Paced workflows, as this sidecar's controller last set them.
+    let paces = s.budgets.paces();
+    if !paces.is_empty() {
+        let mut ratio = Readings::family(
+            "switchyard_budget_pace_ratio",
+            MetricType::Gauge,
+            "A paced budget's spend over its target so far this period (1: on pace).",
+        );
+        let mut price = Readings::family(
+            "switchyard_budget_spend_price",
+            MetricType::Gauge,
+            "A paced budget's price of spend: acceptance probability a Route gives up per USD saved.",
+        );
+        for (w, p) in paces {
+            let labels = vec![("workflow", w)];
+            ratio.push(labels.clone(), Reading::Real(p.ratio()));
+            price.push(labels, Reading::Real(p.price_per_usd()));
+        }
+        out.push(ratio);
+        out.push(price);
     }
     out
 }

@@ -300,6 +300,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         cache: cache.clone(),
         counters: counters.clone(),
         store: store.clone(),
+        budgets: budgets.clone(),
         metrics: metrics.clone(),
         learning: learning.clone(),
         audit: audit.clone(),

@@ -38,6 +38,18 @@ pub struct RouteInput {
     /// The highest tier an earlier attempt of this outcome was rejected at:
     /// a later attempt goes at least one tier above it (the cascade).
     pub rejected_tier: Option<u8>,
+    /// The workflow's budget is paced: a rule that asks for a tier yields to
+    /// the model of most value net of its price (`crate::budget::pacing`).
+    pub paced: Option<Paced>,
+}
+
+/// What pacing tells the decision.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Paced {
+    /// λ: value forgone per nano-dollar.
+    pub price_per_nano: f64,
+    /// Spend over target (1: on pace), for the reason.
+    pub ratio: f64,
 }
 
 /// Why a model was not a candidate.
@@ -89,6 +101,8 @@ pub struct Decision {
     pub learned: bool,
     /// The learned model sent this call to another tier, to keep learning.
     pub explored: bool,
+    /// Pacing chose another model than the rules would have: theirs.
+    pub paced_from: Option<usize>,
     /// When the workflow learns: the probability that the policy in force
     /// (the rules or the model, with its exploration) chose this tier.
     pub propensity: Option<f64>,
@@ -168,8 +182,19 @@ pub fn decide(
                         ));
                     }
                 }
+                if let Some(paced) = input.paced {
+                    return decide_paced(&ctx, paced, asked, &available, &rule.name, &skipped_pins, trace);
+                }
+                // One available tier down: a table with tiers 3 and 5 steps
+                // from 5 to 3, not to a tier 4 no model has.
                 let required = if input.downgrade {
-                    asked.saturating_sub(1).max(workflow.quality_floor)
+                    available
+                        .iter()
+                        .rev()
+                        .find(|&&t| t < asked)
+                        .copied()
+                        .unwrap_or(asked)
+                        .max(workflow.quality_floor)
                 } else {
                     asked
                 };
@@ -205,6 +230,70 @@ pub fn decide(
         }
     }
     pick(&ctx, workflow.quality_floor, None, DEFAULT_RULE, &skipped_pins, trace)
+}
+
+/// A paced decision: among the models from the workflow's floor (or a
+/// retry's cascade) up, the one of most value net of its price; the reason
+/// says when that is not the model the rule asked for.
+fn decide_paced(
+    ctx: &Ctx<'_>,
+    paced: Paced,
+    asked: u8,
+    available: &[u8],
+    rule: &str,
+    skipped_pins: &[&str],
+    trace: Option<&mut Vec<Candidate>>,
+) -> Result<Decision, NoAdequateModel> {
+    let (input, workflow) = (ctx.input, ctx.workflow);
+    let ruled = pick(ctx, asked, None, rule, skipped_pins, None)?;
+    let bound = match input.rejected_tier.filter(|_| input.attempt > 1) {
+        Some(r) if available.iter().any(|&a| a > r) => r + 1,
+        _ => workflow.quality_floor,
+    };
+    let usable: Vec<u8> = available.iter().copied().filter(|&t| t >= bound).collect();
+    let (weakest, strongest) = (
+        usable.first().copied().unwrap_or(bound),
+        usable.last().copied().unwrap_or(bound),
+    );
+    // The learner's acceptance where every usable tier has its evidence,
+    // else the difficulty score's.
+    let learned = input.learned.as_ref().filter(|l| {
+        workflow.learning.enabled
+            && l.gate > 0.0
+            && usable
+                .iter()
+                .all(|&t| l.tiers[t as usize].is_some_and(|p| p.seen >= workflow.learning.cold_start))
+    });
+    let value = |tier: u8| match learned.and_then(|l| l.tiers.get(tier as usize).copied().flatten()) {
+        Some(p) => p.p,
+        None => crate::budget::pacing::prior_value(ctx.est.complexity, tier, weakest, strongest),
+    };
+    let mut d = pick_by(
+        ctx,
+        bound,
+        Some((paced.price_per_nano, &value)),
+        rule,
+        skipped_pins,
+        trace,
+    )?;
+    d.propensity = learned.map(|_| 1.0);
+    d.policy_tier = learned.map(|_| ctx.table.models[d.model].tiers[ctx.est.class]);
+    let pace = if paced.ratio > 0.0 {
+        format!("spend at {:.0}% of its paced target", paced.ratio * 100.0)
+    } else {
+        "nothing due yet".to_string()
+    };
+    let note = if d.model == ruled.model {
+        format!("paced ({pace}): the rule's choice stands")
+    } else {
+        d.paced_from = Some(ruled.model);
+        format!(
+            "paced ({pace}): {} instead of {}, which rule `{rule}` would have chosen",
+            ctx.table.models[d.model].name, ctx.table.models[ruled.model].name
+        )
+    };
+    d.reason = format!("{note}; {}", d.reason);
+    Ok(d)
 }
 
 /// The distinct tiers, ascending, of the models `workflow` may use for task
@@ -290,11 +379,40 @@ fn pick(
     pinned: Option<usize>,
     rule: &str,
     skipped_pins: &[&str],
+    trace: Option<&mut Vec<Candidate>>,
+) -> Result<Decision, NoAdequateModel> {
+    pick_among(ctx, required, pinned, None, rule, skipped_pins, trace)
+}
+
+/// The value of a tier, for a paced pick.
+type Value<'v> = &'v dyn Fn(u8) -> f64;
+
+/// The paced pick: the greatest value − price × cost at tier ≥ `required`.
+fn pick_by(
+    ctx: &Ctx<'_>,
+    required: u8,
+    paced: Option<(f64, Value<'_>)>,
+    rule: &str,
+    skipped_pins: &[&str],
+    trace: Option<&mut Vec<Candidate>>,
+) -> Result<Decision, NoAdequateModel> {
+    pick_among(ctx, required, None, paced, rule, skipped_pins, trace)
+}
+
+fn pick_among(
+    ctx: &Ctx<'_>,
+    required: u8,
+    pinned: Option<usize>,
+    paced: Option<(f64, Value<'_>)>,
+    rule: &str,
+    skipped_pins: &[&str],
     mut trace: Option<&mut Vec<Candidate>>,
 ) -> Result<Decision, NoAdequateModel> {
     let (table, workflow, input, est) = (ctx.table, ctx.workflow, ctx.input, ctx.est);
     // (cost, -tier, index) orders candidates: cheapest, then higher tier, then first listed.
     let mut best: Option<(i64, i16, usize, (u64, u64))> = None;
+    // Paced: the best net value so far (ties fall to the order above).
+    let mut best_net = f64::NEG_INFINITY;
     let mut adequate = 0usize;
     let mut rejections: [usize; 5] = [0; 5];
     // `allowed` ascends, so walking it beside the models answers "allowed?"
@@ -328,7 +446,20 @@ fn pick(
             Ok((tokens, cached, cost)) => {
                 adequate += 1;
                 let key = (cost, -(model.tiers[est.class] as i16), i, (tokens, cached));
-                if best.is_none_or(|b| (key.0, key.1, key.2) < (b.0, b.1, b.2)) {
+                let better = match paced {
+                    Some((price, value)) => {
+                        let net = value(model.tiers[est.class]) - price * cost as f64;
+                        let tie = (net - best_net).abs() <= 1e-12;
+                        let b = net > best_net + 1e-12
+                            || (tie && best.is_none_or(|b| (key.0, key.1, key.2) < (b.0, b.1, b.2)));
+                        if b {
+                            best_net = net;
+                        }
+                        b
+                    }
+                    None => best.is_none_or(|b| (key.0, key.1, key.2) < (b.0, b.1, b.2)),
+                };
+                if better {
                     best = Some(key);
                 }
             }
@@ -407,6 +538,7 @@ fn pick(
         adequate,
         learned: false,
         explored: false,
+        paced_from: None,
         propensity: None,
         policy_tier: None,
         reason,

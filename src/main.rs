@@ -8,7 +8,9 @@ use clap::Parser;
 
 use switchyard::app::{self, ServeConfig};
 use switchyard::cli;
-use switchyard::cli::args::{BudgetAction, Cli, Command, EscalationAction, PricesAction, StoreFlags};
+use switchyard::cli::args::{
+    BudgetAction, Cli, Command, EscalationAction, FleetArgs, PricesAction, SimulateWhat, StoreFlags,
+};
 use switchyard::error::{ConfigError, EXIT_CONFIG};
 
 /// Every Route allocates and frees a few dozen small objects across the
@@ -106,37 +108,32 @@ fn main() -> ExitCode {
                 redis_key_prefix,
             },
         } => run_async(cli::budget_init(redis_url, redis_key_prefix)),
-        Command::Simulate {
-            sidecars,
-            refresh_s,
-            max_share,
-            seeds,
-            seed,
-            duration_s,
-            calls_per_sidecar_s,
-            crash_share,
-            cut_off_share,
-            rtt_us,
-            format,
-        } => {
-            let cfg = switchyard::budget::lease::sim::SimConfig {
-                sidecars,
-                refresh_s,
-                max_share,
-                duration_s,
-                calls_per_sidecar_s,
-                crash_share,
-                cut_off_share,
-                rtt_us,
-                leases: true,
-            };
-            ExitCode::from(cli::simulate(cli::SimulateArgs {
-                cfg,
+        Command::Simulate { what, fleet } => match what {
+            None => simulate_fleet(fleet),
+            Some(SimulateWhat::Fleet(f)) => simulate_fleet(f),
+            Some(SimulateWhat::Pacing {
+                rules,
+                data,
+                workflow,
+                budget_share,
                 seeds,
                 seed,
+                soft_threshold_pct,
                 format,
-            }) as u8)
-        }
+            }) => ExitCode::from(cli::simulate_pacing(
+                switchyard::outcome::replay::pacing::PacingArgs {
+                    rules,
+                    data,
+                    workflow,
+                    budget_shares: budget_share,
+                    seeds,
+                    seed,
+                    soft_threshold_pct,
+                    json: format == "json",
+                },
+                &format,
+            )),
+        },
         Command::Report {
             state_dir,
             redis_url,
@@ -460,4 +457,24 @@ fn run_async(command: impl std::future::Future<Output = i32>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn simulate_fleet(f: FleetArgs) -> ExitCode {
+    let cfg = switchyard::budget::lease::sim::SimConfig {
+        sidecars: f.sidecars,
+        refresh_s: f.refresh_s,
+        max_share: f.max_share,
+        duration_s: f.duration_s,
+        calls_per_sidecar_s: f.calls_per_sidecar_s,
+        crash_share: f.crash_share,
+        cut_off_share: f.cut_off_share,
+        rtt_us: f.rtt_us,
+        leases: true,
+    };
+    ExitCode::from(cli::simulate(cli::SimulateArgs {
+        cfg,
+        seeds: f.seeds,
+        seed: f.seed,
+        format: f.format,
+    }) as u8)
 }

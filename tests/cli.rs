@@ -489,3 +489,77 @@ fn explain_shows_the_inferred_kind_its_confidence_and_the_scores_drivers() {
     );
     assert_eq!(declared["task_kind_confidence"], 1.0);
 }
+
+/// `simulate pacing` plays bursty periods of replay rows against budgets:
+/// its JSON names every policy at every budget with the promised fields, a
+/// paced budget never ends above its budget, and the same seeds give the
+/// same report. A bad share is refused with what to pass.
+#[test]
+fn simulate_pacing_compares_threshold_with_each_pacing_mode() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("rows.jsonl");
+    std::fs::write(&data, replay_rows(600)).expect("data");
+    let run = |share: &str| {
+        Command::new(BIN)
+            .arg("simulate")
+            .arg("pacing")
+            .arg("--rules")
+            .arg(repo_path("routing-rules/examples/routellm.toml"))
+            .arg("--data")
+            .arg(&data)
+            .args([
+                "--workflow",
+                "replay",
+                "--budget-share",
+                share,
+                "--seeds",
+                "6",
+                "--format",
+                "json",
+            ])
+            .output()
+            .expect("run simulate pacing")
+    };
+    let (a, b) = (run("0.3,0.6"), run("0.3,0.6"));
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert_eq!(a.stdout, b.stdout, "the same seeds give the same report");
+    let report: serde_json::Value = serde_json::from_slice(&a.stdout).expect("JSON report");
+    let policies = report["policies"].as_array().expect("policies");
+    assert_eq!(policies.len(), 6, "three policies at two budgets");
+    for p in policies {
+        for key in [
+            "name",
+            "budget_share",
+            "accepted_mean",
+            "accepted_sd",
+            "spend_share_mean",
+            "seeds_within_95_100",
+            "overspend_max_share",
+        ] {
+            assert!(!p[key].is_null(), "{key} missing from {p}");
+        }
+        assert!(["threshold", "even", "traffic"].contains(&p["name"].as_str().expect("name")));
+        assert!(p["overspend_max_share"].as_f64().expect("overspend") <= 0.0, "{p}");
+    }
+    // Pacing spends what threshold step-down leaves unspent, on the hard rows.
+    let at = |name: &str, share: f64| {
+        policies
+            .iter()
+            .find(|p| p["name"] == name && p["budget_share"].as_f64() == Some(share))
+            .expect("policy")
+    };
+    for share in [0.3, 0.6] {
+        let (t, e) = (at("threshold", share), at("traffic", share));
+        assert!(
+            e["spend_share_mean"].as_f64() > t["spend_share_mean"].as_f64(),
+            "{e} against {t}"
+        );
+        assert!(
+            e["accepted_mean"].as_f64() >= t["accepted_mean"].as_f64(),
+            "{e} against {t}"
+        );
+    }
+    let bad = run("1.5");
+    assert_eq!(bad.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--budget-share"));
+}

@@ -11,16 +11,26 @@ use std::sync::Arc;
 use jiff::Timestamp;
 
 use super::lease::Take;
+use super::pacing::{due_share, pace, Controller, Pace, Shape, HOURS_OF_WEEK};
 use super::*;
 use crate::money::format_usd;
 use crate::rules::{OnLimit, Prices, Workflow};
 
+/// What the budget tells routing before it decides.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BudgetSteer {
+    /// Past the soft threshold of an unpaced budget: a tier lower.
+    pub downgrade: bool,
+    /// A paced budget's pace and price.
+    pub pace: Option<Pace>,
+}
+
 /// What Route asks of budgets.
 #[async_trait::async_trait]
 pub trait BudgetGate: Send + Sync {
-    /// Whether the workflow's period budget is past its soft threshold, so
-    /// that routing should step down a tier.
-    async fn past_soft_threshold(&self, workflow: &Workflow, now: Timestamp) -> Result<bool, StoreError>;
+    /// How the workflow's period budget steers routing: a step down past an
+    /// unpaced budget's soft threshold, or a paced budget's price.
+    async fn steer(&self, workflow: &Workflow, now: Timestamp) -> Result<BudgetSteer, StoreError>;
     /// Reserves the call's estimated cost on every scope that applies, or
     /// says what happens at the limit.
     async fn admit(&self, call: &Call<'_>, now: Timestamp) -> Result<Admission, StoreError>;
@@ -38,6 +48,51 @@ pub struct Budgets {
     /// the soft-threshold check reads this instead of making a store round
     /// trip on every Route.
     view: std::sync::Mutex<crate::hashing::FastMap<String, (ScopeState, crate::clock::Instant)>>,
+    /// Each paced workflow's price controller and traffic by hour of the
+    /// week (one entry per workflow of the rules, carried across periods).
+    pacers: std::sync::Mutex<crate::hashing::FastMap<String, Pacer>>,
+}
+
+/// One paced workflow's state in a sidecar.
+#[derive(Debug, Clone)]
+pub struct Pacer {
+    pub controller: Controller,
+    /// Admitted calls by hour of the week, for `pacing = "traffic"`.
+    pub traffic: Vec<u64>,
+    /// The last pace, for metrics and `budget status`.
+    pub last: Option<Pace>,
+}
+
+impl Default for Pacer {
+    fn default() -> Pacer {
+        Pacer {
+            controller: Controller::default(),
+            traffic: vec![0; HOURS_OF_WEEK],
+            last: None,
+        }
+    }
+}
+
+/// The pace of `workflow`'s period in `state` at `now`, moving `pacer`.
+pub fn pace_of(b: &Budget, state: &ScopeState, pacer: &mut Pacer, now: Timestamp) -> Option<Pace> {
+    let pacing = b.pacing?;
+    let (start, end) = period_bounds(b.period, &b.timezone, now);
+    let shape = match pacing {
+        super::pacing::Pacing::Traffic => Shape::of_counts(&pacer.traffic),
+        super::pacing::Pacing::Even => None,
+    };
+    let due = due_share(start, end, now, &b.timezone, shape.as_ref());
+    let p = pace(
+        pacing,
+        &mut pacer.controller,
+        state.spent_nanos.saturating_add(state.reserved_nanos),
+        state.limit_nanos,
+        due,
+        now.as_millisecond(),
+        end.as_millisecond() - start.as_millisecond(),
+    );
+    pacer.last = Some(p);
+    Some(p)
 }
 
 /// How long a period scope's state is trusted before it is read again. Other
@@ -139,6 +194,40 @@ impl Budgets {
             store,
             reservation_ttl_ms,
             view: Default::default(),
+            pacers: Default::default(),
+        }
+    }
+
+    fn pacers(&self) -> std::sync::MutexGuard<'_, crate::hashing::FastMap<String, Pacer>> {
+        // Plain numbers: a panic elsewhere cannot leave them torn.
+        self.pacers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Each paced workflow's last pace, for metrics and `budget status`.
+    pub fn paces(&self) -> Vec<(String, Pace)> {
+        let mut out: Vec<(String, Pace)> = self
+            .pacers()
+            .iter()
+            .filter_map(|(w, p)| p.last.map(|l| (w.clone(), l)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Counts an admitted call of a paced workflow in its traffic shape.
+    fn note_traffic(&self, workflow: &Workflow, now: Timestamp) {
+        let Some(b) = workflow.budget.as_ref().filter(|b| b.pacing.is_some()) else {
+            return;
+        };
+        let hour = super::pacing::hour_of_week(&b.timezone, now);
+        if let Some(slot) = self
+            .pacers()
+            .entry(workflow.name.clone())
+            .or_default()
+            .traffic
+            .get_mut(hour)
+        {
+            *slot = slot.saturating_add(1);
         }
     }
 
@@ -172,9 +261,13 @@ impl BudgetGate for Budgets {
     /// own reservations in between, so another sidecar's spend may show up to
     /// 250 ms late. A store that cannot be read does not step down: the
     /// reservation that follows fails closed (or open) as configured.
-    async fn past_soft_threshold(&self, workflow: &Workflow, now: Timestamp) -> Result<bool, StoreError> {
-        let Some(b) = workflow.budget.as_ref().filter(|b| b.soft_threshold_bp.is_some()) else {
-            return Ok(false);
+    async fn steer(&self, workflow: &Workflow, now: Timestamp) -> Result<BudgetSteer, StoreError> {
+        let Some(b) = workflow
+            .budget
+            .as_ref()
+            .filter(|b| b.soft_threshold_bp.is_some() || b.pacing.is_some())
+        else {
+            return Ok(BudgetSteer::default());
         };
         let key = period_scope(workflow, b, now);
         let cached = self
@@ -187,7 +280,7 @@ impl BudgetGate for Budgets {
             None => {
                 let stored = match self.store.scope(&key).await {
                     Ok(st) => st,
-                    Err(StoreError::Unavailable(_)) => return Ok(false),
+                    Err(StoreError::Unavailable(_)) => return Ok(BudgetSteer::default()),
                     Err(e) => return Err(e),
                 };
                 let st = ScopeState::of_period(b, stored);
@@ -199,7 +292,18 @@ impl BudgetGate for Budgets {
                 st
             }
         };
-        Ok(state.past_soft_threshold(b))
+        if b.pacing.is_some() {
+            let mut pacers = self.pacers();
+            let pacer = pacers.entry(workflow.name.clone()).or_default();
+            return Ok(BudgetSteer {
+                downgrade: false,
+                pace: pace_of(b, &state, pacer, now),
+            });
+        }
+        Ok(BudgetSteer {
+            downgrade: state.past_soft_threshold(b),
+            pace: None,
+        })
     }
 
     /// What is left of the workflow's period budget as this sidecar last saw
@@ -247,6 +351,7 @@ impl BudgetGate for Budgets {
             match self.store.reserve_leased(&r, terms) {
                 Take::Taken => {
                     self.note_reserved(&r.scopes, r.amount_nanos);
+                    self.note_traffic(call.workflow, now);
                     return Ok(Admission::Routed);
                 }
                 // Found used up lately: a workflow that denies is answered
@@ -261,6 +366,7 @@ impl BudgetGate for Budgets {
         let (scope, state) = match self.store.reserve(&r).await? {
             Reserved::Ok => {
                 self.note_reserved(&r.scopes, r.amount_nanos);
+                self.note_traffic(call.workflow, now);
                 return Ok(Admission::Routed);
             }
             Reserved::OverLimit { scope, state } => (scope, state),
@@ -288,12 +394,19 @@ pub struct DryRun {
 
 #[async_trait::async_trait]
 impl BudgetGate for DryRun {
-    async fn past_soft_threshold(&self, workflow: &Workflow, now: Timestamp) -> Result<bool, StoreError> {
+    /// As `serve` would steer now, except that the price comes from a fresh
+    /// controller (the gap's proportional term alone): `explain` has no
+    /// running controller to read.
+    async fn steer(&self, workflow: &Workflow, now: Timestamp) -> Result<BudgetSteer, StoreError> {
         let Some(b) = workflow.budget.as_ref() else {
-            return Ok(false);
+            return Ok(BudgetSteer::default());
         };
         let stored = self.view.view_scope(&period_scope(workflow, b, now)).await?;
-        Ok(ScopeState::of_period(b, stored).past_soft_threshold(b))
+        let state = ScopeState::of_period(b, stored);
+        Ok(BudgetSteer {
+            downgrade: b.pacing.is_none() && state.past_soft_threshold(b),
+            pace: pace_of(b, &state, &mut Pacer::default(), now),
+        })
     }
 
     async fn admit(&self, call: &Call<'_>, now: Timestamp) -> Result<Admission, StoreError> {
@@ -334,8 +447,8 @@ pub struct Unlimited;
 
 #[async_trait::async_trait]
 impl BudgetGate for Unlimited {
-    async fn past_soft_threshold(&self, _: &Workflow, _: Timestamp) -> Result<bool, StoreError> {
-        Ok(false)
+    async fn steer(&self, _: &Workflow, _: Timestamp) -> Result<BudgetSteer, StoreError> {
+        Ok(BudgetSteer::default())
     }
 
     async fn admit(&self, _: &Call<'_>, _: Timestamp) -> Result<Admission, StoreError> {

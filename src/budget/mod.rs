@@ -19,6 +19,7 @@
 
 mod gate;
 pub mod lease;
+pub mod pacing;
 pub mod redis;
 pub mod sqlite;
 mod store;

@@ -185,40 +185,13 @@ pub enum Command {
         #[command(subcommand)]
         action: BudgetAction,
     },
-    /// A fleet sharing one hot workflow's budget, simulated with the real lease code, with and without leases.
+    /// Simulations: `simulate fleet` (the bare `simulate` runs it too) and `simulate pacing`.
+    #[command(args_conflicts_with_subcommands = true)]
     Simulate {
-        /// Sidecars in the fleet (1 to 100,000).
-        #[arg(long, default_value_t = 1000)]
-        sidecars: usize,
-        /// Seconds between a sidecar's lease renewals.
-        #[arg(long, default_value_t = 10.0)]
-        refresh_s: f64,
-        /// The largest share of what remains one slice may take.
-        #[arg(long, default_value_t = 0.05)]
-        max_share: f64,
-        /// Runs, one world each (seeds --seed, --seed + 1, ...).
-        #[arg(long, default_value_t = 10)]
-        seeds: u64,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// The budget period simulated, in seconds.
-        #[arg(long, default_value_t = 600.0)]
-        duration_s: f64,
-        /// Calls a second per sidecar, on average over the fleet.
-        #[arg(long, default_value_t = 0.5)]
-        calls_per_sidecar_s: f64,
-        /// The share of sidecars that crash during the period.
-        #[arg(long, default_value_t = 0.01)]
-        crash_share: f64,
-        /// The share of sidecars cut off from the store for 5 to 60 s.
-        #[arg(long, default_value_t = 0.01)]
-        cut_off_share: f64,
-        /// A store round trip in microseconds, for the latency figure.
-        #[arg(long, default_value_t = 500)]
-        rtt_us: u64,
-        /// table or json.
-        #[arg(long, default_value = "table")]
-        format: String,
+        #[command(subcommand)]
+        what: Option<SimulateWhat>,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Keep model prices current from LiteLLM's public price map.
     Prices {
@@ -482,4 +455,74 @@ impl LimitFlags {
         }
         Ok((grpc, admin))
     }
+}
+
+/// What `simulate` simulates.
+#[derive(Debug, Subcommand)]
+pub enum SimulateWhat {
+    /// A fleet sharing one hot workflow's budget, simulated with the real lease code, with and without leases.
+    Fleet(FleetArgs),
+    /// A period of bursty replay traffic against a budget: threshold step-down against each pacing mode.
+    Pacing {
+        /// The rules (a file or folder) with the workflow and its models.
+        #[arg(long)]
+        rules: PathBuf,
+        /// Replay rows (id, prompt, models.<name>.success), as `replay` reads them.
+        #[arg(long)]
+        data: PathBuf,
+        /// The workflow (default: the rows' own, else `replay`).
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Budgets as shares of always-strong's cost over the period, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "0.3,0.5,0.7")]
+        budget_share: Vec<f64>,
+        /// Periods simulated per budget, one world each (seeds --seed, --seed + 1, ...).
+        #[arg(long, default_value_t = 100)]
+        seeds: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The threshold policy's soft threshold when the workflow's budget sets none, in percent.
+        #[arg(long, default_value_t = 80.0)]
+        soft_threshold_pct: f64,
+        /// table or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+}
+
+/// The fleet simulation's settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FleetArgs {
+    /// Sidecars in the fleet (1 to 100,000).
+    #[arg(long, default_value_t = 1000)]
+    pub sidecars: usize,
+    /// Seconds between a sidecar's lease renewals.
+    #[arg(long, default_value_t = 10.0)]
+    pub refresh_s: f64,
+    /// The largest share of what remains one slice may take.
+    #[arg(long, default_value_t = 0.05)]
+    pub max_share: f64,
+    /// Runs, one world each (seeds --seed, --seed + 1, ...).
+    #[arg(long, default_value_t = 10)]
+    pub seeds: u64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// The budget period simulated, in seconds.
+    #[arg(long, default_value_t = 600.0)]
+    pub duration_s: f64,
+    /// Calls a second per sidecar, on average over the fleet.
+    #[arg(long, default_value_t = 0.5)]
+    pub calls_per_sidecar_s: f64,
+    /// The share of sidecars that crash during the period.
+    #[arg(long, default_value_t = 0.01)]
+    pub crash_share: f64,
+    /// The share of sidecars cut off from the store for 5 to 60 s.
+    #[arg(long, default_value_t = 0.01)]
+    pub cut_off_share: f64,
+    /// A store round trip in microseconds, for the latency figure.
+    #[arg(long, default_value_t = 500)]
+    pub rtt_us: u64,
+    /// table or json.
+    #[arg(long, default_value = "table")]
+    pub format: String,
 }

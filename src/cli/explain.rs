@@ -192,7 +192,11 @@ async fn run(args: &ExplainArgs<'_>, text: &str) -> Result<serde_json::Value, St
         Some((w, b)) => {
             let scope = period_scope(w, b, now);
             let st = ScopeState::of_period(b, view.view_scope(&scope).await.map_err(|e| e.to_string())?);
+            // The pace a fresh controller reads from the same spend (explain
+            // has no running one: its price is the gap's term alone).
+            let pace = crate::budget::pace_of(b, &st, &mut crate::budget::Pacer::default(), now).map(|p| pace_json(&p));
             Some(json!({
+                "pace": pace,
                 "period_scope": scope,
                 "limit_nanousd": st.limit_nanos,
                 "spent_nanousd": st.spent_nanos,
@@ -271,4 +275,17 @@ async fn run(args: &ExplainArgs<'_>, text: &str) -> Result<serde_json::Value, St
         "budget": budget,
         "candidates": routed.candidates,
     }))
+}
+
+/// A paced budget's pace, as `explain` and `budget status` print it.
+pub fn pace_json(p: &crate::budget::pacing::Pace) -> serde_json::Value {
+    json!({
+        "pacing": p.pacing.as_str(),
+        "spent_nanousd": p.spent_nanos,
+        "target_nanousd": p.target_nanos,
+        "forecast_nanousd": p.forecast_nanos,
+        "limit_nanousd": p.limit_nanos,
+        "pace_ratio": p.ratio(),
+        "spend_price_per_usd": p.price_per_usd(),
+    })
 }

@@ -23,7 +23,7 @@ pub use escalations::{escalations, EscalationCommand};
 pub use explain::{explain, ExplainArgs};
 pub use reconcile::{budget_init, reconcile, ReconcileArgs};
 pub use report::{report, ReportArgs, ReportSource};
-pub use simulate::{simulate, SimulateArgs};
+pub use simulate::{simulate, simulate_pacing, SimulateArgs};
 pub use whatif::{whatif, WhatifArgs};
 
 /// Prints `value` as pretty JSON on stdout, as [`print_text`] does.

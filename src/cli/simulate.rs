@@ -245,3 +245,28 @@ fn render(a: &SimulateArgs, leased: &SimSummary, exact: &SimSummary, targets: &[
     }
     t
 }
+
+/// `simulate pacing`: prints the table or the JSON; 0 on success, 64 for
+/// bad flags or files, 1 when the simulation fails.
+pub fn simulate_pacing(a: crate::outcome::replay::pacing::PacingArgs, format: &str) -> u8 {
+    use crate::outcome::replay::pacing;
+    if format != "table" && format != "json" {
+        eprintln!("--format takes table or json, not `{format}`");
+        return 64;
+    }
+    match pacing::simulate_pacing(&a) {
+        Ok(r) => {
+            let out = if a.json {
+                serde_json::to_string_pretty(&r).unwrap_or_default()
+            } else {
+                pacing::table(&r)
+            };
+            crate::cli::print_text(out.trim_end());
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            64
+        }
+    }
+}

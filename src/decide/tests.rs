@@ -109,6 +109,7 @@ const FIRST: RouteInput = RouteInput {
     downgrade: false,
     learned: None,
     rejected_tier: None,
+    paced: None,
 };
 
 const HARD: &str = "Design a lock-free queue and explain why it is linearizable. First derive the invariants, then \

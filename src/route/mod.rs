@@ -149,6 +149,8 @@ pub struct Steer {
     pub downgrade: bool,
     /// The highest tier an earlier attempt of the outcome was rejected at.
     pub rejected_tier: Option<u8>,
+    /// The workflow's budget is paced: its price of spend.
+    pub paced: Option<crate::decide::Paced>,
 }
 
 impl Router {
@@ -172,15 +174,19 @@ impl Router {
         }
 
         // 2. Steer.
-        let downgrade = self.budgets.past_soft_threshold(workflow, now).await?;
+        let budget = self.budgets.steer(workflow, now).await?;
         let rejected_tier = if call.attempt > 1 && !call.outcome_id.is_empty() {
             self.learning.rejected_tier(&workflow.name, &call.outcome_id).await?
         } else {
             None
         };
         let steer = Steer {
-            downgrade,
+            downgrade: budget.downgrade,
             rejected_tier,
+            paced: budget.pace.map(|p| crate::decide::Paced {
+                price_per_nano: p.price_per_nano,
+                ratio: p.ratio(),
+            }),
         };
 
         // 3. Estimate and decide.
@@ -463,6 +469,7 @@ pub fn plan(
         downgrade: steer.downgrade,
         learned: None,
         rejected_tier: steer.rejected_tier,
+        paced: steer.paced,
     };
     let mut features = None;
     if let Some(l) = learn.filter(|_| workflow.learning.enabled) {

@@ -304,6 +304,9 @@ pub struct Budget {
     /// Basis points of the limit past which routing steps down a tier.
     pub soft_threshold_bp: Option<u32>,
     pub on_limit: OnLimit,
+    /// Spend paced along a target curve over the period; `None`: the soft
+    /// threshold steps down, as before.
+    pub pacing: Option<crate::budget::pacing::Pacing>,
     pub labels: Vec<LabelBudget>,
     /// Leased slices of the period budget (fleet stores only).
     pub lease: Option<LeaseTerms>,

@@ -147,6 +147,9 @@ pub struct RawBudget {
     pub soft_threshold_pct: Option<f64>,
     /// `escalate` or `deny` at the limit.
     pub on_limit: Option<String>,
+    /// `even` or `traffic`: spend along a target curve over the period
+    /// (docs/budgets.md, "Pacing").
+    pub pacing: Option<String>,
     /// Budgets for requests carrying a label value, e.g. per team.
     #[serde(default)]
     pub labels: Vec<RawLabelBudget>,

@@ -290,6 +290,24 @@ impl Validator<'_> {
                 OnLimit::Deny
             }
         };
+        let pacing = match b.pacing.as_deref() {
+            None => None,
+            Some(x) => match crate::budget::pacing::Pacing::parse(x) {
+                Some(p) => Some(p),
+                None => {
+                    self.error(
+                        o,
+                        "workflows",
+                        &["budget", "pacing"],
+                        format!(
+                            "unknown pacing `{x}`; use \"even\" (spend at the elapsed share of the period) or \
+                             \"traffic\" (at the workflow's own traffic by hour of the week)"
+                        ),
+                    );
+                    None
+                }
+            },
+        };
         let mut labels: Vec<LabelBudget> = Vec::new();
         for l in &b.labels {
             if l.label.is_empty() || l.value.is_empty() {
@@ -354,6 +372,7 @@ impl Validator<'_> {
             per_outcome_nanos,
             soft_threshold_bp,
             on_limit,
+            pacing,
             labels,
             lease,
         })

@@ -31,9 +31,13 @@ struct Fixture {
 }
 
 fn fixture(at: &str) -> Fixture {
+    fixture_with(at, &rules())
+}
+
+fn fixture_with(at: &str, rules: &str) -> Fixture {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("rules.toml");
-    std::fs::write(&path, rules()).expect("rules");
+    std::fs::write(&path, rules).expect("rules");
     let rules = Arc::new(Rules::load(&path).expect("valid rules"));
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).expect("store"));
     let budgets = Arc::new(Budgets::new(store.clone(), 60_000));
@@ -186,4 +190,89 @@ async fn a_period_rolls_over_at_midnight_as_a_new_counter() {
         f.sidecar.store.scope(&scope).await.expect("old day").spent_nanos,
         before.spent_nanos
     );
+}
+
+fn paced_call(i: usize) -> RouteCall {
+    // Every fourth request is hard: pacing should spend on those first.
+    let text = if i.is_multiple_of(4) {
+        "Design a lock-free multi-producer queue in Rust, prove it linearizable, and analyse its memory ordering."
+    } else {
+        "What is the capital of France?"
+    };
+    RouteCall::new(RawRoute {
+        workflow: "w".into(),
+        outcome_id: format!("o-{i}"),
+        task_kind: String::new(),
+        messages: std::iter::once(("user".to_string(), text.to_string())),
+        attempt: 1,
+        max_output_tokens: 1000,
+        deferrable: false,
+        capabilities: std::iter::empty(),
+        labels: std::iter::empty(),
+    })
+    .expect("valid call")
+}
+
+/// `secs` later on both clocks, routes call `i` and reports the tokens it
+/// was priced for, so that its spend settles.
+async fn paced_step(f: &Fixture, who: &Identity, i: usize, secs: u64) -> Routed {
+    f.clock.advance(Duration::from_secs(secs));
+    tokio::time::advance(Duration::from_secs(secs)).await;
+    let r = f
+        .sidecar
+        .route(who, paced_call(i))
+        .await
+        .expect("a paced call is never refused");
+    f.sidecar
+        .report_usage(who, usage(&r.decision_id, 1000))
+        .await
+        .expect("usage settles");
+    assert_eq!(r.status, RouteStatus::Routed, "{}", r.reason);
+    r
+}
+
+/// A paced day: half its traffic comes in a burst in the first hour. The
+/// burst does not spend the day's budget, no call reaches the hard limit,
+/// and the day ends just under its budget.
+#[tokio::test(start_paused = true)]
+async fn a_paced_budget_rides_out_a_burst_and_ends_the_day_on_budget() {
+    let rules = RulesBuilder::new()
+        .model(model("small", 0.1, 0.4, 3))
+        .model(model("large", 10.0, 40.0, 4))
+        .budgeted(
+            "w",
+            "learning = { enabled = false }",
+            "limit_usd = 1.0\nperiod = \"day\"\npacing = \"even\"\non_limit = \"deny\"",
+        )
+        .raw("[[rules]]\nname = \"large\"\ntier = 4")
+        .build();
+    let f = fixture_with("2026-12-01T00:00:00Z", &rules);
+    let who = Identity::local();
+    let limit: i64 = 1_000_000_000;
+    let (mut paced, mut large) = (0, 0);
+    // The burst: 240 calls in the first hour, where unpaced, the rule's
+    // large model would spend $1 in the first 25.
+    for i in 0..240 {
+        let r = paced_step(&f, &who, i, 15).await;
+        paced += usize::from(r.reason.starts_with("paced"));
+    }
+    let (_, st) = f.sidecar.budget(&who, "w").await.expect("budget");
+    let after_burst = st.spent_nanos + st.reserved_nanos;
+    assert!(
+        after_burst < limit / 4,
+        "the burst spent {after_burst} of {limit} in the first hour"
+    );
+    assert_eq!(paced, 240, "every decision says it was paced");
+    // The rest of the day: 240 calls, one every 5 minutes 44 seconds, the last just before midnight.
+    for i in 240..480 {
+        let r = paced_step(&f, &who, i, 344).await;
+        large += usize::from(r.planned.decision.model == 1);
+    }
+    let (_, st) = f.sidecar.budget(&who, "w").await.expect("budget");
+    let spent = st.spent_nanos + st.reserved_nanos;
+    assert!(
+        spent <= limit && spent as f64 >= 0.9 * limit as f64,
+        "the day ended at {spent} of {limit}"
+    );
+    assert!(large > 0, "underspend after the burst buys the large model again");
 }

@@ -276,6 +276,20 @@ fn bad_budgets_are_located() {
     );
 }
 
+#[test]
+fn a_pacing_mode_is_read_and_an_unknown_one_is_located() {
+    let paced = BUDGETED.replace("period = \"day\"", "period = \"day\"\npacing = \"traffic\"");
+    let t = RuleTable::from_str("b.toml", &paced).expect("rules");
+    let b = t.workflow("w").and_then(|w| w.budget.as_ref()).expect("budget");
+    assert_eq!(b.pacing, Some(crate::budget::pacing::Pacing::Traffic));
+    let bad = BUDGETED.replace("period = \"day\"", "period = \"day\"\npacing = \"smooth\"");
+    let s = RuleTable::from_str("b.toml", &bad).expect_err("invalid").to_string();
+    assert!(
+        s.contains("b.toml:17:1: `workflows[0].budget.pacing`: unknown pacing `smooth`"),
+        "{s}"
+    );
+}
+
 /// A day's budget used up at 23:59 in Berlin is a fresh budget a minute
 /// later; the old day's spend stays as it was (a rollover is a new counter,
 /// never a reset), even with calls on both sides of midnight racing.

@@ -13,6 +13,7 @@
 //! `show.rs` prints progress and the table; this one runs the policies.
 
 mod data;
+pub mod pacing;
 mod score;
 mod show;
 

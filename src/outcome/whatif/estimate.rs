@@ -224,6 +224,9 @@ pub fn rows(table: &RuleTable, ledger: &Ledger, skipped: &mut Skipped) -> Vec<Ro
             downgrade: s.downgrade,
             learned: learned_at(&s, &available, est.complexity).filter(|_| workflow.learning.enabled),
             rejected_tier: s.rejected_tier.and_then(|t| u8::try_from(t).ok()),
+            // A snapshot keeps no price of spend: what-if weighs the rules
+            // as they would route unpaced.
+            paced: None,
         };
         let Ok(d) = decide(table, workflow, &input, &est, &[], None) else {
             skipped.no_model += 1;

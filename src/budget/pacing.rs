@@ -1,0 +1,355 @@
+//! Budget pacing: spend a workflow's period budget along a target curve, so
+//! that the period ends on budget, with the dollars going where a stronger
+//! model changes the outcome most.
+//!
+//! A paced workflow keeps a *price of spend* λ ≥ 0. Each Route picks, among
+//! the models the rules allow (the quality floor, the capabilities, a
+//! retry's cascade), the one that maximises
+//!
+//! ```text
+//! value(model) − λ × estimated cost(model)
+//! ```
+//!
+//! where the value is P(accepted): the learner's prediction for the model's
+//! tier where it has evidence, else from the difficulty score (a cheap tier
+//! loses `complexity` of acceptance against the strongest, in proportion to
+//! the tiers between them).
+//!
+//! λ is set by a controller on the gap between spend and target, as a share
+//! of the budget. The gap is of *cumulative* spend, so a proportional term on
+//! it is already an integral on the spend rate: a burst raises λ smoothly
+//! and an underspend lowers it back. A slow integral term on the gap learns
+//! the level λ settles at, and carries it into the next period. The
+//! controller works in log λ, so it is scale-free, and both terms are
+//! clamped (no wind-up). Every sidecar derives λ from the same shared spend
+//! (the store's period scope), so sidecars of a fleet agree.
+//!
+//! Nothing here does I/O or reads a clock: the gate, `explain` and
+//! `simulate pacing` all call the same functions.
+
+use jiff::Timestamp;
+
+/// How a workflow's budget is paced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pacing {
+    /// Spend aims at the elapsed share of the period.
+    Even,
+    /// Spend aims at the workflow's own traffic shape by hour of the week.
+    Traffic,
+}
+
+impl Pacing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pacing::Even => "even",
+            Pacing::Traffic => "traffic",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Pacing> {
+        match s {
+            "even" => Some(Pacing::Even),
+            "traffic" => Some(Pacing::Traffic),
+            _ => None,
+        }
+    }
+}
+
+/// Hours in a week: the traffic shape's resolution.
+pub const HOURS_OF_WEEK: usize = 168;
+
+/// The share of the budget pacing aims to have spent at the period's end:
+/// a little under all of it, so that noise at the end lands below the hard
+/// limit rather than on it.
+pub const AIM: f64 = 0.98;
+
+/// The controller's gains on the spend gap (as a share of the budget):
+/// proportional, and integral per period. Chosen in `simulate pacing` for a
+/// settling time under a tenth of the period with at most one overshoot
+/// (docs/budgets.md).
+pub const GAIN_P: f64 = 40.0;
+pub const GAIN_I: f64 = 60.0;
+
+/// Past [`AIM`] of the budget, the price rises this much more in log λ per
+/// share of the budget spent: the last 2% is dear, so a burst at the end
+/// steps down instead of running into the hard limit.
+pub const GAIN_BARRIER: f64 = 400.0;
+
+/// log λ stays within ± this of the reference price (1 / 10,000th of the
+/// budget per unit of value).
+pub const LOG_RANGE: f64 = 12.0;
+
+/// A workflow's traffic by hour of the week (Monday 00:00 in the budget's
+/// time zone is hour 0), in any unit: only the proportions matter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shape {
+    pub hours: [f64; HOURS_OF_WEEK],
+}
+
+impl Shape {
+    /// A shape from counts; `None` when there are too few to trust (less than
+    /// a week's worth of hours seen, or nothing at all).
+    pub fn of_counts(counts: &[u64]) -> Option<Shape> {
+        let seen = counts.iter().filter(|&&c| c > 0).count();
+        let total: u64 = counts.iter().sum();
+        if counts.len() != HOURS_OF_WEEK || total == 0 || seen < HOURS_OF_WEEK / 4 {
+            return None;
+        }
+        let mut hours = [0.0; HOURS_OF_WEEK];
+        // A floor of a tenth of the mean: an hour never seen still gets a
+        // little of the budget, so a quiet hour that turns busy is not
+        // starved.
+        let floor = total as f64 / HOURS_OF_WEEK as f64 / 10.0;
+        for (h, &c) in hours.iter_mut().zip(counts) {
+            *h = (c as f64).max(floor);
+        }
+        Some(Shape { hours })
+    }
+}
+
+/// The hour of the week of `t` in `tz` (0: Monday 00:00–01:00).
+pub fn hour_of_week(tz: &jiff::tz::TimeZone, t: Timestamp) -> usize {
+    let dt = tz.to_datetime(t);
+    dt.weekday().to_monday_zero_offset() as usize * 24 + dt.hour() as usize
+}
+
+/// The share of the period's spend due by `now`: the elapsed share of
+/// `[start, end)` (even), or of its traffic (by `shape`).
+pub fn due_share(
+    start: Timestamp,
+    end: Timestamp,
+    now: Timestamp,
+    tz: &jiff::tz::TimeZone,
+    shape: Option<&Shape>,
+) -> f64 {
+    let (s, e, n) = (start.as_millisecond(), end.as_millisecond(), now.as_millisecond());
+    if e <= s {
+        return 1.0;
+    }
+    let n = n.clamp(s, e);
+    let Some(shape) = shape else {
+        return (n - s) as f64 / (e - s) as f64;
+    };
+    const HOUR: i64 = 3_600_000;
+    let (mut due, mut total) = (0.0, 0.0);
+    let mut at = s;
+    while at < e {
+        let next = (at + HOUR).min(e);
+        let w = shape.hours[hour_of_week(tz, Timestamp::from_millisecond(at).unwrap_or(start))] / HOUR as f64;
+        total += w * (next - at) as f64;
+        if at < n {
+            due += w * (next.min(n) - at) as f64;
+        }
+        at = next;
+    }
+    if total > 0.0 {
+        due / total
+    } else {
+        (n - s) as f64 / (e - s) as f64
+    }
+}
+
+/// A workflow's pace: where its spend is against the target, and the price.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pace {
+    pub pacing: Pacing,
+    /// Spent plus reserved in the period so far.
+    pub spent_nanos: i64,
+    /// What pacing aims to have spent by now.
+    pub target_nanos: i64,
+    pub limit_nanos: i64,
+    /// Spend at the period's end if it goes on as it has against the target.
+    pub forecast_nanos: i64,
+    /// λ: value forgone per nano-dollar.
+    pub price_per_nano: f64,
+}
+
+impl Pace {
+    /// Spend over target (1: on pace); 0 before anything is due.
+    pub fn ratio(&self) -> f64 {
+        if self.target_nanos <= 0 {
+            0.0
+        } else {
+            self.spent_nanos as f64 / self.target_nanos as f64
+        }
+    }
+
+    /// λ per USD, as metrics and people read it.
+    pub fn price_per_usd(&self) -> f64 {
+        self.price_per_nano * 1e9
+    }
+}
+
+/// The controller of one workflow's price. `integral` is carried from one
+/// period into the next: traffic like last period's starts at last period's
+/// price.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Controller {
+    /// The integral term, in log λ.
+    pub integral: f64,
+    /// When the controller last moved, and the period it was in.
+    pub last_ms: Option<i64>,
+    pub log_price: f64,
+}
+
+impl Controller {
+    /// Moves the controller to `now_ms` with the spend gap `gap` (spend minus
+    /// target, as a share of the budget) over a period `period_ms` long, and
+    /// returns log λ relative to the reference price.
+    pub fn update(&mut self, now_ms: i64, period_ms: i64, gap: f64) -> f64 {
+        let gap = if gap.is_finite() { gap.clamp(-1.0, 1.0) } else { 0.0 };
+        let dt = match self.last_ms {
+            Some(last) if now_ms > last && period_ms > 0 => ((now_ms - last) as f64 / period_ms as f64).min(0.05),
+            _ => 0.0,
+        };
+        self.last_ms = Some(now_ms.max(self.last_ms.unwrap_or(now_ms)));
+        let p = GAIN_P * gap;
+        let mut next = self.integral + GAIN_I * gap * dt;
+        // No wind-up: the integral does not move further the way the output
+        // is already clamped.
+        if (next + p > LOG_RANGE && next > self.integral) || (next + p < -LOG_RANGE && next < self.integral) {
+            next = self.integral;
+        }
+        self.integral = next.clamp(-LOG_RANGE, LOG_RANGE);
+        self.log_price = (self.integral + p).clamp(-LOG_RANGE, LOG_RANGE);
+        self.log_price
+    }
+}
+
+/// The reference price: one unit of value per 10,000th of the budget.
+pub fn reference_price(limit_nanos: i64) -> f64 {
+    1e4 / (limit_nanos.max(1) as f64)
+}
+
+/// The pace of a period: the target by the due share, the forecast, and the
+/// controller moved to `now`.
+pub fn pace(
+    pacing: Pacing,
+    c: &mut Controller,
+    spent_nanos: i64,
+    limit_nanos: i64,
+    due: f64,
+    now_ms: i64,
+    period_ms: i64,
+) -> Pace {
+    let target = AIM * limit_nanos as f64 * due.clamp(0.0, 1.0);
+    let gap = (spent_nanos as f64 - target) / limit_nanos.max(1) as f64;
+    let used = spent_nanos as f64 / limit_nanos.max(1) as f64;
+    let barrier = GAIN_BARRIER * (used - AIM).max(0.0);
+    let log_price = (c.update(now_ms, period_ms, gap) + barrier).min(LOG_RANGE + GAIN_BARRIER * (1.0 - AIM));
+    // Early in the period the forecast is noise; it reads as on pace.
+    let forecast = if due > 0.02 {
+        spent_nanos as f64 / due
+    } else {
+        AIM * limit_nanos as f64
+    };
+    Pace {
+        pacing,
+        spent_nanos,
+        target_nanos: target.round() as i64,
+        limit_nanos,
+        forecast_nanos: forecast.min(i64::MAX as f64 / 2.0).round() as i64,
+        price_per_nano: reference_price(limit_nanos) * log_price.exp(),
+    }
+}
+
+/// The value of each candidate tier from the difficulty score: the strongest
+/// available tier is worth 0, the weakest `-complexity`, those between in
+/// proportion.
+pub fn prior_value(complexity: f64, tier: u8, weakest: u8, strongest: u8) -> f64 {
+    if strongest <= weakest {
+        return 0.0;
+    }
+    let c = if complexity.is_finite() {
+        complexity.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    -c * f64::from(strongest.saturating_sub(tier)) / f64::from(strongest - weakest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_even_period_is_due_by_its_elapsed_share() {
+        let tz = jiff::tz::TimeZone::UTC;
+        let s = Timestamp::from_second(0).expect("t");
+        let e = Timestamp::from_second(7 * 86_400).expect("t");
+        let mid = Timestamp::from_second(7 * 43_200).expect("t");
+        assert!((due_share(s, e, mid, &tz, None) - 0.5).abs() < 1e-9);
+        assert_eq!(due_share(s, e, e, &tz, None), 1.0);
+        assert_eq!(due_share(s, e, s, &tz, None), 0.0);
+    }
+
+    #[test]
+    fn a_traffic_shape_moves_the_target_to_the_busy_hours() {
+        let tz = jiff::tz::TimeZone::UTC;
+        // 1970-01-05 was a Monday.
+        let s = Timestamp::from_second(4 * 86_400).expect("t");
+        let e = Timestamp::from_second(11 * 86_400).expect("t");
+        let mut counts = vec![1u64; HOURS_OF_WEEK];
+        // Monday 09:00–17:00 carries almost everything.
+        for c in &mut counts[9..17] {
+            *c = 1000;
+        }
+        let shape = Shape::of_counts(&counts).expect("shape");
+        let monday_5pm = Timestamp::from_second(4 * 86_400 + 17 * 3600).expect("t");
+        let due = due_share(s, e, monday_5pm, &tz, Some(&shape));
+        assert!(due > 0.85, "{due}");
+        assert!(due_share(s, e, monday_5pm, &tz, None) < 0.11);
+    }
+
+    #[test]
+    fn too_little_history_is_no_shape() {
+        let mut counts = vec![0u64; HOURS_OF_WEEK];
+        counts[3] = 50;
+        assert!(Shape::of_counts(&counts).is_none());
+        assert!(Shape::of_counts(&[1; 10]).is_none());
+    }
+
+    #[test]
+    fn overspend_raises_the_price_and_underspend_lowers_it() {
+        let mut c = Controller::default();
+        let period = 1_000_000;
+        let on = c.update(0, period, 0.0);
+        let ahead = c.update(10_000, period, 0.05);
+        assert!(ahead > on + 1.5, "{on} -> {ahead}");
+        let mut c = Controller::default();
+        let behind = c.update(10_000, period, -0.05);
+        assert!(behind < -1.5, "{behind}");
+    }
+
+    #[test]
+    fn the_price_is_bounded_and_does_not_wind_up() {
+        let mut c = Controller::default();
+        let period = 1_000;
+        for t in 0..10_000 {
+            c.update(t, period, 1.0);
+        }
+        assert_eq!(c.log_price, LOG_RANGE);
+        // Back on pace, the price comes off its bound at once.
+        let back = c.update(10_001, period, 0.0);
+        assert!(back < LOG_RANGE, "{back}");
+        let junk = c.update(10_002, period, f64::NAN);
+        assert!(junk.is_finite());
+    }
+
+    #[test]
+    fn the_prior_value_falls_with_the_tiers_below_the_strongest() {
+        assert!((prior_value(0.3, 3, 3, 5) + 0.3).abs() < 1e-12);
+        assert!((prior_value(0.3, 4, 3, 5) + 0.15).abs() < 1e-12);
+        assert_eq!(prior_value(0.3, 5, 3, 5), 0.0);
+        assert_eq!(prior_value(f64::NAN, 3, 3, 5), 0.0);
+    }
+
+    #[test]
+    fn the_forecast_and_ratio_read_the_spend_against_the_target() {
+        let mut c = Controller::default();
+        let p = pace(Pacing::Even, &mut c, 60, 100, 0.5, 0, 1000);
+        assert_eq!(p.target_nanos, 49);
+        assert_eq!(p.forecast_nanos, 120);
+        assert!(p.ratio() > 1.2);
+    }
+}

@@ -1,0 +1,619 @@
+//! `switchyard simulate pacing`: a period of bursty arrivals of replay rows
+//! against a budget set to a share of always-strong's cost, under threshold
+//! step-down and under each pacing mode.
+//!
+//! Every call is decided by [`crate::decide::decide`], as `serve` decides
+//! it, and its price comes from [`crate::budget::pacing`], as the gate's
+//! does. The period is a week of hours with a weekday working-day shape,
+//! multiplied in bursts of 3 to 30 times for 1 to 6 hours. `traffic` learns
+//! its shape, and both paced modes their starting price, from the week
+//! before (another draw of the same world). A call that would cross the hard
+//! limit escalates and is not served in the period (a person has not
+//! approved it yet); it counts as not accepted.
+
+use serde::Serialize;
+
+use super::data::{outcome_of, Case};
+use super::{load, ReplayArgs};
+use crate::budget::pacing::{due_share, hour_of_week, pace, Controller, Pacing, Shape, HOURS_OF_WEEK};
+use crate::decide::{decide, Paced, RouteInput};
+use crate::estimate::Estimate;
+use crate::route::{find_workflow, plan, Across, RawRoute, RouteCall, Steer};
+use crate::rules::{RuleTable, Workflow};
+
+pub struct PacingArgs {
+    pub rules: std::path::PathBuf,
+    pub data: std::path::PathBuf,
+    pub workflow: Option<String>,
+    pub budget_shares: Vec<f64>,
+    pub seeds: u64,
+    pub seed: u64,
+    /// The soft threshold of the `threshold` policy when the workflow sets
+    /// none, in percent.
+    pub soft_threshold_pct: f64,
+    pub json: bool,
+}
+
+/// One policy at one budget, over the seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicySummary {
+    pub name: String,
+    pub budget_share: f64,
+    pub accepted_mean: f64,
+    pub accepted_sd: f64,
+    /// Accepted outcomes over threshold step-down's at the same budget, less 1.
+    pub accepted_gain_over_threshold: f64,
+    pub spend_share_mean: f64,
+    pub spend_share_min: f64,
+    pub spend_share_max: f64,
+    pub seeds_within_95_100: u64,
+    /// The largest spend past the budget, as a share of it (0: never over).
+    pub overspend_max_share: f64,
+    pub hours_stepped_down_mean: f64,
+    pub hours_escalated_mean: f64,
+    pub cost_per_accepted_nanousd: i64,
+}
+
+/// How the price settles after the call rate doubles at mid-period.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settling {
+    pub name: String,
+    pub budget_share: f64,
+    /// From the step to the first time log λ stays within 0.25 of its new
+    /// level, as a share of the period.
+    pub settle_share: f64,
+    /// Times log λ crossed out of that band after first reaching it.
+    pub overshoots: u64,
+    pub log_price_before: f64,
+    pub log_price_after: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PacingReport {
+    pub rules: String,
+    pub data: String,
+    pub workflow: String,
+    pub rows: usize,
+    pub seeds: u64,
+    pub period_hours: usize,
+    pub policies: Vec<PolicySummary>,
+    pub settling: Vec<Settling>,
+}
+
+/// A row as the simulation replays it: its estimate and its outcome and
+/// cost on each model.
+struct SimCase<'a> {
+    case: &'a Case,
+    est: Estimate,
+}
+
+/// Weeks of traffic history before the week measured.
+const HISTORY_WEEKS: usize = 4;
+const PERIOD_MS: i64 = HOURS_OF_WEEK as i64 * 3_600_000;
+/// 1970-01-05, a Monday: the simulated week starts there, in UTC.
+const WEEK_START_MS: i64 = 4 * 86_400_000;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Policy {
+    Threshold,
+    Paced(Pacing),
+}
+
+impl Policy {
+    fn name(self) -> &'static str {
+        match self {
+            Policy::Threshold => "threshold",
+            Policy::Paced(p) => p.as_str(),
+        }
+    }
+}
+
+/// One seed's figures for one policy.
+#[derive(Debug, Clone, Copy, Default)]
+struct Run {
+    accepted: u64,
+    spent: i64,
+    limit: i64,
+    hours_down: u64,
+    hours_escalated: u64,
+}
+
+/// The arrival time of each call of a week: a working-day shape, in bursts.
+#[derive(Clone, Copy, PartialEq)]
+enum Arrivals {
+    /// A working-day shape in bursts.
+    Bursty,
+    /// The same rate all week.
+    Flat,
+    /// A flat rate that doubles halfway through.
+    Step,
+}
+
+fn arrivals(n: usize, rng: &mut fastrand::Rng, kind: Arrivals) -> (Vec<i64>, Vec<u64>) {
+    let step = kind != Arrivals::Bursty;
+    let mut weight = [0f64; HOURS_OF_WEEK];
+    for (h, w) in weight.iter_mut().enumerate() {
+        let (day, hour) = (h / 24, h % 24);
+        *w = match (day < 5, (9..18).contains(&hour)) {
+            _ if step => 1.0,
+            (true, true) => 1.0,
+            (true, false) => 0.25,
+            (false, _) => 0.15,
+        };
+    }
+    if kind == Arrivals::Step {
+        // The rate doubles halfway through.
+        for w in &mut weight[HOURS_OF_WEEK / 2..] {
+            *w *= 2.0;
+        }
+    } else if kind == Arrivals::Bursty {
+        // Bursts: 4 to 12 a week, each 1 to 6 hours at 3 to 30 times.
+        // Bursts that overlap do not multiply: an hour runs at most 30x.
+        let mut burst = [1f64; HOURS_OF_WEEK];
+        for _ in 0..rng.usize(4..=12) {
+            let (at, len, times) = (rng.usize(0..HOURS_OF_WEEK), rng.usize(1..=6), 3.0 + rng.f64() * 27.0);
+            for b in burst.iter_mut().skip(at).take(len) {
+                *b = b.max(times);
+            }
+        }
+        for (w, b) in weight.iter_mut().zip(burst) {
+            *w *= b;
+        }
+    }
+    let total: f64 = weight.iter().sum();
+    let mut cdf = Vec::with_capacity(HOURS_OF_WEEK);
+    let mut acc = 0.0;
+    for w in &weight {
+        acc += w / total;
+        cdf.push(acc);
+    }
+    let mut counts = vec![0u64; HOURS_OF_WEEK];
+    let mut times: Vec<i64> = (0..n)
+        .map(|_| {
+            let u = rng.f64();
+            let h = cdf.partition_point(|&c| c < u).min(HOURS_OF_WEEK - 1);
+            counts[h] += 1;
+            WEEK_START_MS + h as i64 * 3_600_000 + rng.i64(0..3_600_000)
+        })
+        .collect();
+    times.sort_unstable();
+    (times, counts)
+}
+
+/// What one policy did over one week of calls.
+struct World<'a> {
+    table: &'a RuleTable,
+    workflow: &'a Workflow,
+    cases: &'a [SimCase<'a>],
+    soft_bp: u32,
+}
+
+impl World<'_> {
+    /// Plays `order` (indices into the cases) at `times` against `limit`.
+    /// Returns the run and the controller at its end; `trace` gets log λ
+    /// at each call when given.
+    fn play(
+        &self,
+        policy: Policy,
+        (order, times): (&[usize], &[i64]),
+        limit: i64,
+        mut controller: Controller,
+        shape: Option<&Shape>,
+        mut trace: Option<&mut Vec<(i64, f64)>>,
+    ) -> Result<(Run, Controller), String> {
+        let tz = jiff::tz::TimeZone::UTC;
+        let ts = |ms: i64| jiff::Timestamp::from_millisecond(ms).map_err(|e| e.to_string());
+        let (start, end) = (ts(WEEK_START_MS)?, ts(WEEK_START_MS + PERIOD_MS)?);
+        let mut run = Run {
+            limit,
+            ..Run::default()
+        };
+        let (mut down, mut escalated) = ([false; HOURS_OF_WEEK], [false; HOURS_OF_WEEK]);
+        for (&i, &at) in order.iter().zip(times) {
+            let c = &self.cases[i];
+            let now = ts(at)?;
+            let hour = hour_of_week(&tz, now);
+            let mut input = RouteInput {
+                attempt: 1,
+                deferrable: false,
+                capabilities: crate::rules::Capabilities::default(),
+                downgrade: false,
+                learned: None,
+                rejected_tier: None,
+                paced: None,
+            };
+            match policy {
+                Policy::Threshold => {
+                    input.downgrade = run.spent as i128 * 10_000 >= limit as i128 * i128::from(self.soft_bp);
+                }
+                Policy::Paced(mode) => {
+                    let due = due_share(start, end, now, &tz, shape);
+                    let p = pace(mode, &mut controller, run.spent, limit, due, at, PERIOD_MS);
+                    input.paced = Some(Paced {
+                        price_per_nano: p.price_per_nano,
+                        ratio: p.ratio(),
+                    });
+                    if let Some(t) = trace.as_deref_mut() {
+                        t.push((at, controller.log_price));
+                    }
+                }
+            }
+            let d = decide(self.table, self.workflow, &input, &c.est, &[], None).map_err(|e| e.message)?;
+            if run.spent.saturating_add(d.cost_nanos) > limit {
+                escalated[hour] = true;
+                continue;
+            }
+            let (ok, _, cost) = outcome_of(self.table, c.case, d.model)?;
+            run.spent = run.spent.saturating_add(cost);
+            run.accepted += u64::from(ok);
+            let cheaper = d.paced_from.is_some_and(|m| {
+                self.table.models[m].tiers[c.est.class] > self.table.models[d.model].tiers[c.est.class]
+            });
+            if d.downgraded_from.is_some() || cheaper {
+                down[hour] = true;
+            }
+        }
+        run.hours_down = down.iter().filter(|&&x| x).count() as u64;
+        run.hours_escalated = escalated.iter().filter(|&&x| x).count() as u64;
+        Ok((run, controller))
+    }
+}
+
+/// A bar on stderr (hidden when stderr is not a terminal).
+fn progress_bar(len: u64, msg: &'static str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len).with_message(msg);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len}, {eta} left") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn mean_sd(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len().max(1) as f64;
+    let m = xs.iter().sum::<f64>() / n;
+    let v = xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (m, v.sqrt())
+}
+
+pub fn simulate_pacing(a: &PacingArgs) -> Result<PacingReport, String> {
+    if a.budget_shares.is_empty()
+        || a.budget_shares
+            .iter()
+            .any(|s| !(s.is_finite() && *s > 0.0 && *s <= 1.0))
+    {
+        return Err(
+            "--budget-share takes shares of always-strong's cost above 0 and at most 1, e.g. 0.3,0.5,0.7".into(),
+        );
+    }
+    if !(a.soft_threshold_pct.is_finite() && a.soft_threshold_pct > 0.0 && a.soft_threshold_pct < 100.0) {
+        return Err("--soft-threshold-pct takes a percentage between 0 and 100".into());
+    }
+    let l = load(&ReplayArgs {
+        rules: a.rules.clone(),
+        data: a.data.clone(),
+        workflow: a.workflow.clone(),
+        scores_out: None,
+        json: a.json,
+        seed: a.seed,
+        seeds: 0,
+    })?;
+    let table = l.rules.current();
+    let workflow = find_workflow(&table, &l.workflow).map_err(|e| e.to_string())?;
+    let soft_bp = workflow
+        .budget
+        .as_ref()
+        .and_then(|b| b.soft_threshold_bp)
+        .unwrap_or((a.soft_threshold_pct * 100.0).round() as u32);
+    let bar = progress_bar(l.cases.len() as u64, "estimating the rows");
+    let mut cases = Vec::with_capacity(l.cases.len());
+    for c in &l.cases {
+        let call = RouteCall::new(RawRoute {
+            workflow: workflow.name.clone(),
+            outcome_id: String::new(),
+            task_kind: String::new(),
+            messages: std::iter::once(("user".to_string(), c.prompt.clone())),
+            attempt: 1,
+            max_output_tokens: 0,
+            deferrable: false,
+            capabilities: std::iter::empty(),
+            labels: std::iter::empty(),
+        })
+        .map_err(|e| format!("row `{}`: {e}", c.id))?;
+        let planned = plan(
+            &table,
+            workflow,
+            &call,
+            Steer::default(),
+            Across {
+                cache: None,
+                sketches: None,
+            },
+            None,
+            None,
+        )
+        .map_err(|e| format!("row `{}`: {e}", c.id))?;
+        cases.push(SimCase {
+            case: c,
+            est: planned.est,
+        });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let world = World {
+        table: &table,
+        workflow,
+        cases: &cases,
+        soft_bp,
+    };
+    let strong_cost: i64 = l.cases.iter().map(|c| c.outcome[l.strong].map_or(0, |o| o.2)).sum();
+    let policies = [
+        Policy::Threshold,
+        Policy::Paced(Pacing::Even),
+        Policy::Paced(Pacing::Traffic),
+    ];
+    let total = a.seeds * a.budget_shares.len() as u64;
+    let bar = progress_bar(total, "simulating periods");
+    let n = cases.len();
+    let mut summaries = Vec::new();
+    for &share in &a.budget_shares {
+        let limit = (strong_cost as f64 * share).round() as i64;
+        let mut by_policy: Vec<Vec<Run>> = vec![Vec::new(); policies.len()];
+        let results = std::sync::Mutex::new(Vec::new());
+        let next = std::sync::atomic::AtomicU64::new(0);
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |t| t.get())
+            .min(a.seeds as usize)
+            .max(1);
+        let failed = std::sync::Mutex::new(None::<String>);
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| loop {
+                    let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if k >= a.seeds {
+                        return;
+                    }
+                    let seed = a.seed.wrapping_add(k);
+                    match one_seed(&world, &policies, n, limit, seed) {
+                        Ok(runs) => results
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push((seed, runs)),
+                        Err(e) => {
+                            *failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+                            return;
+                        }
+                    }
+                    bar.inc(1);
+                });
+            }
+        });
+        if let Some(e) = failed.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
+            return Err(e);
+        }
+        let mut results = results.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        results.sort_by_key(|r| r.0);
+        for (_, runs) in results {
+            for (i, r) in runs.into_iter().enumerate() {
+                by_policy[i].push(r);
+            }
+        }
+        let threshold_mean = mean_sd(&by_policy[0].iter().map(|r| r.accepted as f64).collect::<Vec<_>>()).0;
+        for (p, runs) in policies.iter().zip(&by_policy) {
+            let accepted: Vec<f64> = runs.iter().map(|r| r.accepted as f64).collect();
+            let spend: Vec<f64> = runs.iter().map(|r| r.spent as f64 / r.limit.max(1) as f64).collect();
+            let (am, asd) = mean_sd(&accepted);
+            let spent_total: i64 = runs.iter().map(|r| r.spent).sum();
+            let accepted_total: u64 = runs.iter().map(|r| r.accepted).sum();
+            summaries.push(PolicySummary {
+                name: p.name().to_string(),
+                budget_share: share,
+                accepted_mean: am,
+                accepted_sd: asd,
+                accepted_gain_over_threshold: if threshold_mean > 0.0 {
+                    am / threshold_mean - 1.0
+                } else {
+                    0.0
+                },
+                spend_share_mean: mean_sd(&spend).0,
+                spend_share_min: spend.iter().copied().fold(f64::INFINITY, f64::min),
+                spend_share_max: spend.iter().copied().fold(0.0, f64::max),
+                seeds_within_95_100: spend.iter().filter(|&&s| (0.95..=1.0).contains(&s)).count() as u64,
+                overspend_max_share: spend.iter().map(|s| (s - 1.0).max(0.0)).fold(0.0, f64::max),
+                hours_stepped_down_mean: mean_sd(&runs.iter().map(|r| r.hours_down as f64).collect::<Vec<_>>()).0,
+                hours_escalated_mean: mean_sd(&runs.iter().map(|r| r.hours_escalated as f64).collect::<Vec<_>>()).0,
+                cost_per_accepted_nanousd: spent_total / accepted_total.max(1) as i64,
+            });
+        }
+    }
+    bar.finish_and_clear();
+    let mut settling = Vec::new();
+    for &share in &a.budget_shares {
+        let limit = (strong_cost as f64 * share).round() as i64;
+        settling.push(settle(&world, n, limit, share, a.seed)?);
+    }
+    Ok(PacingReport {
+        rules: a.rules.display().to_string(),
+        data: a.data.display().to_string(),
+        workflow: workflow.name.clone(),
+        rows: n,
+        seeds: a.seeds,
+        period_hours: HOURS_OF_WEEK,
+        policies: summaries,
+        settling,
+    })
+}
+
+/// One seed: the week before (for the traffic shape and the carried price),
+/// then the week measured, under every policy.
+fn one_seed(world: &World<'_>, policies: &[Policy], n: usize, limit: i64, seed: u64) -> Result<Vec<Run>, String> {
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x9ACE);
+    let mut order: Vec<usize> = (0..n).collect();
+    // Four weeks of history: their traffic by hour is the shape, and the
+    // last of them carries its price into the week measured.
+    let mut history = vec![0u64; HOURS_OF_WEEK];
+    let mut before_times = Vec::new();
+    for _ in 0..HISTORY_WEEKS {
+        let (times, before_counts) = arrivals(n, &mut rng, Arrivals::Bursty);
+        before_times = times;
+        for (h, c) in history.iter_mut().zip(&before_counts) {
+            *h += c;
+        }
+    }
+    rng.shuffle(&mut order);
+    let before_order = order.clone();
+    let (times, _) = arrivals(n, &mut rng, Arrivals::Bursty);
+    rng.shuffle(&mut order);
+    let shape = Shape::of_counts(&history);
+    let mut out = Vec::with_capacity(policies.len());
+    for &p in policies {
+        let shape = match p {
+            Policy::Paced(Pacing::Traffic) => shape.as_ref(),
+            _ => None,
+        };
+        let warm = match p {
+            Policy::Threshold => Controller::default(),
+            Policy::Paced(_) => {
+                world
+                    .play(
+                        p,
+                        (&before_order, &before_times),
+                        limit,
+                        Controller::default(),
+                        shape,
+                        None,
+                    )?
+                    .1
+            }
+        };
+        let carried = Controller {
+            integral: warm.integral,
+            last_ms: None,
+            log_price: warm.log_price,
+        };
+        out.push(world.play(p, (&order, &times), limit, carried, shape, None)?.0);
+    }
+    Ok(out)
+}
+
+/// The call rate doubles at mid-period: how long `even` pacing's price
+/// takes to settle at its new level, and how often it overshoots.
+fn settle(world: &World<'_>, n: usize, limit: i64, share: f64, seed: u64) -> Result<Settling, String> {
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x57E9);
+    let mut order: Vec<usize> = (0..n).collect();
+    rng.shuffle(&mut order);
+    let (times, _) = arrivals(n, &mut rng, Arrivals::Step);
+    let policy = Policy::Paced(Pacing::Even);
+    // A week at the first half's rate (two thirds of the calls, the same
+    // budget) first, so that the price starts settled.
+    let (flat, _) = arrivals(n * 2 / 3, &mut rng, Arrivals::Flat);
+    let warm = world
+        .play(
+            policy,
+            (&order[..flat.len()], &flat),
+            limit,
+            Controller::default(),
+            None,
+            None,
+        )?
+        .1;
+    let mut trace = Vec::new();
+    let carried = Controller {
+        integral: warm.integral,
+        last_ms: None,
+        log_price: warm.log_price,
+    };
+    world.play(policy, (&order, &times), limit, carried, None, Some(&mut trace))?;
+    let step_ms = WEEK_START_MS + PERIOD_MS / 2;
+    let level = |from: f64, to: f64| {
+        let xs: Vec<f64> = trace
+            .iter()
+            .filter(|(t, _)| {
+                let s = (t - WEEK_START_MS) as f64 / PERIOD_MS as f64;
+                s >= from && s < to
+            })
+            .map(|x| x.1)
+            .collect();
+        mean_sd(&xs).0
+    };
+    let (before, after) = (level(0.35, 0.5), level(0.7, 0.9));
+    const BAND: f64 = 0.25;
+    let after_step: Vec<&(i64, f64)> = trace.iter().filter(|(t, _)| *t >= step_ms).collect();
+    // The last time it was outside the band (before 90% of the period).
+    let end_ms = WEEK_START_MS + PERIOD_MS * 9 / 10;
+    let last_out = after_step
+        .iter()
+        .filter(|(t, v)| *t < end_ms && (v - after).abs() > BAND)
+        .map(|(t, _)| *t)
+        .max()
+        .unwrap_or(step_ms);
+    let mut overshoots = 0u64;
+    let (mut reached, mut outside) = (false, false);
+    for (t, v) in &after_step {
+        if *t >= end_ms {
+            break;
+        }
+        let inside = (v - after).abs() <= BAND;
+        if inside {
+            reached = true;
+            outside = false;
+        } else if reached && !outside {
+            outside = true;
+            overshoots += 1;
+        }
+    }
+    Ok(Settling {
+        name: policy.name().to_string(),
+        budget_share: share,
+        settle_share: (last_out - step_ms).max(0) as f64 / PERIOD_MS as f64,
+        overshoots,
+        log_price_before: before,
+        log_price_after: after,
+    })
+}
+
+/// The report as a table, for people.
+pub fn table(r: &PacingReport) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} rows of {} in workflow `{}`, {} seeds of a {}-hour period in bursts\n",
+        r.rows, r.data, r.workflow, r.seeds, r.period_hours
+    );
+    let _ = writeln!(
+        s,
+        "| budget | policy | accepted (sd) | vs threshold | spend / budget (min–max) | seeds 95–100% | hours stepped down | hours escalated | cost per accepted |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+    for p in &r.policies {
+        let _ = writeln!(
+            s,
+            "| {:.0}% | {} | {:.0} ({:.0}) | {:+.1}% | {:.1}% ({:.1}–{:.1}) | {} | {:.1} | {:.1} | {} |",
+            p.budget_share * 100.0,
+            p.name,
+            p.accepted_mean,
+            p.accepted_sd,
+            p.accepted_gain_over_threshold * 100.0,
+            p.spend_share_mean * 100.0,
+            p.spend_share_min * 100.0,
+            p.spend_share_max * 100.0,
+            p.seeds_within_95_100,
+            p.hours_stepped_down_mean,
+            p.hours_escalated_mean,
+            crate::money::Usd(p.cost_per_accepted_nanousd),
+        );
+    }
+    let _ = writeln!(s, "\nprice after the call rate doubles at mid-period (even pacing):");
+    for x in &r.settling {
+        let _ = writeln!(
+            s,
+            "  budget {:.0}%: log λ {:.2} -> {:.2}, settled in {:.3} of the period, {} overshoot(s)",
+            x.budget_share * 100.0,
+            x.log_price_before,
+            x.log_price_after,
+            x.settle_share,
+            x.overshoots
+        );
+    }
+    s
+}
