@@ -526,7 +526,8 @@ async fn store_gauges(s: &AdminState) -> Vec<Readings> {
         );
         for (w, p) in paces {
             let labels = vec![("workflow", w)];
-            ratio.push(labels.clone(), Reading::Real(p.ratio()));
+            // Before anything is due, spend is on pace.
+            ratio.push(labels.clone(), Reading::Real(p.ratio().unwrap_or(1.0)));
             price.push(labels, Reading::Real(p.price_per_usd()));
         }
         out.push(ratio);

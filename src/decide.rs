@@ -48,8 +48,9 @@ pub struct RouteInput {
 pub struct Paced {
     /// λ: value forgone per nano-dollar.
     pub price_per_nano: f64,
-    /// Spend over target (1: on pace), for the reason.
-    pub ratio: f64,
+    /// Spend over target (1: on pace), for the reason; `None` before
+    /// anything is due.
+    pub ratio: Option<f64>,
 }
 
 /// Why a model was not a candidate.
@@ -229,6 +230,18 @@ pub fn decide(
             }
         }
     }
+    if let Some(paced) = input.paced {
+        let available = available_tiers(table, workflow, est.class);
+        return decide_paced(
+            &ctx,
+            paced,
+            workflow.quality_floor,
+            &available,
+            DEFAULT_RULE,
+            &skipped_pins,
+            trace,
+        );
+    }
     pick(&ctx, workflow.quality_floor, None, DEFAULT_RULE, &skipped_pins, trace)
 }
 
@@ -278,10 +291,9 @@ fn decide_paced(
     )?;
     d.propensity = learned.map(|_| 1.0);
     d.policy_tier = learned.map(|_| ctx.table.models[d.model].tiers[ctx.est.class]);
-    let pace = if paced.ratio > 0.0 {
-        format!("spend at {:.0}% of its paced target", paced.ratio * 100.0)
-    } else {
-        "nothing due yet".to_string()
+    let pace = match paced.ratio {
+        Some(r) => format!("spend at {:.0}% of its paced target", r * 100.0),
+        None => "nothing due yet".to_string(),
     };
     let note = if d.model == ruled.model {
         format!("paced ({pace}): the rule's choice stands")
@@ -500,6 +512,12 @@ fn pick_among(
             reason,
             "pinned to {} by rule `{rule}` for {class}: est. {}",
             m.name,
+            Usd(cost)
+        )
+    } else if paced.is_some() {
+        write!(
+            reason,
+            "most value net of its price of {adequate} models at tier >= {required} for {class}: est. {}",
             Usd(cost)
         )
     } else {

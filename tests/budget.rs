@@ -1047,3 +1047,61 @@ async fn duplicate_concurrent_reports_of_a_leased_call_are_charged_once() {
     acked += costs[0];
     assert_settles_to(&c, "race", acked).await;
 }
+
+/// The price of spend on `server` for `workflow`, as its /metrics shows it.
+fn spend_price(server: &Server, workflow: &str) -> Option<f64> {
+    let (_, body) = server.admin_get("/metrics");
+    let prefix = format!("switchyard_budget_spend_price{{workflow=\"{workflow}\"}}");
+    body.lines().find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+}
+
+/// Two sidecars pacing one workflow through a shared Redis read the same
+/// spend, so they set nearly the same price; and a call reports that
+/// pacing decided it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_sharing_a_paced_budget_agree_on_its_price() {
+    let redis = RedisServer::start();
+    let rules = RulesBuilder::new()
+        .model(model("small", 0.1, 0.4, 3).max_output(4000))
+        .model(model("large", 10.0, 30.0, 4).max_output(4000))
+        .budgeted(
+            "paced",
+            "",
+            "limit_usd = 1.0\nperiod = \"day\"\npacing = \"even\"\non_limit = \"deny\"",
+        )
+        .build();
+    let dir = rules_dir(&rules);
+    let url = redis.url();
+    let flags = ["--redis-url", url.as_str()];
+    let a = Server::start(&dir.path().join("rules.toml"), &flags);
+    let b = Server::start(&dir.path().join("rules.toml"), &flags);
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    // Only sidecar A spends; B must still see it.
+    for i in 0..40 {
+        let r = ca
+            .route(call("paced", &format!("o-{i}")))
+            .await
+            .expect("route")
+            .into_inner();
+        assert!(r.reason.starts_with("paced ("), "{}", r.reason);
+    }
+    // Past the 250 ms view, one more call each reads the shared spend.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for c in [&mut ca, &mut cb] {
+        c.route(call("paced", "last")).await.expect("route");
+    }
+    // The gauges are read anew every 5 s while someone scrapes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let (pa, pb) = loop {
+        if let (Some(x), Some(y)) = (spend_price(&a, "paced"), spend_price(&b, "paced")) {
+            break (x, y);
+        }
+        assert!(std::time::Instant::now() < deadline, "both sidecars export the price");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(pa > 0.0 && pb > 0.0, "{pa} {pb}");
+    assert!(
+        (pa.ln() - pb.ln()).abs() < 0.5,
+        "sidecars disagree on the price: {pa} and {pb}"
+    );
+}

@@ -165,13 +165,9 @@ pub struct Pace {
 }
 
 impl Pace {
-    /// Spend over target (1: on pace); 0 before anything is due.
-    pub fn ratio(&self) -> f64 {
-        if self.target_nanos <= 0 {
-            0.0
-        } else {
-            self.spent_nanos as f64 / self.target_nanos as f64
-        }
+    /// Spend over target (1: on pace); `None` before anything is due.
+    pub fn ratio(&self) -> Option<f64> {
+        (self.target_nanos > 0).then(|| self.spent_nanos as f64 / self.target_nanos as f64)
     }
 
     /// λ per USD, as metrics and people read it.
@@ -350,6 +346,8 @@ mod tests {
         let p = pace(Pacing::Even, &mut c, 60, 100, 0.5, 0, 1000);
         assert_eq!(p.target_nanos, 49);
         assert_eq!(p.forecast_nanos, 120);
-        assert!(p.ratio() > 1.2);
+        assert!(p.ratio().is_some_and(|r| r > 1.2));
+        let start = pace(Pacing::Even, &mut c, 0, 100, 0.0, 0, 1000);
+        assert_eq!(start.ratio(), None, "nothing is due at the start");
     }
 }
