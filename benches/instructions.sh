@@ -7,6 +7,9 @@
 # the load figures rather than replace them.
 #
 # usage: benches/instructions.sh [SCENARIO [CALLS]]
+#   SWITCHYARD_PACING: even or traffic paces the budgeted workflow (the
+#   route-usage and route-repeated-1k-budgeted scenarios); unset, its budget
+#   steps down at a soft threshold.
 #   SCENARIO: any of benches/load.rs's (default route-short); CALLS default 2000.
 #   SWITCHYARD_BIN: the server binary to measure (default: this tree's release build).
 #   SWITCHYARD_CALLGRIND_OUT: keep the callgrind dump at this path, for callgrind_annotate.
@@ -36,6 +39,7 @@ cp routing-rules/default.toml "$work/rules.toml"
 # The route-usage scenarios route to a budgeted workflow, as benches/load.rs
 # adds when it starts its own server.
 printf '\n[[workflows]]\nname = "budgeted"\n[workflows.budget]\nlimit_usd = 1000000\nperiod = "day"\nsoft_threshold_pct = 80\n' >>"$work/rules.toml"
+[ -n "${SWITCHYARD_PACING:-}" ] && printf 'pacing = "%s"\n' "$SWITCHYARD_PACING" >>"$work/rules.toml"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
 valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" "$bin" serve \

@@ -6,6 +6,8 @@
 //! - `health`: `grpc.health.v1.Health/Check`, the baseline;
 //! - `route-short`: Route with a short prompt;
 //! - `route-repeated-1k`: Route with a 1k-token context seen before;
+//! - `route-repeated-1k-budgeted`: the same in the budgeted workflow, which
+//!   `benches/instructions.sh` paces when `SWITCHYARD_PACING` is set;
 //! - `route-unique-4k`: Route with a 4k-token context new on every call;
 //! - `route-usage-sqlite`: Route then ReportUsage in a budgeted workflow,
 //!   on the embedded store;
@@ -50,10 +52,11 @@ mod common;
 #[path = "../tests/common/redis.rs"]
 mod redis_server;
 
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "health",
     "route-short",
     "route-repeated-1k",
+    "route-repeated-1k-budgeted",
     "route-unique-4k",
     "route-usage-sqlite",
     "route-usage-redis",
@@ -197,10 +200,15 @@ impl Work {
                     .route(req("general", None, format!("What is the capital of France? ({i})")))
                     .await?;
             }
-            "route-repeated-1k" => {
+            "route-repeated-1k" | "route-repeated-1k-budgeted" => {
+                let workflow = if self.scenario.ends_with("-budgeted") {
+                    "budgeted"
+                } else {
+                    "general"
+                };
                 router
                     .route(req(
-                        "general",
+                        workflow,
                         Some(self.repeated.clone()),
                         format!("Question {i}: is order 7 late?"),
                     ))

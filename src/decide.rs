@@ -281,14 +281,17 @@ fn decide_paced(
         Some(p) => p.p,
         None => crate::budget::pacing::prior_value(ctx.est.complexity, tier, weakest, strongest),
     };
-    let mut d = pick_by(
-        ctx,
-        bound,
-        Some((paced.price_per_nano, &value)),
-        rule,
-        skipped_pins,
-        trace,
-    )?;
+    // The learner's values come in clusters (a subject's calls share
+    // theirs), so one price would flip a whole cluster at once and spend
+    // would jump as the price crosses it. The call's own uniform draw
+    // spreads each call's price over a factor of e around λ, so that spend
+    // moves smoothly with λ; without the learner the score's values are
+    // spread already.
+    let price = match learned {
+        Some(l) => paced.price_per_nano * (l.draw.clamp(0.0, 1.0) - 0.5).exp(),
+        None => paced.price_per_nano,
+    };
+    let mut d = pick_by(ctx, bound, Some((price, &value)), rule, skipped_pins, trace)?;
     d.propensity = learned.map(|_| 1.0);
     d.policy_tier = learned.map(|_| ctx.table.models[d.model].tiers[ctx.est.class]);
     let pace = match paced.ratio {

@@ -119,6 +119,7 @@ fn main() -> ExitCode {
                 seeds,
                 seed,
                 soft_threshold_pct,
+                no_learner,
                 format,
             }) => ExitCode::from(cli::simulate_pacing(
                 switchyard::outcome::replay::pacing::PacingArgs {
@@ -129,6 +130,7 @@ fn main() -> ExitCode {
                     seeds,
                     seed,
                     soft_threshold_pct,
+                    learner: !no_learner,
                     json: format == "json",
                 },
                 &format,

@@ -59,7 +59,12 @@ pub struct Pacer {
     pub controller: Controller,
     /// Admitted calls by hour of the week, for `pacing = "traffic"`.
     pub traffic: Vec<u64>,
-    /// The last pace, for metrics and `budget status`.
+    /// When the first of them was counted: how many weeks they cover.
+    pub since_ms: Option<i64>,
+    /// The start of the period the calls of `period_calls` were admitted in.
+    pub period_start_ms: i64,
+    pub period_calls: u64,
+    /// The last pace, for metrics.
     pub last: Option<Pace>,
 }
 
@@ -68,8 +73,37 @@ impl Default for Pacer {
         Pacer {
             controller: Controller::default(),
             traffic: vec![0; HOURS_OF_WEEK],
+            since_ms: None,
+            period_start_ms: 0,
+            period_calls: 0,
             last: None,
         }
+    }
+}
+
+const WEEK_MS: f64 = 7.0 * 86_400_000.0;
+
+impl Pacer {
+    /// Counts a call admitted at `now` in its hour of the week and period.
+    pub fn count(&mut self, b: &Budget, now: Timestamp) {
+        let hour = super::pacing::hour_of_week(&b.timezone, now);
+        if let Some(slot) = self.traffic.get_mut(hour) {
+            *slot = slot.saturating_add(1);
+        }
+        self.since_ms.get_or_insert(now.as_millisecond());
+        let start = period_bounds(b.period, &b.timezone, now).0.as_millisecond();
+        if start != self.period_start_ms {
+            (self.period_start_ms, self.period_calls) = (start, 0);
+        }
+        self.period_calls = self.period_calls.saturating_add(1);
+    }
+
+    /// The traffic shape, once it covers a week.
+    fn shape(&self, now: Timestamp) -> Option<Shape> {
+        let weeks = self
+            .since_ms
+            .map_or(0.0, |s| (now.as_millisecond() - s) as f64 / WEEK_MS);
+        Shape::of_counts(&self.traffic, weeks)
     }
 }
 
@@ -78,10 +112,15 @@ pub fn pace_of(b: &Budget, state: &ScopeState, pacer: &mut Pacer, now: Timestamp
     let pacing = b.pacing?;
     let (start, end) = period_bounds(b.period, &b.timezone, now);
     let shape = match pacing {
-        super::pacing::Pacing::Traffic => Shape::of_counts(&pacer.traffic),
+        super::pacing::Pacing::Traffic => pacer.shape(now),
         super::pacing::Pacing::Even => None,
     };
-    let due = due_share(start, end, now, &b.timezone, shape.as_ref());
+    let seen = if pacer.period_start_ms == start.as_millisecond() {
+        pacer.period_calls
+    } else {
+        0
+    };
+    let due = due_share(start, end, now, &b.timezone, shape.as_ref(), seen);
     let p = pace(
         pacing,
         &mut pacer.controller,
@@ -219,16 +258,7 @@ impl Budgets {
         let Some(b) = workflow.budget.as_ref().filter(|b| b.pacing.is_some()) else {
             return;
         };
-        let hour = super::pacing::hour_of_week(&b.timezone, now);
-        if let Some(slot) = self
-            .pacers()
-            .entry(workflow.name.clone())
-            .or_default()
-            .traffic
-            .get_mut(hour)
-        {
-            *slot = slot.saturating_add(1);
-        }
+        self.pacers().entry(workflow.name.clone()).or_default().count(b, now);
     }
 
     fn view(&self) -> std::sync::MutexGuard<'_, crate::hashing::FastMap<String, (ScopeState, crate::clock::Instant)>> {

@@ -80,30 +80,43 @@ pub const GAIN_BARRIER: f64 = 400.0;
 pub const LOG_RANGE: f64 = 12.0;
 
 /// A workflow's traffic by hour of the week (Monday 00:00 in the budget's
-/// time zone is hour 0), in any unit: only the proportions matter.
+/// time zone is hour 0): the calls expected in each hour of a week.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Shape {
     pub hours: [f64; HOURS_OF_WEEK],
 }
 
 impl Shape {
-    /// A shape from counts; `None` when there are too few to trust (less than
-    /// a week's worth of hours seen, or nothing at all).
-    pub fn of_counts(counts: &[u64]) -> Option<Shape> {
-        let seen = counts.iter().filter(|&&c| c > 0).count();
+    /// A shape from the calls counted in each hour of the week over `weeks`
+    /// weeks; `None` for less than a week of history, or no calls at all.
+    pub fn of_counts(counts: &[u64], weeks: f64) -> Option<Shape> {
         let total: u64 = counts.iter().sum();
-        if counts.len() != HOURS_OF_WEEK || total == 0 || seen < HOURS_OF_WEEK / 4 {
+        if counts.len() != HOURS_OF_WEEK || total == 0 || !weeks.is_finite() || weeks < 1.0 {
             return None;
         }
         let mut hours = [0.0; HOURS_OF_WEEK];
-        // A floor of a tenth of the mean: an hour never seen still gets a
-        // little of the budget, so a quiet hour that turns busy is not
-        // starved.
+        // A floor of a tenth of the mean: an hour never seen is still
+        // expected to bring a little traffic.
         let floor = total as f64 / HOURS_OF_WEEK as f64 / 10.0;
         for (h, &c) in hours.iter_mut().zip(counts) {
-            *h = (c as f64).max(floor);
+            *h = (c as f64).max(floor) / weeks;
         }
         Some(Shape { hours })
+    }
+
+    /// The calls expected in `[from, to)`.
+    fn expected(&self, tz: &jiff::tz::TimeZone, from: i64, to: i64) -> f64 {
+        const HOUR: i64 = 3_600_000;
+        let mut sum = 0.0;
+        let mut at = from;
+        while at < to {
+            // The hour boundary after `at` (periods start on whole hours).
+            let next = (at - at.rem_euclid(HOUR) + HOUR).min(to);
+            let h = Timestamp::from_millisecond(at).map_or(0, |t| hour_of_week(tz, t));
+            sum += self.hours[h] * (next - at) as f64 / HOUR as f64;
+            at = next;
+        }
+        sum
     }
 }
 
@@ -114,38 +127,33 @@ pub fn hour_of_week(tz: &jiff::tz::TimeZone, t: Timestamp) -> usize {
 }
 
 /// The share of the period's spend due by `now`: the elapsed share of
-/// `[start, end)` (even), or of its traffic (by `shape`).
+/// `[start, end)` (even), or, by `shape`, the share of the period's traffic
+/// that has arrived: the `seen` calls of this period against those and the
+/// calls the shape expects in the rest of it. A burst moves the target up
+/// with it; a quiet stretch holds it back.
 pub fn due_share(
     start: Timestamp,
     end: Timestamp,
     now: Timestamp,
     tz: &jiff::tz::TimeZone,
     shape: Option<&Shape>,
+    seen: u64,
 ) -> f64 {
     let (s, e, n) = (start.as_millisecond(), end.as_millisecond(), now.as_millisecond());
     if e <= s {
         return 1.0;
     }
     let n = n.clamp(s, e);
+    let elapsed = (n - s) as f64 / (e - s) as f64;
     let Some(shape) = shape else {
-        return (n - s) as f64 / (e - s) as f64;
+        return elapsed;
     };
-    const HOUR: i64 = 3_600_000;
-    let (mut due, mut total) = (0.0, 0.0);
-    let mut at = s;
-    while at < e {
-        let next = (at + HOUR).min(e);
-        let w = shape.hours[hour_of_week(tz, Timestamp::from_millisecond(at).unwrap_or(start))] / HOUR as f64;
-        total += w * (next - at) as f64;
-        if at < n {
-            due += w * (next.min(n) - at) as f64;
-        }
-        at = next;
-    }
-    if total > 0.0 {
-        due / total
+    let rest = shape.expected(tz, n, e);
+    let seen = seen as f64;
+    if seen + rest > 0.0 {
+        seen / (seen + rest)
     } else {
-        (n - s) as f64 / (e - s) as f64
+        elapsed
     }
 }
 
@@ -274,9 +282,9 @@ mod tests {
         let s = Timestamp::from_second(0).expect("t");
         let e = Timestamp::from_second(7 * 86_400).expect("t");
         let mid = Timestamp::from_second(7 * 43_200).expect("t");
-        assert!((due_share(s, e, mid, &tz, None) - 0.5).abs() < 1e-9);
-        assert_eq!(due_share(s, e, e, &tz, None), 1.0);
-        assert_eq!(due_share(s, e, s, &tz, None), 0.0);
+        assert!((due_share(s, e, mid, &tz, None, 7) - 0.5).abs() < 1e-9);
+        assert_eq!(due_share(s, e, e, &tz, None, 7), 1.0);
+        assert_eq!(due_share(s, e, s, &tz, None, 7), 0.0);
     }
 
     #[test]
@@ -286,23 +294,31 @@ mod tests {
         let s = Timestamp::from_second(4 * 86_400).expect("t");
         let e = Timestamp::from_second(11 * 86_400).expect("t");
         let mut counts = vec![1u64; HOURS_OF_WEEK];
-        // Monday 09:00–17:00 carries almost everything.
+        // Monday 09:00-17:00 carries almost everything: 8,000 calls a week.
         for c in &mut counts[9..17] {
             *c = 1000;
         }
-        let shape = Shape::of_counts(&counts).expect("shape");
+        let shape = Shape::of_counts(&counts, 1.0).expect("shape");
         let monday_5pm = Timestamp::from_second(4 * 86_400 + 17 * 3600).expect("t");
-        let due = due_share(s, e, monday_5pm, &tz, Some(&shape));
+        let due = due_share(s, e, monday_5pm, &tz, Some(&shape), 8_000);
         assert!(due > 0.85, "{due}");
-        assert!(due_share(s, e, monday_5pm, &tz, None) < 0.11);
+        assert!(due_share(s, e, monday_5pm, &tz, None, 8_000) < 0.11);
+        // A burst: twice the usual calls by then moves the target up.
+        let burst = due_share(s, e, monday_5pm, &tz, Some(&shape), 16_000);
+        assert!(burst > due, "{burst} against {due}");
+        // Half the usual holds it back.
+        assert!(due_share(s, e, monday_5pm, &tz, Some(&shape), 4_000) < due);
     }
 
     #[test]
     fn too_little_history_is_no_shape() {
         let mut counts = vec![0u64; HOURS_OF_WEEK];
+        assert!(Shape::of_counts(&counts, 1.0).is_none(), "no calls");
         counts[3] = 50;
-        assert!(Shape::of_counts(&counts).is_none());
-        assert!(Shape::of_counts(&[1; 10]).is_none());
+        assert!(Shape::of_counts(&counts, 0.5).is_none(), "half a week");
+        assert!(Shape::of_counts(&counts, 1.0).is_some());
+        assert!(Shape::of_counts(&[1; 10], 1.0).is_none());
+        assert!(Shape::of_counts(&[1; HOURS_OF_WEEK], 0.0).is_none());
     }
 
     #[test]

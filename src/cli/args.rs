@@ -484,6 +484,9 @@ pub enum SimulateWhat {
         /// The threshold policy's soft threshold when the workflow's budget sets none, in percent.
         #[arg(long, default_value_t = 80.0)]
         soft_threshold_pct: f64,
+        /// Decide with the difficulty score alone, without the learner's predictions.
+        #[arg(long)]
+        no_learner: bool,
         /// table or json.
         #[arg(long, default_value = "table")]
         format: String,

@@ -290,6 +290,58 @@ fn a_pacing_mode_is_read_and_an_unknown_one_is_located() {
     );
 }
 
+/// A sidecar learns its traffic by hour of the week from the calls it
+/// admits, and then aims a `traffic` budget at the share of the week's
+/// traffic that has come: a working week's Monday morning is a tenth of
+/// it, where `even` would say 13 hours of 168.
+#[test]
+fn traffic_pacing_aims_at_the_share_of_the_weeks_calls_that_have_come() {
+    let paced = BUDGETED.replace(
+        "limit_usd = 5\nperiod = \"week\"",
+        "limit_usd = 5\nperiod = \"week\"\npacing = \"traffic\"",
+    );
+    let t = RuleTable::from_str("b.toml", &paced).expect("rules");
+    let b = t.workflow("weekly").and_then(|w| w.budget.as_ref()).expect("budget");
+    let at = |s: &str| s.parse::<Timestamp>().expect("timestamp");
+    let mut pacer = Pacer::default();
+    // Last week (from Monday 2026-11-30): ten calls an hour, weekdays 09-17.
+    for day in 0..5i64 {
+        for hour in 9..17i64 {
+            for k in 0..10i64 {
+                let t = at("2026-11-30T00:00:00Z").as_second() + day * 86_400 + hour * 3600 + k * 60;
+                pacer.count(b, Timestamp::from_second(t).expect("t"));
+            }
+        }
+    }
+    // This Monday, 09:00-13:00: the same.
+    for hour in 9..13i64 {
+        for k in 0..10i64 {
+            let t = at("2026-12-07T00:00:00Z").as_second() + hour * 3600 + k * 60;
+            pacer.count(b, Timestamp::from_second(t).expect("t"));
+        }
+    }
+    let now = at("2026-12-07T13:00:00Z");
+    let state = ScopeState {
+        limit_nanos: b.limit_nanos,
+        ..Default::default()
+    };
+    let pace = pace_of(b, &state, &mut pacer, now).expect("paced");
+    let due = pace.target_nanos as f64 / (pacing::AIM * b.limit_nanos as f64);
+    // 40 calls have come; the rest of the week is expected to bring about
+    // 350 in working hours and 30 in the others (a tenth of the mean hour,
+    // the floor for hours never seen): about 0.095 is due.
+    assert!((0.085..0.105).contains(&due), "{due}");
+    let even = pacing::due_share(
+        at("2026-12-07T00:00:00Z"),
+        at("2026-12-14T00:00:00Z"),
+        now,
+        &b.timezone,
+        None,
+        40,
+    );
+    assert!((even - 13.0 / 168.0).abs() < 1e-9 && even < due, "{even} {due}");
+}
+
 /// A day's budget used up at 23:59 in Berlin is a fresh budget a minute
 /// later; the old day's spend stays as it was (a rollover is a new counter,
 /// never a reset), even with calls on both sides of midnight racing.

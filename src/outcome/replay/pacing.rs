@@ -18,7 +18,8 @@ use super::{load, ReplayArgs};
 use crate::budget::pacing::{due_share, hour_of_week, pace, Controller, Pacing, Shape, HOURS_OF_WEEK};
 use crate::decide::{decide, Paced, RouteInput};
 use crate::estimate::Estimate;
-use crate::route::{find_workflow, plan, Across, RawRoute, RouteCall, Steer};
+use crate::outcome::learn::Learned;
+use crate::route::find_workflow;
 use crate::rules::{RuleTable, Workflow};
 
 pub struct PacingArgs {
@@ -31,6 +32,10 @@ pub struct PacingArgs {
     /// The soft threshold of the `threshold` policy when the workflow sets
     /// none, in percent.
     pub soft_threshold_pct: f64,
+    /// Give every policy the learner's predictions (from the other half of
+    /// the rows), as a workflow that learns has them; `false`: the
+    /// difficulty score alone.
+    pub learner: bool,
     pub json: bool,
 }
 
@@ -70,6 +75,8 @@ pub struct Settling {
 
 #[derive(Debug, Serialize)]
 pub struct PacingReport {
+    /// Whether the policies had the learner's predictions.
+    pub learner: bool,
     pub rules: String,
     pub data: String,
     pub workflow: String,
@@ -85,6 +92,8 @@ pub struct PacingReport {
 struct SimCase<'a> {
     case: &'a Case,
     est: Estimate,
+    /// The learner's predictions for the row, from the other half's evidence.
+    learned: Option<Learned>,
 }
 
 /// Weeks of traffic history before the week measured.
@@ -209,7 +218,7 @@ impl World<'_> {
             ..Run::default()
         };
         let (mut down, mut escalated) = ([false; HOURS_OF_WEEK], [false; HOURS_OF_WEEK]);
-        for (&i, &at) in order.iter().zip(times) {
+        for (seen, (&i, &at)) in order.iter().zip(times).enumerate() {
             let c = &self.cases[i];
             let now = ts(at)?;
             let hour = hour_of_week(&tz, now);
@@ -218,7 +227,7 @@ impl World<'_> {
                 deferrable: false,
                 capabilities: crate::rules::Capabilities::default(),
                 downgrade: false,
-                learned: None,
+                learned: c.learned,
                 rejected_tier: None,
                 paced: None,
             };
@@ -227,7 +236,8 @@ impl World<'_> {
                     input.downgrade = run.spent as i128 * 10_000 >= limit as i128 * i128::from(self.soft_bp);
                 }
                 Policy::Paced(mode) => {
-                    let due = due_share(start, end, now, &tz, shape);
+                    // The calls before this one, as the gate counts them.
+                    let due = due_share(start, end, now, &tz, shape, seen as u64);
                     let p = pace(mode, &mut controller, run.spent, limit, due, at, PERIOD_MS);
                     input.paced = Some(Paced {
                         price_per_nano: p.price_per_nano,
@@ -304,41 +314,30 @@ pub fn simulate_pacing(a: &PacingArgs) -> Result<PacingReport, String> {
         .as_ref()
         .and_then(|b| b.soft_threshold_bp)
         .unwrap_or((a.soft_threshold_pct * 100.0).round() as u32);
-    let bar = progress_bar(l.cases.len() as u64, "estimating the rows");
-    let mut cases = Vec::with_capacity(l.cases.len());
-    for c in &l.cases {
-        let call = RouteCall::new(RawRoute {
-            workflow: workflow.name.clone(),
-            outcome_id: String::new(),
-            task_kind: String::new(),
-            messages: std::iter::once(("user".to_string(), c.prompt.clone())),
-            attempt: 1,
-            max_output_tokens: 0,
-            deferrable: false,
-            capabilities: std::iter::empty(),
-            labels: std::iter::empty(),
-        })
-        .map_err(|e| format!("row `{}`: {e}", c.id))?;
-        let planned = plan(
-            &table,
-            workflow,
-            &call,
-            Steer::default(),
-            Across {
-                cache: None,
-                sketches: None,
-            },
-            None,
-            None,
-        )
-        .map_err(|e| format!("row `{}`: {e}", c.id))?;
-        cases.push(SimCase {
-            case: c,
-            est: planned.est,
-        });
-        bar.inc(1);
+    // Each half of the rows is estimated by a learner that learned from the
+    // other half only, as the learned router does in `replay` (its own
+    // exploration, bandit feedback): the learner's evidence, never its own
+    // row's outcome.
+    let rt = super::runtime()?;
+    let mut progress = super::show::Progress::new(l.cases.len() as u64 * 2);
+    let mut cases: Vec<Option<SimCase<'_>>> = (0..l.cases.len()).map(|_| None).collect();
+    for half in 0..2usize {
+        let (train, test): (Vec<&Case>, Vec<&Case>) = l.cases.iter().partition(|c| c.index % 2 != half);
+        let train: Vec<Case> = train.into_iter().cloned().collect();
+        let replayer = super::Replayer::new(&l.rules, &rt, a.seed ^ half as u64);
+        super::learned(&replayer, workflow, &train, l.strong, false, &mut progress)?;
+        for c in test {
+            let (_, planned) = replayer.route(workflow, c, 1, None)?;
+            cases[c.index] = Some(SimCase {
+                case: c,
+                est: planned.est,
+                learned: planned.learned.filter(|_| a.learner),
+            });
+            progress.tick("estimating");
+        }
     }
-    bar.finish_and_clear();
+    progress.done();
+    let cases: Vec<SimCase<'_>> = cases.into_iter().flatten().collect();
     let world = World {
         table: &table,
         workflow,
@@ -432,6 +431,7 @@ pub fn simulate_pacing(a: &PacingArgs) -> Result<PacingReport, String> {
         settling.push(settle(&world, n, limit, share, a.seed)?);
     }
     Ok(PacingReport {
+        learner: a.learner,
         rules: a.rules.display().to_string(),
         data: a.data.display().to_string(),
         workflow: workflow.name.clone(),
@@ -463,7 +463,7 @@ fn one_seed(world: &World<'_>, policies: &[Policy], n: usize, limit: i64, seed: 
     let before_order = order.clone();
     let (times, _) = arrivals(n, &mut rng, Arrivals::Bursty);
     rng.shuffle(&mut order);
-    let shape = Shape::of_counts(&history);
+    let shape = Shape::of_counts(&history, HISTORY_WEEKS as f64);
     let mut out = Vec::with_capacity(policies.len());
     for &p in policies {
         let shape = match p {
@@ -577,8 +577,17 @@ pub fn table(r: &PacingReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{} rows of {} in workflow `{}`, {} seeds of a {}-hour period in bursts\n",
-        r.rows, r.data, r.workflow, r.seeds, r.period_hours
+        "{} rows of {} in workflow `{}`, {} seeds of a {}-hour period in bursts, {}\n",
+        r.rows,
+        r.data,
+        r.workflow,
+        r.seeds,
+        r.period_hours,
+        if r.learner {
+            "with the learner's predictions (each half of the rows learned from the other)"
+        } else {
+            "with the difficulty score alone (--no-learner)"
+        }
     );
     let _ = writeln!(
         s,
