@@ -578,7 +578,23 @@ async fn index(State(s): State<Arc<AdminState>>) -> Html<String> {
         now: jiff::Timestamp::now(),
     };
     match crate::outcome::report::gather(s.store.as_ref(), &table, &spec).await {
-        Ok(report) => Html(crate::outcome::dashboard::page(&report, &status)),
+        Ok(mut report) => {
+            // Paced budgets: the target and price this sidecar set last.
+            let paces = s.budgets.paces();
+            for w in &mut report.workflows {
+                let Some(b) = w.budget.as_mut() else { continue };
+                if let Some((_, p)) = paces.iter().find(|(name, _)| *name == w.workflow) {
+                    b.pace = Some(crate::outcome::report::PaceLine {
+                        pacing: p.pacing.as_str(),
+                        target_usd: crate::money::nanos_to_usd(p.target_nanos),
+                        forecast_usd: crate::money::nanos_to_usd(p.forecast_nanos),
+                        pace_ratio: p.ratio(),
+                        spend_price_per_usd: p.price_per_usd(),
+                    });
+                }
+            }
+            Html(crate::outcome::dashboard::page(&report, &status))
+        }
         Err(e) => Html(format!(
             "<!doctype html><html><head><meta charset=\"utf-8\"><title>Switchyard</title></head><body>\
              <h1>Switchyard</h1><p style=\"color:#b00\">The ledger cannot be read: {}</p>{status}</body></html>",

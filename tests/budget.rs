@@ -1104,4 +1104,9 @@ async fn sidecars_sharing_a_paced_budget_agree_on_its_price() {
         (pa.ln() - pb.ln()).abs() < 0.5,
         "sidecars disagree on the price: {pa} and {pb}"
     );
+    // The dashboard marks the target on the spend bar and states the pace.
+    let (status, page) = a.admin_get("/");
+    assert_eq!(status, 200);
+    assert!(page.contains("<title>paced target</title>"), "{page}");
+    assert!(page.contains("id=\"pace-paced\">paced (even): target so far"), "{page}");
 }

@@ -133,11 +133,18 @@ fn workflow(out: &mut String, w: &WorkflowReport) {
                     0.0
                 }
             };
+            // A paced budget's target so far: a dark mark on the bar.
+            let target = b.pace.as_ref().map_or(String::new(), |p| {
+                format!(
+                    "<rect x=\"{:.2}\" width=\"0.6\" height=\"10\" fill=\"#1d2330\"><title>paced target</title></rect>",
+                    scale(p.target_usd)
+                )
+            });
             let _ = write!(
                 out,
                 "<svg width=\"100%\" height=\"28\" viewBox=\"0 0 100 10\" preserveAspectRatio=\"none\" role=\"img\">\
                  <rect width=\"100\" height=\"10\" fill=\"#e8edf3\"/><rect width=\"{:.2}\" height=\"10\" fill=\"#2f6fdf\"/>\
-                 <rect x=\"{:.2}\" width=\"{:.2}\" height=\"10\" fill=\"#9dbcf2\"/></svg>\
+                 <rect x=\"{:.2}\" width=\"{:.2}\" height=\"10\" fill=\"#9dbcf2\"/>{target}</svg>\
                  <p id=\"budget-{id}\">{} spent + {} reserved of {} · burning {}/h · {}</p>",
                 scale(b.spent_usd),
                 scale(b.spent_usd),
@@ -151,6 +158,21 @@ fn workflow(out: &mut String, w: &WorkflowReport) {
                     None => "lasts the period at this rate".into(),
                 }
             );
+            if let Some(p) = &b.pace {
+                let _ = write!(
+                    out,
+                    "<p id=\"pace-{id}\">paced ({}): target so far {} · {} · forecast at the period's end {} · \
+                     price {:.1} per USD</p>",
+                    p.pacing,
+                    usd(Some(p.target_usd)),
+                    match p.pace_ratio {
+                        Some(r) => format!("spend at {:.0}% of target", r * 100.0),
+                        None => "nothing due yet".into(),
+                    },
+                    usd(Some(p.forecast_usd)),
+                    p.spend_price_per_usd
+                );
+            }
         }
         None => out.push_str("<p class=\"muted\">No budget in the rules.</p>"),
     }

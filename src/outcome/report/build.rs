@@ -419,6 +419,7 @@ pub fn budget_line(b: &BudgetInput, now: Timestamp) -> BudgetLine {
         runs_out_at: runs_out_in_s.map(|s| iso(now.as_millisecond() + (s * 1000.0) as i64)),
         runs_out_in_s,
         period_ends_at: b.period_end.to_string(),
+        pace: None,
     }
 }
 

@@ -190,6 +190,20 @@ pub struct BudgetLine {
     pub runs_out_at: Option<String>,
     pub runs_out_in_s: Option<f64>,
     pub period_ends_at: String,
+    /// A paced budget's pace, as the serving sidecar's controller last set
+    /// it (the dashboard); `None` elsewhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pace: Option<PaceLine>,
+}
+
+/// A paced budget's target and price, for the dashboard.
+#[derive(Debug, Clone, Serialize)]
+pub struct PaceLine {
+    pub pacing: &'static str,
+    pub target_usd: f64,
+    pub forecast_usd: f64,
+    pub pace_ratio: Option<f64>,
+    pub spend_price_per_usd: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
