@@ -96,6 +96,9 @@ const SWEEP_WARN_EVERY: Duration = Duration::from_secs(60);
 /// back from it.
 const SKETCH_SYNC_EVERY: Duration = Duration::from_secs(5);
 
+/// Paced budgets' prices and traffic by hour of the week, in the state folder.
+pub const PACING_FILE: &str = "pacing.json";
+
 pub use crate::error::ConfigError;
 
 /// Runs the sidecar until SIGTERM or Ctrl-C.
@@ -376,15 +379,36 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     if let Err(e) = sketches.sync(&*store, &rules.current()).await {
         tracing::warn!(error = %e, "the complexity histograms could not be read; top_share starts from the model's calibration");
     }
+    // Paced budgets' prices and traffic by hour, kept in the state folder
+    // across restarts.
+    let pacing_file = cfg.state_dir.join(PACING_FILE);
+    match budgets.load_pacers(&pacing_file) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(workflows = n, "pacing state loaded"),
+        Err(e) => tracing::warn!(error = %e, "pacing starts afresh"),
+    }
     let sketch_task = {
         let (sketches, store, rules, mut rx) = (sketches.clone(), store.clone(), rules.clone(), stop_rx.clone());
+        let (budgets, pacing_file) = (budgets.clone(), pacing_file.clone());
         tokio::spawn(async move {
             let mut failing = false;
+            let mut pacing_failing = false;
             loop {
                 let stopping = tokio::select! {
                     _ = rx.wait_for(|s| *s) => true,
                     _ = tokio::time::sleep(SKETCH_SYNC_EVERY) => false,
                 };
+                if !budgets.paces().is_empty() {
+                    match budgets.save_pacers(&pacing_file) {
+                        Ok(()) => pacing_failing = false,
+                        Err(e) => {
+                            if !pacing_failing {
+                                tracing::warn!(error = %e, file = %pacing_file.display(), "the pacing state could not be written; pacing goes on from memory");
+                            }
+                            pacing_failing = true;
+                        }
+                    }
+                }
                 match sketches.sync(&*store, &rules.current()).await {
                     Ok(()) => failing = false,
                     Err(e) => {

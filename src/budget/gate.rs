@@ -83,6 +83,24 @@ impl Default for Pacer {
 
 const WEEK_MS: f64 = 7.0 * 86_400_000.0;
 
+/// The pacing state file (`pacing.json` in the state folder).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedPacers {
+    version: u32,
+    workflows: std::collections::BTreeMap<String, SavedPacer>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedPacer {
+    /// The controller's integral term, in log λ.
+    integral: f64,
+    /// Admitted calls by hour of the week.
+    traffic: Vec<u64>,
+    since_ms: Option<i64>,
+}
+
 impl Pacer {
     /// Counts a call admitted at `now` in its hour of the week and period.
     pub fn count(&mut self, b: &Budget, now: Timestamp) {
@@ -251,6 +269,79 @@ impl Budgets {
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    /// Writes every paced workflow's controller and traffic counts to `path`
+    /// (written beside and renamed over it, so a crash leaves the old file
+    /// or the new one, never half of one).
+    pub fn save_pacers(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let saved: std::collections::BTreeMap<String, SavedPacer> = self
+            .pacers()
+            .iter()
+            .map(|(w, p)| {
+                (
+                    w.clone(),
+                    SavedPacer {
+                        integral: p.controller.integral,
+                        traffic: p.traffic.clone(),
+                        since_ms: p.since_ms,
+                    },
+                )
+            })
+            .collect();
+        let body = serde_json::to_vec(&SavedPacers {
+            version: 1,
+            workflows: saved,
+        })
+        .map_err(std::io::Error::other)?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, body)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, path)
+    }
+
+    /// Reads what [`Budgets::save_pacers`] wrote. A missing file is a fresh
+    /// start; a damaged one is refused with its name and what to do, and
+    /// nothing of it is used.
+    pub fn load_pacers(&self, path: &std::path::Path) -> Result<usize, String> {
+        let body = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let saved: SavedPacers = serde_json::from_slice(&body).map_err(|e| {
+            format!(
+                "{}:{}:{}: not a pacing state file ({e}); delete it to start pacing afresh",
+                path.display(),
+                e.line(),
+                e.column()
+            )
+        })?;
+        if saved.version != 1 {
+            return Err(format!(
+                "{}: pacing state version {} is not this build's (1); delete it to start pacing afresh",
+                path.display(),
+                saved.version
+            ));
+        }
+        let mut pacers = self.pacers();
+        let mut n = 0;
+        for (w, s) in saved.workflows {
+            if s.traffic.len() != HOURS_OF_WEEK || !s.integral.is_finite() {
+                return Err(format!(
+                    "{}: workflow `{w}` has {} hourly counts (want {HOURS_OF_WEEK}) or a price that is not a number; \
+                     delete the file to start pacing afresh",
+                    path.display(),
+                    s.traffic.len()
+                ));
+            }
+            let p = pacers.entry(w).or_default();
+            p.controller.integral = s.integral.clamp(-super::pacing::LOG_RANGE, super::pacing::LOG_RANGE);
+            p.traffic = s.traffic;
+            p.since_ms = s.since_ms;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Counts an admitted call of a paced workflow in its traffic shape.

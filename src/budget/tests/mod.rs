@@ -342,6 +342,76 @@ fn traffic_pacing_aims_at_the_share_of_the_weeks_calls_that_have_come() {
     assert!((even - 13.0 / 168.0).abs() < 1e-9 && even < due, "{even} {due}");
 }
 
+/// A call of `w` with no outcome or labels, costing `cost_nanos`.
+fn plain_call<'a>(
+    id: &'a str,
+    w: &'a crate::rules::Workflow,
+    caller: &'a std::sync::Arc<str>,
+    cost_nanos: i64,
+) -> Call<'a> {
+    Call {
+        decision_id: id,
+        workflow: w,
+        outcome_id: "",
+        labels: vec![],
+        model: "m",
+        deferrable: false,
+        cost_nanos,
+        caller,
+        downgraded: false,
+        prices: Default::default(),
+        tier: 0,
+        snapshot: &[],
+    }
+}
+
+/// The pacing state survives a restart through its file, and a damaged
+/// file is refused by name, with nothing of it used.
+#[tokio::test]
+async fn pacing_state_is_kept_across_a_restart_and_a_damaged_file_refused() {
+    let paced = BUDGETED.replace(
+        "limit_usd = 5\nperiod = \"week\"",
+        "limit_usd = 5\nperiod = \"week\"\npacing = \"traffic\"",
+    );
+    let t = RuleTable::from_str("b.toml", &paced).expect("rules");
+    let w = t.workflow("weekly").expect("w");
+    let dir = tempfile::tempdir().expect("tmp");
+    let store: SharedStore = Arc::new(sqlite::SqliteStore::open(dir.path()).expect("open"));
+    let budgets = Budgets::new(store.clone(), 600_000);
+    let now: Timestamp = "2026-12-07T10:30:00Z".parse().expect("ts");
+    let caller = std::sync::Arc::from("test");
+    for i in 0..5 {
+        let id = format!("p-{i}");
+        let call = plain_call(&id, w, &caller, 1000);
+        assert_eq!(budgets.admit(&call, now).await.expect("admit"), Admission::Routed);
+    }
+    let steer = budgets.steer(w, now).await.expect("steer");
+    assert!(steer.pace.is_some() && !steer.downgrade);
+    let file = dir.path().join("pacing.json");
+    budgets.save_pacers(&file).expect("save");
+    let again = Budgets::new(store.clone(), 600_000);
+    assert_eq!(again.load_pacers(&file), Ok(1));
+    again.steer(w, now).await.expect("steer");
+    let hour = pacing::hour_of_week(&jiff::tz::TimeZone::UTC, now);
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).expect("read")).expect("json");
+    assert_eq!(saved["workflows"]["weekly"]["traffic"][hour], 5, "{saved}");
+    // A fresh start where there is no file.
+    assert_eq!(again.load_pacers(&dir.path().join("none.json")), Ok(0));
+    std::fs::write(
+        &file,
+        b"{\"version\": 1, \"workflows\": {\"weekly\": {\"integral\": 1.0, \"traffic\": [1, 2]}}}",
+    )
+    .expect("damage");
+    let e = again.load_pacers(&file).expect_err("damaged");
+    assert!(e.contains("pacing.json") && e.contains("delete the file"), "{e}");
+    std::fs::write(&file, b"not json").expect("damage");
+    let e = again.load_pacers(&file).expect_err("damaged");
+    assert!(
+        e.contains("pacing.json:1:") && e.contains("not a pacing state file"),
+        "{e}"
+    );
+}
+
 /// A day's budget used up at 23:59 in Berlin is a fresh budget a minute
 /// later; the old day's spend stays as it was (a rollover is a new counter,
 /// never a reset), even with calls on both sides of midnight racing.
@@ -356,20 +426,7 @@ async fn rollover_starts_a_new_counter(store: SharedStore) {
         async move {
             let w = t.workflow("w").expect("w");
             let caller = std::sync::Arc::from("test");
-            let call = Call {
-                decision_id: &id,
-                workflow: w,
-                outcome_id: "",
-                labels: vec![],
-                model: "m",
-                deferrable: false,
-                cost_nanos: DOLLAR / 10,
-                caller: &caller,
-                downgraded: false,
-                prices: Default::default(),
-                tier: 0,
-                snapshot: &[],
-            };
+            let call = plain_call(&id, w, &caller, DOLLAR / 10);
             budgets.admit(&call, at).await.expect("admit")
         }
     };
