@@ -584,13 +584,7 @@ async fn index(State(s): State<Arc<AdminState>>) -> Html<String> {
             for w in &mut report.workflows {
                 let Some(b) = w.budget.as_mut() else { continue };
                 if let Some((_, p)) = paces.iter().find(|(name, _)| *name == w.workflow) {
-                    b.pace = Some(crate::outcome::report::PaceLine {
-                        pacing: p.pacing.as_str(),
-                        target_usd: crate::money::nanos_to_usd(p.target_nanos),
-                        forecast_usd: crate::money::nanos_to_usd(p.forecast_nanos),
-                        pace_ratio: p.ratio(),
-                        spend_price_per_usd: p.price_per_usd(),
-                    });
+                    b.pace = Some(crate::outcome::report::pace_line(p));
                 }
             }
             Html(crate::outcome::dashboard::page(&report, &status))

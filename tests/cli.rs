@@ -563,3 +563,37 @@ fn simulate_pacing_compares_threshold_with_each_pacing_mode() {
     assert_eq!(bad.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--budget-share"));
 }
+
+/// `report` shows a paced budget's pace: its mode, the target so far and
+/// the forecast, read from the store as a fresh controller would.
+#[test]
+fn report_shows_a_paced_budgets_pace() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = dir.path().join("rules.toml");
+    let text = std::fs::read_to_string(repo_path("routing-rules/examples/routellm.toml"))
+        .expect("rules")
+        .replace(
+            "outcome_unit = \"answered question\"\n",
+            "outcome_unit = \"answered question\"\n[workflows.budget]\nlimit_usd = 10.0\nperiod = \"week\"\npacing = \"traffic\"\n",
+        );
+    std::fs::write(&rules, text).expect("write rules");
+    // A state folder with its (empty) store, as a serve leaves it.
+    std::fs::create_dir(dir.path().join("state")).expect("state folder");
+    drop(switchyard::budget::sqlite::SqliteStore::open(&dir.path().join("state")).expect("store"));
+    let out = Command::new(BIN)
+        .args(["report", "--format", "json", "--rules"])
+        .arg(&rules)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()
+        .expect("run report");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let pace = &report["workflows"][0]["budget"]["pace"];
+    assert_eq!(pace["pacing"], "traffic", "{report}");
+    assert!(
+        pace["target_usd"].as_f64().is_some_and(|t| (0.0..=9.8).contains(&t)),
+        "{pace}"
+    );
+    assert!(pace["spend_price_per_usd"].as_f64().is_some_and(|p| p > 0.0), "{pace}");
+}

@@ -171,10 +171,16 @@ pub fn build(
         }
         flags.extend(cheaper_model_would_do(&name, ledger, &calls, &latest, cur));
 
-        let budget = budgets
-            .iter()
-            .find(|b| b.workflow == name)
-            .map(|b| budget_line(b, spec.now));
+        let rules_budget = table.workflow(&name).and_then(|w| w.budget.as_ref());
+        let budget = budgets.iter().find(|b| b.workflow == name).map(|b| {
+            let mut line = budget_line(b, spec.now);
+            // A paced budget's pace as a fresh controller reads it from the
+            // same spend (the dashboard shows the serving sidecar's own).
+            line.pace = rules_budget
+                .and_then(|r| crate::budget::pace_of(r, &b.state, &mut crate::budget::Pacer::default(), spec.now))
+                .map(|p| pace_line(&p));
+            line
+        });
         workflows.push(WorkflowReport {
             workflow: name.clone(),
             outcomes: now.outcomes,
@@ -394,6 +400,17 @@ fn cheaper_model_would_do(
         }
     }
     flags
+}
+
+/// A paced budget's pace as the report and the dashboard show it.
+pub fn pace_line(p: &crate::budget::pacing::Pace) -> super::PaceLine {
+    super::PaceLine {
+        pacing: p.pacing.as_str(),
+        target_usd: nanos_to_usd(p.target_nanos),
+        forecast_usd: nanos_to_usd(p.forecast_nanos),
+        pace_ratio: p.ratio(),
+        spend_price_per_usd: p.price_per_usd(),
+    }
 }
 
 /// Spend against a budget, with the burn rate and when it runs out.

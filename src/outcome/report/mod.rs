@@ -33,7 +33,7 @@ use crate::money::nanos_to_usd;
 use crate::outcome::ledger::{CallRecord, OutcomeEvent};
 use crate::rules::{Period, RuleTable};
 
-pub use build::{budget_line, build};
+pub use build::{budget_line, build, pace_line};
 pub(crate) use table::{num, pct, usd};
 pub use table::{table, EMPTY};
 
@@ -190,8 +190,9 @@ pub struct BudgetLine {
     pub runs_out_at: Option<String>,
     pub runs_out_in_s: Option<f64>,
     pub period_ends_at: String,
-    /// A paced budget's pace, as the serving sidecar's controller last set
-    /// it (the dashboard); `None` elsewhere.
+    /// A paced budget's pace: in `report`, as a fresh controller reads it
+    /// from the spend; on the dashboard, as the serving sidecar's controller
+    /// last set it. `None` for an unpaced budget.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pace: Option<PaceLine>,
 }

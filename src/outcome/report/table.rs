@@ -129,6 +129,20 @@ pub fn table(r: &Report) -> String {
                     None => format!("lasts the period (ends {})", b.period_ends_at),
                 }
             );
+            if let Some(p) = &b.pace {
+                let _ = writeln!(
+                    out,
+                    "  paced ({}): target so far {}, {}; forecast at the period's end {}; price {:.1} per USD",
+                    p.pacing,
+                    usd(Some(p.target_usd)),
+                    match p.pace_ratio {
+                        Some(r) => format!("spend at {:.0}% of target", r * 100.0),
+                        None => "nothing due yet".into(),
+                    },
+                    usd(Some(p.forecast_usd)),
+                    p.spend_price_per_usd
+                );
+            }
         }
         let _ = writeln!(
             out,
