@@ -159,19 +159,7 @@ fn workflow(out: &mut String, w: &WorkflowReport) {
                 }
             );
             if let Some(p) = &b.pace {
-                let _ = write!(
-                    out,
-                    "<p id=\"pace-{id}\">paced ({}): target so far {} · {} · forecast at the period's end {} · \
-                     price {:.1} per USD</p>",
-                    p.pacing,
-                    usd(Some(p.target_usd)),
-                    match p.pace_ratio {
-                        Some(r) => format!("spend at {:.0}% of target", r * 100.0),
-                        None => "nothing due yet".into(),
-                    },
-                    usd(Some(p.forecast_usd)),
-                    p.spend_price_per_usd
-                );
+                let _ = write!(out, "<p id=\"pace-{id}\">{}</p>", escape(&p.summary()));
             }
         }
         None => out.push_str("<p class=\"muted\">No budget in the rules.</p>"),

@@ -197,7 +197,7 @@ pub struct BudgetLine {
     pub pace: Option<PaceLine>,
 }
 
-/// A paced budget's target and price, for the dashboard.
+/// A paced budget's target and price.
 #[derive(Debug, Clone, Serialize)]
 pub struct PaceLine {
     pub pacing: &'static str,
@@ -205,6 +205,23 @@ pub struct PaceLine {
     pub forecast_usd: f64,
     pub pace_ratio: Option<f64>,
     pub spend_price_per_usd: f64,
+}
+
+impl PaceLine {
+    /// One line for people: the `report` table and the dashboard.
+    pub fn summary(&self) -> String {
+        format!(
+            "paced ({}): target so far {}, {}; forecast at the period's end {}; price {:.1} per USD",
+            self.pacing,
+            usd(Some(self.target_usd)),
+            match self.pace_ratio {
+                Some(r) => format!("spend at {:.0}% of target", r * 100.0),
+                None => "nothing due yet".into(),
+            },
+            usd(Some(self.forecast_usd)),
+            self.spend_price_per_usd
+        )
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -130,18 +130,7 @@ pub fn table(r: &Report) -> String {
                 }
             );
             if let Some(p) = &b.pace {
-                let _ = writeln!(
-                    out,
-                    "  paced ({}): target so far {}, {}; forecast at the period's end {}; price {:.1} per USD",
-                    p.pacing,
-                    usd(Some(p.target_usd)),
-                    match p.pace_ratio {
-                        Some(r) => format!("spend at {:.0}% of target", r * 100.0),
-                        None => "nothing due yet".into(),
-                    },
-                    usd(Some(p.forecast_usd)),
-                    p.spend_price_per_usd
-                );
+                let _ = writeln!(out, "  {}", p.summary());
             }
         }
         let _ = writeln!(
