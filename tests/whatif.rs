@@ -220,9 +220,25 @@ async fn whatif_recovers_a_known_world_on_the_embedded_store() {
         let server = Server::start(&repo_path("tests/fixtures/whatif/logging"), &[]);
         let routed = drive(&server).await;
         let dir = server.state.path().display().to_string();
-        check(&["--state-dir", &dir], "embedded store", &routed)
+        let misses = check(&["--state-dir", &dir], "embedded store", &routed);
+        paced_candidate_spends_within_its_budget(&["--state-dir", &dir]);
+        misses
     })
     .await;
+}
+
+/// Turning pacing on for the recorded workflow: the candidate that sends
+/// every call to the large model, but under a paced $30 day, spends less
+/// than the unpaced large candidate and no more than its budget, and never
+/// less than sending every call to the small model would.
+fn paced_candidate_spends_within_its_budget(store: &[&str]) {
+    let at = |w: &serde_json::Value| w["candidate"]["spend_usd"].as_f64().unwrap_or(f64::NAN);
+    let paced = at(&whatif(&repo_path("tests/fixtures/whatif/paced"), store));
+    let large = at(&whatif(&repo_path("tests/fixtures/whatif/large"), store));
+    let small = at(&whatif(&repo_path("tests/fixtures/whatif/small"), store));
+    eprintln!("paced candidate spends ${paced:.2} (large ${large:.2}, small ${small:.2})");
+    assert!(paced < large && paced <= 30.0 * 1.01, "paced {paced}, large {large}");
+    assert!(paced >= small * 0.99, "paced {paced}, small {small}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -209,6 +209,7 @@ pub fn rows(table: &RuleTable, ledger: &Ledger, skipped: &mut Skipped) -> Vec<Ro
         }
     };
     let mean_of = |t: u8| by_tier.get(&t).map_or(overall, |(s, n)| s / n);
+    let mut pacers = Pacers::of(table, &logged);
     let mut out = Vec::with_capacity(logged.len());
     for (c, s) in logged {
         let Some(workflow) = table.workflow(&c.workflow) else {
@@ -217,16 +218,17 @@ pub fn rows(table: &RuleTable, ledger: &Ledger, skipped: &mut Skipped) -> Vec<Ro
         };
         let est = estimate_under(table, workflow, &s);
         let available = crate::decide::available_tiers(table, workflow, est.class);
+        // A candidate that paces this workflow prices each call by the
+        // candidate's own spend so far in the call's period.
+        let paced = pacers.pace(workflow, c.created_ms);
         let input = RouteInput {
             attempt: s.attempt.max(1),
             deferrable: s.deferrable,
             capabilities: Capabilities(u8::try_from(s.capabilities).unwrap_or(0)),
-            downgrade: s.downgrade,
+            downgrade: s.downgrade && paced.is_none(),
             learned: learned_at(&s, &available, est.complexity).filter(|_| workflow.learning.enabled),
             rejected_tier: s.rejected_tier.and_then(|t| u8::try_from(t).ok()),
-            // A snapshot keeps no price of spend: what-if weighs the rules
-            // as they would route unpaced.
-            paced: None,
+            paced,
         };
         let Ok(d) = decide(table, workflow, &input, &est, &[], None) else {
             skipped.no_model += 1;
@@ -249,6 +251,7 @@ pub fn rows(table: &RuleTable, ledger: &Ledger, skipped: &mut Skipped) -> Vec<Ro
         } else {
             c.cost_nanos
         };
+        pacers.spent(workflow, candidate_cost_nanos);
         let tier = s.tier as u8;
         let prediction = |t: u8| {
             s.tiers
@@ -280,6 +283,89 @@ pub fn rows(table: &RuleTable, ledger: &Ledger, skipped: &mut Skipped) -> Vec<Ro
         });
     }
     out
+}
+
+/// The candidate's pacing of each paced workflow, over the logged calls in
+/// time order: its spend so far in the period, its controller, and the
+/// workflow's logged traffic by hour of the week as the `traffic` shape.
+struct Pacers {
+    by_workflow: HashMap<String, Paced>,
+}
+
+#[derive(Default)]
+struct Paced {
+    controller: crate::budget::pacing::Controller,
+    period_start_ms: i64,
+    spent_nanos: i64,
+    seen: u64,
+    shape: Option<crate::budget::pacing::Shape>,
+}
+
+impl Pacers {
+    fn of(table: &RuleTable, logged: &[(&CallRecord, Snapshot)]) -> Pacers {
+        use crate::budget::pacing::{hour_of_week, Shape, HOURS_OF_WEEK};
+        let mut by_workflow = HashMap::new();
+        for w in &table.workflows {
+            let Some(b) = w.budget.as_ref().filter(|b| b.pacing.is_some()) else {
+                continue;
+            };
+            let mut counts = vec![0u64; HOURS_OF_WEEK];
+            let (mut first, mut last) = (i64::MAX, i64::MIN);
+            for (c, _) in logged.iter().filter(|(c, _)| c.workflow == w.name) {
+                if let Ok(t) = jiff::Timestamp::from_millisecond(c.created_ms) {
+                    counts[hour_of_week(&b.timezone, t)] += 1;
+                }
+                (first, last) = (first.min(c.created_ms), last.max(c.created_ms));
+            }
+            let weeks = (last.saturating_sub(first)) as f64 / (7.0 * 86_400_000.0);
+            by_workflow.insert(
+                w.name.clone(),
+                Paced {
+                    shape: Shape::of_counts(&counts, weeks),
+                    ..Paced::default()
+                },
+            );
+        }
+        Pacers { by_workflow }
+    }
+
+    /// The price a paced `workflow` puts on a call logged at `at_ms`.
+    fn pace(&mut self, workflow: &crate::rules::Workflow, at_ms: i64) -> Option<crate::decide::Paced> {
+        let b = workflow.budget.as_ref()?;
+        let pacing = b.pacing?;
+        let p = self.by_workflow.get_mut(&workflow.name)?;
+        let now = jiff::Timestamp::from_millisecond(at_ms).ok()?;
+        let (start, end) = crate::budget::period_bounds(b.period, &b.timezone, now);
+        if start.as_millisecond() != p.period_start_ms {
+            (p.period_start_ms, p.spent_nanos, p.seen) = (start.as_millisecond(), 0, 0);
+        }
+        let shape = match pacing {
+            crate::budget::pacing::Pacing::Traffic => p.shape.as_ref(),
+            crate::budget::pacing::Pacing::Even => None,
+        };
+        let due = crate::budget::pacing::due_share(start, end, now, &b.timezone, shape, p.seen);
+        let pace = crate::budget::pacing::pace(
+            pacing,
+            &mut p.controller,
+            p.spent_nanos,
+            b.limit_nanos,
+            due,
+            at_ms,
+            end.as_millisecond() - start.as_millisecond(),
+        );
+        Some(crate::decide::Paced {
+            price_per_nano: pace.price_per_nano,
+            ratio: pace.ratio(),
+        })
+    }
+
+    /// Counts the candidate's cost of a call of `workflow`.
+    fn spent(&mut self, workflow: &crate::rules::Workflow, cost_nanos: i64) {
+        if let Some(p) = self.by_workflow.get_mut(&workflow.name) {
+            p.spent_nanos = p.spent_nanos.saturating_add(cost_nanos);
+            p.seen += 1;
+        }
+    }
 }
 
 /// One policy's figures over a set of rows.
