@@ -235,6 +235,7 @@ impl Work {
                         model: r.model,
                         input_tokens: r.input_tokens,
                         cached_input_tokens: 0,
+                        cache_write_input_tokens: 0,
                         output_tokens: 40,
                         failed: false,
                     })

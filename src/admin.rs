@@ -141,7 +141,7 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+async fn metrics(State(s): State<Arc<AdminState>>, headers: axum::http::HeaderMap) -> impl IntoResponse {
     let st = s.rules.status();
     let table = s.rules.current();
     let cache = s.cache.stats();
@@ -403,13 +403,16 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
             Reading::Real(at.elapsed().as_secs_f64()),
         )]))));
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        crate::metrics::encode(&registry),
-    )
+    let text = crate::metrics::encode(&registry);
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    if crate::metrics::wants_prometheus_text(accept) {
+        (
+            [(header::CONTENT_TYPE, crate::metrics::PROMETHEUS_TEXT_TYPE)],
+            crate::metrics::to_prometheus_text(&text),
+        )
+    } else {
+        ([(header::CONTENT_TYPE, crate::metrics::OPENMETRICS_TYPE)], text)
+    }
 }
 
 /// Each port's open connections, their cap, and what its limits refused.

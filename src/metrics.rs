@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::exemplar::HistogramWithExemplars;
+use prometheus_client::metrics::counter::Atomic as _;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::exemplar::{CounterWithExemplar, HistogramWithExemplars};
 use prometheus_client::metrics::family::Family as Series;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
@@ -25,8 +26,25 @@ use prometheus_client::registry::{Registry, Unit};
 /// A series' labels: each label's name and value, in the family's order.
 pub type Labels = Vec<(&'static str, String)>;
 
+/// A counter that can carry the trace of its latest traced increment.
+type Count = CounterWithExemplar<Labels>;
+
 /// The series of one family that share a hash of their label values.
-type Bucket = Vec<(Vec<String>, Counter)>;
+type Bucket = Vec<(Vec<String>, Count)>;
+
+/// The span a sample came from, as an exemplar names it: OpenTelemetry's
+/// Prometheus mapping reads `trace_id` and `span_id` (lowercase hex).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceRef {
+    pub trace_id: String,
+    pub span_id: String,
+}
+
+impl TraceRef {
+    fn labels(&self) -> Labels {
+        vec![("trace_id", self.trace_id.clone()), ("span_id", self.span_id.clone())]
+    }
+}
 
 /// One counter family. The series live in a `prometheus-client` family;
 /// counting an existing series allocates nothing: a hash of the label values
@@ -36,7 +54,7 @@ pub struct Family {
     name: &'static str,
     help: &'static str,
     labels: &'static [&'static str],
-    series: Series<Labels, Counter>,
+    series: Series<Labels, Count>,
     /// Keyed by the labels' own hash: the map's hasher only spreads it.
     handles: RwLock<crate::hashing::FastMap<u64, Bucket>>,
 }
@@ -51,7 +69,7 @@ fn hash(values: &[&str]) -> u64 {
     })
 }
 
-fn find<'a>(bucket: &'a Bucket, values: &[&str]) -> Option<&'a Counter> {
+fn find<'a>(bucket: &'a Bucket, values: &[&str]) -> Option<&'a Count> {
     bucket
         .iter()
         .find(|(labels, _)| labels.iter().map(String::as_str).eq(values.iter().copied()))
@@ -81,11 +99,25 @@ impl Family {
 
     /// Adds `v` to the series with these label values (in `labels` order).
     pub fn add(&self, values: &[&str], v: u64) {
+        self.add_traced(values, v, None);
+    }
+
+    /// Adds `v`, and when `trace` is given makes it the series' exemplar.
+    /// An untraced add keeps the exemplar a traced one left.
+    pub fn add_traced(&self, values: &[&str], v: u64, trace: Option<&TraceRef>) {
+        let count = |c: &Count| match trace {
+            Some(t) => {
+                c.inc_by(v, Some(t.labels()), None);
+            }
+            None => {
+                c.inner().inc_by(v);
+            }
+        };
         let h = hash(values);
         {
             let handles = self.handles.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(c) = handles.get(&h).and_then(|b| find(b, values)) {
-                c.inc_by(v);
+                count(c);
                 return;
             }
         }
@@ -105,7 +137,7 @@ impl Family {
                 c
             }
         };
-        counter.inc_by(v);
+        count(&counter);
     }
 
     fn register(&self, registry: &mut Registry) {
@@ -123,10 +155,9 @@ const BUCKETS: [f64; 12] = [
 pub struct Latency(HistogramWithExemplars<Labels>);
 
 impl Latency {
-    /// Records one Route; `trace_id` (32 hex digits) when its span is recorded.
-    pub fn observe(&self, d: Duration, trace_id: Option<String>) {
-        self.0
-            .observe(d.as_secs_f64(), trace_id.map(|t| vec![("trace_id", t)]), None);
+    /// Records one Route, with its span when the span is recorded.
+    pub fn observe(&self, d: Duration, trace: Option<&TraceRef>) {
+        self.0.observe(d.as_secs_f64(), trace.map(TraceRef::labels), None);
     }
 }
 
@@ -135,7 +166,12 @@ pub struct Metrics {
     pub decisions: Family,
     pub estimated_spend: Family,
     pub actual_spend: Family,
+    /// Deprecated: `input` there is the uncached part. Kept for one release.
     pub tokens: Family,
+    pub input_tokens: Family,
+    pub cached_input_tokens: Family,
+    pub cache_write_input_tokens: Family,
+    pub output_tokens: Family,
     pub outcomes: Family,
     pub usage_model_mismatch: Family,
     pub usage_overshoot: Family,
@@ -152,18 +188,38 @@ impl Default for Metrics {
             ),
             estimated_spend: Family::new(
                 "switchyard_estimated_spend_nanousd_total",
-                "Estimated cost of routed calls, in nano-USD.",
+                "Estimated cost of routed calls, in nano-USD; the exemplar is the latest traced Route.",
                 &["workflow", "model"],
             ),
             actual_spend: Family::new(
                 "switchyard_actual_spend_nanousd_total",
-                "Actual cost of calls as ReportUsage settled them, in nano-USD.",
+                "Actual cost of calls as ReportUsage settled them, in nano-USD; the exemplar is the latest traced ReportUsage.",
                 &["workflow", "model"],
             ),
             tokens: Family::new(
                 "switchyard_tokens_total",
-                "Tokens calls used as ReportUsage reported them, by kind (input, cached_input, output).",
+                "Deprecated, removed in the next release: use switchyard_input_tokens_total, switchyard_cached_input_tokens_total and switchyard_output_tokens_total. Tokens by kind (input = the uncached part, cached_input, output).",
                 &["workflow", "model", "kind"],
+            ),
+            input_tokens: Family::new(
+                "switchyard_input_tokens_total",
+                "Input tokens of settled calls, cache reads and writes included, as ReportUsage reported them.",
+                &["workflow", "model"],
+            ),
+            cached_input_tokens: Family::new(
+                "switchyard_cached_input_tokens_total",
+                "Input tokens served from the provider's prompt cache (a part of switchyard_input_tokens_total).",
+                &["workflow", "model"],
+            ),
+            cache_write_input_tokens: Family::new(
+                "switchyard_cache_write_input_tokens_total",
+                "Input tokens written to the provider's prompt cache (a part of switchyard_input_tokens_total).",
+                &["workflow", "model"],
+            ),
+            output_tokens: Family::new(
+                "switchyard_output_tokens_total",
+                "Output tokens of settled calls, as ReportUsage reported them.",
+                &["workflow", "model"],
             ),
             outcomes: Family::new(
                 "switchyard_outcomes_total",
@@ -193,6 +249,10 @@ impl Metrics {
             &self.estimated_spend,
             &self.actual_spend,
             &self.tokens,
+            &self.input_tokens,
+            &self.cached_input_tokens,
+            &self.cache_write_input_tokens,
+            &self.output_tokens,
             &self.outcomes,
             &self.usage_model_mismatch,
             &self.usage_overshoot,
@@ -293,6 +353,84 @@ pub fn encode(registry: &Registry) -> String {
     out
 }
 
+/// The media types `/metrics` answers with.
+pub const OPENMETRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const PROMETHEUS_TEXT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Whether a scraper's `Accept` asks for the Prometheus text format
+/// (0.0.4) rather than OpenMetrics: it names `text/plain` and not
+/// OpenMetrics. Prometheus itself asks for OpenMetrics first, which is the
+/// one format that carries exemplars; `promtool check metrics` and older
+/// scrapers read the text format.
+pub fn wants_prometheus_text(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| a.contains("text/plain") && !a.contains("application/openmetrics-text"))
+}
+
+/// The same exposition in the Prometheus text format (0.0.4), from the
+/// OpenMetrics text `encode` made. The two differ in a few places only: a
+/// counter's family is named with its `_total`; `# UNIT`, `# EOF` and
+/// exemplars are not part of it; HELP escapes only `\\` and newlines.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    // A family's HELP comes before its TYPE, which says whether the name
+    // takes `_total`: it waits for its TYPE.
+    let mut help: Option<(&str, String)> = None;
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, text) = rest.split_once(' ').unwrap_or((rest, ""));
+            help = Some((name, text.replace("\\\"", "\"")));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (family, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            let (name, kind) = match kind {
+                "counter" => (format!("{family}_total"), "counter"),
+                "gauge" | "histogram" | "summary" => (family.to_string(), kind),
+                _ => (family.to_string(), "untyped"),
+            };
+            if let Some((_, text)) = help.take().filter(|(n, _)| *n == family) {
+                let _ = writeln!(out, "# HELP {name} {text}");
+            }
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            continue;
+        }
+        let sample = strip_exemplar(line);
+        let name_end = sample.find(['{', ' ']).unwrap_or(sample.len());
+        if sample[..name_end].ends_with("_created") {
+            continue;
+        }
+        out.push_str(sample);
+        out.push('\n');
+    }
+    out
+}
+
+/// A sample line without its exemplar (` # {…} value`): the exemplar starts
+/// after the labels' closing brace, found past quoted label values.
+fn strip_exemplar(line: &str) -> &str {
+    let bytes = line.as_bytes();
+    let mut i = line.find(['{', ' ']).unwrap_or(line.len());
+    if bytes.get(i) == Some(&b'{') {
+        let mut quoted = false;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\\' if quoted => i += 1,
+                b'"' => quoted = !quoted,
+                b'}' if !quoted => break,
+                _ => {}
+            }
+            i += 1;
+        }
+    }
+    match line[i.min(line.len())..].find(" # ") {
+        Some(at) => &line[..i + at],
+        None => line,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,10 +456,11 @@ mod tests {
     #[test]
     fn latency_buckets_carry_the_trace_of_a_traced_call() {
         let m = Metrics::default();
-        m.route_latency.observe(
-            Duration::from_micros(300),
-            Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
-        );
+        let trace = TraceRef {
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+            span_id: "00f067aa0ba902b7".into(),
+        };
+        m.route_latency.observe(Duration::from_micros(300), Some(&trace));
         m.route_latency.observe(Duration::from_micros(80), None);
         let mut registry = Registry::default();
         m.register(&mut registry);
@@ -339,10 +478,80 @@ mod tests {
             .find(|l| l.starts_with("switchyard_route_latency_seconds_bucket{le=\"0.0005\"}"))
             .expect("the 0.5 ms bucket");
         assert!(
-            bucket.ends_with("} 2 # {trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"} 0.0003"),
+            bucket
+                .ends_with("} 2 # {trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\",span_id=\"00f067aa0ba902b7\"} 0.0003"),
             "{bucket}"
         );
         assert!(out.contains("switchyard_route_latency_seconds_count 2\n"), "{out}");
+    }
+
+    #[test]
+    fn a_counter_keeps_the_exemplar_of_its_latest_traced_add() {
+        let f = Family::new("spend_total", "test", &["workflow"]);
+        let first = TraceRef {
+            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+            span_id: "b7ad6b7169203331".into(),
+        };
+        f.add_traced(&["w"], 5, Some(&first));
+        f.add(&["w"], 2);
+        let mut registry = Registry::default();
+        f.register(&mut registry);
+        let out = encode(&registry);
+        assert!(
+            out.contains(
+                "spend_total{workflow=\"w\"} 7 # {trace_id=\"0af7651916cd43dd8448eb211c80319c\",span_id=\"b7ad6b7169203331\"} 5.0\n"
+            ),
+            "{out}"
+        );
+        // Untraced series carry none.
+        f.add(&["v"], 1);
+        let mut registry = Registry::default();
+        f.register(&mut registry);
+        assert!(encode(&registry).contains("spend_total{workflow=\"v\"} 1\n"));
+    }
+
+    #[test]
+    fn the_text_format_names_counters_with_their_total_and_drops_what_it_lacks() {
+        let f = Family::new("c_total", "Calls (\"quoted\").", &["workflow"]);
+        let trace = TraceRef {
+            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+            span_id: "b7ad6b7169203331".into(),
+        };
+        f.add_traced(&["a # {b}"], 3, Some(&trace));
+        let m = Metrics::default();
+        m.route_latency.observe(Duration::from_micros(300), Some(&trace));
+        let mut registry = Registry::default();
+        f.register(&mut registry);
+        m.register(&mut registry);
+        let text = to_prometheus_text(&encode(&registry));
+        assert!(
+            text.contains("# HELP c_total Calls (\"quoted\").\n# TYPE c_total counter\n"),
+            "{text}"
+        );
+        // A label value that looks like an exemplar stays; the exemplar goes.
+        assert!(text.contains("c_total{workflow=\"a # {b}\"} 3\n"), "{text}");
+        assert!(
+            text.contains("# TYPE switchyard_route_latency_seconds histogram\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("switchyard_route_latency_seconds_bucket{le=\"0.0005\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT") && !text.contains("trace_id"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn only_a_scraper_that_asks_for_text_and_not_openmetrics_gets_text() {
+        assert!(!wants_prometheus_text(None));
+        assert!(!wants_prometheus_text(Some("*/*")));
+        assert!(wants_prometheus_text(Some("text/plain; version=0.0.4")));
+        assert!(!wants_prometheus_text(Some(
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        )));
     }
 
     #[test]

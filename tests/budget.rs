@@ -49,6 +49,7 @@ async fn report(c: &mut RouterClient<Channel>, r: &pb::RouteResponse, output: u6
         model: r.model.clone(),
         input_tokens: r.input_tokens,
         cached_input_tokens: 0,
+        cache_write_input_tokens: 0,
         output_tokens: output,
         failed: false,
     })

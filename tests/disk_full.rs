@@ -123,6 +123,7 @@ async fn pair(c: &mut RouterClient<Channel>, i: u64) -> Result<i64, tonic::Statu
             model: r.model.clone(),
             input_tokens: r.input_tokens,
             cached_input_tokens: 0,
+            cache_write_input_tokens: 0,
             output_tokens: 50,
             failed: false,
         })

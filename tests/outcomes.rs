@@ -44,6 +44,7 @@ async fn usage(
             model: r.model.clone(),
             input_tokens: input,
             cached_input_tokens: cached,
+            cache_write_input_tokens: 0,
             output_tokens: output,
             failed: false,
         })

@@ -203,6 +203,7 @@ async fn explain_decides_as_serve_does() {
         model: r.model,
         input_tokens: 0,
         cached_input_tokens: 0,
+        cache_write_input_tokens: 0,
         output_tokens: 40_000,
         failed: false,
     })

@@ -136,6 +136,7 @@ async fn spans_reach_a_real_otlp_receiver_inside_the_callers_trace() {
         model: r.model.clone(),
         input_tokens: 120,
         cached_input_tokens: 20,
+        cache_write_input_tokens: 30,
         output_tokens: 80,
         failed: false,
     });
@@ -157,13 +158,27 @@ async fn spans_reach_a_real_otlp_receiver_inside_the_callers_trace() {
     })
     .await
     .expect("feedback");
+    // A refusal the caller can act on is not a server error.
+    let refused = c
+        .route(request("no-such-workflow", "hello"))
+        .await
+        .expect_err("an unknown workflow is refused");
+    assert_ne!(refused.code(), tonic::Code::Ok);
 
-    let names = ["Route", "ReportUsage", "RecordOutcome", "RecordFeedback"];
+    const ROUTE: &str = "switchyard.v1.Router/Route";
+    const REPORT_USAGE: &str = "switchyard.v1.Router/ReportUsage";
+    let names = [
+        ROUTE,
+        REPORT_USAGE,
+        "switchyard.v1.Router/RecordOutcome",
+        "switchyard.v1.Router/RecordFeedback",
+    ];
     let all_in = eventually(Duration::from_secs(15), || {
         let spans = receiver.spans.clone();
         async move {
             let got = spans.lock().expect("lock");
             names.iter().all(|n| got.iter().any(|(_, s)| s.name == *n))
+                && got.iter().filter(|(_, s)| s.name == ROUTE).count() == 2
         }
     })
     .await;
@@ -174,8 +189,13 @@ async fn spans_reach_a_real_otlp_receiver_inside_the_callers_trace() {
         spans.iter().map(|(_, s)| &s.name).collect::<Vec<_>>()
     );
     let find = |n: &str| spans.iter().find(|(_, s)| s.name == n).expect("span");
+    assert!(
+        spans.iter().all(|(_, s)| s.name.starts_with("switchyard.v1.Router/")),
+        "every span is named for its gRPC method: {:?}",
+        spans.iter().map(|(_, s)| &s.name).collect::<Vec<_>>()
+    );
 
-    let (resource, route) = find("Route");
+    let (resource, route) = find(ROUTE);
     assert_eq!(resource["service.name"], "switchyard-under-test");
     assert_eq!(resource["deployment.environment"], "ci");
     let tenants = receiver.tenants.lock().expect("lock").clone();
@@ -192,9 +212,12 @@ async fn spans_reach_a_real_otlp_receiver_inside_the_callers_trace() {
     );
     let a = attrs(route);
     for (k, v) in [
-        ("gen_ai.operation.name", "chat"),
+        ("rpc.system.name", "grpc"),
+        ("rpc.method", ROUTE),
+        ("rpc.response.status_code", "OK"),
         ("gen_ai.provider.name", r.provider.as_str()),
-        ("gen_ai.request.model", r.model.as_str()),
+        ("gen_ai.request.model", r.provider_model.as_str()),
+        ("switchyard.model", r.model.as_str()),
         ("switchyard.workflow", "budget-demo"),
         ("switchyard.outcome.id", "ticket-42"),
         ("switchyard.decision.id", r.decision_id.as_str()),
@@ -205,29 +228,57 @@ async fn spans_reach_a_real_otlp_receiver_inside_the_callers_trace() {
     ] {
         assert_eq!(a.get(k).map(String::as_str), Some(v), "{k} on Route: {a:?}");
     }
-    assert_eq!(a["gen_ai.usage.input_tokens"], r.input_tokens.to_string());
-    let est: f64 = a["switchyard.cost.usd"].parse().expect("cost");
+    assert_eq!(a["switchyard.estimate.input_tokens"], r.input_tokens.to_string());
+    assert_eq!(
+        a["switchyard.estimate.output_tokens"],
+        r.estimated_output_tokens.to_string()
+    );
+    let est: f64 = a["switchyard.estimate.cost_usd"].parse().expect("cost");
     assert!((est - r.estimated_cost_nanousd as f64 / 1e9).abs() < 1e-12);
-    assert!(a.contains_key("switchyard.complexity") && a.contains_key("gen_ai.usage.cache_read.input_tokens"));
+    assert!(a.contains_key("switchyard.complexity") && a.contains_key("switchyard.estimate.cached_input_tokens"));
     assert!(a.contains_key("switchyard.budget.remaining.usd"), "{a:?}");
     assert_eq!(a["gen_ai.request.max_tokens"], "300", "the request's own limit");
-    assert_eq!(a["gen_ai.usage.cost.amount"], a["switchyard.cost.usd"]);
-    assert_eq!(a["gen_ai.usage.cost.currency"], "USD");
+    // A decision is not a model call: nothing a backend would sum as usage or spend.
+    for k in a.keys() {
+        assert!(
+            !k.starts_with("gen_ai.usage.") && k != "gen_ai.operation.name" && k != "switchyard.cost.usd",
+            "{k} on Route: {a:?}"
+        );
+    }
+    assert!(!a.contains_key("error.type"));
 
-    let (_, report) = find("ReportUsage");
+    let refusal = spans
+        .iter()
+        .map(|(_, s)| s)
+        .find(|s| s.name == ROUTE && attrs(s)["rpc.response.status_code"] != "OK")
+        .expect("the refused Route's span");
+    let a = attrs(refusal);
+    assert_eq!(
+        a["rpc.response.status_code"],
+        switchyard::telemetry::status_code_name(refused.code())
+    );
+    assert!(!a.contains_key("error.type"), "a refusal is not a server error: {a:?}");
+    assert!(
+        refusal.status.as_ref().is_none_or(|st| st.code == 0),
+        "status left unset: {:?}",
+        refusal.status
+    );
+
+    let (_, report) = find(REPORT_USAGE);
     let a = attrs(report);
     assert_eq!(hex(&report.trace_id), caller_trace);
     assert_eq!(a["gen_ai.usage.input_tokens"], "120");
     assert_eq!(a["gen_ai.usage.output_tokens"], "80");
     assert_eq!(a["gen_ai.usage.cache_read.input_tokens"], "20");
+    assert_eq!(a["gen_ai.usage.cache_write.input_tokens"], "30");
     assert_eq!(a["switchyard.outcome.id"], "ticket-42");
     let actual: f64 = a["switchyard.cost.usd"].parse().expect("cost");
     assert!((actual - cost as f64 / 1e9).abs() < 1e-12, "the actual cost");
     assert_eq!(
-        a["gen_ai.response.model"], r.model,
-        "the model the usage was reported for"
+        a["gen_ai.response.model"], r.provider_model,
+        "the model the usage was reported for, by its provider ID"
     );
-    assert_eq!(a["gen_ai.usage.cost.currency"], "USD");
+    assert!(!a.contains_key("gen_ai.operation.name") && !a.contains_key("gen_ai.usage.cost.amount"));
     assert!(
         report
             .links
@@ -236,8 +287,14 @@ async fn spans_reach_a_real_otlp_receiver_inside_the_callers_trace() {
         "ReportUsage links to its Route span: {:?}",
         report.links
     );
-    assert_eq!(attrs(&find("RecordOutcome").1)["switchyard.outcome.id"], "ticket-42");
-    assert_eq!(attrs(&find("RecordFeedback").1)["switchyard.feedback.accepted"], "true");
+    assert_eq!(
+        attrs(&find("switchyard.v1.Router/RecordOutcome").1)["switchyard.outcome.id"],
+        "ticket-42"
+    );
+    assert_eq!(
+        attrs(&find("switchyard.v1.Router/RecordFeedback").1)["switchyard.feedback.accepted"],
+        "true"
+    );
 
     // Never the prompt: no attribute of any span carries a word of it.
     for (_, s) in &spans {
@@ -257,16 +314,34 @@ async fn spans_reach_a_real_otlp_receiver_inside_the_callers_trace() {
     let text = server.admin_get_until("/metrics", Duration::from_secs(10), |m| exported(m) >= 4);
     assert!(exported(&text) >= 4, "{text}");
 
-    // The latency histogram links to the trace: the bucket this Route fell
-    // in carries its trace ID as an exemplar.
+    // The latency histogram and the spend counters link to the spans: the
+    // bucket this Route fell in, and its estimated spend, carry the Route
+    // span as an exemplar; the actual spend carries the ReportUsage span.
     let (_, text) = server.admin_get("/metrics");
     let (_, exemplars) = parse_openmetrics(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let linked: Vec<_> = exemplars
-        .iter()
-        .filter(|(series, _)| series.starts_with("switchyard_route_latency_seconds_bucket"))
-        .collect();
-    assert_eq!(linked.len(), 1, "one Route, one exemplar: {exemplars:?}");
-    assert_eq!(linked[0].1, &format!("trace_id=\"{caller_trace}\""));
+    let linked = |family: &str| -> Vec<String> {
+        exemplars
+            .iter()
+            .filter(|(series, _)| series.starts_with(family))
+            .map(|(_, e)| e.clone())
+            .collect()
+    };
+    let route_exemplar = format!("trace_id=\"{caller_trace}\",span_id=\"{route_span_id}\"");
+    assert_eq!(
+        linked("switchyard_route_latency_seconds_bucket"),
+        std::slice::from_ref(&route_exemplar),
+        "one Route, one exemplar: {exemplars:?}"
+    );
+    assert_eq!(linked("switchyard_estimated_spend_nanousd_total"), [route_exemplar]);
+    let spans = receiver.spans.lock().expect("lock").clone();
+    let report = spans.iter().find(|(_, s)| s.name == REPORT_USAGE).expect("span");
+    assert_eq!(
+        linked("switchyard_actual_spend_nanousd_total"),
+        [format!(
+            "trace_id=\"{caller_trace}\",span_id=\"{}\"",
+            hex(&report.1.span_id)
+        )]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,7 +375,7 @@ async fn sigterm_flushes_the_spans_still_queued() {
     let spans = receiver.spans.lock().expect("lock");
     let routed: Vec<String> = spans
         .iter()
-        .filter(|(_, s)| s.name == "Route")
+        .filter(|(_, s)| s.name == "switchyard.v1.Router/Route")
         .map(|(_, s)| attrs(s)["switchyard.decision.id"].clone())
         .collect();
     for d in &decisions {
@@ -504,6 +579,7 @@ async fn metrics_parse_as_openmetrics_with_the_promised_series() {
         model: r.model.clone(),
         input_tokens: 100,
         cached_input_tokens: 40,
+        cache_write_input_tokens: 25,
         output_tokens: 10,
         failed: false,
     })
@@ -551,6 +627,18 @@ async fn metrics_parse_as_openmetrics_with_the_promised_series() {
         40.0
     );
     assert_eq!(m[&format!("switchyard_tokens_total{{{labels},kind=\"input\"}}")], 60.0);
+    // The separate families: input is all of it, cache reads and writes parts of it.
+    assert_eq!(m[&format!("switchyard_input_tokens_total{{{labels}}}")], 100.0);
+    assert_eq!(m[&format!("switchyard_cached_input_tokens_total{{{labels}}}")], 40.0);
+    assert_eq!(
+        m[&format!("switchyard_cache_write_input_tokens_total{{{labels}}}")],
+        25.0
+    );
+    assert_eq!(m[&format!("switchyard_output_tokens_total{{{labels}}}")], 10.0);
+    assert!(
+        text.contains("# HELP switchyard_tokens Deprecated"),
+        "the old family says it is deprecated"
+    );
     assert_eq!(m["switchyard_route_latency_seconds_count"], 1.0);
     assert_eq!(m["switchyard_route_latency_seconds_bucket{le=\"+Inf\"}"], 1.0);
     assert!(m.contains_key("switchyard_context_cache_hits_total"));
@@ -687,7 +775,7 @@ async fn log_lines_carry_the_trace_of_their_exported_span() {
                 .lock()
                 .expect("lock")
                 .iter()
-                .filter(|(_, s)| s.name == "Route")
+                .filter(|(_, s)| s.name == "switchyard.v1.Router/Route")
                 .count()
                 >= 2
         }
@@ -700,7 +788,7 @@ async fn log_lines_carry_the_trace_of_their_exported_span() {
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
-    for (_, span) in spans.iter().filter(|(_, s)| s.name == "Route") {
+    for (_, span) in spans.iter().filter(|(_, s)| s.name == "switchyard.v1.Router/Route") {
         let (trace, id) = (hex(&span.trace_id), hex(&span.span_id));
         let answered = lines.iter().find(|l| {
             l["fields"]["message"] == "rpc answered"
@@ -767,7 +855,10 @@ async fn the_sampler_variables_are_read_as_the_sdk_reads_them() {
         .ends_with("-01"));
     assert!(server.terminate().success());
     let spans = receiver.spans.lock().expect("lock");
-    let exported = spans.iter().filter(|(_, s)| s.name == "Route").count();
+    let exported = spans
+        .iter()
+        .filter(|(_, s)| s.name == "switchyard.v1.Router/Route")
+        .count();
     assert_eq!(exported, sampled_flags + 1, "exactly the sampled Routes are exported");
     // 10% of 2000: 200, with a standard deviation of about 13.
     assert!(
@@ -808,4 +899,201 @@ async fn spans_flow_again_once_a_collector_that_was_down_comes_up() {
     })
     .await;
     assert!(arrived, "no span reached the collector after it came up");
+}
+
+/// Debian's `prometheus` on a free port, scraping `target` every 200 ms
+/// with exemplar storage on; killed when dropped.
+struct Prometheus {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Prometheus {
+        let dir = tempfile::tempdir().expect("dir");
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 200ms\n  scrape_timeout: 200ms\nscrape_configs:\n  - job_name: switchyard\n    static_configs:\n      - targets: ['{}']\n",
+                target.trim_start_matches("http://")
+            ),
+        )
+        .expect("config");
+        let port = free_port();
+        let child = std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--enable-feature=exemplar-storage")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("log")).expect("log"))
+            .spawn()
+            .expect("prometheus (scripts/test installs Debian's package)");
+        Prometheus {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+
+    /// The API's `data`, once it answers `success`.
+    fn api(&self, path: &str) -> Option<serde_json::Value> {
+        let host = self.url.trim_start_matches("http://");
+        std::net::TcpStream::connect(host).ok()?;
+        let (code, body) = http_get_accepting(&self.url, path, "application/json");
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (code == 200 && v["status"] == "success").then(|| v["data"].clone())
+    }
+
+    /// An instant query's value for each series, by its `model` label.
+    fn values(&self, query: &str) -> Vec<f64> {
+        self.api(&format!("/api/v1/query?query={query}"))
+            .and_then(|d| d["result"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| r["value"][1].as_str().and_then(|v| v.parse().ok()))
+            .collect()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_the_token_series_and_an_exemplar_that_names_a_received_span() {
+    let (receiver, endpoint) = start_receiver().await;
+    let server = Server::start_with_env(
+        &repo_path("routing-rules/examples/budgets.toml"),
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let mut c = server.client().await;
+    let r = c
+        .route(pb::RouteRequest {
+            outcome_id: "o-prom".into(),
+            ..request("budget-demo", "Translate 'good morning' into French.")
+        })
+        .await
+        .expect("route")
+        .into_inner();
+    c.report_usage(pb::UsageReport {
+        decision_id: r.decision_id.clone(),
+        model: r.model.clone(),
+        input_tokens: 1500,
+        cached_input_tokens: 1024,
+        cache_write_input_tokens: 256,
+        output_tokens: 90,
+        failed: false,
+    })
+    .await
+    .expect("usage");
+
+    // promtool lints what a text-format scraper is served, warnings and all.
+    let (code, text) = http_get_accepting(&server.admin, "/metrics", "text/plain; version=0.0.4");
+    assert_eq!(code, 200);
+    let mut lint = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (scripts/test installs Debian's prometheus)");
+    {
+        use std::io::Write;
+        lint.stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write");
+    }
+    let out = lint.wait_with_output().expect("promtool");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}\n{text}"
+    );
+
+    let prom = Prometheus::start(&server.admin);
+    let labels = format!("{{workflow=\"budget-demo\",model=\"{}\"}}", r.model);
+    let enc = |q: &str| {
+        q.replace('{', "%7B")
+            .replace('}', "%7D")
+            .replace('"', "%22")
+            .replace(',', "%2C")
+            .replace('=', "%3D")
+    };
+    let series = [
+        ("switchyard_input_tokens_total", 1500.0),
+        ("switchyard_cached_input_tokens_total", 1024.0),
+        ("switchyard_output_tokens_total", 90.0),
+    ];
+    let scraped = eventually(Duration::from_secs(30), || {
+        let ok = series
+            .iter()
+            .all(|(name, want)| prom.values(&enc(&format!("{name}{labels}"))) == [*want]);
+        async move { ok }
+    })
+    .await;
+    for (name, want) in series {
+        assert_eq!(
+            prom.values(&enc(&format!("{name}{labels}"))),
+            [want],
+            "{name} as Prometheus stored it (scraped: {scraped})"
+        );
+    }
+
+    // The latency bucket's exemplar, read back through Prometheus, names the
+    // Route span the receiver got.
+    let exemplar = || {
+        prom.api("/api/v1/query_exemplars?query=switchyard_route_latency_seconds_bucket&start=0&end=9999999999")
+            .and_then(|d| d.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|s| s["exemplars"].as_array().cloned().unwrap_or_default())
+            .map(|e| {
+                (
+                    e["labels"]["trace_id"].as_str().unwrap_or_default().to_string(),
+                    e["labels"]["span_id"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .next()
+    };
+    let mut found = None;
+    for _ in 0..100 {
+        found = exemplar();
+        if found.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (trace_id, span_id) = found.expect("an exemplar in Prometheus");
+    let received = eventually(Duration::from_secs(10), || {
+        let spans = receiver.spans.clone();
+        let (t, s) = (trace_id.clone(), span_id.clone());
+        async move {
+            spans.lock().expect("lock").iter().any(|(_, sp)| {
+                sp.name == "switchyard.v1.Router/Route" && hex(&sp.trace_id) == t && hex(&sp.span_id) == s
+            })
+        }
+    })
+    .await;
+    assert!(
+        received,
+        "the exemplar {trace_id}/{span_id} is a Route span the receiver got"
+    );
+    let (tp_trace, tp_span) = switchyard::telemetry::parse_traceparent(&r.traceparent).expect("traceparent");
+    assert_eq!((tp_trace, tp_span), (trace_id, span_id), "and it is this Route's");
 }

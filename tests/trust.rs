@@ -96,6 +96,7 @@ fn usage(r: &pb::RouteResponse, model: &str, output: u64) -> pb::UsageReport {
         model: model.into(),
         input_tokens: r.input_tokens,
         cached_input_tokens: 0,
+        cache_write_input_tokens: 0,
         output_tokens: output,
         failed: false,
     }

@@ -98,6 +98,7 @@ async fn drive(server: &Server) -> Vec<String> {
                         model: r.model.clone(),
                         input_tokens: input,
                         cached_input_tokens: 0,
+                        cache_write_input_tokens: 0,
                         output_tokens: output,
                         failed: false,
                     })
@@ -297,6 +298,7 @@ async fn whatif_says_in_one_sentence_why_nothing_can_be_estimated() {
             model: r.model,
             input_tokens: 10,
             cached_input_tokens: 0,
+            cache_write_input_tokens: 0,
             output_tokens: 10,
             failed: false,
         })

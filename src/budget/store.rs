@@ -175,8 +175,12 @@ pub enum Reserved {
 /// What a call actually used.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
+    /// All input, cache reads and writes included.
     pub input_tokens: u64,
     pub cached_input_tokens: u64,
+    /// Written to the prompt cache; not kept in the ledger (its cost is).
+    #[serde(default)]
+    pub cache_write_input_tokens: u64,
     pub output_tokens: u64,
     pub failed: bool,
 }

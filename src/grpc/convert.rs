@@ -78,8 +78,10 @@ impl From<pb::UsageReport> for UsageReport {
             model: u.model,
             input_tokens: u.input_tokens,
             cached_input_tokens: u.cached_input_tokens,
+            cache_write_input_tokens: u.cache_write_input_tokens,
             output_tokens: u.output_tokens,
             failed: u.failed,
+            trace: None,
         }
     }
 }

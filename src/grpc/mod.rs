@@ -22,7 +22,7 @@ use crate::audit::{Action, Record};
 use crate::error::Error;
 use crate::route::RouteCall;
 use crate::sidecar::{ReportQuery, Sidecar};
-use crate::telemetry::{attr, CallAttrs, RpcSpan, SpanIds, Telemetry};
+use crate::telemetry::{attr, DecisionAttrs, RpcSpan, SpanIds, Telemetry, UsageAttrs};
 use auth::{Admitted, Auth};
 
 /// The generated protobuf and gRPC code for `switchyard.v1`.
@@ -35,6 +35,19 @@ pub mod pb {
 }
 
 use pb::router_server::Router;
+
+/// Each RPC's fully qualified method, as gRPC names it on the wire: the
+/// span's name and its `rpc.method`.
+pub mod method {
+    pub const ROUTE: &str = "switchyard.v1.Router/Route";
+    pub const REPORT_USAGE: &str = "switchyard.v1.Router/ReportUsage";
+    pub const RECORD_OUTCOME: &str = "switchyard.v1.Router/RecordOutcome";
+    pub const RECORD_FEEDBACK: &str = "switchyard.v1.Router/RecordFeedback";
+    pub const GET_BUDGET: &str = "switchyard.v1.Router/GetBudget";
+    pub const LIST_ESCALATIONS: &str = "switchyard.v1.Router/ListEscalations";
+    pub const RESOLVE_ESCALATION: &str = "switchyard.v1.Router/ResolveEscalation";
+    pub const GET_REPORT: &str = "switchyard.v1.Router/GetReport";
+}
 
 /// Counters the admin port reports.
 #[derive(Debug, Default)]
@@ -69,16 +82,18 @@ impl RouterService {
 
     /// Every RPC's opening and close: the span (joined to the caller's trace,
     /// or linked to `link`), the caller's admission, the use case, and the
-    /// refusal's status and log line.
+    /// refusal's status and log line. `method` is the fully qualified gRPC
+    /// method, `switchyard.v1.Router/Route`; logs name the RPC by its last part.
     async fn rpc<Req, Resp>(
         &self,
-        name: &'static str,
+        method: &'static str,
         action: Action,
         request: Request<Req>,
         link: Option<SpanIds>,
         handle: impl AsyncFnOnce(&Identity, Req, &mut RpcSpan) -> Result<Resp, Error>,
     ) -> Result<Response<Resp>, Status> {
-        let mut span = self.telemetry.start(name, request.metadata(), link);
+        let name = method.rsplit('/').next().unwrap_or(method);
+        let mut span = self.telemetry.start(method, request.metadata(), link);
         // Log lines about this RPC carry its trace and span IDs, so a log
         // search and a trace join up. The IDs are written out only when
         // debug lines are kept; otherwise the log span is a no-op.
@@ -102,14 +117,23 @@ impl RouterService {
         let _in_rpc = log_span.enter();
         let answer = result.map(Response::new).map_err(|e| {
             e.log(name);
-            let status = Status::from(e);
-            span.fail(&status);
-            status
+            Status::from(e)
         });
+        span.answered(answer.as_ref().err());
         let code = answer.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
         tracing::debug!(rpc = name, code = ?code, trace_id, span_id, "rpc answered");
         answer
     }
+}
+
+/// A recorded span, as a metric's exemplar names it.
+fn trace_ref(span: &RpcSpan) -> Option<crate::metrics::TraceRef> {
+    span.ids()
+        .filter(|_| span.is_recording())
+        .map(|ids| crate::metrics::TraceRef {
+            trace_id: ids.trace_id().to_string(),
+            span_id: ids.span_id().to_string(),
+        })
 }
 
 #[tonic::async_trait]
@@ -126,23 +150,25 @@ impl Router for RouterService {
         // The latency histogram's exemplar: the trace of a recorded Route.
         let mut exemplar = None;
         let answer = self
-            .rpc("Route", Action::Route, request, None, async |who, req, span| {
-                let routed = self.sidecar.route(who, RouteCall::try_from(req)?).await?;
+            .rpc(method::ROUTE, Action::Route, request, None, async |who, req, span| {
+                let mut call = RouteCall::try_from(req)?;
+                call.trace = trace_ref(span);
+                let routed = self.sidecar.route(who, call).await?;
                 if span.is_recording() {
-                    exemplar = span.ids().map(|ids| ids.trace_id().to_string());
+                    exemplar = trace_ref(span);
                     let (m, d) = (routed.model(), &routed.planned.decision);
-                    CallAttrs {
+                    DecisionAttrs {
                         provider: &m.provider,
                         model: &m.name,
+                        api_model: &m.api_model,
                         workflow: &routed.workflow,
                         outcome_id: &routed.outcome_id,
                         decision_id: &routed.decision_id,
                         input_tokens: d.input_tokens,
-                        output_tokens: d.output_tokens,
                         cached_input_tokens: d.cached_tokens,
+                        output_tokens: d.output_tokens,
                         cost_nanos: d.cost_nanos,
                         max_tokens: (routed.max_output_tokens > 0).then_some(routed.max_output_tokens),
-                        response_model: None,
                     }
                     .set_on(span);
                     span.set(attr::ROUTE_STATUS, routed.status.as_str());
@@ -162,7 +188,10 @@ impl Router for RouterService {
                 })
             })
             .await;
-        self.sidecar.metrics.route_latency.observe(started.elapsed(), exemplar);
+        self.sidecar
+            .metrics
+            .route_latency
+            .observe(started.elapsed(), exemplar.as_ref());
         let counter = if answer.is_ok() {
             &self.counters.routed
         } else {
@@ -175,26 +204,30 @@ impl Router for RouterService {
     async fn report_usage(&self, request: Request<pb::UsageReport>) -> Result<Response<pb::UsageAck>, Status> {
         let link = self.telemetry.route_link(&request.get_ref().decision_id);
         self.rpc(
-            "ReportUsage",
+            method::REPORT_USAGE,
             Action::ReportUsage,
             request,
             link,
             async |who, u, span| {
                 let decision_id = u.decision_id.clone();
-                let s = self.sidecar.report_usage(who, u.into()).await?;
+                let report = crate::sidecar::UsageReport {
+                    trace: trace_ref(span),
+                    ..u.into()
+                };
+                let s = self.sidecar.report_usage(who, report).await?;
                 if span.is_recording() {
-                    CallAttrs {
+                    UsageAttrs {
                         provider: &s.provider,
                         model: &s.model,
+                        api_model: s.api_model.as_deref(),
                         workflow: &s.workflow,
                         outcome_id: &s.outcome_id,
                         decision_id: &decision_id,
                         input_tokens: s.usage.input_tokens,
+                        cache_read_input_tokens: s.usage.cached_input_tokens,
+                        cache_write_input_tokens: s.usage.cache_write_input_tokens,
                         output_tokens: s.usage.output_tokens,
-                        cached_input_tokens: s.usage.cached_input_tokens,
                         cost_nanos: s.cost_nanos,
-                        max_tokens: None,
-                        response_model: Some(&s.model),
                     }
                     .set_on(span);
                     span.set(attr::USAGE_FAILED, s.usage.failed);
@@ -209,7 +242,7 @@ impl Router for RouterService {
 
     async fn record_outcome(&self, request: Request<pb::OutcomeReport>) -> Result<Response<pb::OutcomeAck>, Status> {
         self.rpc(
-            "RecordOutcome",
+            method::RECORD_OUTCOME,
             Action::RecordOutcome,
             request,
             None,
@@ -226,7 +259,7 @@ impl Router for RouterService {
 
     async fn record_feedback(&self, request: Request<pb::FeedbackReport>) -> Result<Response<pb::FeedbackAck>, Status> {
         self.rpc(
-            "RecordFeedback",
+            method::RECORD_FEEDBACK,
             Action::RecordFeedback,
             request,
             None,
@@ -234,7 +267,7 @@ impl Router for RouterService {
                 let event = self.sidecar.record_feedback(who, f.decision_id, f.accepted).await?;
                 span.set(attr::WORKFLOW, &event.workflow);
                 span.set(attr::DECISION_ID, &event.decision_id);
-                span.set(attr::GEN_AI_REQUEST_MODEL, &event.model);
+                span.set(attr::MODEL, &event.model);
                 span.set(attr::FEEDBACK_ACCEPTED, event.accepted);
                 Ok(pb::FeedbackAck {})
             },
@@ -243,11 +276,17 @@ impl Router for RouterService {
     }
 
     async fn get_budget(&self, request: Request<pb::GetBudgetRequest>) -> Result<Response<pb::BudgetStatus>, Status> {
-        self.rpc("GetBudget", Action::GetBudget, request, None, async |who, r, span| {
-            let (workflow, st) = self.sidecar.budget(who, &r.workflow).await?;
-            span.set(attr::WORKFLOW, &workflow);
-            Ok(convert::budget_status(workflow, st))
-        })
+        self.rpc(
+            method::GET_BUDGET,
+            Action::GetBudget,
+            request,
+            None,
+            async |who, r, span| {
+                let (workflow, st) = self.sidecar.budget(who, &r.workflow).await?;
+                span.set(attr::WORKFLOW, &workflow);
+                Ok(convert::budget_status(workflow, st))
+            },
+        )
         .await
     }
 
@@ -256,7 +295,7 @@ impl Router for RouterService {
         request: Request<pb::ListEscalationsRequest>,
     ) -> Result<Response<pb::ListEscalationsResponse>, Status> {
         self.rpc(
-            "ListEscalations",
+            method::LIST_ESCALATIONS,
             Action::ListEscalations,
             request,
             None,
@@ -278,7 +317,7 @@ impl Router for RouterService {
         request: Request<pb::ResolveEscalationRequest>,
     ) -> Result<Response<pb::Escalation>, Status> {
         self.rpc(
-            "ResolveEscalation",
+            method::RESOLVE_ESCALATION,
             Action::ResolveEscalation,
             request,
             None,
@@ -295,21 +334,27 @@ impl Router for RouterService {
     }
 
     async fn get_report(&self, request: Request<pb::ReportRequest>) -> Result<Response<pb::ReportResponse>, Status> {
-        self.rpc("GetReport", Action::GetReport, request, None, async |who, r, _| {
-            let text = self
-                .sidecar
-                .report(
-                    who,
-                    ReportQuery {
-                        workflow: r.workflow,
-                        period: r.period,
-                        label: r.label,
-                        format: r.format,
-                    },
-                )
-                .await?;
-            Ok(pb::ReportResponse { text })
-        })
+        self.rpc(
+            method::GET_REPORT,
+            Action::GetReport,
+            request,
+            None,
+            async |who, r, _| {
+                let text = self
+                    .sidecar
+                    .report(
+                        who,
+                        ReportQuery {
+                            workflow: r.workflow,
+                            period: r.period,
+                            label: r.label,
+                            format: r.format,
+                        },
+                    )
+                    .await?;
+                Ok(pb::ReportResponse { text })
+            },
+        )
         .await
     }
 }

@@ -40,6 +40,8 @@ pub struct RouteCall {
     pub deferrable: bool,
     pub capabilities: Capabilities,
     pub labels: Vec<(String, String)>,
+    /// The span this call is traced in: the spend counter's exemplar.
+    pub trace: Option<crate::metrics::TraceRef>,
 }
 
 /// The fields of a Route request as any front end receives them, by value.
@@ -173,6 +175,7 @@ impl RouteCall {
             deferrable: raw.deferrable,
             capabilities,
             labels,
+            trace: None,
         })
     }
 

@@ -346,9 +346,11 @@ impl Router {
                 .decisions
                 .add(&[&workflow.name, &model.name, status.as_str()], 1);
             if status.is_routed() {
-                fx.metrics
-                    .estimated_spend
-                    .add(&[&workflow.name, &model.name], d.cost_nanos.max(0) as u64);
+                fx.metrics.estimated_spend.add_traced(
+                    &[&workflow.name, &model.name],
+                    d.cost_nanos.max(0) as u64,
+                    call.trace.as_ref(),
+                );
             }
         }
         Ok(Routed {

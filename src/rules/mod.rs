@@ -121,6 +121,8 @@ pub struct Model {
     pub input_nanos_per_mtok: i64,
     /// Nano-dollars per million input tokens served from the prompt cache.
     pub cached_input_nanos_per_mtok: i64,
+    /// Nano-dollars per million input tokens written to the prompt cache.
+    pub cache_write_input_nanos_per_mtok: i64,
     /// Nano-dollars per million output tokens.
     pub output_nanos_per_mtok: i64,
     /// Batch discount in basis points (5000 = half price).
@@ -151,6 +153,9 @@ pub struct Prices {
     pub input_nanos_per_mtok: i64,
     /// Nano-dollars per million input tokens served from the prompt cache.
     pub cached_input_nanos_per_mtok: i64,
+    /// Nano-dollars per million input tokens written to the prompt cache.
+    /// A record stored before this price existed reads it as the input price.
+    pub cache_write_input_nanos_per_mtok: i64,
     /// Nano-dollars per million output tokens.
     pub output_nanos_per_mtok: i64,
     /// Batch discount in basis points (5000 = half price).
@@ -162,9 +167,18 @@ impl Prices {
     /// the part of `input` served from the prompt cache; a deferrable call is
     /// priced at the batch discount. Rounds up: an estimate never under-reserves.
     pub fn cost(&self, input: u64, cached: u64, output: u64, deferrable: bool) -> i64 {
+        self.cost_with_writes(input, cached, 0, output, deferrable)
+    }
+
+    /// [`Prices::cost`], with `written` of the input written to the prompt
+    /// cache and charged at the cache-write price. Reads and writes are
+    /// both parts of `input`; together they never count for more than it.
+    pub fn cost_with_writes(&self, input: u64, cached: u64, written: u64, output: u64, deferrable: bool) -> i64 {
         let cached = cached.min(input);
-        let full = token_cost(input - cached, self.input_nanos_per_mtok)
+        let written = written.min(input - cached);
+        let full = token_cost(input - cached - written, self.input_nanos_per_mtok)
             .saturating_add(token_cost(cached, self.cached_input_nanos_per_mtok))
+            .saturating_add(token_cost(written, self.cache_write_input_nanos_per_mtok))
             .saturating_add(token_cost(output, self.output_nanos_per_mtok));
         if deferrable && self.batch_discount_bp > 0 {
             let kept = 10_000 - self.batch_discount_bp.min(10_000) as i128;
@@ -181,6 +195,7 @@ impl Model {
         Prices {
             input_nanos_per_mtok: self.input_nanos_per_mtok,
             cached_input_nanos_per_mtok: self.cached_input_nanos_per_mtok,
+            cache_write_input_nanos_per_mtok: self.cache_write_input_nanos_per_mtok,
             output_nanos_per_mtok: self.output_nanos_per_mtok,
             batch_discount_bp: self.batch_discount_bp,
         }

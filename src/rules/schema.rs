@@ -43,6 +43,10 @@ pub struct RawModel {
     pub description: Option<String>,
     pub input_per_mtok: f64,
     pub cached_input_per_mtok: f64,
+    /// Input tokens written to the prompt cache (Anthropic: 1.25 times the
+    /// input price for 5 minutes, 2 times for an hour); the input price
+    /// when not given.
+    pub cache_write_input_per_mtok: Option<f64>,
     pub output_per_mtok: f64,
     /// Fraction off list price through the provider's batch API (0.5 = half price).
     #[serde(default)]

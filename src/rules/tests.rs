@@ -176,6 +176,43 @@ fn cost_is_integer_nanos_with_cache_and_batch() {
     assert_eq!(big.cost(1000, 0, 500, true), 3_000_000);
     // cached can never exceed input.
     assert_eq!(big.cost(10, 1000, 0, false), big.cost(10, 10, 0, false));
+    // No cache-write price given: writes cost what input costs.
+    assert_eq!(
+        big.prices().cost_with_writes(1000, 0, 600, 500, false),
+        big.cost(1000, 0, 500, false)
+    );
+}
+
+#[test]
+fn cache_writes_are_charged_at_their_own_price_within_the_input() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("routing-rules");
+    let t = RuleTable::load(&root).expect("default rules load");
+    let sonnet = &t.models[t.model_index("claude-sonnet-4-5").expect("sonnet")];
+    // Anthropic's 5-minute cache write: 1.25 times $3/M.
+    assert_eq!(sonnet.cache_write_input_nanos_per_mtok, 3_750_000_000);
+    let p = sonnet.prices();
+    // 10k input: 4k read from cache ($0.30/M), 2k written ($3.75/M), 4k plain ($3/M).
+    assert_eq!(
+        p.cost_with_writes(10_000, 4_000, 2_000, 0, false),
+        4_000 * 300 + 2_000 * 3_750 + 4_000 * 3_000
+    );
+    // Reads and writes together never count for more than the input.
+    assert_eq!(
+        p.cost_with_writes(1_000, 800, 900, 0, false),
+        p.cost_with_writes(1_000, 800, 200, 0, false)
+    );
+    let bad = MINIMAL.replacen(
+        "cached_input_per_mtok",
+        "cache_write_input_per_mtok = -1.0\ncached_input_per_mtok",
+        1,
+    );
+    let e = RuleTable::from_str("rules.toml", &bad)
+        .expect_err("a negative price")
+        .to_string();
+    assert!(
+        e.contains("rules.toml:") && e.contains("cache_write_input_per_mtok"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -258,6 +258,10 @@ impl Validator<'_> {
             let input = price(self, "input_per_mtok", m.input_per_mtok);
             let cached = price(self, "cached_input_per_mtok", m.cached_input_per_mtok);
             let output = price(self, "output_per_mtok", m.output_per_mtok);
+            let cache_write = match m.cache_write_input_per_mtok {
+                Some(usd) => price(self, "cache_write_input_per_mtok", usd),
+                None => input,
+            };
             if usd_to_nanos(m.input_per_mtok).is_some()
                 && usd_to_nanos(m.cached_input_per_mtok).is_some()
                 && cached > input
@@ -373,6 +377,7 @@ impl Validator<'_> {
                 description: m.description.clone().unwrap_or_default(),
                 input_nanos_per_mtok: input,
                 cached_input_nanos_per_mtok: cached,
+                cache_write_input_nanos_per_mtok: cache_write,
                 output_nanos_per_mtok: output,
                 batch_discount_bp: (m.batch_discount.clamp(0.0, 0.9999) * 10_000.0).round() as u32,
                 context_window: m.context_window,

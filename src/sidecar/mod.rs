@@ -41,10 +41,16 @@ pub struct UsageReport {
     pub decision_id: String,
     /// Empty: the model Route chose.
     pub model: String,
+    /// All input, cache reads and writes included.
     pub input_tokens: u64,
+    /// Read from the provider's prompt cache.
     pub cached_input_tokens: u64,
+    /// Written to the provider's prompt cache.
+    pub cache_write_input_tokens: u64,
     pub output_tokens: u64,
     pub failed: bool,
+    /// The span this report is traced in: the spend counter's exemplar.
+    pub trace: Option<crate::metrics::TraceRef>,
 }
 
 /// What a ReportUsage came to.
@@ -55,6 +61,8 @@ pub struct UsageSettled {
     pub model: String,
     /// Empty when the model is no longer in the rules.
     pub provider: String,
+    /// The model's provider ID, when it is still in the rules.
+    pub api_model: Option<String>,
     pub usage: Usage,
 }
 
@@ -120,6 +128,13 @@ impl Sidecar {
             return Err(Error::InvalidArgument(format!(
                 "cached_input_tokens ({}) is more than input_tokens ({}); cached tokens are part of the input",
                 u.cached_input_tokens, u.input_tokens
+            )));
+        }
+        if u.cached_input_tokens.saturating_add(u.cache_write_input_tokens) > u.input_tokens {
+            return Err(Error::InvalidArgument(format!(
+                "cached_input_tokens ({}) plus cache_write_input_tokens ({}) is more than input_tokens ({}); \
+                 cache reads and writes are both parts of the input",
+                u.cached_input_tokens, u.cache_write_input_tokens, u.input_tokens
             )));
         }
         if u.input_tokens > ABSURD_TOKENS || u.output_tokens > ABSURD_TOKENS {
@@ -190,15 +205,17 @@ impl Sidecar {
         };
         // A failed call is charged for what the provider still bills: the
         // tokens reported (report zeros if the provider billed nothing).
-        let cost = prices.cost(
+        let cost = prices.cost_with_writes(
             u.input_tokens,
             u.cached_input_tokens,
+            u.cache_write_input_tokens,
             u.output_tokens,
             record.deferrable,
         );
         let usage = Usage {
             input_tokens: u.input_tokens,
             cached_input_tokens: u.cached_input_tokens,
+            cache_write_input_tokens: u.cache_write_input_tokens,
             output_tokens: u.output_tokens,
             failed: u.failed,
         };
@@ -224,14 +241,22 @@ impl Sidecar {
                     );
                 }
                 let labels = [record.workflow.as_str(), reported];
-                self.metrics.actual_spend.add(&labels, cost_nanos.max(0) as u64);
+                let m = &self.metrics;
+                m.actual_spend
+                    .add_traced(&labels, cost_nanos.max(0) as u64, u.trace.as_ref());
+                m.input_tokens.add(&labels, u.input_tokens);
+                m.cached_input_tokens.add(&labels, u.cached_input_tokens);
+                m.cache_write_input_tokens.add(&labels, u.cache_write_input_tokens);
+                m.output_tokens.add(&labels, u.output_tokens);
+                // The deprecated family, as it always counted: `input` is
+                // the part not read from the cache.
                 let uncached = u.input_tokens - u.cached_input_tokens;
                 for (kind, n) in [
                     ("input", uncached),
                     ("cached_input", u.cached_input_tokens),
                     ("output", u.output_tokens),
                 ] {
-                    self.metrics.tokens.add(&[labels[0], labels[1], kind], n);
+                    m.tokens.add(&[labels[0], labels[1], kind], n);
                 }
                 cost_nanos
             }
@@ -240,6 +265,7 @@ impl Sidecar {
         Ok(UsageSettled {
             cost_nanos,
             provider: current.map_or_else(String::new, |(_, m)| m.provider.clone()),
+            api_model: current.map(|(_, m)| m.api_model.clone()),
             model: reported.to_string(),
             workflow: record.workflow,
             outcome_id: record.outcome_id,

@@ -276,3 +276,38 @@ async fn a_paced_budget_rides_out_a_burst_and_ends_the_day_on_budget() {
     );
     assert!(large > 0, "underspend after the burst buys the large model again");
 }
+
+#[tokio::test(start_paused = true)]
+async fn cache_writes_are_charged_and_more_cache_than_input_is_refused() {
+    let f = fixture("2026-12-01T12:00:00Z");
+    let who = Identity::local();
+    let r = f.sidecar.route(&who, call()).await.expect("route");
+    let too_much = UsageReport {
+        input_tokens: 1000,
+        cached_input_tokens: 600,
+        cache_write_input_tokens: 500,
+        ..usage(&r.decision_id, 10)
+    };
+    let e = f
+        .sidecar
+        .report_usage(&who, too_much)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("cache_write_input_tokens (500)") && e.contains("input_tokens (1000)"),
+        "{e}"
+    );
+    // Refused, not settled: the same decision still takes a good report.
+    let written = UsageReport {
+        input_tokens: 1000,
+        cached_input_tokens: 600,
+        cache_write_input_tokens: 400,
+        ..usage(&r.decision_id, 10)
+    };
+    let settled = f.sidecar.report_usage(&who, written).await.expect("settled");
+    let p = r.model().prices();
+    assert_eq!(settled.cost_nanos, p.cost_with_writes(1000, 600, 400, 10, false));
+    assert_eq!(settled.usage.cache_write_input_tokens, 400);
+}

@@ -32,19 +32,30 @@ use opentelemetry_sdk::Resource;
 
 use crate::recent::Recent;
 
-/// Every attribute name Switchyard puts on a span.
+/// Every attribute name Switchyard puts on a span. The versions of the
+/// conventions followed are named in docs/telemetry.md.
 pub mod attr {
-    pub const GEN_AI_OPERATION_NAME: &str = "gen_ai.operation.name";
+    // gRPC server spans (semantic conventions, RPC spans).
+    pub const RPC_SYSTEM_NAME: &str = "rpc.system.name";
+    pub const RPC_METHOD: &str = "rpc.method";
+    pub const RPC_RESPONSE_STATUS_CODE: &str = "rpc.response.status_code";
+    pub const ERROR_TYPE: &str = "error.type";
+    // GenAI (semantic-conventions-genai): on Route, the decision; on
+    // ReportUsage, the call's actual usage.
     pub const GEN_AI_PROVIDER_NAME: &str = "gen_ai.provider.name";
     pub const GEN_AI_REQUEST_MODEL: &str = "gen_ai.request.model";
     pub const GEN_AI_REQUEST_MAX_TOKENS: &str = "gen_ai.request.max_tokens";
     pub const GEN_AI_RESPONSE_MODEL: &str = "gen_ai.response.model";
-    /// Proposed in the GenAI conventions, beside `switchyard.cost.usd`.
-    pub const GEN_AI_USAGE_COST_AMOUNT: &str = "gen_ai.usage.cost.amount";
-    pub const GEN_AI_USAGE_COST_CURRENCY: &str = "gen_ai.usage.cost.currency";
     pub const GEN_AI_USAGE_INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
     pub const GEN_AI_USAGE_OUTPUT_TOKENS: &str = "gen_ai.usage.output_tokens";
     pub const GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: &str = "gen_ai.usage.cache_read.input_tokens";
+    pub const GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS: &str = "gen_ai.usage.cache_write.input_tokens";
+    // Route's forecasts: not usage, so not under `gen_ai.usage`.
+    pub const ESTIMATE_INPUT_TOKENS: &str = "switchyard.estimate.input_tokens";
+    pub const ESTIMATE_CACHED_INPUT_TOKENS: &str = "switchyard.estimate.cached_input_tokens";
+    pub const ESTIMATE_OUTPUT_TOKENS: &str = "switchyard.estimate.output_tokens";
+    pub const ESTIMATE_COST_USD: &str = "switchyard.estimate.cost_usd";
+    pub const MODEL: &str = "switchyard.model";
     pub const WORKFLOW: &str = "switchyard.workflow";
     pub const OUTCOME_ID: &str = "switchyard.outcome.id";
     pub const OUTCOME_STATUS: &str = "switchyard.outcome.status";
@@ -60,6 +71,58 @@ pub mod attr {
     pub const ESCALATION_ID: &str = "switchyard.escalation.id";
     pub const ESCALATION_STATE: &str = "switchyard.escalation.state";
     pub const USAGE_FAILED: &str = "switchyard.usage.failed";
+}
+
+/// The GenAI conventions' well-known `gen_ai.provider.name` for a provider
+/// as the rules name it; a name the conventions do not know is passed on.
+pub fn provider_name(rules_name: &str) -> &str {
+    match rules_name {
+        "google" | "gemini" => "gcp.gemini",
+        "vertex" | "vertex_ai" => "gcp.vertex_ai",
+        "mistral" => "mistral_ai",
+        "xai" => "x_ai",
+        "bedrock" | "aws" => "aws.bedrock",
+        "azure" | "azure_openai" => "azure.ai.openai",
+        "watsonx" => "ibm.watsonx.ai",
+        other => other,
+    }
+}
+
+/// The name the RPC conventions give a gRPC status code (`OK`,
+/// `RESOURCE_EXHAUSTED`, …), as `rpc.response.status_code` and
+/// `error.type` carry it.
+pub fn status_code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "OK",
+        C::Cancelled => "CANCELLED",
+        C::Unknown => "UNKNOWN",
+        C::InvalidArgument => "INVALID_ARGUMENT",
+        C::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        C::NotFound => "NOT_FOUND",
+        C::AlreadyExists => "ALREADY_EXISTS",
+        C::PermissionDenied => "PERMISSION_DENIED",
+        C::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        C::FailedPrecondition => "FAILED_PRECONDITION",
+        C::Aborted => "ABORTED",
+        C::OutOfRange => "OUT_OF_RANGE",
+        C::Unimplemented => "UNIMPLEMENTED",
+        C::Internal => "INTERNAL",
+        C::Unavailable => "UNAVAILABLE",
+        C::DataLoss => "DATA_LOSS",
+        C::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Whether a server span with this status is an error: only the codes the
+/// RPC conventions name for servers. A refusal the caller can act on (a
+/// budget, a bad argument, a missing key) is the server working.
+pub fn is_server_error(code: tonic::Code) -> bool {
+    use tonic::Code as C;
+    matches!(
+        code,
+        C::Unknown | C::DeadlineExceeded | C::Unimplemented | C::Internal | C::Unavailable | C::DataLoss
+    )
 }
 
 /// An attribute's value. Strings are borrowed, and copied only when the
@@ -114,45 +177,83 @@ impl From<bool> for Value<'_> {
     }
 }
 
-/// What Route and ReportUsage both say of a model call.
-pub struct CallAttrs<'a> {
+/// What Route says of its decision: the model chosen, and its forecasts
+/// of the call's tokens and cost. None of it is usage.
+pub struct DecisionAttrs<'a> {
+    /// As the rules name it.
     pub provider: &'a str,
+    /// The catalogue name.
     pub model: &'a str,
+    /// The ID the provider is called with.
+    pub api_model: &'a str,
     pub workflow: &'a str,
     pub outcome_id: &'a str,
     pub decision_id: &'a str,
     pub input_tokens: u64,
-    pub output_tokens: u64,
     pub cached_input_tokens: u64,
-    /// The estimate on Route, the actual cost on ReportUsage.
+    pub output_tokens: u64,
     pub cost_nanos: i64,
-    /// Route: the request's output limit, when it set one.
+    /// The request's output limit, when it set one.
     pub max_tokens: Option<u32>,
-    /// ReportUsage: the model the provider answered with.
-    pub response_model: Option<&'a str>,
 }
 
-impl CallAttrs<'_> {
+impl DecisionAttrs<'_> {
     pub fn set_on(&self, span: &mut RpcSpan) {
-        span.set(attr::GEN_AI_OPERATION_NAME, "chat");
-        span.set(attr::GEN_AI_PROVIDER_NAME, self.provider);
-        span.set(attr::GEN_AI_REQUEST_MODEL, self.model);
-        span.set(attr::GEN_AI_USAGE_INPUT_TOKENS, self.input_tokens);
-        span.set(attr::GEN_AI_USAGE_OUTPUT_TOKENS, self.output_tokens);
-        span.set(attr::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, self.cached_input_tokens);
+        span.set(attr::GEN_AI_PROVIDER_NAME, provider_name(self.provider));
+        span.set(attr::GEN_AI_REQUEST_MODEL, self.api_model);
+        span.set(attr::MODEL, self.model);
+        span.set(attr::ESTIMATE_INPUT_TOKENS, self.input_tokens);
+        span.set(attr::ESTIMATE_CACHED_INPUT_TOKENS, self.cached_input_tokens);
+        span.set(attr::ESTIMATE_OUTPUT_TOKENS, self.output_tokens);
+        span.set(attr::ESTIMATE_COST_USD, crate::money::nanos_to_usd(self.cost_nanos));
         span.set(attr::WORKFLOW, self.workflow);
         span.set(attr::OUTCOME_ID, self.outcome_id);
         span.set(attr::DECISION_ID, self.decision_id);
-        let usd = crate::money::nanos_to_usd(self.cost_nanos);
-        span.set(attr::COST_USD, usd);
-        span.set(attr::GEN_AI_USAGE_COST_AMOUNT, usd);
-        span.set(attr::GEN_AI_USAGE_COST_CURRENCY, "USD");
         if let Some(n) = self.max_tokens {
             span.set(attr::GEN_AI_REQUEST_MAX_TOKENS, i64::from(n));
         }
-        if let Some(m) = self.response_model {
-            span.set(attr::GEN_AI_RESPONSE_MODEL, m);
+    }
+}
+
+/// What ReportUsage says of a call: the tokens it used and what it cost.
+pub struct UsageAttrs<'a> {
+    /// As the rules name it; empty when the model has left the rules.
+    pub provider: &'a str,
+    /// The catalogue name of the model charged.
+    pub model: &'a str,
+    /// Its provider ID, when the model is still in the rules.
+    pub api_model: Option<&'a str>,
+    pub workflow: &'a str,
+    pub outcome_id: &'a str,
+    pub decision_id: &'a str,
+    /// All input, cache reads and writes included.
+    pub input_tokens: u64,
+    pub cache_read_input_tokens: u64,
+    pub cache_write_input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_nanos: i64,
+}
+
+impl UsageAttrs<'_> {
+    pub fn set_on(&self, span: &mut RpcSpan) {
+        if !self.provider.is_empty() {
+            span.set(attr::GEN_AI_PROVIDER_NAME, provider_name(self.provider));
         }
+        let id = self.api_model.unwrap_or(self.model);
+        span.set(attr::GEN_AI_REQUEST_MODEL, id);
+        span.set(attr::GEN_AI_RESPONSE_MODEL, id);
+        span.set(attr::MODEL, self.model);
+        span.set(attr::GEN_AI_USAGE_INPUT_TOKENS, self.input_tokens);
+        span.set(attr::GEN_AI_USAGE_OUTPUT_TOKENS, self.output_tokens);
+        span.set(attr::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, self.cache_read_input_tokens);
+        span.set(
+            attr::GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS,
+            self.cache_write_input_tokens,
+        );
+        span.set(attr::COST_USD, crate::money::nanos_to_usd(self.cost_nanos));
+        span.set(attr::WORKFLOW, self.workflow);
+        span.set(attr::OUTCOME_ID, self.outcome_id);
+        span.set(attr::DECISION_ID, self.decision_id);
     }
 }
 
@@ -319,11 +420,13 @@ impl Telemetry {
         self.pipeline.is_some()
     }
 
-    /// Starts a server span for `rpc`, a child of the caller's trace context
-    /// when the metadata carries one, linked to `link` if given.
+    /// Starts a server span for `method`, the fully qualified gRPC method
+    /// (`switchyard.v1.Router/Route`), which names the span and is its
+    /// `rpc.method`: a child of the caller's trace context when the metadata
+    /// carries one, linked to `link` if given.
     pub fn start(
         &self,
-        rpc: &'static str,
+        method: &'static str,
         metadata: &tonic::metadata::MetadataMap,
         link: Option<SpanContext>,
     ) -> RpcSpan {
@@ -334,7 +437,15 @@ impl Telemetry {
             Some(sc) => Context::new().with_remote_span_context(sc),
             None => Context::new(),
         };
-        let mut builder = p.tracer.span_builder(rpc).with_kind(SpanKind::Server);
+        // Given at creation, so that a sampler sees them.
+        let mut builder = p
+            .tracer
+            .span_builder(method)
+            .with_kind(SpanKind::Server)
+            .with_attributes([
+                KeyValue::new(attr::RPC_SYSTEM_NAME, "grpc"),
+                KeyValue::new(attr::RPC_METHOD, method),
+            ]);
         if let Some(link) = link {
             builder = builder.with_links(vec![Link::with_context(link)]);
         }
@@ -396,11 +507,21 @@ impl RpcSpan {
         span.set_attribute(KeyValue::new(Key::from_static_str(key), value));
     }
 
-    /// Marks the span failed with the status's message (never prompt text).
-    pub fn fail(&mut self, status: &tonic::Status) {
+    /// Records how the RPC ended: `rpc.response.status_code` always, and for
+    /// the codes a server span counts as errors ([`is_server_error`]) an
+    /// error status with the message (never prompt text) and `error.type`.
+    /// Any other refusal leaves the status unset: the server did its job.
+    pub fn answered(&mut self, status: Option<&tonic::Status>) {
         use opentelemetry::trace::Span as _;
-        if let Some(span) = self.live.as_mut().filter(|s| s.is_recording()) {
-            span.set_status(Status::error(format!("{:?}: {}", status.code(), status.message())));
+        let Some(span) = self.live.as_mut().filter(|s| s.is_recording()) else {
+            return;
+        };
+        let code = status.map_or(tonic::Code::Ok, tonic::Status::code);
+        let name = status_code_name(code);
+        span.set_attribute(KeyValue::new(attr::RPC_RESPONSE_STATUS_CODE, name));
+        if let Some(status) = status.filter(|s| is_server_error(s.code())) {
+            span.set_attribute(KeyValue::new(attr::ERROR_TYPE, name));
+            span.set_status(Status::error(format!("{name}: {}", status.message())));
         }
     }
 

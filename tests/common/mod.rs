@@ -232,11 +232,24 @@ pub fn http_get(base: &str, path: &str) -> (u16, String) {
 
 /// A GET's status, response head (status line and headers) and body.
 pub fn http_get_with_head(base: &str, path: &str) -> (u16, String, String) {
+    http_request(base, &format!("GET {path} HTTP/1.1"), "Connection: close\r\n")
+}
+
+/// A GET over HTTP/1.0 (never a chunked body) with an `Accept` header:
+/// status and body.
+pub fn http_get_accepting(base: &str, path: &str, accept: &str) -> (u16, String) {
+    let (status, _, body) = http_request(base, &format!("GET {path} HTTP/1.0"), &format!("Accept: {accept}\r\n"));
+    (status, body)
+}
+
+/// One request line and its extra headers (each ending in CRLF), read to
+/// the connection's close: status, head and body.
+fn http_request(base: &str, request_line: &str, headers: &str) -> (u16, String, String) {
     use std::io::{Read, Write};
     let host = base.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(host).expect("connect admin");
+    let mut s = std::net::TcpStream::connect(host).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").expect("write");
+    write!(s, "{request_line}\r\nHost: {host}\r\n{headers}\r\n").expect("write");
     let mut buf = String::new();
     s.read_to_string(&mut buf).expect("read");
     let status = buf

@@ -63,7 +63,7 @@ pub(super) fn unconfirmed(r: &NewReservation) -> ReservationRecord {
 pub(super) fn meta(r: &NewReservation) -> String {
     let p = &r.prices;
     format!(
-        "{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}",
+        "{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}",
         r.workflow,
         r.outcome_id,
         r.model,
@@ -77,7 +77,8 @@ pub(super) fn meta(r: &NewReservation) -> String {
         p.cached_input_nanos_per_mtok,
         p.output_nanos_per_mtok,
         p.batch_discount_bp,
-        r.tier
+        r.tier,
+        p.cache_write_input_nanos_per_mtok
     )
 }
 
@@ -106,7 +107,8 @@ pub(super) fn usage_field(u: &crate::budget::Usage, now_ms: i64) -> String {
 }
 
 /// The caller, prices and tier in a decision's description (fields 8 to
-/// 13), `None` for those older records lack.
+/// 14), `None` for those older records lack; a record older than the
+/// cache-write price (field 14) reads it as the input price.
 pub(super) fn meta_caller_prices(meta: &str) -> (String, Option<crate::rules::Prices>, Option<u8>) {
     let f: Vec<&str> = meta.split(SEP).collect();
     let caller = f.get(8).copied().unwrap_or_default().to_string();
@@ -115,6 +117,7 @@ pub(super) fn meta_caller_prices(meta: &str) -> (String, Option<crate::rules::Pr
         (Some(input), Some(cached), Some(output), Some(bp)) => Some(crate::rules::Prices {
             input_nanos_per_mtok: input,
             cached_input_nanos_per_mtok: cached,
+            cache_write_input_nanos_per_mtok: n(14).unwrap_or(input),
             output_nanos_per_mtok: output,
             batch_discount_bp: bp,
         }),

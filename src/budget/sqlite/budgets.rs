@@ -19,20 +19,28 @@ pub(super) struct Terms;
 impl Terms {
     const FIXED: usize = 8 * 3 + 4 + 1;
 
+    /// Set in the tier byte when the cache-write price follows it: rows
+    /// written before that price existed lack both (tiers stay below 128).
+    const HAS_CACHE_WRITE: u8 = 0x80;
+
+    /// The fixed part with the cache-write price.
+    const FIXED_V2: usize = Self::FIXED + 8;
+
     /// Callers' names up to this long are encoded on the stack.
     const STACK: usize = 128;
 
     /// Calls `f` with the encoding, which lives only for the call: Route
     /// encodes on every reservation, and a name that fits needs no heap.
     pub(super) fn with_encoded<R>(p: &Prices, tier: u8, caller: &str, f: impl FnOnce(&[u8]) -> R) -> R {
-        let len = Self::FIXED + caller.len();
+        let len = Self::FIXED_V2 + caller.len();
         let fill = |b: &mut [u8]| {
             b[0..8].copy_from_slice(&p.input_nanos_per_mtok.to_le_bytes());
             b[8..16].copy_from_slice(&p.cached_input_nanos_per_mtok.to_le_bytes());
             b[16..24].copy_from_slice(&p.output_nanos_per_mtok.to_le_bytes());
             b[24..28].copy_from_slice(&p.batch_discount_bp.to_le_bytes());
-            b[28] = tier;
-            b[Self::FIXED..].copy_from_slice(caller.as_bytes());
+            b[28] = (tier & !Self::HAS_CACHE_WRITE) | Self::HAS_CACHE_WRITE;
+            b[29..37].copy_from_slice(&p.cache_write_input_nanos_per_mtok.to_le_bytes());
+            b[Self::FIXED_V2..].copy_from_slice(caller.as_bytes());
         };
         if len <= Self::STACK {
             let mut b = [0u8; Self::STACK];
@@ -49,7 +57,8 @@ impl Terms {
     /// build cannot read is priced by the rules in force, as a row older than
     /// the column is, and only an admin may report its usage.
     pub(super) fn decode(b: &[u8]) -> Option<(Prices, u8, String)> {
-        let (fixed, caller) = b.split_at_checked(Self::FIXED)?;
+        let v2 = b.get(28).is_some_and(|t| t & Self::HAS_CACHE_WRITE != 0);
+        let (fixed, caller) = b.split_at_checked(if v2 { Self::FIXED_V2 } else { Self::FIXED })?;
         let i64_at = |i: usize| {
             let mut w = [0u8; 8];
             w.copy_from_slice(&fixed[i..i + 8]);
@@ -57,14 +66,16 @@ impl Terms {
         };
         let mut bp = [0u8; 4];
         bp.copy_from_slice(&fixed[24..28]);
+        let input = i64_at(0);
         Some((
             Prices {
-                input_nanos_per_mtok: i64_at(0),
+                input_nanos_per_mtok: input,
                 cached_input_nanos_per_mtok: i64_at(8),
+                cache_write_input_nanos_per_mtok: if v2 { i64_at(29) } else { input },
                 output_nanos_per_mtok: i64_at(16),
                 batch_discount_bp: u32::from_le_bytes(bp),
             },
-            fixed[28],
+            fixed[28] & !Self::HAS_CACHE_WRITE,
             String::from_utf8(caller.to_vec()).ok()?,
         ))
     }
@@ -420,6 +431,7 @@ mod tests {
         let p = Prices {
             input_nanos_per_mtok: i64::MAX,
             cached_input_nanos_per_mtok: 0,
+            cache_write_input_nanos_per_mtok: 3_750_000_000,
             output_nanos_per_mtok: 15_000_000_000,
             batch_discount_bp: 5000,
         };
@@ -434,5 +446,15 @@ mod tests {
         assert_eq!(Terms::decode(&b[..28]), None);
         // A caller cut inside a character is not a caller.
         assert_eq!(Terms::decode(&b[..b.len() - 1]), None);
+        // A row from before the cache-write price: 29 fixed bytes, a tier
+        // below 128, then the caller. Its cache writes are priced as input.
+        let mut old = b[..28].to_vec();
+        old.push(3);
+        old.extend_from_slice(b"agent");
+        let read = Prices {
+            cache_write_input_nanos_per_mtok: i64::MAX,
+            ..p
+        };
+        assert_eq!(Terms::decode(&old), Some((read, 3, "agent".to_string())));
     }
 }

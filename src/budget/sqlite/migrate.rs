@@ -96,8 +96,10 @@ fn carry_terms(conn: &Connection) -> Result<(), StoreError> {
             .map_err(unavailable)?;
         let rows = st
             .query_map([], |r| {
+                let input: i64 = r.get(1)?;
                 let prices = crate::rules::Prices {
-                    input_nanos_per_mtok: r.get(1)?,
+                    input_nanos_per_mtok: input,
+                    cache_write_input_nanos_per_mtok: input,
                     cached_input_nanos_per_mtok: r.get::<_, Option<i64>>(2)?.unwrap_or_default(),
                     output_nanos_per_mtok: r.get::<_, Option<i64>>(3)?.unwrap_or_default(),
                     batch_discount_bp: r.get::<_, Option<u32>>(4)?.unwrap_or_default(),

@@ -71,6 +71,7 @@ async fn decision_snapshots_are_kept_for_their_retention(store: &Arc<dyn Store>,
     let usage = Usage {
         input_tokens: 10,
         cached_input_tokens: 0,
+        cache_write_input_tokens: 0,
         output_tokens: 5,
         failed: false,
     };
@@ -188,6 +189,7 @@ async fn the_ledger_holds_settled_calls_outcomes_and_feedback(store: &Arc<dyn St
             let usage = Usage {
                 input_tokens: 10 + i as u64,
                 cached_input_tokens: 1,
+                cache_write_input_tokens: 0,
                 output_tokens: 5,
                 failed: i == 1,
             };
@@ -385,6 +387,7 @@ async fn settle_is_idempotent_and_releases(store: &Arc<dyn BudgetStore>, ns: &st
     let usage = Usage {
         input_tokens: 10,
         cached_input_tokens: 0,
+        cache_write_input_tokens: 0,
         output_tokens: 5,
         failed: false,
     };
@@ -706,6 +709,7 @@ async fn reservations_keep_their_caller_and_prices(store: &Arc<dyn BudgetStore>,
     let prices = crate::rules::Prices {
         input_nanos_per_mtok: 1_250_000_000,
         cached_input_nanos_per_mtok: 125_000_000,
+        cache_write_input_nanos_per_mtok: 1_562_500_000,
         output_nanos_per_mtok: 10_000_000_000,
         batch_discount_bp: 5000,
     };

@@ -162,6 +162,8 @@ async fn open_reservations_keep_their_terms_across_the_terms_column_upgrade() {
         Some(crate::rules::Prices {
             input_nanos_per_mtok: 3000,
             cached_input_nanos_per_mtok: 300,
+            // Stored before the cache-write price: read as the input price.
+            cache_write_input_nanos_per_mtok: 3000,
             output_nanos_per_mtok: 15000,
             batch_discount_bp: 5000,
         })
