@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import grpc
 import grpc.aio
 
+from . import _otel
 from ._proto import router_pb2 as pb
 from ._proto import router_pb2_grpc as rpc
 
@@ -170,6 +171,7 @@ def _usage_report(
     cached_input_tokens: int,
     failed: bool,
     model: Optional[str],
+    cache_write_input_tokens: int = 0,
 ) -> pb.UsageReport:
     """The report of one call's usage; the model defaults to the routed one."""
     return pb.UsageReport(
@@ -177,6 +179,7 @@ def _usage_report(
         model=model or (decision.model if isinstance(decision, Decision) else ""),
         input_tokens=input_tokens,
         cached_input_tokens=cached_input_tokens,
+        cache_write_input_tokens=cache_write_input_tokens,
         output_tokens=output_tokens,
         failed=failed,
     )
@@ -195,6 +198,15 @@ def _outcome(outcome_id: str, workflow: str, status: str, value_usd: Optional[fl
 
 def _metadata(api_key: Optional[str]):
     return (("authorization", f"Bearer {api_key}"),) if api_key else None
+
+
+def _with_trace(metadata):
+    """The call's metadata with the caller's current trace context, when the
+    caller uses the OpenTelemetry API."""
+    trace = _otel.trace_metadata()
+    if not trace:
+        return metadata
+    return tuple(metadata or ()) + trace
 
 
 def _error(e: grpc.RpcError) -> SwitchyardError:
@@ -219,7 +231,7 @@ class Sidecar:
 
     def _call(self, method, request):
         try:
-            return method(request, timeout=self.timeout, metadata=self._metadata)
+            return method(request, timeout=self.timeout, metadata=_with_trace(self._metadata))
         except grpc.RpcError as e:
             raise _error(e) from None
 
@@ -247,10 +259,14 @@ class Sidecar:
         cached_input_tokens: int = 0,
         failed: bool = False,
         model: Optional[str] = None,
+        cache_write_input_tokens: int = 0,
     ) -> int:
         """Settles the call; returns its cost in nano-USD. `cached_input_tokens`
-        are the part of `input_tokens` the provider served from its cache."""
-        report = _usage_report(decision, input_tokens, output_tokens, cached_input_tokens, failed, model)
+        are the part of `input_tokens` the provider served from its cache,
+        `cache_write_input_tokens` the part it wrote to it."""
+        report = _usage_report(
+            decision, input_tokens, output_tokens, cached_input_tokens, failed, model, cache_write_input_tokens
+        )
         return self._call(self._stub.ReportUsage, report).cost_nanousd
 
     def feedback(self, decision: Union[Decision, str], accepted: bool) -> None:
@@ -293,7 +309,7 @@ class AsyncSidecar:
 
     async def _call(self, method, request):
         try:
-            return await method(request, timeout=self.timeout, metadata=self._metadata)
+            return await method(request, timeout=self.timeout, metadata=_with_trace(self._metadata))
         except grpc.RpcError as e:
             raise _error(e) from None
 
@@ -319,8 +335,11 @@ class AsyncSidecar:
         cached_input_tokens: int = 0,
         failed: bool = False,
         model: Optional[str] = None,
+        cache_write_input_tokens: int = 0,
     ) -> int:
-        report = _usage_report(decision, input_tokens, output_tokens, cached_input_tokens, failed, model)
+        report = _usage_report(
+            decision, input_tokens, output_tokens, cached_input_tokens, failed, model, cache_write_input_tokens
+        )
         return (await self._call(self._stub.ReportUsage, report)).cost_nanousd
 
     async def feedback(self, decision: Union[Decision, str], accepted: bool) -> None:

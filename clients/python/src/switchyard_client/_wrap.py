@@ -10,6 +10,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Tuple
 
+from . import _otel
+
 
 @dataclass(frozen=True)
 class Usage:
@@ -19,6 +21,7 @@ class Usage:
     input_tokens: int
     cached_input_tokens: int
     output_tokens: int
+    cache_write_input_tokens: int = 0
 
     def merged(self, other: "Usage") -> "Usage":
         """The larger of each count: a stream reports some counts early and
@@ -27,6 +30,7 @@ class Usage:
             max(self.input_tokens, other.input_tokens),
             max(self.cached_input_tokens, other.cached_input_tokens),
             max(self.output_tokens, other.output_tokens),
+            max(self.cache_write_input_tokens, other.cache_write_input_tokens),
         )
 
 
@@ -76,10 +80,14 @@ def _route_args(call: Call, workflow: str, kwargs: dict) -> dict:
 
 
 def _provider_kwargs(kwargs: dict, decision: Any) -> dict:
+    """The routed model, and the trace context for the provider: the model-call
+    span's when the caller traces, else the decision's `traceparent`."""
     kwargs["model"] = decision.provider_model
-    if decision.traceparent:
+    trace = _otel.provider_headers(decision)
+    if trace:
         headers = dict(kwargs.get("extra_headers") or {})
-        headers.setdefault("traceparent", decision.traceparent)
+        for k, v in trace.items():
+            headers.setdefault(k, v)
         kwargs["extra_headers"] = headers
     return kwargs
 
@@ -103,6 +111,7 @@ def _report_args(decision: Any, usage: Optional[Usage], failed: bool) -> dict:
         input_tokens=u.input_tokens,
         output_tokens=u.output_tokens,
         cached_input_tokens=u.cached_input_tokens,
+        cache_write_input_tokens=u.cache_write_input_tokens,
         failed=failed,
     )
 
@@ -110,11 +119,12 @@ def _report_args(decision: Any, usage: Optional[Usage], failed: bool) -> dict:
 class _Stream:
     """A provider stream that reports the call's usage when it ends."""
 
-    def __init__(self, inner: Any, decision: Any, sidecar: Any, call: Call) -> None:
+    def __init__(self, inner: Any, decision: Any, sidecar: Any, call: Call, span: Any = None) -> None:
         self._inner = inner
         self._decision = decision
         self._sidecar = sidecar
         self._call = call
+        self._span = span
         self._usage: Optional[Usage] = None
         self._reported = False
         self.switchyard = decision
@@ -134,7 +144,8 @@ class _Stream:
     def _report(self, failed: bool) -> None:
         args = self._final(failed)
         if args is not None:
-            self._sidecar.report_usage(**args)
+            cost = self._sidecar.report_usage(**args)
+            _otel.end_model_span(self._span, self._usage, cost)
 
     def __iter__(self):
         try:
@@ -168,7 +179,8 @@ class _AsyncStream(_Stream):
     async def _areport(self, failed: bool) -> None:
         args = self._final(failed)
         if args is not None:
-            await self._sidecar.report_usage(**args)
+            cost = await self._sidecar.report_usage(**args)
+            _otel.end_model_span(self._span, self._usage, cost)
 
     async def __aiter__(self):
         try:
@@ -187,15 +199,20 @@ class _AsyncStream(_Stream):
 def _sync_create(create: Callable, sidecar: Any, workflow: str, call: Call) -> Callable:
     def routed_create(*args: Any, **kwargs: Any) -> Any:
         decision = sidecar.route(**_route_args(call, workflow, kwargs))
-        kwargs = _provider_kwargs(kwargs, decision)
-        try:
-            response = create(*args, **kwargs)
-        except BaseException:
-            sidecar.report_usage(**_report_args(decision, None, failed=True))
-            raise
+        span = _otel.start_model_span(decision)
+        with _otel.current(span):
+            kwargs = _provider_kwargs(kwargs, decision)
+            try:
+                response = create(*args, **kwargs)
+            except BaseException as e:
+                cost = sidecar.report_usage(**_report_args(decision, None, failed=True))
+                _otel.end_model_span(span, None, cost, error=e)
+                raise
         if call.streams(kwargs):
-            return _Stream(response, decision, sidecar, call)
-        sidecar.report_usage(**_report_args(decision, call.usage(response), failed=False))
+            return _Stream(response, decision, sidecar, call, span)
+        usage = call.usage(response)
+        cost = sidecar.report_usage(**_report_args(decision, usage, failed=False))
+        _otel.end_model_span(span, usage, cost)
         return attach(response, decision)
 
     return routed_create
@@ -204,15 +221,20 @@ def _sync_create(create: Callable, sidecar: Any, workflow: str, call: Call) -> C
 def _async_create(create: Callable, sidecar: Any, workflow: str, call: Call) -> Callable:
     async def routed_create(*args: Any, **kwargs: Any) -> Any:
         decision = await sidecar.route(**_route_args(call, workflow, kwargs))
-        kwargs = _provider_kwargs(kwargs, decision)
-        try:
-            response = await create(*args, **kwargs)
-        except BaseException:
-            await sidecar.report_usage(**_report_args(decision, None, failed=True))
-            raise
+        span = _otel.start_model_span(decision)
+        with _otel.current(span):
+            kwargs = _provider_kwargs(kwargs, decision)
+            try:
+                response = await create(*args, **kwargs)
+            except BaseException as e:
+                cost = await sidecar.report_usage(**_report_args(decision, None, failed=True))
+                _otel.end_model_span(span, None, cost, error=e)
+                raise
         if call.streams(kwargs):
-            return _AsyncStream(response, decision, sidecar, call)
-        await sidecar.report_usage(**_report_args(decision, call.usage(response), failed=False))
+            return _AsyncStream(response, decision, sidecar, call, span)
+        usage = call.usage(response)
+        cost = await sidecar.report_usage(**_report_args(decision, usage, failed=False))
+        _otel.end_model_span(span, usage, cost)
         return attach(response, decision)
 
     return routed_create

@@ -12,8 +12,9 @@
 `system` is routed as a system message. Usage is reported from the
 response's `usage`: input tokens are `input_tokens` plus the cache's reads
 and writes (Anthropic counts them apart; Switchyard's cached tokens are part
-of the input), cached tokens are `cache_read_input_tokens`, output tokens
-`output_tokens`.
+of the input), cached tokens are `cache_read_input_tokens`, cache writes
+`cache_creation_input_tokens` (priced at the model's
+`cache_write_input_per_mtok`), output tokens `output_tokens`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def usage_of(response: Any) -> Optional[Usage]:
     return Usage(
         input_tokens=(getattr(u, "input_tokens", 0) or 0) + read + written,
         cached_input_tokens=read,
+        cache_write_input_tokens=written,
         output_tokens=getattr(u, "output_tokens", 0) or 0,
     )
 

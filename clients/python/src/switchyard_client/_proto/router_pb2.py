@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aswitchyard/v1/router.proto\x12\rswitchyard.v1\"(\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xb8\x02\n\x0cRouteRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12\x12\n\noutcome_id\x18\x02 \x01(\t\x12(\n\x08messages\x18\x03 \x03(\x0b\x32\x16.switchyard.v1.Message\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\x11\n\ttask_kind\x18\x05 \x01(\t\x12\x19\n\x11max_output_tokens\x18\x06 \x01(\r\x12\x12\n\ndeferrable\x18\x07 \x01(\x08\x12\x37\n\x06labels\x18\x08 \x03(\x0b\x32\'.switchyard.v1.RouteRequest.LabelsEntry\x12\x1d\n\x15required_capabilities\x18\t \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb3\x03\n\rRouteResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12*\n\x06status\x18\x04 \x01(\x0e\x32\x1a.switchyard.v1.RouteStatus\x12\x15\n\rescalation_id\x18\x05 \x01(\t\x12\x12\n\ncomplexity\x18\x06 \x01(\x01\x12\x14\n\x0cinput_tokens\x18\x07 \x01(\x04\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x08 \x01(\x04\x12\x1f\n\x17\x65stimated_output_tokens\x18\t \x01(\x04\x12\x1e\n\x16\x65stimated_cost_nanousd\x18\n \x01(\x03\x12\x0c\n\x04rule\x18\x0b \x01(\t\x12\x0e\n\x06reason\x18\x0c \x01(\t\x12\x13\n\x0btraceparent\x18\r \x01(\t\x12\x15\n\rrequired_tier\x18\x0e \x01(\r\x12\x12\n\ntask_class\x18\x0f \x01(\t\x12\x16\n\x0eprovider_model\x18\x10 \x01(\t\x12\x11\n\ttask_kind\x18\x11 \x01(\t\x12\x18\n\x10task_kind_source\x18\x12 \x01(\t\"\x8b\x01\n\x0bUsageReport\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x03 \x01(\x04\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x04 \x01(\x04\x12\x15\n\routput_tokens\x18\x05 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x08\" \n\x08UsageAck\x12\x14\n\x0c\x63ost_nanousd\x18\x01 \x01(\x03\"\xb7\x01\n\rOutcomeReport\x12\x12\n\noutcome_id\x18\x01 \x01(\t\x12\x10\n\x08workflow\x18\x02 \x01(\t\x12,\n\x06status\x18\x03 \x01(\x0e\x32\x1c.switchyard.v1.OutcomeStatus\x12\x16\n\tvalue_usd\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\rhuman_minutes\x18\x05 \x01(\x01H\x01\x88\x01\x01\x42\x0c\n\n_value_usdB\x10\n\x0e_human_minutes\"\x0c\n\nOutcomeAck\"7\n\x0e\x46\x65\x65\x64\x62\x61\x63kReport\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\"\r\n\x0b\x46\x65\x65\x64\x62\x61\x63kAck\"$\n\x10GetBudgetRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\"\x83\x01\n\x0c\x42udgetStatus\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12\x15\n\rlimit_nanousd\x18\x02 \x01(\x03\x12\x15\n\rspent_nanousd\x18\x03 \x01(\x03\x12\x18\n\x10reserved_nanousd\x18\x04 \x01(\x03\x12\x19\n\x11remaining_nanousd\x18\x05 \x01(\x03\"*\n\x16ListEscalationsRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\"\xcd\x01\n\nEscalation\x12\x15\n\rescalation_id\x18\x01 \x01(\t\x12\x10\n\x08workflow\x18\x02 \x01(\t\x12\x12\n\noutcome_id\x18\x03 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x04 \x01(\t\x12\x16\n\x0e\x61mount_nanousd\x18\x05 \x01(\x03\x12\r\n\x05state\x18\x06 \x01(\t\x12\x13\n\x0bresolved_by\x18\x07 \x01(\t\x12\x12\n\ncreated_at\x18\x08 \x01(\t\x12\x13\n\x0bresolved_at\x18\t \x01(\t\x12\r\n\x05model\x18\n \x01(\t\"I\n\x17ListEscalationsResponse\x12.\n\x0b\x65scalations\x18\x01 \x03(\x0b\x32\x19.switchyard.v1.Escalation\"g\n\x18ResolveEscalationRequest\x12\x15\n\rescalation_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x02 \x01(\x08\x12\x13\n\x0b\x61\x64\x64_nanousd\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\"P\n\rReportRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12\x0e\n\x06period\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\"\x1e\n\x0eReportResponse\x12\x0c\n\x04text\x18\x01 \x01(\t*\xa0\x01\n\x0bRouteStatus\x12\x1c\n\x18ROUTE_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13ROUTE_STATUS_ROUTED\x10\x01\x12\x1b\n\x17ROUTE_STATUS_DOWNGRADED\x10\x02\x12$\n ROUTE_STATUS_ESCALATION_REQUIRED\x10\x03\x12\x17\n\x13ROUTE_STATUS_DENIED\x10\x04*\xa5\x01\n\rOutcomeStatus\x12\x1e\n\x1aOUTCOME_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17OUTCOME_STATUS_ACCEPTED\x10\x01\x12\x1b\n\x17OUTCOME_STATUS_REJECTED\x10\x02\x12\x1c\n\x18OUTCOME_STATUS_CORRECTED\x10\x03\x12\x1c\n\x18OUTCOME_STATUS_ABANDONED\x10\x04\x32\xf7\x04\n\x06Router\x12\x42\n\x05Route\x12\x1b.switchyard.v1.RouteRequest\x1a\x1c.switchyard.v1.RouteResponse\x12\x42\n\x0bReportUsage\x12\x1a.switchyard.v1.UsageReport\x1a\x17.switchyard.v1.UsageAck\x12H\n\rRecordOutcome\x12\x1c.switchyard.v1.OutcomeReport\x1a\x19.switchyard.v1.OutcomeAck\x12K\n\x0eRecordFeedback\x12\x1d.switchyard.v1.FeedbackReport\x1a\x1a.switchyard.v1.FeedbackAck\x12I\n\tGetBudget\x12\x1f.switchyard.v1.GetBudgetRequest\x1a\x1b.switchyard.v1.BudgetStatus\x12`\n\x0fListEscalations\x12%.switchyard.v1.ListEscalationsRequest\x1a&.switchyard.v1.ListEscalationsResponse\x12W\n\x11ResolveEscalation\x12\'.switchyard.v1.ResolveEscalationRequest\x1a\x19.switchyard.v1.Escalation\x12H\n\tGetReport\x12\x1c.switchyard.v1.ReportRequest\x1a\x1d.switchyard.v1.ReportResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aswitchyard/v1/router.proto\x12\rswitchyard.v1\"(\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xb8\x02\n\x0cRouteRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12\x12\n\noutcome_id\x18\x02 \x01(\t\x12(\n\x08messages\x18\x03 \x03(\x0b\x32\x16.switchyard.v1.Message\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\x11\n\ttask_kind\x18\x05 \x01(\t\x12\x19\n\x11max_output_tokens\x18\x06 \x01(\r\x12\x12\n\ndeferrable\x18\x07 \x01(\x08\x12\x37\n\x06labels\x18\x08 \x03(\x0b\x32\'.switchyard.v1.RouteRequest.LabelsEntry\x12\x1d\n\x15required_capabilities\x18\t \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb3\x03\n\rRouteResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12*\n\x06status\x18\x04 \x01(\x0e\x32\x1a.switchyard.v1.RouteStatus\x12\x15\n\rescalation_id\x18\x05 \x01(\t\x12\x12\n\ncomplexity\x18\x06 \x01(\x01\x12\x14\n\x0cinput_tokens\x18\x07 \x01(\x04\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x08 \x01(\x04\x12\x1f\n\x17\x65stimated_output_tokens\x18\t \x01(\x04\x12\x1e\n\x16\x65stimated_cost_nanousd\x18\n \x01(\x03\x12\x0c\n\x04rule\x18\x0b \x01(\t\x12\x0e\n\x06reason\x18\x0c \x01(\t\x12\x13\n\x0btraceparent\x18\r \x01(\t\x12\x15\n\rrequired_tier\x18\x0e \x01(\r\x12\x12\n\ntask_class\x18\x0f \x01(\t\x12\x16\n\x0eprovider_model\x18\x10 \x01(\t\x12\x11\n\ttask_kind\x18\x11 \x01(\t\x12\x18\n\x10task_kind_source\x18\x12 \x01(\t\"\xad\x01\n\x0bUsageReport\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x03 \x01(\x04\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x04 \x01(\x04\x12\x15\n\routput_tokens\x18\x05 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x08\x12 \n\x18\x63\x61\x63he_write_input_tokens\x18\x07 \x01(\x04\" \n\x08UsageAck\x12\x14\n\x0c\x63ost_nanousd\x18\x01 \x01(\x03\"\xb7\x01\n\rOutcomeReport\x12\x12\n\noutcome_id\x18\x01 \x01(\t\x12\x10\n\x08workflow\x18\x02 \x01(\t\x12,\n\x06status\x18\x03 \x01(\x0e\x32\x1c.switchyard.v1.OutcomeStatus\x12\x16\n\tvalue_usd\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\rhuman_minutes\x18\x05 \x01(\x01H\x01\x88\x01\x01\x42\x0c\n\n_value_usdB\x10\n\x0e_human_minutes\"\x0c\n\nOutcomeAck\"7\n\x0e\x46\x65\x65\x64\x62\x61\x63kReport\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\"\r\n\x0b\x46\x65\x65\x64\x62\x61\x63kAck\"$\n\x10GetBudgetRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\"\x83\x01\n\x0c\x42udgetStatus\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12\x15\n\rlimit_nanousd\x18\x02 \x01(\x03\x12\x15\n\rspent_nanousd\x18\x03 \x01(\x03\x12\x18\n\x10reserved_nanousd\x18\x04 \x01(\x03\x12\x19\n\x11remaining_nanousd\x18\x05 \x01(\x03\"*\n\x16ListEscalationsRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\"\xcd\x01\n\nEscalation\x12\x15\n\rescalation_id\x18\x01 \x01(\t\x12\x10\n\x08workflow\x18\x02 \x01(\t\x12\x12\n\noutcome_id\x18\x03 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x04 \x01(\t\x12\x16\n\x0e\x61mount_nanousd\x18\x05 \x01(\x03\x12\r\n\x05state\x18\x06 \x01(\t\x12\x13\n\x0bresolved_by\x18\x07 \x01(\t\x12\x12\n\ncreated_at\x18\x08 \x01(\t\x12\x13\n\x0bresolved_at\x18\t \x01(\t\x12\r\n\x05model\x18\n \x01(\t\"I\n\x17ListEscalationsResponse\x12.\n\x0b\x65scalations\x18\x01 \x03(\x0b\x32\x19.switchyard.v1.Escalation\"g\n\x18ResolveEscalationRequest\x12\x15\n\rescalation_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x02 \x01(\x08\x12\x13\n\x0b\x61\x64\x64_nanousd\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\"P\n\rReportRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12\x0e\n\x06period\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\"\x1e\n\x0eReportResponse\x12\x0c\n\x04text\x18\x01 \x01(\t*\xa0\x01\n\x0bRouteStatus\x12\x1c\n\x18ROUTE_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13ROUTE_STATUS_ROUTED\x10\x01\x12\x1b\n\x17ROUTE_STATUS_DOWNGRADED\x10\x02\x12$\n ROUTE_STATUS_ESCALATION_REQUIRED\x10\x03\x12\x17\n\x13ROUTE_STATUS_DENIED\x10\x04*\xa5\x01\n\rOutcomeStatus\x12\x1e\n\x1aOUTCOME_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17OUTCOME_STATUS_ACCEPTED\x10\x01\x12\x1b\n\x17OUTCOME_STATUS_REJECTED\x10\x02\x12\x1c\n\x18OUTCOME_STATUS_CORRECTED\x10\x03\x12\x1c\n\x18OUTCOME_STATUS_ABANDONED\x10\x04\x32\xf7\x04\n\x06Router\x12\x42\n\x05Route\x12\x1b.switchyard.v1.RouteRequest\x1a\x1c.switchyard.v1.RouteResponse\x12\x42\n\x0bReportUsage\x12\x1a.switchyard.v1.UsageReport\x1a\x17.switchyard.v1.UsageAck\x12H\n\rRecordOutcome\x12\x1c.switchyard.v1.OutcomeReport\x1a\x19.switchyard.v1.OutcomeAck\x12K\n\x0eRecordFeedback\x12\x1d.switchyard.v1.FeedbackReport\x1a\x1a.switchyard.v1.FeedbackAck\x12I\n\tGetBudget\x12\x1f.switchyard.v1.GetBudgetRequest\x1a\x1b.switchyard.v1.BudgetStatus\x12`\n\x0fListEscalations\x12%.switchyard.v1.ListEscalationsRequest\x1a&.switchyard.v1.ListEscalationsResponse\x12W\n\x11ResolveEscalation\x12\'.switchyard.v1.ResolveEscalationRequest\x1a\x19.switchyard.v1.Escalation\x12H\n\tGetReport\x12\x1c.switchyard.v1.ReportRequest\x1a\x1d.switchyard.v1.ReportResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,10 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ROUTEREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_ROUTEREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_ROUTESTATUS']._serialized_start=2007
-  _globals['_ROUTESTATUS']._serialized_end=2167
-  _globals['_OUTCOMESTATUS']._serialized_start=2170
-  _globals['_OUTCOMESTATUS']._serialized_end=2335
+  _globals['_ROUTESTATUS']._serialized_start=2041
+  _globals['_ROUTESTATUS']._serialized_end=2201
+  _globals['_OUTCOMESTATUS']._serialized_start=2204
+  _globals['_OUTCOMESTATUS']._serialized_end=2369
   _globals['_MESSAGE']._serialized_start=45
   _globals['_MESSAGE']._serialized_end=85
   _globals['_ROUTEREQUEST']._serialized_start=88
@@ -46,33 +46,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUTERESPONSE']._serialized_start=403
   _globals['_ROUTERESPONSE']._serialized_end=838
   _globals['_USAGEREPORT']._serialized_start=841
-  _globals['_USAGEREPORT']._serialized_end=980
-  _globals['_USAGEACK']._serialized_start=982
-  _globals['_USAGEACK']._serialized_end=1014
-  _globals['_OUTCOMEREPORT']._serialized_start=1017
-  _globals['_OUTCOMEREPORT']._serialized_end=1200
-  _globals['_OUTCOMEACK']._serialized_start=1202
-  _globals['_OUTCOMEACK']._serialized_end=1214
-  _globals['_FEEDBACKREPORT']._serialized_start=1216
-  _globals['_FEEDBACKREPORT']._serialized_end=1271
-  _globals['_FEEDBACKACK']._serialized_start=1273
-  _globals['_FEEDBACKACK']._serialized_end=1286
-  _globals['_GETBUDGETREQUEST']._serialized_start=1288
-  _globals['_GETBUDGETREQUEST']._serialized_end=1324
-  _globals['_BUDGETSTATUS']._serialized_start=1327
-  _globals['_BUDGETSTATUS']._serialized_end=1458
-  _globals['_LISTESCALATIONSREQUEST']._serialized_start=1460
-  _globals['_LISTESCALATIONSREQUEST']._serialized_end=1502
-  _globals['_ESCALATION']._serialized_start=1505
-  _globals['_ESCALATION']._serialized_end=1710
-  _globals['_LISTESCALATIONSRESPONSE']._serialized_start=1712
-  _globals['_LISTESCALATIONSRESPONSE']._serialized_end=1785
-  _globals['_RESOLVEESCALATIONREQUEST']._serialized_start=1787
-  _globals['_RESOLVEESCALATIONREQUEST']._serialized_end=1890
-  _globals['_REPORTREQUEST']._serialized_start=1892
-  _globals['_REPORTREQUEST']._serialized_end=1972
-  _globals['_REPORTRESPONSE']._serialized_start=1974
-  _globals['_REPORTRESPONSE']._serialized_end=2004
-  _globals['_ROUTER']._serialized_start=2338
-  _globals['_ROUTER']._serialized_end=2969
+  _globals['_USAGEREPORT']._serialized_end=1014
+  _globals['_USAGEACK']._serialized_start=1016
+  _globals['_USAGEACK']._serialized_end=1048
+  _globals['_OUTCOMEREPORT']._serialized_start=1051
+  _globals['_OUTCOMEREPORT']._serialized_end=1234
+  _globals['_OUTCOMEACK']._serialized_start=1236
+  _globals['_OUTCOMEACK']._serialized_end=1248
+  _globals['_FEEDBACKREPORT']._serialized_start=1250
+  _globals['_FEEDBACKREPORT']._serialized_end=1305
+  _globals['_FEEDBACKACK']._serialized_start=1307
+  _globals['_FEEDBACKACK']._serialized_end=1320
+  _globals['_GETBUDGETREQUEST']._serialized_start=1322
+  _globals['_GETBUDGETREQUEST']._serialized_end=1358
+  _globals['_BUDGETSTATUS']._serialized_start=1361
+  _globals['_BUDGETSTATUS']._serialized_end=1492
+  _globals['_LISTESCALATIONSREQUEST']._serialized_start=1494
+  _globals['_LISTESCALATIONSREQUEST']._serialized_end=1536
+  _globals['_ESCALATION']._serialized_start=1539
+  _globals['_ESCALATION']._serialized_end=1744
+  _globals['_LISTESCALATIONSRESPONSE']._serialized_start=1746
+  _globals['_LISTESCALATIONSRESPONSE']._serialized_end=1819
+  _globals['_RESOLVEESCALATIONREQUEST']._serialized_start=1821
+  _globals['_RESOLVEESCALATIONREQUEST']._serialized_end=1924
+  _globals['_REPORTREQUEST']._serialized_start=1926
+  _globals['_REPORTREQUEST']._serialized_end=2006
+  _globals['_REPORTRESPONSE']._serialized_start=2008
+  _globals['_REPORTRESPONSE']._serialized_end=2038
+  _globals['_ROUTER']._serialized_start=2372
+  _globals['_ROUTER']._serialized_end=3003
 # @@protoc_insertion_point(module_scope)

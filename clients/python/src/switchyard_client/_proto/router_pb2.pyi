@@ -111,20 +111,22 @@ class RouteResponse(_message.Message):
     def __init__(self, decision_id: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., status: _Optional[_Union[RouteStatus, str]] = ..., escalation_id: _Optional[str] = ..., complexity: _Optional[float] = ..., input_tokens: _Optional[int] = ..., cached_input_tokens: _Optional[int] = ..., estimated_output_tokens: _Optional[int] = ..., estimated_cost_nanousd: _Optional[int] = ..., rule: _Optional[str] = ..., reason: _Optional[str] = ..., traceparent: _Optional[str] = ..., required_tier: _Optional[int] = ..., task_class: _Optional[str] = ..., provider_model: _Optional[str] = ..., task_kind: _Optional[str] = ..., task_kind_source: _Optional[str] = ...) -> None: ...
 
 class UsageReport(_message.Message):
-    __slots__ = ("decision_id", "model", "input_tokens", "cached_input_tokens", "output_tokens", "failed")
+    __slots__ = ("decision_id", "model", "input_tokens", "cached_input_tokens", "output_tokens", "failed", "cache_write_input_tokens")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHED_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
+    CACHE_WRITE_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     model: str
     input_tokens: int
     cached_input_tokens: int
     output_tokens: int
     failed: bool
-    def __init__(self, decision_id: _Optional[str] = ..., model: _Optional[str] = ..., input_tokens: _Optional[int] = ..., cached_input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., failed: bool = ...) -> None: ...
+    cache_write_input_tokens: int
+    def __init__(self, decision_id: _Optional[str] = ..., model: _Optional[str] = ..., input_tokens: _Optional[int] = ..., cached_input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., failed: bool = ..., cache_write_input_tokens: _Optional[int] = ...) -> None: ...
 
 class UsageAck(_message.Message):
     __slots__ = ("cost_nanousd",)
