@@ -5,6 +5,7 @@
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { fileURLToPath } from "node:url";
+import { traceHeaders } from "./otel.js";
 
 const PROTO = fileURLToPath(new URL("../proto/switchyard/v1/router.proto", import.meta.url));
 
@@ -61,6 +62,8 @@ export interface Usage {
   outputTokens: number;
   /** The part of `inputTokens` the provider served from its cache. */
   cachedInputTokens?: number;
+  /** The part of `inputTokens` the provider wrote to its cache. */
+  cacheWriteInputTokens?: number;
   failed?: boolean;
 }
 
@@ -151,9 +154,12 @@ export class Sidecar {
     this.timeoutMs = opts.timeoutMs ?? 5000;
   }
 
-  private call<T>(method: string, request: object): Promise<T> {
+  private async call<T>(method: string, request: object): Promise<T> {
     const md = new grpc.Metadata();
     if (this.apiKey) md.set("authorization", `Bearer ${this.apiKey}`);
+    // The caller's active trace context, when it uses the OpenTelemetry
+    // API: Route becomes a child of the caller's span.
+    for (const [k, v] of Object.entries(await traceHeaders())) md.set(k, v);
     const deadline = new Date(Date.now() + this.timeoutMs);
     return new Promise((resolve, reject) => {
       this.client[method].call(this.client, request, md, { deadline }, (e, r) => {
@@ -209,14 +215,14 @@ export class Sidecar {
     decision: Decision | string,
     inputTokens: number,
     outputTokens: number,
-    opts?: { cachedInputTokens?: number; failed?: boolean },
+    opts?: { cachedInputTokens?: number; cacheWriteInputTokens?: number; failed?: boolean },
   ): Promise<number>;
   async reportUsage(decision: Decision | string, usage: Usage): Promise<number>;
   async reportUsage(
     decision: Decision | string,
     first: number | Usage,
     outputTokens?: number,
-    opts: { cachedInputTokens?: number; failed?: boolean } = {},
+    opts: { cachedInputTokens?: number; cacheWriteInputTokens?: number; failed?: boolean } = {},
   ): Promise<number> {
     const usage: Usage = typeof first === "number" ? { ...opts, inputTokens: first, outputTokens: outputTokens ?? 0 } : first;
     const d = typeof decision === "string" ? undefined : decision;
@@ -225,6 +231,7 @@ export class Sidecar {
       model: d ? d.model : "",
       inputTokens: usage.inputTokens,
       cachedInputTokens: usage.cachedInputTokens ?? 0,
+      cacheWriteInputTokens: usage.cacheWriteInputTokens ?? 0,
       outputTokens: usage.outputTokens,
       failed: usage.failed ?? false,
     });
@@ -274,3 +281,4 @@ export class Sidecar {
 }
 
 export { routed } from "./openai.js";
+export { linkToRoute, setCost, providerName } from "./otel.js";

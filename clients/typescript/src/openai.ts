@@ -12,6 +12,7 @@
 // response's `switchyard` is the decision.
 
 import type { Decision, Sidecar } from "./index.js";
+import { startModelCall, type ModelCall } from "./otel.js";
 
 /** Extra fields `create` takes, stripped before the provider call. */
 export interface SwitchyardOptions {
@@ -39,24 +40,33 @@ export function usageOf(response: any): Counted | undefined {
   };
 }
 
-async function report(sidecar: Sidecar, d: Decision, u: Counted | undefined, failed: boolean): Promise<void> {
+async function report(
+  sidecar: Sidecar,
+  d: Decision,
+  u: Counted | undefined,
+  failed: boolean,
+  span: ModelCall,
+  error?: unknown,
+): Promise<void> {
   if (!u && !failed) {
     process.emitWarning(
       `the provider's response for decision ${d.decisionId} carries no usage: reported as 0 tokens; ` +
         "for streams, pass stream_options: { include_usage: true }",
     );
   }
-  await sidecar.reportUsage(d, {
+  const cost = await sidecar.reportUsage(d, {
     inputTokens: u?.inputTokens ?? 0,
     cachedInputTokens: u?.cachedInputTokens ?? 0,
     outputTokens: u?.outputTokens ?? 0,
     failed,
   });
+  span.end(u, cost, error);
 }
 
 /** A stream that reports the call's usage when it ends. */
-async function* reporting(stream: AsyncIterable<any>, sidecar: Sidecar, d: Decision): AsyncGenerator<any> {
+async function* reporting(stream: AsyncIterable<any>, sidecar: Sidecar, d: Decision, span: ModelCall): AsyncGenerator<any> {
   let usage: Counted | undefined;
+  let error: unknown;
   let failed = false;
   try {
     for await (const chunk of stream) {
@@ -65,10 +75,11 @@ async function* reporting(stream: AsyncIterable<any>, sidecar: Sidecar, d: Decis
     }
   } catch (e) {
     failed = true;
+    error = e;
     throw e;
   } finally {
     // Also when the caller stops reading: what was used so far is charged.
-    await report(sidecar, d, usage, failed);
+    await report(sidecar, d, usage, failed, span, error);
   }
 }
 
@@ -85,20 +96,23 @@ function routedCreate(create: (...args: any[]) => any, sidecar: Sidecar, workflo
       deferrable: opts.deferrable,
       maxOutputTokens: rest.max_completion_tokens ?? rest.max_tokens,
     });
-    const headers = d.traceparent ? { ...(options.headers ?? {}), traceparent: d.traceparent } : options.headers;
+    // The provider call runs in a span of its own when the caller traces:
+    // Route's sibling, linked to it; its headers carry that span.
+    const span = await startModelCall(d);
+    const headers = { ...(options.headers ?? {}), ...(await span.headers()) };
     let response: any;
     try {
-      response = await create({ ...rest, model: d.providerModel }, { ...options, headers });
+      response = await span.within(() => create({ ...rest, model: d.providerModel }, { ...options, headers }));
     } catch (e) {
-      await report(sidecar, d, undefined, true);
+      await report(sidecar, d, undefined, true, span, e);
       throw e;
     }
     if (rest.stream) {
-      const wrapped: any = reporting(response, sidecar, d);
+      const wrapped: any = reporting(response, sidecar, d, span);
       wrapped.switchyard = d;
       return wrapped;
     }
-    await report(sidecar, d, usageOf(response), false);
+    await report(sidecar, d, usageOf(response), false, span);
     response.switchyard = d;
     return response;
   };

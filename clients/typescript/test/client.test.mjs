@@ -213,3 +213,51 @@ test("usage, feedback and outcomes without a wrapper", async () => {
   assert.equal(report("support").accepted_outcomes, before + 1);
   sidecar.close();
 });
+
+// Last: it registers a tracer provider for the rest of the process.
+test("with the OpenTelemetry SDK, Route joins the agent's span and the model call is its linked sibling with the cost", async () => {
+  const { trace, SpanKind } = await import("@opentelemetry/api");
+  const { NodeTracerProvider, SimpleSpanProcessor, InMemorySpanExporter } = await import("@opentelemetry/sdk-trace-node");
+  const exporter = new InMemorySpanExporter();
+  new NodeTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] }).register();
+  const sidecar = new Sidecar({ target });
+  const client = routed(openai(), sidecar, { workflow: "support" });
+  const tracer = trace.getTracer("agent");
+  let agentCtx;
+  const reply = await tracer.startActiveSpan("handle ticket", async (agent) => {
+    agentCtx = agent.spanContext();
+    try {
+      return await client.chat.completions.create({
+        model: "anything",
+        messages: [{ role: "user", content: "Where is my order?" }],
+        switchyard: { outcomeId: outcome() },
+      });
+    } finally {
+      agent.end();
+    }
+  });
+  const d = reply.switchyard;
+  const [, routeTrace, routeSpan] = d.traceparent.split("-");
+  assert.equal(routeTrace, agentCtx.traceId, "Route is in the agent's trace");
+  assert.notEqual(routeSpan, agentCtx.spanId);
+  const call = exporter.getFinishedSpans().find((s) => s.name === "chat small-2026-01-01");
+  assert.ok(call, exporter.getFinishedSpans().map((s) => s.name).join(", "));
+  assert.equal(call.kind, SpanKind.CLIENT);
+  assert.equal(call.parentSpanContext?.spanId ?? call.parentSpanId, agentCtx.spanId, "Route's sibling, not its child");
+  assert.deepEqual(call.links.map((l) => l.context.spanId), [routeSpan], "linked to Route");
+  const a = call.attributes;
+  assert.equal(a["switchyard.decision.id"], d.decisionId);
+  assert.equal(a["gen_ai.operation.name"], "chat");
+  assert.equal(a["gen_ai.provider.name"], "openai");
+  assert.equal(a["gen_ai.request.model"], "small-2026-01-01");
+  assert.deepEqual([a["gen_ai.usage.input_tokens"], a["gen_ai.usage.cache_read.input_tokens"], a["gen_ai.usage.output_tokens"]], [1200, 1024, 80]);
+  assert.ok(Math.abs(a["gen_ai.usage.cost.amount"] - CALL / 1e9) < 1e-15);
+  assert.equal(a["gen_ai.usage.cost.currency"], "USD");
+  assert.equal(a["gen_ai.usage.cost.source"], "switchyard");
+  // The provider is called inside the model-call span, not under Route.
+  assert.ok(
+    seen.at(-1).headers.traceparent.startsWith(`00-${call.spanContext().traceId}-${call.spanContext().spanId}-`),
+    seen.at(-1).headers.traceparent,
+  );
+  sidecar.close();
+});
