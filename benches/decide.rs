@@ -105,7 +105,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| rules.understanding.read(&[black_box(text.as_str())]))
         });
         group.bench_with_input(BenchmarkId::new("extract", n), &text, |b, text| {
-            b.iter(|| switchyard::estimate::understand::extract(black_box(text.as_str()), &rules.understanding.rarity))
+            b.iter(|| switchyard::understand::extract(black_box(text.as_str()), &rules.understanding.rarity))
         });
     }
     group.finish();

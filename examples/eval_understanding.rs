@@ -17,10 +17,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use switchyard::estimate::understand::auc;
 use switchyard::route::sketch::ScoreSketches;
 use switchyard::route::{plan, Across, RawRoute, RouteCall};
 use switchyard::rules::reload::Rules;
+use switchyard::understand::auc;
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();

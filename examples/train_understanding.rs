@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use switchyard::estimate::understand::{
+use switchyard::understand::{
     auc, difficulty_of, extract, rarity_slot, rle, score_bin, write, Body, Extracted, BUCKETS, DENSE, DENSE_NAMES,
     GRAMS, SCORE_BINS,
 };
@@ -136,7 +136,7 @@ fn train(rows: &[&Row]) -> Vec<f32> {
                     *zc += w[dense_at + d * k + c] * v;
                 }
             }
-            let p = switchyard::estimate::understand::softmax(&z);
+            let p = switchyard::understand::softmax(&z);
             let step = lr * class_w[r.kind] * source_weight(&r.source);
             for c in 0..k {
                 let err = p[c] - if c == r.kind { 1.0 } else { 0.0 };

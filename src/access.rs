@@ -9,8 +9,9 @@ use crate::budget::ReservationRecord;
 use crate::error::Error;
 use crate::rules::Workflow;
 
-/// The identity of callers on loopback when no keys file is configured.
-pub const LOCAL: &str = "local";
+/// The identity of callers on loopback when no keys file is configured
+/// (defined with the audit log's names, which the stores read too).
+pub use crate::audit::LOCAL;
 
 /// A caller, as established for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]

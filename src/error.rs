@@ -12,7 +12,6 @@
 use std::fmt;
 
 use crate::audit::Verdict;
-use crate::budget::EscalationState;
 
 /// Exit code for bad configuration (BSD's EX_USAGE), as linkerd and others use.
 pub const EXIT_CONFIG: u8 = 64;
@@ -145,8 +144,9 @@ pub enum StoreError {
     UnknownDecision(String),
     #[error("no escalation `{0}`; list them with `switchyard escalations list`")]
     UnknownEscalation(String),
-    #[error("escalation `{0}` is already {state}", state = .1.as_str())]
-    AlreadyResolved(String, EscalationState),
+    /// The escalation, and the state it is in (`approved` or `denied`).
+    #[error("escalation `{0}` is already {1}")]
+    AlreadyResolved(String, &'static str),
     /// An amount the store will not take; the message says the bound.
     #[error("{0}")]
     InvalidAmount(String),
@@ -207,7 +207,7 @@ mod tests {
             (StoreError::UnknownDecision("d".repeat(500)), tonic::Code::NotFound),
             (StoreError::UnknownEscalation("e".into()), tonic::Code::NotFound),
             (
-                StoreError::AlreadyResolved("e".into(), EscalationState::Denied),
+                StoreError::AlreadyResolved("e".into(), "denied"),
                 tonic::Code::FailedPrecondition,
             ),
             (
@@ -220,11 +220,9 @@ mod tests {
             assert_eq!(e.code(), code, "{e}");
             assert!(e.to_string().len() < 200, "untrusted IDs are cut: {e}");
         }
-        assert!(
-            Error::from(StoreError::AlreadyResolved("e".into(), EscalationState::Denied))
-                .to_string()
-                .contains("already denied")
-        );
+        assert!(Error::from(StoreError::AlreadyResolved("e".into(), "denied"))
+            .to_string()
+            .contains("already denied"));
     }
 
     #[tokio::test]

@@ -76,7 +76,6 @@ pub mod listener;
 pub mod metrics;
 pub mod money;
 pub mod outcome;
-pub mod prices;
 pub mod recent;
 pub mod route;
 pub mod rules;
@@ -84,3 +83,4 @@ pub mod sidecar;
 pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;
+pub mod understand;

@@ -122,7 +122,7 @@ fn main() -> ExitCode {
                 no_learner,
                 format,
             }) => ExitCode::from(cli::simulate_pacing(
-                switchyard::outcome::replay::pacing::PacingArgs {
+                switchyard::cli::replay::pacing::PacingArgs {
                     rules,
                     data,
                     workflow,
@@ -172,7 +172,7 @@ fn main() -> ExitCode {
                     out,
                     dry_run,
                 },
-        } => ExitCode::from(switchyard::prices::import(&switchyard::prices::ImportArgs {
+        } => ExitCode::from(switchyard::cli::prices::import(&switchyard::cli::prices::ImportArgs {
             map: file,
             rules,
             out,
@@ -230,17 +230,15 @@ fn main() -> ExitCode {
             let Some(json) = json_format(&format) else {
                 return ExitCode::from(EXIT_CONFIG);
             };
-            ExitCode::from(switchyard::outcome::replay::replay(
-                switchyard::outcome::replay::ReplayArgs {
-                    rules,
-                    data,
-                    workflow,
-                    scores_out,
-                    json,
-                    seed,
-                    seeds,
-                },
-            ))
+            ExitCode::from(switchyard::cli::replay::replay(switchyard::cli::replay::ReplayArgs {
+                rules,
+                data,
+                workflow,
+                scores_out,
+                json,
+                seed,
+                seeds,
+            }))
         }
         Command::Explain {
             rules,

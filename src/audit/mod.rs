@@ -22,6 +22,10 @@
 //! dropped and counted (`switchyard_audit_dropped_total`), and the failure is
 //! logged.
 
+/// The identity of callers on loopback when no keys file is configured:
+/// an admin, whose records own no outcome.
+pub const LOCAL: &str = "local";
+
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};

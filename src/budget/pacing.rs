@@ -29,31 +29,8 @@
 
 use jiff::Timestamp;
 
-/// How a workflow's budget is paced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pacing {
-    /// Spend aims at the elapsed share of the period.
-    Even,
-    /// Spend aims at the workflow's own traffic shape by hour of the week.
-    Traffic,
-}
-
-impl Pacing {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Pacing::Even => "even",
-            Pacing::Traffic => "traffic",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Pacing> {
-        match s {
-            "even" => Some(Pacing::Even),
-            "traffic" => Some(Pacing::Traffic),
-            _ => None,
-        }
-    }
-}
+/// How a workflow's budget is paced: part of the rules, read here.
+pub use crate::rules::Pacing;
 
 /// Hours in a week: the traffic shape's resolution.
 pub const HOURS_OF_WEEK: usize = 168;

@@ -347,7 +347,7 @@ pub trait EscalationStore: Send + Sync {
 /// tools (`-`) route nothing real.
 pub fn outcome_owner(r: &NewReservation) -> Option<&str> {
     let who: &str = &r.caller;
-    (!r.outcome_id.is_empty() && who != crate::access::LOCAL && who != "-" && !who.is_empty()).then_some(who)
+    (!r.outcome_id.is_empty() && who != crate::audit::LOCAL && who != "-" && !who.is_empty()).then_some(who)
 }
 
 /// What an outcome's last record said, when it is recorded again.

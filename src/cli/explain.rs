@@ -57,7 +57,7 @@ impl StoreView for Empty {
         Ok(None)
     }
     async fn view_score_counts(&self, _: &str, _: &str) -> Result<Vec<u64>, StoreError> {
-        Ok(vec![0; crate::estimate::understand::SCORE_BINS])
+        Ok(vec![0; crate::understand::SCORE_BINS])
     }
 }
 

@@ -248,8 +248,8 @@ fn render(a: &SimulateArgs, leased: &SimSummary, exact: &SimSummary, targets: &[
 
 /// `simulate pacing`: prints the table or the JSON; 0 on success, 64 for
 /// bad flags or files, 1 when the simulation fails.
-pub fn simulate_pacing(a: crate::outcome::replay::pacing::PacingArgs, format: &str) -> u8 {
-    use crate::outcome::replay::pacing;
+pub fn simulate_pacing(a: crate::cli::replay::pacing::PacingArgs, format: &str) -> u8 {
+    use crate::cli::replay::pacing;
     if format != "table" && format != "json" {
         eprintln!("--format takes table or json, not `{format}`");
         return 64;

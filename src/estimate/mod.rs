@@ -12,7 +12,6 @@ pub mod tokens;
 
 use serde::Serialize;
 
-pub mod understand;
 pub use complexity::Features;
 use complexity::{scan, Counts};
 
@@ -321,9 +320,9 @@ pub fn estimate(
 /// Half of the score's own bin counts as below. One pass, no allocation:
 /// it runs on every Route.
 pub fn quantile_in(calibration: &[f64], count: impl Fn(usize) -> u64, score: f64) -> f64 {
-    let bin = understand::score_bin(score);
+    let bin = crate::understand::score_bin(score);
     let (mut below, mut seen) = (0.0, 0u64);
-    for i in 0..understand::SCORE_BINS {
+    for i in 0..crate::understand::SCORE_BINS {
         let n = count(i);
         seen += n;
         let at = calibration.get(i).copied().unwrap_or(0.0) * PRIOR_REQUESTS + n as f64;

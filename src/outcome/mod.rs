@@ -5,6 +5,5 @@
 pub mod dashboard;
 pub mod learn;
 pub mod ledger;
-pub mod replay;
 pub mod report;
 pub mod whatif;

@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::estimate::quantile_in;
-use crate::estimate::understand::{score_bin, Understanding, SCORE_BINS};
 use crate::hashing::FastMap;
+use crate::understand::{score_bin, Understanding, SCORE_BINS};
 
 /// One workflow's histogram under one model.
 struct Sketch {

@@ -307,6 +307,32 @@ pub enum OnLimit {
     Deny,
 }
 
+/// How a workflow's budget is paced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pacing {
+    /// Spend aims at the elapsed share of the period.
+    Even,
+    /// Spend aims at the workflow's own traffic shape by hour of the week.
+    Traffic,
+}
+
+impl Pacing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pacing::Even => "even",
+            Pacing::Traffic => "traffic",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Pacing> {
+        match s {
+            "even" => Some(Pacing::Even),
+            "traffic" => Some(Pacing::Traffic),
+            _ => None,
+        }
+    }
+}
+
 /// A workflow's budget, in nano-dollars.
 #[derive(Debug, Clone)]
 pub struct Budget {
@@ -321,7 +347,7 @@ pub struct Budget {
     pub on_limit: OnLimit,
     /// Spend paced along a target curve over the period; `None`: the soft
     /// threshold steps down, as before.
-    pub pacing: Option<crate::budget::pacing::Pacing>,
+    pub pacing: Option<Pacing>,
     pub labels: Vec<LabelBudget>,
     /// Leased slices of the period budget (fleet stores only).
     pub lease: Option<LeaseTerms>,
@@ -421,7 +447,7 @@ pub struct RuleTable {
     pub default_output_tokens: u64,
     /// Reads a request's task kind and difficulty (the shipped model, or the
     /// file `[settings] understanding_model` names).
-    pub understanding: std::sync::Arc<crate::estimate::understand::Understanding>,
+    pub understanding: std::sync::Arc<crate::understand::Understanding>,
     /// The files it was loaded from, in load order.
     pub files: Vec<PathBuf>,
     /// A fingerprint of the files' bytes, to tell a real change from a touch.

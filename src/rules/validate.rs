@@ -139,7 +139,7 @@ impl Validator<'_> {
                 default_output_tokens = s.default_output_tokens;
                 if let Some(name) = &s.understanding_model {
                     let dir = self.sources[file].path.parent().unwrap_or(std::path::Path::new("."));
-                    match crate::estimate::understand::Understanding::load(&dir.join(name)) {
+                    match crate::understand::Understanding::load(&dir.join(name)) {
                         Ok(m) => understanding = Some(std::sync::Arc::new(m)),
                         Err(e) => {
                             let d =
@@ -198,12 +198,12 @@ impl Validator<'_> {
         let workflow_index = workflows.iter().enumerate().map(|(i, w)| (w.name.clone(), i)).collect();
         let understanding = match understanding {
             Some(m) => m,
-            None => crate::estimate::understand::Understanding::shipped().unwrap_or_else(|e| {
+            None => crate::understand::Understanding::shipped().unwrap_or_else(|e| {
                 // Only a build whose embedded model is damaged gets here; its
                 // own test catches that before it ships.
                 let d = self.sources[0].locate(&[], format!("the shipped understanding model: {e}"));
                 self.diagnostics.push(d);
-                std::sync::Arc::new(crate::estimate::understand::Understanding::empty())
+                std::sync::Arc::new(crate::understand::Understanding::empty())
             }),
         };
         RuleTable {

@@ -292,7 +292,7 @@ impl Validator<'_> {
         };
         let pacing = match b.pacing.as_deref() {
             None => None,
-            Some(x) => match crate::budget::pacing::Pacing::parse(x) {
+            Some(x) => match super::Pacing::parse(x) {
                 Some(p) => Some(p),
                 None => {
                     self.error(

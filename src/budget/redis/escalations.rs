@@ -141,7 +141,8 @@ impl EscalationStore for RedisStore {
                     reply
                         .get(1)
                         .and_then(|s| EscalationState::parse(s))
-                        .unwrap_or(EscalationState::Denied),
+                        .unwrap_or(EscalationState::Denied)
+                        .as_str(),
                 ))
             }
             _ => return Err(StoreError::UnknownEscalation(id.to_string())),

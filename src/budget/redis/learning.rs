@@ -22,7 +22,7 @@ impl LearningStore for RedisStore {
         pipe.cmd("HGETALL").arg(&key);
         let mut c = self.conn.clone();
         let (all,): (Vec<(u32, u64)>,) = self.bounded(async move { pipe.query_async(&mut c).await }).await?;
-        let mut out = vec![0u64; crate::estimate::understand::SCORE_BINS];
+        let mut out = vec![0u64; crate::understand::SCORE_BINS];
         for (bin, n) in all {
             if let Some(slot) = out.get_mut(bin as usize) {
                 *slot = n;

@@ -100,7 +100,7 @@ impl EscalationStore for SqliteStore {
                 .map_err(unavailable)?
                 .ok_or_else(|| StoreError::UnknownEscalation(id.clone()))?;
             if e.state != EscalationState::Pending {
-                return Err(StoreError::AlreadyResolved(id, e.state));
+                return Err(StoreError::AlreadyResolved(id, e.state.as_str()));
             }
             let (state, added) = if approve {
                 (EscalationState::Approved, add_nanos)

@@ -5,8 +5,8 @@ use rusqlite::{params, OptionalExtension};
 
 use super::{exec, unavailable, SqliteStore};
 use crate::budget::{LearningStore, StoreError, REJECTION_TTL_MS};
-use crate::estimate::understand::SCORE_BINS;
 use crate::outcome::learn::LearnEvent;
+use crate::understand::SCORE_BINS;
 
 /// Labelled calls of `workflow` after `cursor` (a sequence number; `""`:
 /// from the start), at most `max`.

@@ -49,7 +49,7 @@ impl StoreView for Reader {
     async fn view_score_counts(&self, workflow: &str, model: &str) -> Result<Vec<u64>, StoreError> {
         match super::learning::score_counts(&self.conn(), workflow, model) {
             // A store an older build wrote has no histogram yet.
-            Err(e) if e.to_string().contains("no such table") => Ok(vec![0; crate::estimate::understand::SCORE_BINS]),
+            Err(e) if e.to_string().contains("no such table") => Ok(vec![0; crate::understand::SCORE_BINS]),
             other => other,
         }
     }

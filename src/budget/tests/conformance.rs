@@ -121,7 +121,7 @@ pub async fn learning_conforms(store: Arc<dyn LearningStore>, ns: &str) {
 /// Counts add into one histogram per workflow and model, whoever adds them;
 /// an empty merge only reads; another workflow or model is apart.
 async fn score_histograms_add_up_per_workflow_and_model(store: &Arc<dyn LearningStore>, ns: &str) {
-    use crate::estimate::understand::SCORE_BINS;
+    use crate::understand::SCORE_BINS;
     let wf = format!("{ns}scores");
     let empty = store.merge_score_counts(&wf, "m1", &[]).await.expect("read");
     assert_eq!(empty, vec![0; SCORE_BINS]);

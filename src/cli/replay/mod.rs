@@ -128,7 +128,7 @@ pub fn replay(a: ReplayArgs) -> u8 {
     };
     match printed {
         Ok(Ok(s)) => {
-            crate::cli::print_text(s.trim_end());
+            super::print_text(s.trim_end());
             0
         }
         Ok(Err(e)) => {

@@ -190,7 +190,7 @@ pub fn import(a: &ImportArgs) -> i32 {
         }
     };
     for c in &changes {
-        crate::cli::print_text(&format!(
+        super::print_text(&format!(
             "{}: {} {} -> {}",
             c.model,
             c.key,
@@ -202,7 +202,7 @@ pub fn import(a: &ImportArgs) -> i32 {
         eprintln!("{m}: not in the price map; left as it is");
     }
     if changes.is_empty() {
-        crate::cli::print_text(&format!(
+        super::print_text(&format!(
             "no changes: {} already matches the price map",
             a.rules.display()
         ));
@@ -215,7 +215,7 @@ pub fn import(a: &ImportArgs) -> i32 {
         return 1;
     }
     if a.dry_run {
-        crate::cli::print_text(&format!("{} change(s); --dry-run: nothing written", changes.len()));
+        super::print_text(&format!("{} change(s); --dry-run: nothing written", changes.len()));
         return 0;
     }
     let target = a.out.as_deref().unwrap_or(&a.rules);
@@ -225,7 +225,7 @@ pub fn import(a: &ImportArgs) -> i32 {
     let written = std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, target));
     match written {
         Ok(()) => {
-            crate::cli::print_text(&format!("{} change(s) written to {}", changes.len(), target.display()));
+            super::print_text(&format!("{} change(s) written to {}", changes.len(), target.display()));
             0
         }
         Err(e) => {
