@@ -21,7 +21,7 @@ use serde::Serialize;
 
 /// Feature values, each in 0..1.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct Features {
+pub struct Signals {
     pub length: f64,
     pub code: f64,
     pub math: f64,
@@ -34,7 +34,7 @@ pub struct Features {
 }
 
 /// Weights of each feature; they sum to 1.
-pub const WEIGHTS: Features = Features {
+pub const WEIGHTS: Signals = Signals {
     length: 0.20,
     code: 0.12,
     math: 0.12,
@@ -46,11 +46,11 @@ pub const WEIGHTS: Features = Features {
     task_prior: 0.10,
 };
 
-/// The names of [`Features::named`], comma-separated, as snapshots record
+/// The names of [`Signals::named`], comma-separated, as snapshots record
 /// them beside the values.
 pub const FEATURE_NAMES: &str = "length,code,math,multi_step,constraints,reasoning,questions,structured,task_prior";
 
-impl Features {
+impl Signals {
     /// The fields by name, as snapshots record them.
     pub fn named(&self) -> [(&'static str, f64); 9] {
         [
@@ -66,10 +66,10 @@ impl Features {
         ]
     }
 
-    /// Features from their names (absent ones 0).
-    pub fn from_named(get: impl Fn(&str) -> Option<f64>) -> Features {
+    /// Signals from their names (absent ones 0).
+    pub fn from_named(get: impl Fn(&str) -> Option<f64>) -> Signals {
         let at = |k: &str| get(k).unwrap_or(0.0);
-        Features {
+        Signals {
             length: at("length"),
             code: at("code"),
             math: at("math"),
@@ -123,9 +123,9 @@ impl Counts {
 
     /// Scales the counts into features, given the prompt's token count and the
     /// task kind's prior.
-    pub fn features(&self, tokens: u64, task_prior: f64) -> Features {
+    pub fn features(&self, tokens: u64, task_prior: f64) -> Signals {
         let sat = |n: u32, at: f64| (n as f64 / at).min(1.0);
-        Features {
+        Signals {
             length: ((1.0 + tokens as f64).ln() / (1.0f64 + 8192.0).ln()).min(1.0),
             code: sat(self.code, 12.0),
             math: sat(self.math, 10.0),

@@ -153,15 +153,52 @@ pub struct Steer {
     pub paced: Option<crate::decide::Paced>,
 }
 
+/// What a call was admitted to, and what it was called under.
+struct Admitted<'a> {
+    admission: Admission,
+    decision_id: String,
+    /// The operator's own tools route as `-`.
+    caller_name: Arc<str>,
+    model: &'a Model,
+}
+
 impl Router {
     /// Routes one call. `caller` is the identity a request carries; the
     /// operator's own tools (`explain`, `replay`) pass `None`, and are not
     /// held to a workflow's callers.
     pub async fn route(&self, caller: Option<&Identity>, call: RouteCall, now: Timestamp) -> Result<Routed, Error> {
-        // 1. Admit: everything that can refuse the call without a store
-        // round trip comes first.
         let table = self.rules.current();
-        let workflow = find_workflow(&table, &call.workflow)?;
+        let workflow = self.admit(&table, caller, &call)?;
+        let steer = self.steer(workflow, &call, now).await?;
+        let (call, mut planned, candidates) = self.estimate(&table, workflow, call, steer).await?;
+        let admitted = self
+            .reserve(&table, workflow, &call, &planned, steer, caller, now)
+            .await?;
+        let (status, escalation_id, reason) = self.record(&table, workflow, &call, &mut planned, &admitted);
+        Ok(Routed {
+            at: now,
+            workflow: workflow.name.clone(),
+            table: table.clone(),
+            decision_id: admitted.decision_id,
+            status,
+            escalation_id,
+            reason,
+            outcome_id: call.outcome_id,
+            max_output_tokens: call.max_output_tokens,
+            planned,
+            candidates,
+        })
+    }
+
+    /// Admit: everything that can refuse the call without a store round
+    /// trip: the workflow, the caller's permission, a required outcome ID.
+    fn admit<'t>(
+        &self,
+        table: &'t RuleTable,
+        caller: Option<&Identity>,
+        call: &RouteCall,
+    ) -> Result<&'t Workflow, Error> {
+        let workflow = find_workflow(table, &call.workflow)?;
         if let (Some(who), Some(fx)) = (caller, &self.effects) {
             fx.access.may_call(who, workflow, Action::Route, &call.outcome_id)?;
         }
@@ -172,24 +209,37 @@ impl Router {
                 workflow.name
             )));
         }
+        Ok(workflow)
+    }
 
-        // 2. Steer.
+    /// Steer: what the budget (its soft threshold, its pace) and the
+    /// outcome's earlier rejections add to the decision.
+    async fn steer(&self, workflow: &Workflow, call: &RouteCall, now: Timestamp) -> Result<Steer, Error> {
         let budget = self.budgets.steer(workflow, now).await?;
         let rejected_tier = if call.attempt > 1 && !call.outcome_id.is_empty() {
             self.learning.rejected_tier(&workflow.name, &call.outcome_id).await?
         } else {
             None
         };
-        let steer = Steer {
+        Ok(Steer {
             downgrade: budget.downgrade,
             rejected_tier,
             paced: budget.pace.map(|p| crate::decide::Paced {
                 price_per_nano: p.price_per_nano,
                 ratio: p.ratio(),
             }),
-        };
+        })
+    }
 
-        // 3. Estimate and decide.
+    /// Estimate and decide, on this thread, or for a large request on the
+    /// blocking pool, one at a time, so that it cannot hold up small ones.
+    async fn estimate(
+        &self,
+        table: &Arc<RuleTable>,
+        workflow: &Workflow,
+        call: RouteCall,
+        steer: Steer,
+    ) -> Result<(RouteCall, Box<Planned>, Vec<Candidate>), Error> {
         let trace = self.trace;
         let (call, planned, candidates) = if call.content_bytes() > INLINE_CONTENT_BYTES {
             let (t, cache, learning, sketches) = (
@@ -209,56 +259,63 @@ impl Router {
             };
             tokio::task::spawn_blocking(move || {
                 let _turn = turn;
-                let mut candidates = Vec::new();
                 // The table moved here, so the workflow is found in it again.
-                let p = find_workflow(&t, &call.workflow).and_then(|w| {
-                    plan_with(
+                let (p, candidates) = match find_workflow(&t, &call.workflow) {
+                    Ok(w) => plan_with(
                         &t,
                         w,
                         &call,
                         steer,
-                        Across {
-                            cache: cache.as_deref(),
-                            sketches: sketches.as_deref(),
-                        },
+                        cache.as_deref(),
+                        sketches.as_deref(),
                         &*learning,
-                        trace.then_some(&mut candidates),
-                    )
-                });
+                        trace,
+                    ),
+                    Err(e) => (Err(e), Vec::new()),
+                };
                 (call, p, candidates)
             })
             .await?
         } else {
-            let mut candidates = Vec::new();
-            let p = plan_with(
-                &table,
+            let (p, candidates) = plan_with(
+                table,
                 workflow,
                 &call,
                 steer,
-                Across {
-                    cache: self.cache.as_deref(),
-                    sketches: self.sketches.as_deref(),
-                },
+                self.cache.as_deref(),
+                self.sketches.as_deref(),
                 &*self.learning,
-                trace.then_some(&mut candidates),
+                trace,
             );
             (call, p, candidates)
         };
-        let mut planned = Box::new(planned?);
+        let planned = Box::new(planned?);
         if let (Some(s), true) = (&self.sketches, self.observe_scores) {
             s.observe(&table.understanding, &workflow.name, planned.est.complexity);
         }
+        Ok((call, planned, candidates))
+    }
 
-        // 4. Reserve.
+    /// Reserve: the decision's estimated cost against every budget scope it
+    /// falls in, with what `whatif` will need of it (`serve` logs it).
+    #[allow(clippy::too_many_arguments)]
+    async fn reserve<'t>(
+        &self,
+        table: &'t RuleTable,
+        workflow: &Workflow,
+        call: &RouteCall,
+        planned: &Planned,
+        steer: Steer,
+        caller: Option<&Identity>,
+        now: Timestamp,
+    ) -> Result<Admitted<'t>, Error> {
         let d = &planned.decision;
         let model = &table.models[d.model];
         let decision_id = crate::budget::new_decision_id();
-        // The operator's own tools route as `-`.
         let caller_name = caller.map_or_else(|| Arc::from("-"), |w| w.name.clone());
-        // What `whatif` will need of this decision; `serve` logs it.
         let snapshot = match &self.effects {
             Some(_) => Snapshot::of(&Logged {
-                table: &table,
+                table,
                 workflow,
                 est: &planned.est,
                 decision: d,
@@ -294,16 +351,34 @@ impl Router {
                 now,
             )
             .await?;
+        Ok(Admitted {
+            admission,
+            decision_id,
+            caller_name,
+            model,
+        })
+    }
 
-        // 5. Record.
-        let (status, escalation_id, reason) = match admission {
+    /// Record: what the admission came to. A routed call warms the context
+    /// cache and is remembered for learning; a refused one is audited; both
+    /// are counted. The status, escalation ID and reason of the answer.
+    fn record(
+        &self,
+        table: &RuleTable,
+        workflow: &Workflow,
+        call: &RouteCall,
+        planned: &mut Planned,
+        admitted: &Admitted<'_>,
+    ) -> (RouteStatus, String, String) {
+        let (model, decision_id, caller_name) = (admitted.model, &admitted.decision_id, &admitted.caller_name);
+        let (status, escalation_id, reason) = match &admitted.admission {
             Admission::Routed => {
                 if let Some(cache) = &self.cache {
-                    record_routed(cache, &table, &planned);
+                    record_routed(cache, table, planned);
                 }
                 if let Some(f) = planned.features.take() {
                     let routed = RoutedCall {
-                        decision_id: &decision_id,
+                        decision_id,
                         workflow: &workflow.name,
                         outcome_id: &call.outcome_id,
                         tier: model.tiers[planned.est.class],
@@ -321,7 +396,7 @@ impl Router {
                 (status, String::new(), std::mem::take(&mut planned.decision.reason))
             }
             Admission::Escalate(e) => {
-                self.audit_refusal(&caller_name, workflow, &e.id, Verdict::EscalationRequired, &e.reason);
+                self.audit_refusal(caller_name, workflow, &e.id, Verdict::EscalationRequired, &e.reason);
                 let reason = if e.id.is_empty() {
                     format!(
                         "{}; a new escalation would be created for a person to approve",
@@ -333,11 +408,11 @@ impl Router {
                         e.reason, e.id, e.id
                     )
                 };
-                (RouteStatus::EscalationRequired, e.id, reason)
+                (RouteStatus::EscalationRequired, e.id.clone(), reason)
             }
             Admission::Denied(why) => {
-                self.audit_refusal(&caller_name, workflow, &call.outcome_id, Verdict::Denied, &why);
-                (RouteStatus::Denied, String::new(), why)
+                self.audit_refusal(caller_name, workflow, &call.outcome_id, Verdict::Denied, why);
+                (RouteStatus::Denied, String::new(), why.clone())
             }
         };
         if let Some(fx) = &self.effects {
@@ -353,19 +428,7 @@ impl Router {
                 );
             }
         }
-        Ok(Routed {
-            at: now,
-            workflow: workflow.name.clone(),
-            table: table.clone(),
-            decision_id,
-            status,
-            escalation_id,
-            reason,
-            outcome_id: call.outcome_id,
-            max_output_tokens: call.max_output_tokens,
-            planned,
-            candidates,
-        })
+        (status, escalation_id, reason)
     }
 
     /// What is left of the routed workflow's period budget, as this sidecar
@@ -399,21 +462,35 @@ pub fn find_workflow<'t>(table: &'t RuleTable, name: &str) -> Result<&'t Workflo
     })
 }
 
-/// [`plan`], consulting `learning`'s model with a fresh draw.
+/// [`plan`], consulting `learning`'s model with a fresh draw, with every
+/// candidate model when `trace` (`explain`).
+#[allow(clippy::too_many_arguments)]
 fn plan_with(
     table: &RuleTable,
     workflow: &Workflow,
     call: &RouteCall,
     steer: Steer,
-    across: Across<'_>,
+    cache: Option<&ContextCache>,
+    sketches: Option<&ScoreSketches>,
     learning: &dyn LearningGate,
-    trace: Option<&mut Vec<Candidate>>,
-) -> Result<Planned, Error> {
+    trace: bool,
+) -> (Result<Planned, Error>, Vec<Candidate>) {
     let learn = LearnWith {
         learner: learning.learner(),
         draw: learning.draw(),
     };
-    plan(table, workflow, call, steer, across, Some(learn), trace)
+    let mut candidates = Vec::new();
+    let across = Across { cache, sketches };
+    let p = plan(
+        table,
+        workflow,
+        call,
+        steer,
+        across,
+        Some(learn),
+        trace.then_some(&mut candidates),
+    );
+    (p, candidates)
 }
 
 /// What [`plan`] reads that outlives one call; the default is neither.

@@ -23,7 +23,7 @@ pub use model::{choose, Choice, Learned, Learner, TierPrediction};
 
 pub use online::{Folded, Online, RoutedCall};
 
-use crate::estimate::Features as Complexity;
+use crate::estimate::Signals as Complexity;
 use crate::rules::MAX_TIER;
 
 /// Hash buckets per tier model (2^18 = 262,144 weights, 1 MiB each of

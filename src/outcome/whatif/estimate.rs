@@ -102,7 +102,7 @@ fn estimate_under(table: &RuleTable, workflow: &crate::rules::Workflow, s: &Snap
             .position(|p| *p == k)
             .and_then(|i| s.complexity_features.get(i).copied())
     };
-    let mut features = crate::estimate::complexity::Features::from_named(recorded);
+    let mut features = crate::estimate::complexity::Signals::from_named(recorded);
     if let Some(k) = table.task_kind(like) {
         features.task_prior = k.complexity_prior;
     }
@@ -458,7 +458,7 @@ pub fn effective_sample(rows: &[Row]) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::estimate::complexity::Features;
+    use crate::estimate::complexity::Signals;
 
     fn table() -> RuleTable {
         RuleTable::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("routing-rules")).expect("shipped rules")
@@ -478,7 +478,7 @@ mod tests {
             ..Default::default()
         };
         let est = estimate_under(&t, w, &old);
-        let f = Features {
+        let f = Signals {
             length: 0.5,
             code: 0.2,
             reasoning: 0.5,

@@ -29,7 +29,7 @@ pub struct Snapshot {
     /// The predicted output tokens the decision priced.
     #[prost(uint64, tag = "4")]
     pub output_tokens: u64,
-    /// The complexity features, in `complexity::Features` order: snapshots
+    /// The complexity features, in `complexity::Signals` order: snapshots
     /// written before `features` was, read as such.
     #[prost(double, repeated, tag = "5")]
     pub complexity_features: Vec<f64>,
@@ -82,7 +82,7 @@ pub struct Snapshot {
     pub task_kind_confidence: f64,
     /// The names of `complexity_features`, in their order, comma-separated
     /// (empty in snapshots from before names were kept: the original nine,
-    /// in `complexity::Features` order).
+    /// in `complexity::Signals` order).
     #[prost(string, tag = "22")]
     pub complexity_feature_names: String,
 }
