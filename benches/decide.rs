@@ -157,7 +157,7 @@ fn bench(c: &mut Criterion) {
 
     {
         use switchyard::decide::available_tiers;
-        use switchyard::outcome::learn::{Features, LearnEvent, Learned, Learner, Request};
+        use switchyard::learn::{Features, LearnEvent, Learned, Learner, Request};
         let learner = Learner::new();
         let tiers = available_tiers(&rules, wf, 0);
         let prompts: Vec<String> = corpus.split("\n\n").take(5_000).map(str::to_string).collect();

@@ -28,7 +28,7 @@ pub struct AdminState {
     /// The budget gate Route asks: its paced workflows' prices.
     pub budgets: Arc<crate::budget::Budgets>,
     pub metrics: Arc<crate::metrics::Metrics>,
-    pub learning: Arc<crate::outcome::learn::online::Online>,
+    pub learning: Arc<crate::learn::online::Online>,
     pub audit: Arc<crate::audit::Audit>,
     /// Released once the rules are loaded, the tokenizers warm and the gRPC
     /// port bound; set back to false when shutdown begins.

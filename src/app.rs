@@ -26,8 +26,8 @@ use crate::estimate::tokens;
 use crate::grpc::auth::Auth;
 use crate::grpc::pb::router_server::RouterServer;
 use crate::grpc::{self, RouteCounters, RouterService};
-use crate::outcome::learn::online::Online;
-use crate::outcome::learn::Learner;
+use crate::learn::online::Online;
+use crate::learn::Learner;
 use crate::route::{Effects, Router};
 use crate::rules::reload::Rules;
 use crate::sidecar::Sidecar;
@@ -595,7 +595,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     // readiness latch, so whoever reads it finds /readyz answering 200.
     // Tests and supervisors wait for this line; a closed stdout must not
     // stop the server.
-    crate::cli::print_text(&format!(
+    crate::terminal::print_text(&format!(
         "switchyard listening: grpc={grpc_addr} admin=http://{admin_addr}"
     ));
 

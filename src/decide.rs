@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::estimate::Estimate;
 use crate::money::Usd;
-use crate::outcome::learn::{choose, Learned};
+use crate::learn::{choose, Learned};
 use crate::rules::{Capabilities, Model, Requirement, RuleTable, Workflow};
 
 /// The request as the decision sees it (everything but the text).

@@ -4,59 +4,72 @@
 //!
 //! # Layout
 //!
-//! The modules in the order a Route call moves through them, from the wire
-//! to the answer, then what the call comes to, then the process around it.
-//! A module calls only modules below it in its own group or in later
-//! groups' foundations; nothing calls back up into `grpc`.
+//! The modules from the top down: the entry points, the edges, the use
+//! cases, the decision, money, and the foundations. A module imports only
+//! modules below it here, and there is no import circle;
+//! `tests/architecture.rs` checks both, and that no source file outside
+//! tests is over 600 lines.
 //!
-//! **The edge**
+//! **Entry points**
+//! - [`cli`]: the command line (`args`, dispatched by `cli::run`) and each
+//!   command other than `serve`: `check`, `explain`, `report`,
+//!   `escalations`, `whatif`, `simulate`, `replay`, `prices`, `budget`.
+//! - [`app`]: wiring for `serve`, signals, ordered shutdown.
+//!
+//! **The edges**
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and `/`, on their own runtime.
 //! - [`grpc`]: the tonic service. Authenticates the caller (`grpc::auth`),
 //!   converts protobuf into domain types and back (`grpc::convert`), maps
 //!   each [`error::Error`] to its status, and rewrites the statuses tonic
-//!   answers itself (`grpc::edge_status`). The only module that touches
-//!   prost types; it never touches a store.
-//! - [`access`]: the caller's identity and what it may do; refusals audited.
+//!   answers itself (`grpc::edge_status`). It never touches a store.
 //!
 //! **The use cases**
 //! - [`sidecar`]: one method per RPC: Route (through [`route::Router`]),
 //!   usage, outcomes, feedback, budgets, escalations, reports.
-//! - [`route`]: the Route use case: admit, steer, estimate, decide, reserve,
-//!   record. `serve`, `explain` and `replay` all run it.
+//! - [`route`]: the Route use case, step by step: admit, steer, estimate
+//!   and decide, reserve, record. `serve`, `explain` and `replay` all run it.
+//! - [`access`]: the caller's identity and what it may do; refusals audited.
+//! - [`outcome`]: what calls come to: the report and dashboard built from
+//!   the ledger, and whatif, which estimates a candidate rule table on the
+//!   logged decisions.
 //!
 //! **The decision**
-//! - [`estimate`]: token counts per message and encoding (with the context
-//!   cache), the complexity score, the predicted output length.
 //! - [`decide`]: the pure decision: rules + estimate + learned state → model.
-//! - [`rules`]: the TOML rule table: strict parsing, validation with
-//!   `file:line:col`, hot reload.
+//! - [`learn`]: the learned routing model outcomes train: its features, the
+//!   Bayesian model and tier choice, and `Online`, which folds the store's
+//!   labelled calls.
 //!
 //! **Money**
-//! - [`budget`]: reserve and settle, soft thresholds, escalations; the
-//!   store traits, one concern each, and their backends (`budget::sqlite`,
-//!   `budget::redis`).
-//! - [`money`]: integer nano-dollars, checked sums, exact formatting.
+//! - [`budget`]: reserve and settle, soft thresholds, pacing, escalations;
+//!   the store traits, one concern each, and their backends
+//!   (`budget::sqlite`, `budget::redis`).
 //!
-//! **What calls come to**
-//! - [`outcome`]: the ledger, the report and dashboard built from it, the
-//!   learned routing model outcomes train, replay, which measures it, and
-//!   whatif, which estimates a candidate rule table on the logged decisions.
+//! **What a request is**
+//! - [`estimate`]: token counts per message and encoding (with the context
+//!   cache), the complexity signals, the predicted output length.
+//! - [`rules`]: the TOML rule table: strict parsing, validation with
+//!   `file:line:col`, hot reload.
+//! - [`understand`]: the understanding model: task kind and difficulty from
+//!   the text, with no model call. [`ledger`]: the records of calls,
+//!   outcomes and feedback the stores keep.
 //!
-//! **Around the process**
-//! - [`app`]: wiring for `serve`, signals, ordered shutdown.
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and `/`, on their own runtime;
-//!   [`listener`]: the accept loop both ports share, with their connection,
-//!   stream, header, idle and in-flight limits.
-//! - [`telemetry`]: spans through the OpenTelemetry SDK and their OTLP export;
-//!   [`metrics`]: the series, through prometheus-client.
-//! - [`audit`]: the append-only audit log, rotated, with refusals aggregated.
-//! - [`cli`]: the commands other than `serve` (`check`, `explain`, `report`,
-//!   `escalations`) and the command line's definitions.
-//! - [`prices`]: importing list prices from LiteLLM's price map.
+//! **Foundations**
 //! - [`error`]: the error types, each deciding its status, log level and
-//!   audit verdict; [`clock`]: wall and monotonic time, settable in tests;
-//!   [`recent`]: the bounded, expiring maps the hot path uses; [`hashing`]:
-//!   the hashers behind them and the rules' lookups.
+//!   audit verdict; [`telemetry`]: spans through the OpenTelemetry SDK and
+//!   their OTLP export; [`metrics`]: the series, through prometheus-client;
+//!   [`listener`]: the accept loop both ports share, with their limits;
+//!   [`terminal`]: what commands print.
+//! - [`audit`]: the append-only audit log, rotated, with refusals
+//!   aggregated; [`recent`]: the bounded, expiring maps the hot path uses.
+//! - [`money`]: integer nano-dollars, checked sums, exact formatting;
+//!   [`clock`]: wall and monotonic time, settable in tests; [`hashing`]:
+//!   the hashers and SHA-256.
 //! - `fuzz`, `testing`: fuzz targets and test support (hidden).
+//!
+//! prost is named only in `grpc` and in whatif's stored snapshot; tonic only
+//! in `grpc`, `app` and `listener` (serving), `cli` (its client),
+//! `telemetry` (trace context from gRPC metadata) and `error` (each error's
+//! status code).
 
 pub mod access;
 pub mod admin;
@@ -72,6 +85,8 @@ pub mod estimate;
 pub mod fuzz;
 pub mod grpc;
 pub mod hashing;
+pub mod learn;
+pub mod ledger;
 pub mod listener;
 pub mod metrics;
 pub mod money;
@@ -81,6 +96,7 @@ pub mod route;
 pub mod rules;
 pub mod sidecar;
 pub mod telemetry;
+pub mod terminal;
 #[doc(hidden)]
 pub mod testing;
 pub mod understand;

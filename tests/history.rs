@@ -233,7 +233,7 @@ async fn admin_loop(addr: String, stop: Arc<AtomicBool>, history: Arc<Mutex<Hist
 struct Final {
     period: switchyard::budget::ScopeState,
     outcomes: BTreeMap<String, switchyard::budget::ScopeState>,
-    ledger: switchyard::outcome::ledger::Ledger,
+    ledger: switchyard::ledger::Ledger,
     escalations: Vec<switchyard::budget::Escalation>,
 }
 

@@ -15,8 +15,7 @@
 use std::sync::Arc;
 
 use crate::error::StoreError;
-use crate::outcome::learn::LearnEvent;
-use crate::outcome::ledger::{FeedbackEvent, Ledger, OutcomeEvent};
+use crate::ledger::{FeedbackEvent, Ledger, OutcomeEvent};
 use crate::rules::{Budget, Prices};
 
 /// Where a reservation stands.
@@ -383,18 +382,19 @@ pub trait LedgerStore: Send + Sync {
 /// retry past it.
 #[async_trait::async_trait]
 pub trait LearningStore: Send + Sync {
-    /// Appends labelled calls of `workflow` (durable before it returns),
-    /// keeping about the newest `window` of them.
-    async fn append_learning(&self, workflow: &str, window: u64, events: &[&LearnEvent]) -> Result<(), StoreError>;
-    /// Labelled calls of `workflow` after `cursor` (`""`: from the oldest
-    /// kept), in append order, at most `max`, each with its own cursor
-    /// (`None`: a damaged entry, to skip).
+    /// Appends labelled calls of `workflow`, each encoded by the learner
+    /// (`LearnEvent::encode_body`), durable before it returns, keeping about
+    /// the newest `window` of them. The store keeps the bodies as they are.
+    async fn append_learning(&self, workflow: &str, window: u64, bodies: &[Vec<u8>]) -> Result<(), StoreError>;
+    /// The bodies of labelled calls of `workflow` after `cursor` (`""`: from
+    /// the oldest kept), in append order, at most `max`, each with its own
+    /// cursor (`None`: an entry without a body, to skip).
     async fn learning_since(
         &self,
         workflow: &str,
         cursor: &str,
         max: usize,
-    ) -> Result<Vec<(String, Option<LearnEvent>)>, StoreError>;
+    ) -> Result<Vec<(String, Option<Vec<u8>>)>, StoreError>;
     /// Records that an attempt of the outcome was rejected at `tier`; the
     /// outcome keeps the highest such tier for a week.
     async fn note_rejection(&self, workflow: &str, outcome_id: &str, tier: u8, now_ms: i64) -> Result<(), StoreError>;
@@ -428,7 +428,7 @@ pub trait StoreView: Send + Sync {
         workflow: &str,
         cursor: &str,
         max: usize,
-    ) -> Result<Vec<(String, Option<LearnEvent>)>, StoreError>;
+    ) -> Result<Vec<(String, Option<Vec<u8>>)>, StoreError>;
     async fn view_rejected_tier(&self, workflow: &str, outcome_id: &str) -> Result<Option<u8>, StoreError>;
     /// A workflow's complexity histogram under `model` (zeros: none yet).
     async fn view_score_counts(&self, workflow: &str, model: &str) -> Result<Vec<u64>, StoreError>;
@@ -448,7 +448,7 @@ impl<T: Store + ?Sized> StoreView for T {
         workflow: &str,
         cursor: &str,
         max: usize,
-    ) -> Result<Vec<(String, Option<LearnEvent>)>, StoreError> {
+    ) -> Result<Vec<(String, Option<Vec<u8>>)>, StoreError> {
         self.learning_since(workflow, cursor, max).await
     }
     async fn view_rejected_tier(&self, workflow: &str, outcome_id: &str) -> Result<Option<u8>, StoreError> {

@@ -8,6 +8,7 @@
 //! - [`escalations`]: list, approve or deny on a running server.
 
 pub mod args;
+mod dispatch;
 mod check;
 mod escalations;
 mod explain;
@@ -21,6 +22,7 @@ mod whatif;
 use std::path::Path;
 
 pub use check::check;
+pub use dispatch::run;
 pub use escalations::{escalations, EscalationCommand};
 pub use explain::{explain, ExplainArgs};
 pub use reconcile::{budget_init, reconcile, ReconcileArgs};
@@ -36,18 +38,7 @@ pub fn print_json(value: &impl serde::Serialize) {
     }
 }
 
-/// Prints `text` and a newline on stdout. A reader that stopped reading
-/// (`| head`) ends the output quietly: a closed pipe is not an error here,
-/// where `println!` would panic with a backtrace.
-pub fn print_text(text: &str) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = writeln!(out, "{text}").and_then(|()| out.flush()) {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            eprintln!("cannot write the output: {e}");
-        }
-    }
-}
+pub use crate::terminal::print_text;
 
 /// A Redis store for commands that only read (`explain`, `report`). The
 /// journal in `state_dir` is read at connect and never written.

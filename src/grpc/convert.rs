@@ -4,7 +4,7 @@
 use super::pb;
 use crate::budget::{Escalation, ScopeState};
 use crate::error::Error;
-use crate::outcome::ledger::OutcomeStatus;
+use crate::ledger::OutcomeStatus;
 use crate::route::{RawRoute, RouteCall, RouteStatus, Routed};
 use crate::sidecar::{OutcomeReport, Resolution, UsageReport};
 

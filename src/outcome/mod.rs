@@ -3,7 +3,5 @@
 //! outcomes train, and replay, which measures that model on recorded data.
 
 pub mod dashboard;
-pub mod learn;
-pub mod ledger;
 pub mod report;
 pub mod whatif;

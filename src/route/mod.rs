@@ -37,7 +37,7 @@ use crate::error::Error;
 use crate::estimate::cache::{ContextCache, Fingerprints};
 use crate::estimate::{asked, compute_work, estimate, Estimate};
 use crate::metrics::Metrics;
-use crate::outcome::learn::{Features, Learned, Learner, LearningGate, Request, RoutedCall};
+use crate::learn::{Features, Learned, Learner, LearningGate, Request, RoutedCall};
 use crate::outcome::whatif::{Logged, Snapshot};
 use crate::rules::reload::Rules;
 use crate::rules::{Model, RuleTable, Workflow};

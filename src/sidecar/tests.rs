@@ -42,7 +42,7 @@ fn fixture_with(at: &str, rules: &str) -> Fixture {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).expect("store"));
     let budgets = Arc::new(Budgets::new(store.clone(), 60_000));
     let learning = Arc::new(Online::new(
-        Arc::new(crate::outcome::learn::Learner::new()),
+        Arc::new(crate::learn::Learner::new()),
         store.clone(),
     ));
     let audit = Arc::new(Audit::open(dir.path(), Default::default()).expect("audit"));

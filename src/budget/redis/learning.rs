@@ -5,7 +5,6 @@ use redis::Value;
 
 use super::*;
 use crate::budget::{LearningStore, REJECTION_TTL_MS};
-use crate::outcome::learn::LearnEvent;
 
 #[async_trait::async_trait]
 impl LearningStore for RedisStore {
@@ -31,10 +30,10 @@ impl LearningStore for RedisStore {
         Ok(out)
     }
 
-    async fn append_learning(&self, workflow: &str, window: u64, events: &[&LearnEvent]) -> Result<(), StoreError> {
+    async fn append_learning(&self, workflow: &str, window: u64, bodies: &[Vec<u8>]) -> Result<(), StoreError> {
         let key = format!("{}learn", self.tag(workflow));
         let mut pipe = redis::pipe();
-        for e in events {
+        for body in bodies {
             pipe.cmd("XADD")
                 .arg(&key)
                 .arg("MAXLEN")
@@ -42,7 +41,7 @@ impl LearningStore for RedisStore {
                 .arg(window)
                 .arg("*")
                 .arg("b")
-                .arg(e.encode_body())
+                .arg(body.as_slice())
                 .ignore();
         }
         let mut c = self.conn.clone();
@@ -53,7 +52,7 @@ impl LearningStore for RedisStore {
         workflow: &str,
         cursor: &str,
         max: usize,
-    ) -> Result<Vec<(String, Option<LearnEvent>)>, StoreError> {
+    ) -> Result<Vec<(String, Option<Vec<u8>>)>, StoreError> {
         let key = format!("{}learn", self.tag(workflow));
         let from = if cursor.is_empty() {
             "-".to_string()
@@ -84,7 +83,7 @@ impl LearningStore for RedisStore {
                 [k, Value::BulkString(b)] if text(k) == "b" => Some(b.as_slice()),
                 _ => None,
             });
-            out.push((id, body.and_then(|b| LearnEvent::decode_body(workflow, b))));
+            out.push((id, body.map(<[u8]>::to_vec)));
         }
         Ok(out)
     }

@@ -5,7 +5,7 @@ use redis::Value;
 
 use super::*;
 use crate::budget::{LedgerStore, PriorOutcome};
-use crate::outcome::ledger::{FeedbackEvent, Ledger, OutcomeEvent, OutcomeStatus};
+use crate::ledger::{FeedbackEvent, Ledger, OutcomeEvent, OutcomeStatus};
 
 #[async_trait::async_trait]
 impl LedgerStore for RedisStore {

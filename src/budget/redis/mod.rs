@@ -442,7 +442,7 @@ impl RedisStore {
     async fn resolve_labels(
         &self,
         workflow: &str,
-        calls: &mut [crate::outcome::ledger::CallRecord],
+        calls: &mut [crate::ledger::CallRecord],
     ) -> Result<(), StoreError> {
         let mut ids: Vec<String> = calls
             .iter()

@@ -5,7 +5,7 @@ use redis::Value;
 
 use super::SEP;
 use crate::budget::{NewReservation, ReservationRecord, ReservationState};
-use crate::outcome::ledger::CallRecord;
+use crate::ledger::CallRecord;
 
 pub(super) fn text(v: &Value) -> String {
     match v {

@@ -5,7 +5,6 @@ use rusqlite::{params, OptionalExtension};
 
 use super::{exec, unavailable, SqliteStore};
 use crate::budget::{LearningStore, StoreError, REJECTION_TTL_MS};
-use crate::outcome::learn::LearnEvent;
 use crate::understand::SCORE_BINS;
 
 /// Labelled calls of `workflow` after `cursor` (a sequence number; `""`:
@@ -15,7 +14,7 @@ pub(super) fn since(
     workflow: &str,
     cursor: &str,
     max: usize,
-) -> Result<Vec<(String, Option<LearnEvent>)>, StoreError> {
+) -> Result<Vec<(String, Option<Vec<u8>>)>, StoreError> {
     let after: i64 = if cursor.is_empty() {
         0
     } else {
@@ -34,7 +33,7 @@ pub(super) fn since(
     let mut out = Vec::new();
     for row in rows {
         let (seq, body) = row.map_err(unavailable)?;
-        out.push((seq.to_string(), LearnEvent::decode_body(workflow, &body)));
+        out.push((seq.to_string(), Some(body)));
     }
     Ok(out)
 }
@@ -77,9 +76,8 @@ impl LearningStore for SqliteStore {
         .await
     }
 
-    async fn append_learning(&self, workflow: &str, window: u64, events: &[&LearnEvent]) -> Result<(), StoreError> {
-        let workflow = workflow.to_string();
-        let bodies: Vec<Vec<u8>> = events.iter().map(|e| e.encode_body()).collect();
+    async fn append_learning(&self, workflow: &str, window: u64, bodies: &[Vec<u8>]) -> Result<(), StoreError> {
+        let (workflow, bodies) = (workflow.to_string(), bodies.to_vec());
         self.with(move |conn| {
             for b in &bodies {
                 exec(
@@ -104,7 +102,7 @@ impl LearningStore for SqliteStore {
         workflow: &str,
         cursor: &str,
         max: usize,
-    ) -> Result<Vec<(String, Option<LearnEvent>)>, StoreError> {
+    ) -> Result<Vec<(String, Option<Vec<u8>>)>, StoreError> {
         let (workflow, cursor) = (workflow.to_string(), cursor.to_string());
         self.with(move |conn| since(conn, &workflow, &cursor, max)).await
     }

@@ -10,7 +10,6 @@ use super::budgets::scope_state;
 use super::escalations::newest;
 use super::{open_read_only, unavailable};
 use crate::budget::{Escalation, EscalationState, ScopeState, StoreError, StoreView};
-use crate::outcome::learn::LearnEvent;
 
 pub struct Reader {
     conn: Mutex<Connection>,
@@ -42,7 +41,7 @@ impl StoreView for Reader {
         workflow: &str,
         cursor: &str,
         max: usize,
-    ) -> Result<Vec<(String, Option<LearnEvent>)>, StoreError> {
+    ) -> Result<Vec<(String, Option<Vec<u8>>)>, StoreError> {
         super::learning::since(&self.conn(), workflow, cursor, max)
     }
 

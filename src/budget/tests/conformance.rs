@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::super::*;
 use super::DOLLAR;
-use crate::outcome::ledger::{FeedbackEvent, OutcomeEvent, OutcomeStatus};
+use crate::ledger::{FeedbackEvent, OutcomeEvent, OutcomeStatus};
 
 pub(super) fn reservation(id: &str, amount: i64, scopes: &[(&str, i64)], now_ms: i64) -> NewReservation {
     NewReservation {
@@ -89,7 +89,7 @@ async fn decision_snapshots_are_kept_for_their_retention(store: &Arc<dyn Store>,
         store.sync().await.expect("sync");
         store.settle(&ids[i], 7, &usage, now()).await.expect("settle");
     }
-    let snapshot_of = |l: &crate::outcome::ledger::Ledger, id: &str| {
+    let snapshot_of = |l: &crate::ledger::Ledger, id: &str| {
         l.calls
             .iter()
             .find(|c| c.decision_id == id)
@@ -282,7 +282,7 @@ async fn the_ledger_holds_settled_calls_outcomes_and_feedback(store: &Arc<dyn St
 }
 
 async fn labelled_calls_are_kept_in_order_within_the_window(store: &Arc<dyn LearningStore>, ns: &str) {
-    use crate::outcome::learn::{Features, LearnEvent, Request};
+    use crate::learn::{Features, LearnEvent, Request};
     let wf = format!("{ns}learn");
     let event = |i: usize| LearnEvent {
         workflow: wf.clone(),
@@ -296,8 +296,8 @@ async fn labelled_calls_are_kept_in_order_within_the_window(store: &Arc<dyn Lear
     };
     let all: Vec<LearnEvent> = (0..250).map(event).collect();
     for chunk in all.chunks(50) {
-        let refs: Vec<&LearnEvent> = chunk.iter().collect();
-        store.append_learning(&wf, 1000, &refs).await.expect("append");
+        let bodies: Vec<Vec<u8>> = chunk.iter().map(LearnEvent::encode_body).collect();
+        store.append_learning(&wf, 1000, &bodies).await.expect("append");
     }
     // Read back in pages, in order, each cursor after the last.
     let mut cursor = String::new();
@@ -308,7 +308,7 @@ async fn labelled_calls_are_kept_in_order_within_the_window(store: &Arc<dyn Lear
             break;
         }
         for (at, e) in page {
-            read.push(e.expect("intact"));
+            read.push(LearnEvent::decode_body(&wf, &e.expect("a body")).expect("intact"));
             cursor = at;
         }
     }
@@ -322,12 +322,12 @@ async fn labelled_calls_are_kept_in_order_within_the_window(store: &Arc<dyn Lear
         .is_empty());
     // A window keeps (about) the newest: Redis trims whole nodes (MAXLEN ~).
     let more: Vec<LearnEvent> = (250..400).map(event).collect();
-    let refs: Vec<&LearnEvent> = more.iter().collect();
-    store.append_learning(&wf, 100, &refs).await.expect("append");
+    let bodies: Vec<Vec<u8>> = more.iter().map(LearnEvent::encode_body).collect();
+    store.append_learning(&wf, 100, &bodies).await.expect("append");
     let kept = store.learning_since(&wf, "", 1000).await.expect("read");
     assert!((100..=300).contains(&kept.len()), "kept {}", kept.len());
     assert_eq!(
-        kept.last().and_then(|(_, e)| e.clone()),
+        kept.last().and_then(|(_, e)| e.as_deref().and_then(|b| LearnEvent::decode_body(&wf, b))),
         more.last().cloned(),
         "the newest is kept"
     );

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use serde::Serialize;
 
 use crate::decide::available_tiers;
-use crate::outcome::learn::{Features, LearnEvent, Learner, LearningGate, RoutedCall};
+use crate::learn::{Features, LearnEvent, Learner, LearningGate, RoutedCall};
 use crate::route::{find_workflow, Planned, RawRoute, RouteCall, Router};
 use crate::rules::reload::Rules;
 use crate::rules::Workflow;

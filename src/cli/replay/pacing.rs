@@ -18,7 +18,7 @@ use super::{load, ReplayArgs};
 use crate::budget::pacing::{due_share, hour_of_week, pace, Controller, Pacing, Shape, HOURS_OF_WEEK};
 use crate::decide::{decide, Paced, RouteInput};
 use crate::estimate::Estimate;
-use crate::outcome::learn::Learned;
+use crate::learn::Learned;
 use crate::route::find_workflow;
 use crate::rules::{RuleTable, Workflow};
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use jiff::Timestamp;
 
 use crate::money::nanos_to_usd;
-use crate::outcome::ledger::{CallRecord, Ledger, OutcomeEvent, OutcomeStatus};
+use crate::ledger::{CallRecord, Ledger, OutcomeEvent, OutcomeStatus};
 use crate::rules::{Period, RuleTable};
 
 use super::*;

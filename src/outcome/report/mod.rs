@@ -30,7 +30,7 @@ use serde::Serialize;
 
 use crate::budget::{period_bounds, ScopeState};
 use crate::money::nanos_to_usd;
-use crate::outcome::ledger::{CallRecord, OutcomeEvent};
+use crate::ledger::{CallRecord, OutcomeEvent};
 use crate::rules::{Period, RuleTable};
 
 pub use build::{budget_line, build, pace_line};

@@ -1,5 +1,5 @@
 use super::*;
-use crate::outcome::ledger::{Ledger, OutcomeStatus};
+use crate::ledger::{Ledger, OutcomeStatus};
 
 const RULES: &str = r#"
 [[models]]

@@ -20,8 +20,8 @@ use std::collections::HashMap;
 
 use crate::decide::{decide, RouteInput};
 use crate::estimate::{predicted_output_tokens, Estimate};
-use crate::outcome::learn::{Learned, TierPrediction};
-use crate::outcome::ledger::{CallRecord, Ledger, OutcomeStatus};
+use crate::learn::{Learned, TierPrediction};
+use crate::ledger::{CallRecord, Ledger, OutcomeStatus};
 use crate::rules::{Capabilities, RuleTable};
 
 use super::Snapshot;

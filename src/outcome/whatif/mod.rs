@@ -15,7 +15,7 @@ pub use snapshot::{Logged, Snapshot, TierLog};
 
 use serde::Serialize;
 
-use crate::outcome::ledger::Ledger;
+use crate::ledger::Ledger;
 use crate::rules::RuleTable;
 use estimate::{Figures, Row, Skipped};
 
@@ -366,7 +366,7 @@ pub fn decided_again(table: &RuleTable, ledger: &Ledger) -> Vec<Row> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outcome::ledger::{CallRecord, OutcomeEvent, OutcomeStatus};
+    use crate::ledger::{CallRecord, OutcomeEvent, OutcomeStatus};
 
     const RULES: &str = r#"
 [[models]]

@@ -10,7 +10,7 @@ use prost::Message;
 
 use crate::decide::Decision;
 use crate::estimate::Estimate;
-use crate::outcome::learn::{Features as LearnFeatures, Learned};
+use crate::learn::{Features as LearnFeatures, Learned};
 use crate::rules::{Capabilities, RuleTable, Workflow};
 
 /// One decision, as logged.

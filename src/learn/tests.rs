@@ -4,7 +4,7 @@ use crate::rules::{Learning, RuleTable};
 
 /// The integration tests' rules: a weak and a strong tier, first attempts
 /// to the weak one.
-const RULES: &str = include_str!("../../../tests/fixtures/learning.toml");
+const RULES: &str = include_str!("../../tests/fixtures/learning.toml");
 
 fn cx() -> Complexity {
     Complexity::default()

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::{Features, LearnEvent, Learner, LearningGate};
 use crate::budget::{LearningStore, SharedStore, StoreError, StoreView};
-use crate::outcome::ledger::OutcomeStatus;
+use crate::ledger::OutcomeStatus;
 use crate::recent::Recent;
 use crate::rules::reload::Rules;
 
@@ -225,8 +225,8 @@ impl Online {
             loop {
                 let page = store.learning_since(&wf.name, cursor, PAGE).await?;
                 let full = page.len() == PAGE;
-                for (at, event) in page {
-                    match event {
+                for (at, body) in page {
+                    match body.and_then(|b| LearnEvent::decode_body(&wf.name, &b)) {
                         Some(e) => {
                             self.learner.apply(&e);
                             n += 1;
@@ -273,9 +273,9 @@ impl Online {
             let result = async {
                 if !backlog.is_empty() {
                     let table = rules.current();
-                    let mut groups: HashMap<&str, Vec<&LearnEvent>> = HashMap::new();
+                    let mut groups: HashMap<&str, Vec<Vec<u8>>> = HashMap::new();
                     for e in &backlog {
-                        groups.entry(e.workflow.as_str()).or_default().push(e);
+                        groups.entry(e.workflow.as_str()).or_default().push(e.encode_body());
                     }
                     for (wf, events) in groups {
                         let window = table.workflow(wf).map_or(20_000, |w| w.learning.window);
@@ -345,8 +345,8 @@ impl Folded {
             loop {
                 let page = view.view_learning(wf, &cursor, PAGE).await?;
                 let full = page.len() == PAGE;
-                for (at, event) in page {
-                    if let Some(e) = event {
+                for (at, body) in page {
+                    if let Some(e) = body.and_then(|b| LearnEvent::decode_body(wf, &b)) {
                         learner.apply(&e);
                         n += 1;
                     }
