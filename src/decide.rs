@@ -19,8 +19,8 @@
 use serde::Serialize;
 
 use crate::estimate::Estimate;
-use crate::money::Usd;
 use crate::learn::{choose, Learned};
+use crate::money::Usd;
 use crate::rules::{Capabilities, Model, Requirement, RuleTable, Workflow};
 
 /// The request as the decision sees it (everything but the text).

@@ -389,12 +389,7 @@ pub trait LearningStore: Send + Sync {
     /// The bodies of labelled calls of `workflow` after `cursor` (`""`: from
     /// the oldest kept), in append order, at most `max`, each with its own
     /// cursor (`None`: an entry without a body, to skip).
-    async fn learning_since(
-        &self,
-        workflow: &str,
-        cursor: &str,
-        max: usize,
-    ) -> Result<Vec<(String, Option<Vec<u8>>)>, StoreError>;
+    async fn learning_since(&self, workflow: &str, cursor: &str, max: usize) -> Result<LearnPage, StoreError>;
     /// Records that an attempt of the outcome was rejected at `tier`; the
     /// outcome keeps the highest such tier for a week.
     async fn note_rejection(&self, workflow: &str, outcome_id: &str, tier: u8, now_ms: i64) -> Result<(), StoreError>;
@@ -405,6 +400,10 @@ pub trait LearningStore: Send + Sync {
     /// its totals: every sidecar's, where the store is shared.
     async fn merge_score_counts(&self, workflow: &str, model: &str, counts: &[u32]) -> Result<Vec<u64>, StoreError>;
 }
+
+/// A page of labelled calls: each entry's cursor and its encoded body
+/// (`None`: an entry without one, to skip).
+pub type LearnPage = Vec<(String, Option<Vec<u8>>)>;
 
 /// How long an outcome's rejected tier is kept.
 pub const REJECTION_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
@@ -423,12 +422,7 @@ pub type SharedStore = Arc<dyn Store>;
 pub trait StoreView: Send + Sync {
     async fn view_scope(&self, key: &str) -> Result<ScopeState, StoreError>;
     async fn view_escalation(&self, scope: &str) -> Result<Option<Escalation>, StoreError>;
-    async fn view_learning(
-        &self,
-        workflow: &str,
-        cursor: &str,
-        max: usize,
-    ) -> Result<Vec<(String, Option<Vec<u8>>)>, StoreError>;
+    async fn view_learning(&self, workflow: &str, cursor: &str, max: usize) -> Result<LearnPage, StoreError>;
     async fn view_rejected_tier(&self, workflow: &str, outcome_id: &str) -> Result<Option<u8>, StoreError>;
     /// A workflow's complexity histogram under `model` (zeros: none yet).
     async fn view_score_counts(&self, workflow: &str, model: &str) -> Result<Vec<u64>, StoreError>;
@@ -443,12 +437,7 @@ impl<T: Store + ?Sized> StoreView for T {
     async fn view_escalation(&self, scope: &str) -> Result<Option<Escalation>, StoreError> {
         self.current_escalation(scope).await
     }
-    async fn view_learning(
-        &self,
-        workflow: &str,
-        cursor: &str,
-        max: usize,
-    ) -> Result<Vec<(String, Option<Vec<u8>>)>, StoreError> {
+    async fn view_learning(&self, workflow: &str, cursor: &str, max: usize) -> Result<LearnPage, StoreError> {
         self.learning_since(workflow, cursor, max).await
     }
     async fn view_rejected_tier(&self, workflow: &str, outcome_id: &str) -> Result<Option<u8>, StoreError> {

@@ -14,8 +14,8 @@ use serde_json::json;
 
 use crate::budget::{period_scope, DryRun, Escalation, ScopeState, StoreError, StoreView};
 use crate::error::Error;
-use crate::money::{format_usd, nanos_to_usd};
 use crate::learn::Folded;
+use crate::money::{format_usd, nanos_to_usd};
 use crate::route::{RawRoute, RouteCall, Router};
 use crate::rules::reload::Rules;
 
@@ -50,7 +50,7 @@ impl StoreView for Empty {
     async fn view_escalation(&self, _: &str) -> Result<Option<Escalation>, StoreError> {
         Ok(None)
     }
-    async fn view_learning(&self, _: &str, _: &str, _: usize) -> Result<Vec<(String, Option<Vec<u8>>)>, StoreError> {
+    async fn view_learning(&self, _: &str, _: &str, _: usize) -> Result<crate::budget::LearnPage, StoreError> {
         Ok(Vec::new())
     }
     async fn view_rejected_tier(&self, _: &str, _: &str) -> Result<Option<u8>, StoreError> {

@@ -8,8 +8,8 @@
 //! - [`escalations`]: list, approve or deny on a running server.
 
 pub mod args;
-mod dispatch;
 mod check;
+mod dispatch;
 mod escalations;
 mod explain;
 pub mod prices;

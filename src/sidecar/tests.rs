@@ -41,10 +41,7 @@ fn fixture_with(at: &str, rules: &str) -> Fixture {
     let rules = Arc::new(Rules::load(&path).expect("valid rules"));
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).expect("store"));
     let budgets = Arc::new(Budgets::new(store.clone(), 60_000));
-    let learning = Arc::new(Online::new(
-        Arc::new(crate::learn::Learner::new()),
-        store.clone(),
-    ));
+    let learning = Arc::new(Online::new(Arc::new(crate::learn::Learner::new()), store.clone()));
     let audit = Arc::new(Audit::open(dir.path(), Default::default()).expect("audit"));
     let metrics = Arc::new(Metrics::default());
     let clock = Arc::new(ManualClock::at(at.parse().expect("time")));

@@ -52,7 +52,7 @@ impl LearningStore for RedisStore {
         workflow: &str,
         cursor: &str,
         max: usize,
-    ) -> Result<Vec<(String, Option<Vec<u8>>)>, StoreError> {
+    ) -> Result<crate::budget::LearnPage, StoreError> {
         let key = format!("{}learn", self.tag(workflow));
         let from = if cursor.is_empty() {
             "-".to_string()

@@ -439,11 +439,7 @@ impl RedisStore {
     }
 
     /// Replaces label references in `calls` (of `workflow`) by their text.
-    async fn resolve_labels(
-        &self,
-        workflow: &str,
-        calls: &mut [crate::ledger::CallRecord],
-    ) -> Result<(), StoreError> {
+    async fn resolve_labels(&self, workflow: &str, calls: &mut [crate::ledger::CallRecord]) -> Result<(), StoreError> {
         let mut ids: Vec<String> = calls
             .iter()
             .filter_map(|c| c.labels.strip_prefix(LABEL_REF).map(str::to_string))

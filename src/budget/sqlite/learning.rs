@@ -14,7 +14,7 @@ pub(super) fn since(
     workflow: &str,
     cursor: &str,
     max: usize,
-) -> Result<Vec<(String, Option<Vec<u8>>)>, StoreError> {
+) -> Result<crate::budget::LearnPage, StoreError> {
     let after: i64 = if cursor.is_empty() {
         0
     } else {
@@ -102,7 +102,7 @@ impl LearningStore for SqliteStore {
         workflow: &str,
         cursor: &str,
         max: usize,
-    ) -> Result<Vec<(String, Option<Vec<u8>>)>, StoreError> {
+    ) -> Result<crate::budget::LearnPage, StoreError> {
         let (workflow, cursor) = (workflow.to_string(), cursor.to_string());
         self.with(move |conn| since(conn, &workflow, &cursor, max)).await
     }

@@ -41,7 +41,7 @@ impl StoreView for Reader {
         workflow: &str,
         cursor: &str,
         max: usize,
-    ) -> Result<Vec<(String, Option<Vec<u8>>)>, StoreError> {
+    ) -> Result<crate::budget::LearnPage, StoreError> {
         super::learning::since(&self.conn(), workflow, cursor, max)
     }
 

@@ -327,7 +327,8 @@ async fn labelled_calls_are_kept_in_order_within_the_window(store: &Arc<dyn Lear
     let kept = store.learning_since(&wf, "", 1000).await.expect("read");
     assert!((100..=300).contains(&kept.len()), "kept {}", kept.len());
     assert_eq!(
-        kept.last().and_then(|(_, e)| e.as_deref().and_then(|b| LearnEvent::decode_body(&wf, b))),
+        kept.last()
+            .and_then(|(_, e)| e.as_deref().and_then(|b| LearnEvent::decode_body(&wf, b))),
         more.last().cloned(),
         "the newest is kept"
     );

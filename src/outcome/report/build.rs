@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use jiff::Timestamp;
 
-use crate::money::nanos_to_usd;
 use crate::ledger::{CallRecord, Ledger, OutcomeEvent, OutcomeStatus};
+use crate::money::nanos_to_usd;
 use crate::rules::{Period, RuleTable};
 
 use super::*;

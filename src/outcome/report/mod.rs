@@ -29,8 +29,8 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use crate::budget::{period_bounds, ScopeState};
-use crate::money::nanos_to_usd;
 use crate::ledger::{CallRecord, OutcomeEvent};
+use crate::money::nanos_to_usd;
 use crate::rules::{Period, RuleTable};
 
 pub use build::{budget_line, build, pace_line};

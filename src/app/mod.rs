@@ -6,6 +6,11 @@
 //! gRPC server stops accepting and drains calls in flight within the grace
 //! period, then the admin port stops.
 
+mod signals;
+mod store;
+
+use signals::*;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -139,80 +144,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     })?);
     // The audit log first: a fresh start of the store is one of its records.
     let audit = Arc::new(Audit::open(&cfg.state_dir, cfg.audit).map_err(ConfigError)?);
-    let store: SharedStore = match &cfg.redis {
-        None => {
-            let start = crate::budget::sqlite::prepare_state_dir(&cfg.state_dir, cfg.accept_fresh_store)
-                .map_err(ConfigError)?;
-            let options = crate::budget::sqlite::Options {
-                wal_limit_bytes: cfg.wal_limit_bytes,
-            };
-            let store = SqliteStore::open_with(&cfg.state_dir, options).map_err(|e| {
-                ConfigError(format!(
-                    "cannot open the budget store in {}: {e}",
-                    cfg.state_dir.display()
-                ))
-            })?;
-            if let crate::budget::sqlite::StateStart::FreshAccepted(what) = &start {
-                tracing::warn!(what = %what, "--accept-fresh-store: the budget store starts empty");
-                audit.record(AuditRecord::new(
-                    "-",
-                    Action::StoreFreshStart,
-                    "",
-                    &cfg.state_dir.join(crate::budget::sqlite::FILE).display().to_string(),
-                    Verdict::Ok,
-                    what,
-                ));
-            }
-            crate::budget::LedgerStore::set_decision_retention(&store, cfg.decision_retention);
-            Arc::new(store)
-        }
-        Some(r) => {
-            let mut store = RedisStore::connect(RedisConfig {
-                url: r.url.clone(),
-                prefix: r.key_prefix.clone(),
-                timeout: r.timeout,
-                reservation_ttl_ms: cfg.reservation_ttl.as_millis() as i64,
-                fail_open_cap_nanos: r.fail_open_cap_nanos,
-                journal: cfg.state_dir.join("redis-journal.jsonl"),
-                accept_fresh: cfg.accept_fresh_store,
-            })
-            .await
-            .map_err(|e| ConfigError(e.to_string()))?;
-            store
-                .serve_from_state_dir()
-                .await
-                .map_err(|e| ConfigError(e.to_string()))?;
-            crate::budget::LedgerStore::set_decision_retention(&store, cfg.decision_retention);
-            // An empty Redis is refused here; an unreachable one is asked
-            // again before the first budget is spent from it.
-            match store.ensure_known().await {
-                Ok(crate::budget::redis::FreshStart::FreshAccepted) => {
-                    tracing::warn!(redis = %redact_url(&r.url), "--accept-fresh-store: Redis held no budget state; budgets start empty");
-                    audit.record(AuditRecord::new(
-                        "-",
-                        Action::StoreFreshStart,
-                        "",
-                        &redact_url(&r.url),
-                        Verdict::Ok,
-                        "Redis held no budget state; --accept-fresh-store started it empty",
-                    ));
-                }
-                Ok(_) => {}
-                Err(crate::error::StoreError::StateLost(why)) => return Err(ConfigError(why).into()),
-                Err(_) => {}
-            }
-            // Not fatal: a sidecar that starts before Redis serves (failing
-            // closed or open, as configured) and recovers when Redis answers.
-            match store.ping().await {
-                Ok(()) => tracing::info!(redis = %redact_url(&r.url), "budgets are shared through Redis"),
-                Err(e) => {
-                    tracing::warn!(redis = %redact_url(&r.url), error = %e, "Redis is not answering yet; budgets fail {} until it does",
-                    if r.fail_open_cap_nanos.is_some() { "open, up to the local cap," } else { "closed" })
-                }
-            }
-            Arc::new(store)
-        }
-    };
+    let store = store::open_store(&cfg, &audit).await?;
     let budgets = Arc::new(Budgets::new(store.clone(), cfg.reservation_ttl.as_millis() as i64));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     tokens::warm_up();
@@ -654,85 +586,4 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let _ = tokio::task::spawn_blocking(move || admin_thread.join()).await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Both ports' connection caps, lowered where the process's descriptor limit
-/// would not leave room for the store, the audit log, the rules watcher and
-/// the state files (128 descriptors) beside them.
-fn fit_fd_limit(
-    mut grpc: crate::listener::Limits,
-    mut admin: crate::listener::Limits,
-) -> (crate::listener::Limits, crate::listener::Limits) {
-    const RESERVE: u64 = 128;
-    if let Some(fds) = crate::listener::fd_soft_limit() {
-        if let Some(n) = admin.fit_fd_limit(fds / 8, 0, 0) {
-            tracing::warn!(
-                fd_limit = fds,
-                admin_max_connections = n,
-                "admin connections capped to fit the descriptor limit"
-            );
-        }
-        if let Some(n) = grpc.fit_fd_limit(fds, admin.max_connections, RESERVE) {
-            tracing::warn!(
-                fd_limit = fds,
-                max_connections = n,
-                "--max-connections lowered to leave file descriptors for the store and the admin port; raise the limit (ulimit -n) to allow more"
-            );
-        }
-    }
-    (grpc, admin)
-}
-
-/// SIGTERM and Ctrl-C, registered with the OS when built. Building it before
-/// the "listening" line is printed means a supervisor that signals as soon as
-/// it reads that line never meets the default action (exit without draining).
-struct ShutdownSignal {
-    #[cfg(unix)]
-    term: Option<tokio::signal::unix::Signal>,
-    #[cfg(unix)]
-    int: Option<tokio::signal::unix::Signal>,
-}
-
-impl ShutdownSignal {
-    fn register() -> Self {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let term = signal(SignalKind::terminate())
-                .map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server"))
-                .ok();
-            let int = signal(SignalKind::interrupt())
-                .map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGINT"))
-                .ok();
-            Self { term, int }
-        }
-        #[cfg(not(unix))]
-        {
-            Self {}
-        }
-    }
-
-    /// Resolves on SIGTERM or Ctrl-C, naming which.
-    async fn recv(&mut self) -> &'static str {
-        #[cfg(unix)]
-        {
-            async fn next(sig: &mut Option<tokio::signal::unix::Signal>) {
-                match sig {
-                    Some(s) => {
-                        s.recv().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            }
-            tokio::select! {
-                _ = next(&mut self.term) => "SIGTERM",
-                _ = next(&mut self.int) => "SIGINT",
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-            "Ctrl-C"
-        }
-    }
 }
