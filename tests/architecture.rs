@@ -46,7 +46,7 @@ const CONFINED: &[(&str, &[&str])] = &[
     // error's status code.
     (
         "tonic",
-        &["grpc/", "app.rs", "listener/", "cli/", "telemetry/", "error.rs"],
+        &["grpc/", "app/", "listener/", "cli/", "telemetry/", "error.rs"],
     ),
 ];
 

@@ -453,7 +453,7 @@ fn run_async(command: impl std::future::Future<Output = i32>) -> ExitCode {
 }
 
 fn simulate_fleet(f: FleetArgs) -> ExitCode {
-    let cfg = crate::budget::lease::sim::SimConfig {
+    let cfg = crate::cli::simulate::fleet::SimConfig {
         sidecars: f.sidecars,
         refresh_s: f.refresh_s,
         max_share: f.max_share,

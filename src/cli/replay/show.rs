@@ -164,3 +164,59 @@ pub(super) fn seeds_table(r: &SeedsReport) -> String {
     ));
     out
 }
+
+/// The report as a table, for people.
+pub fn pacing_table(r: &super::pacing::PacingReport) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} rows of {} in workflow `{}`, {} seeds of a {}-hour period in bursts, {}\n",
+        r.rows,
+        r.data,
+        r.workflow,
+        r.seeds,
+        r.period_hours,
+        if r.learner {
+            "with the learner's predictions (each half of the rows learned from the other)"
+        } else {
+            "with the difficulty score alone (--no-learner)"
+        }
+    );
+    let _ = writeln!(
+        s,
+        "| budget | policy | accepted (sd) | vs threshold | spend / budget (min–max) | seeds 95–100% | hours stepped down | hours escalated | cost per accepted |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+    for p in &r.policies {
+        let _ = writeln!(
+            s,
+            "| {:.0}% | {} | {:.0} ({:.0}) | {:+.1}% | {:.1}% ({:.1}–{:.1}) | {} | {:.1} | {:.1} | {} |",
+            p.budget_share * 100.0,
+            p.name,
+            p.accepted_mean,
+            p.accepted_sd,
+            p.accepted_gain_over_threshold * 100.0,
+            p.spend_share_mean * 100.0,
+            p.spend_share_min * 100.0,
+            p.spend_share_max * 100.0,
+            p.seeds_within_95_100,
+            p.hours_stepped_down_mean,
+            p.hours_escalated_mean,
+            crate::money::Usd(p.cost_per_accepted_nanousd),
+        );
+    }
+    let _ = writeln!(s, "\nprice after the call rate doubles at mid-period (even pacing):");
+    for x in &r.settling {
+        let _ = writeln!(
+            s,
+            "  budget {:.0}%: log λ {:.2} -> {:.2}, settled in {:.3} of the period, {} overshoot(s)",
+            x.budget_share * 100.0,
+            x.log_price_before,
+            x.log_price_after,
+            x.settle_share,
+            x.overshoots
+        );
+    }
+    s
+}

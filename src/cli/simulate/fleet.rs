@@ -23,7 +23,9 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use super::*;
+use crate::budget::lease::*;
+use crate::budget::{NewReservation, ScopeCharge, StoreError, Usage};
+use crate::rules::LeaseTerms;
 
 /// What to simulate.
 #[derive(Debug, Clone, serde::Serialize)]

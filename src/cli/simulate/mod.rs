@@ -1,7 +1,9 @@
 //! `switchyard simulate`: the lease code driven over a simulated fleet, with
 //! and without leases, and the targets it is held to.
 
-use crate::budget::lease::sim::{run, SimConfig, SimRun};
+pub mod fleet;
+
+use fleet::{run, SimConfig, SimRun};
 
 /// The figures of one configuration: means over the runs, the worst
 /// overspend, and every run.
