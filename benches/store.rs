@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchyard::budget::redis::{RedisConfig, RedisStore};
-use switchyard::budget::sqlite::SqliteStore;
-use switchyard::budget::{NewReservation, Reserved, ScopeCharge, SharedStore, Usage};
+use switchyard::store::redis::{RedisConfig, RedisStore};
+use switchyard::store::sqlite::SqliteStore;
+use switchyard::store::{NewReservation, Reserved, ScopeCharge, SharedStore, Usage};
 
 const CLIENTS: usize = 16;
 const RUN: Duration = Duration::from_secs(3);

@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchyard::budget::sqlite::{Options, SqliteStore};
-use switchyard::budget::{BudgetStore, NewReservation, Reserved, ScopeCharge, Usage};
+use switchyard::store::sqlite::{Options, SqliteStore};
+use switchyard::store::{BudgetStore, NewReservation, Reserved, ScopeCharge, Usage};
 
 const CLIENTS: usize = 16;
 const MIB: f64 = 1024.0 * 1024.0;

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use crate::audit::{Action, Audit, Record, Verdict};
-use crate::budget::ReservationRecord;
 use crate::error::Error;
 use crate::rules::Workflow;
+use crate::store::ReservationRecord;
 
 /// The identity of callers on loopback when no keys file is configured
 /// (defined with the audit log's names, which the stores read too).

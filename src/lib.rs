@@ -40,9 +40,12 @@
 //!   labelled calls.
 //!
 //! **Money**
-//! - [`budget`]: reserve and settle, soft thresholds, pacing, escalations;
-//!   the store traits, one concern each, and their backends
-//!   (`budget::sqlite`, `budget::redis`).
+//! - [`budget`]: the policy: reserve and settle through the gates, soft
+//!   thresholds, pacing, escalation, periods and scopes.
+//! - [`store`]: persistence: the store traits, one concern each (budgets,
+//!   escalations, the ledger, learning, and leased slices in `store::lease`),
+//!   their backends (`store::sqlite`, `store::redis`) and the conformance
+//!   suite both pass.
 //!
 //! **What a request is**
 //! - [`estimate`]: token counts per message and encoding (with the context
@@ -95,6 +98,7 @@ pub mod recent;
 pub mod route;
 pub mod rules;
 pub mod sidecar;
+pub mod store;
 pub mod telemetry;
 pub mod terminal;
 #[doc(hidden)]

@@ -25,6 +25,7 @@ const LAYERS: &[&[&str]] = &[
     &["decide"],
     &["learn"],
     &["budget"],
+    &["store"],
     &["estimate"],
     &["rules"],
     &["understand", "ledger"],

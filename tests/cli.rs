@@ -579,7 +579,7 @@ fn report_shows_a_paced_budgets_pace() {
     std::fs::write(&rules, text).expect("write rules");
     // A state folder with its (empty) store, as a serve leaves it.
     std::fs::create_dir(dir.path().join("state")).expect("state folder");
-    drop(switchyard::budget::sqlite::SqliteStore::open(&dir.path().join("state")).expect("store"));
+    drop(switchyard::store::sqlite::SqliteStore::open(&dir.path().join("state")).expect("store"));
     let out = Command::new(BIN)
         .args(["report", "--format", "json", "--rules"])
         .arg(&rules)

@@ -28,9 +28,9 @@ use std::time::Duration;
 
 use common::*;
 use redis_server::RedisServer;
-use switchyard::budget::{EscalationState, Store};
 use switchyard::grpc::pb;
 use switchyard::grpc::pb::router_client::RouterClient;
+use switchyard::store::{EscalationState, Store};
 use switchyard::testing::{model, RulesBuilder};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -231,10 +231,10 @@ async fn admin_loop(addr: String, stop: Arc<AtomicBool>, history: Arc<Mutex<Hist
 
 /// The store as the fold must see it, read after the sidecar has stopped.
 struct Final {
-    period: switchyard::budget::ScopeState,
-    outcomes: BTreeMap<String, switchyard::budget::ScopeState>,
+    period: switchyard::store::ScopeState,
+    outcomes: BTreeMap<String, switchyard::store::ScopeState>,
     ledger: switchyard::ledger::Ledger,
-    escalations: Vec<switchyard::budget::Escalation>,
+    escalations: Vec<switchyard::store::Escalation>,
 }
 
 async fn read_final(store: &dyn Store) -> Final {
@@ -387,7 +387,7 @@ async fn the_embedded_store_is_the_fold_of_what_it_acknowledged_across_kill_9() 
     let history = run(&listen, chaos).await;
     let s = server.lock().expect("server").take().expect("running");
     s.terminate();
-    let store = switchyard::budget::sqlite::SqliteStore::open(state.path()).expect("open");
+    let store = switchyard::store::sqlite::SqliteStore::open(state.path()).expect("open");
     let f = read_final(&store).await;
     check(&history.lock().expect("history"), &f);
 }
@@ -431,7 +431,7 @@ async fn the_redis_store_is_the_fold_of_what_it_acknowledged_across_kills_of_bot
     let history = run(&listen, chaos).await;
     let s = server.lock().expect("server").take().expect("running");
     s.terminate();
-    let store = switchyard::budget::redis::RedisStore::connect(switchyard::budget::redis::RedisConfig {
+    let store = switchyard::store::redis::RedisStore::connect(switchyard::store::redis::RedisConfig {
         url,
         prefix: "sy".into(),
         timeout: Duration::from_secs(5),

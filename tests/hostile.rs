@@ -396,7 +396,7 @@ fn briefly(cmd: &mut std::process::Command) -> std::process::Output {
 
 /// A count from the embedded store, read after the server stopped.
 fn rusqlite_count(state: &std::path::Path, sql: &str) -> i64 {
-    let conn = rusqlite::Connection::open(state.join(switchyard::budget::sqlite::FILE)).expect("open the store");
+    let conn = rusqlite::Connection::open(state.join(switchyard::store::sqlite::FILE)).expect("open the store");
     conn.query_row(sql, [], |r| r.get(0)).expect("count")
 }
 

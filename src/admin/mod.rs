@@ -26,7 +26,7 @@ pub struct AdminState {
     pub rules: Arc<Rules>,
     pub cache: Arc<ContextCache>,
     pub counters: Arc<RouteCounters>,
-    pub store: crate::budget::SharedStore,
+    pub store: crate::store::SharedStore,
     /// The budget gate Route asks: its paced workflows' prices.
     pub budgets: Arc<crate::budget::Budgets>,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -242,10 +242,7 @@ async fn store_gauges(s: &AdminState) -> Vec<Readings> {
     if let Ok(all) = s.store.list_escalations(None).await {
         let mut open: std::collections::BTreeMap<&str, u64> =
             table.workflows.iter().map(|w| (w.name.as_str(), 0)).collect();
-        for e in all
-            .iter()
-            .filter(|e| e.state == crate::budget::EscalationState::Pending)
-        {
+        for e in all.iter().filter(|e| e.state == crate::store::EscalationState::Pending) {
             *open.entry(e.workflow.as_str()).or_default() += 1;
         }
         let mut gauge = Readings::family(

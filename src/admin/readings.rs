@@ -15,7 +15,7 @@ pub(super) struct Now<'a> {
     st: crate::rules::reload::ReloadStatus,
     table: std::sync::Arc<crate::rules::RuleTable>,
     cache: crate::estimate::cache::CacheStats,
-    store: crate::budget::StoreHealth,
+    store: crate::store::StoreHealth,
     held: crate::learn::model::Held,
     loaded: u64,
 }

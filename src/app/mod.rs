@@ -22,9 +22,7 @@ use anyhow::Context;
 use crate::access::Access;
 use crate::admin::{self, AdminState};
 use crate::audit::{Action, Audit, Record as AuditRecord, Verdict};
-use crate::budget::redis::{redact_url, RedisConfig, RedisStore};
-use crate::budget::sqlite::SqliteStore;
-use crate::budget::{Budgets, SharedStore};
+use crate::budget::Budgets;
 use crate::clock::{Clock, SystemClock};
 use crate::estimate::cache::{CacheConfig, ContextCache};
 use crate::estimate::tokens;
@@ -36,6 +34,9 @@ use crate::learn::Learner;
 use crate::route::{Effects, Router};
 use crate::rules::reload::Rules;
 use crate::sidecar::Sidecar;
+use crate::store::redis::{redact_url, RedisConfig, RedisStore};
+use crate::store::sqlite::SqliteStore;
+use crate::store::SharedStore;
 
 /// Everything `serve` needs, already parsed from flags and environment.
 #[derive(Debug, Clone)]
@@ -374,7 +375,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             loop {
                 tokio::select! {
                     _ = rx.wait_for(|s| *s) => return,
-                    _ = tokio::time::sleep(budgets.store.sweep_every()) => {}
+                    _ = tokio::time::sleep(budgets.store.leasing().map_or(Duration::from_secs(1), |l| l.sweep_every())) => {}
                 }
                 // Each workflow found with lost state is audited once a spell.
                 let lost = budgets.store.health().state_lost;
@@ -418,7 +419,8 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let renewer = {
         let store = budgets.store.clone();
         tokio::spawn(async move {
-            let Some(wake) = store.lease_wake() else { return };
+            let Some(leasing) = store.leasing() else { return };
+            let wake = leasing.lease_wake();
             let mut wait = LEASE_TICK;
             loop {
                 tokio::select! {
@@ -426,7 +428,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                     _ = wake.notified() => {}
                     _ = tokio::time::sleep(wait) => {}
                 }
-                wait = match store.renew_leases(false).await {
+                wait = match leasing.renew_leases(false).await {
                     Ok(Some(ms)) => Duration::from_millis(ms).clamp(Duration::from_millis(5), LEASE_TICK),
                     _ => LEASE_TICK,
                 };
@@ -561,7 +563,11 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     // The renewer finishes a renewal it is in the middle of, then stops.
     let _ = renewer_stop.send(true);
     let _ = renewer.await;
-    if let Err(e) = budgets.store.renew_leases(true).await {
+    let returned = match budgets.store.leasing() {
+        Some(l) => l.renew_leases(true).await,
+        None => Ok(None),
+    };
+    if let Err(e) = returned {
         tracing::warn!(error = %e, "the lease slices could not be returned; Redis releases them when they expire");
     }
     // The decisions of the calls just drained are durable before we exit.

@@ -10,9 +10,9 @@ use super::*;
 pub(super) async fn open_store(cfg: &ServeConfig, audit: &Audit) -> anyhow::Result<SharedStore> {
     let store: SharedStore = match &cfg.redis {
         None => {
-            let start = crate::budget::sqlite::prepare_state_dir(&cfg.state_dir, cfg.accept_fresh_store)
-                .map_err(ConfigError)?;
-            let options = crate::budget::sqlite::Options {
+            let start =
+                crate::store::sqlite::prepare_state_dir(&cfg.state_dir, cfg.accept_fresh_store).map_err(ConfigError)?;
+            let options = crate::store::sqlite::Options {
                 wal_limit_bytes: cfg.wal_limit_bytes,
             };
             let store = SqliteStore::open_with(&cfg.state_dir, options).map_err(|e| {
@@ -21,18 +21,18 @@ pub(super) async fn open_store(cfg: &ServeConfig, audit: &Audit) -> anyhow::Resu
                     cfg.state_dir.display()
                 ))
             })?;
-            if let crate::budget::sqlite::StateStart::FreshAccepted(what) = &start {
+            if let crate::store::sqlite::StateStart::FreshAccepted(what) = &start {
                 tracing::warn!(what = %what, "--accept-fresh-store: the budget store starts empty");
                 audit.record(AuditRecord::new(
                     "-",
                     Action::StoreFreshStart,
                     "",
-                    &cfg.state_dir.join(crate::budget::sqlite::FILE).display().to_string(),
+                    &cfg.state_dir.join(crate::store::sqlite::FILE).display().to_string(),
                     Verdict::Ok,
                     what,
                 ));
             }
-            crate::budget::LedgerStore::set_decision_retention(&store, cfg.decision_retention);
+            crate::store::LedgerStore::set_decision_retention(&store, cfg.decision_retention);
             Arc::new(store)
         }
         Some(r) => {
@@ -51,11 +51,11 @@ pub(super) async fn open_store(cfg: &ServeConfig, audit: &Audit) -> anyhow::Resu
                 .serve_from_state_dir()
                 .await
                 .map_err(|e| ConfigError(e.to_string()))?;
-            crate::budget::LedgerStore::set_decision_retention(&store, cfg.decision_retention);
+            crate::store::LedgerStore::set_decision_retention(&store, cfg.decision_retention);
             // An empty Redis is refused here; an unreachable one is asked
             // again before the first budget is spent from it.
             match store.ensure_known().await {
-                Ok(crate::budget::redis::FreshStart::FreshAccepted) => {
+                Ok(crate::store::redis::FreshStart::FreshAccepted) => {
                     tracing::warn!(redis = %redact_url(&r.url), "--accept-fresh-store: Redis held no budget state; budgets start empty");
                     audit.record(AuditRecord::new(
                         "-",

@@ -10,11 +10,12 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 
-use super::lease::Take;
 use super::pacing::{due_share, pace, Controller, Pace, Shape, HOURS_OF_WEEK};
 use super::*;
 use crate::money::format_usd;
 use crate::rules::{OnLimit, Prices, Workflow};
+use crate::store::lease::Take;
+use crate::store::*;
 
 /// What the budget tells routing before it decides.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -360,7 +361,9 @@ impl Budgets {
     /// Forgets every cached scope state (after an approval raises a limit).
     pub fn refresh_view(&self) {
         self.view().clear();
-        self.store.clear_refusals();
+        if let Some(l) = self.store.leasing() {
+            l.clear_refusals();
+        }
     }
 
     /// Counts a reservation this sidecar just made in the cached view.
@@ -468,8 +471,8 @@ impl BudgetGate for Budgets {
             .as_ref()
             .and_then(|b| b.lease)
             .filter(|_| r.scopes.len() == 1);
-        if let Some(terms) = lease {
-            match self.store.reserve_leased(&r, terms) {
+        if let (Some(terms), Some(leasing)) = (lease, self.store.leasing()) {
+            match leasing.reserve_leased(&r, terms) {
                 Take::Taken => {
                     self.note_reserved(&r.scopes, r.amount_nanos);
                     self.note_traffic(call.workflow, now);
@@ -492,8 +495,8 @@ impl BudgetGate for Budgets {
             }
             Reserved::OverLimit { scope, state } => (scope, state),
         };
-        if lease.is_some() {
-            self.store.note_refused(&scope, state);
+        if let (Some(_), Some(l)) = (lease, self.store.leasing()) {
+            l.note_refused(&scope, state);
         }
         let (message, escalation) = at_limit(call, scope, &state, now_ms);
         let Some(fresh) = escalation else {

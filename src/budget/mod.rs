@@ -18,40 +18,17 @@
 //! Reservations never settled expire and release their amount.
 
 mod gate;
-pub mod lease;
 pub mod pacing;
-pub mod redis;
-pub mod sqlite;
-mod store;
 
 pub use gate::*;
-pub use store::*;
 
-pub use crate::error::StoreError;
+use crate::error::StoreError;
+use crate::store::ScopeCharge;
 
 use jiff::civil::Weekday;
 use jiff::Timestamp;
 
 use crate::rules::{Budget, Period, Workflow};
-
-/// A scope's approved additions after approving `add` more, or why not: the
-/// additions of one scope stay within [`crate::money::MAX_SCOPE_EXTRA_NANOS`]
-/// in all, so no limit a store holds can overflow.
-pub fn extra_after_approval(scope: &str, extra: i64, add: i64) -> Result<i64, StoreError> {
-    use crate::money::{format_usd_exact, MAX_SCOPE_EXTRA_NANOS};
-    extra
-        .checked_add(add)
-        .filter(|t| (0..=MAX_SCOPE_EXTRA_NANOS).contains(t))
-        .ok_or_else(|| {
-            StoreError::InvalidAmount(format!(
-                "approving {} more on `{scope}` would take what approvals added there past {} in all \
-                 (already {}); raise the budget in the rules instead",
-                format_usd_exact(add),
-                format_usd_exact(MAX_SCOPE_EXTRA_NANOS),
-                format_usd_exact(extra)
-            ))
-        })
-}
 
 /// The first day of the calendar period containing the date.
 fn period_start_date(period: Period, date: jiff::civil::Date) -> jiff::civil::Date {
@@ -129,19 +106,6 @@ pub fn scopes_for<'a>(
         }
     }
     out
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    Timestamp::now().as_millisecond()
-}
-
-/// A new decision ID: a UUIDv7, time-ordered (the ledger reads by it), from
-/// uuid's generator: a counter keeps the IDs of one process in order within
-/// a millisecond, and its random bits come from a thread-local generator
-/// seeded by the OS (uuid's `fast-rng`), so a Route makes no system call.
-pub fn new_decision_id() -> String {
-    uuid::Uuid::now_v7().to_string()
 }
 
 #[cfg(test)]

@@ -411,11 +411,11 @@ fn redis_settings(
     if !(url.starts_with("redis://")
         || url.starts_with("rediss://")
         || url.starts_with("redis+unix://")
-        || url.starts_with(crate::budget::redis::CLUSTER_SCHEME))
+        || url.starts_with(crate::store::redis::CLUSTER_SCHEME))
     {
         return Err(format!(
             "--redis-url `{}` must start with redis:// (or rediss://, redis+unix://, or redis+cluster://host:port,host:port for a Redis Cluster)",
-            crate::budget::redis::redact_url(&url)
+            crate::store::redis::redact_url(&url)
         ));
     }
     if !(10..=60_000).contains(&timeout_ms) {

@@ -12,12 +12,13 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::budget::{period_scope, DryRun, Escalation, ScopeState, StoreError, StoreView};
+use crate::budget::{period_scope, DryRun};
 use crate::error::Error;
 use crate::learn::Folded;
 use crate::money::{format_usd, nanos_to_usd};
 use crate::route::{RawRoute, RouteCall, Router};
 use crate::rules::reload::Rules;
+use crate::store::{Escalation, ScopeState, StoreError, StoreView};
 
 /// Options of `switchyard explain`.
 pub struct ExplainArgs<'a> {
@@ -50,7 +51,7 @@ impl StoreView for Empty {
     async fn view_escalation(&self, _: &str) -> Result<Option<Escalation>, StoreError> {
         Ok(None)
     }
-    async fn view_learning(&self, _: &str, _: &str, _: usize) -> Result<crate::budget::LearnPage, StoreError> {
+    async fn view_learning(&self, _: &str, _: &str, _: usize) -> Result<crate::store::LearnPage, StoreError> {
         Ok(Vec::new())
     }
     async fn view_rejected_tier(&self, _: &str, _: &str) -> Result<Option<u8>, StoreError> {
@@ -107,12 +108,12 @@ async fn run(args: &ExplainArgs<'_>, text: &str) -> Result<serde_json::Value, St
             let store = crate::cli::redis_reader(url, prefix, args.state_dir)
                 .await
                 .map_err(|e| e.to_string())?;
-            (Arc::new(store), crate::budget::redis::redact_url(url))
+            (Arc::new(store), crate::store::redis::redact_url(url))
         }
-        None => match crate::budget::sqlite::Reader::open(args.state_dir).map_err(|e| e.to_string())? {
+        None => match crate::store::sqlite::Reader::open(args.state_dir).map_err(|e| e.to_string())? {
             Some(r) => (
                 Arc::new(r),
-                args.state_dir.join(crate::budget::sqlite::FILE).display().to_string(),
+                args.state_dir.join(crate::store::sqlite::FILE).display().to_string(),
             ),
             None => (
                 Arc::new(Empty),

@@ -46,8 +46,8 @@ pub(crate) async fn redis_reader(
     url: &str,
     prefix: &str,
     state_dir: &Path,
-) -> Result<crate::budget::redis::RedisStore, crate::budget::StoreError> {
-    crate::budget::redis::RedisStore::connect(crate::budget::redis::RedisConfig {
+) -> Result<crate::store::redis::RedisStore, crate::store::StoreError> {
+    crate::store::redis::RedisStore::connect(crate::store::redis::RedisConfig {
         url: url.to_string(),
         prefix: prefix.to_string(),
         timeout: std::time::Duration::from_secs(5),

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::budget::redis::acks::{fold_file, Folded};
+use crate::store::redis::acks::{fold_file, Folded};
 
 pub struct ReconcileArgs {
     pub redis_url: String,

@@ -126,7 +126,7 @@ pub async fn report(a: ReportArgs) -> i32 {
 /// The store a reading command reads: the embedded store in a folder (safe
 /// beside a running server) or Redis. `Ok(None)` when the folder holds no
 /// store yet (said on stderr); `Err` is the exit code, the reason said.
-pub(crate) async fn open_store(source: &ReportSource) -> Result<Option<crate::budget::SharedStore>, i32> {
+pub(crate) async fn open_store(source: &ReportSource) -> Result<Option<crate::store::SharedStore>, i32> {
     match source {
         ReportSource::StateDir(dir) => {
             if !dir.join("budget.sqlite3").exists() {
@@ -137,7 +137,7 @@ pub(crate) async fn open_store(source: &ReportSource) -> Result<Option<crate::bu
                 );
                 return Ok(None);
             }
-            match crate::budget::sqlite::SqliteStore::open(dir) {
+            match crate::store::sqlite::SqliteStore::open(dir) {
                 Ok(s) => Ok(Some(std::sync::Arc::new(s))),
                 Err(e) => {
                     eprintln!("cannot read the store in {}: {e}", dir.display());

@@ -2,11 +2,11 @@
 //! request is decoded once by tonic and its text moves into the domain.
 
 use super::pb;
-use crate::budget::{Escalation, ScopeState};
 use crate::error::Error;
 use crate::ledger::OutcomeStatus;
 use crate::route::{RawRoute, RouteCall, RouteStatus, Routed};
 use crate::sidecar::{OutcomeReport, Resolution, UsageReport};
+use crate::store::{Escalation, ScopeState};
 
 impl TryFrom<pb::RouteRequest> for RouteCall {
     type Error = Error;

@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::{Features, LearnEvent, Learner, LearningGate};
-use crate::budget::{LearningStore, SharedStore, StoreError, StoreView};
 use crate::ledger::OutcomeStatus;
 use crate::recent::Recent;
 use crate::rules::reload::Rules;
+use crate::store::{LearningStore, SharedStore, StoreError, StoreView};
 
 /// Routed calls remembered for labelling, and for how long.
 const PENDING_CAPACITY: u64 = 200_000;
@@ -381,7 +381,7 @@ impl LearningGate for Folded {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::budget::sqlite::SqliteStore;
+    use crate::store::sqlite::SqliteStore;
 
     /// A caller that sends feedback for one call many times, at once, teaches
     /// the model once: the first label stands.

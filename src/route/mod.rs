@@ -313,7 +313,7 @@ impl Router {
     ) -> Result<Admitted<'t>, Error> {
         let d = &planned.decision;
         let model = &table.models[d.model];
-        let decision_id = crate::budget::new_decision_id();
+        let decision_id = crate::store::new_decision_id();
         let caller_name = caller.map_or_else(|| Arc::from("-"), |w| w.name.clone());
         let snapshot = match &self.effects {
             Some(_) => Snapshot::of(&Logged {

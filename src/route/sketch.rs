@@ -135,7 +135,7 @@ impl ScoreSketches {
     /// returned after every workflow was tried.
     pub async fn sync(
         &self,
-        store: &dyn crate::budget::LearningStore,
+        store: &dyn crate::store::LearningStore,
         table: &crate::rules::RuleTable,
     ) -> Result<(), crate::error::StoreError> {
         let mut failed = Vec::new();

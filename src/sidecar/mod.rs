@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::access::{Access, Identity};
 use crate::audit::{Action, Audit, Record, Verdict};
-use crate::budget::{period_scope, Budgets, Escalation, EscalationState, ScopeState, Settled, Store, Usage};
+use crate::budget::{period_scope, Budgets};
 use crate::clock::Clock;
 use crate::error::Error;
 use crate::learn::Online;
@@ -18,6 +18,7 @@ use crate::money::format_usd_exact;
 use crate::route::{find_workflow, RouteCall, Routed, Router};
 use crate::rules::reload::Rules;
 use crate::rules::OtherModelUsage;
+use crate::store::{Escalation, EscalationState, ScopeState, Settled, Store, Usage};
 
 /// Token counts above this are not plausible usage for one call.
 const ABSURD_TOKENS: u64 = 100_000_000;
@@ -105,7 +106,7 @@ impl Sidecar {
     }
 
     /// The decision a report names, or the error that says what is wrong.
-    async fn decision(&self, decision_id: &str) -> Result<crate::budget::ReservationRecord, Error> {
+    async fn decision(&self, decision_id: &str) -> Result<crate::store::ReservationRecord, Error> {
         if decision_id.is_empty() {
             return Err(Error::InvalidArgument(
                 "decision_id is empty: quote the decision_id that Route returned".into(),

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::budget::sqlite::SqliteStore;
 use crate::clock::ManualClock;
 use crate::route::{RawRoute, RouteStatus};
+use crate::store::sqlite::SqliteStore;
 use crate::testing::{model, RulesBuilder};
 
 fn rules() -> String {

@@ -4,16 +4,14 @@
 //! real `redis-server`. Then tests of what is not a trait's contract: budget
 //! periods, rollover, the embedded store's WAL and state folder.
 
-mod conformance;
-mod embedded;
-
 use std::sync::Arc;
 
 use super::*;
 use crate::rules::RuleTable;
-use conformance::{redis_config, redis_server, reservation};
+use crate::store::tests::conformance::{redis_config, redis_server, reservation};
+use crate::store::*;
 
-const DOLLAR: i64 = 1_000_000_000;
+use crate::store::tests::DOLLAR;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_fails_closed_journals_reports_and_replays_them_once() {

@@ -23,9 +23,9 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use crate::budget::lease::*;
-use crate::budget::{NewReservation, ScopeCharge, StoreError, Usage};
 use crate::rules::LeaseTerms;
+use crate::store::lease::*;
+use crate::store::{NewReservation, ScopeCharge, StoreError, Usage};
 
 /// What to simulate.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -28,10 +28,11 @@ use std::collections::{BTreeMap, HashMap};
 use jiff::Timestamp;
 use serde::Serialize;
 
-use crate::budget::{period_bounds, ScopeState};
+use crate::budget::period_bounds;
 use crate::ledger::{CallRecord, OutcomeEvent};
 use crate::money::nanos_to_usd;
 use crate::rules::{Period, RuleTable};
+use crate::store::ScopeState;
 
 pub use build::{budget_line, build, pace_line};
 pub(crate) use table::{num, pct, usd};
@@ -291,10 +292,10 @@ pub struct Report {
 
 /// Reads what a report needs from a store and builds it.
 pub async fn gather(
-    store: &dyn crate::budget::Store,
+    store: &dyn crate::store::Store,
     table: &RuleTable,
     spec: &Spec,
-) -> Result<Report, crate::budget::StoreError> {
+) -> Result<Report, crate::store::StoreError> {
     let ledger = store.ledger(spec.workflow.as_deref(), spec.since_ms()).await?;
     let (cur, _) = spec.windows();
     let mut escalations: HashMap<String, u64> = HashMap::new();
@@ -309,11 +310,11 @@ pub async fn gather(
 
 /// Each budgeted workflow's current period as the store has it.
 pub async fn budget_inputs(
-    store: &dyn crate::budget::Store,
+    store: &dyn crate::store::Store,
     table: &RuleTable,
     workflow: Option<&str>,
     now: Timestamp,
-) -> Result<Vec<BudgetInput>, crate::budget::StoreError> {
+) -> Result<Vec<BudgetInput>, crate::store::StoreError> {
     let mut budgets = Vec::new();
     for w in &table.workflows {
         let Some(b) = &w.budget else { continue };

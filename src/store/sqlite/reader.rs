@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::budgets::scope_state;
 use super::escalations::newest;
 use super::{open_read_only, unavailable};
-use crate::budget::{Escalation, EscalationState, ScopeState, StoreError, StoreView};
+use crate::store::{Escalation, EscalationState, ScopeState, StoreError, StoreView};
 
 pub struct Reader {
     conn: Mutex<Connection>,
@@ -41,7 +41,7 @@ impl StoreView for Reader {
         workflow: &str,
         cursor: &str,
         max: usize,
-    ) -> Result<crate::budget::LearnPage, StoreError> {
+    ) -> Result<crate::store::LearnPage, StoreError> {
         super::learning::since(&self.conn(), workflow, cursor, max)
     }
 

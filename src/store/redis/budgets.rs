@@ -6,7 +6,7 @@ use std::sync::Arc;
 use redis::Value;
 
 use super::*;
-use crate::budget::{BudgetStore, Reserved, ScopeState, Settled, StoreHealth, Usage};
+use crate::store::{BudgetStore, Reserved, ScopeState, Settled, StoreHealth, Usage};
 
 #[async_trait::async_trait]
 impl BudgetStore for RedisStore {
@@ -73,26 +73,8 @@ impl BudgetStore for RedisStore {
             }
         });
     }
-    fn reserve_leased(&self, r: &NewReservation, terms: crate::rules::LeaseTerms) -> crate::budget::lease::Take {
-        self.take_leased(r, terms)
-    }
-    fn note_refused(&self, scope: &str, state: ScopeState) {
-        self.leases.note_refused(scope, state, self.mono_ms());
-    }
-    fn clear_refusals(&self) {
-        self.leases.clear_refusals();
-    }
-    async fn renew_leases(&self, returning: bool) -> Result<Option<u64>, StoreError> {
-        self.renew_due(returning).await
-    }
-    fn lease_wake(&self) -> Option<&tokio::sync::Notify> {
-        Some(&self.leases.wake)
-    }
-    fn sweep_every(&self) -> std::time::Duration {
-        if self.journal_pending.load(Ordering::Relaxed) > 0 || self.degraded.load(Ordering::Relaxed) {
-            return std::time::Duration::from_secs(1);
-        }
-        std::time::Duration::from_millis(self.sweep_every_ms.load(Ordering::Relaxed))
+    fn leasing(&self) -> Option<&dyn crate::store::lease::Leasing> {
+        Some(self)
     }
     async fn settle(&self, decision_id: &str, cost: i64, usage: &Usage, now_ms: i64) -> Result<Settled, StoreError> {
         if let Some(settled) = self.settle_leased(decision_id, cost, usage, now_ms).await {
@@ -288,5 +270,30 @@ impl BudgetStore for RedisStore {
             lease_held_nanos: self.lease_held.load(Ordering::Relaxed),
             state_lost: lost.into_iter().collect(),
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::store::lease::Leasing for RedisStore {
+    fn reserve_leased(&self, r: &NewReservation, terms: crate::rules::LeaseTerms) -> crate::store::lease::Take {
+        self.take_leased(r, terms)
+    }
+    fn note_refused(&self, scope: &str, state: ScopeState) {
+        self.leases.note_refused(scope, state, self.mono_ms());
+    }
+    fn clear_refusals(&self) {
+        self.leases.clear_refusals();
+    }
+    async fn renew_leases(&self, returning: bool) -> Result<Option<u64>, StoreError> {
+        self.renew_due(returning).await
+    }
+    fn lease_wake(&self) -> &tokio::sync::Notify {
+        &self.leases.wake
+    }
+    fn sweep_every(&self) -> std::time::Duration {
+        if self.journal_pending.load(Ordering::Relaxed) > 0 || self.degraded.load(Ordering::Relaxed) {
+            return std::time::Duration::from_secs(1);
+        }
+        std::time::Duration::from_millis(self.sweep_every_ms.load(Ordering::Relaxed))
     }
 }

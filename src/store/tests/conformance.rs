@@ -7,7 +7,7 @@ use super::super::*;
 use super::DOLLAR;
 use crate::ledger::{FeedbackEvent, OutcomeEvent, OutcomeStatus};
 
-pub(super) fn reservation(id: &str, amount: i64, scopes: &[(&str, i64)], now_ms: i64) -> NewReservation {
+pub(crate) fn reservation(id: &str, amount: i64, scopes: &[(&str, i64)], now_ms: i64) -> NewReservation {
     NewReservation {
         decision_id: id.to_string(),
         // Scope keys start with their workflow's name, as `scopes_for` makes them.
@@ -81,7 +81,7 @@ async fn decision_snapshots_are_kept_for_their_retention(store: &Arc<dyn Store>,
         if i == 1 {
             tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
         }
-        let mut r = reservation(&crate::budget::new_decision_id(), 0, &[], now());
+        let mut r = reservation(&crate::store::new_decision_id(), 0, &[], now());
         r.workflow = wf.clone();
         r.snapshot = snap.to_vec();
         ids.push(r.decision_id.clone());
@@ -222,7 +222,7 @@ async fn the_ledger_holds_settled_calls_outcomes_and_feedback(store: &Arc<dyn St
     ended.at_ms = 3_000;
     assert_eq!(
         store.record_outcome(&ended, "local").await.expect("outcome"),
-        Some(crate::budget::PriorOutcome {
+        Some(crate::store::PriorOutcome {
             status: "rejected".into(),
             recorded_by: "grader".into()
         }),
@@ -767,7 +767,7 @@ async fn sqlite_learning_conforms() {
 }
 
 #[path = "../../../tests/common/redis.rs"]
-pub(super) mod redis_server;
+pub(crate) mod redis_server;
 
 pub fn redis_config(url: String, dir: &std::path::Path, fail_open_nanos: Option<i64>) -> redis::RedisConfig {
     redis::RedisConfig {

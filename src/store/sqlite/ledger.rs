@@ -6,8 +6,8 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{exec, open_read_only, unavailable, SqliteStore};
-use crate::budget::{LedgerStore, PriorOutcome, StoreError};
 use crate::ledger::{CallRecord, FeedbackEvent, Ledger, OutcomeEvent, OutcomeStatus};
+use crate::store::{LedgerStore, PriorOutcome, StoreError};
 
 /// The ledger's calls: ?1 since (ms), ?2 the workflow or NULL, ?3 the
 /// UUIDv7 floor of ?1 (see `uuid_v7_floor`). `+state` keeps the planner on

@@ -4,8 +4,8 @@
 use redis::Value;
 
 use super::SEP;
-use crate::budget::{NewReservation, ReservationRecord, ReservationState};
 use crate::ledger::CallRecord;
+use crate::store::{NewReservation, ReservationRecord, ReservationState};
 
 pub(super) fn text(v: &Value) -> String {
     match v {
@@ -95,7 +95,7 @@ pub(super) fn label_ref(labels: &str) -> String {
 }
 
 /// A settlement's usage, packed into one field: tokens, failed, when.
-pub(super) fn usage_field(u: &crate::budget::Usage, now_ms: i64) -> String {
+pub(super) fn usage_field(u: &crate::store::Usage, now_ms: i64) -> String {
     format!(
         "{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}",
         u.input_tokens,

@@ -4,8 +4,8 @@
 use redis::Value;
 
 use super::*;
-use crate::budget::{LedgerStore, PriorOutcome};
 use crate::ledger::{FeedbackEvent, Ledger, OutcomeEvent, OutcomeStatus};
+use crate::store::{LedgerStore, PriorOutcome};
 
 #[async_trait::async_trait]
 impl LedgerStore for RedisStore {

@@ -3,7 +3,7 @@
 use rusqlite::{params, OptionalExtension};
 
 use super::{exec, known, unavailable, Savepoint, SqliteStore};
-use crate::budget::{extra_after_approval, Escalation, EscalationState, EscalationStore, StoreError};
+use crate::store::{extra_after_approval, Escalation, EscalationState, EscalationStore, StoreError};
 
 fn escalation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Escalation> {
     Ok(Escalation {

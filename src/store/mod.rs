@@ -12,9 +12,14 @@
 //! takes only the trait it needs. [`StoreView`] is the read-only part
 //! `explain` uses beside a running server.
 
+pub mod lease;
+pub mod redis;
+pub mod sqlite;
+
+pub use crate::error::StoreError;
+
 use std::sync::Arc;
 
-use crate::error::StoreError;
 use crate::ledger::{FeedbackEvent, Ledger, OutcomeEvent};
 use crate::rules::{Budget, Prices};
 
@@ -269,29 +274,9 @@ pub trait BudgetStore: Send + Sync {
     /// waiting for it to be durable. It must be ordered before any later
     /// call on the same store, so that its ReportUsage finds it.
     fn record_detached(&self, r: NewReservation);
-    /// Reserves against this sidecar's slice of the call's leased period
-    /// budget, with no round trip, if one is valid and has room (`r` has that
-    /// one scope); or refuses it, if the budget was found used up lately.
-    /// `Exact`: reserve exactly. Stores that do not lease always say so.
-    fn reserve_leased(&self, _r: &NewReservation, _terms: crate::rules::LeaseTerms) -> super::lease::Take {
-        super::lease::Take::Exact
-    }
-    /// The store refused a call of a leased scope for its budget (`state`):
-    /// calls that do not fit it may be refused without asking for a while.
-    fn note_refused(&self, _scope: &str, _state: ScopeState) {}
-    /// An approval raised a limit: forget what [`BudgetStore::note_refused`] noted.
-    fn clear_refusals(&self) {}
-    /// Renews the slices that are due, or gives them all back (`returning`,
-    /// at shutdown); the milliseconds until the next is due, if any.
-    async fn renew_leases(&self, _returning: bool) -> Result<Option<u64>, StoreError> {
-        Ok(None)
-    }
-    /// How long the sweep waits before its next pass.
-    fn sweep_every(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(1)
-    }
-    /// Woken when a slice is wanted before its schedule.
-    fn lease_wake(&self) -> Option<&tokio::sync::Notify> {
+    /// The store's leased slices, if it leases (`None`: every call
+    /// reserves exactly, and the sweep runs every second).
+    fn leasing(&self) -> Option<&dyn lease::Leasing> {
         None
     }
     /// Waits until every decision recorded so far is durable (at shutdown).
@@ -447,3 +432,38 @@ impl<T: Store + ?Sized> StoreView for T {
         self.merge_score_counts(workflow, model, &[]).await
     }
 }
+
+/// A scope's approved additions after approving `add` more, or why not: the
+/// additions of one scope stay within [`crate::money::MAX_SCOPE_EXTRA_NANOS`]
+/// in all, so no limit a store holds can overflow.
+pub fn extra_after_approval(scope: &str, extra: i64, add: i64) -> Result<i64, StoreError> {
+    use crate::money::{format_usd_exact, MAX_SCOPE_EXTRA_NANOS};
+    extra
+        .checked_add(add)
+        .filter(|t| (0..=MAX_SCOPE_EXTRA_NANOS).contains(t))
+        .ok_or_else(|| {
+            StoreError::InvalidAmount(format!(
+                "approving {} more on `{scope}` would take what approvals added there past {} in all \
+                 (already {}); raise the budget in the rules instead",
+                format_usd_exact(add),
+                format_usd_exact(MAX_SCOPE_EXTRA_NANOS),
+                format_usd_exact(extra)
+            ))
+        })
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// A new decision ID: a UUIDv7, time-ordered (the ledger reads by it), from
+/// uuid's generator: a counter keeps the IDs of one process in order within
+/// a millisecond, and its random bits come from a thread-local generator
+/// seeded by the OS (uuid's `fast-rng`), so a Route makes no system call.
+pub fn new_decision_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -4,7 +4,7 @@
 use rusqlite::{params, OptionalExtension};
 
 use super::{exec, unavailable, SqliteStore};
-use crate::budget::{LearningStore, StoreError, REJECTION_TTL_MS};
+use crate::store::{LearningStore, StoreError, REJECTION_TTL_MS};
 use crate::understand::SCORE_BINS;
 
 /// Labelled calls of `workflow` after `cursor` (a sequence number; `""`:
@@ -14,7 +14,7 @@ pub(super) fn since(
     workflow: &str,
     cursor: &str,
     max: usize,
-) -> Result<crate::budget::LearnPage, StoreError> {
+) -> Result<crate::store::LearnPage, StoreError> {
     let after: i64 = if cursor.is_empty() {
         0
     } else {
@@ -102,7 +102,7 @@ impl LearningStore for SqliteStore {
         workflow: &str,
         cursor: &str,
         max: usize,
-    ) -> Result<crate::budget::LearnPage, StoreError> {
+    ) -> Result<crate::store::LearnPage, StoreError> {
         let (workflow, cursor) = (workflow.to_string(), cursor.to_string());
         self.with(move |conn| since(conn, &workflow, &cursor, max)).await
     }

@@ -1,7 +1,7 @@
 //! Escalations ([`EscalationStore`]): the escalate and resolve scripts.
 
 use super::*;
-use crate::budget::{Escalation, EscalationState, EscalationStore};
+use crate::store::{Escalation, EscalationState, EscalationStore};
 
 #[async_trait::async_trait]
 impl EscalationStore for RedisStore {

@@ -12,9 +12,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::*;
-use crate::budget::lease::{LeaseGrant, LeaseRenewal, LeaseStore, Take};
-use crate::budget::{Settled, Usage};
 use crate::rules::LeaseTerms;
+use crate::store::lease::{LeaseGrant, LeaseRenewal, LeaseStore, Take};
+use crate::store::{Settled, Usage};
 
 /// The script: `scripts/lease.lua`, after the money and epoch helpers.
 pub(super) const LEASE: &str = concat!(
@@ -39,7 +39,7 @@ impl RedisStore {
         let r = Arc::new(r.clone());
         let take = self.leases.take(&r, terms, self.mono_ms());
         if take == Take::Taken {
-            if let Some(owner) = crate::budget::outcome_owner(&r) {
+            if let Some(owner) = crate::store::outcome_owner(&r) {
                 self.leased_outcomes
                     .insert(format!("{}{SEP}{}{SEP}{owner}", r.workflow, r.outcome_id), ());
             }
@@ -88,7 +88,7 @@ impl RedisStore {
         };
         let mut first_err = None;
         for key in keys {
-            let Some(p) = self.leases.begin(&key, now, crate::budget::now_ms(), returning) else {
+            let Some(p) = self.leases.begin(&key, now, crate::store::now_ms(), returning) else {
                 continue;
             };
             let answer = self.renew_lease(&p.renewal).await;

@@ -87,6 +87,30 @@ pub struct LeaseGrant {
     pub state: ScopeState,
 }
 
+/// What a store that leases slices of period budgets does beside reserving:
+/// the calls the gate and `serve`'s tasks make of it. Only a store whose
+/// [`crate::store::BudgetStore::leasing`] answers has them.
+#[async_trait::async_trait]
+pub trait Leasing: Send + Sync {
+    /// Reserves against this sidecar's slice of the call's leased period
+    /// budget, with no round trip, if one is valid and has room (`r` has that
+    /// one scope); or refuses it, if the budget was found used up lately.
+    /// `Exact`: reserve exactly.
+    fn reserve_leased(&self, r: &NewReservation, terms: LeaseTerms) -> Take;
+    /// The store refused a call of a leased scope for its budget (`state`):
+    /// calls that do not fit it may be refused without asking for a while.
+    fn note_refused(&self, scope: &str, state: ScopeState);
+    /// An approval raised a limit: forget what [`Leasing::note_refused`] noted.
+    fn clear_refusals(&self);
+    /// Renews the slices that are due, or gives them all back (`returning`,
+    /// at shutdown); the milliseconds until the next is due, if any.
+    async fn renew_leases(&self, returning: bool) -> Result<Option<u64>, StoreError>;
+    /// How long the sweep waits before its next pass (the fleet paces it).
+    fn sweep_every(&self) -> std::time::Duration;
+    /// Woken when a slice is wanted before its schedule.
+    fn lease_wake(&self) -> &tokio::sync::Notify;
+}
+
 /// The store's side of leasing.
 #[async_trait::async_trait]
 pub trait LeaseStore: Send + Sync {

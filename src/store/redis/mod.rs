@@ -166,7 +166,7 @@ pub struct RedisStore {
     /// Workflows already added to the workflows set by this process.
     workflows_seen: std::sync::Mutex<std::collections::HashSet<String>>,
     /// This sidecar's slices of leased budgets.
-    leases: crate::budget::lease::Leases,
+    leases: crate::store::lease::Leases,
     lease: Script,
     /// Settlements made against a slice and not yet carried to Redis.
     lease_journal: tokio::sync::Mutex<Journal>,
@@ -258,7 +258,7 @@ impl RedisStore {
         );
         let store = RedisStore {
             conn,
-            decision_retention_ms: std::sync::atomic::AtomicI64::new(crate::budget::DEFAULT_DECISION_RETENTION_MS),
+            decision_retention_ms: std::sync::atomic::AtomicI64::new(crate::store::DEFAULT_DECISION_RETENTION_MS),
             reserve: Script::new(RESERVE),
             settle: Script::new(SETTLE),
             expire: Script::new(EXPIRE),
@@ -275,7 +275,7 @@ impl RedisStore {
             fail_open_total: AtomicU64::new(0),
             journal_pending: AtomicU64::new(pending as u64),
             workflows_seen: Default::default(),
-            leases: crate::budget::lease::Leases::new(uuid::Uuid::now_v7().simple().to_string()),
+            leases: crate::store::lease::Leases::new(uuid::Uuid::now_v7().simple().to_string()),
             lease: Script::new(leases::LEASE),
             lease_journal: tokio::sync::Mutex::new(lease_journal),
             started: crate::clock::Instant::now(),
@@ -302,7 +302,7 @@ impl RedisStore {
             .parent()
             .map(std::path::Path::to_path_buf)
             .unwrap_or_default();
-        self.leases = crate::budget::lease::Leases::new(holder_id(&dir));
+        self.leases = crate::store::lease::Leases::new(holder_id(&dir));
         *self.acks.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner) =
             acks::Acks::load(dir.join("acks.jsonl"))?;
         self.adopt_lease_journal().await
@@ -479,7 +479,7 @@ impl RedisStore {
 
     /// Adds to `pipe` the note that `r`'s caller routed under its outcome.
     fn note_outcome_caller(&self, pipe: &mut redis::Pipeline, r: &NewReservation) {
-        let Some(owner) = crate::budget::outcome_owner(r) else {
+        let Some(owner) = crate::store::outcome_owner(r) else {
             return;
         };
         let key = self.outcome_callers_key(&r.workflow, &r.outcome_id);

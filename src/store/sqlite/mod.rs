@@ -334,7 +334,7 @@ impl SqliteStore {
             records,
             health,
             wal,
-            decision_retention_ms: std::sync::atomic::AtomicI64::new(crate::budget::DEFAULT_DECISION_RETENTION_MS),
+            decision_retention_ms: std::sync::atomic::AtomicI64::new(crate::store::DEFAULT_DECISION_RETENTION_MS),
             snapshots_trimmed_to: Default::default(),
         })
     }

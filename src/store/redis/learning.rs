@@ -4,7 +4,7 @@
 use redis::Value;
 
 use super::*;
-use crate::budget::{LearningStore, REJECTION_TTL_MS};
+use crate::store::{LearningStore, REJECTION_TTL_MS};
 
 #[async_trait::async_trait]
 impl LearningStore for RedisStore {
@@ -52,7 +52,7 @@ impl LearningStore for RedisStore {
         workflow: &str,
         cursor: &str,
         max: usize,
-    ) -> Result<crate::budget::LearnPage, StoreError> {
+    ) -> Result<crate::store::LearnPage, StoreError> {
         let key = format!("{}learn", self.tag(workflow));
         let from = if cursor.is_empty() {
             "-".to_string()

@@ -3,11 +3,11 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{exec, known, unavailable, Msg, Savepoint, SqliteStore};
-use crate::budget::{
+use crate::rules::Prices;
+use crate::store::{
     BudgetStore, NewReservation, ReservationRecord, ReservationState, Reserved, ScopeState, Settled, StoreError,
     StoreHealth, Usage,
 };
-use crate::rules::Prices;
 
 /// Who routed a reservation, and the prices and tier it was routed at, as
 /// one blob column: three little-endian i64 prices per million tokens
@@ -183,7 +183,7 @@ pub(super) fn bind_reservation(
             terms,
             (!r.snapshot.is_empty()).then_some(r.snapshot.as_slice()),
             set,
-            crate::budget::outcome_owner(r)
+            crate::store::outcome_owner(r)
         ])
     })
     .map(drop)
