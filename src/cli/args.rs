@@ -364,6 +364,19 @@ pub struct StoreFlags {
     pub redis_key_prefix: String,
 }
 
+impl StoreFlags {
+    /// The store these flags name: Redis when `--redis-url` is given.
+    pub fn location(&self) -> crate::store::Location {
+        match &self.redis_url {
+            Some(url) => crate::store::Location::Redis {
+                url: url.clone(),
+                prefix: self.redis_key_prefix.clone(),
+            },
+            None => crate::store::Location::Embedded(self.state_dir.clone()),
+        }
+    }
+}
+
 /// The limits that keep the process bounded: connections and calls per
 /// port, the tokenizer pool, the learned state in memory (docs/operations.md).
 #[derive(clap::Args, Debug, Clone)]

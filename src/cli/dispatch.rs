@@ -51,21 +51,13 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Whatif {
             rules,
-            store:
-                StoreFlags {
-                    state_dir,
-                    redis_url,
-                    redis_key_prefix,
-                },
+            store,
             workflow,
             since,
             format,
             seed,
         } => {
-            let source = match redis_url {
-                Some(url) => cli::ReportSource::Redis(url, redis_key_prefix),
-                None => cli::ReportSource::StateDir(state_dir),
-            };
+            let source = cli::ReportSource::Store(store.location());
             let args = cli::WhatifArgs {
                 source,
                 rules,
@@ -141,10 +133,16 @@ pub fn run(cli: Cli) -> ExitCode {
             label,
             format,
         } => {
-            let source = match (server, redis_url) {
-                (Some(s), _) => cli::ReportSource::Server(s),
-                (None, Some(url)) => cli::ReportSource::Redis(url, redis_key_prefix),
-                (None, None) => cli::ReportSource::StateDir(state_dir),
+            let source = match server {
+                Some(s) => cli::ReportSource::Server(s),
+                None => cli::ReportSource::Store(
+                    StoreFlags {
+                        state_dir,
+                        redis_url,
+                        redis_key_prefix,
+                    }
+                    .location(),
+                ),
             };
             let args = cli::ReportArgs {
                 source,
@@ -235,12 +233,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Explain {
             rules,
-            store:
-                StoreFlags {
-                    state_dir,
-                    redis_url,
-                    redis_key_prefix,
-                },
+            store,
             workflow,
             task_kind,
             system,
@@ -252,8 +245,8 @@ pub fn run(cli: Cli) -> ExitCode {
             text,
         } => ExitCode::from(cli::explain(cli::ExplainArgs {
             rules: &rules,
-            state_dir: &state_dir,
-            redis: redis_url.as_deref().map(|u| (u, redis_key_prefix.as_str())),
+            store: &store.location(),
+            state_dir: &store.state_dir,
             workflow: &workflow,
             task_kind: &task_kind,
             text: text.as_deref(),

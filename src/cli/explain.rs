@@ -25,9 +25,10 @@ pub struct ExplainArgs<'a> {
     pub rules: &'a Path,
     /// Where `serve` keeps its store, to show the budget and the learned
     /// state as they stand.
+    /// Where the server's store is.
+    pub store: &'a crate::store::Location,
+    /// The folder whose Redis journal a Redis reader reads.
     pub state_dir: &'a Path,
-    /// Read them from this Redis instead (as `serve --redis-url`).
-    pub redis: Option<(&'a str, &'a str)>,
     pub workflow: &'a str,
     pub task_kind: &'a str,
     pub text: Option<&'a str>,
@@ -103,23 +104,15 @@ pub fn explain(args: ExplainArgs<'_>) -> i32 {
 
 async fn run(args: &ExplainArgs<'_>, text: &str) -> Result<serde_json::Value, String> {
     let rules = Rules::load(args.rules).map_err(|e| e.to_string())?;
-    let (view, store): (Arc<dyn StoreView>, String) = match args.redis {
-        Some((url, prefix)) => {
-            let store = crate::cli::redis_reader(url, prefix, args.state_dir)
-                .await
-                .map_err(|e| e.to_string())?;
-            (Arc::new(store), crate::store::redis::redact_url(url))
-        }
-        None => match crate::store::sqlite::Reader::open(args.state_dir).map_err(|e| e.to_string())? {
-            Some(r) => (
-                Arc::new(r),
-                args.state_dir.join(crate::store::sqlite::FILE).display().to_string(),
-            ),
-            None => (
-                Arc::new(Empty),
-                format!("none in {} (nothing spent or learned yet)", args.state_dir.display()),
-            ),
-        },
+    let (view, store): (Arc<dyn StoreView>, String) = match crate::store::open_view(args.store, args.state_dir)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Some(v) => (v, args.store.describe()),
+        None => (
+            Arc::new(Empty),
+            format!("none in {} (nothing spent or learned yet)", args.state_dir.display()),
+        ),
     };
     let table = rules.current();
     let (learning, learned_calls) = Folded::from_view(view.clone(), &[args.workflow])

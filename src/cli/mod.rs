@@ -19,8 +19,6 @@ mod report;
 mod simulate;
 mod whatif;
 
-use std::path::Path;
-
 pub use check::check;
 pub use dispatch::run;
 pub use escalations::{escalations, EscalationCommand};
@@ -40,24 +38,7 @@ pub fn print_json(value: &impl serde::Serialize) {
 
 pub use crate::terminal::print_text;
 
-/// A Redis store for commands that only read (`explain`, `report`). The
-/// journal in `state_dir` is read at connect and never written.
-pub(crate) async fn redis_reader(
-    url: &str,
-    prefix: &str,
-    state_dir: &Path,
-) -> Result<crate::store::redis::RedisStore, crate::store::StoreError> {
-    crate::store::redis::RedisStore::connect(crate::store::redis::RedisConfig {
-        url: url.to_string(),
-        prefix: prefix.to_string(),
-        timeout: std::time::Duration::from_secs(5),
-        reservation_ttl_ms: 1000,
-        fail_open_cap_nanos: None,
-        journal: state_dir.join("redis-journal.jsonl"),
-        accept_fresh: false,
-    })
-    .await
-}
+pub(crate) use crate::store::redis_reader;
 
 /// Why `connect` failed, each with a message saying what to fix.
 pub(crate) enum Connect {

@@ -2,11 +2,12 @@
 
 use crate::rules::RuleTable;
 
-use super::{authorized, connect, redis_reader, Connect};
+use super::{authorized, connect, Connect};
+use crate::store::Location;
 
+/// Where `report` and `whatif` read: a store, or (`report`) a running server.
 pub enum ReportSource {
-    StateDir(std::path::PathBuf),
-    Redis(String, String),
+    Store(Location),
     Server(String),
 }
 
@@ -127,31 +128,22 @@ pub async fn report(a: ReportArgs) -> i32 {
 /// beside a running server) or Redis. `Ok(None)` when the folder holds no
 /// store yet (said on stderr); `Err` is the exit code, the reason said.
 pub(crate) async fn open_store(source: &ReportSource) -> Result<Option<crate::store::SharedStore>, i32> {
-    match source {
-        ReportSource::StateDir(dir) => {
-            if !dir.join("budget.sqlite3").exists() {
+    let ReportSource::Store(at) = source else { return Err(1) };
+    match crate::store::open(at).await {
+        Ok(Some(s)) => Ok(Some(s)),
+        Ok(None) => {
+            if let Location::Embedded(dir) = at {
                 eprintln!(
                     "no store in {}: nothing has been recorded there yet. Run `switchyard serve --state-dir {}` and send it calls, or pass the --state-dir serve uses.",
                     dir.display(),
                     dir.display()
                 );
-                return Ok(None);
             }
-            match crate::store::sqlite::SqliteStore::open(dir) {
-                Ok(s) => Ok(Some(std::sync::Arc::new(s))),
-                Err(e) => {
-                    eprintln!("cannot read the store in {}: {e}", dir.display());
-                    Err(1)
-                }
-            }
+            Ok(None)
         }
-        ReportSource::Redis(url, prefix) => match redis_reader(url, prefix, &std::env::temp_dir()).await {
-            Ok(s) => Ok(Some(std::sync::Arc::new(s))),
-            Err(e) => {
-                eprintln!("{e}");
-                Err(1)
-            }
-        },
-        ReportSource::Server(_) => Err(1),
+        Err(e) => {
+            eprintln!("cannot read the store at {}: {e}", at.describe());
+            Err(1)
+        }
     }
 }

@@ -13,8 +13,11 @@
 //! `explain` uses beside a running server.
 
 pub mod lease;
+mod open;
 pub mod redis;
 pub mod sqlite;
+
+pub use open::{open, open_view, redis_reader, Location};
 
 pub use crate::error::StoreError;
 
