@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -64,15 +63,7 @@ exec "{bin}" serve --rules "{rules}" --state-dir "{state}" --listen 127.0.0.1:0 
         .stderr(Stdio::inherit())
         .spawn()
         .expect("unshare is part of util-linux, on every Debian machine");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
-            let _ = tx.send(line);
-        }
-        for _ in lines {}
-    });
+    let rx = first_line(child.stdout.take().expect("stdout"));
     let line = match rx.recv_timeout(Duration::from_secs(30)) {
         Ok(l) => l,
         Err(_) => {

@@ -1,31 +1,6 @@
 use super::*;
 
-const MINIMAL: &str = r#"
-[[models]]
-name = "small"
-provider = "p1"
-input_per_mtok = 0.10
-cached_input_per_mtok = 0.01
-output_per_mtok = 0.40
-context_window = 1000
-max_output_tokens = 500
-tiers = { general = 2, code = 1 }
-
-[[models]]
-name = "big"
-provider = "p2"
-input_per_mtok = 2.0
-cached_input_per_mtok = 0.5
-output_per_mtok = 8.0
-batch_discount = 0.5
-context_window = 100000
-max_output_tokens = 4000
-capabilities = ["tools", "vision"]
-tiers = { general = 5 }
-
-[[workflows]]
-name = "w"
-"#;
+const MINIMAL: &str = include_str!("../../tests/fixtures/unit/minimal.toml");
 
 fn diags(text: &str) -> Vec<Diagnostic> {
     match RuleTable::from_str("rules.toml", text) {

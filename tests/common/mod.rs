@@ -65,16 +65,7 @@ impl Server {
             .stderr(stderr)
             .spawn()
             .expect("start switchyard");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            // Keep draining so the child never blocks on a full pipe.
-            for _ in lines {}
-        });
+        let rx = first_line(child.stdout.take().expect("stdout"));
         let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
             let log = std::fs::read_to_string(&stderr_log).unwrap_or_default();
             let _ = child.kill();
@@ -363,3 +354,17 @@ handle the ABA problem exactly, never allocate on the hot path, and only use std
 schema {\"design\": string, \"proof\": [string]}. Why does a compare-and-swap loop terminate? Analyze the tradeoffs.\n\
 1. fn push(&self, v: T)\n2. fn pop(&self) -> Option<T>\n3. fn len(&self) -> usize\n\
 ```rust\nimpl<T> Queue<T> { pub fn new() -> Self { todo!() } }\n```";
+
+/// A child's first line of output, sent when it comes; the rest is drained
+/// so that the child never blocks on a full pipe.
+pub fn first_line(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(out).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines {}
+    });
+    rx
+}

@@ -162,40 +162,7 @@ async fn sqlite_decision_records_are_durable_after_sync_and_expire_only_with_a_b
     );
 }
 
-const BUDGETED: &str = r#"
-[[models]]
-name = "m"
-provider = "p"
-input_per_mtok = 1.0
-cached_input_per_mtok = 0.1
-output_per_mtok = 2.0
-context_window = 1000
-max_output_tokens = 100
-tiers = { general = 3 }
-
-[[workflows]]
-name = "w"
-[workflows.budget]
-limit_usd = 1.0
-period = "day"
-timezone = "Europe/Berlin"
-per_outcome_usd = 0.10
-soft_threshold_pct = 80
-on_limit = "escalate"
-labels = [{ label = "team", value = "search", limit_usd = 0.5 }]
-
-[[workflows]]
-name = "weekly"
-[workflows.budget]
-limit_usd = 5
-period = "week"
-
-[[workflows]]
-name = "monthly"
-[workflows.budget]
-limit_usd = 5
-period = "month"
-"#;
+const BUDGETED: &str = include_str!("../../../tests/fixtures/unit/budgeted.toml");
 
 #[test]
 fn periods_align_to_the_calendar_in_the_time_zone() {

@@ -23,42 +23,7 @@ fn apgr_of_a_perfect_a_reversed_and_a_flat_ranking() {
     assert_eq!(routellm_metrics(&[0.5; 4], &weak, &weak), None);
 }
 
-const RULES: &str = r#"
-[[models]]
-name = "weak-model"
-provider = "p"
-input_per_mtok = 0.5
-cached_input_per_mtok = 0.5
-output_per_mtok = 0.5
-context_window = 100000
-max_output_tokens = 4000
-tiers = { general = 2 }
-
-[[models]]
-name = "strong-model"
-provider = "p"
-input_per_mtok = 10.0
-cached_input_per_mtok = 10.0
-output_per_mtok = 30.0
-context_window = 100000
-max_output_tokens = 4000
-tiers = { general = 4 }
-
-[[workflows]]
-name = "replay"
-learning = { cold_start = 10, exploration = 0.1 }
-
-[[rules]]
-name = "retry-up"
-workflow = "replay"
-min_attempt = 2
-tier = 4
-
-[[rules]]
-name = "rest"
-workflow = "replay"
-tier = 2
-"#;
+const RULES: &str = include_str!("../../../tests/fixtures/unit/replay.toml");
 
 /// Rows where the weak model fails every `trivia` question. The rules'
 /// complexity score ranks the algebra rows (math words) above the trivia

@@ -12,44 +12,7 @@ fn long_prompt(n: usize) -> String {
     (0..n / 6).map(|i| format!("Rule {i}: cite the source. ")).collect()
 }
 
-const RULES: &str = r#"
-[[models]]
-name = "warmable"
-provider = "a"
-input_per_mtok = 1.0
-cached_input_per_mtok = 0.1
-output_per_mtok = 2.0
-context_window = 200000
-max_output_tokens = 8000
-tiers = { general = 3 }
-prefix_cache_ttl_s = 1
-
-[[models]]
-name = "forgetful"
-provider = "b"
-input_per_mtok = 1.0
-cached_input_per_mtok = 1.0
-output_per_mtok = 2.0
-context_window = 200000
-max_output_tokens = 8000
-tiers = { general = 3 }
-
-[[models]]
-name = "legacy"
-provider = "c"
-input_per_mtok = 1.0
-cached_input_per_mtok = 0.5
-output_per_mtok = 2.0
-context_window = 200000
-max_output_tokens = 8000
-tokenizer = "cl100k"
-tiers = { general = 3 }
-prefix_cache_ttl_s = 300
-prefix_cache_min_tokens = 2048
-
-[[workflows]]
-name = "w"
-"#;
+const RULES: &str = include_str!("../../../tests/fixtures/unit/context-cache.toml");
 
 #[test]
 fn repeated_messages_are_counted_once_per_encoding_set() {

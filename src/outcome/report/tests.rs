@@ -1,23 +1,7 @@
 use super::*;
 use crate::ledger::{Ledger, OutcomeStatus};
 
-const RULES: &str = r#"
-[[models]]
-name = "small"
-provider = "p"
-input_per_mtok = 0.1
-cached_input_per_mtok = 0.01
-output_per_mtok = 0.4
-context_window = 100000
-max_output_tokens = 4000
-tiers = { general = 2 }
-
-[[workflows]]
-name = "w"
-
-[[workflows]]
-name = "v"
-"#;
+const RULES: &str = include_str!("../../../tests/fixtures/unit/report.toml");
 
 const HOUR: i64 = 3_600_000;
 

@@ -368,21 +368,7 @@ mod tests {
     use super::*;
     use crate::ledger::{CallRecord, OutcomeEvent, OutcomeStatus};
 
-    const RULES: &str = r#"
-[[models]]
-name = "m"
-provider = "p"
-input_per_mtok = 1.0
-cached_input_per_mtok = 1.0
-output_per_mtok = 1.0
-context_window = 100000
-max_output_tokens = 1000
-tiers = { general = 2 }
-
-[[workflows]]
-name = "w"
-learning = { enabled = false }
-"#;
+    const RULES: &str = include_str!("../../../tests/fixtures/unit/whatif-unit.toml");
 
     fn call(i: usize, outcome: &str) -> CallRecord {
         let snapshot = Snapshot {
