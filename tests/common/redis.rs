@@ -85,15 +85,35 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return true;
-            }
             if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                // It exited: most often another process took the port first.
                 return false;
+            }
+            // Something listens there; it is this redis-server, and not
+            // another test's listener that took the port, when its
+            // process_id is this child's.
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() && self.is_this_child() {
+                return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// Whether the server answering on the port is this child: its
+    /// `process_id` is the child's.
+    fn is_this_child(&self) -> bool {
+        let Some(pid) = self.child.as_ref().map(|c| c.id()) else {
+            return false;
+        };
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "INFO", "server"])
+            .output()
+            .is_ok_and(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .any(|l| l.trim() == format!("process_id:{pid}"))
+            })
     }
 
     /// Sends a signal by name (`STOP` freezes it without closing its
