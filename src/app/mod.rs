@@ -34,8 +34,6 @@ use crate::learn::Learner;
 use crate::route::{Effects, Router};
 use crate::rules::reload::Rules;
 use crate::sidecar::Sidecar;
-use crate::store::redis::{redact_url, RedisConfig, RedisStore};
-use crate::store::sqlite::SqliteStore;
 use crate::store::SharedStore;
 
 /// Everything `serve` needs, already parsed from flags and environment.

@@ -17,7 +17,7 @@ mod open;
 pub mod redis;
 pub mod sqlite;
 
-pub use open::{open, open_view, redis_reader, Location};
+pub use open::{open, open_to_serve, open_view, redis_reader, Location, Opened, ServeOptions};
 
 pub use crate::error::StoreError;
 
