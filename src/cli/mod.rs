@@ -5,7 +5,16 @@
 //! - [`explain`]: the decision `serve` would make for a prompt, on the same
 //!   Route use case, beside a running server's store;
 //! - [`report`]: cost per accepted outcome, from a store or a server;
-//! - [`escalations`]: list, approve or deny on a running server.
+//! - [`escalations`]: list, approve or deny on a running server;
+//! - [`whatif`]: a candidate rule table estimated on the logged decisions;
+//! - [`simulate`]: the real lease code on a simulated fleet, and
+//!   `simulate pacing` on bursty replayed arrivals;
+//! - [`replay`]: routing quality on recorded per-prompt outcomes;
+//! - [`prices`]: list prices imported from LiteLLM's price map;
+//! - [`reconcile`] and [`budget_init`]: the fleet store's repairs.
+//!
+//! [`run`] dispatches a parsed command line (`main` calls it); `serve`
+//! itself is [`crate::app::serve`].
 
 pub mod args;
 mod check;
