@@ -331,9 +331,28 @@ fn check(h: &History, f: &Final) {
     assert!(pending.values().all(|&n| n == 1), "{pending:?}");
 }
 
+/// Waits until the clients have had `more` settlements acknowledged since
+/// the call: the chaos strikes after so much traffic, not after so long.
+async fn after_settlements(history: &Arc<Mutex<History>>, more: usize) {
+    let start = history.lock().expect("history").settled.len();
+    let came = eventually(Duration::from_secs(30), || {
+        let n = history.lock().expect("history").settled.len();
+        async move { n >= start + more }
+    })
+    .await;
+    assert!(
+        came,
+        "fewer than {more} settlements in 30 s: the clients are not getting through"
+    );
+}
+
 /// Runs the clients and the admin against `addr` while `chaos` breaks
-/// things; then waits for every unsettled reservation to expire.
-async fn run(addr: &str, chaos: impl std::future::Future<Output = ()>) -> Arc<Mutex<History>> {
+/// things (given the history, to pace itself by the traffic); then waits
+/// for every unsettled reservation to expire.
+async fn run<F: std::future::Future<Output = ()>>(
+    addr: &str,
+    chaos: impl FnOnce(Arc<Mutex<History>>) -> F,
+) -> Arc<Mutex<History>> {
     let history = Arc::new(Mutex::new(History::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
@@ -341,9 +360,9 @@ async fn run(addr: &str, chaos: impl std::future::Future<Output = ()>) -> Arc<Mu
     let clients: Vec<_> = (0..CLIENTS)
         .map(|n| tokio::spawn(client_loop(addr.to_string(), n, done.clone(), history.clone())))
         .collect();
-    chaos.await;
+    chaos(history.clone()).await;
     // A last stretch of traffic on the recovered stores.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    after_settlements(&history, 60).await;
     done.store(true, Ordering::Relaxed);
     for c in clients {
         c.await.expect("client");
@@ -375,9 +394,9 @@ async fn the_embedded_store_is_the_fold_of_what_it_acknowledged_across_kill_9() 
     ))));
     let chaos = {
         let (server, rules, listen, dir) = (server.clone(), rules.path().to_path_buf(), listen.clone(), dir.clone());
-        async move {
+        move |history| async move {
             for _ in 0..2 {
-                tokio::time::sleep(Duration::from_millis(1500)).await;
+                after_settlements(&history, 60).await;
                 let s = server.lock().expect("server").take().expect("running");
                 s.kill9();
                 *server.lock().expect("server") = Some(Server::start(&rules, &flags(&listen, &dir, &[])));
@@ -414,13 +433,13 @@ async fn the_redis_store_is_the_fold_of_what_it_acknowledged_across_kills_of_bot
             url.clone(),
         );
         let redis = redis.clone();
-        async move {
-            tokio::time::sleep(Duration::from_millis(1200)).await;
+        move |history| async move {
+            after_settlements(&history, 60).await;
             // Redis dies for a second; settlements are journaled meanwhile.
             redis.lock().expect("redis").kill9();
             tokio::time::sleep(Duration::from_millis(1000)).await;
             redis.lock().expect("redis").restart();
-            tokio::time::sleep(Duration::from_millis(800)).await;
+            after_settlements(&history, 30).await;
             // Then the sidecar dies, with whatever its journal holds.
             let extra = ["--redis-url", url.as_str(), "--redis-timeout-ms", "300"];
             let s = server.lock().expect("server").take().expect("running");
