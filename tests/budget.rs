@@ -44,19 +44,11 @@ async fn budget(c: &mut RouterClient<Channel>, workflow: &str) -> pb::BudgetStat
 }
 
 async fn report(c: &mut RouterClient<Channel>, r: &pb::RouteResponse, output: u64) -> i64 {
-    c.report_usage(pb::UsageReport {
-        decision_id: r.decision_id.clone(),
-        model: r.model.clone(),
-        input_tokens: r.input_tokens,
-        cached_input_tokens: 0,
-        cache_write_input_tokens: 0,
-        output_tokens: output,
-        failed: false,
-    })
-    .await
-    .expect("report usage")
-    .into_inner()
-    .cost_nanousd
+    c.report_usage(usage_for(r, output))
+        .await
+        .expect("report usage")
+        .into_inner()
+        .cost_nanousd
 }
 
 /// 32 clients spread over `clients` race for the "race" workflow's $1 until

@@ -93,15 +93,7 @@ async fn connect(addr: &str) -> RouterClient<Channel> {
 /// says whether it took more than one try.
 async fn settle(c: &mut RouterClient<Channel>, r: &pb::RouteResponse, output: u64) -> (i64, bool) {
     for attempt in 0.. {
-        let report = pb::UsageReport {
-            decision_id: r.decision_id.clone(),
-            model: r.model.clone(),
-            input_tokens: r.input_tokens,
-            cached_input_tokens: 0,
-            cache_write_input_tokens: 0,
-            output_tokens: output,
-            failed: false,
-        };
+        let report = usage_for(r, output);
         match c.report_usage(report).await {
             Ok(ack) => return (ack.into_inner().cost_nanousd, attempt > 0),
             Err(e)

@@ -368,3 +368,15 @@ pub fn first_line(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc::
     });
     rx
 }
+
+/// The usage report of a routed call: the routed model, its estimated
+/// input (nothing cached or written to a cache), and `output` tokens.
+pub fn usage_for(r: &pb::RouteResponse, output: u64) -> pb::UsageReport {
+    pb::UsageReport {
+        decision_id: r.decision_id.clone(),
+        model: r.model.clone(),
+        input_tokens: r.input_tokens,
+        output_tokens: output,
+        ..Default::default()
+    }
+}
