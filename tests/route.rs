@@ -271,25 +271,9 @@ async fn serve_refuses_bad_rules_before_binding() {
     let dir = tempfile::tempdir().expect("tmp");
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[[models]]\nname = \"x\"\nprovider = \"p\"\ncolour = 1\n").expect("write");
-    // Held by the test throughout: a serve that bound before reading its
-    // rules would fail on the taken port instead, and no parallel test can
-    // take the port in between.
-    let held = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("hold a port");
-    let port = held.local_addr().expect("held port").port();
-    let out = std::process::Command::new(BIN)
-        .arg("serve")
-        .arg("--rules")
-        .arg(&bad)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--state-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .expect("run");
+    // The port is held throughout: see `serve_on_a_held_port`.
+    let (held, mut serve) = serve_on_a_held_port(&bad, dir.path());
+    let out = serve.output().expect("run");
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bad.toml:4:1: `models[0].colour`"), "{stderr}");

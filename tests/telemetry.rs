@@ -691,24 +691,9 @@ fn bad_opentelemetry_settings_stop_serve_before_binding() {
     ];
     for (name, value, says) in cases {
         let dir = tempfile::tempdir().expect("tmp");
-        // The test holds the gRPC port itself for the whole run: a serve that
-        // bound before it read its settings would fail on the taken port
-        // instead, and no parallel test can take the port in between.
-        let held = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("hold a port");
-        let port = held.local_addr().expect("held port").port();
-        let mut cmd = std::process::Command::new(common::BIN);
-        cmd.arg("serve")
-            .arg("--rules")
-            .arg(common::repo_path("routing-rules"))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--state-dir",
-            ])
-            .arg(dir.path())
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+        // The port is held for the whole run: see `serve_on_a_held_port`.
+        let (held, mut cmd) = serve_on_a_held_port(&common::repo_path("routing-rules"), dir.path());
+        cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
             .env(name, value)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());

@@ -380,3 +380,25 @@ pub fn usage_for(r: &pb::RouteResponse, output: u64) -> pb::UsageReport {
         ..Default::default()
     }
 }
+
+/// `serve` with `rules` and its state in `dir`, set to listen on a port the
+/// returned listener holds: a serve that binds before it has read its
+/// configuration fails on the taken port, and no parallel test can take
+/// the port in between. For tests of what `serve` refuses before binding.
+pub fn serve_on_a_held_port(rules: &Path, dir: &Path) -> (std::net::TcpListener, Command) {
+    let held = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("hold a port");
+    let port = held.local_addr().expect("held port").port();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .arg("--rules")
+        .arg(rules)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--state-dir",
+        ])
+        .arg(dir);
+    (held, cmd)
+}
