@@ -761,13 +761,7 @@ async fn callers(
             })
         })
         .collect();
-    let (mut acked, mut routed) = (0, 0);
-    for t in tasks {
-        let (a, r) = t.await.expect("client");
-        acked += a;
-        routed += r;
-    }
-    (acked, routed)
+    sum_pairs(tasks).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

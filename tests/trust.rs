@@ -661,12 +661,7 @@ async fn bad_keys_cannot_flood_the_audit_log() {
             })
         })
         .collect();
-    let (mut unauthenticated, mut limited) = (0, 0);
-    for t in tasks {
-        let (u, l) = t.await.expect("task");
-        unauthenticated += u;
-        limited += l;
-    }
+    let (unauthenticated, limited) = sum_pairs(tasks).await;
     assert!(limited > 0, "the peer was limited after its burst");
     assert!(unauthenticated >= 100, "the burst was answered as unauthenticated");
     // A good key from the same address is not locked out.

@@ -402,3 +402,18 @@ pub fn serve_on_a_held_port(rules: &Path, dir: &Path) -> (std::net::TcpListener,
         .arg(dir);
     (held, cmd)
 }
+
+/// Awaits tasks that each count two things, and sums each count.
+pub async fn sum_pairs<A, B>(tasks: Vec<tokio::task::JoinHandle<(A, B)>>) -> (A, B)
+where
+    A: std::ops::AddAssign + Default,
+    B: std::ops::AddAssign + Default,
+{
+    let (mut a, mut b) = (A::default(), B::default());
+    for t in tasks {
+        let (x, y) = t.await.expect("task");
+        a += x;
+        b += y;
+    }
+    (a, b)
+}
