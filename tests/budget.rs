@@ -34,15 +34,6 @@ fn call(workflow: &str, outcome: &str) -> pb::RouteRequest {
     }
 }
 
-async fn budget(c: &mut RouterClient<Channel>, workflow: &str) -> pb::BudgetStatus {
-    c.get_budget(pb::GetBudgetRequest {
-        workflow: workflow.into(),
-    })
-    .await
-    .expect("get budget")
-    .into_inner()
-}
-
 async fn report(c: &mut RouterClient<Channel>, r: &pb::RouteResponse, output: u64) -> i64 {
     c.report_usage(usage_for(r, output))
         .await

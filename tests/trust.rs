@@ -92,23 +92,9 @@ fn call(workflow: &str, outcome: &str) -> pb::RouteRequest {
 
 fn usage(r: &pb::RouteResponse, model: &str, output: u64) -> pb::UsageReport {
     pb::UsageReport {
-        decision_id: r.decision_id.clone(),
         model: model.into(),
-        input_tokens: r.input_tokens,
-        cached_input_tokens: 0,
-        cache_write_input_tokens: 0,
-        output_tokens: output,
-        failed: false,
+        ..usage_for(r, output)
     }
-}
-
-async fn budget(c: &mut RouterClient<Channel>, workflow: &str) -> pb::BudgetStatus {
-    c.get_budget(pb::GetBudgetRequest {
-        workflow: workflow.into(),
-    })
-    .await
-    .expect("get budget")
-    .into_inner()
 }
 
 /// Defect 2: an approval of i64::MAX nano-USD overflowed the scope's limit

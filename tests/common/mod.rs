@@ -417,3 +417,13 @@ where
     }
     (a, b)
 }
+
+/// A workflow's budget as the server's store holds it.
+pub async fn budget(c: &mut RouterClient<Channel>, workflow: &str) -> pb::BudgetStatus {
+    c.get_budget(pb::GetBudgetRequest {
+        workflow: workflow.into(),
+    })
+    .await
+    .expect("get budget")
+    .into_inner()
+}
