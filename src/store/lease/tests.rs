@@ -5,26 +5,13 @@ const TERMS: LeaseTerms = LeaseTerms {
     max_share_bp: 500,
 };
 
+/// A call of workflow `w` whose only scope is its period budget.
 fn call(id: &str, amount: i64) -> Arc<NewReservation> {
+    let r = crate::store::tests::conformance::reservation(id, amount, &[("w|day", 1_000_000_000)], 0);
     Arc::new(NewReservation {
-        decision_id: id.into(),
-        workflow: "w".into(),
         outcome_id: String::new(),
-        model: "m".into(),
-        deferrable: false,
-        amount_nanos: amount,
-        scopes: vec![ScopeCharge {
-            key: "w|day".into(),
-            limit_nanos: 1_000_000_000,
-        }],
-        now_ms: 0,
         expires_ms: 0,
-        downgraded: false,
-        labels: String::new(),
-        caller: "local".into(),
-        prices: Default::default(),
-        tier: 0,
-        snapshot: Vec::new(),
+        ..r
     })
 }
 
