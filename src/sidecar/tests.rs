@@ -296,6 +296,21 @@ async fn cache_writes_are_charged_and_more_cache_than_input_is_refused() {
         e.contains("cache_write_input_tokens (500)") && e.contains("input_tokens (1000)"),
         "{e}"
     );
+    // A count that would overflow the sum is refused the same way, not wrapped.
+    let huge = UsageReport {
+        input_tokens: 1000,
+        cached_input_tokens: 600,
+        cache_write_input_tokens: u64::MAX,
+        ..usage(&r.decision_id, 10)
+    };
+    let e = f
+        .sidecar
+        .report_usage(&who, huge)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("is more than input_tokens (1000)"), "{e}");
     // Refused, not settled: the same decision still takes a good report.
     let written = UsageReport {
         input_tokens: 1000,
