@@ -209,7 +209,7 @@ pub fn estimate(
     Estimate {
         input_tokens,
         complexity: reading.difficulty,
-        complexity_quantile: quantile_in(understanding.calibration(), |_| 0, reading.difficulty),
+        complexity_quantile: prior_quantile(understanding.prior_below(), reading.difficulty),
         features,
         output_tokens,
         task_kind: task_kind.to_string(),
@@ -224,20 +224,31 @@ pub fn estimate(
 /// workflow's own count in each bin (`count(bin)`; `|_| 0` for none yet).
 /// Half of the score's own bin counts as below. One pass, no allocation:
 /// it runs on every Route.
-pub fn quantile_in(calibration: &[f64], count: impl Fn(usize) -> u64, score: f64) -> f64 {
+pub fn quantile_in(prior_below: &[f64], count: impl Fn(usize) -> u64, score: f64) -> f64 {
     let bin = crate::understand::score_bin(score);
-    let (mut below, mut seen) = (0.0, 0u64);
+    // Counts are summed as integers (halves kept as twice the count); the
+    // calibration's part was summed once, at load (`prior_below`).
+    let (mut below_twice, mut seen) = (0u64, 0u64);
     for i in 0..crate::understand::SCORE_BINS {
         let n = count(i);
         seen += n;
-        let at = calibration.get(i).copied().unwrap_or(0.0) * PRIOR_REQUESTS + n as f64;
-        if i < bin {
-            below += at;
-        } else if i == bin {
-            below += at / 2.0;
-        }
+        below_twice += match i.cmp(&bin) {
+            std::cmp::Ordering::Less => 2 * n,
+            std::cmp::Ordering::Equal => n,
+            std::cmp::Ordering::Greater => 0,
+        };
     }
-    (below / (PRIOR_REQUESTS + seen as f64)).clamp(0.0, 1.0)
+    let prior = prior_below.get(bin).copied().unwrap_or(1.0) * PRIOR_REQUESTS;
+    ((prior + below_twice as f64 / 2.0) / (PRIOR_REQUESTS + seen as f64)).clamp(0.0, 1.0)
+}
+
+/// [`quantile_in`] before any traffic is seen: the calibration alone.
+pub fn prior_quantile(prior_below: &[f64], score: f64) -> f64 {
+    prior_below
+        .get(crate::understand::score_bin(score))
+        .copied()
+        .unwrap_or(1.0)
+        .clamp(0.0, 1.0)
 }
 
 /// How many requests the model's calibration counts for in a workflow's
@@ -379,5 +390,47 @@ default_task_kind = "mcq"
         assert_eq!(class_name.output_tokens, table.default_output_tokens);
         assert_eq!(predicted_output_tokens(&table, wf, "anatomy", 0), 16);
         assert_eq!(predicted_output_tokens(&table, wf, "anatomy", 99), 99);
+    }
+
+    #[test]
+    fn quantiles_are_the_calibration_and_the_counts_below_with_half_the_bin() {
+        use crate::understand::{score_bin, SCORE_BINS};
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let raw: Vec<f64> = (0..SCORE_BINS).map(|_| (next() % 1000) as f64 + 1.0).collect();
+        let total: f64 = raw.iter().sum();
+        let calibration: Vec<f64> = raw.iter().map(|c| c / total).collect();
+        let mut prior_below = Vec::new();
+        let mut below = 0.0;
+        for c in &calibration {
+            prior_below.push(below + c / 2.0);
+            below += c;
+        }
+        let counts: Vec<u64> = (0..SCORE_BINS).map(|_| next() % 50).collect();
+        for score in [0.0, 0.004, 0.25, 0.5, 0.731, 0.99, 1.0] {
+            // The definition, summed bin by bin.
+            let bin = score_bin(score);
+            let (mut want, mut seen) = (0.0, 0u64);
+            for i in 0..SCORE_BINS {
+                let at = calibration[i] * PRIOR_REQUESTS + counts[i] as f64;
+                seen += counts[i];
+                if i < bin {
+                    want += at;
+                } else if i == bin {
+                    want += at / 2.0;
+                }
+            }
+            let want = want / (PRIOR_REQUESTS + seen as f64);
+            let got = quantile_in(&prior_below, |i| counts[i], score);
+            assert!((got - want).abs() < 1e-12, "{score}: {got} against {want}");
+            let prior: f64 = calibration[..bin].iter().sum::<f64>() + calibration[bin] / 2.0;
+            assert!((prior_quantile(&prior_below, score) - prior).abs() < 1e-12);
+            assert!((quantile_in(&prior_below, |_| 0, score) - prior).abs() < 1e-12);
+        }
     }
 }

@@ -84,8 +84,8 @@ impl ScoreSketches {
     /// The share of `workflow`'s traffic scoring below `score`.
     pub fn quantile(&self, model: &Understanding, workflow: &str, score: f64) -> f64 {
         match self.get(model.tag(), workflow) {
-            Some(s) => quantile_in(model.calibration(), |bin| s.count(bin), score),
-            None => quantile_in(model.calibration(), |_| 0, score),
+            Some(s) => quantile_in(model.prior_below(), |bin| s.count(bin), score),
+            None => crate::estimate::prior_quantile(model.prior_below(), score),
         }
     }
 

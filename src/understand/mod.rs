@@ -26,6 +26,19 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+/// Each bin's share of `calibration` below it plus half its own.
+fn prior_below(calibration: &[f64]) -> Vec<f64> {
+    let mut below = 0.0;
+    calibration
+        .iter()
+        .map(|&c| {
+            let at = below + c / 2.0;
+            below += c;
+            at
+        })
+        .collect()
+}
+
 /// The header line of a model file.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Header {
@@ -91,6 +104,9 @@ pub struct Understanding {
     difficulty_w: Vec<f32>,
     /// Each score bin's share of the calibration mix (sums to 1).
     calibration: Vec<f64>,
+    /// For each bin, the calibration's share below it plus half its own:
+    /// the quantile of a score in that bin before any traffic is seen.
+    prior_below: Vec<f64>,
     dense_means: Vec<f32>,
     pub sha256: String,
 }
@@ -205,7 +221,7 @@ impl Understanding {
                 b.calibration.len()
             ));
         }
-        let calibration = b.calibration.iter().map(|&c| f64::from(c) / total as f64).collect();
+        let calibration: Vec<f64> = b.calibration.iter().map(|&c| f64::from(c) / total as f64).collect();
         if b.dense_means.len() != DENSE {
             return Err(format!(
                 "{name}: {} structural means, expected {DENSE}: retrain with scripts/train-understanding",
@@ -214,6 +230,7 @@ impl Understanding {
         }
         Ok(Understanding {
             difficulty_w,
+            prior_below: prior_below(&calibration),
             calibration,
             dense_means: b.dense_means,
             kinds: b.kinds,
@@ -259,6 +276,7 @@ impl Understanding {
             rarity: Vec::new(),
             difficulty_w: vec![0.0; BUCKETS + DENSE + 1],
             calibration: vec![1.0 / SCORE_BINS as f64; SCORE_BINS],
+            prior_below: prior_below(&[1.0 / SCORE_BINS as f64; SCORE_BINS]),
             dense_means: vec![0.0; DENSE],
             sha256: "none".into(),
         }
@@ -281,6 +299,13 @@ impl Understanding {
     /// Each score bin's share of the calibration mix.
     pub fn calibration(&self) -> &[f64] {
         &self.calibration
+    }
+
+    /// The calibration's share below each bin plus half the bin's own (see
+    /// `estimate::quantile_in`), kept from load so that a Route reads it
+    /// rather than summing the bins.
+    pub fn prior_below(&self) -> &[f64] {
+        &self.prior_below
     }
 
     /// Reads a request's texts once, for both its kind and its score.

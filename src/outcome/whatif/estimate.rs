@@ -112,7 +112,7 @@ fn estimate_under(table: &RuleTable, workflow: &crate::rules::Workflow, s: &Snap
     let complexity_quantile = if s.complexity.is_some() && s.complexity_model == table.understanding.tag() {
         s.complexity_quantile
     } else {
-        crate::estimate::quantile_in(table.understanding.calibration(), |_| 0, complexity)
+        crate::estimate::prior_quantile(table.understanding.prior_below(), complexity)
     };
     let task_kind_source = match s.task_kind_source.as_str() {
         "inferred" => crate::estimate::KindSource::Inferred,
@@ -511,10 +511,7 @@ mod tests {
             ..new
         };
         let q = estimate_under(&t, w, &other).complexity_quantile;
-        assert_eq!(
-            q,
-            crate::estimate::quantile_in(t.understanding.calibration(), |_| 0, 0.7)
-        );
+        assert_eq!(q, crate::estimate::prior_quantile(t.understanding.prior_below(), 0.7));
         assert_eq!(
             crate::estimate::complexity::FEATURE_NAMES
                 .split(',')
