@@ -396,12 +396,7 @@ default_task_kind = "mcq"
     fn quantiles_are_the_calibration_and_the_counts_below_with_half_the_bin() {
         use crate::understand::{score_bin, SCORE_BINS};
         let mut rng = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = || xorshift(&mut rng);
         let raw: Vec<f64> = (0..SCORE_BINS).map(|_| (next() % 1000) as f64 + 1.0).collect();
         let total: f64 = raw.iter().sum();
         let calibration: Vec<f64> = raw.iter().map(|c| c / total).collect();
