@@ -597,3 +597,64 @@ fn report_shows_a_paced_budgets_pace() {
     );
     assert!(pace["spend_price_per_usd"].as_f64().is_some_and(|p| p > 0.0), "{pace}");
 }
+
+#[test]
+fn budget_status_shows_each_budget_and_the_serving_controllers_price() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = dir.path().join("rules.toml");
+    let text = std::fs::read_to_string(repo_path("routing-rules/examples/routellm.toml"))
+        .expect("rules")
+        .replace(
+            "outcome_unit = \"answered question\"\n",
+            "outcome_unit = \"answered question\"\n[workflows.budget]\nlimit_usd = 10.0\nperiod = \"week\"\npacing = \"traffic\"\n",
+        );
+    std::fs::write(&rules, text).expect("write rules");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("state folder");
+    drop(switchyard::store::sqlite::SqliteStore::open(&state).expect("store"));
+    let status = || {
+        let out = Command::new(BIN)
+            .args(["budget", "status", "--format", "json", "--rules"])
+            .arg(&rules)
+            .arg("--state-dir")
+            .arg(&state)
+            .output()
+            .expect("run budget status");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        v["workflows"][0].clone()
+    };
+    let fresh = status();
+    assert_eq!(fresh["limit_usd"], 10.0, "{fresh}");
+    assert_eq!(fresh["spent_usd"], 0.0, "{fresh}");
+    assert_eq!(fresh["pace"]["pacing"], "traffic", "{fresh}");
+    let fresh_price = fresh["pace"]["spend_price_per_usd"].as_f64().expect("price");
+    // The serving sidecar saved a controller that has raised the price.
+    let workflow = fresh["workflow"].as_str().expect("workflow").to_string();
+    let saved = serde_json::json!({
+        "version": 1,
+        "workflows": { workflow: { "integral": 3.0, "traffic": vec![0u64; 168], "since_ms": null } },
+    });
+    std::fs::write(state.join("pacing.json"), saved.to_string()).expect("pacing.json");
+    let served = status();
+    let served_price = served["pace"]["spend_price_per_usd"].as_f64().expect("price");
+    assert!(
+        served_price > fresh_price * 10.0,
+        "the saved controller's price {served_price} against a fresh one's {fresh_price}"
+    );
+    // A damaged file is named, not used.
+    std::fs::write(state.join("pacing.json"), "{ not json").expect("damage");
+    let out = Command::new(BIN)
+        .args(["budget", "status", "--rules"])
+        .arg(&rules)
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pacing.json:1:"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -102,6 +102,50 @@ struct SavedPacer {
     since_ms: Option<i64>,
 }
 
+/// The pacers a sidecar saved (`Budgets::save_pacers`), by workflow: each
+/// controller's price and traffic by hour. A missing file is a fresh start
+/// (none); a damaged one is refused with its name and what to do, and
+/// nothing of it is used.
+pub fn read_pacers(path: &std::path::Path) -> Result<std::collections::BTreeMap<String, Pacer>, String> {
+    let body = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let saved: SavedPacers = serde_json::from_slice(&body).map_err(|e| {
+        format!(
+            "{}:{}:{}: not a pacing state file ({e}); delete it to start pacing afresh",
+            path.display(),
+            e.line(),
+            e.column()
+        )
+    })?;
+    if saved.version != 1 {
+        return Err(format!(
+            "{}: pacing state version {} is not this build's (1); delete it to start pacing afresh",
+            path.display(),
+            saved.version
+        ));
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for (w, s) in saved.workflows {
+        if s.traffic.len() != HOURS_OF_WEEK || !s.integral.is_finite() {
+            return Err(format!(
+                "{}: workflow `{w}` has {} hourly counts (want {HOURS_OF_WEEK}) or a price that is not a number; \
+                 delete the file to start pacing afresh",
+                path.display(),
+                s.traffic.len()
+            ));
+        }
+        let mut p = Pacer::default();
+        p.controller.integral = s.integral.clamp(-super::pacing::LOG_RANGE, super::pacing::LOG_RANGE);
+        p.traffic = s.traffic;
+        p.since_ms = s.since_ms;
+        out.insert(w, p);
+    }
+    Ok(out)
+}
+
 impl Pacer {
     /// Counts a call admitted at `now` in its hour of the week and period.
     pub fn count(&mut self, b: &Budget, now: Timestamp) {
@@ -301,46 +345,17 @@ impl Budgets {
         std::fs::rename(&tmp, path)
     }
 
-    /// Reads what [`Budgets::save_pacers`] wrote. A missing file is a fresh
-    /// start; a damaged one is refused with its name and what to do, and
-    /// nothing of it is used.
+    /// Reads what [`Budgets::save_pacers`] wrote (see [`read_pacers`]) into
+    /// these budgets' pacers; how many workflows it held.
     pub fn load_pacers(&self, path: &std::path::Path) -> Result<usize, String> {
-        let body = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-        };
-        let saved: SavedPacers = serde_json::from_slice(&body).map_err(|e| {
-            format!(
-                "{}:{}:{}: not a pacing state file ({e}); delete it to start pacing afresh",
-                path.display(),
-                e.line(),
-                e.column()
-            )
-        })?;
-        if saved.version != 1 {
-            return Err(format!(
-                "{}: pacing state version {} is not this build's (1); delete it to start pacing afresh",
-                path.display(),
-                saved.version
-            ));
-        }
+        let read = read_pacers(path)?;
+        let n = read.len();
         let mut pacers = self.pacers();
-        let mut n = 0;
-        for (w, s) in saved.workflows {
-            if s.traffic.len() != HOURS_OF_WEEK || !s.integral.is_finite() {
-                return Err(format!(
-                    "{}: workflow `{w}` has {} hourly counts (want {HOURS_OF_WEEK}) or a price that is not a number; \
-                     delete the file to start pacing afresh",
-                    path.display(),
-                    s.traffic.len()
-                ));
-            }
+        for (w, r) in read {
             let p = pacers.entry(w).or_default();
-            p.controller.integral = s.integral.clamp(-super::pacing::LOG_RANGE, super::pacing::LOG_RANGE);
-            p.traffic = s.traffic;
-            p.since_ms = s.since_ms;
-            n += 1;
+            p.controller.integral = r.controller.integral;
+            p.traffic = r.traffic;
+            p.since_ms = r.since_ms;
         }
         Ok(n)
     }

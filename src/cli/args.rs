@@ -339,6 +339,22 @@ pub enum BudgetAction {
         #[arg(long, default_value = "table")]
         format: String,
     },
+    /// Each budgeted workflow's period budget as the store holds it, and a paced budget's pace:
+    /// target so far, forecast at the period's end, and the price of spend the serving sidecar's
+    /// controller last saved.
+    Status {
+        /// The rules `serve` runs (a file or folder).
+        #[arg(long, env = "SWITCHYARD_RULES", default_value = "routing-rules")]
+        rules: PathBuf,
+        #[command(flatten)]
+        store: StoreFlags,
+        /// Only this workflow.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// table or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
     /// Mark a new Redis as this deployment's budget store, so that sidecars trust it; they refuse an
     /// empty Redis otherwise (it may have lost its data).
     Init {

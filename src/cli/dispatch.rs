@@ -88,6 +88,21 @@ pub fn run(cli: Cli) -> ExitCode {
             run_async(cli::reconcile(args))
         }
         Command::Budget {
+            action:
+                BudgetAction::Status {
+                    rules,
+                    store,
+                    workflow,
+                    format,
+                },
+        } => run_async(cli::status(cli::StatusArgs {
+            rules,
+            store: store.location(),
+            state_dir: store.state_dir,
+            workflow,
+            format,
+        })),
+        Command::Budget {
             action: BudgetAction::Init {
                 redis_url,
                 redis_key_prefix,

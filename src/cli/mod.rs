@@ -26,6 +26,7 @@ mod reconcile;
 pub mod replay;
 mod report;
 mod simulate;
+mod status;
 mod whatif;
 
 pub use check::check;
@@ -35,6 +36,7 @@ pub use explain::{explain, ExplainArgs};
 pub use reconcile::{budget_init, reconcile, ReconcileArgs};
 pub use report::{report, ReportArgs, ReportSource};
 pub use simulate::{simulate, simulate_pacing, SimulateArgs};
+pub use status::{status, StatusArgs};
 pub use whatif::{whatif, WhatifArgs};
 
 /// Prints `value` as pretty JSON on stdout, as [`print_text`] does.
