@@ -569,14 +569,7 @@ fn simulate_pacing_compares_threshold_with_each_pacing_mode() {
 #[test]
 fn report_shows_a_paced_budgets_pace() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let rules = dir.path().join("rules.toml");
-    let text = std::fs::read_to_string(repo_path("routing-rules/examples/routellm.toml"))
-        .expect("rules")
-        .replace(
-            "outcome_unit = \"answered question\"\n",
-            "outcome_unit = \"answered question\"\n[workflows.budget]\nlimit_usd = 10.0\nperiod = \"week\"\npacing = \"traffic\"\n",
-        );
-    std::fs::write(&rules, text).expect("write rules");
+    let rules = paced_rules(dir.path());
     // A state folder with its (empty) store, as a serve leaves it.
     std::fs::create_dir(dir.path().join("state")).expect("state folder");
     drop(switchyard::store::sqlite::SqliteStore::open(&dir.path().join("state")).expect("store"));
@@ -601,14 +594,7 @@ fn report_shows_a_paced_budgets_pace() {
 #[test]
 fn budget_status_shows_each_budget_and_the_serving_controllers_price() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let rules = dir.path().join("rules.toml");
-    let text = std::fs::read_to_string(repo_path("routing-rules/examples/routellm.toml"))
-        .expect("rules")
-        .replace(
-            "outcome_unit = \"answered question\"\n",
-            "outcome_unit = \"answered question\"\n[workflows.budget]\nlimit_usd = 10.0\nperiod = \"week\"\npacing = \"traffic\"\n",
-        );
-    std::fs::write(&rules, text).expect("write rules");
+    let rules = paced_rules(dir.path());
     let state = dir.path().join("state");
     std::fs::create_dir(&state).expect("state folder");
     drop(switchyard::store::sqlite::SqliteStore::open(&state).expect("store"));
@@ -657,4 +643,18 @@ fn budget_status_shows_each_budget_and_the_serving_controllers_price() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// routellm.toml with its workflow's budget paced by traffic ($10 a week),
+/// written into `dir`.
+fn paced_rules(dir: &std::path::Path) -> std::path::PathBuf {
+    let rules = dir.join("rules.toml");
+    let text = std::fs::read_to_string(repo_path("routing-rules/examples/routellm.toml"))
+        .expect("rules")
+        .replace(
+            "outcome_unit = \"answered question\"\n",
+            "outcome_unit = \"answered question\"\n[workflows.budget]\nlimit_usd = 10.0\nperiod = \"week\"\npacing = \"traffic\"\n",
+        );
+    std::fs::write(&rules, text).expect("write rules");
+    rules
 }
