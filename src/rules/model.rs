@@ -41,6 +41,7 @@ pub struct Model {
 /// the prices it was routed at, so that its settlement never depends on a
 /// rules table that was reloaded in between.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "StoredPrices")]
 pub struct Prices {
     /// Nano-dollars per million input tokens.
     pub input_nanos_per_mtok: i64,
@@ -53,6 +54,30 @@ pub struct Prices {
     pub output_nanos_per_mtok: i64,
     /// Batch discount in basis points (5000 = half price).
     pub batch_discount_bp: u32,
+}
+
+/// [`Prices`] as journals store them: a line written before the cache-write
+/// price existed lacks it, and is read with the input price in its place.
+#[derive(serde::Deserialize)]
+struct StoredPrices {
+    input_nanos_per_mtok: i64,
+    cached_input_nanos_per_mtok: i64,
+    #[serde(default)]
+    cache_write_input_nanos_per_mtok: Option<i64>,
+    output_nanos_per_mtok: i64,
+    batch_discount_bp: u32,
+}
+
+impl From<StoredPrices> for Prices {
+    fn from(p: StoredPrices) -> Prices {
+        Prices {
+            input_nanos_per_mtok: p.input_nanos_per_mtok,
+            cached_input_nanos_per_mtok: p.cached_input_nanos_per_mtok,
+            cache_write_input_nanos_per_mtok: p.cache_write_input_nanos_per_mtok.unwrap_or(p.input_nanos_per_mtok),
+            output_nanos_per_mtok: p.output_nanos_per_mtok,
+            batch_discount_bp: p.batch_discount_bp,
+        }
+    }
 }
 
 impl Prices {

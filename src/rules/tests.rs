@@ -159,6 +159,21 @@ fn cost_is_integer_nanos_with_cache_and_batch() {
 }
 
 #[test]
+fn prices_journaled_before_the_cache_write_price_read_it_as_the_input_price() {
+    // A Redis journal line written by the build before cache writes were priced.
+    let old = r#"{"input_nanos_per_mtok":3000000000,"cached_input_nanos_per_mtok":300000000,"output_nanos_per_mtok":15000000000,"batch_discount_bp":5000}"#;
+    let p: crate::rules::Prices = serde_json::from_str(old).expect("an old line still reads");
+    assert_eq!(p.cache_write_input_nanos_per_mtok, 3_000_000_000);
+    // And this build's lines round-trip as they are.
+    let now = crate::rules::Prices {
+        cache_write_input_nanos_per_mtok: 3_750_000_000,
+        ..p
+    };
+    let back: crate::rules::Prices = serde_json::from_str(&serde_json::to_string(&now).expect("json")).expect("read");
+    assert_eq!(back, now);
+}
+
+#[test]
 fn cache_writes_are_charged_at_their_own_price_within_the_input() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("routing-rules");
     let t = RuleTable::load(&root).expect("default rules load");
