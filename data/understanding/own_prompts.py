@@ -92,6 +92,100 @@ FOREIGN = [
 ]
 FOREIGN_TEMPLATES = ["Translate to English: {s}", "What does \"{s}\" mean in English?", "{s}\n\nEnglish please."]
 
+# Sentences written for this project in other scripts and languages, with the
+# language each is in: a request to translate is one whatever the alphabet of
+# its material.
+FOREIGN_WIDE = [
+    ("Russian", "Завтра утром мы поедем на дачу, если не будет дождя."),
+    ("Russian", "Компания объявила о закрытии двух заводов в следующем году."),
+    ("Russian", "Мой брат работает врачом в городской больнице уже десять лет."),
+    ("Russian", "Правительство обсуждает новый закон о налогах для малого бизнеса."),
+    ("Ukrainian", "Сьогодні в місті відкрили нову бібліотеку для дітей."),
+    ("Chinese", "我们下周一要开会讨论新产品的价格。"),
+    ("Chinese", "这家餐厅的菜很好吃，但是服务太慢了。"),
+    ("Chinese", "今年夏天的雨水比往年多很多，很多农田被淹了。"),
+    ("Chinese", "请在明天下午五点之前把报告发给我。"),
+    ("Japanese", "明日の会議は午後三時に変更になりました。"),
+    ("Japanese", "駅までの道を教えていただけますか。"),
+    ("Korean", "이번 주말에 친구들과 함께 바다에 갈 거예요."),
+    ("Korean", "회의 자료를 내일까지 보내 주세요."),
+    ("Czech", "Vláda schválila nový rozpočet na příští rok."),
+    ("Czech", "Náš vlak měl zpoždění skoro hodinu kvůli sněhu."),
+    ("Czech", "Hokejisté vyhráli rozhodující zápas až v prodloužení."),
+    ("Icelandic", "Veðrið í Reykjavík var mjög slæmt í gær."),
+    ("Icelandic", "Ég ætla að heimsækja ömmu mína um helgina."),
+    ("Polish", "Jutro rano idę do lekarza, bo boli mnie gardło."),
+    ("Polish", "Cena mieszkań w Warszawie znowu wzrosła w tym roku."),
+    ("Greek", "Το πλοίο για τη Σαντορίνη φεύγει στις οκτώ το πρωί."),
+    ("Turkish", "Yarın akşam yemeğe annemlere gideceğiz."),
+    ("Arabic", "سيبدأ الاجتماع في الساعة العاشرة صباحا."),
+    ("Hindi", "मुझे कल सुबह जल्दी दफ्तर जाना है।"),
+    ("German", "Die Bundesregierung will den Ausbau der Windkraft deutlich beschleunigen."),
+    ("German", "Nach dem Spiel feierten die Fans bis spät in die Nacht auf dem Marktplatz."),
+    ("Portuguese", "O novo hospital vai abrir as portas no próximo mês."),
+    ("Dutch", "De trein naar Amsterdam vertrekt over tien minuten."),
+    ("Swedish", "Vi ses på fredag efter jobbet vid det vanliga stället."),
+    ("Vietnamese", "Tôi muốn đặt một phòng cho hai người vào cuối tuần này."),
+]
+FOREIGN_WIDE_TEMPLATES = [
+    "Translate this {src} text into English:\n\n{s}",
+    "{s}\n\nCan you translate that to English?",
+    "What does this {src} sentence mean in English? {s}",
+    "Please give me an English translation of the following:\n{s}",
+    "I got this message in {src}: \"{s}\" What does it say?",
+    "{src} to English, please: {s}",
+    "{s}\n\nWhat is this in English?",
+    "Could you put this {src} into plain English for me?\n\n{s}",
+]
+# Requests written in other languages that ask for no translation: the
+# language of a request is not its kind.
+IN_OTHER_LANGUAGES = [
+    ("writing", "Напиши короткое стихотворение о зимнем лесе."),
+    ("code", "Напиши функцию на Python, которая проверяет, является ли строка палиндромом."),
+    ("qa", "Почему небо голубое?"),
+    ("math", "Реши уравнение: 3x + 7 = 22."),
+    ("writing", "写一封邮件，邀请同事参加周五的团队聚餐。"),
+    ("code", "用JavaScript写一个函数，把数组里的重复元素去掉。"),
+    ("qa", "长城有多长？"),
+    ("summarize", "请用三句话总结下面这篇文章的要点。"),
+    ("writing", "Napiš krátký příběh o psovi, který se ztratil ve městě."),
+    ("qa", "Jaké je hlavní město Austrálie?"),
+    ("writing", "Schreibe eine kurze Geburtstagskarte für meine Kollegin."),
+    ("code", "Schreibe ein SQL-Query, das alle Kunden aus Berlin ausgibt."),
+    ("planning", "Hilf mir, eine Woche Urlaub in Portugal zu planen."),
+    ("qa", "¿Cuál es la diferencia entre un virus y una bacteria?"),
+    ("writing", "Escribe un poema corto sobre el mar."),
+    ("math", "Calcula el área de un círculo de radio 4 cm."),
+    ("writing", "日本の秋について短いエッセイを書いてください。"),
+    ("qa", "Hvað eru mörg eldfjöll á Íslandi?"),
+    ("classification", "Czy ta opinia jest pozytywna czy negatywna: 'Obsługa była okropna.'"),
+    ("chat", "Привет! Как у тебя дела сегодня?"),
+]
+
+# English material of the kind people send to be translated, and the
+# languages they ask for.
+ENGLISH_MATERIAL = [
+    "The city council voted on Tuesday to close the old bridge to traffic until the repairs are finished.",
+    "Shares in the airline fell sharply after it warned that fuel costs would hurt its profits this year.",
+    "The striker scored twice in the second half to give his team their first win of the season.",
+    "Doctors say the new treatment could help thousands of patients who do not respond to existing drugs.",
+    "Heavy snow closed several roads in the north of the country and delayed trains for hours.",
+    "The museum will reopen next spring after a two-year renovation of its main hall.",
+    "Police are asking anyone who saw the accident on the motorway to come forward.",
+    "The company plans to hire two hundred engineers at its new research centre.",
+]
+TARGET_LANGS = ["Czech", "Icelandic", "Russian", "Chinese", "Polish", "Swedish", "Turkish", "Greek",
+                "Ukrainian", "Hindi", "Arabic", "Vietnamese", "Hungarian", "Finnish"]
+ENGLISH_MATERIAL_TEMPLATES = [
+    "Translate into {lang}:\n{s}",
+    "{s}\n\nPlease translate this into {lang}.",
+    "Could you translate the following news sentence to {lang}? {s}",
+    "How would you write this in {lang}? \"{s}\"",
+    "English to {lang}: {s}",
+    "I need a {lang} version of this sentence for our website: {s}",
+    "{s}\n\n{lang} translation, please.",
+]
+
 QA = [
     "Who wrote Pride and Prejudice?", "What year did the Berlin Wall fall?", "How far is the Moon from Earth?",
     "What is the boiling point of water at sea level in Fahrenheit?", "Which planet has the most moons?",
@@ -239,6 +333,21 @@ def build():
         for j, t in enumerate(FOREIGN_TEMPLATES):
             rows.append({"id": f"own/translation/{n}", "source": "own", "kind": "translation",
                          "prompt": t.format(s=s), "hard": 0})
+            n += 1
+    for i, (src, f) in enumerate(FOREIGN_WIDE):
+        for j in range(2):
+            t = FOREIGN_WIDE_TEMPLATES[(2 * i + j) % len(FOREIGN_WIDE_TEMPLATES)]
+            rows.append({"id": f"own/translation/{n}", "source": "own_languages", "kind": "translation",
+                         "prompt": t.format(src=src, s=f)})
+            n += 1
+    for i, (kind, p) in enumerate(IN_OTHER_LANGUAGES):
+        rows.append({"id": f"own/languages/{i}", "source": "own_languages", "kind": kind, "prompt": p})
+    for i, e in enumerate(ENGLISH_MATERIAL):
+        for j in range(3):
+            lang = TARGET_LANGS[(3 * i + j) % len(TARGET_LANGS)]
+            t = ENGLISH_MATERIAL_TEMPLATES[(3 * i + j) % len(ENGLISH_MATERIAL_TEMPLATES)]
+            rows.append({"id": f"own/translation/{n}", "source": "own_languages", "kind": "translation",
+                         "prompt": t.format(lang=lang, s=e)})
             n += 1
     for kind, items in (("qa", QA), ("classification", CLASSIFY), ("extraction", EXTRACT), ("summarize", SUMMARIZE)):
         for i, p in enumerate(items):
