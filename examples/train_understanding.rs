@@ -85,12 +85,18 @@ fn rarity_table(path: &PathBuf) -> Vec<u8> {
     t
 }
 
+/// Sources written to teach the kind classifier only: neither difficulty
+/// labels nor part of the calibration mix, which stands for traffic
+/// (`own_languages`' foreign words would read as rare, and `own_asks` leans
+/// to the kinds public sources template).
+const KINDS_ONLY: [&str; 2] = ["own_languages", "own_asks"];
+
 /// How much a source's rows count: templated P3 tasks teach a template's
 /// wording more than a kind, written requests read as users write.
 fn source_weight(source: &str) -> f32 {
     match source {
         "p3_t0_train_template" | "bbh" => 0.4,
-        "own" | "own_pairs" | "own_kinds" | "own_languages" | "arena-hard-v0.1-labelled" => 2.0,
+        "own" | "own_pairs" | "own_kinds" | "own_languages" | "own_asks" | "arena-hard-v0.1-labelled" => 2.0,
         _ => 1.0,
     }
 }
@@ -295,9 +301,12 @@ fn main() {
             };
             diff_rows.push(("kinds".into(), label, r.x.clone()));
         }
-        // Every fourth row again, padded with chatter, label unchanged.
+        // Every fourth row again, padded with chatter, label unchanged
+        // (counted without the kinds-only sources, so that adding to them
+        // leaves the score as it was).
         let mut padded = Vec::new();
-        for (i, r) in rows.iter().enumerate().filter(|(i, _)| i % 4 == 0) {
+        let counted = rows.iter().filter(|r| !KINDS_ONLY.contains(&r.source.as_str()));
+        for (i, r) in counted.enumerate().filter(|(i, _)| i % 4 == 0) {
             let label = match r.source.as_str() {
                 "arena-hard-v2.0" | "arena-hard-v0.1-labelled" => 1.0,
                 "p3_t0_train_template" => 0.0,
@@ -411,11 +420,8 @@ fn main() {
     }
     // The score's calibration: its histogram over a broad mix, each source
     // (of kinds and of difficulty labels) weighing the same, 10,000 in all.
-    // `own_languages` teaches the classifier requests in and about other
-    // languages and is no sample of traffic: the score reads foreign words as
-    // rare.
     let mut by_source: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    for r in rows.iter().filter(|r| r.source != "own_languages") {
+    for r in rows.iter().filter(|r| !KINDS_ONLY.contains(&r.source.as_str())) {
         by_source
             .entry(r.source.as_str())
             .or_default()

@@ -18,6 +18,7 @@ import sys
 
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, here)
+import own_asks  # noqa: E402
 import own_kinds  # noqa: E402
 import own_pairs  # noqa: E402
 import own_prompts  # noqa: E402
@@ -54,6 +55,8 @@ rows += pick(load("bbh.jsonl"), 40, lambda r: r["task"])
 rows += own_prompts.build()
 for i, (kind, prompt) in enumerate(own_kinds.build()):
     rows.append({"id": f"own_kinds/{kind}/{i}", "source": "own_kinds", "kind": kind, "prompt": prompt})
+for i, (kind, prompt) in enumerate(own_asks.build()):
+    rows.append({"id": f"own_asks/{kind}/{i}", "source": "own_asks", "kind": kind, "prompt": prompt})
 for i, (kind, prompt, hard) in enumerate(own_pairs.build()):
     rows.append({"id": f"own_pairs/{kind}/{i}", "source": "own_pairs", "kind": kind, "prompt": prompt, "hard": hard})
 # Arena-Hard-Auto v0.1 (Apache-2.0): real user prompts, kinds assigned by hand.
