@@ -89,7 +89,9 @@ fn rarity_table(path: &PathBuf) -> Vec<u8> {
 /// labels nor part of the calibration mix, which stands for traffic
 /// (`own_languages`' foreign words would read as rare, and `own_asks` leans
 /// to the kinds public sources template).
-const KINDS_ONLY: [&str; 2] = ["own_languages", "own_asks"];
+fn kinds_only(r: &Row) -> bool {
+    matches!(r.source.as_str(), "own_languages" | "own_asks")
+}
 
 /// How much a source's rows count: templated P3 tasks teach a template's
 /// wording more than a kind, written requests read as users write.
@@ -305,7 +307,7 @@ fn main() {
         // (counted without the kinds-only sources, so that adding to them
         // leaves the score as it was).
         let mut padded = Vec::new();
-        let counted = rows.iter().filter(|r| !KINDS_ONLY.contains(&r.source.as_str()));
+        let counted = rows.iter().filter(|r| !kinds_only(r));
         for (i, r) in counted.enumerate().filter(|(i, _)| i % 4 == 0) {
             let label = match r.source.as_str() {
                 "arena-hard-v2.0" | "arena-hard-v0.1-labelled" => 1.0,
@@ -421,7 +423,7 @@ fn main() {
     // The score's calibration: its histogram over a broad mix, each source
     // (of kinds and of difficulty labels) weighing the same, 10,000 in all.
     let mut by_source: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    for r in rows.iter().filter(|r| !KINDS_ONLY.contains(&r.source.as_str())) {
+    for r in rows.iter().filter(|r| !kinds_only(r)) {
         by_source
             .entry(r.source.as_str())
             .or_default()
