@@ -185,6 +185,12 @@ fn predict(w: &[f32], x: &Extracted) -> usize {
 
 /// The difficulty model: logistic regression on the same features, with
 /// the labels' own base rate (so its output is a probability).
+/// The structural feature that is the share of letters beyond ASCII.
+const NON_ASCII: usize = 8;
+/// Above this share of letters beyond ASCII, a request is in another script
+/// than Latin (accented Latin text stays well below it).
+const MAX_NON_ASCII_SHARE: f32 = 0.3;
+
 fn train_difficulty(rows: &[&(String, f32, Extracted)]) -> Vec<f32> {
     // MMLU's outcome labels are many and noisy (a cheap model's miss on a
     // multiple-choice question is often luck); written pairs are few and
@@ -205,7 +211,7 @@ fn train_difficulty(rows: &[&(String, f32, Extracted)]) -> Vec<f32> {
         let lr = 0.2 / (1.0 + epoch as f32 * 0.5);
         for &i in &order {
             let (source, y, x) = rows[i];
-            let err = (difficulty_of(&w, x) as f32 - y) * weight(source);
+            let err = (difficulty_of(&w, &[], x) as f32 - y) * weight(source);
             for &g in &x.grams {
                 let wi = &mut w[g as usize];
                 *wi -= lr * (err * x.gram_value + 1e-4 * *wi);
@@ -221,6 +227,10 @@ fn train_difficulty(rows: &[&(String, f32, Extracted)]) -> Vec<f32> {
 }
 
 fn main() {
+    assert_eq!(
+        DENSE_NAMES[NON_ASCII], "non_ascii_share",
+        "NON_ASCII names the wrong feature"
+    );
     let data = PathBuf::from(arg("--data").expect("--data KINDS.jsonl"));
     let wordfreq = PathBuf::from(arg("--wordfreq").expect("--wordfreq TOP100K.tsv"));
     let out = PathBuf::from(arg("--out").expect("--out MODEL.json"));
@@ -319,6 +329,28 @@ fn main() {
         }
         diff_rows.extend(padded);
     }
+    // The score learns from requests mostly in the Latin script. Arena-Hard,
+    // a "hard" label, has requests in Russian, Chinese and others, and P3,
+    // an "easy" one, has none: kept, they would teach the score that another
+    // script is itself hard. The score then bounds each structural feature
+    // by the range of its labels (`dense_max`), so that a request in another
+    // script is scored by what it asks, as far as its words and structure
+    // tell, not by extrapolation.
+    let before = diff_rows.len();
+    diff_rows.retain(|r| r.2.dense[NON_ASCII] <= MAX_NON_ASCII_SHARE);
+    if before > diff_rows.len() {
+        println!(
+            "difficulty: {} of {before} labelled requests left out, more than {:.0}% of their letters beyond ASCII",
+            before - diff_rows.len(),
+            100.0 * MAX_NON_ASCII_SHARE
+        );
+    }
+    let mut dense_max = vec![0f32; DENSE];
+    for r in &diff_rows {
+        for (m, &v) in dense_max.iter_mut().zip(&r.2.dense) {
+            *m = m.max(v);
+        }
+    }
     if !diff_rows.is_empty() {
         println!();
         println!("difficulty, held out by source (AUC of the score; of length alone):");
@@ -328,7 +360,8 @@ fn main() {
             let train_rows: Vec<&(String, f32, Extracted)> = diff_rows.iter().filter(|r| r.0 != s).collect();
             let w = train_difficulty(&train_rows);
             let test: Vec<&(String, f32, Extracted)> = diff_rows.iter().filter(|r| r.0 == s).collect();
-            let mut by_score: Vec<(f64, bool)> = test.iter().map(|r| (difficulty_of(&w, &r.2), r.1 > 0.5)).collect();
+            let mut by_score: Vec<(f64, bool)> =
+                test.iter().map(|r| (difficulty_of(&w, &[], &r.2), r.1 > 0.5)).collect();
             let mut by_len: Vec<(f64, bool)> = test.iter().map(|r| (f64::from(r.2.dense[0]), r.1 > 0.5)).collect();
             let hard = test.iter().filter(|r| r.1 > 0.5).count();
             println!(
@@ -358,7 +391,7 @@ fn main() {
             };
             let x = extract(v["prompt"].as_str().unwrap_or_default(), &rarity);
             let failed = cheap < 0.5;
-            by_score.push((difficulty_of(&dw, &x), failed));
+            by_score.push((difficulty_of(&dw, &dense_max, &x), failed));
             by_len.push((f64::from(x.dense[0]), failed));
         }
         println!();
@@ -393,8 +426,8 @@ fn main() {
                 v["hard"].as_str().unwrap_or_default(),
             );
             let hard_x = extract(hard, &rarity);
-            let score = |t: &str| difficulty_of(&dw, &extract(t, &rarity));
-            let hard_s = difficulty_of(&dw, &hard_x);
+            let score = |t: &str| difficulty_of(&dw, &dense_max, &extract(t, &rarity));
+            let hard_s = difficulty_of(&dw, &dense_max, &hard_x);
             let mut padded = format!("{} {} {easy}", PAD[i % 4], PAD[(i + 1) % 4]);
             while padded.len() < hard.len() {
                 padded = format!("{padded} {}", PAD[(i + 2) % 4]);
@@ -427,10 +460,13 @@ fn main() {
         by_source
             .entry(r.source.as_str())
             .or_default()
-            .push(difficulty_of(&dw, &r.x));
+            .push(difficulty_of(&dw, &dense_max, &r.x));
     }
     for r in diff_rows.iter().filter(|r| r.0 == "mmlu") {
-        by_source.entry("mmlu").or_default().push(difficulty_of(&dw, &r.2));
+        by_source
+            .entry("mmlu")
+            .or_default()
+            .push(difficulty_of(&dw, &dense_max, &r.2));
     }
     let mut calibration = vec![0f64; SCORE_BINS];
     for scores in by_source.values() {
@@ -487,6 +523,7 @@ fn main() {
         difficulty_weights: Vec::new(),
         calibration,
         dense_means,
+        dense_max: dense_max.iter().map(|m| (m * 1e4).round() / 1e4).collect(),
     };
     let body = Body {
         difficulty_weights: dw.iter().map(|v| (v / body.difficulty_scale).round() as i32).collect(),

@@ -162,6 +162,65 @@ IN_OTHER_LANGUAGES = [
     ("chat", "Привет! Как у тебя дела сегодня?"),
 ]
 
+# Requests to translate written in the requester's own language, about
+# material in English or in a third language: the ask, not its script, says
+# `translation`.
+NATIVE_TRANSLATE = [
+    "Переведи на английский: Завтра утром мы уезжаем на дачу и вернёмся в воскресенье.",
+    "Переведи, пожалуйста, на русский: The meeting has been moved to Thursday afternoon.",
+    "Как перевести на английский фразу «не в своей тарелке»?",
+    "Помоги перевести это письмо на немецкий: Спасибо за быстрый ответ, мы согласны с условиями.",
+    "Переклади українською: The shop is closed on Sundays and public holidays.",
+    "请把这句话翻译成英文：我们下周一开始放假。",
+    "帮我翻译成中文：Please keep your ticket until the end of the journey.",
+    "这句日语是什么意思？翻译成中文：今日はとても暑いですね。",
+    "英語に翻訳してください：明日の会議は十時からです。",
+    "Übersetze bitte ins Englische: Der Zug hat heute leider zwanzig Minuten Verspätung.",
+    "Kannst du das ins Deutsche übersetzen? We will send the invoice at the end of the month.",
+    "Traduce al inglés: Mañana vamos a la playa si no llueve.",
+    "¿Cómo se dice en francés «¿dónde está la estación de tren?»?",
+    "Traduis en anglais, s'il te plaît : Je serai en retard de dix minutes ce matin.",
+    "Peux-tu traduire ce texte en espagnol ? The hotel offers free breakfast to all guests.",
+    "Přelož do angličtiny: Zítra bude pršet, vezmi si deštník.",
+    "Przetłumacz na angielski: Dziękuję za pomoc przy przeprowadzce.",
+    "Traduza para o inglês: O restaurante abre às sete da noite.",
+    "Traduci in inglese: Il museo è chiuso il lunedì.",
+    "İngilizceye çevir: Yarın sabah erkenden yola çıkacağız.",
+    "Þýddu á ensku: Ég kem heim seint í kvöld.",
+    "Vertaal naar het Engels: De winkel gaat om negen uur open.",
+    "Översätt till engelska: Vi har flyttat mötet till nästa vecka.",
+    "Μετάφρασε στα αγγλικά: Το πλοίο φεύγει στις οκτώ το πρωί.",
+]
+
+# Beside each language above, requests in it that ask for no translation,
+# so that the two lists together teach the ask and not the language.
+NATIVE_OTHER = [
+    ("writing", "Напиши рассказ о мальчике, который нашёл в лесу старый компас."),
+    ("writing", "Составь поздравление для коллеги с юбилеем, тёплое и немного смешное."),
+    ("code", "Как в Python прочитать CSV-файл и посчитать среднее по столбцу?"),
+    ("planning", "Составь план подготовки к марафону на три месяца."),
+    ("writing", "Напиши вірш про осінній Київ."),
+    ("writing", "写一个关于小猫第一次看到雪的童话故事。"),
+    ("qa", "为什么月亮会有阴晴圆缺？"),
+    ("writing", "夏休みの思い出について作文を書いてください。"),
+    ("writing", "Schreibe eine Geschichte über einen Leuchtturmwärter, der einen Brief findet."),
+    ("summarize", "Fasse diesen Artikel in drei Sätzen zusammen: Die Stadt plant neue Radwege und mehr Grünflächen."),
+    ("writing", "Escribe un cuento corto sobre un dragón que tiene miedo al fuego."),
+    ("qa", "¿Por qué los gatos ronronean?"),
+    ("writing", "Écris un poème sur la pluie à Paris."),
+    ("code", "Écris une fonction JavaScript qui trie un tableau d'objets par date."),
+    ("writing", "Napiš báseň o jarním dešti."),
+    ("writing", "Napisz krótkie opowiadanie o kocie, który został kapitanem statku."),
+    ("writing", "Escreva uma carta de agradecimento para a minha professora."),
+    ("planning", "Aiutami a organizzare un weekend a Firenze con due bambini."),
+    ("writing", "Bir yaz akşamı hakkında kısa bir şiir yaz."),
+    ("qa", "Hvers vegna er Ísland kallað land elds og ísa?"),
+    ("writing", "Schrijf een kort verhaal over een fiets die kan praten."),
+    ("writing", "Skriv en kort dikt om midsommar."),
+    ("writing", "Γράψε ένα μικρό ποίημα για τη θάλασσα το καλοκαίρι."),
+    ("math", "Вычисли площадь прямоугольника со сторонами 12 и 7 сантиметров."),
+]
+
 # English material of the kind people send to be translated, and the
 # languages they ask for.
 ENGLISH_MATERIAL = [
@@ -349,6 +408,11 @@ def build():
             rows.append({"id": f"own/translation/{n}", "source": "own_languages", "kind": "translation",
                          "prompt": t.format(lang=lang, s=e)})
             n += 1
+    for i, p in enumerate(NATIVE_TRANSLATE):
+        rows.append({"id": f"own/languages/native/{i}", "source": "own_languages", "kind": "translation",
+                     "prompt": p})
+    for i, (kind, p) in enumerate(NATIVE_OTHER):
+        rows.append({"id": f"own/languages/other/{i}", "source": "own_languages", "kind": kind, "prompt": p})
     for kind, items in (("qa", QA), ("classification", CLASSIFY), ("extraction", EXTRACT), ("summarize", SUMMARIZE)):
         for i, p in enumerate(items):
             rows.append({"id": f"own/{kind}/{i}", "source": "own", "kind": kind, "prompt": p, "hard": 0})

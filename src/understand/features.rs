@@ -35,7 +35,7 @@ pub const DENSE_NAMES: [&str; 14] = [
     "log_latex",
     "non_ascii_share",
     "log_lines",
-    "mean_word_len",
+    "latin_word_len",
     "upper_share",
     "mean_rarity",
     "rare_share",
@@ -125,7 +125,11 @@ pub fn extract(text: &str, rarity: &[u8]) -> Extracted {
 #[derive(Default)]
 struct Reader {
     words: u32,
-    word_bytes: u32,
+    /// Words in the Latin script and their bytes: word length and rarity
+    /// are read from these alone, since the frequency table is English's
+    /// and a word of another script is neither long nor rare for it.
+    latin_words: u32,
+    latin_word_bytes: u32,
     upper: u32,
     letters: u32,
     non_ascii: u32,
@@ -141,11 +145,13 @@ struct Reader {
     rare: u32,
     known: u32,
     /// The word being read: its length in bytes, FNV state, the state at
-    /// its stem, whether it is letters only.
+    /// its stem, whether it is letters only, whether it is in the Latin
+    /// script.
     len: usize,
     state: u64,
     stem: Option<u64>,
     alpha: bool,
+    latin: bool,
     prev: Option<u64>,
     at_line_start: bool,
     prev_byte: u8,
@@ -176,6 +182,7 @@ impl Reader {
             self.state = FNV_OFFSET;
             self.stem = None;
             self.alpha = true;
+            self.latin = true;
         }
         self.state = fnv_step(self.state, b);
         self.len += 1;
@@ -197,7 +204,10 @@ impl Reader {
         }
         let len = std::mem::take(&mut self.len);
         self.words += 1;
-        self.word_bytes += len as u32;
+        if self.latin {
+            self.latin_words += 1;
+            self.latin_word_bytes += len as u32;
+        }
         if self.words as usize > MAX_WORDS {
             return;
         }
@@ -214,7 +224,7 @@ impl Reader {
             push(pair_slot(p, h));
         }
         self.prev = Some(h);
-        if !rarity.is_empty() && self.alpha {
+        if !rarity.is_empty() && self.alpha && self.latin {
             let z = rarity[(h & MASK) as usize];
             if z == 0 {
                 self.rare += 1;
@@ -250,6 +260,13 @@ impl Reader {
             self.at_line_start = false;
         }
     }
+}
+
+/// Letters of the Latin script beyond ASCII: accented letters (Latin-1
+/// Supplement, Extended-A and -B) and Vietnamese's (Latin Extended
+/// Additional).
+fn is_latin(c: char) -> bool {
+    matches!(c, '\u{00C0}'..='\u{024F}' | '\u{1E00}'..='\u{1EFF}')
 }
 
 /// Reads several texts as one, each on its own line (a request's messages),
@@ -328,6 +345,7 @@ pub fn extract_all(texts: &[&str], rarity: &[u8]) -> Extracted {
                     }
                 }
                 r.alpha &= alpha;
+                r.latin &= is_latin(ch);
                 r.char_done();
                 r.at_line_start = false;
             } else {
@@ -361,10 +379,10 @@ pub fn extract_all(texts: &[&str], rarity: &[u8]) -> Extracted {
         ln(r.latex, 4.0),
         share(r.non_ascii, r.letters),
         ln(r.lines, 5.0),
-        if r.words == 0 {
+        if r.latin_words == 0 {
             0.0
         } else {
-            (r.word_bytes as f32 / r.words as f32 / 10.0).min(2.0)
+            (r.latin_word_bytes as f32 / r.latin_words as f32 / 10.0).min(2.0)
         },
         share(r.upper, r.letters),
         if r.known == 0 {

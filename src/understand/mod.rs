@@ -88,6 +88,12 @@ pub struct Body {
     /// sets this request apart rather than what every request has.
     #[serde(default)]
     pub dense_means: Vec<f32>,
+    /// Each structural feature's largest value over the difficulty labels:
+    /// the score reads no feature past the range it was trained on (a
+    /// request wholly in another script than its labels' is not scored by
+    /// extrapolating from a few accented letters). Empty: no bound.
+    #[serde(default)]
+    pub dense_max: Vec<f32>,
 }
 
 /// A loaded model, ready to classify.
@@ -108,6 +114,8 @@ pub struct Understanding {
     /// the quantile of a score in that bin before any traffic is seen.
     prior_below: Vec<f64>,
     dense_means: Vec<f32>,
+    /// The score's bound on each structural feature; empty for none.
+    dense_max: Vec<f32>,
     pub sha256: String,
 }
 
@@ -228,8 +236,15 @@ impl Understanding {
                 b.dense_means.len()
             ));
         }
+        if !b.dense_max.is_empty() && b.dense_max.len() != DENSE {
+            return Err(format!(
+                "{name}: {} structural bounds, expected {DENSE}: retrain with scripts/train-understanding",
+                b.dense_max.len()
+            ));
+        }
         Ok(Understanding {
             difficulty_w,
+            dense_max: b.dense_max,
             prior_below: prior_below(&calibration),
             calibration,
             dense_means: b.dense_means,
@@ -278,6 +293,7 @@ impl Understanding {
             calibration: vec![1.0 / SCORE_BINS as f64; SCORE_BINS],
             prior_below: prior_below(&[1.0 / SCORE_BINS as f64; SCORE_BINS]),
             dense_means: vec![0.0; DENSE],
+            dense_max: Vec::new(),
             sha256: "none".into(),
         }
     }
@@ -316,7 +332,7 @@ impl Understanding {
         Reading {
             kind: (conf >= self.min_confidence).then_some(best),
             confidence: f64::from(conf),
-            difficulty: difficulty_of(&self.difficulty_w, &x),
+            difficulty: difficulty_of(&self.difficulty_w, &self.dense_max, &x),
         }
     }
 
@@ -356,6 +372,7 @@ impl Understanding {
             prev = Some((h, word));
         }
         for (d, &v) in x.dense.iter().enumerate() {
+            let v = bounded(&self.dense_max, d, v);
             let effect = f64::from(w[BUCKETS + d] * (v - self.dense_means[d]));
             if effect != 0.0 {
                 out.push(Driver {
@@ -390,15 +407,23 @@ fn words(texts: &[&str]) -> Vec<String> {
     out
 }
 
+/// Structural feature `d` as the score reads it: at most `max[d]` (no
+/// bound when `max` is empty).
+#[inline]
+pub fn bounded(max: &[f32], d: usize, v: f32) -> f32 {
+    max.get(d).map_or(v, |&m| v.min(m))
+}
+
 /// The difficulty model's probability for an extracted request, from its
-/// weights (grams, dense, bias).
-pub fn difficulty_of(w: &[f32], x: &Extracted) -> f64 {
+/// weights (grams, dense, bias) and its bounds on the structural features
+/// (empty for none).
+pub fn difficulty_of(w: &[f32], max: &[f32], x: &Extracted) -> f64 {
     let mut z = w[BUCKETS + DENSE];
     for &g in &x.grams {
         z += w[g as usize] * x.gram_value;
     }
     for (d, &v) in x.dense.iter().enumerate() {
-        z += w[BUCKETS + d] * v;
+        z += w[BUCKETS + d] * bounded(max, d, v);
     }
     1.0 / (1.0 + (-f64::from(z)).exp())
 }
@@ -514,6 +539,30 @@ mod tests {
         }
     }
 
+    /// The score's labels are almost all in the Latin script: a request in
+    /// another is scored within the range they cover, not as near-certain
+    /// hard for its script, and an ask to translate written in the
+    /// requester's language is still `translation`.
+    #[test]
+    fn a_request_in_another_script_is_not_hard_for_its_script() {
+        let m = Understanding::shipped().expect("the shipped model loads");
+        for text in [
+            "Напиши короткий рассказ о собаке.",
+            "写一个关于小猫的故事。",
+            "Переведи на английский: Я завтра не смогу прийти на работу.",
+        ] {
+            let d = m.read(&[text]).difficulty;
+            assert!(d < 0.85, "{text}: {d}");
+        }
+        let r = m.read(&["Переведи на английский: Я завтра не смогу прийти на работу."]);
+        assert_eq!(r.kind.map(|k| m.kinds[k].as_str()), Some("translation"));
+        // The bound is what keeps it in range: unbounded, the same request
+        // reads its share of letters beyond ASCII far past any label's.
+        let x = extract_all(&["Напиши короткий рассказ о собаке."], &m.rarity);
+        assert!(!m.dense_max.is_empty());
+        assert!(x.dense[8] > m.dense_max[8], "{} vs {}", x.dense[8], m.dense_max[8]);
+    }
+
     #[test]
     fn a_damaged_or_foreign_file_is_refused_with_its_name() {
         let body = Body {
@@ -530,6 +579,7 @@ mod tests {
             difficulty_weights: vec![0; BUCKETS + DENSE + 1],
             calibration: vec![1; SCORE_BINS],
             dense_means: vec![0.0; DENSE],
+            dense_max: Vec::new(),
         };
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("m.json");
