@@ -221,25 +221,23 @@ pub fn estimate(
 
 /// The share of traffic scoring below `score`: the calibration's shares
 /// (summing to 1) weighed as [`PRIOR_REQUESTS`] requests, plus the
-/// workflow's own count in each bin (`count(bin)`; `|_| 0` for none yet).
-/// Half of the score's own bin counts as below. One pass, no allocation:
-/// it runs on every Route.
-pub fn quantile_in(prior_below: &[f64], count: impl Fn(usize) -> u64, score: f64) -> f64 {
+/// workflow's own counts: `below_twice` is twice its requests in bins below
+/// the score's plus those in its bin (half of the score's own bin counts as
+/// below), `seen` all of them ([`counts_around`] from a plain histogram).
+/// No loop and no allocation: it runs on every Route.
+pub fn quantile_in(prior_below: &[f64], score: f64, below_twice: u64, seen: u64) -> f64 {
     let bin = crate::understand::score_bin(score);
-    // Counts are summed as integers (halves kept as twice the count); the
-    // calibration's part was summed once, at load (`prior_below`).
-    let (mut below_twice, mut seen) = (0u64, 0u64);
-    for i in 0..crate::understand::SCORE_BINS {
-        let n = count(i);
-        seen += n;
-        below_twice += match i.cmp(&bin) {
-            std::cmp::Ordering::Less => 2 * n,
-            std::cmp::Ordering::Equal => n,
-            std::cmp::Ordering::Greater => 0,
-        };
-    }
+    // The calibration's part was summed once, at load (`prior_below`).
     let prior = prior_below.get(bin).copied().unwrap_or(1.0) * PRIOR_REQUESTS;
     ((prior + below_twice as f64 / 2.0) / (PRIOR_REQUESTS + seen as f64)).clamp(0.0, 1.0)
+}
+
+/// `(below_twice, seen)` of [`quantile_in`] from a histogram's counts.
+pub fn counts_around(counts: &[u64], score: f64) -> (u64, u64) {
+    let bin = crate::understand::score_bin(score).min(counts.len());
+    let below: u64 = counts[..bin].iter().sum();
+    let at = counts.get(bin).copied().unwrap_or(0);
+    (2 * below + at, counts.iter().sum())
 }
 
 /// [`quantile_in`] before any traffic is seen: the calibration alone.
@@ -421,11 +419,12 @@ default_task_kind = "mcq"
                 }
             }
             let want = want / (PRIOR_REQUESTS + seen as f64);
-            let got = quantile_in(&prior_below, |i| counts[i], score);
+            let (below_twice, seen) = counts_around(&counts, score);
+            let got = quantile_in(&prior_below, score, below_twice, seen);
             assert!((got - want).abs() < 1e-12, "{score}: {got} against {want}");
             let prior: f64 = calibration[..bin].iter().sum::<f64>() + calibration[bin] / 2.0;
             assert!((prior_quantile(&prior_below, score) - prior).abs() < 1e-12);
-            assert!((quantile_in(&prior_below, |_| 0, score) - prior).abs() < 1e-12);
+            assert!((quantile_in(&prior_below, score, 0, 0) - prior).abs() < 1e-12);
         }
     }
 }

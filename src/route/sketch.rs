@@ -33,6 +33,10 @@ struct Sketch {
     /// The store's totals as last read (including this sidecar's flushed
     /// counts).
     stored: Vec<AtomicU64>,
+    /// The sums of `pending` and of `stored`, kept beside them so that a
+    /// quantile reads only the bins below its score's.
+    pending_total: AtomicU64,
+    stored_total: AtomicU64,
 }
 
 impl Sketch {
@@ -40,12 +44,34 @@ impl Sketch {
         Sketch {
             pending: (0..SCORE_BINS).map(|_| AtomicU32::new(0)).collect(),
             stored: (0..SCORE_BINS).map(|_| AtomicU64::new(0)).collect(),
+            pending_total: AtomicU64::new(0),
+            stored_total: AtomicU64::new(0),
         }
     }
 
     /// Routes in `bin`, stored and pending.
     fn count(&self, bin: usize) -> u64 {
         u64::from(self.pending[bin].load(Ordering::Relaxed)) + self.stored[bin].load(Ordering::Relaxed)
+    }
+
+    /// `(below_twice, seen)` for a score in `bin` (see
+    /// [`quantile_in`]). The counts move while they are read; a quantile
+    /// a few requests off is as good, and it is clamped to 0..1.
+    fn counts_around(&self, bin: usize) -> (u64, u64) {
+        let below: u64 = self.pending[..bin]
+            .iter()
+            .zip(&self.stored[..bin])
+            .map(|(p, s)| u64::from(p.load(Ordering::Relaxed)) + s.load(Ordering::Relaxed))
+            .sum();
+        let seen = self.pending_total.load(Ordering::Relaxed) + self.stored_total.load(Ordering::Relaxed);
+        (2 * below + self.count(bin), seen)
+    }
+
+    /// The total first: `take_pending` subtracts what it swapped out of the
+    /// bins, which is then never more than the total holds.
+    fn add_pending(&self, bin: usize, n: u32) {
+        self.pending_total.fetch_add(u64::from(n), Ordering::AcqRel);
+        self.pending[bin].fetch_add(n, Ordering::AcqRel);
     }
 }
 
@@ -84,7 +110,10 @@ impl ScoreSketches {
     /// The share of `workflow`'s traffic scoring below `score`.
     pub fn quantile(&self, model: &Understanding, workflow: &str, score: f64) -> f64 {
         match self.get(model.tag(), workflow) {
-            Some(s) => quantile_in(model.prior_below(), |bin| s.count(bin), score),
+            Some(s) => {
+                let (below_twice, seen) = s.counts_around(score_bin(score));
+                quantile_in(model.prior_below(), score, below_twice, seen)
+            }
             None => crate::estimate::prior_quantile(model.prior_below(), score),
         }
     }
@@ -92,7 +121,7 @@ impl ScoreSketches {
     /// Counts one request of `workflow`.
     pub fn observe(&self, model: &Understanding, workflow: &str, score: f64) {
         let s = self.get_or_add(model.tag(), workflow);
-        s.pending[score_bin(score)].fetch_add(1, Ordering::Relaxed);
+        s.add_pending(score_bin(score), 1);
     }
 
     /// Takes the counts not yet in the store.
@@ -101,8 +130,10 @@ impl ScoreSketches {
         let mut out = Vec::new();
         for (model, workflows) in map.iter() {
             for (workflow, s) in workflows {
-                let counts: Vec<u32> = s.pending.iter().map(|p| p.swap(0, Ordering::Relaxed)).collect();
-                if counts.iter().any(|&c| c > 0) {
+                let counts: Vec<u32> = s.pending.iter().map(|p| p.swap(0, Ordering::AcqRel)).collect();
+                let taken: u64 = counts.iter().map(|&c| u64::from(c)).sum();
+                s.pending_total.fetch_sub(taken, Ordering::AcqRel);
+                if taken > 0 {
                     out.push((model.clone(), workflow.clone(), counts));
                 }
             }
@@ -114,8 +145,8 @@ impl ScoreSketches {
     pub fn restore(&self, pending: Pending) {
         for (model, workflow, counts) in pending {
             let s = self.get_or_add(&model, &workflow);
-            for (p, c) in s.pending.iter().zip(counts) {
-                p.fetch_add(c, Ordering::Relaxed);
+            for (bin, c) in counts.into_iter().enumerate().take(SCORE_BINS) {
+                s.add_pending(bin, c);
             }
         }
     }
@@ -124,9 +155,12 @@ impl ScoreSketches {
     /// this sidecar flushed).
     pub fn set_stored(&self, model: &str, workflow: &str, totals: &[u64]) {
         let s = self.get_or_add(model, workflow);
+        let mut sum = 0u64;
         for (slot, &t) in s.stored.iter().zip(totals) {
             slot.store(t, Ordering::Relaxed);
+            sum = sum.saturating_add(t);
         }
+        s.stored_total.store(sum, Ordering::Relaxed);
     }
 
     /// Adds the pending counts into `store` and reads back every workflow's
@@ -199,6 +233,38 @@ mod tests {
         assert!(s.quantile(&m, "w", 0.95) > 0.9);
         // Another workflow is untouched.
         assert_eq!(s.quantile(&m, "v", 0.5), prior);
+    }
+
+    /// The totals kept beside the bins agree with the bins through every
+    /// move: observed, taken, put back, stored.
+    #[test]
+    fn a_quantile_reads_the_same_as_the_histogram_it_keeps() {
+        let m = model();
+        let s = ScoreSketches::new();
+        let check = |s: &ScoreSketches| {
+            let counts = s.counts(m.tag(), "w");
+            for score in [0.0, 0.12, 0.31, 0.5, 0.77, 0.999] {
+                let (below_twice, seen) = crate::estimate::counts_around(&counts, score);
+                let want = quantile_in(m.prior_below(), score, below_twice, seen);
+                assert!((s.quantile(&m, "w", score) - want).abs() < 1e-12, "{score}");
+            }
+        };
+        for i in 0..300 {
+            s.observe(&m, "w", f64::from(i % 97) / 97.0);
+        }
+        check(&s);
+        let p = s.take_pending();
+        check(&s);
+        s.restore(p);
+        check(&s);
+        let p = s.take_pending();
+        s.set_stored(
+            m.tag(),
+            "w",
+            &p[0].2.iter().map(|&c| u64::from(c) * 3).collect::<Vec<_>>(),
+        );
+        s.observe(&m, "w", 0.5);
+        check(&s);
     }
 
     #[test]
