@@ -282,6 +282,73 @@ MORE = [
 ]
 
 
+# Written 2026-12-07 without reading the development pairs or their misses:
+# asks as people type them (terse, lower-case, with typos, with material
+# pasted after), for the kinds the held-out tables show weakest.
+LATER = [
+    ("reasoning", "three boxes labelled apples, oranges, mixed. all labels wrong. you can pick one fruit from one box. how do you fix the labels"),
+    ("reasoning", "if the meeting is moved only when the manager is away, and the meeting was not moved, what do we know about the manager?"),
+    ("reasoning", "my plant died after i moved it to the window and also started using tap water. which change is more likely the cause and how would i find out"),
+    ("reasoning", "Every time our CI is red on Monday someone merged late on Friday. Does that mean late merges break the build? Think about other explanations."),
+    ("reasoning", "Jo says Kim took the cake. Kim says Lee took it. Lee says Kim is lying. Only one of them tells the truth. Who took the cake?"),
+    ("reasoning", "is it possible for the average salary in every department to go up while the company's average goes down? explain how"),
+    ("reasoning", "I have a 3 litre jug and a 5 litre jug. How do I measure exactly 4 litres? Explain each step and why it works."),
+    ("reasoning", "Which assumption does this argument rely on: remote workers answer fewer tickets, so remote work lowers productivity?"),
+    ("reasoning", "Tell me if the conclusion follows: all sensors that fail were made in 2019; this sensor was made in 2019; so it will fail."),
+    ("reasoning", "A farmer has to cross a river with a wolf, a goat and a cabbage, and the boat holds one. In what order does he cross?"),
+    ("reasoning", "weigh the pros and cons of each option and tell me which one you'd pick and why: rent near work for more money, or buy far away and commute an hour"),
+    ("reasoning", "Two trains of evidence point different ways: sales rose after the ad campaign, but they also rose in regions without the ads. What should we conclude?"),
+    ("summarize", "tl;dr this please: The council met on Monday to discuss the new bike lanes. Shop owners worried about parking, cyclists asked for protected lanes, and the council agreed to a six-month trial on two streets before deciding."),
+    ("summarize", "Can you boil this thread down to the decision and who owns what? Sam: let's ship Friday. Priya: QA needs till Thursday. Sam: fine, Thursday QA, Friday ship, Priya owns the checklist."),
+    ("summarize", "give me the gist of this review in one line: The hotel was clean and the staff friendly, but the walls were thin, breakfast ended at nine, and parking cost extra."),
+    ("summarize", "Summarise the key points of the attached incident report for the leadership update, no more than five bullets."),
+    ("summarize", "Condense these release notes into a short paragraph for customers: fixed login timeout, added dark mode, export to CSV now includes dates, removed the legacy API."),
+    ("summarize", "what are the main takeaways from this article? Sleep matters more than diet for focus, naps under 20 minutes help, and screens before bed delay sleep by about half an hour."),
+    ("summarize", "Recap this call transcript in three sentences for someone who missed it."),
+    ("summarize", "Shorten this abstract to two sentences a non-expert can follow: We present a method for compressing neural networks by pruning redundant channels, achieving 3x speedups with under 1% loss in accuracy."),
+    ("summarize", "Write an executive summary of this quarterly report, focusing on revenue, churn and hiring."),
+    ("summarize", "sum up what changed between these two versions of the contract"),
+    ("extraction", "pull out all the dates and amounts from this invoice text: Invoice 4471, issued 3 March 2025, due 2 April 2025, total 1,280.00 EUR, paid 500.00 on 10 March."),
+    ("extraction", "From this job ad, list the required skills, the location and the salary range: Backend engineer, Berlin or remote, 70-90k, Go, Postgres, Kubernetes, on-call experience a plus."),
+    ("extraction", "get the names of every person mentioned in this paragraph and what role they have"),
+    ("extraction", "Turn this address into JSON with street, city, postcode and country: 12 Rue de la Paix, 75002 Paris, France"),
+    ("extraction", "Which phone numbers appear in this text? Call the front desk on 020 7946 0018 or the night line 020 7946 0999."),
+    ("extraction", "List every product and its price from this receipt: milk 1.20, bread 2.50, coffee 6.99, eggs 3.10."),
+    ("extraction", "Find the error codes in these log lines and how often each appears."),
+    ("extraction", "extract the ingredients and quantities from this recipe into a table"),
+    ("extraction", "Pick out the action items and their owners from these meeting notes: Ana will send the deck, Raj to book the room, everyone reviews the budget by Friday."),
+    ("extraction", "What are the start time, end time and venue in this invitation? Join us Saturday from 7pm to 11pm at the Old Mill, 4 River Lane."),
+    ("classification", "spam or not spam: CONGRATULATIONS you have won a free cruise, click here to claim"),
+    ("classification", "Tag each of these support tickets as billing, bug, feature request or account: 'charged twice', 'app crashes on login', 'please add dark mode', 'can't reset password'."),
+    ("classification", "Is the tone of this email angry, neutral or friendly? 'Per my last message, I still have not received the refund.'"),
+    ("classification", "Which language is this sentence in: 'Ik heb de trein gemist.'"),
+    ("classification", "Label this tweet's sentiment as positive, negative or mixed: 'Love the new update but it drains my battery.'"),
+    ("classification", "Sort these animals into mammals, birds and reptiles: penguin, bat, gecko, dolphin, crow, tortoise."),
+    ("planning", "help me plan my week: two deadlines on thursday, gym three times, and my parents visit on saturday"),
+    ("planning", "Make a study plan for passing the AWS solutions architect exam in six weeks with an hour a day."),
+    ("planning", "We need to move our office in March. Put together a plan with the tasks, who does them and the order they happen in."),
+    ("planning", "Outline the steps to launch a newsletter from zero to the first 1,000 subscribers."),
+    ("planning", "Plan a birthday party for a seven-year-old with twelve kids, a small budget and a rainy-day fallback."),
+    ("planning", "Draft a rollout plan for switching the whole company from Slack to Teams without losing history."),
+    ("planning", "What's a sensible schedule to train for a 10k in two months if I can run three days a week?"),
+    ("planning", "Break this project into milestones with dates: a mobile app MVP in 12 weeks with two developers and one designer."),
+    ("code", "why does my react component render twice in dev mode"),
+    ("code", "regex to match a UK postcode?"),
+    ("code", "Convert this Python loop into a list comprehension: result = [] / for x in items: / if x > 0: result.append(x * 2)"),
+    ("code", "getting 'permission denied (publickey)' when i git push, how do i fix it"),
+    ("code", "Write a bash one-liner that finds the ten largest files under the current folder."),
+    ("code", "Review this SQL for performance: SELECT * FROM orders WHERE YEAR(created_at) = 2024 ORDER BY total DESC;"),
+    ("code", "How do I make a Docker image smaller for a Node app? Show the Dockerfile."),
+    ("code", "Add retries with exponential backoff to this fetch call in TypeScript."),
+    ("qa", "who painted the girl with a pearl earring"),
+    ("qa", "What does a VPN actually do?"),
+    ("qa", "how long should i boil an egg for a runny yolk"),
+    ("qa", "What is the difference between weather and climate?"),
+    ("qa", "When did the first iPhone come out?"),
+    ("qa", "Why do we have leap years?"),
+]
+
+
 def build():
     """(kind, prompt) rows, in the order written."""
     out = []
@@ -291,6 +358,7 @@ def build():
     ):
         out.extend((kind, p) for p in items)
     out.extend(MORE)
+    out.extend(LATER)
     return out
 
 
