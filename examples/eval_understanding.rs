@@ -10,7 +10,8 @@
 //! - ALMA's WMT prompts (research use, evaluation only) as `translation`;
 //! - the spread of tiers over a mix of all of them and RouteLLM's MMLU
 //!   prompts, routed in turn through one workflow (its histogram learning
-//!   the mix as a server's would), and each routed with no history at all.
+//!   the mix as a server's would; its first 300 requests too), and each
+//!   routed with no history at all.
 //!
 //! usage: eval_understanding --rules DIR --dev-pairs F [--routerbench F] [--alma F] [--mmlu F]
 
@@ -191,8 +192,16 @@ fn main() {
     order.sort_by_key(|&i| (i * 7919) % mix.len());
     let sketches = ScoreSketches::new();
     let (mut served, mut fresh) = ([0usize; 6], [0usize; 6]);
-    for &i in &order {
-        served[route(&rules, Some(&sketches), &mix[i]).tier as usize] += 1;
+    // A short run as well: the first requests of a new workflow, while its
+    // calibration still weighs as much as its own traffic.
+    const EARLY: usize = 300;
+    let mut early = [0usize; 6];
+    for (n, &i) in order.iter().enumerate() {
+        let t = route(&rules, Some(&sketches), &mix[i]).tier as usize;
+        served[t] += 1;
+        if n < EARLY {
+            early[t] += 1;
+        }
         fresh[route(&rules, None, &mix[i]).tier as usize] += 1;
     }
     println!();
@@ -202,16 +211,17 @@ fn main() {
     );
     println!("| | tier 2 | tier 3 | tier 4 | tier 5 |");
     println!("|---|---|---|---|---|");
-    for (name, t) in [
-        ("one workflow, learning its mix", served),
-        ("each request with no history", fresh),
+    for (name, t, n) in [
+        ("one workflow, learning its mix", served, mix.len()),
+        ("its first 300 requests", early, EARLY.min(mix.len())),
+        ("each request with no history", fresh, mix.len()),
     ] {
         println!(
             "| {name} | {} | {} | {} | {} |",
-            pct(t[2] + t[1], mix.len()),
-            pct(t[3], mix.len()),
-            pct(t[4], mix.len()),
-            pct(t[5], mix.len())
+            pct(t[2] + t[1], n),
+            pct(t[3], n),
+            pct(t[4], n),
+            pct(t[5], n)
         );
     }
 }

@@ -11,7 +11,7 @@
 //! A workflow's histogram starts from the model's own calibration, weighed
 //! as [`PRIOR_REQUESTS`](crate::estimate::PRIOR_REQUESTS) requests, so that
 //! a `top_share` rule works from the first request; the workflow's own
-//! traffic outweighs it after a few hundred.
+//! traffic outweighs it after a hundred.
 //!
 //! Counts are kept per model (its checksum tag): scores of two models are
 //! not comparable. Each Route adds one to its bin here; the server's flush
