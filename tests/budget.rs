@@ -1087,4 +1087,39 @@ async fn sidecars_sharing_a_paced_budget_agree_on_its_price() {
     assert_eq!(status, 200);
     assert!(page.contains("<title>paced target</title>"), "{page}");
     assert!(page.contains("id=\"pace-paced\">paced (even): target so far"), "{page}");
+    // And plots the period's target curve: even pacing, a straight line from
+    // nothing at the day's start to 98% of the limit at its end.
+    let chart = page
+        .split("id=\"pace-curve-paced\"")
+        .nth(1)
+        .expect("the pace chart")
+        .split("</svg>")
+        .next()
+        .unwrap_or_default();
+    let points: Vec<(f64, f64)> = chart
+        .split("<polyline points=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("the target curve")
+        .split(' ')
+        .map(|p| {
+            let (x, y) = p.split_once(',').expect("x,y");
+            (x.parse().expect("x"), y.parse().expect("y"))
+        })
+        .collect();
+    assert_eq!(points.len(), 49, "{chart}");
+    assert_eq!(points[0], (4.0, 86.0), "the curve starts at nothing spent");
+    let (last_x, last_y) = points[48];
+    assert_eq!(last_x, 296.0);
+    assert!(
+        (last_y - (86.0 - 0.98 / 1.1 * 82.0)).abs() < 0.11,
+        "ends at 98% of the limit: {last_y}"
+    );
+    // Drawn to a tenth of a unit, every point lies on the line.
+    let on_line = |&(x, _): &(f64, f64)| 86.0 + (x - 4.0) * (last_y - 86.0) / (last_x - 4.0);
+    assert!(
+        points.iter().all(|p| (p.1 - on_line(p)).abs() < 0.15),
+        "even pacing is a straight line: {points:?}"
+    );
+    assert!(chart.contains("<title>spent and reserved $"), "{chart}");
 }

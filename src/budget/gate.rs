@@ -305,6 +305,25 @@ impl Budgets {
         self.pacers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The target curve of a paced workflow's current period (see
+    /// [`super::pacing::target_curve`]) and the elapsed share of it at
+    /// `now`; `None` for an unpaced one.
+    pub fn target_curve(&self, workflow: &Workflow, now: Timestamp) -> Option<(Vec<(f64, f64)>, f64)> {
+        let b = workflow.budget.as_ref()?;
+        let pacing = b.pacing?;
+        let (start, end) = period_bounds(b.period, &b.timezone, now);
+        let shape = match pacing {
+            super::pacing::Pacing::Traffic => self.pacers().get(&workflow.name).and_then(|p| p.shape(now)),
+            super::pacing::Pacing::Even => None,
+        };
+        let span = (end.as_millisecond() - start.as_millisecond()).max(1) as f64;
+        let elapsed = ((now.as_millisecond() - start.as_millisecond()) as f64 / span).clamp(0.0, 1.0);
+        Some((
+            super::pacing::target_curve(start, end, &b.timezone, shape.as_ref(), 48),
+            elapsed,
+        ))
+    }
+
     /// Each paced workflow's last pace, for metrics and `budget status`.
     pub fn paces(&self) -> Vec<(String, Pace)> {
         let mut out: Vec<(String, Pace)> = self

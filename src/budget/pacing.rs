@@ -134,6 +134,34 @@ pub fn due_share(
     }
 }
 
+/// The target curve of a period, for people to read spend against: at each
+/// of `points + 1` evenly spaced moments, the elapsed share of the period
+/// and the share of the budget pacing aims to have spent by then ([`AIM`]
+/// times the due share). Even pacing is a straight line; traffic pacing
+/// follows the calls its shape expects (as if traffic keeps to it from the
+/// period's start; the live target also counts the calls that came).
+pub fn target_curve(
+    start: Timestamp,
+    end: Timestamp,
+    tz: &jiff::tz::TimeZone,
+    shape: Option<&Shape>,
+    points: usize,
+) -> Vec<(f64, f64)> {
+    let (s, e) = (start.as_millisecond(), end.as_millisecond());
+    let points = points.max(1);
+    let total = shape.map_or(0.0, |sh| sh.expected(tz, s, e));
+    (0..=points)
+        .map(|i| {
+            let x = i as f64 / points as f64;
+            let due = match shape {
+                Some(sh) if total > 0.0 => sh.expected(tz, s, s + ((e - s) as f64 * x) as i64) / total,
+                _ => x,
+            };
+            (x, AIM * due.clamp(0.0, 1.0))
+        })
+        .collect()
+}
+
 /// A workflow's pace: where its spend is against the target, and the price.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Pace {
@@ -285,6 +313,34 @@ mod tests {
         assert!(burst > due, "{burst} against {due}");
         // Half the usual holds it back.
         assert!(due_share(s, e, monday_5pm, &tz, Some(&shape), 4_000) < due);
+    }
+
+    /// The chart's curve: straight for even pacing, and for traffic pacing
+    /// steep through the busy hours, flat through the quiet ones, ending at
+    /// the aim.
+    #[test]
+    fn the_target_curve_follows_the_pacing() {
+        let tz = jiff::tz::TimeZone::UTC;
+        let s = Timestamp::from_second(4 * 86_400).expect("t");
+        let e = Timestamp::from_second(11 * 86_400).expect("t");
+        let even = target_curve(s, e, &tz, None, 14);
+        assert_eq!(even.len(), 15);
+        for &(x, y) in &even {
+            assert!((y - AIM * x).abs() < 1e-9, "{x} {y}");
+        }
+        // Traffic only on weekdays, none at the weekend.
+        let mut counts = vec![0u64; HOURS_OF_WEEK];
+        for c in &mut counts[..5 * 24] {
+            *c = 100;
+        }
+        let shape = Shape::of_counts(&counts, 1.0).expect("shape");
+        let curve = target_curve(s, e, &tz, Some(&shape), 14);
+        // Half-day steps: by Friday night (10 of 14) nearly all is due.
+        assert!(curve[10].1 > 0.95 * AIM, "{curve:?}");
+        assert!(curve[10].1 - curve[5].1 > 0.3, "steep through the week");
+        assert!(curve[14].1 - curve[10].1 < 0.05 * AIM, "flat at the weekend");
+        assert!((curve[14].1 - AIM).abs() < 1e-9);
+        assert!(curve.windows(2).all(|w| w[1].1 >= w[0].1), "never falls");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::outcome::report::{num, pct, usd, DayPoint, Report, WorkflowReport};
+use crate::outcome::report::{num, pct, usd, BudgetLine, DayPoint, PaceLine, Report, WorkflowReport};
 
 /// Escapes text for HTML.
 pub fn escape(s: &str) -> String {
@@ -160,6 +160,7 @@ fn workflow(out: &mut String, w: &WorkflowReport) {
             );
             if let Some(p) = &b.pace {
                 let _ = write!(out, "<p id=\"pace-{id}\">{}</p>", escape(&p.summary()));
+                pace_chart(out, &id, b, p);
             }
         }
         None => out.push_str("<p class=\"muted\">No budget in the rules.</p>"),
@@ -196,6 +197,51 @@ fn workflow(out: &mut String, w: &WorkflowReport) {
 
 /// A line chart of cost per accepted outcome per day; days without an
 /// accepted outcome leave a gap.
+/// A paced budget's period: the target curve from its start to its end,
+/// the limit, and where spend (spent plus reserved) and the target are now.
+fn pace_chart(out: &mut String, id: &str, b: &BudgetLine, p: &PaceLine) {
+    if p.curve.is_empty() || b.limit_usd <= 0.0 {
+        return;
+    }
+    let (w, h, pad) = (300.0, 90.0, 4.0);
+    // The budget's top is 90% of the height, so spend past it still shows.
+    let y = |share: f64| h - pad - (share.clamp(0.0, 1.1) / 1.1) * (h - 2.0 * pad);
+    let x = |share: f64| pad + share.clamp(0.0, 1.0) * (w - 2.0 * pad);
+    let curve: Vec<String> = p
+        .curve
+        .iter()
+        .map(|&(a, s)| format!("{:.1},{:.1}", x(a), y(s)))
+        .collect();
+    let used = (b.spent_usd + b.reserved_usd) / b.limit_usd;
+    let _ = write!(
+        out,
+        "<svg id=\"pace-curve-{id}\" width=\"100%\" viewBox=\"0 0 {w} {h}\" role=\"img\" \
+         aria-label=\"spend against the paced target over the period\">\
+         <line x1=\"{pad}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#b00\" stroke-dasharray=\"3 2\" stroke-width=\"0.8\"><title>limit {}</title></line>\
+         <polyline points=\"{}\" fill=\"none\" stroke=\"#1d2330\" stroke-width=\"1.2\"><title>target curve ({})</title></polyline>\
+         <line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{pad}\" y2=\"{:.1}\" stroke=\"#c8cfd9\" stroke-width=\"0.8\"><title>now</title></line>\
+         <circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.2\" fill=\"#1d2330\"><title>target now {}</title></circle>\
+         <circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"#2f6fdf\"><title>spent and reserved {}</title></circle></svg>\
+         <p class=\"muted\">the line: what pacing aims to have spent from the period's start to its end; \
+         blue: spend so far; dashed: the limit</p>",
+        w - pad,
+        y(1.0),
+        y(1.0),
+        usd(Some(b.limit_usd)),
+        curve.join(" "),
+        p.pacing,
+        x(p.elapsed),
+        x(p.elapsed),
+        h - pad,
+        x(p.elapsed),
+        y(p.target_usd / b.limit_usd),
+        usd(Some(p.target_usd)),
+        x(p.elapsed),
+        y(used),
+        usd(Some(b.spent_usd + b.reserved_usd)),
+    );
+}
+
 fn chart(out: &mut String, days: &[DayPoint]) {
     let (w, h, pad) = (560.0, 160.0, 28.0);
     let max = days

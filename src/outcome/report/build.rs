@@ -410,6 +410,8 @@ pub fn pace_line(p: &crate::budget::pacing::Pace) -> super::PaceLine {
         forecast_usd: nanos_to_usd(p.forecast_nanos),
         pace_ratio: p.ratio(),
         spend_price_per_usd: p.price_per_usd(),
+        curve: Vec::new(),
+        elapsed: 0.0,
     }
 }
 

@@ -206,6 +206,13 @@ pub struct PaceLine {
     pub forecast_usd: f64,
     pub pace_ratio: Option<f64>,
     pub spend_price_per_usd: f64,
+    /// The period's target curve (elapsed share, share of the budget) and
+    /// the elapsed share now, for the dashboard's chart; empty where no
+    /// sidecar's pacer is at hand (`report`), and not part of the JSON.
+    #[serde(skip)]
+    pub curve: Vec<(f64, f64)>,
+    #[serde(skip)]
+    pub elapsed: f64,
 }
 
 impl PaceLine {
