@@ -18,9 +18,11 @@
 //! Reservations never settled expire and release their amount.
 
 mod gate;
+mod pacer;
 pub mod pacing;
 
 pub use gate::*;
+pub use pacer::*;
 
 use crate::error::StoreError;
 use crate::store::ScopeCharge;
