@@ -159,7 +159,7 @@ fn bench(c: &mut Criterion) {
         use switchyard::decide::available_tiers;
         use switchyard::learn::{Features, LearnEvent, Learned, Learner, Request};
         let learner = Learner::new();
-        let tiers = available_tiers(&rules, wf, 0);
+        let tiers = available_tiers(wf, 0);
         let prompts: Vec<String> = corpus.split("\n\n").take(5_000).map(str::to_string).collect();
         for (i, p) in prompts.iter().enumerate() {
             let f = Features::extract(
@@ -193,7 +193,7 @@ fn bench(c: &mut Criterion) {
                         tokens: est.input_tokens[0],
                     };
                     let f = Features::extract(std::iter::once(black_box(text.as_str())), &request);
-                    Learned::gather(&learner, &wf.name, &tiers, &f, &wf.learning, 0.5)
+                    Learned::gather(&learner, &wf.name, tiers, &f, &wf.learning, 0.5)
                 })
             });
         }

@@ -164,9 +164,9 @@ pub fn decide(
                 let mut asked = t.max(workflow.quality_floor).min(workflow.max_tier);
                 let mut notes: Vec<String> = Vec::new();
                 let (mut learned, mut explored, mut propensity, mut policy_tier) = (false, false, None, None);
-                let available = available_tiers(table, workflow, est.class);
+                let available = available_tiers(workflow, est.class);
                 if let Some(l) = input.learned.as_ref().filter(|_| workflow.learning.enabled) {
-                    let c = choose(l, &available, &workflow.learning, asked);
+                    let c = choose(l, available, &workflow.learning, asked);
                     if c.learned || c.explored {
                         asked = c.tier;
                     }
@@ -184,7 +184,7 @@ pub fn decide(
                     }
                 }
                 if let Some(paced) = input.paced {
-                    return decide_paced(&ctx, paced, asked, &available, &rule.name, &skipped_pins, trace);
+                    return decide_paced(&ctx, paced, asked, available, &rule.name, &skipped_pins, trace);
                 }
                 // One available tier down: a table with tiers 3 and 5 steps
                 // from 5 to 3, not to a tier 4 no model has.
@@ -231,12 +231,12 @@ pub fn decide(
         }
     }
     if let Some(paced) = input.paced {
-        let available = available_tiers(table, workflow, est.class);
+        let available = available_tiers(workflow, est.class);
         return decide_paced(
             &ctx,
             paced,
             workflow.quality_floor,
-            &available,
+            available,
             DEFAULT_RULE,
             &skipped_pins,
             trace,
@@ -312,17 +312,10 @@ fn decide_paced(
 }
 
 /// The distinct tiers, ascending, of the models `workflow` may use for task
-/// class `class`, from its quality floor up: where learning may move.
-pub fn available_tiers(table: &RuleTable, workflow: &Workflow, class: usize) -> Vec<u8> {
-    // A bit per tier: sorted and distinct without a sort (Route asks twice).
-    const _: () = assert!(crate::rules::MAX_TIER < 32);
-    let seen = workflow
-        .allowed
-        .iter()
-        .map(|&i| table.models[i].tiers[class])
-        .filter(|&t| t >= workflow.quality_floor && t <= workflow.max_tier)
-        .fold(0u32, |seen, t| seen | 1 << t);
-    (0..=crate::rules::MAX_TIER).filter(|&t| seen >> t & 1 == 1).collect()
+/// class `class`, from its quality floor up: where learning may move (kept
+/// with the workflow since load, [`Workflow::available`]).
+pub fn available_tiers(workflow: &Workflow, class: usize) -> &[u8] {
+    workflow.available.get(class).map_or(&[], Vec::as_slice)
 }
 
 /// What every step of a decision reads.

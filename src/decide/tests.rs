@@ -234,12 +234,9 @@ fn available_tiers_are_the_allowed_models_distinct_tiers_from_the_floor_up() {
         v
     };
     for class in [general, code] {
-        assert_eq!(available_tiers(&t, w, class), want(class, w.quality_floor, w.max_tier));
+        assert_eq!(available_tiers(w, class), want(class, w.quality_floor, w.max_tier));
     }
     let floor4 = t.workflow("floor4").expect("floor4");
-    assert!(available_tiers(&t, floor4, general).iter().all(|&x| x >= 4));
-    assert_eq!(
-        available_tiers(&t, w, code).windows(2).filter(|p| p[0] >= p[1]).count(),
-        0
-    );
+    assert!(available_tiers(floor4, general).iter().all(|&x| x >= 4));
+    assert_eq!(available_tiers(w, code).windows(2).filter(|p| p[0] >= p[1]).count(), 0);
 }

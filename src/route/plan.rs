@@ -100,11 +100,11 @@ pub fn plan(
             tokens: est.input_tokens.into_iter().max().unwrap_or(0),
         };
         let f = Features::extract(texts, &request);
-        let available = available_tiers(table, workflow, est.class);
+        let available = available_tiers(workflow, est.class);
         input.learned = Some(Learned::gather(
             l.learner,
             &workflow.name,
-            &available,
+            available,
             &f,
             &workflow.learning,
             l.draw,

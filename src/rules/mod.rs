@@ -122,6 +122,10 @@ pub struct Workflow {
     /// allow-lists, data processing agreement and region requirements met.
     /// Ascending, which the decision's walk over the models relies on.
     pub allowed: Vec<usize>,
+    /// For each task class, the distinct tiers (ascending) of the allowed
+    /// models from `quality_floor` to `max_tier`: where learning and pacing
+    /// may move. Worked out once, at load, rather than on every Route.
+    pub available: Vec<Vec<u8>>,
     /// Identities that may call it; empty: any caller.
     pub allowed_callers: Vec<String>,
     /// Identities that may record any of its outcomes (graders).

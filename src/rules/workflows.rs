@@ -137,6 +137,14 @@ impl Validator<'_> {
                     format!("{factor} is outside 1 to 100: it is how many times the estimate a cost may reach before it is flagged"),
                 );
             }
+            let (quality_floor, max_tier) = (
+                floor.clamp(1, MAX_TIER as i64) as u8,
+                max_tier.clamp(1, MAX_TIER as i64) as u8,
+            );
+            let classes = models.first().map_or(0, |m| m.tiers.len());
+            let available = (0..classes)
+                .map(|class| tiers_within(models, &allowed, class, quality_floor, max_tier))
+                .collect();
             out.push(Workflow {
                 budget,
                 learning,
@@ -146,9 +154,10 @@ impl Validator<'_> {
                 description: w.description.clone().unwrap_or_default(),
                 owner: w.owner.clone().unwrap_or_default(),
                 default_task_kind: w.default_task_kind.clone().unwrap_or_else(|| GENERAL_CLASS.to_string()),
-                quality_floor: floor.clamp(1, MAX_TIER as i64) as u8,
-                max_tier: max_tier.clamp(1, MAX_TIER as i64) as u8,
+                quality_floor,
+                max_tier,
                 allowed,
+                available,
                 allowed_callers: w.allowed_callers.clone(),
                 outcome_recorders: w.outcome_recorders.clone(),
                 outcome_unit: w.outcome_unit.clone().unwrap_or_else(|| "outcome".to_string()),
@@ -377,4 +386,17 @@ impl Validator<'_> {
             lease,
         })
     }
+}
+
+/// The distinct tiers, ascending, of the `allowed` models for task class
+/// `class`, from `floor` to `max` ([`Workflow::available`]).
+fn tiers_within(models: &[Model], allowed: &[usize], class: usize, floor: u8, max: u8) -> Vec<u8> {
+    // A bit per tier: sorted and distinct without a sort.
+    const _: () = assert!(MAX_TIER < 32);
+    let seen = allowed
+        .iter()
+        .filter_map(|&i| models.get(i)?.tiers.get(class).copied())
+        .filter(|&t| t >= floor && t <= max)
+        .fold(0u32, |seen, t| seen | 1 << t);
+    (0..=MAX_TIER).filter(|&t| seen >> t & 1 == 1).collect()
 }

@@ -481,12 +481,12 @@ fn learned(
     for c in cases {
         let (m, planned) = replayer.route(workflow, c, 1, None)?;
         let class = planned.est.class;
-        let available = available_tiers(table, workflow, class);
+        let available = available_tiers(workflow, class);
         let planned_prior = planned.est.complexity;
         // Scored before this row's outcome is learned.
         let score = planned
             .learned
-            .and_then(|l| l.score(&available))
+            .and_then(|l| l.score(available))
             .unwrap_or(planned.est.complexity);
         let first = m;
         let (mut m, mut planned) = (m, planned);

@@ -217,7 +217,7 @@ pub fn rows(table: &RuleTable, ledger: &Ledger, skipped: &mut Skipped) -> Vec<Ro
             continue;
         };
         let est = estimate_under(table, workflow, &s);
-        let available = crate::decide::available_tiers(table, workflow, est.class);
+        let available = crate::decide::available_tiers(workflow, est.class);
         // A candidate that paces this workflow prices each call by the
         // candidate's own spend so far in the call's period.
         let paced = pacers.pace(workflow, c.created_ms);
@@ -226,7 +226,7 @@ pub fn rows(table: &RuleTable, ledger: &Ledger, skipped: &mut Skipped) -> Vec<Ro
             deferrable: s.deferrable,
             capabilities: Capabilities(u8::try_from(s.capabilities).unwrap_or(0)),
             downgrade: s.downgrade && paced.is_none(),
-            learned: learned_at(&s, &available, est.complexity).filter(|_| workflow.learning.enabled),
+            learned: learned_at(&s, available, est.complexity).filter(|_| workflow.learning.enabled),
             rejected_tier: s.rejected_tier.and_then(|t| u8::try_from(t).ok()),
             paced,
         };

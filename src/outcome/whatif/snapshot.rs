@@ -127,9 +127,9 @@ pub struct Logged<'a> {
 impl Snapshot {
     pub fn of(l: &Logged<'_>) -> Snapshot {
         let chosen = l.table.models[l.decision.model].tiers[l.est.class];
-        let available = crate::decide::available_tiers(l.table, l.workflow, l.est.class);
+        let available = crate::decide::available_tiers(l.workflow, l.est.class);
         let probabilities = match (l.learned, l.decision.policy_tier) {
-            (Some(learned), Some(policy_tier)) => learned.probabilities(&available, policy_tier),
+            (Some(learned), Some(policy_tier)) => learned.probabilities(available, policy_tier),
             _ => available
                 .iter()
                 .map(|&t| (t, f64::from(u8::from(t == chosen))))
