@@ -185,8 +185,6 @@ fn predict(w: &[f32], x: &Extracted) -> usize {
 
 /// The difficulty model: logistic regression on the same features, with
 /// the labels' own base rate (so its output is a probability).
-/// The structural feature that is the share of letters beyond ASCII.
-const NON_ASCII: usize = 8;
 /// Above this share of letters beyond ASCII, a request is in another script
 /// than Latin (accented Latin text stays well below it).
 const MAX_NON_ASCII_SHARE: f32 = 0.3;
@@ -227,10 +225,6 @@ fn train_difficulty(rows: &[&(String, f32, Extracted)]) -> Vec<f32> {
 }
 
 fn main() {
-    assert_eq!(
-        DENSE_NAMES[NON_ASCII], "non_ascii_share",
-        "NON_ASCII names the wrong feature"
-    );
     let data = PathBuf::from(arg("--data").expect("--data KINDS.jsonl"));
     let wordfreq = PathBuf::from(arg("--wordfreq").expect("--wordfreq TOP100K.tsv"));
     let out = PathBuf::from(arg("--out").expect("--out MODEL.json"));
@@ -336,8 +330,12 @@ fn main() {
     // by the range of its labels (`dense_max`), so that a request in another
     // script is scored by what it asks, as far as its words and structure
     // tell, not by extrapolation.
+    let non_ascii = DENSE_NAMES
+        .iter()
+        .position(|n| *n == "non_ascii_share")
+        .expect("the share of letters beyond ASCII is a structural feature");
     let before = diff_rows.len();
-    diff_rows.retain(|r| r.2.dense[NON_ASCII] <= MAX_NON_ASCII_SHARE);
+    diff_rows.retain(|r| r.2.dense[non_ascii] <= MAX_NON_ASCII_SHARE);
     if before > diff_rows.len() {
         println!(
             "difficulty: {} of {before} labelled requests left out, more than {:.0}% of their letters beyond ASCII",

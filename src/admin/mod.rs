@@ -359,7 +359,7 @@ async fn index(State(s): State<Arc<AdminState>>) -> Html<String> {
                 let Some(b) = w.budget.as_mut() else { continue };
                 if let Some((_, p)) = paces.iter().find(|(name, _)| *name == w.workflow) {
                     let mut line = crate::outcome::report::pace_line(p);
-                    let rules = table.workflows.iter().find(|x| x.name == w.workflow);
+                    let rules = table.workflow(&w.workflow);
                     if let Some((curve, elapsed)) = rules.and_then(|x| s.budgets.target_curve(x, spec.now)) {
                         (line.curve, line.elapsed) = (curve, elapsed);
                     }

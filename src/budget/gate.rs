@@ -169,12 +169,8 @@ impl Budgets {
         let b = workflow.budget.as_ref()?;
         let pacing = b.pacing?;
         let (start, end) = period_bounds(b.period, &b.timezone, now);
-        let shape = match pacing {
-            super::pacing::Pacing::Traffic => self.pacers().get(&workflow.name).and_then(|p| p.shape(now)),
-            super::pacing::Pacing::Even => None,
-        };
-        let span = (end.as_millisecond() - start.as_millisecond()).max(1) as f64;
-        let elapsed = ((now.as_millisecond() - start.as_millisecond()) as f64 / span).clamp(0.0, 1.0);
+        let shape = self.pacers().get(&workflow.name).and_then(|p| p.shape_for(pacing, now));
+        let elapsed = super::pacing::due_share(start, end, now, &b.timezone, None, 0);
         Some((
             super::pacing::target_curve(start, end, &b.timezone, shape.as_ref(), 48),
             elapsed,

@@ -115,8 +115,17 @@ impl Pacer {
         self.period_calls = self.period_calls.saturating_add(1);
     }
 
+    /// The shape `pacing` aims by: the traffic's, once it covers a week, for
+    /// `traffic`; none (the elapsed share) for `even`.
+    pub(super) fn shape_for(&self, pacing: super::pacing::Pacing, now: Timestamp) -> Option<Shape> {
+        match pacing {
+            super::pacing::Pacing::Traffic => self.shape(now),
+            super::pacing::Pacing::Even => None,
+        }
+    }
+
     /// The traffic shape, once it covers a week.
-    pub(super) fn shape(&self, now: Timestamp) -> Option<Shape> {
+    fn shape(&self, now: Timestamp) -> Option<Shape> {
         let weeks = self
             .since_ms
             .map_or(0.0, |s| (now.as_millisecond() - s) as f64 / WEEK_MS);
@@ -128,10 +137,7 @@ impl Pacer {
 pub fn pace_of(b: &Budget, state: &ScopeState, pacer: &mut Pacer, now: Timestamp) -> Option<Pace> {
     let pacing = b.pacing?;
     let (start, end) = period_bounds(b.period, &b.timezone, now);
-    let shape = match pacing {
-        super::pacing::Pacing::Traffic => pacer.shape(now),
-        super::pacing::Pacing::Even => None,
-    };
+    let shape = pacer.shape_for(pacing, now);
     let seen = if pacer.period_start_ms == start.as_millisecond() {
         pacer.period_calls
     } else {
