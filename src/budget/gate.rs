@@ -202,6 +202,9 @@ impl Budgets {
                         integral: p.controller.integral,
                         traffic: p.traffic.clone(),
                         since_ms: p.since_ms,
+                        periods: p.periods.clone(),
+                        period_start_ms: p.period_start_ms,
+                        period_calls: p.period_calls,
                     },
                 )
             })
@@ -228,6 +231,8 @@ impl Budgets {
             p.controller.integral = r.controller.integral;
             p.traffic = r.traffic;
             p.since_ms = r.since_ms;
+            p.periods = r.periods;
+            (p.period_start_ms, p.period_calls) = (r.period_start_ms, r.period_calls);
         }
         Ok(n)
     }

@@ -4,7 +4,7 @@
 
 use jiff::Timestamp;
 
-use super::pacing::{due_share, pace, Controller, Pace, Shape, HOURS_OF_WEEK};
+use super::pacing::{due_share, pace, Controller, Pace, Shape, HOURS_OF_WEEK, VOLUME_PERIODS};
 use super::*;
 use crate::store::ScopeState;
 
@@ -19,6 +19,9 @@ pub struct Pacer {
     /// The start of the period the calls of `period_calls` were admitted in.
     pub period_start_ms: i64,
     pub period_calls: u64,
+    /// The calls of each completed period since counting began (the latest
+    /// [`VOLUME_PERIODS`]): whether a period's volume is steady.
+    pub periods: Vec<u64>,
     /// The last pace, for metrics.
     pub last: Option<Pace>,
 }
@@ -31,6 +34,7 @@ impl Default for Pacer {
             since_ms: None,
             period_start_ms: 0,
             period_calls: 0,
+            periods: Vec::new(),
             last: None,
         }
     }
@@ -54,6 +58,15 @@ pub(super) struct SavedPacer {
     /// Admitted calls by hour of the week.
     pub(super) traffic: Vec<u64>,
     pub(super) since_ms: Option<i64>,
+    /// The calls of the latest completed periods, and of the current one
+    /// (which began at `period_start_ms`). Files from before these were
+    /// kept read as none counted.
+    #[serde(default)]
+    pub(super) periods: Vec<u64>,
+    #[serde(default)]
+    pub(super) period_start_ms: i64,
+    #[serde(default)]
+    pub(super) period_calls: u64,
 }
 
 /// The pacers a sidecar saved (`Budgets::save_pacers`), by workflow: each
@@ -95,6 +108,9 @@ pub fn read_pacers(path: &std::path::Path) -> Result<std::collections::BTreeMap<
         p.controller.integral = s.integral.clamp(-super::pacing::LOG_RANGE, super::pacing::LOG_RANGE);
         p.traffic = s.traffic;
         p.since_ms = s.since_ms;
+        p.periods = s.periods;
+        p.periods.drain(..p.periods.len().saturating_sub(VOLUME_PERIODS));
+        (p.period_start_ms, p.period_calls) = (s.period_start_ms, s.period_calls);
         out.insert(w, p);
     }
     Ok(out)
@@ -110,6 +126,12 @@ impl Pacer {
         self.since_ms.get_or_insert(now.as_millisecond());
         let start = period_bounds(b.period, &b.timezone, now).0.as_millisecond();
         if start != self.period_start_ms {
+            // A period counted from its start is complete when the next
+            // begins.
+            if self.period_start_ms != 0 && self.since_ms.is_some_and(|s| s <= self.period_start_ms) {
+                self.periods.push(self.period_calls);
+                self.periods.drain(..self.periods.len().saturating_sub(VOLUME_PERIODS));
+            }
             (self.period_start_ms, self.period_calls) = (start, 0);
         }
         self.period_calls = self.period_calls.saturating_add(1);
@@ -124,12 +146,13 @@ impl Pacer {
         }
     }
 
-    /// The traffic shape, once it covers a week.
+    /// The traffic shape, once it covers a week, with the steady volume of
+    /// the completed periods where they show one.
     fn shape(&self, now: Timestamp) -> Option<Shape> {
         let weeks = self
             .since_ms
             .map_or(0.0, |s| (now.as_millisecond() - s) as f64 / WEEK_MS);
-        Shape::of_counts(&self.traffic, weeks)
+        Shape::of_counts(&self.traffic, weeks).map(|s| s.with_periods(&self.periods))
     }
 }
 

@@ -10,10 +10,10 @@
 //! value(model) − λ × estimated cost(model)
 //! ```
 //!
-//! where the value is P(accepted): the learner's prediction for the model's
-//! tier where it has evidence, else from the difficulty score (a cheap tier
+//! where the value is P(accepted) from the difficulty score (a cheap tier
 //! loses `complexity` of acceptance against the strongest, in proportion to
-//! the tiers between them).
+//! the tiers between them), averaged with the learner's prediction for the
+//! model's tier where the learner has evidence.
 //!
 //! λ is set by a controller on the gap between spend and target, as a share
 //! of the budget. The gap is of *cumulative* spend, so a proportional term on
@@ -56,11 +56,41 @@ pub const GAIN_BARRIER: f64 = 400.0;
 /// budget per unit of value).
 pub const LOG_RANGE: f64 = 12.0;
 
+/// How far the calls of past periods may spread (their standard deviation
+/// over their mean) for a period's volume to count as steady.
+pub const STEADY_SPREAD: f64 = 0.2;
+
+/// With a steady volume, the rest of a period is still expected to bring at
+/// least this share of what the shape expects of it: a period busier than
+/// its history is not taken to be over.
+pub const VOLUME_FLOOR: f64 = 0.25;
+
+/// The completed periods a steady volume is read from (the latest).
+pub const VOLUME_PERIODS: usize = 8;
+
 /// A workflow's traffic by hour of the week (Monday 00:00 in the budget's
 /// time zone is hour 0): the calls expected in each hour of a week.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Shape {
     pub hours: [f64; HOURS_OF_WEEK],
+    /// The calls a period brings, when past periods agree on it
+    /// ([`steady_volume`]): a burst then brings calls forward rather than
+    /// adding to them, so what is left of the period expects fewer.
+    pub volume: Option<f64>,
+}
+
+/// The calls a period brings, when the latest completed periods (up to
+/// [`VOLUME_PERIODS`]) agree on it: at least two of them, spread no more
+/// than [`STEADY_SPREAD`] about their mean. `None` when they do not.
+pub fn steady_volume(past: &[u64]) -> Option<f64> {
+    let past = &past[past.len().saturating_sub(VOLUME_PERIODS)..];
+    if past.len() < 2 {
+        return None;
+    }
+    let k = past.len() as f64;
+    let mean = past.iter().map(|&c| c as f64).sum::<f64>() / k;
+    let var = past.iter().map(|&c| (c as f64 - mean).powi(2)).sum::<f64>() / (k - 1.0);
+    (mean > 0.0 && var.sqrt() <= STEADY_SPREAD * mean).then_some(mean)
 }
 
 impl Shape {
@@ -78,7 +108,13 @@ impl Shape {
         for (h, &c) in hours.iter_mut().zip(counts) {
             *h = (c as f64).max(floor) / weeks;
         }
-        Some(Shape { hours })
+        Some(Shape { hours, volume: None })
+    }
+
+    /// This shape with the steady volume of `past` periods' calls, if any.
+    pub fn with_periods(mut self, past: &[u64]) -> Shape {
+        self.volume = steady_volume(past);
+        self
     }
 
     /// The calls expected in `[from, to)`.
@@ -106,8 +142,11 @@ pub fn hour_of_week(tz: &jiff::tz::TimeZone, t: Timestamp) -> usize {
 /// The share of the period's spend due by `now`: the elapsed share of
 /// `[start, end)` (even), or, by `shape`, the share of the period's traffic
 /// that has arrived: the `seen` calls of this period against those and the
-/// calls the shape expects in the rest of it. A burst moves the target up
-/// with it; a quiet stretch holds it back.
+/// calls expected in the rest of it. A burst moves the target up with it; a
+/// quiet stretch holds it back. The rest is what the shape expects of it,
+/// or, where past periods show a steady volume, that volume less the calls
+/// seen (but never under [`VOLUME_FLOOR`] of the shape's): a burst early in
+/// such a period leaves fewer calls for later.
 pub fn due_share(
     start: Timestamp,
     end: Timestamp,
@@ -125,8 +164,12 @@ pub fn due_share(
     let Some(shape) = shape else {
         return elapsed;
     };
-    let rest = shape.expected(tz, n, e);
     let seen = seen as f64;
+    let by_shape = shape.expected(tz, n, e);
+    let rest = match shape.volume {
+        Some(v) => (v - seen).max(VOLUME_FLOOR * by_shape),
+        None => by_shape,
+    };
     if seen + rest > 0.0 {
         seen / (seen + rest)
     } else {
@@ -341,6 +384,44 @@ mod tests {
         assert!(curve[14].1 - curve[10].1 < 0.05 * AIM, "flat at the weekend");
         assert!((curve[14].1 - AIM).abs() < 1e-9);
         assert!(curve.windows(2).all(|w| w[1].1 >= w[0].1), "never falls");
+    }
+
+    #[test]
+    fn a_volume_is_steady_only_when_past_periods_agree_on_it() {
+        assert_eq!(steady_volume(&[1000, 1010, 990]), Some(1000.0));
+        assert_eq!(steady_volume(&[1000]), None, "one period says nothing of spread");
+        assert_eq!(steady_volume(&[1000, 3000]), None, "too spread");
+        assert_eq!(steady_volume(&[0, 0]), None);
+        // Only the latest periods count: an old outlier is forgotten.
+        let mut past = vec![10_000];
+        past.extend([500; VOLUME_PERIODS]);
+        assert_eq!(steady_volume(&past), Some(500.0));
+    }
+
+    /// Where past weeks brought the same calls, a burst brings calls
+    /// forward: half the week's calls on Monday leave half the budget due,
+    /// where the shape alone would expect a full week more of them.
+    #[test]
+    fn a_burst_in_a_steady_period_brings_the_target_forward() {
+        let tz = jiff::tz::TimeZone::UTC;
+        let s = Timestamp::from_second(4 * 86_400).expect("t");
+        let e = Timestamp::from_second(11 * 86_400).expect("t");
+        let tuesday = Timestamp::from_second(5 * 86_400).expect("t");
+        // Ten calls an hour, 1,680 a week, three weeks alike.
+        let plain = Shape::of_counts(&[30; HOURS_OF_WEEK], 3.0).expect("shape");
+        let steady = plain.clone().with_periods(&[1680, 1680, 1680]);
+        assert_eq!(steady.volume, Some(1680.0));
+        let by_shape = due_share(s, e, tuesday, &tz, Some(&plain), 840);
+        assert!((by_shape - 840.0 / 2280.0).abs() < 1e-9, "{by_shape}");
+        let by_volume = due_share(s, e, tuesday, &tz, Some(&steady), 840);
+        assert!((by_volume - 0.5).abs() < 1e-9, "{by_volume}");
+        // A week busier than any before is not taken to be over: the rest
+        // still expects a quarter of what the shape does.
+        let busier = due_share(s, e, tuesday, &tz, Some(&steady), 2000);
+        assert!((busier - 2000.0 / 2360.0).abs() < 1e-9, "{busier}");
+        // Weeks that disagree leave the shape alone.
+        let unsteady = plain.clone().with_periods(&[500, 3000]);
+        assert_eq!(due_share(s, e, tuesday, &tz, Some(&unsteady), 840), by_shape);
     }
 
     #[test]

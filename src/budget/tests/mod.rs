@@ -255,17 +255,22 @@ fn a_pacing_mode_is_read_and_an_unknown_one_is_located() {
     );
 }
 
+/// The test rules with the weekly budget paced by traffic.
+fn traffic_paced() -> RuleTable {
+    let paced = BUDGETED.replace(
+        "limit_usd = 5\nperiod = \"week\"",
+        "limit_usd = 5\nperiod = \"week\"\npacing = \"traffic\"",
+    );
+    RuleTable::from_str("b.toml", &paced).expect("rules")
+}
+
 /// A sidecar learns its traffic by hour of the week from the calls it
 /// admits, and then aims a `traffic` budget at the share of the week's
 /// traffic that has come: a working week's Monday morning is a tenth of
 /// it, where `even` would say 13 hours of 168.
 #[test]
 fn traffic_pacing_aims_at_the_share_of_the_weeks_calls_that_have_come() {
-    let paced = BUDGETED.replace(
-        "limit_usd = 5\nperiod = \"week\"",
-        "limit_usd = 5\nperiod = \"week\"\npacing = \"traffic\"",
-    );
-    let t = RuleTable::from_str("b.toml", &paced).expect("rules");
+    let t = traffic_paced();
     let b = t.workflow("weekly").and_then(|w| w.budget.as_ref()).expect("budget");
     let at = |s: &str| s.parse::<Timestamp>().expect("timestamp");
     let mut pacer = Pacer::default();
@@ -307,6 +312,32 @@ fn traffic_pacing_aims_at_the_share_of_the_weeks_calls_that_have_come() {
     assert!((even - 13.0 / 168.0).abs() < 1e-9 && even < due, "{even} {due}");
 }
 
+/// A sidecar counts the calls of each period it saw from its start: weeks
+/// alike make a steady volume, and the week it started in mid-way is not one
+/// of them.
+#[test]
+fn a_pacer_keeps_the_calls_of_each_whole_period() {
+    let t = traffic_paced();
+    let b = t.workflow("weekly").and_then(|w| w.budget.as_ref()).expect("budget");
+    let monday = "2026-11-09T00:00:00Z".parse::<Timestamp>().expect("t").as_second();
+    let mut pacer = Pacer::default();
+    // From Wednesday of the first week, then three whole weeks of 100 calls.
+    for week in 0..4i64 {
+        let calls = if week == 0 { 40 } else { 100 };
+        for k in 0..calls {
+            let day = if week == 0 { 2 + k % 5 } else { k % 7 };
+            let t = monday + week * 7 * 86_400 + day * 86_400 + 3600 + k * 60;
+            pacer.count(b, Timestamp::from_second(t).expect("t"));
+        }
+    }
+    assert_eq!(pacer.periods, vec![100, 100], "the partial first week is left out");
+    assert_eq!(pacer.period_calls, 100);
+    let now = Timestamp::from_second(monday + 4 * 7 * 86_400 + 3600).expect("t");
+    let shape = pacer.shape_for(pacing::Pacing::Traffic, now).expect("shape");
+    assert_eq!(shape.volume, Some(100.0));
+    assert!(pacer.shape_for(pacing::Pacing::Even, now).is_none());
+}
+
 /// A call of `w` with no outcome or labels, costing `cost_nanos`.
 fn plain_call<'a>(
     id: &'a str,
@@ -334,11 +365,7 @@ fn plain_call<'a>(
 /// file is refused by name, with nothing of it used.
 #[tokio::test]
 async fn pacing_state_is_kept_across_a_restart_and_a_damaged_file_refused() {
-    let paced = BUDGETED.replace(
-        "limit_usd = 5\nperiod = \"week\"",
-        "limit_usd = 5\nperiod = \"week\"\npacing = \"traffic\"",
-    );
-    let t = RuleTable::from_str("b.toml", &paced).expect("rules");
+    let t = traffic_paced();
     let w = t.workflow("weekly").expect("w");
     let dir = tempfile::tempdir().expect("tmp");
     let store: SharedStore = Arc::new(sqlite::SqliteStore::open(dir.path()).expect("open"));
@@ -360,6 +387,26 @@ async fn pacing_state_is_kept_across_a_restart_and_a_damaged_file_refused() {
     let hour = pacing::hour_of_week(&jiff::tz::TimeZone::UTC, now);
     let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).expect("read")).expect("json");
     assert_eq!(saved["workflows"]["weekly"]["traffic"][hour], 5, "{saved}");
+    // The period's calls so far are kept too: a restart mid-period does not
+    // start the period's traffic share from nothing.
+    assert_eq!(saved["workflows"]["weekly"]["period_calls"], 5, "{saved}");
+    let resaved = dir.path().join("again.json");
+    again.save_pacers(&resaved).expect("save");
+    let resaved: serde_json::Value = serde_json::from_slice(&std::fs::read(&resaved).expect("read")).expect("json");
+    assert_eq!(resaved["workflows"]["weekly"]["period_calls"], 5, "{resaved}");
+    assert_eq!(
+        resaved["workflows"]["weekly"]["period_start_ms"],
+        saved["workflows"]["weekly"]["period_start_ms"]
+    );
+    // A file written before the period counts were kept still loads.
+    let old = dir.path().join("old.json");
+    let zeros = serde_json::to_string(&vec![0u64; pacing::HOURS_OF_WEEK]).expect("json");
+    std::fs::write(
+        &old,
+        format!("{{\"version\": 1, \"workflows\": {{\"weekly\": {{\"integral\": 0.5, \"traffic\": {zeros}, \"since_ms\": null}}}}}}"),
+    )
+    .expect("write");
+    assert_eq!(Budgets::new(store.clone(), 600_000).load_pacers(&old), Ok(1));
     // A fresh start where there is no file.
     assert_eq!(again.load_pacers(&dir.path().join("none.json")), Ok(0));
     std::fs::write(

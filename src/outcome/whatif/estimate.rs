@@ -311,17 +311,24 @@ impl Pacers {
             };
             let mut counts = vec![0u64; HOURS_OF_WEEK];
             let (mut first, mut last) = (i64::MAX, i64::MIN);
+            let mut periods = std::collections::BTreeMap::<i64, u64>::new();
             for (c, _) in logged.iter().filter(|(c, _)| c.workflow == w.name) {
                 if let Ok(t) = jiff::Timestamp::from_millisecond(c.created_ms) {
                     counts[hour_of_week(&b.timezone, t)] += 1;
+                    let start = crate::budget::period_bounds(b.period, &b.timezone, t).0;
+                    *periods.entry(start.as_millisecond()).or_default() += 1;
                 }
                 (first, last) = (first.min(c.created_ms), last.max(c.created_ms));
             }
             let weeks = (last.saturating_sub(first)) as f64 / (7.0 * 86_400_000.0);
+            // The log's first and last periods are partial: only those
+            // between them say how many calls a period brings.
+            let whole: Vec<u64> = periods.values().copied().skip(1).collect();
+            let whole = &whole[..whole.len().saturating_sub(1)];
             by_workflow.insert(
                 w.name.clone(),
                 Paced {
-                    shape: Shape::of_counts(&counts, weeks),
+                    shape: Shape::of_counts(&counts, weeks).map(|s| s.with_periods(whole)),
                     ..Paced::default()
                 },
             );
