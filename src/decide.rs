@@ -277,9 +277,16 @@ fn decide_paced(
                 .iter()
                 .all(|&t| l.tiers[t as usize].is_some_and(|p| p.seen >= workflow.learning.cold_start))
     });
-    let value = |tier: u8| match learned.and_then(|l| l.tiers.get(tier as usize).copied().flatten()) {
-        Some(p) => p.p,
-        None => crate::budget::pacing::prior_value(ctx.est.complexity, tier, weakest, strongest),
+    // With the learner's evidence, the mean of its acceptance and the
+    // score's: the learner knows how a kind of request fares on each tier
+    // (its values are shared by the calls of a cluster), the score how hard
+    // this request is among them.
+    let value = |tier: u8| {
+        let prior = crate::budget::pacing::prior_value(ctx.est.complexity, tier, weakest, strongest);
+        match learned.and_then(|l| l.tiers.get(tier as usize).copied().flatten()) {
+            Some(p) => 0.5 * (p.p + prior),
+            None => prior,
+        }
     };
     // The learner's values come in clusters (a subject's calls share
     // theirs), so one price would flip a whole cluster at once and spend

@@ -240,3 +240,94 @@ fn available_tiers_are_the_allowed_models_distinct_tiers_from_the_floor_up() {
     assert!(available_tiers(floor4, general).iter().all(|&x| x >= 4));
     assert_eq!(available_tiers(w, code).windows(2).filter(|p| p[0] >= p[1]).count(), 0);
 }
+
+/// Pacing with the learner's evidence: two requests whose cluster the
+/// learner rates alike still part by how hard each is. At every price the
+/// harder one gets a tier at least as strong, and at some prices a stronger
+/// one, even though it costs more.
+#[test]
+fn a_paced_pick_with_the_learner_still_reads_the_requests_difficulty() {
+    let t = RuleTable::from_str(
+        "paced.toml",
+        r#"
+[[models]]
+name = "weak"
+provider = "a"
+input_per_mtok = 0.5
+cached_input_per_mtok = 0.5
+output_per_mtok = 0.5
+context_window = 100000
+max_output_tokens = 4000
+tiers = { general = 3 }
+
+[[models]]
+name = "strong"
+provider = "b"
+input_per_mtok = 10.0
+cached_input_per_mtok = 10.0
+output_per_mtok = 30.0
+context_window = 100000
+max_output_tokens = 4000
+tiers = { general = 5 }
+
+[[workflows]]
+name = "p"
+quality_floor = 3
+
+[workflows.learning]
+target = 0.99
+min_gain = 0.2
+cold_start = 20
+"#,
+    )
+    .expect("rules");
+    let wf = t.workflow("p").expect("workflow");
+    let mut learned = crate::learn::Learned {
+        tiers: [None; crate::rules::MAX_TIER as usize + 1],
+        gate: 1.0,
+        prior: 0.3,
+        explore: 0.0,
+        draw: 0.5,
+    };
+    let pred = |p: f64| {
+        Some(crate::learn::TierPrediction {
+            p,
+            p_retry: p,
+            sd: 0.05,
+            seen: 500,
+            doubt: 0.05,
+        })
+    };
+    (learned.tiers[3], learned.tiers[5]) = (pred(0.7), pred(0.8));
+    let tier_at = |text: &str, price: f64| {
+        let msgs = [MessageRef {
+            role: Role::User,
+            content: text,
+        }];
+        let work = compute_work(&msgs, &wf.encodings);
+        let est = estimate(&t, wf, "general", &msgs, &work, 16);
+        let input = RouteInput {
+            learned: Some(learned),
+            paced: Some(Paced {
+                price_per_nano: price,
+                ratio: Some(1.0),
+            }),
+            ..FIRST
+        };
+        let d = decide(&t, wf, &input, &est, &[], None).expect("routes");
+        (t.models[d.model].tiers[est.class], est.complexity)
+    };
+    let (easy, hard) = ("What is the capital of France?", HARD);
+    assert!(
+        tier_at(hard, 0.0).1 > tier_at(easy, 0.0).1 + 0.2,
+        "the score tells them apart"
+    );
+    let mut parted = false;
+    for k in 0..60 {
+        let price = 1e-9 * 10f64.powf(f64::from(k) / 6.0);
+        let (e, h) = (tier_at(easy, price).0, tier_at(hard, price).0);
+        assert!(h >= e, "at λ {price:e} the hard request got tier {h}, the easy one {e}");
+        parted |= h > e;
+    }
+    assert!(parted, "some price sends the hard request strong and the easy one weak");
+}

@@ -12,6 +12,7 @@
 //! `score.rs` tallies the policies and computes RouteLLM's metrics,
 //! `show.rs` prints progress and the table; this one runs the policies.
 
+mod ceiling;
 mod data;
 pub mod pacing;
 mod score;

@@ -67,7 +67,8 @@ pub struct Settling {
     /// From the step to the first time log λ stays within 0.25 of its new
     /// level, as a share of the period.
     pub settle_share: f64,
-    /// Times log λ crossed out of that band after first reaching it.
+    /// Times log λ went past its new level by more than that band (on the
+    /// far side from its old level), each counted once until it came back.
     pub overshoots: u64,
     pub log_price_before: f64,
     pub log_price_after: f64,
@@ -84,6 +85,9 @@ pub struct PacingReport {
     pub seeds: u64,
     pub period_hours: usize,
     pub policies: Vec<PolicySummary>,
+    /// At each budget, the most a router that knew each task kind's
+    /// acceptance in hindsight could accept (`ceiling.rs`).
+    pub ceilings: Vec<super::ceiling::Ceiling>,
     pub settling: Vec<Settling>,
 }
 
@@ -354,6 +358,8 @@ pub fn simulate_pacing(a: &PacingArgs) -> Result<PacingReport, String> {
     let bar = progress_bar(total, "simulating periods");
     let n = cases.len();
     let mut summaries = Vec::new();
+    let mut ceilings = Vec::new();
+    let all: Vec<&Case> = l.cases.iter().collect();
     for &share in &a.budget_shares {
         let limit = (strong_cost as f64 * share).round() as i64;
         let mut by_policy: Vec<Vec<Run>> = vec![Vec::new(); policies.len()];
@@ -397,6 +403,17 @@ pub fn simulate_pacing(a: &PacingArgs) -> Result<PacingReport, String> {
             }
         }
         let threshold_mean = mean_sd(&by_policy[0].iter().map(|r| r.accepted as f64).collect::<Vec<_>>()).0;
+        let oracle = super::ceiling::kind_oracle(&all, l.strong, l.weak, limit);
+        ceilings.push(super::ceiling::Ceiling {
+            name: "kind_oracle".into(),
+            budget_share: share,
+            accepted: oracle,
+            gain_over_threshold: if threshold_mean > 0.0 {
+                oracle / threshold_mean - 1.0
+            } else {
+                0.0
+            },
+        });
         for (p, runs) in policies.iter().zip(&by_policy) {
             let accepted: Vec<f64> = runs.iter().map(|r| r.accepted as f64).collect();
             let spend: Vec<f64> = runs.iter().map(|r| r.spent as f64 / r.limit.max(1) as f64).collect();
@@ -439,6 +456,7 @@ pub fn simulate_pacing(a: &PacingArgs) -> Result<PacingReport, String> {
         seeds: a.seeds,
         period_hours: HOURS_OF_WEEK,
         policies: summaries,
+        ceilings,
         settling,
     })
 }
@@ -452,18 +470,20 @@ fn one_seed(world: &World<'_>, policies: &[Policy], n: usize, limit: i64, seed: 
     // last of them carries its price into the week measured.
     let mut history = vec![0u64; HOURS_OF_WEEK];
     let mut before_times = Vec::new();
+    let mut weeks = Vec::with_capacity(HISTORY_WEEKS);
     for _ in 0..HISTORY_WEEKS {
         let (times, before_counts) = arrivals(n, &mut rng, Arrivals::Bursty);
         before_times = times;
         for (h, c) in history.iter_mut().zip(&before_counts) {
             *h += c;
         }
+        weeks.push(before_counts.iter().sum());
     }
     rng.shuffle(&mut order);
     let before_order = order.clone();
     let (times, _) = arrivals(n, &mut rng, Arrivals::Bursty);
     rng.shuffle(&mut order);
-    let shape = Shape::of_counts(&history, HISTORY_WEEKS as f64);
+    let shape = Shape::of_counts(&history, HISTORY_WEEKS as f64).map(|s| s.with_periods(&weeks));
     let mut out = Vec::with_capacity(policies.len());
     for &p in policies {
         let shape = match p {
@@ -546,19 +566,23 @@ fn settle(world: &World<'_>, n: usize, limit: i64, share: f64, seed: u64) -> Res
         .map(|(t, _)| *t)
         .max()
         .unwrap_or(step_ms);
+    // An overshoot goes past the new level, by more than the band, on the
+    // far side from where the price came; it counts again only once the
+    // price has come back to the level. Noise at the near edge while the
+    // price approaches is settling time, not overshoot.
+    let dir = if after >= before { 1.0 } else { -1.0 };
     let mut overshoots = 0u64;
-    let (mut reached, mut outside) = (false, false);
+    let mut armed = true;
     for (t, v) in &after_step {
         if *t >= end_ms {
             break;
         }
-        let inside = (v - after).abs() <= BAND;
-        if inside {
-            reached = true;
-            outside = false;
-        } else if reached && !outside {
-            outside = true;
+        let past = (v - after) * dir;
+        if past > BAND && armed {
             overshoots += 1;
+            armed = false;
+        } else if past <= 0.0 {
+            armed = true;
         }
     }
     Ok(Settling {

@@ -206,6 +206,19 @@ pub fn pacing_table(r: &super::pacing::PacingReport) -> String {
             crate::money::Usd(p.cost_per_accepted_nanousd),
         );
     }
+    let _ = writeln!(
+        s,
+        "\nthe ceiling: a router that knew each task kind's acceptance in hindsight"
+    );
+    for c in &r.ceilings {
+        let _ = writeln!(
+            s,
+            "  budget {:.0}%: {:.0} accepted, {:+.1}% over threshold",
+            c.budget_share * 100.0,
+            c.accepted,
+            c.gain_over_threshold * 100.0
+        );
+    }
     let _ = writeln!(s, "\nprice after the call rate doubles at mid-period (even pacing):");
     for x in &r.settling {
         let _ = writeln!(
