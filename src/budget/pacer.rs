@@ -4,7 +4,7 @@
 
 use jiff::Timestamp;
 
-use super::pacing::{due_share, pace, Controller, Pace, Shape, HOURS_OF_WEEK, VOLUME_PERIODS};
+use super::pacing::{due_share, pace, Controller, Pace, PeriodCount, Shape, HOURS_OF_WEEK, VOLUME_PERIODS};
 use super::*;
 use crate::store::ScopeState;
 
@@ -19,9 +19,9 @@ pub struct Pacer {
     /// The start of the period the calls of `period_calls` were admitted in.
     pub period_start_ms: i64,
     pub period_calls: u64,
-    /// The calls of each completed period since counting began (the latest
-    /// [`VOLUME_PERIODS`]): whether a period's volume is steady.
-    pub periods: Vec<u64>,
+    /// The calls and length of each completed period since counting began
+    /// (the latest [`VOLUME_PERIODS`]): whether a period's volume is steady.
+    pub periods: Vec<PeriodCount>,
     /// The last pace, for metrics.
     pub last: Option<Pace>,
 }
@@ -62,7 +62,7 @@ pub(super) struct SavedPacer {
     /// (which began at `period_start_ms`). Files from before these were
     /// kept read as none counted.
     #[serde(default)]
-    pub(super) periods: Vec<u64>,
+    pub(super) periods: Vec<PeriodCount>,
     #[serde(default)]
     pub(super) period_start_ms: i64,
     #[serde(default)]
@@ -129,7 +129,8 @@ impl Pacer {
             // A period counted from its start is complete when the next
             // begins.
             if self.period_start_ms != 0 && self.since_ms.is_some_and(|s| s <= self.period_start_ms) {
-                self.periods.push(self.period_calls);
+                self.periods
+                    .push((self.period_calls, period_hours(b, self.period_start_ms)));
                 self.periods.drain(..self.periods.len().saturating_sub(VOLUME_PERIODS));
             }
             (self.period_start_ms, self.period_calls) = (start, 0);
@@ -154,6 +155,14 @@ impl Pacer {
             .map_or(0.0, |s| (now.as_millisecond() - s) as f64 / WEEK_MS);
         Shape::of_counts(&self.traffic, weeks).map(|s| s.with_periods(&self.periods))
     }
+}
+
+/// The length in whole hours of `b`'s period that starts at `start_ms`.
+pub fn period_hours(b: &Budget, start_ms: i64) -> u32 {
+    Timestamp::from_millisecond(start_ms).map_or(0, |t| {
+        let (s, e) = period_bounds(b.period, &b.timezone, t);
+        u32::try_from((e.as_millisecond() - s.as_millisecond()) / 3_600_000).unwrap_or(0)
+    })
 }
 
 /// The pace of `workflow`'s period in `state` at `now`, moving `pacer`.

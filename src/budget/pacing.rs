@@ -56,8 +56,8 @@ pub const GAIN_BARRIER: f64 = 400.0;
 /// budget per unit of value).
 pub const LOG_RANGE: f64 = 12.0;
 
-/// How far the calls of past periods may spread (their standard deviation
-/// over their mean) for a period's volume to count as steady.
+/// How far the call rates of past periods may spread (their standard
+/// deviation over their mean) for a period's volume to count as steady.
 pub const STEADY_SPREAD: f64 = 0.2;
 
 /// With a steady volume, the rest of a period is still expected to bring at
@@ -73,23 +73,33 @@ pub const VOLUME_PERIODS: usize = 8;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Shape {
     pub hours: [f64; HOURS_OF_WEEK],
-    /// The calls a period brings, when past periods agree on it
-    /// ([`steady_volume`]): a burst then brings calls forward rather than
-    /// adding to them, so what is left of the period expects fewer.
+    /// The calls an hour of a period brings on average, when past periods
+    /// agree on it ([`steady_volume`]): a burst then brings calls forward
+    /// rather than adding to them, so what is left of the period expects
+    /// fewer.
     pub volume: Option<f64>,
 }
 
-/// The calls a period brings, when the latest completed periods (up to
-/// [`VOLUME_PERIODS`]) agree on it: at least two of them, spread no more
-/// than [`STEADY_SPREAD`] about their mean. `None` when they do not.
-pub fn steady_volume(past: &[u64]) -> Option<f64> {
-    let past = &past[past.len().saturating_sub(VOLUME_PERIODS)..];
-    if past.len() < 2 {
+/// A completed period's calls and its length in hours (months and days
+/// across a change of clocks differ in length).
+pub type PeriodCount = (u64, u32);
+
+/// The calls per hour a period brings, when the latest completed periods
+/// (up to [`VOLUME_PERIODS`]) agree on it: at least two of them, their rates
+/// spread no more than [`STEADY_SPREAD`] about their mean. `None` when they
+/// do not.
+pub fn steady_volume(past: &[PeriodCount]) -> Option<f64> {
+    let rates: Vec<f64> = past[past.len().saturating_sub(VOLUME_PERIODS)..]
+        .iter()
+        .filter(|p| p.1 > 0)
+        .map(|&(calls, hours)| calls as f64 / f64::from(hours))
+        .collect();
+    if rates.len() < 2 {
         return None;
     }
-    let k = past.len() as f64;
-    let mean = past.iter().map(|&c| c as f64).sum::<f64>() / k;
-    let var = past.iter().map(|&c| (c as f64 - mean).powi(2)).sum::<f64>() / (k - 1.0);
+    let k = rates.len() as f64;
+    let mean = rates.iter().sum::<f64>() / k;
+    let var = rates.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (k - 1.0);
     (mean > 0.0 && var.sqrt() <= STEADY_SPREAD * mean).then_some(mean)
 }
 
@@ -112,7 +122,7 @@ impl Shape {
     }
 
     /// This shape with the steady volume of `past` periods' calls, if any.
-    pub fn with_periods(mut self, past: &[u64]) -> Shape {
+    pub fn with_periods(mut self, past: &[PeriodCount]) -> Shape {
         self.volume = steady_volume(past);
         self
     }
@@ -167,7 +177,7 @@ pub fn due_share(
     let seen = seen as f64;
     let by_shape = shape.expected(tz, n, e);
     let rest = match shape.volume {
-        Some(v) => (v - seen).max(VOLUME_FLOOR * by_shape),
+        Some(per_hour) => (per_hour * (e - s) as f64 / 3_600_000.0 - seen).max(VOLUME_FLOOR * by_shape),
         None => by_shape,
     };
     if seen + rest > 0.0 {
@@ -388,13 +398,18 @@ mod tests {
 
     #[test]
     fn a_volume_is_steady_only_when_past_periods_agree_on_it() {
-        assert_eq!(steady_volume(&[1000, 1010, 990]), Some(1000.0));
-        assert_eq!(steady_volume(&[1000]), None, "one period says nothing of spread");
-        assert_eq!(steady_volume(&[1000, 3000]), None, "too spread");
-        assert_eq!(steady_volume(&[0, 0]), None);
+        assert_eq!(steady_volume(&[(1000, 10), (1010, 10), (990, 10)]), Some(100.0));
+        assert_eq!(steady_volume(&[(1000, 10)]), None, "one period says nothing of spread");
+        assert_eq!(steady_volume(&[(1000, 10), (3000, 10)]), None, "too spread");
+        assert_eq!(steady_volume(&[(0, 10), (0, 10)]), None);
+        assert_eq!(steady_volume(&[(10, 0), (10, 0)]), None, "no length, no rate");
+        // A rate, not a count: a 31-day month of the same days as a 28-day
+        // one is as steady.
+        let (feb, mar) = ((28 * 24 * 100, 28 * 24), (31 * 24 * 100, 31 * 24));
+        assert_eq!(steady_volume(&[feb, mar]), Some(100.0));
         // Only the latest periods count: an old outlier is forgotten.
-        let mut past = vec![10_000];
-        past.extend([500; VOLUME_PERIODS]);
+        let mut past = vec![(10_000, 1)];
+        past.extend([(500, 1); VOLUME_PERIODS]);
         assert_eq!(steady_volume(&past), Some(500.0));
     }
 
@@ -409,8 +424,9 @@ mod tests {
         let tuesday = Timestamp::from_second(5 * 86_400).expect("t");
         // Ten calls an hour, 1,680 a week, three weeks alike.
         let plain = Shape::of_counts(&[30; HOURS_OF_WEEK], 3.0).expect("shape");
-        let steady = plain.clone().with_periods(&[1680, 1680, 1680]);
-        assert_eq!(steady.volume, Some(1680.0));
+        let week = (1680, HOURS_OF_WEEK as u32);
+        let steady = plain.clone().with_periods(&[week, week, week]);
+        assert_eq!(steady.volume, Some(10.0));
         let by_shape = due_share(s, e, tuesday, &tz, Some(&plain), 840);
         assert!((by_shape - 840.0 / 2280.0).abs() < 1e-9, "{by_shape}");
         let by_volume = due_share(s, e, tuesday, &tz, Some(&steady), 840);
@@ -420,7 +436,7 @@ mod tests {
         let busier = due_share(s, e, tuesday, &tz, Some(&steady), 2000);
         assert!((busier - 2000.0 / 2360.0).abs() < 1e-9, "{busier}");
         // Weeks that disagree leave the shape alone.
-        let unsteady = plain.clone().with_periods(&[500, 3000]);
+        let unsteady = plain.clone().with_periods(&[(500, 168), (3000, 168)]);
         assert_eq!(due_share(s, e, tuesday, &tz, Some(&unsteady), 840), by_shape);
     }
 

@@ -330,11 +330,15 @@ fn a_pacer_keeps_the_calls_of_each_whole_period() {
             pacer.count(b, Timestamp::from_second(t).expect("t"));
         }
     }
-    assert_eq!(pacer.periods, vec![100, 100], "the partial first week is left out");
+    assert_eq!(
+        pacer.periods,
+        vec![(100, 168), (100, 168)],
+        "the partial first week is left out"
+    );
     assert_eq!(pacer.period_calls, 100);
     let now = Timestamp::from_second(monday + 4 * 7 * 86_400 + 3600).expect("t");
     let shape = pacer.shape_for(pacing::Pacing::Traffic, now).expect("shape");
-    assert_eq!(shape.volume, Some(100.0));
+    assert_eq!(shape.volume, Some(100.0 / 168.0));
     assert!(pacer.shape_for(pacing::Pacing::Even, now).is_none());
 }
 

@@ -477,7 +477,7 @@ fn one_seed(world: &World<'_>, policies: &[Policy], n: usize, limit: i64, seed: 
         for (h, c) in history.iter_mut().zip(&before_counts) {
             *h += c;
         }
-        weeks.push(before_counts.iter().sum());
+        weeks.push((before_counts.iter().sum(), HOURS_OF_WEEK as u32));
     }
     rng.shuffle(&mut order);
     let before_order = order.clone();

@@ -323,7 +323,11 @@ impl Pacers {
             let weeks = (last.saturating_sub(first)) as f64 / (7.0 * 86_400_000.0);
             // The log's first and last periods are partial: only those
             // between them say how many calls a period brings.
-            let whole: Vec<u64> = periods.values().copied().skip(1).collect();
+            let whole: Vec<(u64, u32)> = periods
+                .iter()
+                .skip(1)
+                .map(|(&start, &calls)| (calls, crate::budget::period_hours(b, start)))
+                .collect();
             let whole = &whole[..whole.len().saturating_sub(1)];
             by_workflow.insert(
                 w.name.clone(),
