@@ -323,3 +323,60 @@ async fn cache_writes_are_charged_and_more_cache_than_input_is_refused() {
     assert_eq!(settled.cost_nanos, p.cost_with_writes(1000, 600, 400, 10, false));
     assert_eq!(settled.usage.cache_write_input_tokens, 400);
 }
+
+/// A day paced by traffic after eight days alike (96 calls each, one every
+/// quarter hour): half the day's calls come in its first hour, and only the
+/// other half in the 23 hours after. Past days agree on the day's volume,
+/// so the burst brings the target forward with it rather than the day
+/// being expected to bring as many calls again, and the day still ends on
+/// budget.
+#[tokio::test(start_paused = true)]
+async fn a_traffic_paced_day_of_steady_volume_ends_on_budget_after_an_early_burst() {
+    let rules = RulesBuilder::new()
+        .model(model("small", 0.1, 0.4, 3))
+        .model(model("large", 2.5, 10.0, 4))
+        .budgeted(
+            "w",
+            "learning = { enabled = false }",
+            "limit_usd = 1.0\nperiod = \"day\"\npacing = \"traffic\"\non_limit = \"deny\"",
+        )
+        .raw("[[rules]]\nname = \"large\"\ntier = 4")
+        .build();
+    // The first call is at 00:10 on Monday 2026-11-23, the last of each day
+    // at 23:55.
+    let f = fixture_with("2026-11-22T23:55:00Z", &rules);
+    let who = Identity::local();
+    let limit: i64 = 1_000_000_000;
+    let mut i = 0;
+    for _ in 0..8 * 96 {
+        paced_step(&f, &who, i, 900).await;
+        i += 1;
+    }
+    // Day nine: 48 calls a minute apart from 00:01, then 48 more spread
+    // over the rest of the day.
+    for k in 0..96 {
+        let secs = match k {
+            0 => 360,
+            1..48 => 60,
+            _ => 1738,
+        };
+        paced_step(&f, &who, i, secs).await;
+        i += 1;
+        if k == 47 {
+            let (_, st) = f.sidecar.budget(&who, "w").await.expect("budget");
+            let spent = st.spent_nanos + st.reserved_nanos;
+            assert!(
+                spent <= limit * 55 / 100,
+                "half the day's calls spent {spent} of {limit}"
+            );
+        }
+    }
+    let (_, st) = f.sidecar.budget(&who, "w").await.expect("budget");
+    let spent = st.spent_nanos + st.reserved_nanos;
+    // Expecting the usual day's calls again after the burst, the day ended
+    // at 92%.
+    assert!(
+        spent <= limit && spent as f64 >= 0.95 * limit as f64,
+        "day nine ended at {spent} of {limit}"
+    );
+}
