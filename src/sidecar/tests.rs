@@ -228,21 +228,27 @@ async fn paced_step(f: &Fixture, who: &Identity, i: usize, secs: u64) -> Routed 
     r
 }
 
+/// A $1 day paced by `pacing`, whose rule asks for the large model, priced
+/// at `large` (input and output USD per million tokens).
+fn paced_rules(pacing: &str, large: (f64, f64)) -> String {
+    RulesBuilder::new()
+        .model(model("small", 0.1, 0.4, 3))
+        .model(model("large", large.0, large.1, 4))
+        .budgeted(
+            "w",
+            "learning = { enabled = false }",
+            &format!("limit_usd = 1.0\nperiod = \"day\"\npacing = \"{pacing}\"\non_limit = \"deny\""),
+        )
+        .raw("[[rules]]\nname = \"large\"\ntier = 4")
+        .build()
+}
+
 /// A paced day: half its traffic comes in a burst in the first hour. The
 /// burst does not spend the day's budget, no call reaches the hard limit,
 /// and the day ends just under its budget.
 #[tokio::test(start_paused = true)]
 async fn a_paced_budget_rides_out_a_burst_and_ends_the_day_on_budget() {
-    let rules = RulesBuilder::new()
-        .model(model("small", 0.1, 0.4, 3))
-        .model(model("large", 10.0, 40.0, 4))
-        .budgeted(
-            "w",
-            "learning = { enabled = false }",
-            "limit_usd = 1.0\nperiod = \"day\"\npacing = \"even\"\non_limit = \"deny\"",
-        )
-        .raw("[[rules]]\nname = \"large\"\ntier = 4")
-        .build();
+    let rules = paced_rules("even", (10.0, 40.0));
     let f = fixture_with("2026-12-01T00:00:00Z", &rules);
     let who = Identity::local();
     let limit: i64 = 1_000_000_000;
@@ -332,16 +338,7 @@ async fn cache_writes_are_charged_and_more_cache_than_input_is_refused() {
 /// budget.
 #[tokio::test(start_paused = true)]
 async fn a_traffic_paced_day_of_steady_volume_ends_on_budget_after_an_early_burst() {
-    let rules = RulesBuilder::new()
-        .model(model("small", 0.1, 0.4, 3))
-        .model(model("large", 2.5, 10.0, 4))
-        .budgeted(
-            "w",
-            "learning = { enabled = false }",
-            "limit_usd = 1.0\nperiod = \"day\"\npacing = \"traffic\"\non_limit = \"deny\"",
-        )
-        .raw("[[rules]]\nname = \"large\"\ntier = 4")
-        .build();
+    let rules = paced_rules("traffic", (2.5, 10.0));
     // The first call is at 00:10 on Monday 2026-11-23, the last of each day
     // at 23:55.
     let f = fixture_with("2026-11-22T23:55:00Z", &rules);
