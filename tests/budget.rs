@@ -670,6 +670,63 @@ async fn explain_shows_the_budget_as_it_stands() {
         .starts_with("race|day|"));
 }
 
+/// `explain` paces from the pacer the serving sidecar saved, as `budget
+/// status` does: its carried price and its traffic. With a week of traffic
+/// and no call yet this period, nothing is due, so the price is the carried
+/// one alone: e^5 over a carried 0. A damaged `pacing.json` is refused with
+/// its place.
+#[test]
+fn explain_paces_from_the_saved_pacer() {
+    let dir = rules_dir(
+        &RulesBuilder::new()
+            .model(model("m", 10.0, 30.0, 3).max_output(4000))
+            .budgeted("paced", "", "limit_usd = 1.0\nperiod = \"day\"\npacing = \"traffic\"")
+            .build(),
+    );
+    let rules = dir.path().join("rules.toml");
+    let (state, state_arg) = state_folder();
+    let file = state.path().join("pacing.json");
+    let explain = || {
+        std::process::Command::new(BIN)
+            .args(["explain", "--workflow", "paced", "--rules"])
+            .arg(&rules)
+            .args(["--state-dir", &state_arg, "Summarise the incident report."])
+            .output()
+            .expect("explain")
+    };
+    let price_with = |integral: f64| {
+        let week_ago = jiff::Timestamp::now().as_millisecond() - 8 * 86_400_000;
+        let traffic = serde_json::to_string(&vec![10u64; 168]).expect("json");
+        std::fs::write(
+            &file,
+            format!(
+                "{{\"version\": 1, \"workflows\": {{\"paced\": {{\"integral\": {integral}, \"traffic\": {traffic}, \"since_ms\": {week_ago}}}}}}}"
+            ),
+        )
+        .expect("write");
+        let out = explain();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(v["budget"]["pace"]["target_nanousd"], 0, "nothing is due: {v}");
+        v["budget"]["pace"]["spend_price_per_usd"]
+            .as_f64()
+            .expect("a paced budget's price")
+    };
+    let (zero, five) = (price_with(0.0), price_with(5.0));
+    assert!(
+        ((five / zero).ln() - 5.0).abs() < 1e-6,
+        "carried e^5: {five} against {zero}"
+    );
+    std::fs::write(&file, b"{\"version\": 1,\n  \"workflows\": 7}").expect("damage");
+    let out = explain();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pacing.json:2:") && err.contains("not a pacing state file"),
+        "{err}"
+    );
+}
+
 /// `race_rules` with the budget leased in slices renewed every second, and
 /// a "steady" workflow with room for everything sent to it.
 fn leased_race_rules() -> String {

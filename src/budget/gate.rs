@@ -406,13 +406,16 @@ impl BudgetGate for Budgets {
 /// beside it, with nothing reserved and no escalation created.
 pub struct DryRun {
     pub view: Arc<dyn StoreView>,
+    /// The paced workflows' state as the serving sidecar last saved it
+    /// (`pacing.json`); a workflow missing here paces from a fresh one.
+    pub pacers: std::collections::BTreeMap<String, Pacer>,
 }
 
 #[async_trait::async_trait]
 impl BudgetGate for DryRun {
-    /// As `serve` would steer now, except that the price comes from a fresh
-    /// controller (the gap's proportional term alone): `explain` has no
-    /// running controller to read.
+    /// As `serve` would steer now, from the pacer the serving sidecar last
+    /// saved (its carried price, traffic and period counts; a fresh one
+    /// where it saved none).
     async fn steer(&self, workflow: &Workflow, now: Timestamp) -> Result<BudgetSteer, StoreError> {
         let Some(b) = workflow.budget.as_ref() else {
             return Ok(BudgetSteer::default());
@@ -421,7 +424,12 @@ impl BudgetGate for DryRun {
         let state = ScopeState::of_period(b, stored);
         Ok(BudgetSteer {
             downgrade: b.pacing.is_none() && state.past_soft_threshold(b),
-            pace: pace_of(b, &state, &mut Pacer::default(), now),
+            pace: pace_of(
+                b,
+                &state,
+                &mut self.pacers.get(&workflow.name).cloned().unwrap_or_default(),
+                now,
+            ),
         })
     }
 

@@ -120,6 +120,8 @@ async fn run(args: &ExplainArgs<'_>, text: &str) -> Result<serde_json::Value, St
         .map_err(|e| e.to_string())?;
     // The workflow's complexity histogram as the server left it.
     let sketches = Arc::new(crate::route::sketch::ScoreSketches::new());
+    // The paced workflows' state as the serving sidecar last saved it.
+    let pacers = crate::budget::read_pacers(&args.state_dir.join(crate::app::PACING_FILE))?;
     let tag = table.understanding.tag().to_string();
     let counts = view
         .view_score_counts(args.workflow, &tag)
@@ -130,7 +132,10 @@ async fn run(args: &ExplainArgs<'_>, text: &str) -> Result<serde_json::Value, St
     let router = Router {
         rules: Arc::new(rules),
         cache: None,
-        budgets: Arc::new(DryRun { view: view.clone() }),
+        budgets: Arc::new(DryRun {
+            view: view.clone(),
+            pacers: pacers.clone(),
+        }),
         learning: Arc::new(learning),
         effects: None,
         trace: true,
@@ -186,9 +191,10 @@ async fn run(args: &ExplainArgs<'_>, text: &str) -> Result<serde_json::Value, St
         Some((w, b)) => {
             let scope = period_scope(w, b, now);
             let st = ScopeState::of_period(b, view.view_scope(&scope).await.map_err(|e| e.to_string())?);
-            // The pace a fresh controller reads from the same spend (explain
-            // has no running one: its price is the gap's term alone).
-            let pace = crate::budget::pace_of(b, &st, &mut crate::budget::Pacer::default(), now).map(|p| pace_json(&p));
+            // The pace the serving sidecar's saved pacer reads from the same
+            // spend.
+            let mut pacer = pacers.get(&w.name).cloned().unwrap_or_default();
+            let pace = crate::budget::pace_of(b, &st, &mut pacer, now).map(|p| pace_json(&p));
             Some(json!({
                 "pace": pace,
                 "period_scope": scope,
