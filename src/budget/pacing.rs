@@ -44,7 +44,7 @@ pub const AIM: f64 = 0.98;
 /// proportional, and integral per period. Chosen in `simulate pacing` for a
 /// settling time under a tenth of the period with at most one overshoot
 /// (docs/budgets.md).
-pub const GAIN_P: f64 = 40.0;
+pub const GAIN_P: f64 = 80.0;
 pub const GAIN_I: f64 = 60.0;
 
 /// Past [`AIM`] of the budget, the price rises this much more in log λ per
