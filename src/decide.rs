@@ -258,7 +258,6 @@ fn decide_paced(
     trace: Option<&mut Vec<Candidate>>,
 ) -> Result<Decision, NoAdequateModel> {
     let (input, workflow) = (ctx.input, ctx.workflow);
-    let ruled = pick(ctx, asked, None, rule, skipped_pins, None)?;
     let bound = match input.rejected_tier.filter(|_| input.attempt > 1) {
         Some(r) if available.iter().any(|&a| a > r) => r + 1,
         _ => workflow.quality_floor,
@@ -298,23 +297,49 @@ fn decide_paced(
         Some(l) => paced.price_per_nano * (l.draw.clamp(0.0, 1.0) - 0.5).exp(),
         None => paced.price_per_nano,
     };
-    let mut d = pick_by(ctx, bound, Some((price, &value)), rule, skipped_pins, trace)?;
+    // The rule's own choice, for the reason, comes from the same pass when
+    // its tier is within the paced pick's range (it is unless a retry's
+    // cascade rose past the workflow's `max_tier`). A rule that no model can
+    // serve fails the call as it would unpaced.
+    let ruled_at = (asked >= bound).then_some(asked);
+    let (mut d, ruled) = match pick_among(
+        ctx,
+        bound,
+        None,
+        Some((price, &value)),
+        ruled_at,
+        rule,
+        skipped_pins,
+        trace,
+    ) {
+        Ok(picked) => picked,
+        Err(e) => return Err(pick(ctx, asked, None, rule, skipped_pins, None).err().unwrap_or(e)),
+    };
+    let ruled = match ruled {
+        Some(m) => m,
+        None => pick(ctx, asked, None, rule, skipped_pins, None)?.model,
+    };
     d.propensity = learned.map(|_| 1.0);
     d.policy_tier = learned.map(|_| ctx.table.models[d.model].tiers[ctx.est.class]);
-    let pace = match paced.ratio {
-        Some(r) => format!("spend at {:.0}% of its paced target", r * 100.0),
-        None => "nothing due yet".to_string(),
+    use std::fmt::Write as _;
+    let mut reason = String::with_capacity(96 + d.reason.len());
+    reason.push_str("paced (");
+    let _ = match paced.ratio {
+        Some(r) => write!(reason, "spend at {}% of its paced target", (r * 100.0).round()),
+        None => write!(reason, "nothing due yet"),
     };
-    let note = if d.model == ruled.model {
-        format!("paced ({pace}): the rule's choice stands")
+    let _ = if d.model == ruled {
+        write!(reason, "): the rule's choice stands; ")
     } else {
-        d.paced_from = Some(ruled.model);
-        format!(
-            "paced ({pace}): {} instead of {}, which rule `{rule}` would have chosen",
-            ctx.table.models[d.model].name, ctx.table.models[ruled.model].name
+        d.paced_from = Some(ruled);
+        write!(
+            reason,
+            "): {} instead of {}, which rule `{rule}` would have chosen; ",
+            ctx.table.models[d.model].name, ctx.table.models[ruled].name
         )
     };
-    d.reason = format!("{note}; {}", d.reason);
+    reason.push_str(&d.reason);
+    d.reason = reason;
     Ok(d)
 }
 
@@ -396,36 +421,31 @@ fn pick(
     skipped_pins: &[&str],
     trace: Option<&mut Vec<Candidate>>,
 ) -> Result<Decision, NoAdequateModel> {
-    pick_among(ctx, required, pinned, None, rule, skipped_pins, trace)
+    pick_among(ctx, required, pinned, None, None, rule, skipped_pins, trace).map(|(d, _)| d)
 }
 
 /// The value of a tier, for a paced pick.
 type Value<'v> = &'v dyn Fn(u8) -> f64;
 
-/// The paced pick: the greatest value − price × cost at tier ≥ `required`.
-fn pick_by(
-    ctx: &Ctx<'_>,
-    required: u8,
-    paced: Option<(f64, Value<'_>)>,
-    rule: &str,
-    skipped_pins: &[&str],
-    trace: Option<&mut Vec<Candidate>>,
-) -> Result<Decision, NoAdequateModel> {
-    pick_among(ctx, required, None, paced, rule, skipped_pins, trace)
-}
-
+/// The pick among the models the workflow allows at tier ≥ `required`: the
+/// cheapest, or paced, the greatest value − price × cost. With `ruled_at`,
+/// also the cheapest at tier ≥ that, in the same pass (the rule's choice a
+/// paced pick is measured against).
+#[allow(clippy::too_many_arguments)]
 fn pick_among(
     ctx: &Ctx<'_>,
     required: u8,
     pinned: Option<usize>,
     paced: Option<(f64, Value<'_>)>,
+    ruled_at: Option<u8>,
     rule: &str,
     skipped_pins: &[&str],
     mut trace: Option<&mut Vec<Candidate>>,
-) -> Result<Decision, NoAdequateModel> {
+) -> Result<(Decision, Option<usize>), NoAdequateModel> {
     let (table, workflow, input, est) = (ctx.table, ctx.workflow, ctx.input, ctx.est);
     // (cost, -tier, index) orders candidates: cheapest, then higher tier, then first listed.
     let mut best: Option<(i64, i16, usize, (u64, u64))> = None;
+    let mut cheapest_ruled: Option<(i64, i16, usize)> = None;
     // Paced: the best net value so far (ties fall to the order above).
     let mut best_net = f64::NEG_INFINITY;
     let mut adequate = 0usize;
@@ -461,6 +481,11 @@ fn pick_among(
             Ok((tokens, cached, cost)) => {
                 adequate += 1;
                 let key = (cost, -(model.tiers[est.class] as i16), i, (tokens, cached));
+                if ruled_at.is_some_and(|t| model.tiers[est.class] >= t)
+                    && cheapest_ruled.is_none_or(|c| (key.0, key.1, key.2) < c)
+                {
+                    cheapest_ruled = Some((key.0, key.1, key.2));
+                }
                 let better = match paced {
                     Some((price, value)) => {
                         let net = value(model.tiers[est.class]) - price * cost as f64;
@@ -547,23 +572,26 @@ fn pick_among(
             skipped_pins.join(", ")
         );
     }
-    Ok(Decision {
-        model,
-        rule: rule.to_string(),
-        required_tier: required,
-        downgraded_from: None,
-        input_tokens: tokens,
-        cached_tokens: cached,
-        output_tokens: est.output_tokens,
-        cost_nanos: cost,
-        adequate,
-        learned: false,
-        explored: false,
-        paced_from: None,
-        propensity: None,
-        policy_tier: None,
-        reason,
-    })
+    Ok((
+        Decision {
+            model,
+            rule: rule.to_string(),
+            required_tier: required,
+            downgraded_from: None,
+            input_tokens: tokens,
+            cached_tokens: cached,
+            output_tokens: est.output_tokens,
+            cost_nanos: cost,
+            adequate,
+            learned: false,
+            explored: false,
+            paced_from: None,
+            propensity: None,
+            policy_tier: None,
+            reason,
+        },
+        cheapest_ruled.map(|c| c.2),
+    ))
 }
 
 #[cfg(test)]

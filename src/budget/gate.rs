@@ -54,6 +54,19 @@ pub struct Budgets {
     pacers: std::sync::Mutex<crate::hashing::FastMap<String, Pacer>>,
 }
 
+/// Runs `f` on `workflow`'s pacer, made on its first call: the name is
+/// copied only then, not on every Route.
+fn with_pacer<T>(
+    pacers: &mut crate::hashing::FastMap<String, Pacer>,
+    workflow: &str,
+    f: impl FnOnce(&mut Pacer) -> T,
+) -> T {
+    if let Some(p) = pacers.get_mut(workflow) {
+        return f(p);
+    }
+    f(pacers.entry(workflow.to_string()).or_default())
+}
+
 /// How long a period scope's state is trusted before it is read again. Other
 /// sidecars' spend shows in the soft-threshold check within this time; this
 /// sidecar's own reservations show at once.
@@ -242,7 +255,7 @@ impl Budgets {
         let Some(b) = workflow.budget.as_ref().filter(|b| b.pacing.is_some()) else {
             return;
         };
-        self.pacers().entry(workflow.name.clone()).or_default().count(b, now);
+        with_pacer(&mut self.pacers(), &workflow.name, |p| p.count(b, now));
     }
 
     fn view(&self) -> std::sync::MutexGuard<'_, crate::hashing::FastMap<String, (ScopeState, crate::clock::Instant)>> {
@@ -309,12 +322,8 @@ impl BudgetGate for Budgets {
             }
         };
         if b.pacing.is_some() {
-            let mut pacers = self.pacers();
-            let pacer = pacers.entry(workflow.name.clone()).or_default();
-            return Ok(BudgetSteer {
-                downgrade: false,
-                pace: pace_of(b, &state, pacer, now),
-            });
+            let pace = with_pacer(&mut self.pacers(), &workflow.name, |p| pace_of(b, &state, p, now));
+            return Ok(BudgetSteer { downgrade: false, pace });
         }
         Ok(BudgetSteer {
             downgrade: state.past_soft_threshold(b),
