@@ -247,41 +247,17 @@ fn available_tiers_are_the_allowed_models_distinct_tiers_from_the_floor_up() {
 /// one, even though it costs more.
 #[test]
 fn a_paced_pick_with_the_learner_still_reads_the_requests_difficulty() {
-    let t = RuleTable::from_str(
-        "paced.toml",
-        r#"
-[[models]]
-name = "weak"
-provider = "a"
-input_per_mtok = 0.5
-cached_input_per_mtok = 0.5
-output_per_mtok = 0.5
-context_window = 100000
-max_output_tokens = 4000
-tiers = { general = 3 }
-
-[[models]]
-name = "strong"
-provider = "b"
-input_per_mtok = 10.0
-cached_input_per_mtok = 10.0
-output_per_mtok = 30.0
-context_window = 100000
-max_output_tokens = 4000
-tiers = { general = 5 }
-
-[[workflows]]
-name = "p"
-quality_floor = 3
-
-[workflows.learning]
-target = 0.99
-min_gain = 0.2
-cold_start = 20
-"#,
-    )
-    .expect("rules");
+    let rules = crate::testing::RulesBuilder::new()
+        .model(crate::testing::model("weak", 0.5, 0.5, 3))
+        .model(crate::testing::model("strong", 10.0, 30.0, 5))
+        .workflow(
+            "p",
+            "quality_floor = 3\nlearning = { target = 0.99, min_gain = 0.2, cold_start = 20 }",
+        )
+        .build();
+    let t = RuleTable::from_str("paced.toml", &rules).expect("rules");
     let wf = t.workflow("p").expect("workflow");
+    assert!(wf.learning.enabled, "the learner's values are read");
     let mut learned = crate::learn::Learned {
         tiers: [None; crate::rules::MAX_TIER as usize + 1],
         gate: 1.0,
