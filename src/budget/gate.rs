@@ -240,12 +240,18 @@ impl Budgets {
         let n = read.len();
         let mut pacers = self.pacers();
         for (w, r) in read {
+            // All the file keeps, and of the controller only its carried
+            // price: the running one's clock and last pace stay.
             let p = pacers.entry(w).or_default();
-            p.controller.integral = r.controller.integral;
-            p.traffic = r.traffic;
-            p.since_ms = r.since_ms;
-            p.periods = r.periods;
-            (p.period_start_ms, p.period_calls) = (r.period_start_ms, r.period_calls);
+            let controller = super::pacing::Controller {
+                integral: r.controller.integral,
+                ..p.controller
+            };
+            *p = Pacer {
+                controller,
+                last: p.last,
+                ..r
+            };
         }
         Ok(n)
     }
