@@ -89,17 +89,20 @@ pub type PeriodCount = (u64, u32);
 /// spread no more than [`STEADY_SPREAD`] about their mean. `None` when they
 /// do not.
 pub fn steady_volume(past: &[PeriodCount]) -> Option<f64> {
-    let rates: Vec<f64> = past[past.len().saturating_sub(VOLUME_PERIODS)..]
-        .iter()
-        .filter(|p| p.1 > 0)
-        .map(|&(calls, hours)| calls as f64 / f64::from(hours))
-        .collect();
-    if rates.len() < 2 {
+    // Read on every paced Route: two passes over the slice, no allocation.
+    let rates = || {
+        past[past.len().saturating_sub(VOLUME_PERIODS)..]
+            .iter()
+            .filter(|p| p.1 > 0)
+            .map(|&(calls, hours)| calls as f64 / f64::from(hours))
+    };
+    let k = rates().count();
+    if k < 2 {
         return None;
     }
-    let k = rates.len() as f64;
-    let mean = rates.iter().sum::<f64>() / k;
-    let var = rates.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (k - 1.0);
+    let k = k as f64;
+    let mean = rates().sum::<f64>() / k;
+    let var = rates().map(|r| (r - mean).powi(2)).sum::<f64>() / (k - 1.0);
     (mean > 0.0 && var.sqrt() <= STEADY_SPREAD * mean).then_some(mean)
 }
 

@@ -323,7 +323,7 @@ impl Pacers {
             let weeks = (last.saturating_sub(first)) as f64 / (7.0 * 86_400_000.0);
             // The log's first and last periods are partial: only those
             // between them say how many calls a period brings.
-            let whole: Vec<(u64, u32)> = periods
+            let whole: Vec<crate::budget::pacing::PeriodCount> = periods
                 .iter()
                 .skip(1)
                 .map(|(&start, &calls)| (calls, crate::budget::period_hours(b, start)))
