@@ -136,6 +136,7 @@ fn main() {
 
     if let Some(path) = arg("--routerbench") {
         let (mut by_score, mut by_len) = (Vec::new(), Vec::new());
+        let mut by_part: std::collections::BTreeMap<String, Vec<(f64, bool)>> = Default::default();
         let (mut code, mut code_right) = (0, 0);
         for (i, v) in rows(&path).iter().enumerate() {
             let Some(cheap) = v["score"]["mistralai/mistral-7b-chat"].as_f64() else {
@@ -145,6 +146,9 @@ fn main() {
             let s = route(&rules, None, text);
             by_score.push((s.score, cheap < 0.5));
             by_len.push((text.len() as f64, cheap < 0.5));
+            let id = v["id"].as_str().unwrap_or_default();
+            let part = id.split(['/', '.']).nth(1).unwrap_or("other").to_string();
+            by_part.entry(part).or_default().push((s.score, cheap < 0.5));
             if v["id"].as_str().unwrap_or_default().contains("mbpp") {
                 code += 1;
                 code_right += usize::from(s.kind == "code");
@@ -161,6 +165,16 @@ fn main() {
             auc(&mut by_len),
             pct(code_right, code)
         );
+        for (part, mut scores) in by_part {
+            let failed = scores.iter().filter(|(_, f)| *f).count();
+            let mean = scores.iter().map(|(s, _)| s).sum::<f64>() / scores.len() as f64;
+            println!(
+                "  {part}: {} rows, mistral-7b fails {}, mean score {mean:.3}, AUC within {:.3}",
+                scores.len(),
+                pct(failed, scores.len()),
+                auc(&mut scores)
+            );
+        }
     }
     if let Some(path) = arg("--alma") {
         let all = rows(&path);

@@ -260,12 +260,22 @@ fn main() {
         let test: Vec<&Row> = rows.iter().filter(|r| &r.source == s).collect();
         let w = train(&train_rows);
         let mut by: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        let mut confused: BTreeMap<(&str, &str), usize> = BTreeMap::new();
         for r in &test {
             let e = by.entry(KINDS[r.kind]).or_default();
             e.1 += 1;
-            if predict(&w, &r.x) == r.kind {
+            let got = predict(&w, &r.x);
+            if got == r.kind {
                 e.0 += 1;
+            } else {
+                *confused.entry((KINDS[r.kind], KINDS[got])).or_default() += 1;
             }
+        }
+        if arg("--confusions").is_some() {
+            let mut c: Vec<_> = confused.iter().collect();
+            c.sort_by(|a, b| b.1.cmp(a.1));
+            let top: Vec<String> = c.iter().take(8).map(|((t, g), n)| format!("{t}->{g} {n}")).collect();
+            eprintln!("{s} misses: {}", top.join(", "));
         }
         let right: usize = by.values().map(|v| v.0).sum();
         let kinds: Vec<String> = by
