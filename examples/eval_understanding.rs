@@ -13,7 +13,11 @@
 //!   the mix as a server's would; its first 300 requests too), and each
 //!   routed with no history at all.
 //!
-//! usage: eval_understanding --rules DIR --dev-pairs F [--routerbench F] [--alma F] [--mmlu F]
+//! - the open questions of eight categories (`data/understanding/dev_open.jsonl`)
+//!   and the math word problems (`dev_word_problems.jsonl`): the kind of each.
+//!
+//! usage: eval_understanding --rules DIR --dev-pairs F [--dev-open F] [--dev-word-problems F]
+//!        [--routerbench F] [--alma F] [--mmlu F]
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -72,6 +76,13 @@ fn route(rules: &Rules, sketches: Option<&ScoreSketches>, text: &str) -> Seen {
         kind: p.est.task_kind,
         score: p.est.complexity,
     }
+}
+
+/// How many of `all`'s prompts, each routed with no history, read as `kind`.
+fn read_as(rules: &Rules, all: &[serde_json::Value], kind: &str) -> usize {
+    all.iter()
+        .filter(|v| route(rules, None, v["prompt"].as_str().unwrap_or_default()).kind == kind)
+        .count()
 }
 
 fn pct(n: usize, of: usize) -> String {
@@ -176,12 +187,48 @@ fn main() {
             );
         }
     }
+    if let Some(path) = arg("--dev-open") {
+        // Open questions of eight categories; each category has one right
+        // kind (role-play is `chat`, science and humanities are `qa`).
+        let mut by: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        let mut tiers = [0usize; 6];
+        let all = rows(&path);
+        for v in &all {
+            let text = v["prompt"].as_str().unwrap_or_default();
+            let s = route(&rules, None, text);
+            let e = by
+                .entry(v["category"].as_str().unwrap_or_default().to_string())
+                .or_default();
+            e.1 += 1;
+            e.0 += usize::from(s.kind == v["kind"].as_str().unwrap_or_default());
+            tiers[usize::from(s.tier.min(5))] += 1;
+        }
+        let right: usize = by.values().map(|v| v.0).sum();
+        let parts: Vec<String> = by.iter().map(|(c, (r, n))| format!("{c} {}", pct(*r, *n))).collect();
+        println!();
+        println!(
+            "open questions by category (development set, never trained on): kind right {} of {} ({}); tiers 2/3/4/5 with no history {}/{}/{}/{}",
+            pct(right, all.len()),
+            all.len(),
+            parts.join(", "),
+            pct(tiers[2], all.len()),
+            pct(tiers[3], all.len()),
+            pct(tiers[4], all.len()),
+            pct(tiers[5], all.len())
+        );
+    }
+    if let Some(path) = arg("--dev-word-problems") {
+        let all = rows(&path);
+        let right = read_as(&rules, &all, "math");
+        println!(
+            "math word problems (development set, never trained on): math {} of {}",
+            pct(right, all.len()),
+            all.len()
+        );
+    }
     if let Some(path) = arg("--alma") {
         let all = rows(&path);
-        let right = all
-            .iter()
-            .filter(|v| route(&rules, None, v["prompt"].as_str().unwrap_or_default()).kind == "translation")
-            .count();
+        let right = read_as(&rules, &all, "translation");
         println!(
             "ALMA WMT prompts (evaluation only): translation {} of {}",
             pct(right, all.len()),

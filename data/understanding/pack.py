@@ -128,7 +128,8 @@ for i, (kind, prompt, hard) in enumerate(pairs):
     text = " ".join(pad[:half] + [prompt] + pad[half:])
     diff.append({"id": f"own_pairs/{i}/padded", "source": "own_pairs", "prompt": text, "hard": hard})
 
-# No 8-word run of the development pairs may appear in training.
+# No 8-word run of the development sets (the pairs, the open questions and
+# the word problems) may appear in training.
 def runs(text, n=8):
     w = "".join(c.lower() if c.isalnum() else " " for c in text).split()
     return {" ".join(w[j:j + n]) for j in range(len(w) - n + 1)}
@@ -137,10 +138,14 @@ with open(os.path.join(here, "dev_pairs.jsonl"), encoding="utf-8") as f:
     for line in f:
         d = json.loads(line)
         dev |= runs(d["easy"]) | runs(d["hard"])
+for name in ("dev_open.jsonl", "dev_word_problems.jsonl"):
+    with open(os.path.join(here, name), encoding="utf-8") as f:
+        for line in f:
+            dev |= runs(json.loads(line)["prompt"])
 for r in diff + rows:
     shared = runs(r["prompt"]) & dev
-    if shared and r["source"].startswith("own"):
-        sys.exit(f"{r['id']} shares a run with the development pairs: {sorted(shared)[0]!r}")
+    if shared:
+        sys.exit(f"{r['id']} shares a run with a development set: {sorted(shared)[0]!r}")
 
 ddest = os.path.join(here, "difficulty.jsonl.gz")
 with open(ddest, "wb") as raw:
