@@ -658,3 +658,58 @@ fn paced_rules(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::write(&rules, text).expect("write rules");
     rules
 }
+
+/// The README's first call and its `check` line are what this build prints:
+/// a user who copies them sees the same.
+#[test]
+fn the_readme_shows_what_this_build_prints() {
+    let readme = std::fs::read_to_string(repo_path("README.md")).expect("README.md");
+    let check = Command::new(BIN)
+        .args(["check", "--rules", "routing-rules"])
+        .current_dir(repo_path("."))
+        .output()
+        .expect("run check");
+    let printed = String::from_utf8_lossy(&check.stdout);
+    let shown = readme
+        .lines()
+        .find_map(|l| l.strip_prefix("# ok: "))
+        .expect("the README shows check's output");
+    assert_eq!(printed.trim(), format!("ok: {shown}"), "README's check line is stale");
+
+    let state = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .args(["explain", "--rules"])
+        .arg(repo_path("routing-rules"))
+        .arg("--state-dir")
+        .arg(state.path())
+        .arg("What is the capital of France?")
+        .output()
+        .expect("run explain");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("explain prints JSON");
+    let d = &v["decision"];
+    let shown = |field: &str| -> String {
+        let line = readme
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("\"{field}\":")))
+            .unwrap_or_else(|| panic!("the README's first call shows {field}"));
+        let value = line.split_once(':').map(|(_, v)| v).unwrap_or_default();
+        value.trim().trim_end_matches(',').trim_matches('"').to_string()
+    };
+    assert_eq!(shown("model"), d["model"].as_str().unwrap_or_default());
+    assert_eq!(shown("rule"), d["rule"].as_str().unwrap_or_default());
+    assert_eq!(shown("reason"), d["reason"].as_str().unwrap_or_default());
+    assert_eq!(shown("estimatedCostNanousd"), d["estimated_cost_nanousd"].to_string());
+    assert_eq!(shown("taskKind"), v["task_kind"].as_str().unwrap_or_default());
+    assert_eq!(
+        shown("taskKindSource"),
+        v["task_kind_source"].as_str().unwrap_or_default()
+    );
+    assert_eq!(shown("estimatedOutputTokens"), v["estimated_output_tokens"].to_string());
+    let complexity: f64 = shown("complexity").parse().expect("a number");
+    let scored = v["complexity"].as_f64().unwrap_or(-1.0);
+    assert!(
+        (complexity - scored).abs() < 5e-5,
+        "README shows complexity {complexity}, explain {scored:.4}"
+    );
+}
