@@ -147,7 +147,7 @@ fn main() {
 
     if let Some(path) = arg("--routerbench") {
         let (mut by_score, mut by_len) = (Vec::new(), Vec::new());
-        let mut by_part: std::collections::BTreeMap<String, Vec<(f64, bool)>> = Default::default();
+        let mut by_part: BTreeMap<String, Vec<(f64, bool)>> = BTreeMap::new();
         let (mut code, mut code_right) = (0, 0);
         for (i, v) in rows(&path).iter().enumerate() {
             let Some(cheap) = v["score"]["mistralai/mistral-7b-chat"].as_f64() else {
@@ -160,7 +160,7 @@ fn main() {
             let id = v["id"].as_str().unwrap_or_default();
             let part = id.split(['/', '.']).nth(1).unwrap_or("other").to_string();
             by_part.entry(part).or_default().push((s.score, cheap < 0.5));
-            if v["id"].as_str().unwrap_or_default().contains("mbpp") {
+            if id.contains("mbpp") {
                 code += 1;
                 code_right += usize::from(s.kind == "code");
             }
