@@ -195,8 +195,6 @@ fn workflow(out: &mut String, w: &WorkflowReport) {
     out.push_str("</table></section>");
 }
 
-/// A line chart of cost per accepted outcome per day; days without an
-/// accepted outcome leave a gap.
 /// A paced budget's period: the target curve from its start to its end,
 /// the limit, and where spend (spent plus reserved) and the target are now.
 fn pace_chart(out: &mut String, id: &str, b: &BudgetLine, p: &PaceLine) {
@@ -242,6 +240,8 @@ fn pace_chart(out: &mut String, id: &str, b: &BudgetLine, p: &PaceLine) {
     );
 }
 
+/// A line chart of cost per accepted outcome per day; days without an
+/// accepted outcome leave a gap.
 fn chart(out: &mut String, days: &[DayPoint]) {
     let (w, h, pad) = (560.0, 160.0, 28.0);
     let max = days
