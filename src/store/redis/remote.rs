@@ -172,10 +172,12 @@ impl RedisStore {
                 }
             }
             j.pending.remove(0);
+            // The gauge follows each entry, so a reader never sees more
+            // waiting than does.
+            self.journal_pending.store(j.pending.len() as u64, Ordering::Relaxed);
             done += 1;
         }
         if done > 0 {
-            self.journal_pending.store(j.pending.len() as u64, Ordering::Relaxed);
             if let Err(e) = j.rewrite() {
                 tracing::warn!(file = %j.path.display(), error = %e, "cannot rewrite the Redis journal; replays are idempotent, so the next pass repeats them harmlessly");
             }
