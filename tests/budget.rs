@@ -1094,10 +1094,11 @@ async fn duplicate_concurrent_reports_of_a_leased_call_are_charged_once() {
     assert_settles_to(&c, "race", acked).await;
 }
 
-/// The price of spend on `server` for `workflow`, as its /metrics shows it.
-fn spend_price(server: &Server, workflow: &str) -> Option<f64> {
+/// A paced budget's gauge `family` on `server` for `workflow`, as its
+/// /metrics shows it.
+fn pace_gauge(server: &Server, family: &str, workflow: &str) -> Option<f64> {
     let (_, body) = server.admin_get("/metrics");
-    let prefix = format!("switchyard_budget_spend_price{{workflow=\"{workflow}\"}}");
+    let prefix = format!("{family}{{workflow=\"{workflow}\"}}");
     body.lines().find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
 }
 
@@ -1131,15 +1132,21 @@ async fn sidecars_sharing_a_paced_budget_agree_on_its_price() {
             .into_inner();
         assert!(r.reason.starts_with("paced ("), "{}", r.reason);
     }
-    // Past the 250 ms view, one more call each reads the shared spend.
+    // Past the 250 ms view, one more call each reads the shared spend. The
+    // second of them also sees the first's reservation; near the target a
+    // 500-token reservation (1.5% of the budget) moves the price by e^1.2,
+    // so these reserve next to nothing and the two views are the same spend.
     tokio::time::sleep(Duration::from_millis(400)).await;
     for c in [&mut ca, &mut cb] {
-        c.route(call("paced", "last")).await.expect("route");
+        let mut last = call("paced", "last");
+        last.max_output_tokens = 1;
+        c.route(last).await.expect("route");
     }
     // The gauges are read anew every 5 s while someone scrapes.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let (pa, pb) = loop {
-        if let (Some(x), Some(y)) = (spend_price(&a, "paced"), spend_price(&b, "paced")) {
+        let price = |s: &Server| pace_gauge(s, "switchyard_budget_spend_price", "paced");
+        if let (Some(x), Some(y)) = (price(&a), price(&b)) {
             break (x, y);
         }
         assert!(std::time::Instant::now() < deadline, "both sidecars export the price");
@@ -1149,6 +1156,25 @@ async fn sidecars_sharing_a_paced_budget_agree_on_its_price() {
     assert!(
         (pa.ln() - pb.ln()).abs() < 0.5,
         "sidecars disagree on the price: {pa} and {pb}"
+    );
+    // Late in the day the target is far above 40 calls' spend and both prices
+    // sit at the floor, so the spend each read is checked as well, as a share
+    // of the budget: B's is A's (at least 40 small calls, 0.8%), not its own
+    // one call (0.02%).
+    let due = {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock");
+        (now.as_secs_f64() % 86_400.0) / 86_400.0
+    };
+    let read = |s: &Server| {
+        let ratio = pace_gauge(s, "switchyard_budget_pace_ratio", "paced").expect("pace ratio");
+        ratio * 0.98 * due
+    };
+    let (sa, sb) = (read(&a), read(&b));
+    assert!(
+        sb > 0.005 && (sa - sb).abs() < 0.002,
+        "the spend each sidecar paced by, as a share of the budget: A {sa}, B {sb}"
     );
     // The dashboard marks the target on the spend bar and states the pace.
     let (status, page) = a.admin_get("/");
