@@ -78,11 +78,13 @@ fn route(rules: &Rules, sketches: Option<&ScoreSketches>, text: &str) -> Seen {
     }
 }
 
-/// How many of `all`'s prompts, each routed with no history, read as `kind`.
-fn read_as(rules: &Rules, all: &[serde_json::Value], kind: &str) -> usize {
-    all.iter()
+/// Prints how many of `all`'s prompts, each routed with no history, read as `kind`.
+fn print_read_as(rules: &Rules, all: &[serde_json::Value], kind: &str, label: &str) {
+    let right = all
+        .iter()
         .filter(|v| route(rules, None, v["prompt"].as_str().unwrap_or_default()).kind == kind)
-        .count()
+        .count();
+    println!("{label}: {kind} {} of {}", pct(right, all.len()), all.len());
 }
 
 fn pct(n: usize, of: usize) -> String {
@@ -219,21 +221,16 @@ fn main() {
     }
     if let Some(path) = arg("--dev-word-problems") {
         let all = rows(&path);
-        let right = read_as(&rules, &all, "math");
-        println!(
-            "math word problems (development set, never trained on): math {} of {}",
-            pct(right, all.len()),
-            all.len()
+        print_read_as(
+            &rules,
+            &all,
+            "math",
+            "math word problems (development set, never trained on)",
         );
     }
     if let Some(path) = arg("--alma") {
         let all = rows(&path);
-        let right = read_as(&rules, &all, "translation");
-        println!(
-            "ALMA WMT prompts (evaluation only): translation {} of {}",
-            pct(right, all.len()),
-            all.len()
-        );
+        print_read_as(&rules, &all, "translation", "ALMA WMT prompts (evaluation only)");
         mix.extend(
             all.iter()
                 .step_by(20)

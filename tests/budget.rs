@@ -1169,7 +1169,7 @@ async fn sidecars_sharing_a_paced_budget_agree_on_its_price() {
     };
     let read = |s: &Server| {
         let ratio = pace_gauge(s, "switchyard_budget_pace_ratio", "paced").expect("pace ratio");
-        ratio * 0.98 * due
+        ratio * switchyard::budget::pacing::AIM * due
     };
     let (sa, sb) = (read(&a), read(&b));
     assert!(

@@ -172,8 +172,8 @@ impl RedisStore {
                 }
             }
             j.pending.remove(0);
-            // The gauge follows each entry, so a reader never sees more
-            // waiting than does.
+            // The gauge follows each entry, so it never counts one that
+            // Redis already holds.
             self.journal_pending.store(j.pending.len() as u64, Ordering::Relaxed);
             done += 1;
         }
